@@ -1,0 +1,54 @@
+# henbackup — the README's two commands, and the steps behind them.
+# `make demo` and `make test` install what a fresh Debian 12 machine is missing (as root).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config python3-dev \
+	python3-venv mandoc man-db systemd
+RESTIC_TRIXIE := .cache/restic-trixie
+DEMO := $(CURDIR)/.demo
+
+.PHONY: demo test lint bench system-packages venv restic-trixie clean
+
+demo: venv
+	mkdir -p $(DEMO)/data $(DEMO)/state $(DEMO)/cache $(DEMO)/run
+	test -e $(DEMO)/data/hello.txt || cp -r README.md etc $(DEMO)/data/ && \
+		echo "hello from henbackup" > $(DEMO)/data/hello.txt
+	HENBACKUP_DEMO=$(DEMO) STATE_DIRECTORY=$(DEMO)/state CACHE_DIRECTORY=$(DEMO)/cache \
+		RUNTIME_DIRECTORY=$(DEMO)/run $(BIN)/henbackup --config etc/demo.toml backup demo
+
+test: venv restic-trixie
+	$(BIN)/ruff check henbackup tests bench
+	$(BIN)/ruff format --check henbackup tests bench
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check --fix henbackup tests bench
+	$(BIN)/ruff format henbackup tests bench
+
+bench: venv restic-trixie
+	$(BIN)/python -m bench
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(BIN)/henbackup: setup.cfg pyproject.toml | system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,build]'
+	touch $@
+
+venv: system-packages $(BIN)/henbackup
+
+restic-trixie: system-packages
+	scripts/fetch-restic-trixie $(RESTIC_TRIXIE)
+
+clean:
+	rm -rf $(VENV) .cache .demo build *.egg-info

@@ -1,0 +1,99 @@
+"""`henbackup`: the daemon and its offline tools (SPEC "henbackup")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import datetime
+
+from henbackup import __version__
+from henbackup.config.dirs import Dirs, config_path
+from henbackup.config.load import load_config
+from henbackup.config.model import Config
+from henbackup.config.plan import describe_plan
+from henbackup.engine.restic import ResticEngine
+from henbackup.errors import ConfigError
+from henbackup.jobs.pipeline import run_backup_pipeline
+from henbackup.observe.events import Emitter
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command line (also read by argparse-manpage to write henbackup(8))."""
+    parser = argparse.ArgumentParser(
+        prog="henbackup",
+        description="Supervise restic so that backups happen by themselves, on time.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="main configuration file (default: $HENBACKUP_CONFIG or "
+        "/etc/henbackup/henbackup.toml, plus conf.d/*.toml beside it)",
+    )
+    parser.add_argument("--version", action="version", version=f"henbackup {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "check-config",
+        help="validate the configuration and print the resolved plan",
+        description="Validate the configuration and print the resolved plan. Exit 0 when "
+        "valid, 1 when not, with every problem as 'FILE: key.path: what is wrong'.",
+    )
+    backup = commands.add_parser(
+        "backup",
+        help="run one backup now, in the foreground, to each of its repositories",
+        description="Run one backup now to each of its repositories, without the daemon; "
+        "events go to the journal or to stderr. Exit 0 when every repository succeeded.",
+    )
+    backup.add_argument("name", metavar="BACKUP", help="a backup defined in the configuration")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(describe_plan(config, datetime.now().astimezone()))
+    return EXIT_OK
+
+
+def backup(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.name not in config.backups:
+        known = ", ".join(sorted(config.backups)) or "none"
+        print(f"henbackup: no backup named {args.name!r} (defined: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    engine = ResticEngine(config.daemon.restic, cache_dir=Dirs.from_environment().cache)
+    outcomes = run_backup_pipeline(config, args.name, engine, Emitter())
+    for outcome in outcomes:
+        if not outcome.ok:
+            result = f"FAILED: {outcome.error}"
+        else:
+            result = f"snapshot {outcome.snapshot_id or '(nothing changed)'}"
+        print(f"{args.name} → {outcome.repository}: {result}")
+    return EXIT_OK if all(outcome.ok for outcome in outcomes) else EXIT_FAILED
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "check-config": check_config,
+    "backup": backup,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

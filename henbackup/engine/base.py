@@ -1,0 +1,163 @@
+"""The engine contract: what henbackup asks of a backup tool, in its own words.
+
+Only an engine module (today `restic.py`) knows a tool's command line and output. Every call
+blocks until the tool is done; it runs in a job process, never in a selector loop. If the
+calling process gets a `JobCancelled` raised into it (from a signal handler) while a call
+runs, the engine interrupts the tool so that the repository stays consistent and unlocked,
+waits for it, and lets `JobCancelled` propagate.
+
+Failures raise `henbackup.errors.EngineError` subclasses with one-line, secret-free reasons.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from henbackup.config.model import PasswordSource, Retention
+
+
+@dataclass(frozen=True)
+class Target:
+    """One repository as a job sees it: where, how to open it, how fast it may go."""
+
+    name: str
+    location: str = field(repr=False)
+    password: PasswordSource
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    options: tuple[str, ...] = ()
+    upload_limit: int | None = None  # bytes per second
+    download_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report during a backup or restore."""
+
+    fraction: float  # 0.0 .. 1.0
+    files_done: int
+    total_files: int | None
+    bytes_done: int
+    total_bytes: int | None
+    seconds_elapsed: float
+    seconds_remaining: float | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    backup: str  # the backup's name: the snapshot is tagged backup-<name>
+    paths: tuple[str, ...]
+    excludes: tuple[str, ...] = ()
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    snapshot_id: str | None  # None when nothing changed and the tool made no snapshot
+    files_new: int
+    files_changed: int
+    files_unmodified: int
+    bytes_added: int
+    bytes_processed: int
+    duration: float
+    warnings: tuple[str, ...] = ()  # e.g. a source path that does not exist
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    short_id: str
+    time: datetime
+    host: str
+    paths: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    @property
+    def backup(self) -> str | None:
+        """The backup name from the backup-<name> tag, if any."""
+        for tag in self.tags:
+            if tag.startswith("backup-"):
+                return tag.removeprefix("backup-")
+        return None
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    target: str
+    files_restored: int
+    bytes_restored: int
+    duration: float
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    kept: tuple[str, ...]  # snapshot ids
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RepositoryStats:
+    total_size: int
+    total_file_count: int
+    snapshots_count: int
+
+
+# Called with the tool's pid right after it starts: limits/ moves it into a cgroup, renices it.
+SpawnCallback = Callable[[int], None]
+
+
+class Engine(ABC):
+    """A backup tool behind henbackup's vocabulary. See the module docstring for the rules."""
+
+    @abstractmethod
+    def ensure_initialized(self, target: Target) -> bool:
+        """Create the repository if there is none. Returns True if it was created."""
+
+    @abstractmethod
+    def backup(
+        self, target: Target, request: BackupRequest, on_progress: ProgressCallback | None = None
+    ) -> BackupResult: ...
+
+    @abstractmethod
+    def snapshots(
+        self, target: Target, backup: str | None = None, host: str | None = None
+    ) -> list[Snapshot]:
+        """Snapshots, oldest first, optionally only those of one backup and/or host."""
+
+    @abstractmethod
+    def restore(
+        self,
+        target: Target,
+        snapshot_id: str,
+        destination: str,
+        includes: tuple[str, ...] = (),
+        on_progress: ProgressCallback | None = None,
+    ) -> RestoreResult: ...
+
+    @abstractmethod
+    def forget(self, target: Target, policy: Retention, backup: str, host: str) -> ForgetResult:
+        """Apply the policy to the snapshots of this backup made by this host only."""
+
+    @abstractmethod
+    def prune(self, target: Target) -> None: ...
+
+    @abstractmethod
+    def check(self, target: Target, read_data_subset: str | None = None) -> CheckResult: ...
+
+    @abstractmethod
+    def unlock_stale(self, target: Target) -> None:
+        """Remove locks left by processes that no longer exist (never a live one)."""
+
+    @abstractmethod
+    def stats(self, target: Target) -> RepositoryStats: ...

@@ -1,0 +1,68 @@
+"""The one error hierarchy of henbackup.
+
+Every message is one line, free of secrets, and tells the user what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class HenbackupError(Exception):
+    """Base of every error henbackup raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a configuration: where, and what to do about it."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        return f"{where}: {self.message}"
+
+
+class ConfigError(HenbackupError):
+    """The configuration is invalid; carries every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        first = str(self.problems[0]) if self.problems else "invalid configuration"
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        super().__init__(first + more)
+
+
+class EngineError(HenbackupError):
+    """The backup engine (restic) failed."""
+
+
+class WrongPassword(EngineError):
+    """The repository exists but the password does not open it."""
+
+
+class RepositoryMissing(EngineError):
+    """There is no repository at the location (not initialised yet, or wrong path)."""
+
+
+class BackendUnreachable(EngineError):
+    """The storage backend could not be reached (network, credentials, server down)."""
+
+
+class RepositoryLocked(EngineError):
+    """Another live process holds a conflicting lock on the repository."""
+
+
+class SnapshotNotFound(EngineError):
+    """No snapshot matches the given id."""
+
+
+class JobCancelled(HenbackupError):
+    """The job was cancelled; anything it started was interrupted cleanly."""
+
+
+class HookError(HenbackupError):
+    """A before/after/failure hook failed."""

@@ -1,0 +1,41 @@
+"""One backup of one backup definition to one repository."""
+
+from __future__ import annotations
+
+from henbackup.config.model import Config
+from henbackup.engine.base import BackupRequest, BackupResult, Engine
+from henbackup.jobs.job import Job, ProgressReporter, run_job
+from henbackup.jobs.targets import target_for
+from henbackup.observe.events import EmitFunction, FieldValue
+
+
+def run_backup(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> BackupResult:
+    """Back up `job.backup` to `job.repository` (initialising it if new); raises on failure."""
+    backup = config.backups[job.backup or ""]
+    target = target_for(config, config.repositories[job.repository], backup)
+    request = BackupRequest(
+        backup=backup.name,
+        paths=backup.paths,
+        excludes=backup.excludes,
+        host=config.daemon.hostname,
+    )
+
+    def work() -> BackupResult:
+        engine.ensure_initialized(target)
+        result = engine.backup(target, request, ProgressReporter(job, emit))
+        for warning in result.warnings:
+            emit("job.warning", f"{job.title}: {warning}", **job.fields(), error=warning)
+        return result
+
+    return run_job(job, emit, work, _outcome)
+
+
+def _outcome(result: BackupResult) -> tuple[str, dict[str, FieldValue]]:
+    snapshot = f": snapshot {result.snapshot_id}" if result.snapshot_id else ": nothing changed"
+    return snapshot, {
+        "snapshot": result.snapshot_id,
+        "files_new": result.files_new,
+        "files_changed": result.files_changed,
+        "bytes_added": result.bytes_added,
+        "bytes_processed": result.bytes_processed,
+    }

@@ -1,0 +1,108 @@
+"""What a job is: one operation of one backup (or repository) on one repository."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from henbackup.config.model import NORMAL, Priority
+from henbackup.engine.base import Progress
+from henbackup.errors import HenbackupError, JobCancelled
+from henbackup.observe.events import EmitFunction, FieldValue
+
+T = TypeVar("T")
+
+
+def new_job_id() -> str:
+    """Short, unique enough on one host, and easy to type for `henbackupctl cancel`."""
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class Job:
+    operation: str  # backup, restore, check, prune, forget, snapshots, init
+    repository: str
+    backup: str | None = None
+    trigger: str = "manual"  # watch, schedule, manual, startup
+    priority: Priority = NORMAL
+    id: str = field(default_factory=new_job_id)
+
+    def fields(self) -> dict[str, FieldValue]:
+        """The event fields that identify this job."""
+        return {
+            "job": self.id,
+            "operation": self.operation,
+            "backup": self.backup,
+            "repository": self.repository,
+            "trigger": self.trigger,
+            "priority": self.priority.effective,
+        }
+
+    @property
+    def title(self) -> str:
+        """`pictures→aws-ireland`, or the repository alone for a repository job."""
+        return f"{self.backup}→{self.repository}" if self.backup else self.repository
+
+
+class ProgressReporter:
+    """Turns engine progress into job.progress events, at most one per `interval` seconds."""
+
+    def __init__(self, job: Job, emit: EmitFunction, interval: float = 5.0) -> None:
+        self.job, self.emit, self.interval = job, emit, interval
+        self._last = time.monotonic()
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        percent = round(progress.fraction * 100, 1)
+        self.emit(
+            "job.progress",
+            f"{self.job.title}: {self.job.operation} {percent}%",
+            **self.job.fields(),
+            percent=percent,
+            bytes_done=progress.bytes_done,
+            files_done=progress.files_done,
+        )
+
+
+def run_job(
+    job: Job,
+    emit: EmitFunction,
+    work: Callable[[], T],
+    outcome: Callable[[T], tuple[str, dict[str, FieldValue]]] = lambda _: ("", {}),
+) -> T:
+    """Run `work` between job.started and job.succeeded / job.failed / job.cancelled events.
+
+    `outcome` turns the result into a message suffix and extra event fields. Returns what
+    `work` returned; re-raises what it raised.
+    """
+    started = time.monotonic()
+    emit("job.started", f"{job.title}: {job.operation} started", **job.fields())
+    try:
+        result = work()
+    except JobCancelled:
+        emit("job.cancelled", f"{job.title}: {job.operation} cancelled", **job.fields())
+        raise
+    except HenbackupError as error:
+        emit(
+            "job.failed",
+            f"{job.title}: {job.operation} failed: {error}",
+            **job.fields(),
+            duration_sec=time.monotonic() - started,
+            error=str(error),
+        )
+        raise
+    suffix, fields = outcome(result)
+    emit(
+        "job.succeeded",
+        f"{job.title}: {job.operation} succeeded{suffix}",
+        **job.fields(),
+        duration_sec=time.monotonic() - started,
+        **fields,
+    )
+    return result

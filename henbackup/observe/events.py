@@ -1,0 +1,140 @@
+"""Structured events (SPEC "Events"): one journal entry each, or one JSON line on stderr.
+
+`emit("job.succeeded", "pictures → aws: snapshot 1a2b", backup="pictures", ...)` sends
+MESSAGE, PRIORITY, MESSAGE_ID, SYSLOG_IDENTIFIER=henbackup, HENBACKUP_EVENT and one
+HENBACKUP_<NAME> field per keyword. Callers pass only secret-free values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from systemd import journal
+
+IDENTIFIER = "henbackup"
+
+# Stable per kind: `journalctl MESSAGE_ID=...` and the catalog rely on these never changing.
+MESSAGE_IDS: dict[str, str] = {
+    "daemon.started": "c17a673fde8e4aa5851695e7febc1481",
+    "daemon.stopping": "37454ee2d375471ba9917f428fd44cbc",
+    "config.reloaded": "8ac05e4dabec4cd9aaeaa75c42b4f77c",
+    "config.invalid": "b269a3c25f6b484a8d88ee96b0552478",
+    "child.started": "46d11ebd97234b0baaa126aa3ce5b620",
+    "child.exited": "a065ec5568b54fa3b11c4a050c7e0681",
+    "trigger.fired": "42d0ce379ab74211b5eea6c67f579c85",
+    "job.queued": "9db1b1a44b1c48e0a774db92c9cc8890",
+    "job.started": "9c38347f5ea5463c963cf35faf5376ba",
+    "job.progress": "09ab136f50fd46db8d308dd566d1a323",
+    "job.succeeded": "46f20b6b5f294b549fbcca0d0183a6c3",
+    "job.warning": "954a95c88fd548df850a04931685d363",
+    "job.failed": "a9e817b7809241c1a667ca60a3b1e22f",
+    "job.cancelled": "a288b95b444940e3ae722c37556e07dd",
+    "hook.started": "74d55b3aeaa4496a92aee99e9e445b58",
+    "hook.succeeded": "642f3a6f6ef444f18e846e459a1cdf54",
+    "hook.failed": "a38b0636ddbf415b9f1e26240eac29b4",
+}
+
+# syslog levels
+ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6
+_PRIORITIES = {
+    "config.invalid": ERR,
+    "job.failed": ERR,
+    "hook.failed": WARNING,
+    "job.warning": WARNING,
+    "daemon.started": NOTICE,
+    "daemon.stopping": NOTICE,
+}
+
+FieldValue = str | int | float | None
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    message: str
+    fields: tuple[tuple[str, str], ...]  # (HENBACKUP_NAME, value), None values left out
+
+    @property
+    def priority(self) -> int:
+        return _PRIORITIES.get(self.kind, INFO)
+
+    def journal_fields(self) -> dict[str, str]:
+        """Every field of the journal entry, MESSAGE included."""
+        return {
+            "MESSAGE": self.message,
+            "PRIORITY": str(self.priority),
+            "MESSAGE_ID": MESSAGE_IDS[self.kind],
+            "SYSLOG_IDENTIFIER": IDENTIFIER,
+            "HENBACKUP_EVENT": self.kind,
+            **dict(self.fields),
+        }
+
+
+def make_event(kind: str, message: str, **fields: FieldValue) -> Event:
+    """Build an event; raises KeyError for a kind without a MESSAGE_ID (a programming error)."""
+    if kind not in MESSAGE_IDS:
+        raise KeyError(f"event kind {kind!r} has no MESSAGE_ID")
+    pairs = tuple(
+        (f"HENBACKUP_{name.upper()}", _text(value))
+        for name, value in fields.items()
+        if value is not None
+    )
+    return Event(kind, message, pairs)
+
+
+def _text(value: FieldValue) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _journal_connected(stream: TextIO) -> bool:
+    """True when `stream` is systemd's journal stream (systemd sets JOURNAL_STREAM=dev:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class Emitter:
+    """Sends events to journald when running under systemd, else JSON lines to `stream`."""
+
+    def __init__(self, stream: TextIO | None = None, use_journal: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        wanted = os.environ.get("HENBACKUP_EVENTS")  # "journal" or "stderr" forces a sink
+        if use_journal is None:
+            use_journal = wanted == "journal" or (
+                wanted != "stderr" and _journal_connected(self.stream)
+            )
+        self.use_journal = use_journal
+
+    def __call__(self, kind: str, message: str, **fields: FieldValue) -> Event:
+        event = make_event(kind, message, **fields)
+        if not (self.use_journal and self._to_journal(event)):
+            self._to_stream(event)
+        return event
+
+    def _to_journal(self, event: Event) -> bool:
+        try:
+            journal.send(**event.journal_fields())
+        except OSError:  # e.g. a stale socket: ConnectionRefusedError; fall back, never drop
+            return False
+        return True
+
+    def _to_stream(self, event: Event) -> None:
+        # The same shape as `journalctl -o json`: strings, the time in microseconds.
+        record = {"__REALTIME_TIMESTAMP": str(time.time_ns() // 1000)}
+        record.update(event.journal_fields())
+        self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+
+EmitFunction = Callable[..., Event]

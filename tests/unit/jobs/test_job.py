@@ -1,0 +1,62 @@
+import pytest
+
+from henbackup.config.model import Priority
+from henbackup.errors import JobCancelled, WrongPassword
+from henbackup.jobs.job import Job, run_job
+
+
+class Recorder:
+    """Collects emitted events as (kind, fields) pairs."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, kind, message, **fields):
+        self.events.append((kind, message, fields))
+
+
+def job():
+    return Job("backup", "aws", "pictures", "watch", Priority.ordinary(10), id="j1")
+
+
+def test_success_reports_the_outcome_fields():
+    emit = Recorder()
+    assert run_job(job(), emit, lambda: 7, lambda n: (f": {n} files", {"files_new": n})) == 7
+    (k1, m1, f1), (k2, m2, f2) = emit.events
+    assert (k1, m1) == ("job.started", "pictures→aws: backup started")
+    assert f1 == {
+        "job": "j1",
+        "operation": "backup",
+        "backup": "pictures",
+        "repository": "aws",
+        "trigger": "watch",
+        "priority": 10,
+    }
+    assert (k2, m2) == ("job.succeeded", "pictures→aws: backup succeeded: 7 files")
+    assert f2["files_new"] == 7
+    assert f2["duration_sec"] >= 0
+
+
+def test_failure_carries_the_one_line_reason_and_is_raised():
+    emit = Recorder()
+
+    def fail():
+        raise WrongPassword("wrong password for repository aws")
+
+    with pytest.raises(WrongPassword):
+        run_job(job(), emit, fail)
+    kind, message, fields = emit.events[-1]
+    assert kind == "job.failed"
+    assert fields["error"] == "wrong password for repository aws"
+    assert message == "pictures→aws: backup failed: wrong password for repository aws"
+
+
+def test_cancellation_is_its_own_event():
+    emit = Recorder()
+
+    def cancelled():
+        raise JobCancelled("cancelled by henbackupctl")
+
+    with pytest.raises(JobCancelled):
+        run_job(job(), emit, cancelled)
+    assert [kind for kind, _, _ in emit.events] == ["job.started", "job.cancelled"]
