@@ -9,7 +9,7 @@ APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config python3-d
 RESTIC_TRIXIE := .cache/restic-trixie
 DEMO := $(CURDIR)/.demo
 
-.PHONY: demo test lint bench system-packages venv restic-trixie clean
+.PHONY: demo test lint bench man system-packages venv restic-trixie clean
 
 demo: venv
 	mkdir -p $(DEMO)/data $(DEMO)/state $(DEMO)/cache $(DEMO)/run
@@ -29,6 +29,17 @@ lint: venv
 
 bench: venv restic-trixie
 	$(BIN)/python -m bench
+
+# Man pages: henbackup(8) and henbackupctl(1) from the argparse parsers, plus hand-written parts.
+MANDATE := $(shell date -u +"%B %-d, %Y")
+man: venv
+	mkdir -p build/man
+	$(BIN)/argparse-manpage --module henbackup.cli.daemon --function get_parser \
+		--project-name henbackup --version "$$($(BIN)/henbackup --version | cut -d' ' -f2)" \
+		--manual-section 8 --manual-title "System Administration" \
+		--description "supervise restic backups" --include man/henbackup.8.include \
+		--output build/man/henbackup.8
+	sed -i '1s/"[0-9]*\\-[0-9]*\\-[0-9]*"/"$(MANDATE)"/' build/man/henbackup.8
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \

@@ -24,7 +24,10 @@ def get_parser() -> argparse.ArgumentParser:
     """The command line (also read by argparse-manpage to write henbackup(8))."""
     parser = argparse.ArgumentParser(
         prog="henbackup",
-        description="Supervise restic so that backups happen by themselves, on time.",
+        description="henbackup supervises restic so that backups happen by themselves: it "
+        "reads a TOML configuration, runs each backup to each of its repositories, and reports "
+        "every step as a structured event in the journal (or as JSON lines on standard error "
+        "outside systemd).",
     )
     parser.add_argument(
         "--config",

@@ -1,0 +1,76 @@
+"""`henbackup backup NAME` end to end: real restic, two repositories, one of them failing."""
+
+import json
+import os
+import subprocess
+import sys
+
+PASSWORD = "good horse battery 'staple' $HOME"
+OTHER = "a-different-password"
+
+
+def restic_json(restic, repo, password, *args):
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password}
+    done = subprocess.run([restic, *args, "--json"], env=env, capture_output=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_a_failing_repository_does_not_stop_the_other(restic, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("hello\n")
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    env = {**os.environ, "RESTIC_PASSWORD": OTHER, "RESTIC_REPOSITORY": str(bad)}
+    subprocess.run([restic, "init"], env=env, capture_output=True, check=True)
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        f"""
+        [daemon]
+        restic = "{restic}"
+        hostname = "testhost"
+
+        [repositories.bad]
+        location = "{bad}"
+        password = "{PASSWORD}"
+
+        [repositories.good]
+        location = "{good}"
+        password = "{PASSWORD}"
+
+        [backups.docs]
+        paths = ["{data}"]
+        repositories = ["bad", "good"]
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config), "backup", "docs"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HENBACKUP_EVENTS": "stderr", "CACHE_DIRECTORY": str(tmp_path / "c")},
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+
+    snapshots = restic_json(restic, good, PASSWORD, "snapshots")
+    assert len(snapshots) == 1
+    assert snapshots[0]["tags"] == ["backup-docs"]
+    assert snapshots[0]["hostname"] == "testhost"
+
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    by_kind = {(e["HENBACKUP_EVENT"], e["HENBACKUP_REPOSITORY"]): e for e in events}
+    failed = by_kind["job.failed", "bad"]
+    assert failed["HENBACKUP_BACKUP"] == "docs"
+    assert failed["HENBACKUP_OPERATION"] == "backup"
+    assert failed["HENBACKUP_TRIGGER"] == "manual"
+    assert failed["PRIORITY"] == "3"
+    assert "password" in failed["HENBACKUP_ERROR"]
+    assert "\n" not in failed["HENBACKUP_ERROR"]
+    succeeded = by_kind["job.succeeded", "good"]
+    assert succeeded["HENBACKUP_SNAPSHOT"] in (snapshots[0]["id"], snapshots[0]["short_id"])
+    assert succeeded["HENBACKUP_FILES_NEW"] == "1"
+    assert succeeded["HENBACKUP_JOB"] != failed["HENBACKUP_JOB"]
+    assert done.stdout.splitlines() == [
+        f"docs → bad: FAILED: {failed['HENBACKUP_ERROR']}",
+        f"docs → good: snapshot {succeeded['HENBACKUP_SNAPSHOT']}",
+    ]
