@@ -1,0 +1,124 @@
+"""One thread, one selector: the event loop of the master and of every worker.
+
+File descriptors, deadlines (monotonic clock) and signals all wake the same `select()`:
+signals arrive through `signal.set_wakeup_fd`, so handlers never run real work; the loop
+dispatches them between other callbacks. Nothing polls: with nothing due, `select` sleeps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Callback = Callable[[], None]
+
+
+@dataclass(order=True)
+class Timer:
+    when: float
+    order: int
+    callback: Callback = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[Timer] = []
+        self._order = itertools.count()
+        self._signal_callbacks: dict[int, Callback] = {}
+        self._wakeup: tuple[int, int] | None = None  # (read end, write end)
+        self._running = False
+
+    # file descriptors
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    # deadlines
+    def call_at(self, when: float, callback: Callback) -> Timer:
+        """Run `callback` once the loop's clock reaches `when`; returns a cancellable Timer."""
+        timer = Timer(when, next(self._order), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        return self.call_at(self.clock() + delay, callback)
+
+    # signals
+    def on_signal(self, signum: int, callback: Callback) -> None:
+        """Run `callback` in the loop (not in the handler) whenever `signum` arrives."""
+        if self._wakeup is None:
+            self._install_wakeup()
+        self._signal_callbacks[signum] = callback
+        signal.signal(signum, _note_signal)
+
+    def _install_wakeup(self) -> None:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        self._wakeup = (read_end, write_end)
+        self.add_reader(read_end, lambda: self._dispatch_signals(read_end))
+
+    def _dispatch_signals(self, read_end: int) -> None:
+        try:
+            received = os.read(read_end, 512)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(received):  # each signal once per wake-up, in order
+            callback = self._signal_callbacks.get(signum)
+            if callback is not None:
+                callback()
+
+    # running
+    def run(self) -> None:
+        """Serve callbacks until `stop()` is called."""
+        self._running = True
+        while self._running:
+            self.run_once()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run_once(self) -> None:
+        """Wait for the next fd, signal or deadline, and run what is ready."""
+        for key, _ in self._selector.select(self._timeout()):
+            key.data()
+        now = self.clock()
+        while self._timers and self._timers[0].when <= now:
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def _timeout(self) -> float | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(self._timers[0].when - self.clock(), 0.0)
+
+    def close(self) -> None:
+        """Release the selector and the signal wake-up (e.g. in a freshly forked child)."""
+        for signum in self._signal_callbacks:
+            signal.signal(signum, signal.SIG_DFL)
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(-1)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
+        self._selector.close()
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    """Does nothing: the C-level handler already wrote `signum` to the wake-up fd."""
