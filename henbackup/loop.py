@@ -108,8 +108,15 @@ class Loop:
             return None
         return max(self._timers[0].when - self.clock(), 0.0)
 
-    def close(self) -> None:
-        """Release the selector and the signal wake-up (e.g. in a freshly forked child)."""
+    def close(self, registered_too: bool = False) -> None:
+        """Release the selector and the signal wake-up; with `registered_too`, also close
+        every descriptor registered with the loop (in a freshly forked child: none of them
+        is the child's)."""
+        if registered_too:
+            wakeup = self._wakeup or ()
+            for key in list(self._selector.get_map().values()):
+                if key.fd not in wakeup:
+                    os.close(key.fd)
         for signum in self._signal_callbacks:
             signal.signal(signum, signal.SIG_DFL)
         if self._wakeup is not None:

@@ -15,7 +15,9 @@ from henbackup.config.plan import describe_plan
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import ConfigError
 from henbackup.jobs.pipeline import run_backup_pipeline
+from henbackup.master.supervisor import Master
 from henbackup.observe.events import Emitter
+from henbackup.worker.main import worker_main
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -38,6 +40,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"henbackup {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
+        "run",
+        help="run the daemon in the foreground (what henbackup.service starts)",
+        description="Run the master in the foreground: one worker per backup and per "
+        "repository with check or prune schedules. SIGHUP reloads the configuration, "
+        "SIGTERM stops cleanly. Readiness and status go to systemd through sd_notify.",
+    )
+    commands.add_parser(
         "check-config",
         help="validate the configuration and print the resolved plan",
         description="Validate the configuration and print the resolved plan. Exit 0 when "
@@ -55,6 +64,12 @@ def get_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
+
+
+def run(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    master = Master(path, load_config(path), Emitter(), worker_main)
+    return master.run()
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -81,6 +96,7 @@ def backup(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": run,
     "check-config": check_config,
     "backup": backup,
 }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from henbackup.config.model import Config
 from henbackup.engine.base import Engine
-from henbackup.errors import HenbackupError
+from henbackup.errors import HenbackupError, JobCancelled
 from henbackup.jobs.backup import run_backup
 from henbackup.jobs.forget import run_forget
 from henbackup.jobs.job import Job
@@ -41,6 +41,8 @@ def run_backup_pipeline(
                 run_forget(
                     Job("forget", repository, name, trigger, backup.priority), config, engine, emit
                 )
+        except JobCancelled:
+            raise  # nothing more runs once the job is cancelled
         except HenbackupError as error:
             outcomes.append(Outcome(repository, error=str(error)))
             continue

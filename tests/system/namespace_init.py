@@ -23,6 +23,8 @@ import json
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -117,6 +119,22 @@ def private_run() -> None:
     Path("/run/lock").chmod(0o1777)  # as on the host; mkdir's mode would be cut by the umask
     RUNTIME_DIR.mkdir(parents=True, mode=0o700)
     Path("/run/systemd/journald.conf.d/zz-henbackup-harness.conf").write_text(JOURNALD_CONF)
+    inaccessible_nodes(Path("/run/systemd/inaccessible"))
+
+
+def inaccessible_nodes(where: Path) -> None:
+    """What PID 1 creates at boot and sandboxing (InaccessiblePaths=, ProtectKernelLogs=...)
+    mounts over what a service must not see: one node of each type, mode 0000."""
+    where.mkdir()
+    (where / "dir").mkdir(mode=0)
+    (where / "reg").touch(mode=0)
+    os.mkfifo(where / "fifo", 0)
+    os.mknod(where / "chr", 0o000 | stat.S_IFCHR, os.makedev(0, 0))
+    os.mknod(where / "blk", 0o000 | stat.S_IFBLK, os.makedev(0, 0))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(where / "sock"))
+    for node in where.iterdir():
+        node.chmod(0)
 
 
 def join_cgroup(cgroups: list[Path]) -> Callable[[], None]:

@@ -1,0 +1,59 @@
+"""The body of a job process: what a worker's forked child runs for one trigger."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+from henbackup.config.dirs import Dirs
+from henbackup.config.model import INFERIOR, Config
+from henbackup.engine.restic import ResticEngine
+from henbackup.errors import HenbackupError, JobCancelled
+from henbackup.jobs.job import Job
+from henbackup.jobs.maintenance import run_check, run_prune
+from henbackup.jobs.pipeline import run_backup_pipeline
+from henbackup.master.specs import WorkerSpec
+from henbackup.observe.events import Emitter
+
+JOB_OK, JOB_FAILED, JOB_CANCELLED = 0, 1, 3
+
+
+def _cancel(signum: int, frame: FrameType | None) -> None:
+    # Raised once, wherever the job is: the engine then interrupts restic cleanly. A second
+    # SIGTERM must not interrupt that clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise JobCancelled(f"stopped by {signal.Signals(signum).name}")
+
+
+def _engine(config: Config) -> ResticEngine:
+    return ResticEngine(config.daemon.restic, cache_dir=Dirs.from_environment().cache)
+
+
+def backup_job(config: Config, spec: WorkerSpec, trigger: str) -> int:
+    """Run the backup pipeline of `spec`; returns JOB_OK, JOB_FAILED or JOB_CANCELLED."""
+    signal.signal(signal.SIGTERM, _cancel)
+    try:
+        outcomes = run_backup_pipeline(config, spec.name, _engine(config), Emitter(), trigger)
+    except JobCancelled:
+        return JOB_CANCELLED
+    return JOB_OK if all(outcome.ok for outcome in outcomes) else JOB_FAILED
+
+
+def maintenance_job(config: Config, spec: WorkerSpec, operation: str, trigger: str) -> int:
+    """Run a repository's `operation` (check or prune); returns a JOB_* code."""
+    signal.signal(signal.SIGTERM, _cancel)
+    repository = config.repositories[spec.name]
+    settings = repository.check if operation == "check" else repository.prune
+    priority = settings.priority if settings else INFERIOR
+    job = Job(operation, spec.name, None, trigger, priority)
+    engine, emit = _engine(config), Emitter()
+    try:
+        if operation == "check":
+            run_check(job, config, engine, emit, settings.read_data_subset if settings else None)
+        else:
+            run_prune(job, config, engine, emit)
+    except JobCancelled:
+        return JOB_CANCELLED
+    except HenbackupError:
+        return JOB_FAILED
+    return JOB_OK

@@ -1,0 +1,57 @@
+"""What the master supervises: one worker per backup, one per maintained repository.
+
+A worker's `definition` holds everything it depends on, so a reload restarts exactly the
+workers whose definition changed and leaves the others running, even mid-backup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from henbackup.config.model import Backup, Config, Daemon, Repository
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    kind: Literal["backup", "repository"]
+    name: str
+    definition: tuple[Backup | Repository | Daemon, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def worker_specs(config: Config) -> dict[str, WorkerSpec]:
+    """Every worker `config` asks for, by key."""
+    specs = [
+        WorkerSpec(
+            "backup",
+            name,
+            (backup, *(config.repositories[r] for r in backup.repositories), config.daemon),
+        )
+        for name, backup in config.backups.items()
+    ]
+    specs += [
+        WorkerSpec("repository", name, (repository, config.daemon))
+        for name, repository in config.repositories.items()
+        if repository.check is not None or repository.prune is not None
+    ]
+    return {spec.key: spec for spec in specs}
+
+
+@dataclass(frozen=True)
+class Diff:
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def diff(old: dict[str, WorkerSpec], new: dict[str, WorkerSpec]) -> Diff:
+    """Which workers a reload from `old` to `new` must start, restart and stop."""
+    return Diff(
+        added=tuple(key for key in new if key not in old),
+        changed=tuple(key for key in new if key in old and old[key] != new[key]),
+        removed=tuple(key for key in old if key not in new),
+    )

@@ -1,0 +1,293 @@
+"""The master: forks one worker per backup (and per maintained repository), keeps them alive,
+reloads on SIGHUP, stops cleanly on SIGTERM, and tells systemd how things are.
+
+One selector loop: pidfds say a child exited, channels carry its heartbeats and news,
+timers restart children after their backoff and ping the watchdog. Signals only wake it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from henbackup.channel import Channel, Message
+from henbackup.config.load import load_config
+from henbackup.config.model import Config
+from henbackup.errors import ConfigError
+from henbackup.loop import Loop
+from henbackup.master.specs import WorkerSpec, diff, worker_specs
+from henbackup.master.states import Child, Policy, State
+from henbackup.observe.events import EmitFunction
+from henbackup.observe.notify import Notifier
+from henbackup.process import Forked, describe_status, fork_child, reap
+
+# Runs in the forked worker with its end of the channel; returns the worker's exit code.
+WorkerBody = Callable[[WorkerSpec, Config, Channel], int]
+
+
+def _seconds(name: str, default: float) -> float:
+    """Timeouts can be shortened through the environment (tests, debugging)."""
+    return float(os.environ.get(name, default))
+
+
+@dataclass
+class Supervised:
+    spec: WorkerSpec
+    child: Child
+    forked: Forked | None = None
+    channel: Channel | None = None
+    last_heard: float = 0.0
+    job: str = "idle"  # "running" while its job process runs
+    replacement: WorkerSpec | None = None  # a changed definition, started once this one stops
+    hung: bool = False
+
+
+@dataclass
+class Master:
+    config_path: Path
+    config: Config
+    emit: EmitFunction
+    worker_body: WorkerBody
+    notifier: Notifier = field(default_factory=Notifier)
+    policy: Policy = field(default_factory=Policy)
+    loop: Loop = field(default_factory=Loop)
+    hang_timeout: float = field(default_factory=lambda: _seconds("HENBACKUP_HANG_TIMEOUT", 60))
+    stop_timeout: float = field(default_factory=lambda: _seconds("HENBACKUP_STOP_TIMEOUT", 80))
+    children: dict[str, Supervised] = field(default_factory=dict)
+    stopping: bool = False
+
+    # running
+    def run(self) -> int:
+        """Start every worker, tell systemd we are ready, serve until SIGTERM; returns 0."""
+        self.loop.on_signal(signal.SIGHUP, self.reload)
+        self.loop.on_signal(signal.SIGTERM, self.stop)
+        self.loop.on_signal(signal.SIGINT, self.stop)
+        for spec in worker_specs(self.config).values():
+            self._add(spec)
+        self.emit(
+            "daemon.started",
+            f"henbackup started: {self._summary()}",
+            pid=os.getpid(),
+            config=str(self.config_path),
+        )
+        self.notifier.ready()
+        self._update_status()
+        self._check_heartbeats()
+        if self.notifier.watchdog_interval:
+            self._watchdog()
+        self.loop.run()
+        return 0
+
+    def _watchdog(self) -> None:
+        # Sent from a timer of the one loop: if the loop is stuck, systemd stops hearing it.
+        self.notifier.watchdog()
+        self.loop.call_later(self.notifier.watchdog_interval or 1.0, self._watchdog)
+
+    # children
+    def _add(self, spec: WorkerSpec) -> None:
+        self.children[spec.key] = Supervised(spec, Child(spec.key))
+        self._spawn(spec.key)
+
+    def _spawn(self, key: str) -> None:
+        supervised = self.children[key]
+        parent_end, child_end = Channel.pair()
+        config, spec = self.config, supervised.spec
+
+        def body() -> int:
+            self.loop.close(registered_too=True)
+            parent_end.close()
+            return self.worker_body(spec, config, child_end)
+
+        forked = fork_child(f"hb:{spec.name}", body)
+        child_end.close()
+        now = self.loop.clock()
+        supervised.forked, supervised.channel, supervised.last_heard = forked, parent_end, now
+        supervised.hung, supervised.job = False, "idle"
+        supervised.child.spawned(forked.pid, now)
+        self.loop.add_reader(forked.pidfd, lambda: self._exited(key))
+        self.loop.add_reader(parent_end.fileno(), lambda: self._heard(key))
+        self.emit(
+            "child.started",
+            f"worker {spec.name} started (pid {forked.pid})",
+            child=spec.name,
+            child_kind=spec.kind,
+            pid=forked.pid,
+            **{spec.kind: spec.name},
+        )
+
+    def _heard(self, key: str) -> None:
+        supervised = self.children[key]
+        assert supervised.channel is not None
+        try:
+            messages = supervised.channel.receive()
+        except (OSError, ValueError):
+            messages = None
+        if messages is None:  # closed: the pidfd reports the exit
+            self.loop.remove_reader(supervised.channel.fileno())
+            supervised.channel.close()
+            supervised.channel = None
+            return
+        supervised.last_heard = self.loop.clock()
+        for message in messages:
+            self._handle(supervised, message)
+
+    def _handle(self, supervised: Supervised, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "ready" and supervised.child.state is State.STARTING:
+            supervised.child.ready(self.loop.clock())
+        elif kind == "job":
+            supervised.job = str(message.get("state", "idle"))
+        self._update_status()
+
+    def _exited(self, key: str) -> None:
+        supervised = self.children[key]
+        assert supervised.forked is not None
+        pid = supervised.forked.pid
+        self.loop.remove_reader(supervised.forked.pidfd)
+        status = reap(supervised.forked)
+        supervised.forked = None
+        if supervised.channel is not None:
+            self.loop.remove_reader(supervised.channel.fileno())
+            supervised.channel.close()
+            supervised.channel = None
+        now = self.loop.clock()
+        supervised.child.died(now, self.policy)
+        self._report_exit(supervised, pid, status)
+        self._after_exit(key, supervised)
+        self._update_status()
+
+    def _report_exit(self, supervised: Supervised, pid: int, status: int) -> None:
+        spec, child = supervised.spec, supervised.child
+        how = "hung and was killed" if supervised.hung else describe_status(status)
+        then = {
+            State.STOPPED: "",
+            State.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
+            State.BACKOFF: f"; restarting in {self.policy.delay(child.quick_failures):g}s",
+        }[child.state]
+        self.emit(
+            "child.exited",
+            f"worker {spec.name} (pid {pid}) {how}{then}",
+            child=spec.name,
+            child_kind=spec.kind,
+            pid=pid,
+            exit_status=os.waitstatus_to_exitcode(status),
+            state=child.state.value,
+            **{spec.kind: spec.name},
+        )
+
+    def _after_exit(self, key: str, supervised: Supervised) -> None:
+        child = supervised.child
+        if child.state is State.BACKOFF and child.restart_at is not None:
+            self.loop.call_at(child.restart_at, lambda: self._restart(key))
+        elif child.state is State.STOPPED:
+            del self.children[key]
+            if supervised.replacement is not None and not self.stopping:
+                self._add(supervised.replacement)
+            elif self.stopping and not self.children:
+                self.loop.stop()
+
+    def _restart(self, key: str) -> None:
+        supervised = self.children.get(key)
+        if supervised is not None and supervised.child.state is State.BACKOFF:
+            self._spawn(key)
+
+    def _stop_child(self, key: str) -> None:
+        """SIGTERM the worker (it interrupts its job cleanly); a dead one is stopped at once."""
+        supervised = self.children[key]
+        supervised.child.stop(self.loop.clock())
+        if supervised.child.state is State.STOPPED:
+            self._after_exit(key, supervised)
+        elif supervised.forked is not None:
+            os.kill(supervised.forked.pid, signal.SIGTERM)
+
+    def _check_heartbeats(self) -> None:
+        now = self.loop.clock()
+        for supervised in self.children.values():
+            silent = now - supervised.last_heard
+            alive = supervised.child.state in (State.STARTING, State.RUNNING)
+            if alive and silent > self.hang_timeout and supervised.forked is not None:
+                supervised.hung = True
+                os.killpg(supervised.forked.pid, signal.SIGKILL)
+        self.loop.call_later(min(self.hang_timeout / 4, 10.0), self._check_heartbeats)
+
+    # signals
+    def reload(self) -> None:
+        """SIGHUP: apply a new config by name; an invalid one is rejected, the old one runs."""
+        if self.stopping:
+            return
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as error:
+            self.emit(
+                "config.invalid",
+                f"new configuration rejected, the running one stays: {error}",
+                error=str(error),
+                problems=len(error.problems),
+                config=str(self.config_path),
+            )
+            self.notifier.ready()
+            return
+        self._apply(config)
+        self.notifier.ready()
+        self._update_status()
+
+    def _apply(self, config: Config) -> None:
+        old = {key: supervised.spec for key, supervised in self.children.items()}
+        new = worker_specs(config)
+        change = diff(old, new)
+        self.config = config
+        for key in change.removed:
+            self._stop_child(key)
+        for key in change.changed:
+            self.children[key].replacement = new[key]
+            self._stop_child(key)
+        for key in change.added:
+            self._add(new[key])
+        self.emit(
+            "config.reloaded",
+            f"configuration reloaded: {len(change.added)} added, "
+            f"{len(change.changed)} changed, {len(change.removed)} removed",
+            added=" ".join(change.added),
+            changed=" ".join(change.changed),
+            removed=" ".join(change.removed),
+            config=str(self.config_path),
+        )
+
+    def stop(self) -> None:
+        """SIGTERM: no new job, running ones interrupted cleanly, children reaped, exit 0."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.notifier.stopping()
+        self.emit("daemon.stopping", "henbackup stopping", pid=os.getpid())
+        for key in list(self.children):
+            self._stop_child(key)
+        if not self.children:
+            self.loop.stop()
+        self.loop.call_later(self.stop_timeout, self._kill_remaining)
+        self._update_status()
+
+    def _kill_remaining(self) -> None:
+        for supervised in self.children.values():
+            if supervised.forked is not None:
+                os.killpg(supervised.forked.pid, signal.SIGKILL)
+
+    # status
+    def _summary(self) -> str:
+        backups = sum(1 for s in self.children.values() if s.spec.kind == "backup")
+        return f"{backups} backup{'s' if backups != 1 else ''}"
+
+    def _update_status(self) -> None:
+        running = [s.spec.name for s in self.children.values() if s.job == "running"]
+        fatal = [s.spec.name for s in self.children.values() if s.child.state is State.FATAL]
+        parts = [self._summary()]
+        if self.stopping:
+            parts.append("stopping")
+        parts.append(f"running: {', '.join(running)}" if running else "idle")
+        if fatal:
+            parts.append(f"failed: {', '.join(fatal)}")
+        self.notifier.status("; ".join(parts))

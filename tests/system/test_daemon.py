@@ -1,0 +1,189 @@
+"""henbackup.service under a real systemd: readiness, status, reload, crashes, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from user_manager import SystemdHarness
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = "henbackup.service"
+HENBACKUP = Path(sys.executable).parent / "henbackup"
+
+
+def repository(name: str, where: Path) -> str:
+    return f'[repositories.{name}]\nlocation = "{where / name}"\npassword = "pw-{name}"\n'
+
+
+def backup(name: str, data: Path, repo: str, extra: str = "") -> str:
+    return f'[backups.{name}]\npaths = ["{data}"]\nrepositories = ["{repo}"]\n{extra}\n'
+
+
+class Daemon:
+    """The real unit file, pointed at this checkout's henbackup and a test config."""
+
+    def __init__(self, harness: SystemdHarness, tmp: Path) -> None:
+        self.harness, self.tmp = harness, tmp
+        self.config = tmp / "henbackup.toml"
+        self.data = tmp / "data"
+        self.data.mkdir()
+        (self.data / "file.txt").write_text("precious\n")
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text)
+
+    def install(self, **env: str) -> None:
+        unit = (ROOT / "systemd" / UNIT).read_text()
+        unit = unit.replace("/usr/bin/henbackup", f"{HENBACKUP} --config {self.config}")
+        settings = {"CACHE_DIRECTORY": str(self.tmp / "cache"), "PATH": os.environ["PATH"]}
+        settings.update(env)
+        lines = "".join(f'Environment="{k}={v}"\n' for k, v in settings.items())
+        unit = unit.replace("[Service]\n", f"[Service]\n{lines}", 1)
+        self.harness.install_unit(UNIT, unit)
+
+    def start(self) -> dict[str, str]:
+        self.harness.systemctl("start", UNIT)
+        return self.harness.wait_show(UNIT, ActiveState="active", SubState="running")
+
+    def events(self, kind: str, count: int = 1, **fields: str) -> list[dict[str, str]]:
+        match = {
+            "HENBACKUP_EVENT": kind,
+            **{f"HENBACKUP_{k.upper()}": v for k, v in fields.items()},
+        }
+        return self.harness.wait_journal(match, count=count, timeout=30)
+
+    def worker_pid(self, name: str) -> int:
+        (event,) = self.events("child.started", child=name)[-1:]
+        return int(event["HENBACKUP_PID"])
+
+    def status(self) -> str:
+        return self.harness.show(UNIT, "StatusText")["StatusText"]
+
+
+@pytest.fixture
+def daemon(systemd_harness: SystemdHarness) -> Iterator[Daemon]:
+    # Not under /tmp: the unit has PrivateTmp=yes, so the service would not see it.
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ROOT / ".cache", prefix="system-") as tmp:
+        yield Daemon(systemd_harness, Path(tmp))
+
+
+def test_start_reports_ready_and_a_status_line(daemon: Daemon) -> None:
+    daemon.write_config(
+        repository("local", daemon.tmp)
+        + backup("pictures", daemon.data, "local")
+        + backup("music", daemon.data, "local")
+    )
+    daemon.install()
+    daemon.start()
+    daemon.harness.wait_for(lambda: daemon.status() == "2 backups; idle", 10, "status")
+    (started,) = daemon.events("daemon.started")
+    assert started["MESSAGE"] == "henbackup started: 2 backups"
+    assert started["SYSLOG_IDENTIFIER"] == "henbackup"
+    assert started["PRIORITY"] == "5"
+    workers = daemon.events("child.started", count=2)
+    assert sorted(e["HENBACKUP_CHILD"] for e in workers) == ["music", "pictures"]
+    for event in workers:
+        comm = Path(f"/proc/{event['HENBACKUP_PID']}/comm").read_text().strip()
+        assert comm == f"hb:{event['HENBACKUP_CHILD']}"
+
+
+def test_a_killed_worker_is_restarted_alone(daemon: Daemon) -> None:
+    daemon.write_config(
+        repository("local", daemon.tmp)
+        + backup("pictures", daemon.data, "local")
+        + backup("music", daemon.data, "local")
+    )
+    daemon.install()
+    daemon.start()
+    victim, other = daemon.worker_pid("pictures"), daemon.worker_pid("music")
+    os.kill(victim, signal.SIGKILL)
+    (exited,) = daemon.events("child.exited", child="pictures")
+    assert exited["HENBACKUP_PID"] == str(victim)
+    assert exited["HENBACKUP_STATE"] == "backoff"
+    assert (
+        exited["MESSAGE"] == f"worker pictures (pid {victim}) killed by SIGKILL; restarting in 1s"
+    )
+    restarted = daemon.events("child.started", count=2, child="pictures")
+    assert int(restarted[-1]["HENBACKUP_PID"]) != victim
+    assert daemon.worker_pid("music") == other
+    assert Path(f"/proc/{other}").exists()
+
+
+def test_a_hung_worker_is_killed_and_replaced(daemon: Daemon) -> None:
+    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
+    daemon.install(HENBACKUP_HANG_TIMEOUT="2")
+    daemon.start()
+    victim = daemon.worker_pid("pictures")
+    os.kill(victim, signal.SIGSTOP)  # alive, but silent: no heartbeat any more
+    (exited,) = daemon.events("child.exited", child="pictures")
+    assert exited["MESSAGE"].startswith(f"worker pictures (pid {victim}) hung and was killed")
+    assert len(daemon.events("child.started", count=2, child="pictures")) == 2
+
+
+def test_reload_restarts_only_what_changed(daemon: Daemon) -> None:
+    base = repository("local", daemon.tmp) + backup("music", daemon.data, "local")
+    daemon.write_config(
+        base + backup("pictures", daemon.data, "local") + backup("old", daemon.data, "local")
+    )
+    daemon.install()
+    daemon.start()
+    music, pictures = daemon.worker_pid("music"), daemon.worker_pid("pictures")
+    daemon.write_config(
+        base
+        + backup("pictures", daemon.data, "local", 'excludes = ["*.tmp"]')
+        + backup("new", daemon.data, "local")
+    )
+    daemon.harness.systemctl("reload", UNIT)
+    (reloaded,) = daemon.events("config.reloaded")
+    assert reloaded["HENBACKUP_ADDED"] == "backup:new"
+    assert reloaded["HENBACKUP_CHANGED"] == "backup:pictures"
+    assert reloaded["HENBACKUP_REMOVED"] == "backup:old"
+    assert len(daemon.events("child.started", count=2, child="pictures")) == 2
+    daemon.events("child.started", child="new")
+    daemon.events("child.exited", child="old")
+    assert daemon.worker_pid("music") == music  # untouched
+    assert daemon.worker_pid("pictures") != pictures
+    daemon.harness.wait_show(UNIT, ActiveState="active", SubState="running")
+    daemon.harness.wait_for(lambda: daemon.status() == "3 backups; idle", 10, "status")
+
+
+def test_a_broken_config_is_rejected_and_the_old_one_keeps_running(daemon: Daemon) -> None:
+    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
+    daemon.install()
+    daemon.start()
+    worker = daemon.worker_pid("pictures")
+    daemon.write_config(backup("pictures", daemon.data, "nowhere") + "[daemon]\nbogus = 1\n")
+    daemon.harness.systemctl("reload", UNIT)
+    (invalid,) = daemon.events("config.invalid")
+    assert invalid["PRIORITY"] == "3"
+    assert invalid["HENBACKUP_PROBLEMS"] == "2"
+    assert str(daemon.config) in invalid["HENBACKUP_ERROR"]
+    assert "\n" not in invalid["HENBACKUP_ERROR"]
+    daemon.harness.wait_show(UNIT, ActiveState="active", SubState="running")
+    assert daemon.worker_pid("pictures") == worker
+    assert Path(f"/proc/{worker}").exists()
+    assert daemon.harness.journal({"HENBACKUP_EVENT": "config.reloaded"}) == []
+
+
+def test_stop_is_clean_and_quick(daemon: Daemon) -> None:
+    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
+    daemon.install()
+    daemon.start()
+    worker = daemon.worker_pid("pictures")
+    daemon.harness.systemctl("stop", UNIT)
+    daemon.events("daemon.stopping")
+    (exited,) = daemon.events("child.exited", child="pictures")
+    assert exited["HENBACKUP_EXIT_STATUS"] == "0"
+    assert exited["HENBACKUP_STATE"] == "stopped"
+    assert not Path(f"/proc/{worker}").exists()
+    stopped = daemon.harness.wait_journal(
+        {"USER_UNIT": UNIT, "JOB_RESULT": "done", "JOB_TYPE": "stop"}, timeout=30
+    )
+    assert stopped
