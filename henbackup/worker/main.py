@@ -128,7 +128,6 @@ class Worker:
             os.kill(self.job.pid, signal.SIGTERM)
 
 
-
 def run_job_body(config: Config, spec: WorkerSpec, run: RunRequest) -> int:
     """The job process: the backup pipeline, or a repository's check or prune."""
     if spec.kind == "backup":
