@@ -1,50 +1,116 @@
-"""`henbackupctl`: the client of the running daemon (SPEC "henbackupctl").
-
-The control protocol arrives with the daemon; until then this only finds the socket.
-"""
+"""`henbackupctl`: the client of the running daemon (SPEC "henbackupctl")."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from henbackup import __version__
 
 DEFAULT_SOCKET = "/run/henbackup/control.sock"
-EXIT_UNREACHABLE = 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
+EXIT_BY_CODE = {"failed": EXIT_FAILED, "usage": EXIT_USAGE, "permission": EXIT_DENIED}
+TIMEOUT = 30.0
+
+Reply = dict[str, Any]
+
+
+class Unreachable(Exception):
+    """The daemon's control socket does not answer."""
 
 
 def get_parser() -> argparse.ArgumentParser:
     """The command line (also read by argparse-manpage to write henbackupctl(1))."""
-    parser = argparse.ArgumentParser(prog="henbackupctl", description="Talk to henbackup.")
+    parser = argparse.ArgumentParser(
+        prog="henbackupctl", description="Talk to the running henbackup daemon."
+    )
     parser.add_argument(
         "--socket",
         default=os.environ.get("HENBACKUP_SOCKET", DEFAULT_SOCKET),
         help="control socket (default: $HENBACKUP_SOCKET or %(default)s)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--version", action="version", version=f"henbackupctl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("status", help="every backup and repository: state, last and next run")
+    commands.add_parser("status", help="every backup and repository: state, current job")
+    backup = commands.add_parser("backup", help="run a backup now (through the queue)")
+    backup.add_argument("backup", metavar="BACKUP")
+    backup.add_argument(
+        "--no-wait", action="store_true", help="return once the daemon has accepted the request"
+    )
     return parser
+
+
+def request(path: str, payload: dict[str, Any]) -> Reply:
+    """Send one request, return the daemon's reply; raises Unreachable."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        try:
+            sock.connect(path)
+            sock.sendall(json.dumps(payload).encode() + b"\n")
+            data = sock.makefile("rb").readline()
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise Unreachable(f"cannot reach the daemon at {path}: {reason}") from None
+    if not data:
+        raise Unreachable(f"the daemon at {path} closed the connection without answering")
+    return json.loads(data)
+
+
+def show_status(reply: Reply) -> None:
+    print(reply["status"])
+    rows = [("NAME", "KIND", "WORKER", "JOB")]
+    rows += [(w["name"], w["kind"], w["state"], w["job"]) for w in reply["workers"]]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    for row in rows:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+def status(args: argparse.Namespace) -> Reply:
+    return request(args.socket, {"command": "status"})
+
+
+def backup(args: argparse.Namespace) -> Reply:
+    if not args.no_wait:
+        return {
+            "ok": False,
+            "code": "usage",
+            "error": "waiting is not available yet: add --no-wait",
+        }
+    return request(args.socket, {"command": "backup", "backup": args.backup})
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Reply], Callable[[Reply], None]]] = {
+    "status": (status, show_status),
+    "backup": (backup, lambda reply: print("backup requested")),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(args.socket)
-        except OSError as error:
-            print(
-                f"henbackupctl: cannot reach the daemon at {args.socket}: {error.strerror} "
-                "(is henbackup.service running?)",
-                file=sys.stderr,
-            )
-            return EXIT_UNREACHABLE
-    print("henbackupctl: this daemon does not answer control requests yet", file=sys.stderr)
-    return EXIT_UNREACHABLE
+    send, show = COMMANDS[args.command]
+    try:
+        reply = send(args)
+    except Unreachable as error:
+        print(f"henbackupctl: {error} (is henbackup.service running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.get("ok"):
+        print(f"henbackupctl: {reply.get('error', 'the daemon refused')}", file=sys.stderr)
+        return EXIT_BY_CODE.get(reply.get("code", ""), EXIT_FAILED)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        show(reply)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

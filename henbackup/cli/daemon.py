@@ -68,7 +68,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     path = config_path(args.config)
-    master = Master(path, load_config(path), Emitter(), worker_main)
+    socket_path = Dirs.from_environment().runtime / "control.sock"
+    master = Master(path, load_config(path), Emitter(), worker_main, socket_path=socket_path)
     return master.run()
 
 

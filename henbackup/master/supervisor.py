@@ -18,6 +18,14 @@ from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.loop import Loop
+from henbackup.master.control import (
+    ControlServer,
+    Reply,
+    Request,
+    bind,
+    reply_error,
+    socket_from_systemd,
+)
 from henbackup.master.specs import WorkerSpec, diff, worker_specs
 from henbackup.master.states import Child, Policy, State
 from henbackup.observe.events import EmitFunction
@@ -56,8 +64,10 @@ class Master:
     loop: Loop = field(default_factory=Loop)
     hang_timeout: float = field(default_factory=lambda: _seconds("HENBACKUP_HANG_TIMEOUT", 60))
     stop_timeout: float = field(default_factory=lambda: _seconds("HENBACKUP_STOP_TIMEOUT", 80))
+    socket_path: Path | None = None  # None: taken from systemd socket activation, or none
     children: dict[str, Supervised] = field(default_factory=dict)
     stopping: bool = False
+    control: ControlServer | None = None
 
     # running
     def run(self) -> int:
@@ -65,6 +75,7 @@ class Master:
         self.loop.on_signal(signal.SIGHUP, self.reload)
         self.loop.on_signal(signal.SIGTERM, self.stop)
         self.loop.on_signal(signal.SIGINT, self.stop)
+        self._open_control()
         for spec in worker_specs(self.config).values():
             self._add(spec)
         self.emit(
@@ -80,6 +91,14 @@ class Master:
             self._watchdog()
         self.loop.run()
         return 0
+
+    def _open_control(self) -> None:
+        sock = socket_from_systemd()
+        if sock is None and self.socket_path is not None:
+            sock = bind(self.socket_path)
+        if sock is not None:
+            self.control = ControlServer(sock, self.loop, self._control_request)
+            self.control.start()
 
     def _watchdog(self) -> None:
         # Sent from a timer of the one loop: if the loop is stuck, systemd stops hearing it.
@@ -266,6 +285,9 @@ class Master:
         self.emit("daemon.stopping", "henbackup stopping", pid=os.getpid())
         for key in list(self.children):
             self._stop_child(key)
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         if not self.children:
             self.loop.stop()
         self.loop.call_later(self.stop_timeout, self._kill_remaining)
@@ -276,12 +298,54 @@ class Master:
             if supervised.forked is not None:
                 os.killpg(supervised.forked.pid, signal.SIGKILL)
 
+    # control requests
+    def _control_request(self, request: Request) -> Reply:
+        handlers: dict[str, Callable[[Request], Reply]] = {
+            "status": self._status_request,
+            "backup": self._backup_request,
+        }
+        handler = handlers.get(request["command"])
+        if handler is None:
+            return reply_error("usage", f"unknown command {request['command']!r}")
+        return handler(request)
+
+    def _status_request(self, request: Request) -> Reply:
+        workers = [
+            {
+                "kind": s.spec.kind,
+                "name": s.spec.name,
+                "state": s.child.state.value,
+                "pid": s.forked.pid if s.forked else None,
+                "job": s.job,
+            }
+            for s in self.children.values()
+        ]
+        return {"ok": True, "status": self._status_line(), "workers": workers}
+
+    def _backup_request(self, request: Request) -> Reply:
+        name = request.get("backup")
+        supervised = self.children.get(f"backup:{name}")
+        if supervised is None:
+            known = ", ".join(sorted(self.config.backups)) or "none"
+            return reply_error("usage", f"no backup named {name!r} (defined: {known})")
+        if self.stopping or supervised.channel is None:
+            return reply_error(
+                "failed",
+                f"backup {name} cannot start now: its worker is {supervised.child.state.value}",
+            )
+        supervised.channel.send({"type": "run", "operation": "backup"})
+        return {"ok": True}
+
     # status
     def _summary(self) -> str:
         backups = sum(1 for s in self.children.values() if s.spec.kind == "backup")
         return f"{backups} backup{'s' if backups != 1 else ''}"
 
     def _update_status(self) -> None:
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        """One line: `2 backups; running: pictures; failed: music`."""
         running = [s.spec.name for s in self.children.values() if s.job == "running"]
         fatal = [s.spec.name for s in self.children.values() if s.child.state is State.FATAL]
         parts = [self._summary()]
@@ -290,4 +354,4 @@ class Master:
         parts.append(f"running: {', '.join(running)}" if running else "idle")
         if fatal:
             parts.append(f"failed: {', '.join(fatal)}")
-        self.notifier.status("; ".join(parts))
+        return "; ".join(parts)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -187,3 +189,83 @@ def test_stop_is_clean_and_quick(daemon: Daemon) -> None:
         {"USER_UNIT": UNIT, "JOB_RESULT": "done", "JOB_TYPE": "stop"}, timeout=30
     )
     assert stopped
+
+
+CONTROL = "/run/user/0/henbackup/control.sock"  # RuntimeDirectory= of a root user unit
+
+
+def ctl(daemon: Daemon, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    henbackupctl = str(HENBACKUP.parent / "henbackupctl")
+    return daemon.harness.run([henbackupctl, "--socket", CONTROL, *args], check=check)
+
+
+def restic(daemon: Daemon, repo: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "RESTIC_REPOSITORY": str(daemon.tmp / repo),
+        "RESTIC_PASSWORD": f"pw-{repo}",
+    }
+    return subprocess.run(["restic", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_backup_runs_and_its_events_answer_the_journal_query(daemon: Daemon) -> None:
+    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
+    daemon.install()
+    daemon.start()
+    assert ctl(daemon, "backup", "pictures", "--no-wait").stdout == "backup requested\n"
+    (succeeded,) = daemon.events("job.succeeded", backup="pictures")
+    assert succeeded["HENBACKUP_REPOSITORY"] == "local"
+    assert succeeded["HENBACKUP_OPERATION"] == "backup"
+    assert succeeded["HENBACKUP_TRIGGER"] == "manual"
+    assert succeeded["HENBACKUP_FILES_NEW"] == "1"
+    assert succeeded["SYSLOG_IDENTIFIER"] == "henbackup"
+    started = daemon.events("job.started", backup="pictures")
+    assert started[0]["HENBACKUP_JOB"] == succeeded["HENBACKUP_JOB"]
+    snapshots = json.loads(restic(daemon, "local", "snapshots", "--json").stdout)
+    assert [s["short_id"] for s in snapshots] == [succeeded["HENBACKUP_SNAPSHOT"]] or [
+        s["id"] for s in snapshots
+    ] == [succeeded["HENBACKUP_SNAPSHOT"]]
+    status = json.loads(ctl(daemon, "--json", "status").stdout)
+    assert status["status"] == "1 backup; idle"
+    assert [(w["name"], w["state"], w["job"]) for w in status["workers"]] == [
+        ("pictures", "running", "idle")
+    ]
+
+
+def test_unknown_backup_is_exit_2_and_no_daemon_is_exit_3(daemon: Daemon) -> None:
+    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
+    daemon.install()
+    daemon.start()
+    unknown = ctl(daemon, "backup", "music", "--no-wait", check=False)
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "henbackupctl: no backup named 'music' (defined: pictures)\n",
+    )
+    daemon.harness.systemctl("stop", UNIT)
+    gone = ctl(daemon, "status", check=False)
+    assert gone.returncode == 3
+    assert gone.stderr.startswith(f"henbackupctl: cannot reach the daemon at {CONTROL}: ")
+
+
+def test_stop_during_a_backup_leaves_the_repository_clean(daemon: Daemon) -> None:
+    (daemon.data / "big.bin").write_bytes(os.urandom(24 * 1024 * 1024))
+    daemon.write_config(
+        repository("local", daemon.tmp)
+        + backup("pictures", daemon.data, "local", 'upload_limit = "1M"')
+    )
+    assert restic(daemon, "local", "init").returncode == 0
+    daemon.install()
+    daemon.start()
+    ctl(daemon, "backup", "pictures", "--no-wait")
+    daemon.events("job.started", backup="pictures")
+    daemon.harness.wait_for(
+        lambda: list((daemon.tmp / "local" / "locks").iterdir()), 30, "restic's lock"
+    )
+    daemon.harness.systemctl("stop", UNIT)
+    (cancelled,) = daemon.events("job.cancelled", backup="pictures")
+    assert cancelled["HENBACKUP_REPOSITORY"] == "local"
+    daemon.events("child.exited", child="pictures")
+    assert daemon.harness.show(UNIT, "ActiveState")["ActiveState"] in ("inactive", "deactivating")
+    assert restic(daemon, "local", "list", "locks", "--no-lock").stdout == ""
+    checked = restic(daemon, "local", "check")
+    assert checked.returncode == 0, checked.stderr
