@@ -39,7 +39,12 @@ man: venv
 		--manual-section 8 --manual-title "System Administration" \
 		--description "supervise restic backups" --include man/henbackup.8.include \
 		--output build/man/henbackup.8
-	sed -i '1s/"[0-9]*\\-[0-9]*\\-[0-9]*"/"$(MANDATE)"/' build/man/henbackup.8
+	$(BIN)/argparse-manpage --module henbackup.cli.ctl --function get_parser \
+		--project-name henbackup --version "$$($(BIN)/henbackup --version | cut -d' ' -f2)" \
+		--manual-section 1 --manual-title "User Commands" \
+		--description "talk to the henbackup daemon" --include man/henbackupctl.1.include \
+		--output build/man/henbackupctl.1
+	sed -i '1s/"[0-9]*\\-[0-9]*\\-[0-9]*"/"$(MANDATE)"/' build/man/henbackup.8 build/man/henbackupctl.1
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \
