@@ -66,3 +66,7 @@ class JobCancelled(HenbackupError):
 
 class HookError(HenbackupError):
     """A before/after/failure hook failed."""
+
+
+class QueueTimeout(HenbackupError):
+    """A job waited longer than its timeout for a slot or its repository."""

@@ -1,0 +1,176 @@
+"""Command hooks: an argv (no shell) in its own process group, bounded by a timeout.
+
+The child starts a new session, so the hook and everything it spawned share one process
+group: at the timeout, or when the job is cancelled (JobCancelled raised by a signal handler
+while we wait), the whole group gets SIGTERM, then SIGKILL after a grace period.
+Waiting uses a pidfd and the output pipe in one select(): no polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import selectors
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from henbackup.config.model import CommandHook
+from henbackup.hooks.outcome import SKIP_EXIT_STATUS, Attempt, Status
+from henbackup.hooks.redact import Tail
+from henbackup.observe.events import FieldValue
+
+Popen = subprocess.Popen[bytes]
+
+# A clean, minimal environment: the daemon's own (credentials included) is not passed on.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the hook's process group
+
+
+def describe(hook: CommandHook) -> str:
+    """How events name the hook: its program only (arguments may hold secrets)."""
+    return f"command {Path(hook.command[0]).name}" if hook.command else "command"
+
+
+def environment(hook: CommandHook, context_env: dict[str, str]) -> dict[str, str]:
+    """PATH, LANG and HOME, the run's HENBACKUP_* variables, then the hook's own env."""
+    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/")}
+    env.update(context_env)
+    env.update(hook.env)
+    return env
+
+
+def run_command(hook: CommandHook, env: dict[str, str], kill_grace: float = KILL_GRACE) -> Attempt:
+    """Run `hook` to completion or its timeout; returns what happened.
+
+    Exit 0 succeeded, 75 skipped, anything else failed. Raises only what interrupts the
+    wait (JobCancelled from a signal handler), after the process group is killed.
+    """
+    # Signals wait from before the fork until the group is under watch: a cancellation
+    # arriving while Popen() returns would otherwise leave the hook running, unknown.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        process = _spawn(hook, env, mask)
+    except BaseException as error:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if isinstance(error, OSError):
+            return Attempt("failed", f"cannot run {hook.command[0]}: {error.strerror}")
+        raise
+    with process:
+        return _supervise(process, hook.timeout, kill_grace, mask)
+
+
+def _spawn(hook: CommandHook, env: dict[str, str], mask: set[signal.Signals]) -> Popen:
+    """Start the hook in a new session; the child gets the signal mask `mask` back."""
+    return subprocess.Popen(
+        list(hook.command),
+        env=env,
+        cwd=hook.cwd or "/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=functools.partial(signal.pthread_sigmask, signal.SIG_SETMASK, mask),
+    )
+
+
+def _supervise(
+    process: Popen, timeout: float, kill_grace: float, mask: set[signal.Signals]
+) -> Attempt:
+    """Collect output until exit or timeout; whatever interrupts this kills the group.
+
+    Restores the signal mask `mask` inside: a held cancellation is raised there.
+    """
+    tail = Tail()
+    watch = None
+    try:
+        watch = _Watch(process)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        exited = watch.collect(tail, time.monotonic() + timeout)
+        if not exited:
+            _stop_group(process, watch, tail, kill_grace)
+    except BaseException:
+        try:
+            _stop_group(process, watch, tail, kill_grace)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    finally:
+        if watch is not None:
+            watch.close()
+    return _attempt(process.wait(), exited, timeout, tail)
+
+
+class _Watch:
+    """The hook's output pipe and a pidfd of its leader, in one selector."""
+
+    def __init__(self, process: Popen) -> None:
+        assert process.stdout is not None
+        self.output = process.stdout.fileno()
+        os.set_blocking(self.output, False)
+        self.pidfd = os.pidfd_open(process.pid)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.output, selectors.EVENT_READ)
+        self.selector.register(self.pidfd, selectors.EVENT_READ)
+
+    def collect(self, tail: Tail, deadline: float) -> bool:
+        """Read output until the leader exits (returns True) or `deadline` (returns False)."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            for key, _ in self.selector.select(remaining):
+                if key.fd == self.pidfd:
+                    self._drain(tail)  # what it wrote before exiting; its children may go on
+                    return True
+                if not self._read(tail):
+                    self.selector.unregister(self.output)
+        return False
+
+    def _read(self, tail: Tail) -> bool:
+        """Read what is there; False at end of file."""
+        try:
+            chunk = os.read(self.output, 65536)
+        except BlockingIOError:
+            return True
+        tail.add(chunk)
+        return bool(chunk)
+
+    def _drain(self, tail: Tail) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.output, 65536):
+                tail.add(chunk)
+
+    def close(self) -> None:
+        self.selector.close()
+        os.close(self.pidfd)
+
+
+def _stop_group(process: Popen, watch: _Watch | None, tail: Tail, kill_grace: float) -> None:
+    """SIGTERM the hook's process group, SIGKILL it after `kill_grace`, reap the leader."""
+    try:
+        _signal_group(process.pid, signal.SIGTERM)
+        if watch is not None:
+            watch.collect(tail, time.monotonic() + kill_grace)
+    finally:
+        _signal_group(process.pid, signal.SIGKILL)  # stragglers too, even if the leader left
+        process.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _attempt(status: int, exited: bool, timeout: float, tail: Tail) -> Attempt:
+    def attempt(result: Status, error: str | None, **fields: FieldValue) -> Attempt:
+        return Attempt(result, error, bytes(tail.data), tail.truncated, fields)
+
+    if not exited:
+        return attempt("failed", f"timed out after {timeout:g}s")
+    if status < 0:
+        return attempt("failed", f"killed by {signal.Signals(-status).name}")
+    if status == 0:
+        return attempt("succeeded", None, exit_status=status)
+    if status == SKIP_EXIT_STATUS:
+        return attempt("skipped", f"exited with status {status}", exit_status=status)
+    return attempt("failed", f"exited with status {status}", exit_status=status)

@@ -1,0 +1,204 @@
+"""HTTP hooks through urllib: one request, retried with exponential backoff, 2xx = success.
+
+`timeout` bounds each attempt as a whole (connection, headers and body): every read on the
+attempt's sockets only gets the time left, so a server trickling its body cannot stretch it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.client
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from henbackup.config.model import HttpHook
+from henbackup.hooks.outcome import Attempt
+from henbackup.hooks.redact import Tail, redact_url
+
+BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
+MAX_BACKOFF = 60.0
+RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx: the server may recover
+
+
+def describe(hook: HttpHook) -> str:
+    """How events name the hook: method and URL, its secrets redacted."""
+    return f"{hook.method} {redact_url(hook.url)}"
+
+
+def run_http(hook: HttpHook, backoff: float = BACKOFF) -> Attempt:
+    """Send the request, retrying up to `hook.retries` times; returns the last attempt.
+
+    Network errors, timeouts, 5xx, 408 and 429 are retried; other statuses are final.
+    """
+    attempts = 1
+    attempt, retryable = _once(hook)
+    while attempt.status != "succeeded" and retryable and attempts <= hook.retries:
+        time.sleep(min(backoff * 2 ** (attempts - 1), MAX_BACKOFF))
+        attempts += 1
+        attempt, retryable = _once(hook)
+    return replace(attempt, fields={**attempt.fields, "attempts": attempts})
+
+
+def make_request(hook: HttpHook) -> urllib.request.Request:
+    """The request of `hook`; raises ValueError when its URL is not http(s).
+
+    Credentials in the URL (`https://user:password@host/`) become HTTP Basic
+    authentication, as with curl, unless an Authorization header is given.
+    """
+    parts = urlsplit(hook.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http:// or https:// URL")
+    headers = dict(hook.headers)
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        if not any(name.lower() == "authorization" for name in headers):
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    return urllib.request.Request(
+        urlunsplit(parts),
+        data=None if hook.body is None else hook.body.encode(),
+        headers=headers,
+        method=hook.method,
+    )
+
+
+def _once(hook: HttpHook) -> tuple[Attempt, bool]:
+    """One attempt; returns it and whether trying again may help."""
+    try:
+        request = make_request(hook)
+    except ValueError as error:
+        return Attempt("failed", f"cannot send: {error}"), False
+    session = _Session(time.monotonic() + hook.timeout)
+    opener = urllib.request.build_opener(_HTTPHandler(session), _HTTPSHandler(session))
+    tail = Tail()
+    try:
+        status = _exchange(opener, request, hook.timeout, session, tail)
+    except TimeoutError:
+        return Attempt("failed", f"timed out after {hook.timeout:g}s", *_output(tail)), True
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, TimeoutError):
+            return Attempt("failed", f"timed out after {hook.timeout:g}s"), True
+        return Attempt("failed", f"cannot reach {_host(hook)}: {_reason(error.reason)}"), True
+    except (OSError, http.client.HTTPException) as error:
+        return Attempt("failed", f"request failed: {_reason(error)}", *_output(tail)), True
+    fields: dict[str, Any] = {"http_status": status}
+    if 200 <= status < 300:
+        return Attempt("succeeded", None, *_output(tail), fields), False
+    retryable = status >= 500 or status in RETRYABLE_STATUSES
+    return Attempt("failed", _status_text(status), *_output(tail), fields), retryable
+
+
+def _exchange(
+    opener: urllib.request.OpenerDirector,
+    request: urllib.request.Request,
+    timeout: float,
+    session: _Session,
+    tail: Tail,
+) -> int:
+    """Send `request`, read the whole body into `tail`; returns the HTTP status."""
+    try:
+        response = opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as error:  # a non-2xx status: its body is output too
+        response = error
+    with response:
+        while True:
+            session.tighten()
+            chunk = response.read1(65536)
+            if not chunk:
+                return int(response.status or 0)
+            tail.add(chunk)
+
+
+class _Session:
+    """The sockets of one attempt and its deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.sockets: list[socket.socket] = []
+
+    def remaining(self) -> float:
+        """Seconds left; raises TimeoutError when none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    def adopt(self, sock: socket.socket) -> None:
+        self.sockets.append(sock)
+        sock.settimeout(self.remaining())
+
+    def tighten(self) -> bool:
+        """Give every socket only the time left before the next read; returns True."""
+        left = self.remaining()
+        for sock in self.sockets:
+            sock.settimeout(left)
+        return True
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, session: _Session, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._session = session
+
+    def connect(self) -> None:
+        super().connect()
+        self._session.adopt(self.sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, session: _Session, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._session = session
+
+    def connect(self) -> None:
+        super().connect()
+        self._session.adopt(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, session: _Session) -> None:
+        super().__init__()
+        self._session = session
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_HTTPConnection, session=self._session), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, session: _Session) -> None:
+        self._ssl = ssl.create_default_context()
+        super().__init__(context=self._ssl)
+        self._session = session
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(_HTTPSConnection, session=self._session)
+        return self.do_open(connection, req, context=self._ssl)
+
+
+def _output(tail: Tail) -> tuple[bytes, bool]:
+    return bytes(tail.data), tail.truncated
+
+
+def _host(hook: HttpHook) -> str:
+    return urlsplit(hook.url).hostname or "the server"
+
+
+def _status_text(status: int) -> str:
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _reason(reason: object) -> str:
+    """A one-line reason without the URL (which may carry a secret)."""
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason).splitlines()[0] if str(reason) else type(reason).__name__

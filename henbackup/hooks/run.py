@@ -1,0 +1,165 @@
+"""Running hooks with their events, and what their outcomes mean for the run.
+
+Hooks run blocking, inside the job process. A JobCancelled raised by a signal handler
+meanwhile kills a command hook's process group (see command.py) and propagates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from henbackup.config.model import CommandHook, Hook, Hooks
+from henbackup.errors import JobCancelled
+from henbackup.hooks import command, http
+from henbackup.hooks.outcome import Attempt, HookContext, HookOutcome, Status, Verdict
+from henbackup.hooks.redact import Redactor, clean_output, hook_secrets
+from henbackup.observe.events import EmitFunction
+
+Runner = Callable[[Hook, HookContext, EmitFunction], HookOutcome]
+
+_CONSEQUENCES = {
+    "ignore": "ignored",
+    "continue": "the run goes on, marked failed",
+    "stop": "the run stops",
+}
+
+
+def describe(hook: Hook) -> str:
+    """How events name `hook`, without secrets."""
+    return command.describe(hook) if isinstance(hook, CommandHook) else http.describe(hook)
+
+
+def run_hook(
+    hook: Hook,
+    context: HookContext,
+    emit: EmitFunction,
+    backoff: float = http.BACKOFF,
+    kill_grace: float = command.KILL_GRACE,
+) -> HookOutcome:
+    """Run one hook between hook.started and hook.succeeded / hook.failed events.
+
+    Returns its outcome (a skip, exit 75, is reported as hook.succeeded with
+    HENBACKUP_RESULT=skipped). Raises JobCancelled if the job is cancelled meanwhile.
+    """
+    description = describe(hook)
+    title = f"{context.backup}: {context.phase} hook ({description})"
+    emit("hook.started", f"{title} started", **context.fields(), hook_target=description)
+    started = time.monotonic()
+    try:
+        attempt = _attempt(hook, context, backoff, kill_grace)
+    except JobCancelled:
+        emit("hook.failed", f"{title} cancelled", **context.fields(), error="cancelled")
+        raise
+    outcome = _outcome(hook, description, attempt, hook_secrets(hook))
+    _report(outcome, attempt, title, context, emit, time.monotonic() - started)
+    return outcome
+
+
+def _attempt(hook: Hook, context: HookContext, backoff: float, kill_grace: float) -> Attempt:
+    if isinstance(hook, CommandHook):
+        env = command.environment(hook, context.environment())
+        return command.run_command(hook, env, kill_grace)
+    return http.run_http(hook, backoff)
+
+
+def _outcome(hook: Hook, description: str, attempt: Attempt, redact: Redactor) -> HookOutcome:
+    return HookOutcome(
+        status=attempt.status,
+        on_failure=hook.on_failure,
+        description=description,
+        error=None if attempt.error is None else redact(attempt.error),
+        output=clean_output(attempt.output, attempt.truncated, redact),
+    )
+
+
+def _report(
+    outcome: HookOutcome,
+    attempt: Attempt,
+    title: str,
+    context: HookContext,
+    emit: EmitFunction,
+    duration: float,
+) -> None:
+    fields = {
+        **context.fields(),
+        "hook_target": outcome.description,
+        "result": outcome.status,
+        "duration_sec": duration,
+        "output": outcome.output or None,
+        **attempt.fields,
+    }
+    if outcome.status == "succeeded":
+        emit("hook.succeeded", f"{title} succeeded", **fields)
+    elif outcome.status == "skipped":
+        emit("hook.succeeded", f"{title} asked to skip this run ({outcome.error})", **fields)
+    else:
+        consequence = _CONSEQUENCES[outcome.on_failure]
+        message = f"{title} failed: {outcome.error} ({consequence})"
+        emit("hook.failed", message, **fields, error=outcome.error, on_failure=outcome.on_failure)
+
+
+def run_hooks(
+    hooks: Sequence[Hook], context: HookContext, emit: EmitFunction, runner: Runner = run_hook
+) -> Verdict:
+    """Run `hooks` in order, stopping after a skip or a failure with on_failure = stop.
+
+    Returns the Verdict of the phase; raises JobCancelled if the job is cancelled.
+    """
+    outcomes: list[HookOutcome] = []
+    for hook in hooks:
+        outcome = runner(hook, context, emit)
+        outcomes.append(outcome)
+        if outcome.status == "skipped" or (outcome.counts_as_failure and hook.on_failure == "stop"):
+            break
+    return Verdict(tuple(outcomes))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A whole run with its hooks: succeeded, failed or skipped (a before hook exited 75)."""
+
+    status: Status
+    error: str | None = None
+    before: Verdict = field(default_factory=Verdict)
+    after: Verdict = field(default_factory=Verdict)
+    failure: Verdict = field(default_factory=Verdict)
+
+
+def run_with_hooks(
+    hooks: Hooks,
+    context: HookContext,
+    emit: EmitFunction,
+    body: Callable[[], str | None],
+    runner: Runner = run_hook,
+) -> RunResult:
+    """before hooks → `body` → after hooks on success, failure hooks otherwise.
+
+    `body` runs the jobs and returns None on success or a one-line, secret-free reason.
+    A `stop` failure of a before hook skips `body`; a `continue` failure runs it but marks
+    the run failed; an after hook failing marks the run failed too (then failure hooks run).
+    A skip (exit 75) of a before hook ends the run at once, with no other hooks. When the
+    job is cancelled, failure hooks run (with HENBACKUP_ERROR=cancelled) and JobCancelled
+    propagates.
+    """
+    before = run_hooks(hooks.before, replace(context, phase="before"), emit, runner)
+    if before.skip:
+        return RunResult("skipped", before=before)
+    error = before.error
+    if not before.stop:
+        try:
+            error = body() or error
+        except JobCancelled:
+            cancelled = replace(context, phase="failure", error="cancelled")
+            run_hooks(hooks.failure, cancelled, emit, runner)
+            raise
+    after = Verdict()
+    if error is None:
+        after = run_hooks(hooks.after, replace(context, phase="after"), emit, runner)
+        if not after.failed:
+            return RunResult("succeeded", before=before, after=after)
+        error = after.error
+    failure_context = replace(context, phase="failure", error=error)
+    failure = run_hooks(hooks.failure, failure_context, emit, runner)
+    return RunResult("failed", error, before, after, failure)

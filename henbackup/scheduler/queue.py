@@ -1,0 +1,531 @@
+"""The host-wide job queue: tickets in files, slots and repositories as kernel locks.
+
+Layout of the directory ($RUNTIME_DIRECTORY/scheduler):
+
+    lock              flock'ed around every change of the queue
+    tickets/JOB_ID    one JSON ticket per waiting or running job
+    sequence          the last arrival number given out
+    slots             max_concurrent_jobs, set by the master
+    slot-N            flock'ed LOCK_EX by the job holding slot N, for its whole life
+    repository-NAME   flock'ed LOCK_SH by jobs using the repository, LOCK_EX by check/prune
+    nudge             appended to by the master when it reaps a child
+
+Who may run is decided by `plan()` over the tickets and the kernel's view of the locks, by
+whichever process changes the queue (a job arriving, releasing, leaving): it takes its own
+turn if it is its turn, and touches the ticket file of every other job whose turn it is.
+A waiter sleeps on inotify: an IN_ATTRIB on its ticket means "your turn may have come",
+its deletion means "you were cancelled".
+
+A job killed with SIGKILL cannot say it is leaving, and a lock released by the kernel makes
+no inotify event. So whoever reaps job processes (the master) calls `nudge()` after each
+death: every waiter sees the nudge file change, and the first to take the queue lock
+re-plans (dropping the dead ticket, waking the next job). The others see it done and
+go back to sleep. No process polls, and correctness never rests on a clean-up pass: slots
+and repository locks are free the moment the holder dies; only the wake-up waits for the
+nudge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import select
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from henbackup.errors import JobCancelled, QueueTimeout
+from henbackup.scheduler import locks
+from henbackup.scheduler.inotify import IN_ATTRIB, IN_DELETE_SELF, IN_MODIFY, Inotify
+from henbackup.scheduler.procs import alive, start_time
+from henbackup.scheduler.ticket import Mode, Ticket, in_order, plan
+
+if TYPE_CHECKING:
+    from henbackup.loop import Loop
+
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_LOCK_MODES = {"shared": locks.SHARED, "exclusive": locks.EXCLUSIVE}
+
+
+class Scheduler:
+    """The queue in `directory`; any number of processes may each open it."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._tickets = self.directory / "tickets"
+        self._tickets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = self.directory / "lock"
+        self._nudge = self.directory / "nudge"
+        self._nudge.touch(mode=0o600, exist_ok=True)
+
+    # -- public API --------------------------------------------------------------------
+
+    def set_slots(self, count: int) -> None:
+        """Set max_concurrent_jobs for the whole host (the master, at start and on reload).
+
+        Lowering it never stops a running job: new jobs start once enough slots are free.
+        """
+        if count < 1:
+            raise ValueError("max_concurrent_jobs must be at least 1")
+        with locks.locked(self._lock):
+            _write_atomically(self.directory / "slots", str(count).encode())
+            self._dispatch(None)
+
+    def slots(self) -> int:
+        """The current max_concurrent_jobs (1 until the master sets it)."""
+        try:
+            return max(1, int((self.directory / "slots").read_bytes()))
+        except (FileNotFoundError, ValueError):
+            return 1
+
+    def submit(self, ticket: Ticket) -> Waiter:
+        """Enter the queue; returns a Waiter, already granted when the job may start at once.
+
+        Raises ValueError when `ticket.job_id` is not a plain name or is already queued.
+        """
+        if not _JOB_ID.fullmatch(ticket.job_id):
+            raise ValueError(f"job id {ticket.job_id!r} is not a plain name")
+        inotify = Inotify()
+        try:
+            with locks.locked(self._lock):
+                stamped = self._enter(ticket)
+                try:
+                    path = str(self._ticket_path(stamped))
+                    watch = inotify.watch(path, IN_ATTRIB | IN_DELETE_SELF)
+                    inotify.watch(str(self._nudge), IN_MODIFY)
+                    grant = self._dispatch(stamped)
+                except BaseException:  # e.g. JobCancelled from a signal handler
+                    self._drop(stamped)
+                    raise
+        except BaseException:
+            inotify.close()
+            raise
+        return Waiter(self, stamped, inotify, watch, grant)
+
+    @contextlib.contextmanager
+    def acquire(
+        self,
+        ticket: Ticket,
+        timeout: float | None = None,
+        on_queued: Callable[[int], None] | None = None,
+    ) -> Iterator[Grant]:
+        """Wait for the job's turn (blocking), hold its slot and repository for the block.
+
+        `on_queued(position)` is called once if the job has to wait. Raises QueueTimeout
+        after `timeout` seconds, JobCancelled if the ticket is cancelled while waiting;
+        either way the ticket has left the queue.
+        """
+        waiter = self.submit(ticket)
+        if waiter.grant is None and on_queued is not None:
+            try:
+                on_queued(waiter.position() or 1)
+            except BaseException:
+                waiter.cancel()
+                raise
+        with waiter.wait(timeout) as grant:
+            yield grant
+
+    def request(
+        self,
+        loop: Loop,
+        ticket: Ticket,
+        on_granted: Callable[[Grant], None],
+        on_cancelled: Callable[[], None] | None = None,
+    ) -> Waiter:
+        """Enter the queue without blocking; `on_granted(grant)` runs in `loop` at the job's turn.
+
+        `on_cancelled()` runs if another process cancels the ticket. Returns the Waiter:
+        its `cancel()` leaves the queue (or releases a grant not yet handed over).
+        """
+        waiter = self.submit(ticket)
+        if waiter.grant is not None:
+            loop.call_later(0, lambda: waiter.hand_over(on_granted))
+            return waiter
+        fd = waiter.fileno()
+
+        def ready() -> None:
+            try:
+                if waiter.poll() is not None:
+                    waiter.hand_over(on_granted)
+            except JobCancelled:
+                if on_cancelled is not None:
+                    on_cancelled()
+
+        loop.add_reader(fd, ready)
+        waiter.on_close = lambda: loop.remove_reader(fd)
+        return waiter
+
+    def queue(self) -> tuple[Ticket, ...]:
+        """Running tickets (in arrival order), then waiting ones in the order they will run.
+
+        Drops the tickets of dead processes on the way.
+        """
+        with locks.locked(self._lock):
+            tickets = self._read_tickets()
+            living = [t for t in tickets if _alive(t)]
+            if len(living) < len(tickets):
+                for ticket in set(tickets) - set(living):
+                    self._drop(ticket)
+                self._dispatch(None)  # a dead ticket may have held others back
+        running = sorted((t for t in living if t.state == "running"), key=lambda t: t.sequence)
+        return (*running, *in_order(living))
+
+    def position(self, job_id: str) -> int | None:
+        """1 for the job that runs next, 2 after it...; None when not waiting."""
+        waiting = [t for t in self.queue() if t.state == "waiting"]
+        for position, ticket in enumerate(waiting, start=1):
+            if ticket.job_id == job_id:
+                return position
+        return None
+
+    def cancel(self, job_id: str) -> Ticket | None:
+        """Withdraw a waiting ticket (its waiter gets JobCancelled / on_cancelled).
+
+        Returns the ticket as it was, or None if unknown. A running ticket is left alone:
+        the caller stops its process (`ticket.pid`), whose exit releases everything.
+        """
+        if not _JOB_ID.fullmatch(job_id):
+            return None  # not a name a ticket can have (nor a path out of the directory)
+        with locks.locked(self._lock):
+            ticket = self._read(self._tickets / job_id)
+            if ticket is not None and ticket.state == "waiting":
+                self._drop(ticket)
+                self._dispatch(None)
+            return ticket
+
+    def nudge(self) -> None:
+        """Make waiters re-plan: call after reaping a child that may have held a ticket.
+
+        Lock-free and cheap (appends a byte): fine to call from the master's loop.
+        """
+        fd = os.open(self._nudge, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b".")
+        finally:
+            os.close(fd)
+
+    # -- under the queue lock ------------------------------------------------------------
+
+    def _enter(self, ticket: Ticket) -> Ticket:
+        """Stamp `ticket` with its owner and arrival, and write its file."""
+        started = start_time(os.getpid())
+        stamped = replace(
+            ticket,
+            pid=os.getpid(),
+            start_time=started or 0,
+            sequence=self._next_sequence(),
+            state="waiting",
+            slot=None,
+            queued_at=time.time(),
+        )
+        path = self._ticket_path(stamped)
+        existing = self._read(path)
+        if existing is not None and _alive(existing):
+            raise ValueError(f"job {ticket.job_id} is already in the queue")
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, stamped.to_json())
+        finally:
+            os.close(fd)
+        return stamped
+
+    def _dispatch(self, own: Ticket | None) -> Grant | None:
+        """Re-plan: take `own`'s turn if it has come (returns its Grant), wake the others."""
+        self._clear_nudge()
+        tickets = self._read_tickets()
+        for ticket in tickets:
+            if ticket.state == "running" and not _alive(ticket):
+                self._drop(ticket)
+        starting, dead = plan(in_order(tickets), self._free_slots(), self._repository_free, _alive)
+        for ticket in dead:
+            self._drop(ticket)
+        grant = None
+        for ticket in starting:
+            if own is not None and (ticket.job_id, ticket.sequence) == (own.job_id, own.sequence):
+                grant = self._take(ticket)
+            else:
+                self._wake(ticket)
+        return grant
+
+    def _take(self, ticket: Ticket) -> Grant | None:
+        """Lock a slot (unless immediate) and the repository, and mark the ticket running."""
+        slot_fd, slot = None, None
+        if ticket.needs_slot:
+            for index in range(self.slots()):
+                slot_fd = locks.try_lock(self.directory / f"slot-{index}", locks.EXCLUSIVE)
+                if slot_fd is not None:
+                    slot = index
+                    break
+            else:
+                return None  # plan() saw a free slot under this same lock: cannot happen
+        repository_fd = locks.try_lock(
+            self._repository_path(ticket.repository), _LOCK_MODES[ticket.mode]
+        )
+        if repository_fd is None:
+            if slot_fd is not None:
+                os.close(slot_fd)
+            return None
+        running = ticket.running(slot)
+        # Rewritten in place, not renamed over: the waiter's inotify watch is on this inode.
+        with open(self._ticket_path(ticket), "wb") as file:
+            file.write(running.to_json())
+        return Grant(self, running, slot_fd, repository_fd)
+
+    def _release(self, grant: Grant) -> None:
+        self._drop(grant.ticket)
+        grant.close_locks()
+        self._dispatch(None)
+
+    def _withdraw(self, ticket: Ticket) -> None:
+        self._drop(ticket)
+        self._dispatch(None)  # leaving may let others go: on-idle jobs, repository claims
+
+    def _free_slots(self) -> int:
+        """Slots free by the kernel's account: held slot files, whatever their number, count."""
+        held = sum(
+            not locks.is_free(path, locks.EXCLUSIVE) for path in self.directory.glob("slot-*")
+        )
+        return max(0, self.slots() - held)
+
+    def _repository_free(self, repository: str, mode: Mode) -> bool:
+        return locks.is_free(self._repository_path(repository), _LOCK_MODES[mode])
+
+    def _read_tickets(self) -> list[Ticket]:
+        with os.scandir(self._tickets) as entries:
+            tickets = [self._read(entry.path) for entry in entries]
+        return [ticket for ticket in tickets if ticket is not None]
+
+    def _read(self, path: str | Path) -> Ticket | None:
+        """The ticket in `path`, or None; a torn file (its writer died) is removed."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            raw = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+        try:
+            return Ticket.from_json(raw)
+        except (ValueError, TypeError, KeyError):
+            os.unlink(path)
+            return None
+
+    def _drop(self, ticket: Ticket) -> None:
+        self._ticket_path(ticket).unlink(missing_ok=True)
+
+    def _wake(self, ticket: Ticket) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._ticket_path(ticket))  # IN_ATTRIB for its waiter
+
+    def _clear_nudge(self) -> None:
+        if self.nudged():
+            os.truncate(self._nudge, 0)
+
+    def nudged(self) -> bool:
+        """Whether a nudge came that no re-plan has answered yet."""
+        return self._nudge.stat().st_size > 0
+
+    def _next_sequence(self) -> int:
+        path = self.directory / "sequence"
+        try:
+            last = int(path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            last = 0
+        _write_atomically(path, str(last + 1).encode())
+        return last + 1
+
+    def _ticket_path(self, ticket: Ticket) -> Path:
+        return self._tickets / ticket.job_id
+
+    def _repository_path(self, repository: str) -> Path:
+        name = quote(repository, safe="")
+        if len(name) > 200:
+            name = hashlib.sha256(repository.encode()).hexdigest()
+        return self.directory / f"repository-{name}"
+
+
+class Grant:
+    """A job's turn: holds its slot and repository lock until `release()` (or process death).
+
+    A context manager. Only the process that was granted holds it: its lock fds are
+    close-on-exec, and a fork()ed child closes its copies at once (see `_forget_in_child`),
+    so a child that outlives the job never pins the slot.
+    """
+
+    def __init__(
+        self, scheduler: Scheduler, ticket: Ticket, slot_fd: int | None, repository_fd: int
+    ) -> None:
+        self.ticket = ticket
+        self._scheduler = scheduler
+        self._fds = [fd for fd in (repository_fd, slot_fd) if fd is not None]
+        self.released = False
+        _HELD.add(self)
+
+    def release(self) -> None:
+        """Give the slot and repository back and wake whoever's turn it is; idempotent."""
+        if self.released:
+            return
+        self.released = True
+        try:
+            with locks.locked(self._scheduler._lock):
+                self._scheduler._release(self)
+        finally:
+            self.close_locks()
+
+    def close_locks(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def __enter__(self) -> Grant:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class Waiter:
+    """A ticket in the queue, waiting for its turn: blocking (`wait`) or from a loop (`poll`)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        ticket: Ticket,
+        inotify: Inotify,
+        ticket_watch: int,
+        grant: Grant | None,
+    ) -> None:
+        self.ticket = ticket
+        self.grant = grant
+        self.on_close: Callable[[], None] | None = None
+        self._scheduler = scheduler
+        self._inotify = inotify
+        self._ticket_watch = ticket_watch
+        self._handed_over = False
+        self._closed = False
+        if grant is not None:
+            self.close()
+
+    def fileno(self) -> int:
+        """The inotify fd: readable when the queue may have changed for this ticket."""
+        return self._inotify.fileno()
+
+    def poll(self) -> Grant | None:
+        """Take the turn if it has come; returns the Grant or None (never blocks for long).
+
+        Raises JobCancelled when the ticket was cancelled by another process.
+        """
+        if self.grant is not None or self._closed:
+            return self.grant
+        events = self._inotify.read()
+        mine = self._ticket_watch in events
+        if not (mine or (events and self._scheduler.nudged())):
+            return None
+        with locks.locked(self._scheduler._lock):
+            if not self._scheduler._ticket_path(self.ticket).exists():
+                self.close()
+                raise JobCancelled(f"job {self.ticket.job_id} was cancelled while queued")
+            if mine or self._scheduler.nudged():  # another waiter may have answered the nudge
+                self.grant = self._scheduler._dispatch(self.ticket)
+        if self.grant is not None:
+            self.close()
+        return self.grant
+
+    def wait(self, timeout: float | None = None) -> Grant:
+        """Block until the job's turn; returns its Grant.
+
+        Raises QueueTimeout after `timeout` seconds, JobCancelled if cancelled (also when
+        raised by a signal handler meanwhile); in every case the ticket leaves the queue.
+        """
+        try:
+            grant = self.grant or self._sleep_until_granted(timeout)
+        except BaseException:
+            self.cancel()
+            raise
+        self._handed_over = True
+        return grant
+
+    def _sleep_until_granted(self, timeout: float | None) -> Grant:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
+        while True:
+            if self._closed:
+                raise JobCancelled(f"job {self.ticket.job_id} was cancelled while queued")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueTimeout(_timeout_message(timeout or 0.0))
+            if poller.poll(None if remaining is None else remaining * 1000 + 1):
+                grant = self.poll()
+                if grant is not None:
+                    return grant
+
+    def hand_over(self, on_granted: Callable[[Grant], None]) -> None:
+        """Give the grant to `on_granted`, once, unless the ticket was cancelled meanwhile."""
+        if self.grant is not None and not self._handed_over and not self.grant.released:
+            self._handed_over = True
+            on_granted(self.grant)
+
+    def cancel(self) -> None:
+        """Leave the queue; a grant not yet handed over is released. Idempotent."""
+        if self.grant is not None:
+            if not self._handed_over:
+                self.grant.release()
+            return
+        if self._closed:
+            return
+        try:
+            with locks.locked(self._scheduler._lock):
+                self._scheduler._withdraw(self.ticket)
+        finally:
+            self.close()
+
+    def position(self) -> int | None:
+        """1 when this job runs next; None once running or gone."""
+        return self._scheduler.position(self.ticket.job_id)
+
+    def close(self) -> None:
+        """Stop watching (the ticket itself stays as it is)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.on_close is not None:
+            self.on_close()
+        self._inotify.close()
+
+
+_HELD: weakref.WeakSet[Grant] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """After fork(), in the child: the parent's grants are not ours; close our copies only."""
+    for grant in list(_HELD):
+        grant.released = True
+        grant.close_locks()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _alive(ticket: Ticket) -> bool:
+    return alive(ticket.pid, ticket.start_time)
+
+
+def _timeout_message(timeout: float) -> str:
+    return (
+        f"gave up after {timeout:g}s in the queue (other jobs held every slot or the"
+        " repository): raise max_concurrent_jobs or the job's timeout"
+    )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -1,0 +1,224 @@
+"""HTTP hooks against a real HTTP server on 127.0.0.1, run by this test in a thread."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from henbackup.config.model import HttpHook
+from henbackup.hooks import HookContext, run_hook
+from henbackup.observe.events import make_event
+
+CONTEXT = HookContext("grafana", "before", job="j1", trigger="manual")
+GENEROUS = 15.0  # an upper bound for slow machines, not a performance assertion
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.hits: Counter[str] = Counter()
+        self.requests: list[dict] = []
+        self.done = threading.Event()  # set at teardown: hanging handlers give up
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.handle_any()
+
+    def do_POST(self) -> None:
+        self.handle_any()
+
+    def handle_any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        path = self.path.split("?")[0]
+        self.server.hits[path] += 1
+        self.server.requests.append(
+            {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+        )
+        getattr(self, "route_" + path.strip("/").replace("-", "_"))()
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def route_ok(self) -> None:
+        self.reply(200, b"dumped\n")
+
+    def route_flaky(self) -> None:  # 500 twice, then 200
+        ok = self.server.hits["/flaky"] > 2
+        self.reply(200 if ok else 500, b"fine\n" if ok else b"not yet\n")
+
+    def route_missing(self) -> None:
+        self.reply(404, b"no such dump\n")
+
+    def route_hang(self) -> None:  # never answers (until teardown)
+        self.server.done.wait(GENEROUS * 2)
+
+    def route_slow_body(self) -> None:  # headers at once, then one byte every 100 ms
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        for _ in range(1000):
+            if self.server.done.wait(0.1):
+                return
+            self.wfile.write(b".")
+            self.wfile.flush()
+
+    def route_echo(self) -> None:
+        self.reply(200, json.dumps(self.server.requests[-1]).encode())
+
+    def route_big(self) -> None:
+        self.reply(200, b"".join(b"line %05d\n" % n for n in range(10000)))
+
+
+@pytest.fixture
+def server():
+    httpd = Server()
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.done.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def events():
+    recorded = []
+
+    def emit(kind, message, **fields):
+        event = make_event(kind, message, **fields)
+        recorded.append(event)
+        return event
+
+    emit.recorded = recorded
+    return emit
+
+
+def fields(event):
+    return dict(event.fields)
+
+
+def test_a_2xx_answer_succeeds_with_method_headers_and_body(server, events):
+    hook = HttpHook(server.url + "/echo", method="POST", headers=(("X-Run", "1"),), body="{}")
+    outcome = run_hook(hook, CONTEXT, events)
+    assert outcome.status == "succeeded"
+    request = server.requests[-1]
+    assert request["method"] == "POST" and request["body"] == "{}"
+    assert request["headers"]["X-Run"] == "1"
+    kinds = [e.kind for e in events.recorded]
+    assert kinds == ["hook.started", "hook.succeeded"]
+    done = fields(events.recorded[-1])
+    assert done["HENBACKUP_HTTP_STATUS"] == "200" and done["HENBACKUP_ATTEMPTS"] == "1"
+    assert done["HENBACKUP_HOOK"] == "before" and done["HENBACKUP_BACKUP"] == "grafana"
+
+
+def test_500_then_200_succeeds_with_retries(server, events):
+    hook = HttpHook(server.url + "/flaky", retries=3, timeout=5)
+    outcome = run_hook(hook, CONTEXT, events, backoff=0.01)
+    assert outcome.status == "succeeded"
+    assert server.hits["/flaky"] == 3
+    assert fields(events.recorded[-1])["HENBACKUP_ATTEMPTS"] == "3"
+
+
+def test_without_enough_retries_a_500_fails_and_says_so(server, events):
+    hook = HttpHook(server.url + "/flaky", retries=1, timeout=5, on_failure="continue")
+    outcome = run_hook(hook, CONTEXT, events, backoff=0.01)
+    assert outcome.status == "failed" and outcome.error == "HTTP 500 Internal Server Error"
+    assert outcome.output == "not yet"
+    failed = events.recorded[-1]
+    assert failed.kind == "hook.failed" and "the run goes on, marked failed" in failed.message
+
+
+def test_a_4xx_is_final_and_not_retried(server, events):
+    outcome = run_hook(HttpHook(server.url + "/missing", retries=3), CONTEXT, events, backoff=0.01)
+    assert outcome.status == "failed" and server.hits["/missing"] == 1
+
+
+def test_a_server_that_never_answers_times_out(server, events):
+    started = time.monotonic()
+    outcome = run_hook(HttpHook(server.url + "/hang", timeout=0.5), CONTEXT, events)
+    assert outcome.status == "failed" and outcome.error == "timed out after 0.5s"
+    assert time.monotonic() - started < GENEROUS
+
+
+def test_a_slow_body_cannot_stretch_the_timeout(server, events):
+    started = time.monotonic()
+    outcome = run_hook(HttpHook(server.url + "/slow-body", timeout=1), CONTEXT, events)
+    assert outcome.status == "failed" and outcome.error == "timed out after 1s"
+    assert time.monotonic() - started < GENEROUS  # the body alone would take 100 s
+
+
+def test_timeouts_are_retried_too(server, events):
+    outcome = run_hook(
+        HttpHook(server.url + "/hang", timeout=0.2, retries=1), CONTEXT, events, 0.01
+    )
+    assert outcome.status == "failed" and server.hits["/hang"] == 2
+
+
+def test_an_unreachable_server_fails_with_a_short_reason(events):
+    with socket.socket() as unused:  # bound, never listening: connections are refused
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/ok"
+        outcome = run_hook(HttpHook(url), CONTEXT, events)
+    assert outcome.status == "failed"
+    assert outcome.error == "cannot reach 127.0.0.1: Connection refused"
+
+
+def test_output_is_truncated_to_its_end(server, events):
+    outcome = run_hook(HttpHook(server.url + "/big", method="GET"), CONTEXT, events)
+    assert outcome.output.startswith("[…output truncated…]\n")
+    assert outcome.output.endswith("line 09999")
+    assert len(outcome.output.encode()) <= 4096 + 64
+
+
+def test_secrets_never_reach_the_events(server, events):
+    hook = HttpHook(
+        server.url + "/echo?password=hunter2pw&db=main",
+        headers=(("Authorization", "Bearer t0ken-s3cret"),),
+    )
+    outcome = run_hook(hook, CONTEXT, events)
+    assert outcome.status == "succeeded"
+    assert server.requests[-1]["headers"]["Authorization"] == "Bearer t0ken-s3cret"
+    assert "<redacted>" in outcome.output  # the server echoed both secrets back
+    everything = json.dumps([e.journal_fields() for e in events.recorded])
+    assert "hunter2pw" not in everything and "t0ken-s3cret" not in everything
+    assert "password=<redacted>&db=main" in events.recorded[0].message
+
+
+def test_credentials_in_the_url_become_basic_auth_and_stay_secret(server, events):
+    url = server.url.replace("http://", "http://backup:pa%24%24word@") + "/echo"
+    outcome = run_hook(HttpHook(url), CONTEXT, events)
+    assert outcome.status == "succeeded"
+    sent = server.requests[-1]["headers"]["Authorization"]
+    assert sent == "Basic " + base64.b64encode(b"backup:pa$$word").decode()
+    everything = json.dumps([e.journal_fields() for e in events.recorded])
+    assert "pa$$word" not in everything and sent.split()[1] not in everything
+    assert "pa%24%24word" not in everything
+
+
+def test_a_url_that_is_not_http_fails_without_retrying(events):
+    outcome = run_hook(HttpHook("ftp://example.org/x", retries=3), CONTEXT, events, backoff=0.01)
+    assert outcome.error == "cannot send: not an http:// or https:// URL"
+    assert dict(events.recorded[-1].fields)["HENBACKUP_ATTEMPTS"] == "1"

@@ -1,0 +1,99 @@
+"""What may reach a hook's events: bounded output, without the secrets it was given."""
+
+from __future__ import annotations
+
+from henbackup.config.model import CommandHook, HttpHook
+from henbackup.hooks.command import SAFE_PATH, environment
+from henbackup.hooks.outcome import HookContext
+from henbackup.hooks.redact import (
+    OUTPUT_LIMIT,
+    REDACTED,
+    TRUNCATED,
+    Redactor,
+    Tail,
+    clean_output,
+    hook_secrets,
+    redact_url,
+)
+
+
+def test_env_values_are_secrets_unless_short_and_harmlessly_named():
+    hook = CommandHook(
+        ("x",), env=(("PGPASSWORD", "hunter2"), ("DEBUG", "1"), ("TOKEN", "ab"), ("DB", "grafana"))
+    )
+    redact = hook_secrets(hook)
+    assert redact("pw=hunter2 debug=1 token ab db grafana") == (
+        f"pw={REDACTED} debug=1 token {REDACTED} db {REDACTED}"
+    )
+
+
+def test_authorization_like_headers_and_their_credentials_are_secrets():
+    hook = HttpHook(
+        "https://h/x",
+        headers=(
+            ("Authorization", "Bearer s3cr3t-token"),
+            ("X-Api-Key", "k3y!"),
+            ("Accept", "*/*"),
+        ),
+    )
+    redact = hook_secrets(hook)
+    text = redact("got Bearer s3cr3t-token, then s3cr3t-token alone, k3y! and */*")
+    assert "s3cr3t" not in text and "k3y!" not in text
+    assert "*/*" in text
+
+
+def test_url_passwords_and_password_ish_query_values_are_redacted():
+    url = "https://user:pa55@example.org/dump?db=main&password=x1&api_key=k2&sig=s3#frag"
+    shown = redact_url(url)
+    assert "pa55" not in shown and "x1" not in shown and "k2" not in shown and "s3" not in shown
+    assert shown.startswith(f"https://user:{REDACTED}@example.org/dump?db=main&password=")
+    redact = hook_secrets(HttpHook(url))
+    assert redact("echo: user:pa55 x1") == f"echo: user:{REDACTED} {REDACTED}"
+
+
+def test_password_ish_query_values_are_redacted_in_any_output():
+    assert Redactor()("GET /x?a=1&access_token=zzz9 ok") == f"GET /x?a=1&access_token={REDACTED} ok"
+
+
+def test_longer_secrets_are_replaced_first():
+    assert Redactor.of(["abc", "abcdef"])("abcdef abc") == f"{REDACTED} {REDACTED}"
+
+
+def test_tail_keeps_the_end_and_notes_the_cut():
+    tail = Tail(limit=10)
+    tail.add(b"0123456789")
+    assert not tail.truncated
+    tail.add(b"abc")
+    assert bytes(tail.data) == b"3456789abc" and tail.truncated
+
+
+def test_truncated_output_starts_at_a_line_and_is_marked():
+    text = clean_output(b"tail of a line\nlast line\n", True, Redactor())
+    assert text == TRUNCATED + "last line"
+
+
+def test_a_secret_cut_by_truncation_leaves_no_fragment():
+    redact = Redactor.of(["hunter2secret"])
+    text = clean_output(b"2secret and the rest without a line break", True, redact)
+    assert text == TRUNCATED + " and the rest without a line break"
+
+
+def test_output_that_fits_is_only_decoded_and_redacted():
+    assert clean_output("héllo pw\n".encode(), False, Redactor.of(["pw"])) == f"héllo {REDACTED}"
+    assert clean_output(b"\xff", False, Redactor()) == "\ufffd"
+    assert OUTPUT_LIMIT == 4096
+
+
+def test_command_environment_is_minimal_then_context_then_the_hooks_own():
+    os_secret = "AWS_SECRET_ACCESS_KEY"
+    hook = CommandHook(("x",), env=(("PATH", "/opt/bin"), ("A", "1")))
+    context = HookContext("grafana", "failure", job="j1", trigger="schedule", error="boom")
+    env = environment(hook, context.environment())
+    assert env["PATH"] == "/opt/bin" and env["A"] == "1" and env["LANG"] == "C.UTF-8"
+    assert env["HENBACKUP_BACKUP"] == "grafana" and env["HENBACKUP_HOOK"] == "failure"
+    assert env["HENBACKUP_ERROR"] == "boom" and env["HENBACKUP_TRIGGER"] == "schedule"
+    assert os_secret not in env
+    assert set(env) == {"PATH", "LANG", "HOME", "A"} | {
+        f"HENBACKUP_{n}" for n in ("BACKUP", "HOOK", "JOB", "TRIGGER", "ERROR")
+    }
+    assert environment(CommandHook(("x",)), {})["PATH"] == SAFE_PATH

@@ -1,0 +1,234 @@
+"""The queue within one process: flock excludes per open file, so one process can contend.
+
+Processes contending for real are in tests/integration/test_scheduler_processes.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import time
+
+import pytest
+
+from henbackup.config.model import Priority
+from henbackup.errors import JobCancelled, QueueTimeout
+from henbackup.loop import Loop
+from henbackup.scheduler import Scheduler, Ticket
+
+NORMAL = Priority.ordinary(0)
+DEADLINE = 10.0  # generous: a busy machine must never fail these
+
+
+@pytest.fixture
+def scheduler(tmp_path):
+    queue = Scheduler(tmp_path / "scheduler")
+    queue.set_slots(1)
+    return queue
+
+
+def ticket(job_id, priority=NORMAL, repository="r", mode="shared"):
+    return Ticket(job_id, repository, priority, mode)
+
+
+def turn_of(waiter):
+    """Wait (without polling) until the waiter's fd wakes it and its turn has come."""
+    deadline = time.monotonic() + DEADLINE
+    while (remaining := deadline - time.monotonic()) > 0:
+        if select.select([waiter], [], [], remaining)[0] and waiter.poll() is not None:
+            return waiter.grant
+    raise AssertionError("the waiter was never granted")
+
+
+def test_a_free_slot_is_granted_at_once_and_held_until_release(scheduler):
+    first = scheduler.submit(ticket("a"))
+    assert first.grant is not None and first.grant.ticket.slot == 0
+    second = scheduler.submit(ticket("b"))
+    assert second.grant is None
+    assert [(t.job_id, t.state) for t in scheduler.queue()] == [("a", "running"), ("b", "waiting")]
+    first.grant.release()
+    assert turn_of(second).ticket.state == "running"
+    second.grant.release()
+    assert scheduler.queue() == ()
+
+
+def test_release_wakes_the_highest_priority_waiter(scheduler):
+    holder = scheduler.submit(ticket("holder")).grant
+    low = scheduler.submit(ticket("low", Priority.ordinary(-10)))
+    high = scheduler.submit(ticket("high", Priority.ordinary(10)))
+    assert scheduler.position("high") == 1 and low.position() == 2
+    holder.release()
+    turn_of(high)
+    assert low.poll() is None  # its ticket was not touched: nothing to read
+    high.grant.release()
+    turn_of(low).release()
+
+
+def test_cancel_of_a_waiting_ticket_reaches_its_waiter(scheduler):
+    holder = scheduler.submit(ticket("holder")).grant
+    waiter = scheduler.submit(ticket("w"))
+    cancelled = scheduler.cancel("w")
+    assert cancelled is not None and cancelled.state == "waiting"
+    select.select([waiter], [], [], DEADLINE)
+    with pytest.raises(JobCancelled):
+        waiter.poll()
+    assert [t.job_id for t in scheduler.queue()] == ["holder"]
+    assert scheduler.cancel("holder").state == "running"  # running: left to its process
+    assert scheduler.cancel("unknown") is None
+    assert scheduler.cancel("../lock") is None  # ids come from henbackupctl: never a path
+    holder.release()
+
+
+def test_blocking_wait_gives_up_after_its_timeout_and_leaves_the_queue(scheduler):
+    holder = scheduler.submit(ticket("holder")).grant
+    with (
+        pytest.raises(QueueTimeout, match="max_concurrent_jobs"),
+        scheduler.acquire(ticket("late"), timeout=0.05),
+    ):
+        pass
+    assert [t.job_id for t in scheduler.queue()] == ["holder"]
+    holder.release()
+
+
+def test_acquire_reports_the_position_when_it_has_to_wait(scheduler):
+    holder = scheduler.submit(ticket("holder")).grant
+    positions = []
+    with (
+        pytest.raises(QueueTimeout),
+        scheduler.acquire(ticket("w"), timeout=0.01, on_queued=positions.append),
+    ):
+        pass
+    assert positions == [1]
+    holder.release()
+    with scheduler.acquire(ticket("w2"), on_queued=positions.append) as grant:
+        assert grant.ticket.state == "running"
+    assert positions == [1]
+
+
+def test_raising_the_slot_count_lets_a_waiter_start(scheduler):
+    holder = scheduler.submit(ticket("holder")).grant
+    waiter = scheduler.submit(ticket("w"))
+    scheduler.set_slots(2)
+    assert turn_of(waiter).ticket.slot == 1
+    holder.release()
+    waiter.grant.release()
+
+
+def test_lowering_the_slot_count_counts_slots_held_above_it(scheduler):
+    scheduler.set_slots(2)
+    first = scheduler.submit(ticket("a")).grant
+    second = scheduler.submit(ticket("b")).grant
+    assert second.ticket.slot == 1
+    scheduler.set_slots(1)
+    first.release()
+    third = scheduler.submit(ticket("c"))
+    assert third.grant is None  # slot 1 is still held: one job at a time now
+    second.release()
+    turn_of(third).release()
+
+
+def test_the_loop_api_calls_back_at_the_turn(scheduler):
+    loop = Loop()
+    holder = scheduler.submit(ticket("holder")).grant
+    granted = []
+    scheduler.request(loop, ticket("w"), granted.append)
+    holder.release()
+    deadline = time.monotonic() + DEADLINE
+    while not granted and time.monotonic() < deadline:
+        loop.run_once()
+    assert granted and granted[0].ticket.job_id == "w"
+    granted[0].release()
+    loop.close()
+
+
+def test_the_loop_api_defers_an_immediate_grant_and_reports_cancellation(scheduler):
+    loop = Loop()
+    granted, cancelled = [], []
+    scheduler.request(loop, ticket("a"), granted.append)
+    assert granted == []  # never called back from inside request()
+    loop.run_once()
+    assert len(granted) == 1
+    scheduler.request(loop, ticket("w"), granted.append, lambda: cancelled.append(True))
+    scheduler.cancel("w")
+    deadline = time.monotonic() + DEADLINE
+    while not cancelled and time.monotonic() < deadline:
+        loop.run_once()
+    assert cancelled == [True] and len(granted) == 1
+    granted[0].release()
+    loop.close()
+
+
+def test_a_waiter_that_leaves_before_its_grant_is_handed_over_releases_it(scheduler):
+    loop = Loop()
+    granted = []
+    waiter = scheduler.request(loop, ticket("a"), granted.append)
+    waiter.cancel()
+    loop.run_once()
+    assert granted == [] and scheduler.queue() == ()
+    loop.close()
+
+
+def test_tickets_of_dead_processes_and_torn_files_are_dropped(scheduler, tmp_path):
+    tickets = tmp_path / "scheduler" / "tickets"
+    dead = Ticket("dead", "r", NORMAL, pid=os.getpid(), start_time=1, sequence=1)
+    (tickets / "dead").write_bytes(dead.to_json())
+    (tickets / "torn").write_bytes(b'{"job_id": ')
+    assert scheduler.queue() == ()
+    assert sorted(os.listdir(tickets)) == []
+
+
+def test_a_dead_holder_ticket_does_not_count_its_slot_twice(scheduler, tmp_path):
+    # A ticket left "running" by a killed process: its slot lock died with it.
+    ghost = Ticket("ghost", "r", NORMAL, pid=os.getpid(), start_time=1, state="running", slot=0)
+    (tmp_path / "scheduler" / "tickets" / "ghost").write_bytes(ghost.to_json())
+    granted = scheduler.submit(ticket("a")).grant
+    assert granted is not None
+    assert [t.job_id for t in scheduler.queue()] == ["a"]
+    granted.release()
+
+
+def test_a_nudge_makes_waiters_replan_once(scheduler, tmp_path):
+    holder = scheduler.submit(ticket("holder")).grant
+    waiter = scheduler.submit(ticket("w"))
+    holder.close_locks()  # as if killed: the kernel lock is gone, nobody woke anyone
+    holder.released = True
+    scheduler.nudge()
+    assert scheduler.nudged()
+    assert turn_of(waiter).ticket.job_id == "w"
+    assert not scheduler.nudged()  # answered: other waiters go back to sleep
+    waiter.grant.release()
+
+
+def test_a_forked_child_does_not_keep_its_parents_slot(scheduler):
+    holder = scheduler.submit(ticket("holder")).grant
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # holds nothing: blocks until the parent closes the pipe
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        holder.release()
+        assert scheduler.submit(ticket("next")).grant is not None
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+
+
+def test_job_ids_must_be_plain_names_and_unique(scheduler):
+    with pytest.raises(ValueError):
+        scheduler.submit(ticket("../escape"))
+    grant = scheduler.submit(ticket("same")).grant
+    with pytest.raises(ValueError, match="already"):
+        scheduler.submit(ticket("same"))
+    grant.release()
+
+
+def test_ticket_files_say_who_and_what(scheduler, tmp_path):
+    grant = scheduler.submit(Ticket("j1", "aws", NORMAL, "exclusive", "check")).grant
+    data = json.loads((tmp_path / "scheduler" / "tickets" / "j1").read_bytes())
+    assert data["pid"] == os.getpid() and data["operation"] == "check"
+    assert data["state"] == "running" and data["mode"] == "exclusive"
+    grant.release()
