@@ -17,6 +17,7 @@ from henbackup.errors import ConfigError
 from henbackup.jobs.pipeline import run_backup_pipeline
 from henbackup.master.supervisor import Master
 from henbackup.observe.events import Emitter
+from henbackup.scheduler.queue import Scheduler
 from henbackup.worker.main import worker_main
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -68,8 +69,15 @@ def _load(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     path = config_path(args.config)
-    socket_path = Dirs.from_environment().runtime / "control.sock"
-    master = Master(path, load_config(path), Emitter(), worker_main, socket_path=socket_path)
+    dirs = Dirs.from_environment()
+    master = Master(
+        path,
+        load_config(path),
+        Emitter(),
+        worker_main,
+        socket_path=dirs.runtime / "control.sock",
+        scheduler=Scheduler(dirs.scheduler),
+    )
     return master.run()
 
 
@@ -86,14 +94,17 @@ def backup(args: argparse.Namespace) -> int:
         print(f"henbackup: no backup named {args.name!r} (defined: {known})", file=sys.stderr)
         return EXIT_USAGE
     engine = ResticEngine(config.daemon.restic, cache_dir=Dirs.from_environment().cache)
-    outcomes = run_backup_pipeline(config, args.name, engine, Emitter())
-    for outcome in outcomes:
+    scheduler = Scheduler(Dirs.from_environment().scheduler)
+    result = run_backup_pipeline(config, args.name, engine, Emitter(), scheduler=scheduler)
+    if result.status == "skipped":
+        print(f"{args.name}: skipped by a before hook")
+    for outcome in result.outcomes:
         if not outcome.ok:
-            result = f"FAILED: {outcome.error}"
+            said = f"FAILED: {outcome.error}"
         else:
-            result = f"snapshot {outcome.snapshot_id or '(nothing changed)'}"
-        print(f"{args.name} → {outcome.repository}: {result}")
-    return EXIT_OK if all(outcome.ok for outcome in outcomes) else EXIT_FAILED
+            said = f"snapshot {outcome.snapshot_id or '(nothing changed)'}"
+        print(f"{args.name} → {outcome.repository}: {said}")
+    return EXIT_FAILED if result.status == "failed" else EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

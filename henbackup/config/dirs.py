@@ -21,6 +21,11 @@ class Dirs:
     state: Path  # last runs, restores
     cache: Path  # restic's cache
 
+    @property
+    def scheduler(self) -> Path:
+        """The host-wide job queue's directory."""
+        return self.runtime / "scheduler"
+
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Dirs:
         return cls(

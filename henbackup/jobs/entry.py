@@ -11,9 +11,10 @@ from henbackup.engine.restic import ResticEngine
 from henbackup.errors import HenbackupError, JobCancelled
 from henbackup.jobs.job import Job
 from henbackup.jobs.maintenance import run_check, run_prune
-from henbackup.jobs.pipeline import run_backup_pipeline
+from henbackup.jobs.pipeline import queued, run_backup_pipeline
 from henbackup.master.specs import WorkerSpec
 from henbackup.observe.events import Emitter
+from henbackup.scheduler.queue import Scheduler
 
 JOB_OK, JOB_FAILED, JOB_CANCELLED = 0, 1, 3
 
@@ -29,14 +30,20 @@ def _engine(config: Config) -> ResticEngine:
     return ResticEngine(config.daemon.restic, cache_dir=Dirs.from_environment().cache)
 
 
+def host_scheduler() -> Scheduler:
+    """The queue every job of this host goes through."""
+    return Scheduler(Dirs.from_environment().scheduler)
+
+
 def backup_job(config: Config, spec: WorkerSpec, trigger: str) -> int:
     """Run the backup pipeline of `spec`; returns JOB_OK, JOB_FAILED or JOB_CANCELLED."""
     signal.signal(signal.SIGTERM, _cancel)
+    engine, emit = _engine(config), Emitter()
     try:
-        outcomes = run_backup_pipeline(config, spec.name, _engine(config), Emitter(), trigger)
+        result = run_backup_pipeline(config, spec.name, engine, emit, trigger, host_scheduler())
     except JobCancelled:
         return JOB_CANCELLED
-    return JOB_OK if all(outcome.ok for outcome in outcomes) else JOB_FAILED
+    return JOB_FAILED if result.status == "failed" else JOB_OK
 
 
 def maintenance_job(config: Config, spec: WorkerSpec, operation: str, trigger: str) -> int:
@@ -48,10 +55,12 @@ def maintenance_job(config: Config, spec: WorkerSpec, operation: str, trigger: s
     job = Job(operation, spec.name, None, trigger, priority)
     engine, emit = _engine(config), Emitter()
     try:
-        if operation == "check":
-            run_check(job, config, engine, emit, settings.read_data_subset if settings else None)
-        else:
-            run_prune(job, config, engine, emit)
+        with queued(job, host_scheduler(), emit):
+            if operation == "check":
+                subset = settings.read_data_subset if settings else None
+                run_check(job, config, engine, emit, subset)
+            else:
+                run_prune(job, config, engine, emit)
     except JobCancelled:
         return JOB_CANCELLED
     except HenbackupError:

@@ -31,6 +31,7 @@ from henbackup.master.states import Child, Policy, State
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
 from henbackup.process import Forked, describe_status, fork_child, reap
+from henbackup.scheduler.queue import Scheduler
 
 # Runs in the forked worker with its end of the channel; returns the worker's exit code.
 WorkerBody = Callable[[WorkerSpec, Config, Channel], int]
@@ -65,6 +66,7 @@ class Master:
     hang_timeout: float = field(default_factory=lambda: _seconds("HENBACKUP_HANG_TIMEOUT", 60))
     stop_timeout: float = field(default_factory=lambda: _seconds("HENBACKUP_STOP_TIMEOUT", 80))
     socket_path: Path | None = None  # None: taken from systemd socket activation, or none
+    scheduler: Scheduler | None = None  # the host-wide queue: slots set here, nudged on deaths
     children: dict[str, Supervised] = field(default_factory=dict)
     stopping: bool = False
     control: ControlServer | None = None
@@ -76,6 +78,8 @@ class Master:
         self.loop.on_signal(signal.SIGTERM, self.stop)
         self.loop.on_signal(signal.SIGINT, self.stop)
         self._open_control()
+        if self.scheduler is not None:
+            self.scheduler.set_slots(self.config.daemon.max_concurrent_jobs)
         for spec in worker_specs(self.config).values():
             self._add(spec)
         self.emit(
@@ -168,6 +172,8 @@ class Master:
         self.loop.remove_reader(supervised.forked.pidfd)
         status = reap(supervised.forked)
         supervised.forked = None
+        if self.scheduler is not None:
+            self.scheduler.nudge()  # a job it held may have died with it
         if supervised.channel is not None:
             self.loop.remove_reader(supervised.channel.fileno())
             supervised.channel.close()
@@ -259,6 +265,8 @@ class Master:
         new = worker_specs(config)
         change = diff(old, new)
         self.config = config
+        if self.scheduler is not None:
+            self.scheduler.set_slots(config.daemon.max_concurrent_jobs)
         for key in change.removed:
             self._stop_child(key)
         for key in change.changed:

@@ -28,6 +28,8 @@ MESSAGE_IDS: dict[str, str] = {
     "child.started": "46d11ebd97234b0baaa126aa3ce5b620",
     "child.exited": "a065ec5568b54fa3b11c4a050c7e0681",
     "trigger.fired": "42d0ce379ab74211b5eea6c67f579c85",
+    "watch.overflow": "eca0727a828847f5879c2bb0459e2a77",
+    "watch.limit": "c0cb6e2203c64ecfa1d7f753f2c56ef5",
     "job.queued": "9db1b1a44b1c48e0a774db92c9cc8890",
     "job.started": "9c38347f5ea5463c963cf35faf5376ba",
     "job.progress": "09ab136f50fd46db8d308dd566d1a323",

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from henbackup.channel import Channel
+from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.jobs import entry
 from henbackup.loop import Loop
 from henbackup.master.specs import WorkerSpec
 from henbackup.observe.events import EmitFunction, Emitter
 from henbackup.process import Forked, fork_child, reap
+from henbackup.scheduler.queue import Scheduler
 
 HEARTBEAT_INTERVAL = 10.0
 
@@ -43,10 +45,12 @@ class Worker:
         emit: EmitFunction,
         job_body: JobBody,
         loop: Loop | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.spec, self.config, self.channel, self.emit = spec, config, channel, emit
         self.job_body = job_body
         self.loop = loop or Loop()
+        self.scheduler = scheduler
         self.job: Forked | None = None
         self.pending: dict[str, RunRequest] = {}  # by operation: at most one follow-up each
         self.stopping = False
@@ -108,6 +112,8 @@ class Worker:
         self.loop.remove_reader(self.job.pidfd)
         status = reap(self.job)
         self.job = None
+        if self.scheduler is not None:
+            self.scheduler.nudge()  # if it died holding its slot, the next job may start
         code = os.waitstatus_to_exitcode(status)
         self.channel.send({"type": "job", "state": "idle", "exit": code})
         for callback in self.on_job_done:
@@ -137,4 +143,5 @@ def run_job_body(config: Config, spec: WorkerSpec, run: RunRequest) -> int:
 
 def worker_main(spec: WorkerSpec, config: Config, channel: Channel) -> int:
     """The body of a forked worker process."""
-    return Worker(spec, config, channel, Emitter(), run_job_body).run()
+    scheduler = Scheduler(Dirs.from_environment().scheduler)
+    return Worker(spec, config, channel, Emitter(), run_job_body, scheduler=scheduler).run()
