@@ -1,0 +1,133 @@
+"""What must survive a restart: when each backup (and each repository's check and prune)
+last succeeded and was last attempted, as wall-clock epoch seconds.
+
+One small JSON file per backup or maintenance operation under the state directory, so each
+worker writes only its own file. Written atomically: a temporary file in the same
+directory, fsync, rename over the old one, fsync of the directory; a crash leaves the old
+record or the new one, never a mix. A record that cannot be read or makes no sense counts
+as absent (the schedule then runs at once) and is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import quote
+
+_FIELDS = ("last_success", "last_attempt")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    last_success: float | None = None  # epoch seconds
+    last_attempt: float | None = None  # the start of the latest run, however it ended
+
+
+def backup_key(name: str) -> str:
+    """The record of backup `name`, relative to the state directory."""
+    return f"backups/{_safe(name)}.json"
+
+
+def maintenance_key(repository: str, operation: str) -> str:
+    """The record of a repository's scheduled `check` or `prune`."""
+    return f"repositories/{_safe(repository)}/{_safe(operation)}.json"
+
+
+def _safe(name: str) -> str:
+    """A config name as one file name: "/" and other odd characters %-encoded."""
+    return quote(name, safe="-_.@+=,~ ") if name not in ("", ".", "..") else quote(name) + "%"
+
+
+class StateStore:
+    """Reads and writes RunRecords under `directory` (the daemon's $STATE_DIRECTORY)."""
+
+    def __init__(self, directory: str | Path, on_problem: Callable[[str], None]) -> None:
+        """`on_problem(message)` hears about every record that had to be treated as absent."""
+        self.directory = Path(directory)
+        self.on_problem = on_problem
+
+    def path(self, key: str) -> Path:
+        return self.directory / key
+
+    def load(self, key: str) -> RunRecord:
+        """The stored record, or an empty one when missing, unreadable or corrupt."""
+        path = self.path(key)
+        try:
+            text = path.read_bytes().decode()
+        except FileNotFoundError:
+            return RunRecord()
+        except (OSError, UnicodeDecodeError) as error:
+            self.on_problem(f"{path}: cannot read the run record ({error}); treating it as absent")
+            return RunRecord()
+        try:
+            return _parse(text)
+        except ValueError as error:
+            self.on_problem(f"{path}: corrupt run record ({error}); treating it as absent")
+            return RunRecord()
+
+    def save(self, key: str, record: RunRecord) -> None:
+        """Replace the stored record atomically; raises OSError when it cannot."""
+        data = {name: getattr(record, name) for name in _FIELDS}
+        write_atomically(self.path(key), (json.dumps(data) + "\n").encode())
+
+    def record_attempt(self, key: str, when: float) -> RunRecord:
+        """Note that a run starts at `when`; returns the record as saved."""
+        record = replace(self.load(key), last_attempt=when)
+        self.save(key, record)
+        return record
+
+    def record_success(self, key: str, when: float) -> RunRecord:
+        """Note that the run started at `when` succeeded; returns the record as saved.
+
+        `when` is the run's start: what changed during the run may not be in it.
+        """
+        record = replace(self.load(key), last_success=when)
+        self.save(key, record)
+        return record
+
+
+def _parse(text: str) -> RunRecord:
+    """The record in `text`; raises ValueError saying what is wrong."""
+    data = json.loads(text)  # json.JSONDecodeError is a ValueError
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    values: dict[str, float | None] = {}
+    for name in _FIELDS:
+        value = data.get(name)
+        if value is not None and not _seconds(value):
+            raise ValueError(f"{name} is not a number of seconds: {value!r}")
+        values[name] = None if value is None else float(value)
+    return RunRecord(**values)
+
+
+def _seconds(value: object) -> bool:
+    """Whether a JSON value is a finite number (bool is an int to Python, not here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves the old content or the new, whole.
+
+    Raises OSError (the temporary file is removed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)  # the rename itself is durable only once the directory is
+    finally:
+        os.close(directory)

@@ -1,0 +1,580 @@
+"""A recursive inotify watch of a backup's paths, served by the worker's selector loop.
+
+Every directory under each path is watched, except those restic's --exclude skips (the same
+`Excluder`); new directories are followed, a directory created with content already in it is
+scanned. Changes are counted per read and handed to `on_change(count)`. The kernel dropping
+events (IN_Q_OVERFLOW) calls `on_overflow()` and rescans the tree, so no directory stays
+unwatched. Running out of watches (fs.inotify.max_user_watches) or inotify instances
+releases every watch and calls `on_watch_limit(message)` with how to raise the limit; the
+watcher then stays off until `start()` is called again. A path that disappears is waited
+for from its nearest existing parent and watched again when it comes back.
+
+Why not pyinotify's WatchManager and Notifier: measured by bench/bench_watch.py, they cost
+~400 bytes and ~22 µs per watch and ~30 µs per event, far above the issue's budget (150
+bytes per watch, 2 s of CPU per 100k-file storm), and raise on names that are not UTF-8.
+This module talks to the same three libc calls (inotify_init1, inotify_add_watch,
+inotify_rm_watch) through ctypes, as pyinotify itself does: a watched directory costs ~60
+bytes (its parent's watch descriptor and its own name, in tables indexed by watch
+descriptor), ~8 µs to set up (leaf directories are not read: see `_subdirectories`), and an
+event ~2 µs (reads are batched: see `_pause`).
+
+Not followed: a rename of an ancestor of a configured path (the watches follow the inodes,
+the paths reported then are the old ones), a file system mounted over a watched directory
+(inotify sees no mounts), and a directory reached through two configured paths (symlinks,
+bind mounts) is watched once, under the path that reached it last.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from array import array
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from henbackup.loop import Loop, Timer
+from henbackup.worker.excludes import Excluder
+
+IN_MODIFY, IN_ATTRIB = 0x2, 0x4
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
+IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = 0x2000, 0x4000, 0x8000
+IN_ONLYDIR, IN_DONT_FOLLOW, IN_EXCL_UNLINK = 0x1000000, 0x2000000, 0x4000000
+IN_MASK_ADD, IN_ISDIR = 0x20000000, 0x40000000
+IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+_CHANGES = IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+_SELF = IN_DELETE_SELF | IN_MOVE_SELF
+# IN_MASK_ADD: a directory can be both in a tree and a parent waiting for a path (symlinks).
+_TREE_MASK = _CHANGES | _SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK | IN_MASK_ADD
+_FILE_MASK = IN_MODIFY | IN_ATTRIB | _SELF | IN_DONT_FOLLOW | IN_MASK_ADD
+_ANCHOR_MASK = IN_CREATE | IN_MOVED_TO | _SELF | IN_ONLYDIR | IN_MASK_ADD
+_NEW_DIR = IN_CREATE | IN_MOVED_TO
+_SLOW = IN_ISDIR | _SELF | IN_IGNORED | IN_Q_OVERFLOW | IN_UNMOUNT  # events that need thought
+
+_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+_READ_SIZE = 1 << 18
+_BATCH_DELAY = 0.02  # seconds between two reads (see Watcher._pause)
+_ROOT = 0  # parent of a path's own directory
+_FREE = -1  # parent of a slot without a watch
+_REBUILD_SLACK = 1 << 18  # see _maybe_rebuild
+_MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
+_NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+_libc.inotify_rm_watch.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
+
+ChangeCallback = Callable[[int], None]
+
+
+class _LimitReached(Exception):
+    """Out of inotify watches or instances; the message says how to raise the limit."""
+
+
+class _Path:
+    """One configured path: its watch, and the existing ancestor waiting for it when gone."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.wd = 0  # the path's own watch; 0 while it is missing or excluded
+        self.anchor = 0  # watch of the nearest existing ancestor
+        self.awaited = b""  # the name under `anchor` that leads to the path
+
+
+class Watcher:
+    """Watches `paths` (absolute) recursively; see the module docstring."""
+
+    def __init__(
+        self,
+        paths: Iterable[str],
+        excluder: Excluder,
+        loop: Loop,
+        on_change: ChangeCallback,
+        on_overflow: Callable[[], None],
+        on_watch_limit: Callable[[str], None],
+    ) -> None:
+        self.excluder = excluder
+        self.loop = loop
+        self.on_change = on_change
+        self.on_overflow = on_overflow
+        self.on_watch_limit = on_watch_limit
+        self._paths = [_Path(os.fsencode(p)) for p in _outermost(paths)]
+        self._fd = -1
+        self._resume: Timer | None = None  # while paused (see _pause)
+        self._reset_tables()
+
+    # lifecycle
+    @property
+    def active(self) -> bool:
+        """Whether the watch runs (False before start, after close or a limit)."""
+        return self._fd >= 0
+
+    @property
+    def watch_count(self) -> int:
+        """How many directories (and file paths) are watched."""
+        return self._live
+
+    def start(self) -> None:
+        """Open inotify and watch every path. Running out of watches calls on_watch_limit
+        and leaves the watcher off; calling start() again retries."""
+        if self.active:
+            return
+        try:
+            self._open()
+            for watched in self._paths:
+                self._establish(watched)
+        except _LimitReached as limit:
+            self._give_up(str(limit))
+
+    def close(self) -> None:
+        """Release every watch (closing the fd does it at once)."""
+        if self._fd >= 0:
+            if self._resume is None:
+                self.loop.remove_reader(self._fd)
+            else:
+                self._resume.cancel()
+                self._resume = None
+            os.close(self._fd)
+            self._fd = -1
+        self._reset_tables()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _open(self) -> None:
+        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            code = ctypes.get_errno()
+            if code == errno.EMFILE:
+                raise _LimitReached(_limit_message("max_user_instances", "instances", b""))
+            raise OSError(code, f"inotify_init1: {os.strerror(code)}")
+        self._fd = fd
+        self.loop.add_reader(fd, self._readable)
+
+    def _give_up(self, message: str) -> None:
+        self.close()
+        self.on_watch_limit(message)
+
+    def _reset_tables(self) -> None:
+        for watched in self._paths:
+            watched.wd = watched.anchor = 0
+        # Indexed by watch descriptor (the kernel hands them out in increasing order).
+        self._parent = array("i")  # parent's wd, _ROOT for a configured path, _FREE
+        self._name: list[bytes | None] = []  # the name; a configured path's whole path
+        self._live = 0
+        self._anchors: dict[int, list[_Path]] = {}
+        self._roots: dict[int, _Path] = {}
+        self._paths_cache: dict[int, bytes] = {}
+        self._nlink_trusted: dict[int, bool] = {}  # by st_dev
+        self._orphans = False  # a directory left the tree: sweep its subtree
+        self._walk_later: list[tuple[bytes, int, bytes]] = []
+        self._visited: bytearray | None = None  # during a rescan: the wds seen
+
+    # the watch table
+    def _add_watch(self, path: bytes, mask: int) -> int:
+        """The wd watching `path`, or -errno. ENOSPC raises _LimitReached."""
+        wd = _libc.inotify_add_watch(self._fd, path, mask)
+        if wd >= 0:
+            return wd
+        code = ctypes.get_errno()
+        if code == errno.ENOSPC:
+            raise _LimitReached(_limit_message("max_user_watches", "watches", path))
+        return -code
+
+    def _set(self, wd: int, parent: int, name: bytes) -> None:
+        if wd >= len(self._name):
+            grow = wd + 1 - len(self._name)
+            self._name.extend([None] * grow)
+            self._parent.extend([_FREE] * grow)
+        if self._name[wd] is None:
+            self._live += 1
+        self._parent[wd], self._name[wd] = parent, name
+        if self._visited is not None:
+            if wd >= len(self._visited):
+                self._visited.extend(bytes(wd + 1 - len(self._visited)))
+            self._visited[wd] = 1
+
+    def _known(self, wd: int) -> bool:
+        return 0 < wd < len(self._name) and self._name[wd] is not None
+
+    def _free(self, wd: int, remove: bool) -> None:
+        """Forget `wd`; `remove`: also ask the kernel to drop it (unless still an anchor)."""
+        if not self._known(wd):
+            return
+        self._name[wd], self._parent[wd] = None, _FREE
+        self._live -= 1
+        if self._roots.get(wd) is not None:
+            self._roots.pop(wd).wd = 0
+        if remove and wd not in self._anchors:
+            _libc.inotify_rm_watch(self._fd, wd)  # EINVAL if the kernel already dropped it
+
+    def _dir_path(self, wd: int) -> bytes | None:
+        """The path of watched directory `wd` (cached until a directory moves), or None when
+        it was cut off from every configured path (its subtree awaits the sweep)."""
+        cached = self._paths_cache.get(wd)
+        if cached is not None:
+            return cached
+        names: list[bytes] = []
+        at = wd
+        while len(names) < _MAX_DEPTH:
+            name, parent = self._name[at], self._parent[at]
+            if name is None or parent == _FREE:
+                return None
+            names.append(name)
+            if parent == _ROOT:
+                path = b"/".join(reversed(names))
+                if len(self._paths_cache) > 4096:
+                    self._paths_cache.clear()
+                self._paths_cache[wd] = path
+                return path
+            at = parent
+        return None
+
+    def _excluded(self, path: bytes, name: bytes) -> bool:
+        """Whether restic skips `path` (named `name`) inside a directory it does not skip."""
+        if not self.excluder:
+            return False
+        if self.excluder.name_only:
+            return self.excluder.excluded_name(os.fsdecode(name))
+        return self.excluder.excluded(os.fsdecode(path))
+
+    def _subdirectories(self, path: bytes) -> list[bytes]:
+        """Names of the directories in `path` (not following symlinks); [] if unreadable.
+
+        Call it after watching `path`: a directory made later is an event, not a miss. A
+        link count of 2 says "no subdirectory" on file systems that keep it, and saves
+        reading the directory: most directories are leaves (find's leaf optimisation).
+        """
+        try:
+            status = os.lstat(path)
+            if status.st_nlink == 2 and self._trusts_nlink(path, status.st_dev):
+                return []
+            with os.scandir(path) as entries:
+                return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+
+    def _trusts_nlink(self, path: bytes, device: int) -> bool:
+        trusted = self._nlink_trusted.get(device)
+        if trusted is None:
+            trusted = self._nlink_trusted[device] = _nlink_counts_subdirectories(path)
+        return trusted
+
+    # watching trees
+    def _watch_tree(self, path: bytes, parent: int, name: bytes) -> int:
+        """Watch directory `path` and every directory below that is not excluded (the caller
+        checked `path` itself); returns its wd, or -errno."""
+        top = 0
+        stack = [(path, parent, name)]
+        while stack:
+            path, parent, name = stack.pop()
+            wd = self._add_watch(path, _TREE_MASK)
+            top = top or wd
+            if wd < 0:
+                continue  # vanished, not a directory, or not readable: restic skips it too
+            self._set(wd, parent, name)
+            for child in self._subdirectories(path):
+                child_path = path + b"/" + child
+                if not self._excluded(child_path, child):
+                    stack.append((child_path, wd, child))
+        return top
+
+    def _establish(self, watched: _Path) -> None:
+        """Anchor `watched` at its nearest existing ancestor, and watch (or walk again) what
+        is at its path now; a different directory there replaces the old one's watches."""
+        self._anchor(watched)
+        wd = 0
+        if not (self.excluder and self.excluder.excluded(os.fsdecode(watched.path))):
+            wd = self._watch_tree(watched.path, _ROOT, watched.path)
+            if wd == -errno.ENOTDIR:  # a file (or a symlink: restic saves the link itself)
+                wd = self._add_watch(watched.path, _FILE_MASK)
+                if wd > 0:
+                    self._set(wd, _ROOT, watched.path)
+        wd = max(wd, 0)
+        old = watched.wd
+        if old and old != wd:
+            self._roots.pop(old, None)
+            if self._known(old) and self._parent[old] == _ROOT:
+                self._free(old, remove=True)
+                self._orphans = True  # its subtree goes with it
+        watched.wd = wd
+        if wd:
+            self._roots[wd] = watched
+
+    def _anchor(self, watched: _Path) -> None:
+        """Watch the nearest existing ancestor of `watched` for the name leading to it."""
+        child = watched.path
+        while True:
+            parent = os.path.dirname(child)
+            if parent == child:
+                self._drop_anchor(watched)
+                return  # "/" is never created
+            wd = self._add_watch(parent, _ANCHOR_MASK)
+            if wd > 0:
+                break
+            child = parent
+        if wd != watched.anchor:
+            self._drop_anchor(watched)
+            watched.anchor = wd
+            self._anchors.setdefault(wd, []).append(watched)
+        watched.awaited = os.path.basename(child)
+
+    def _drop_anchor(self, watched: _Path) -> None:
+        waiting = self._anchors.get(watched.anchor)
+        if waiting is None:
+            return
+        waiting.remove(watched)
+        if not waiting:
+            del self._anchors[watched.anchor]
+            if not self._known(watched.anchor):
+                _libc.inotify_rm_watch(self._fd, watched.anchor)
+        watched.anchor = 0
+
+    # events
+    def _readable(self) -> None:
+        fd = self._fd
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        try:
+            changes = self._process(data)
+            changes += self._after_batch()
+        except _LimitReached as limit:
+            self._give_up(str(limit))
+            changes = 1  # a new directory, at least: what did not fit
+        if self._fd == fd:  # neither given up nor rebuilt meanwhile
+            self._pause()
+        if changes:
+            self.on_change(changes)
+
+    def _pause(self) -> None:
+        """Let events gather for _BATCH_DELAY before the next read: under a storm, one read
+        per batch instead of one wake-up per event (the first event after quiet is still
+        read at once). The kernel queue holds 16384 events: 20 ms would overflow only past
+        800,000 events a second."""
+        self.loop.remove_reader(self._fd)
+        self._resume = self.loop.call_later(_BATCH_DELAY, self._unpause)
+
+    def _unpause(self) -> None:
+        self._resume = None
+        if self._fd >= 0:
+            self.loop.add_reader(self._fd, self._readable)
+
+    def _process(self, data: bytes) -> int:
+        """Handle one read's events; returns how many changes they show."""
+        changes = 0
+        names, anchors = self._name, self._anchors
+        # The common case stays inline: a file event in a watched directory, whose
+        # exclusion needs no path (no patterns, or patterns about names only).
+        fast = not self.excluder or self.excluder.name_only
+        excluded_name = self.excluder.excluded_name if self.excluder else None
+        offset, end = 0, len(data)
+        while offset < end:
+            wd, mask, _, length = _HEADER.unpack_from(data, offset)
+            offset += 16
+            name = data[offset : offset + length].rstrip(b"\0") if length else b""
+            offset += length
+            in_tree = 0 < wd < len(names) and names[wd] is not None and wd not in anchors
+            if fast and name and not mask & _SLOW and in_tree:
+                if excluded_name is None or not excluded_name(os.fsdecode(name)):
+                    changes += 1
+                continue
+            if mask & IN_Q_OVERFLOW:
+                self._overflowed()
+                continue
+            if wd in anchors:
+                changes += self._anchor_event(wd, mask, name)
+            if self._known(wd):
+                changes += self._tree_event(wd, mask, name)
+        return changes
+
+    def _tree_event(self, wd: int, mask: int, name: bytes) -> int:
+        """One event of a watched directory (or file path); returns 1 for a change, else 0."""
+        if mask & IN_IGNORED:  # deleted, unmounted, or removed by us
+            watched = self._roots.get(wd)
+            self._free(wd, remove=False)
+            if watched is not None:
+                self._establish(watched)
+            return 0
+        if mask & IN_MOVE_SELF:
+            return self._moved(wd)
+        if not name:
+            return 1 if mask & (_CHANGES | IN_DELETE_SELF) else 0
+        directory = self._dir_path(wd)
+        if directory is None:
+            return 0
+        path = directory + b"/" + name
+        if self._excluded(path, name):
+            return 0
+        if mask & IN_ISDIR and mask & _NEW_DIR:
+            self._new_directory(path, wd, name, moved=bool(mask & IN_MOVED_TO))
+        return 1
+
+    def _moved(self, wd: int) -> int:
+        """Watched directory `wd` was renamed; returns 1 if it left the tree, else 0.
+
+        A move within the tree was already followed (IN_MOVED_TO comes first): the inode
+        at its recorded path is then still `wd`.
+        """
+        path = self._dir_path(wd)
+        now_there = self._add_watch(path, _TREE_MASK) if path is not None else 0
+        if now_there == wd:
+            return 0
+        if now_there > 0 and not self._known(now_there) and now_there not in self._anchors:
+            _libc.inotify_rm_watch(self._fd, now_there)  # a newcomer: its own event adds it
+        watched = self._roots.get(wd)
+        self._free(wd, remove=True)
+        self._orphans = True  # its subtree goes with it
+        if watched is not None:
+            self._establish(watched)
+        return 1
+
+    def _new_directory(self, path: bytes, parent: int, name: bytes, moved: bool) -> None:
+        """A directory was created in (or moved into, `moved`) watched `parent`."""
+        wd = self._add_watch(path, _TREE_MASK)
+        if wd < 0:
+            return
+        if not self._known(wd):  # new here: watch it and what it already holds
+            self._set(wd, parent, name)
+            for child in self._subdirectories(path):
+                child_path = path + b"/" + child
+                if not self._excluded(child_path, child):
+                    self._watch_tree(child_path, wd, child)
+            return
+        if not moved:
+            return  # created, and already found by the scan of its new parent
+        self._paths_cache.clear()  # moved within the tree: every path below it changed
+        moved_path = self._roots.pop(wd, None)
+        if moved_path is not None:  # a configured path moved into another one's tree
+            moved_path.wd = 0
+        if self.excluder.name_only:
+            self._set(wd, parent, name)  # below it, exclusion depends on names only
+            return
+        # Patterns with "/" may now match (or no longer match) below it: watch it anew
+        # once the sweep has dropped the old subtree.
+        self._free(wd, remove=True)
+        self._orphans = True
+        self._walk_later.append((path, parent, name))
+
+    def _anchor_event(self, wd: int, mask: int, name: bytes) -> int:
+        """An event of a directory waiting for a configured path; returns 1 for a change."""
+        changes = 0
+        for watched in list(self._anchors.get(wd, ())):
+            if mask & (_SELF | IN_IGNORED):  # the ancestor itself went away
+                self._drop_anchor(watched)
+                self._anchor(watched)
+            elif name == watched.awaited:
+                before = watched.wd
+                self._establish(watched)
+                changes += watched.wd != before
+        if mask & IN_IGNORED:
+            self._anchors.pop(wd, None)
+        return changes
+
+    def _overflowed(self) -> None:
+        """The kernel dropped events: rescan everything after this read."""
+        self._visited = bytearray(len(self._name))
+        self.on_overflow()
+
+    def _after_batch(self) -> int:
+        """Deferred work after a read: rescan, sweep, rebuild; returns changes it found."""
+        if self._visited is not None:
+            self._rescan()
+        if self._orphans:
+            self._sweep()
+        for path, parent, name in self._walk_later:
+            if self._known(parent):
+                self._watch_tree(path, parent, name)
+        self._walk_later.clear()
+        return self._maybe_rebuild()
+
+    def _rescan(self) -> None:
+        """Walk every path again: watch what was missed, forget what is gone."""
+        for watched in self._paths:
+            self._establish(watched)
+        visited, self._visited = self._visited or bytearray(), None
+        for wd in range(len(self._name)):
+            if self._name[wd] is not None and (wd >= len(visited) or not visited[wd]):
+                self._free(wd, remove=True)
+        self._paths_cache.clear()
+
+    def _sweep(self) -> None:
+        """Forget every watch whose chain of parents no longer reaches a configured path."""
+        self._orphans = False
+        state = bytearray(len(self._name))  # 0 unknown, 1 reaches a path, 2 cut off
+        for wd in range(len(self._name)):
+            if self._name[wd] is None or state[wd]:
+                continue
+            chain, at = [], wd
+            while True:
+                if at == _FREE or self._name[at] is None:
+                    verdict = 2
+                    break
+                if state[at]:
+                    verdict = state[at]
+                    break
+                chain.append(at)
+                if self._parent[at] == _ROOT:
+                    verdict = 1 if at in self._roots else 2
+                    break
+                at = self._parent[at]
+            for link in chain:
+                state[link] = verdict
+        for wd in range(len(self._name)):
+            if state[wd] == 2:
+                self._free(wd, remove=True)
+        self._paths_cache.clear()
+
+    def _maybe_rebuild(self) -> int:
+        """The kernel never reuses a wd soon, so the tables grow with every directory ever
+        created. Past `_REBUILD_SLACK` dead slots, start over on a fresh inotify instance
+        (what changed meanwhile counts as one change)."""
+        if len(self._name) - self._live <= self._live + _REBUILD_SLACK:
+            return 0
+        self.close()
+        self.start()
+        return 1
+
+
+def _nlink_counts_subdirectories(path: bytes) -> bool:
+    """Whether the file system of `path` keeps a directory's link count at 2 + its
+    subdirectories (as ext4, xfs and tmpfs do; btrfs and overlayfs report 1, NFS may lie)."""
+    buffer = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
+    if _libc.statfs(path, buffer) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buffer).value in _NLINK_FILE_SYSTEMS
+
+
+def _is_dir(path: bytes) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """Normalised absolute paths without those inside another one (watched once)."""
+    cleaned = sorted({os.path.abspath(p) for p in paths})
+    kept: list[str] = []
+    for path in cleaned:
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _limit_message(setting: str, what: str, path: bytes) -> str:
+    """What happened and how to raise fs.inotify.`setting`."""
+    try:
+        current = int(Path(f"/proc/sys/fs/inotify/{setting}").read_text())
+    except (OSError, ValueError):
+        current = 0
+    wanted = max(current * 2, 524288 if what == "watches" else 1024)
+    where = f" while watching {os.fsdecode(path)}" if path else ""
+    return (
+        f"out of inotify {what} (fs.inotify.{setting} = {current}){where}: changes are not "
+        f"watched, backups follow their schedule only. Raise the limit with "
+        f"`sysctl fs.inotify.{setting}={wanted}` (and a file in /etc/sysctl.d/ to keep it), "
+        f"then restart henbackup"
+    )

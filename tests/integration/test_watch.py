@@ -1,0 +1,440 @@
+"""The watcher on real inotify in temporary directories: no fakes, no fixed sleeps."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from henbackup.loop import Loop
+from henbackup.worker import watch
+from henbackup.worker.debounce import Debouncer, DebounceTimer
+from henbackup.worker.excludes import Excluder
+from henbackup.worker.watch import Watcher, _outermost
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Harness:
+    """A watcher on its own loop, with everything it reported."""
+
+    def __init__(self, paths: list[Path], excludes: list[str] = ()) -> None:
+        self.loop = Loop()
+        self.changes = 0
+        self.overflows = 0
+        self.limits: list[str] = []
+        self.watcher = Watcher(
+            [str(p) for p in paths],
+            Excluder(excludes),
+            self.loop,
+            self._changed,
+            self._overflowed,
+            self.limits.append,
+        )
+        self.watcher.start()
+
+    def _changed(self, count: int) -> None:
+        self.changes += count
+
+    def _overflowed(self) -> None:
+        self.overflows += 1
+
+    def pump(self, until: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Serve the loop until `until()` or the deadline; returns until()."""
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            guard = self.loop.call_later(0.02, lambda: None)
+            self.loop.run_once()
+            guard.cancel()
+        return until()
+
+    def queued(self) -> int:
+        """Bytes of events waiting in the kernel queue (0 when the watcher is off)."""
+        if not self.watcher.active:
+            return 0
+        size = array.array("i", [0])
+        fcntl.ioctl(self.watcher.fileno(), termios.FIONREAD, size)
+        return size[0]
+
+    def settle(self) -> None:
+        """Serve until every event queued so far is handled. The kernel queues an event
+        within the syscall that causes it, and the watcher handles what it reads at once:
+        an empty queue means nothing is left, no waiting on a clock needed."""
+        assert self.pump(lambda: self.queued() == 0)
+
+    def changed_after(self, action: Callable[[], object]) -> bool:
+        """Whether `action` is seen as a change."""
+        self.settle()
+        before = self.changes
+        action()
+        return self.pump(lambda: self.changes > before)
+
+    def unchanged_after(self, action: Callable[[], object]) -> bool:
+        """Whether `action` goes unnoticed."""
+        self.settle()
+        before = self.changes
+        action()
+        self.settle()
+        return self.changes == before
+
+    def close(self) -> None:
+        self.watcher.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def watched(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    harnesses: list[Harness] = []
+
+    def make(excludes: list[str] = (), paths: list[Path] | None = None) -> Harness:
+        harness = Harness(paths or [root], list(excludes))
+        harnesses.append(harness)
+        return harness
+
+    yield root, make
+    for harness in harnesses:
+        harness.close()
+
+
+def touch(path: Path) -> None:
+    path.write_text("x")
+
+
+@pytest.mark.parametrize("leaf_shortcut", [True, False])
+def test_existing_tree_is_watched_at_start(watched, monkeypatch, leaf_shortcut):
+    # Without the shortcut: as on btrfs or NFS, every directory is read.
+    if not leaf_shortcut:
+        monkeypatch.setattr(watch, "_NLINK_FILE_SYSTEMS", set())
+    root, make = watched
+    (root / "a/b/c").mkdir(parents=True)
+    (root / "a/leaf").mkdir()
+    (root / "x/y").mkdir(parents=True)
+    harness = make()
+    assert harness.watcher.watch_count == 7
+    assert harness.changed_after(lambda: touch(root / "a/b/c/f"))
+    assert harness.changed_after(lambda: (root / "a/leaf/new").mkdir())
+    assert harness.pump(lambda: harness.watcher.watch_count == 8)
+
+
+def test_nested_creation_is_followed_even_before_watches_exist(watched):
+    root, make = watched
+    harness = make()
+    deep = root / "a/b/c/d"
+
+    def create():
+        deep.mkdir(parents=True)
+        touch(deep / "early")  # created before the watch of d can exist
+
+    assert harness.changed_after(create)
+    assert harness.pump(lambda: harness.watcher.watch_count == 5)
+    assert harness.changed_after(lambda: touch(deep / "later"))
+    assert harness.changed_after(lambda: touch(deep / "early"))
+
+
+def test_files_changes_and_deletes_are_changes(watched):
+    root, make = watched
+    (root / "d").mkdir()
+    touch(root / "d/f")
+    harness = make()
+    assert harness.changed_after(lambda: (root / "d/f").write_text("more"))
+    assert harness.changed_after(lambda: os.chmod(root / "d/f", 0o600))
+    assert harness.changed_after(lambda: (root / "d/f").unlink())
+    assert harness.changed_after(lambda: (root / "d").rmdir())
+    assert harness.pump(lambda: harness.watcher.watch_count == 1)
+
+
+def test_deleting_a_subtree_drops_its_watches(watched):
+    root, make = watched
+    (root / "a/b/c").mkdir(parents=True)
+    harness = make()
+    assert harness.changed_after(lambda: shutil.rmtree(root / "a"))
+    assert harness.pump(lambda: harness.watcher.watch_count == 1)
+
+
+def test_a_tree_moved_in_is_watched(watched, tmp_path):
+    root, make = watched
+    outside = tmp_path / "outside"
+    (outside / "x/y").mkdir(parents=True)
+    harness = make()
+    assert harness.changed_after(lambda: (outside).rename(root / "moved"))
+    assert harness.pump(lambda: harness.watcher.watch_count == 4)
+    assert harness.changed_after(lambda: touch(root / "moved/x/y/f"))
+
+
+def test_a_tree_moved_out_is_forgotten(watched, tmp_path):
+    root, make = watched
+    (root / "a/b/c").mkdir(parents=True)
+    harness = make()
+    assert harness.changed_after(lambda: (root / "a").rename(tmp_path / "gone"))
+    assert harness.pump(lambda: harness.watcher.watch_count == 1)
+    assert harness.unchanged_after(lambda: touch(tmp_path / "gone/b/c/f"))
+
+
+def test_a_rename_inside_the_tree_keeps_watching_under_the_new_name(watched):
+    root, make = watched
+    (root / "a/b").mkdir(parents=True)
+    (root / "other").mkdir()
+    harness = make(["*.tmp"])
+    assert harness.changed_after(lambda: (root / "a").rename(root / "other/renamed"))
+    assert harness.changed_after(lambda: touch(root / "other/renamed/b/f"))
+    assert harness.watcher.watch_count == 4
+    # renamed to an excluded name: its subtree is no longer watched
+    # (leaving the backup is a change)
+    assert harness.changed_after(lambda: (root / "other/renamed").rename(root / "x.tmp"))
+    assert harness.pump(lambda: harness.watcher.watch_count == 2)
+    assert harness.unchanged_after(lambda: touch(root / "x.tmp/b/f2"))
+
+
+def test_excluded_names_are_neither_watched_nor_changes(watched):
+    root, make = watched
+    (root / "src/.git/objects").mkdir(parents=True)
+    harness = make([".git", "*.tmp", "cache/"])
+    assert harness.watcher.watch_count == 2  # root and src
+    assert harness.unchanged_after(lambda: touch(root / "src/.git/objects/x"))
+    assert harness.unchanged_after(lambda: touch(root / "src/a.tmp"))
+    assert harness.unchanged_after(lambda: (root / "cache").mkdir())
+    assert harness.unchanged_after(lambda: touch(root / "cache/blob"))
+    assert harness.changed_after(lambda: touch(root / "src/a.txt"))
+    assert harness.watcher.watch_count == 2
+
+
+def test_path_patterns_follow_renames(watched):
+    root, make = watched
+    (root / "a/b/deep").mkdir(parents=True)
+    harness = make(["a/b", f"{root}/top/*"])
+    assert harness.watcher.watch_count == 2  # root, a
+    assert harness.unchanged_after(lambda: touch(root / "a/b/deep/f"))
+    # a renamed to c: c/b is no longer excluded by "a/b" and gets watched
+    assert harness.changed_after(lambda: (root / "a").rename(root / "c"))
+    assert harness.pump(lambda: harness.watcher.watch_count == 4)
+    assert harness.changed_after(lambda: touch(root / "c/b/deep/f"))
+    # moved under top/: excluded by the anchored pattern
+    assert harness.changed_after(lambda: (root / "top").mkdir())
+    assert harness.changed_after(lambda: (root / "c").rename(root / "top/c"))
+    assert harness.pump(lambda: harness.watcher.watch_count == 2)
+
+
+def test_a_root_removed_and_recreated_is_watched_again(watched):
+    root, make = watched
+    (root / "a").mkdir()
+    harness = make()
+    assert harness.changed_after(lambda: shutil.rmtree(root))
+    assert harness.pump(lambda: harness.watcher.watch_count == 0)
+    assert harness.changed_after(lambda: (root / "b").mkdir(parents=True))
+    assert harness.pump(lambda: harness.watcher.watch_count == 2)
+    assert harness.changed_after(lambda: touch(root / "b/f"))
+
+
+def test_a_root_whose_parents_vanish_comes_back(tmp_path, watched):
+    _, make = watched
+    root = tmp_path / "p1/p2/root"
+    root.mkdir(parents=True)
+    harness = make(paths=[root])
+    assert harness.changed_after(lambda: shutil.rmtree(tmp_path / "p1"))
+    assert harness.pump(lambda: harness.watcher.watch_count == 0)
+    assert harness.unchanged_after(lambda: (tmp_path / "p1/p2").mkdir(parents=True))
+    assert harness.changed_after(lambda: root.mkdir())
+    assert harness.changed_after(lambda: touch(root / "f"))
+
+
+def test_a_root_missing_at_start_is_watched_once_created(tmp_path, watched):
+    _, make = watched
+    root = tmp_path / "later/root"
+    harness = make(paths=[root])
+    assert harness.watcher.watch_count == 0
+    assert harness.changed_after(lambda: root.mkdir(parents=True))
+    assert harness.changed_after(lambda: touch(root / "f"))
+
+
+def test_a_root_moved_away_and_replaced(watched, tmp_path):
+    root, make = watched
+    harness = make()
+    assert harness.changed_after(lambda: root.rename(tmp_path / "old"))
+    assert harness.unchanged_after(lambda: touch(tmp_path / "old/f"))
+    replacement = tmp_path / "new"
+    (replacement / "sub").mkdir(parents=True)
+    assert harness.changed_after(lambda: replacement.rename(root))
+    assert harness.changed_after(lambda: touch(root / "sub/f"))
+
+
+def test_a_file_path_is_watched_and_survives_atomic_replacement(tmp_path, watched):
+    _, make = watched
+    target = tmp_path / "config.ini"
+    touch(target)
+    harness = make(paths=[target])
+    assert harness.changed_after(lambda: target.write_text("new"))
+    temporary = tmp_path / "config.ini.new"
+    touch(temporary)
+    assert harness.changed_after(lambda: temporary.replace(target))
+    assert harness.changed_after(lambda: target.write_text("newer"))
+    assert harness.unchanged_after(lambda: touch(tmp_path / "sibling"))
+
+
+def test_undecodable_names_are_watched(watched):
+    root, make = watched
+    harness = make(["*.tmp"])
+    odd = os.path.join(os.fsencode(root), b"\xff\xfe-dir")
+    assert harness.changed_after(lambda: os.mkdir(odd))
+    assert harness.pump(lambda: harness.watcher.watch_count == 2)
+    assert harness.changed_after(lambda: open(os.path.join(odd, b"f\xff"), "w").close())
+    assert harness.unchanged_after(lambda: open(os.path.join(odd, b"\xff.tmp"), "w").close())
+
+
+def test_overlapping_paths_are_watched_once(tmp_path):
+    assert _outermost(["/a/b", "/a", "/a/../a/c", "/ab", "/a/"]) == ["/a", "/ab"]
+
+
+def test_an_overflow_is_reported_and_nothing_is_lost(watched):
+    # max_queued_events is global (not per namespace): overflow it by a burst that the
+    # loop does not read until it is over.
+    root, make = watched
+    burst = root / "burst"
+    burst.mkdir()
+    harness = make()
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    assert limit <= 1 << 20, "a burst this large would take too long"
+    for i in range(limit + 100):
+        os.close(os.open(burst / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    (burst / "late/deeper").mkdir(parents=True)  # its creation event is lost
+    assert harness.pump(lambda: harness.overflows >= 1)
+    assert harness.pump(lambda: harness.watcher.watch_count == 4)  # found by the rescan
+    assert harness.changed_after(lambda: touch(burst / "late/deeper/f"))
+
+
+def test_a_removal_lost_in_an_overflow_is_cleaned_up(watched):
+    root, make = watched
+    (root / "doomed/sub").mkdir(parents=True)
+    harness = make()
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    for i in range(limit + 100):
+        os.close(os.open(root / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    shutil.rmtree(root / "doomed")
+    assert harness.pump(lambda: harness.overflows >= 1)
+    assert harness.pump(lambda: harness.watcher.watch_count == 1)
+
+
+def debounced(harness: Harness, wait_min: float, wait_max: float) -> list[tuple[float, str]]:
+    """Wire the harness's watcher to a DebounceTimer; returns where triggers are recorded."""
+    fired: list[tuple[float, str]] = []
+    timer = DebounceTimer(
+        harness.loop,
+        Debouncer(wait_min, wait_max),
+        lambda reason: fired.append((time.monotonic(), reason)),
+    )
+    harness.watcher.on_change = timer.changed
+    harness.watcher.on_overflow = timer.overflowed
+    return fired
+
+
+def test_a_change_triggers_after_wait_min(watched):
+    root, make = watched
+    harness = make()
+    fired = debounced(harness, wait_min=0.3, wait_max=5.0)
+    touched = time.monotonic()
+    for i in range(5):
+        touch(root / f"f{i}")
+    assert harness.pump(lambda: fired, timeout=3.0)
+    late = fired[0][0] - (touched + 0.3)
+    assert 0 <= late < 0.1, late
+    assert fired[0][1] == "10 changes"  # each file: IN_CREATE and IN_MODIFY
+    harness.pump(lambda: len(fired) > 1, timeout=0.5)
+    assert len(fired) == 1
+
+
+def test_continuous_changes_trigger_at_wait_max(watched):
+    root, make = watched
+    harness = make()
+    fired = debounced(harness, wait_min=0.3, wait_max=1.0)
+    first = time.monotonic()
+
+    def keep_changing() -> None:  # every 0.1 s, never quiet for wait_min
+        touch(root / "busy")
+        if not fired:
+            harness.loop.call_later(0.1, keep_changing)
+
+    keep_changing()
+    assert harness.pump(lambda: fired, timeout=3.0)
+    assert 1.0 <= fired[0][0] - first < 1.1
+
+
+LIMIT_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+from henbackup.loop import Loop
+from henbackup.worker.excludes import Excluder
+from henbackup.worker.watch import Watcher
+root, report, loop = sys.argv[1], {"changes": 0, "limits": []}, Loop()
+def changed(n): report["changes"] += n
+watcher = Watcher([root], Excluder(), loop, changed, lambda: None, report["limits"].append)
+watcher.start()
+report["after_start"] = [watcher.active, watcher.watch_count]
+if watcher.active:  # under the limit at start: cross it with new directories
+    os.makedirs(os.path.join(root, *[f"n{i}" for i in range(30)]))
+    while watcher.active:
+        guard = loop.call_later(0.05, lambda: None); loop.run_once(); guard.cancel()
+report["after"] = [watcher.active, watcher.watch_count]
+print(json.dumps(report))
+"""
+
+
+UNSHARE = ("unshare", "--user", "--map-root-user")
+
+
+def run_with_watch_limit(root: Path, limit: int) -> dict:
+    """Run LIMIT_SCRIPT in a private user namespace whose inotify watch limit is `limit`
+    (user.max_inotify_watches is per user namespace: nothing outside is affected)."""
+    shell = f'echo {limit} > /proc/sys/user/max_inotify_watches && exec "$0" "$@"'
+    done = subprocess.run(
+        [*UNSHARE, "sh", "-c", shell, sys.executable, "-c", LIMIT_SCRIPT, str(root), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("when", ["at start", "while running"])
+def test_running_out_of_watches_is_reported_and_nothing_crashes(tmp_path, when):
+    root = tmp_path / "root"
+    if when == "at start":
+        for i in range(40):
+            (root / f"d{i}").mkdir(parents=True)
+    else:
+        root.mkdir()
+    report = run_with_watch_limit(root, 20)
+    assert report["after"] == [False, 0]
+    assert report["after_start"][0] is (when != "at start")
+    [message] = report["limits"]
+    assert "fs.inotify.max_user_watches" in message
+    assert "sysctl fs.inotify.max_user_watches=" in message
+    assert when == "at start" or report["changes"] >= 1
+
+
+def test_tables_are_rebuilt_after_much_churn(watched, monkeypatch):
+    # The kernel never reuses a watch descriptor soon: tables indexed by it would grow with
+    # every directory ever made. Past the slack, the watcher starts over on a fresh fd.
+    monkeypatch.setattr(watch, "_REBUILD_SLACK", 20)
+    root, make = watched
+    (root / "stays").mkdir()
+    harness = make()
+    for i in range(40):
+        (root / f"tmp{i}").mkdir()
+        assert harness.pump(lambda: harness.watcher.watch_count == 3)
+        (root / f"tmp{i}").rmdir()
+        assert harness.pump(lambda: harness.watcher.watch_count == 2)
+    assert len(harness.watcher._name) < 30
+    assert harness.watcher.watch_count == 2
+    assert harness.changed_after(lambda: touch(root / "stays/f"))

@@ -1,0 +1,118 @@
+"""Run records: atomic, durable, and never trusted when they make no sense."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from henbackup.worker import state
+from henbackup.worker.state import RunRecord, StateStore, backup_key, maintenance_key
+
+
+@pytest.fixture
+def problems():
+    return []
+
+
+@pytest.fixture
+def store(tmp_path, problems):
+    return StateStore(tmp_path / "state", problems.append)
+
+
+def test_a_missing_record_is_empty_and_no_problem(store, problems):
+    assert store.load(backup_key("pictures")) == RunRecord()
+    assert problems == []
+
+
+def test_records_round_trip_and_survive_a_new_store(tmp_path, store, problems):
+    key = backup_key("pictures")
+    store.record_attempt(key, 1000.5)
+    store.record_success(key, 1000.5)
+    store.record_attempt(key, 2000.0)
+    again = StateStore(tmp_path / "state", problems.append)
+    assert again.load(key) == RunRecord(last_success=1000.5, last_attempt=2000.0)
+    assert problems == []
+
+
+def test_each_backup_and_operation_has_its_own_file(store):
+    store.save(backup_key("a"), RunRecord(1.0, 1.0))
+    store.save(maintenance_key("aws", "check"), RunRecord(2.0, 2.0))
+    store.save(maintenance_key("aws", "prune"), RunRecord(3.0, 3.0))
+    assert store.load(backup_key("a")).last_success == 1.0
+    assert store.load(maintenance_key("aws", "check")).last_success == 2.0
+    assert store.load(maintenance_key("aws", "prune")).last_success == 3.0
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "", "../../etc/passwd", "x%2F", "é t"])
+def test_odd_names_stay_inside_the_state_directory(store, name):
+    for key in (backup_key(name), maintenance_key(name, "check")):
+        path = store.path(key).resolve()
+        assert path.is_relative_to(store.directory.resolve())
+        store.save(key, RunRecord(5.0, 5.0))
+        assert store.load(key) == RunRecord(5.0, 5.0)
+    assert backup_key("a/b") != backup_key("a%2Fb")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'"text"',
+        b'{"last_success": "yesterday"}',
+        b'{"last_success": true}',
+        b'{"last_success": NaN}',
+        b'{"last_attempt": Infinity}',
+        b'{"last_success": [1]}',
+        b"\xff\xfe",
+    ],
+)
+def test_a_corrupt_record_counts_as_absent_and_is_reported(store, problems, content):
+    key = backup_key("pictures")
+    store.path(key).parent.mkdir(parents=True)
+    store.path(key).write_bytes(content)
+    assert store.load(key) == RunRecord()
+    assert len(problems) == 1 and str(store.path(key)) in problems[0]
+
+
+def test_an_unreadable_record_counts_as_absent_and_is_reported(store, problems):
+    key = backup_key("pictures")
+    store.path(key).mkdir(parents=True)  # a directory where the file should be
+    assert store.load(key) == RunRecord()
+    assert "cannot read" in problems[0]
+
+
+def test_unknown_fields_are_ignored_and_integers_accepted(store, problems):
+    key = backup_key("p")
+    store.path(key).parent.mkdir(parents=True)
+    store.path(key).write_text(json.dumps({"last_success": 7, "future": {"x": 1}}))
+    assert store.load(key) == RunRecord(last_success=7.0)
+    assert problems == []
+
+
+def test_the_write_is_atomic_and_synced(store, monkeypatch):
+    key = backup_key("p")
+    store.save(key, RunRecord(1.0, 1.0))
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(state.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    store.save(key, RunRecord(2.0, 2.0))
+    assert len(synced) == 2  # the file, then the directory holding the new name
+    assert [p.name for p in store.path(key).parent.iterdir()] == ["p.json"]  # no temporaries
+
+
+def test_a_failed_write_leaves_the_old_record_and_no_temporary(store, monkeypatch):
+    key = backup_key("p")
+    store.save(key, RunRecord(1.0, 1.0))
+
+    def crash(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state.os, "replace", crash)
+    with pytest.raises(OSError):
+        store.save(key, RunRecord(2.0, 2.0))
+    assert store.load(key) == RunRecord(1.0, 1.0)
+    assert [p.name for p in store.path(key).parent.iterdir()] == ["p.json"]
