@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Supervised:
     channel: Channel | None = None
     last_heard: float = 0.0
     job: str = "idle"  # "running" while its job process runs
+    next_run: float | None = None  # epoch seconds of its next scheduled run
     replacement: WorkerSpec | None = None  # a changed definition, started once this one stops
     hung: bool = False
 
@@ -163,6 +165,8 @@ class Master:
             supervised.child.ready(self.loop.clock())
         elif kind == "job":
             supervised.job = str(message.get("state", "idle"))
+            next_run = message.get("next_run")
+            supervised.next_run = float(next_run) if next_run is not None else None
         self._update_status()
 
     def _exited(self, key: str) -> None:
@@ -325,6 +329,7 @@ class Master:
                 "state": s.child.state.value,
                 "pid": s.forked.pid if s.forked else None,
                 "job": s.job,
+                "next_run": s.next_run,
             }
             for s in self.children.values()
         ]
@@ -362,4 +367,18 @@ class Master:
         parts.append(f"running: {', '.join(running)}" if running else "idle")
         if fatal:
             parts.append(f"failed: {', '.join(fatal)}")
+        upcoming = [(s.next_run, s.spec.name) for s in self.children.values() if s.next_run]
+        if upcoming and not self.stopping:
+            when, name = min(upcoming)
+            parts.append(f"next: {name} {_relative(when - time.time())}")
         return "; ".join(parts)
+
+
+def _relative(seconds: float) -> str:
+    """`now`, `in 40 s`, `in 12 min`, `in 3 h`, `in 2 d`."""
+    if seconds < 1:
+        return "now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"in {seconds // size:.0f} {unit}"
+    return f"in {seconds:.0f} s"

@@ -21,6 +21,7 @@ from henbackup.master.specs import WorkerSpec
 from henbackup.observe.events import EmitFunction, Emitter
 from henbackup.process import Forked, fork_child, reap
 from henbackup.scheduler.queue import Scheduler
+from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
 
 HEARTBEAT_INTERVAL = 10.0
 
@@ -44,17 +45,19 @@ class Worker:
         channel: Channel,
         emit: EmitFunction,
         job_body: JobBody,
-        loop: Loop | None = None,
         scheduler: Scheduler | None = None,
+        triggers: Callable[[Worker], Triggers] | None = None,
+        loop: Loop | None = None,
     ) -> None:
         self.spec, self.config, self.channel, self.emit = spec, config, channel, emit
         self.job_body = job_body
         self.loop = loop or Loop()
         self.scheduler = scheduler
+        self.triggers = triggers(self) if triggers else None
+        self.current: RunRequest | None = None
         self.job: Forked | None = None
         self.pending: dict[str, RunRequest] = {}  # by operation: at most one follow-up each
         self.stopping = False
-        self.on_job_done: list[Callable[[int], None]] = []  # triggers re-arm from here
 
     def run(self) -> int:
         """Serve until SIGTERM (or the master going away); returns the exit code."""
@@ -63,6 +66,9 @@ class Worker:
         self.loop.add_reader(self.channel.fileno(), self._on_messages)
         self._heartbeat()
         self.channel.send({"type": "ready"})
+        if self.triggers is not None:
+            self.triggers.start()
+            self._send_state("idle")
         self.loop.run()
         return 0
 
@@ -92,20 +98,22 @@ class Worker:
             operation=run.operation,
             **{self.spec.kind: self.spec.name},
         )
-        if self.job is not None:
+        if self.job is None:
+            self._start(run)
+        elif run.trigger == "manual":
             self.pending[run.operation] = run
-            return
-        self._start(run)
+        # else: the triggers re-arm once the running job ends (a watch then runs again)
 
     def _start(self, run: RunRequest) -> None:
         def body() -> int:
-            self.loop.close()
-            self.channel.close()
+            self.loop.close(registered_too=True)  # the channel, inotify, timers: the worker's
             return self.job_body(self.config, self.spec, run)
 
-        self.job = fork_child(f"hbjob:{self.spec.name}", body)
+        if self.triggers is not None:
+            self.triggers.job_started(run.operation)
+        self.job, self.current = fork_child(f"hbjob:{self.spec.name}", body), run
         self.loop.add_reader(self.job.pidfd, self._job_exited)
-        self.channel.send({"type": "job", "state": "running", "operation": run.operation})
+        self._send_state("running", operation=run.operation)
 
     def _job_exited(self) -> None:
         assert self.job is not None
@@ -115,14 +123,20 @@ class Worker:
         if self.scheduler is not None:
             self.scheduler.nudge()  # if it died holding its slot, the next job may start
         code = os.waitstatus_to_exitcode(status)
-        self.channel.send({"type": "job", "state": "idle", "exit": code})
-        for callback in self.on_job_done:
-            callback(code)
+        assert self.current is not None
+        if self.triggers is not None:
+            self.triggers.job_finished(self.current.operation, code == 0)
+        self.current = None
+        self._send_state("idle", exit=code)
         if self.stopping:
             self.loop.stop()
         elif self.pending:
             operation = next(iter(self.pending))
             self._start(self.pending.pop(operation))
+
+    def _send_state(self, state: str, **details: object) -> None:
+        next_run = self.triggers.next_run() if self.triggers else None
+        self.channel.send({"type": "job", "state": state, "next_run": next_run, **details})
 
     def shutdown(self) -> None:
         """Stop: interrupt the running job cleanly (it stops restic), then leave the loop."""
@@ -143,5 +157,21 @@ def run_job_body(config: Config, spec: WorkerSpec, run: RunRequest) -> int:
 
 def worker_main(spec: WorkerSpec, config: Config, channel: Channel) -> int:
     """The body of a forked worker process."""
-    scheduler = Scheduler(Dirs.from_environment().scheduler)
-    return Worker(spec, config, channel, Emitter(), run_job_body, scheduler=scheduler).run()
+    dirs, emit = Dirs.from_environment(), Emitter()
+
+    def triggers(worker: Worker) -> Triggers:
+        def request(trigger: str, reason: str, operation: str) -> None:
+            worker.request(RunRequest(trigger, reason, operation))
+
+        if spec.kind == "backup":
+            return backup_triggers(
+                config.backups[spec.name], worker.loop, dirs.state, emit, request
+            )
+        repository = config.repositories[spec.name]
+        return maintenance_triggers(repository, worker.loop, dirs.state, emit, request)
+
+    scheduler = Scheduler(dirs.scheduler)
+    worker = Worker(
+        spec, config, channel, emit, run_job_body, scheduler=scheduler, triggers=triggers
+    )
+    return worker.run()
