@@ -76,6 +76,7 @@ class Snapshot:
     host: str
     paths: tuple[str, ...]
     tags: tuple[str, ...]
+    bytes_added: int | None = None  # known from restic 0.17 on (the snapshot's summary)
 
     @property
     def backup(self) -> str | None:

@@ -1,0 +1,864 @@
+"""restic behind the Engine contract: the only module that knows restic's CLI and output.
+
+Supports restic 0.14 (Debian 12) to 0.18 (Debian 13). Features are derived from `restic
+version` (asked once, lazily), never assumed. The module has two halves: pure functions
+that build argv tuples and environments or parse output, then `ResticEngine`, the one
+place that runs restic.
+
+Secrets: the repository location travels in RESTIC_REPOSITORY and the password as a file,
+a command or an inherited pipe, never in argv; messages built from restic's stderr are
+scrubbed of the location, the password and the target's env values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import json
+import math
+import os
+import re
+import selectors
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from henbackup.config.model import PasswordSource, Retention
+from henbackup.engine.base import (
+    BackupRequest,
+    BackupResult,
+    CheckResult,
+    Engine,
+    ForgetResult,
+    Progress,
+    ProgressCallback,
+    RepositoryStats,
+    RestoreResult,
+    Snapshot,
+    SpawnCallback,
+    Target,
+)
+from henbackup.errors import (
+    BackendUnreachable,
+    EngineError,
+    JobCancelled,
+    RepositoryLocked,
+    RepositoryMissing,
+    SnapshotNotFound,
+    WrongPassword,
+)
+
+Version = tuple[int, int, int]
+Argv = tuple[str, ...]
+
+# restic prints JSON status lines at 60 per second by default; two are plenty for
+# STATUS= and the progress events, and cost restic less.
+PROGRESS_FPS = "2"
+# How long restic may take to clean up (remove its lock) after SIGINT before SIGKILL.
+INTERRUPT_GRACE = 30.0
+# Backoff between attempts on a locked repository when restic has no --retry-lock.
+LOCK_BACKOFF_FIRST = 1.0
+LOCK_BACKOFF_MAX = 30.0
+MAX_WARNINGS = 50
+# Only so much of a huge stderr (e.g. millions of unreadable files) is read back.
+STDERR_HEAD = STDERR_TAIL = 512 * 1024
+# A pipe holds 64 KiB: a bigger literal password would block the writer.
+MAX_PASSWORD_BYTES = 60 * 1024
+
+# Inherited variables that would override what the engine says (repository, password).
+_OVERRIDDEN_VARS = frozenset(
+    {
+        "RESTIC_REPOSITORY",
+        "RESTIC_REPOSITORY_FILE",
+        "RESTIC_PASSWORD",
+        "RESTIC_PASSWORD_FILE",
+        "RESTIC_PASSWORD_COMMAND",
+        "RESTIC_KEY_HINT",
+    }
+)
+
+
+# --- versions and features ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the installed restic can do, derived from its version."""
+
+    version: Version
+
+    @property
+    def retry_lock(self) -> bool:
+        return self.version >= (0, 16, 0)
+
+    @property
+    def restore_progress(self) -> bool:
+        """restore --json prints status and summary lines."""
+        return self.version >= (0, 16, 0)
+
+    @property
+    def skip_if_unchanged(self) -> bool:
+        return self.version >= (0, 17, 0)
+
+    @property
+    def exit_codes(self) -> bool:
+        """10 repository missing, 11 lock failed, 12 wrong password."""
+        return self.version >= (0, 17, 0)
+
+
+def parse_version(text: str) -> Version:
+    """The version in `restic version` output; (0, 0, 0) (no optional feature) if unknown."""
+    match = re.search(r"restic (\d+)\.(\d+)\.(\d+)", text)
+    if match is None:
+        return (0, 0, 0)
+    return (int(match[1]), int(match[2]), int(match[3]))
+
+
+# --- command lines (pure) -------------------------------------------------------------
+
+
+def kib_per_second(bytes_per_second: int) -> int:
+    """restic's --limit-* unit is KiB/s: round down, but never to 0 (which means no limit)."""
+    return max(1, bytes_per_second // 1024)
+
+
+def global_flags(target: Target, cache_dir: Path | None = None, retry_lock: float = 0.0) -> Argv:
+    """Flags every command gets: JSON output, cache, backend options, limits, lock retry."""
+    flags = ["--json"]
+    if cache_dir is not None:
+        flags += ["--cache-dir", str(cache_dir)]
+    for option in target.options:
+        flags += ["-o", option]
+    if target.upload_limit is not None:
+        flags += ["--limit-upload", str(kib_per_second(target.upload_limit))]
+    if target.download_limit is not None:
+        flags += ["--limit-download", str(kib_per_second(target.download_limit))]
+    if retry_lock > 0:
+        flags += ["--retry-lock", f"{math.ceil(retry_lock)}s"]
+    return tuple(flags)
+
+
+def make_command(binary: str, args: Sequence[str], flags: Sequence[str]) -> Argv:
+    """`restic <subcommand> <global flags> <subcommand flags and arguments>`."""
+    return (binary, args[0], *flags, *args[1:])
+
+
+def backup_args(request: BackupRequest, skip_if_unchanged: bool = False) -> Argv:
+    args = ["backup", "--tag", f"backup-{request.backup}"]
+    if request.host:
+        args += ["--host", request.host]
+    for pattern in request.excludes:
+        args += ["--exclude", pattern]
+    if skip_if_unchanged:
+        args.append("--skip-if-unchanged")
+    return (*args, "--", *request.paths)
+
+
+def snapshots_args(
+    backup: str | None = None, host: str | None = None, ids: Sequence[str] = ()
+) -> Argv:
+    args = ["snapshots"]
+    if backup is not None:
+        args += ["--tag", f"backup-{backup}"]
+    if host:
+        args += ["--host", host]
+    return (*args, "--", *ids) if ids else tuple(args)
+
+
+def restore_args(snapshot_id: str, destination: str, includes: Sequence[str] = ()) -> Argv:
+    args = ["restore", "--target", destination]
+    for path in includes:
+        args += ["--include", path]
+    return (*args, "--", snapshot_id)
+
+
+def keep_flags(policy: Retention) -> Argv:
+    """The --keep-* flags of a retention policy, in restic's order."""
+    pairs = (
+        ("--keep-last", policy.keep_last),
+        ("--keep-hourly", policy.keep_hourly),
+        ("--keep-daily", policy.keep_daily),
+        ("--keep-weekly", policy.keep_weekly),
+        ("--keep-monthly", policy.keep_monthly),
+        ("--keep-yearly", policy.keep_yearly),
+        ("--keep-within", policy.keep_within),
+    )
+    return tuple(item for flag, value in pairs if value is not None for item in (flag, str(value)))
+
+
+def forget_args(policy: Retention, backup: str, host: str) -> Argv:
+    """Forget within this backup's snapshots by this host; no prune (that is separate).
+
+    Grouping by host and tags only, so that a change of paths does not start a new group
+    whose old snapshots would be kept forever.
+    """
+    args = ["forget", "--tag", f"backup-{backup}"]
+    if host:
+        args += ["--host", host]
+    return (*args, "--group-by", "host,tags", *keep_flags(policy))
+
+
+def check_args(read_data_subset: str | None = None) -> Argv:
+    if read_data_subset:
+        return ("check", "--read-data-subset", read_data_subset)
+    return ("check",)
+
+
+INIT_ARGS: Argv = ("init",)
+CAT_CONFIG_ARGS: Argv = ("cat", "--no-lock", "config")
+PRUNE_ARGS: Argv = ("prune",)
+UNLOCK_ARGS: Argv = ("unlock",)  # without --remove-all: only stale locks
+STATS_ARGS: Argv = ("stats", "--mode", "raw-data")
+
+
+# --- environment and secrets (pure) ---------------------------------------------------
+
+
+def password_env(source: PasswordSource, fd: int | None = None) -> dict[str, str]:
+    """How restic gets the password: a file, a command, or (literal) an inherited pipe."""
+    if source.kind == "file":
+        return {"RESTIC_PASSWORD_FILE": source.value}
+    if source.kind == "command":
+        return {"RESTIC_PASSWORD_COMMAND": source.value}
+    if fd is None:
+        raise ValueError("a literal password needs the read end of a pipe")
+    return {"RESTIC_PASSWORD_FILE": f"/dev/fd/{fd}"}
+
+
+def child_env(
+    inherited: Mapping[str, str], target: Target, password: Mapping[str, str]
+) -> dict[str, str]:
+    """restic's environment: ours without RESTIC_*, plus the target's pairs, plus ours."""
+    env = {k: v for k, v in inherited.items() if not k.startswith("RESTIC_")}
+    env.update(target.env)
+    for name in [k for k in env if k in _OVERRIDDEN_VARS or k.startswith("RESTIC_FROM_")]:
+        del env[name]
+    env.update(password)
+    env["RESTIC_REPOSITORY"] = target.location
+    env["RESTIC_PROGRESS_FPS"] = PROGRESS_FPS
+    return env
+
+
+_USERINFO = re.compile(r"//[^/@\s]+@")
+
+
+def secrets_of(target: Target) -> tuple[str, ...]:
+    """Strings that must not appear in a message, longest first."""
+    found = {target.location, target.location.rstrip("/")}
+    scheme = re.match(r"^[a-z0-9]+:(?=.)", target.location)
+    if scheme:  # restic often prints the URL without its backend prefix
+        found.add(target.location[scheme.end() :].rstrip("/"))
+    userinfo = re.search(r"//([^/@\s]+)@", target.location)
+    if userinfo:
+        found.add(userinfo[1])
+        found.add(userinfo[1].partition(":")[2])
+    if target.password.kind == "password":
+        found.add(target.password.value)
+    found.update(value for _, value in target.env if len(value) >= 8)
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return _USERINFO.sub("//***@", text)
+
+
+# --- output parsing (pure) ------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def parse_json_line(line: str) -> dict[str, Any] | None:
+    """A JSON object on one line, or None for anything else (text, a list, garbage)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def last_json(lines: Sequence[str]) -> Any:
+    """The last line of stdout that parses as a JSON document (restic prints it last)."""
+    for line in reversed(lines):
+        text = line.strip()
+        if text.startswith(("[", "{")):
+            with contextlib.suppress(ValueError):
+                return json.loads(text)
+    raise EngineError("restic printed no JSON result")
+
+
+def _error_text(message: Mapping[str, Any]) -> str:
+    """One restic JSON error message (0.14: Go error struct; 0.17+: {"message": ...})."""
+    error = message.get("error")
+    if isinstance(error, dict):
+        if "message" in error:
+            text = str(error["message"])
+        else:
+            code = error.get("Err")
+            reason = os.strerror(code) if isinstance(code, int) else str(code)
+            text = f"{error.get('Op', 'error')} {error.get('Path', '')}: {reason}"
+    elif error is not None:
+        text = str(error)
+    else:
+        text = str(message.get("message", ""))
+    item = message.get("item")
+    return f"{item}: {text}" if item and str(item) not in text else text
+
+
+def stderr_messages(text: str) -> list[str]:
+    """restic's stderr as human lines: JSON errors rendered, escapes and blanks removed."""
+    lines: list[str] = []
+    for raw in text.splitlines():
+        line = _ANSI.sub("", raw).replace("\r", "").strip()
+        message = parse_json_line(line)
+        if message is not None and message.get("message_type") in ("error", "exit_error"):
+            line = (
+                _error_text(message)
+                if message["message_type"] == "error"
+                else str(message.get("message", ""))
+            )
+        lines += [part.strip() for part in line.splitlines() if part.strip()]
+    return lines
+
+
+def _number(message: Mapping[str, Any], key: str) -> int:
+    value = message.get(key)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def _total(message: Mapping[str, Any], key: str) -> int | None:
+    """A total restic omits while it is 0, i.e. still unknown."""
+    value = message.get(key)
+    return int(value) if isinstance(value, int | float) and value else None
+
+
+def parse_progress(message: Mapping[str, Any]) -> Progress | None:
+    """A backup or restore status line as Progress; None for any other message."""
+    if message.get("message_type") != "status":
+        return None
+    fraction = float(message.get("percent_done") or 0.0)
+    if "files_restored" in message or "bytes_restored" in message:
+        files = _number(message, "files_restored") + _number(message, "files_skipped")
+        size = _number(message, "bytes_restored") + _number(message, "bytes_skipped")
+    else:
+        files, size = _number(message, "files_done"), _number(message, "bytes_done")
+    remaining = message.get("seconds_remaining")
+    return Progress(
+        fraction=min(1.0, max(0.0, fraction)),
+        files_done=files,
+        total_files=_total(message, "total_files"),
+        bytes_done=size,
+        total_bytes=_total(message, "total_bytes"),
+        seconds_elapsed=float(message.get("seconds_elapsed") or 0.0),
+        seconds_remaining=float(remaining) if isinstance(remaining, int | float) else None,
+    )
+
+
+def limit_warnings(messages: Sequence[str]) -> tuple[str, ...]:
+    """At most MAX_WARNINGS lines, then one that says how many more there were."""
+    if len(messages) <= MAX_WARNINGS:
+        return tuple(messages)
+    return (*messages[:MAX_WARNINGS], f"... and {len(messages) - MAX_WARNINGS} more warnings")
+
+
+def parse_backup_summary(
+    summary: Mapping[str, Any], duration: float, warnings: Sequence[str] = ()
+) -> BackupResult:
+    """The summary line; no snapshot_id when --skip-if-unchanged made no snapshot."""
+    snapshot_id = summary.get("snapshot_id")
+    return BackupResult(
+        snapshot_id=str(snapshot_id) if snapshot_id else None,
+        files_new=_number(summary, "files_new"),
+        files_changed=_number(summary, "files_changed"),
+        files_unmodified=_number(summary, "files_unmodified"),
+        bytes_added=_number(summary, "data_added"),
+        bytes_processed=_number(summary, "total_bytes_processed"),
+        duration=duration,
+        warnings=limit_warnings(warnings),
+    )
+
+
+def parse_time(text: str) -> datetime:
+    """restic's RFC 3339 time with nanoseconds and an offset or Z, as an aware datetime."""
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    if match is None:
+        raise EngineError(f"restic printed an unreadable time: {text!r}")
+    base, fraction, zone = match.groups()
+    fraction = (fraction or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{base}.{fraction}{'+00:00' if zone == 'Z' else zone}")
+
+
+def parse_snapshot(doc: Mapping[str, Any]) -> Snapshot:
+    summary = doc.get("summary")
+    added = summary.get("data_added") if isinstance(summary, dict) else None
+    return Snapshot(
+        id=str(doc["id"]),
+        short_id=str(doc.get("short_id") or str(doc["id"])[:8]),
+        time=parse_time(str(doc["time"])),
+        host=str(doc.get("hostname", "")),
+        paths=tuple(doc.get("paths") or ()),
+        tags=tuple(doc.get("tags") or ()),
+        bytes_added=int(added) if isinstance(added, int) else None,
+    )
+
+
+def parse_snapshots(doc: Any) -> list[Snapshot]:
+    """`snapshots --json` output, oldest first."""
+    if not isinstance(doc, list):
+        raise EngineError("restic snapshots printed no list")
+    return sorted((parse_snapshot(item) for item in doc), key=lambda s: s.time)
+
+
+def parse_forget(doc: Any) -> ForgetResult:
+    """`forget --json` output: one object per group; restic writes null for an empty list."""
+    groups = doc if isinstance(doc, list) else []
+    kept = [s["id"] for group in groups for s in group.get("keep") or ()]
+    removed = [s["id"] for group in groups for s in group.get("remove") or ()]
+    return ForgetResult(kept=tuple(kept), removed=tuple(removed))
+
+
+def parse_stats(doc: Any) -> RepositoryStats:
+    """`stats --json --mode raw-data`; 0.14 says total_file_count 0, 0.18 omits it."""
+    if not isinstance(doc, dict):
+        raise EngineError("restic stats printed no object")
+    return RepositoryStats(
+        total_size=_number(doc, "total_size"),
+        total_file_count=_number(doc, "total_file_count"),
+        snapshots_count=_number(doc, "snapshots_count"),
+    )
+
+
+def restored_roots(snapshot_paths: Sequence[str], includes: Sequence[str]) -> tuple[str, ...]:
+    """What a restore wrote: the plain include paths, else the whole snapshot."""
+    if includes and not any(set(path) & set("*?[") for path in includes):
+        return tuple(includes)
+    return tuple(snapshot_paths)
+
+
+def count_files(destination: str, roots: Sequence[str]) -> tuple[int, int]:
+    """Regular files and their bytes under destination/<root> (restic keeps full paths)."""
+    files = size = 0
+    for root in dict.fromkeys(roots):
+        top = os.path.join(destination, root.lstrip("/"))
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isfile(top) and not os.path.islink(top):
+                files, size = files + 1, size + os.lstat(top).st_size
+                continue
+        for folder, _, names in os.walk(top):
+            for name in names:
+                st = os.lstat(os.path.join(folder, name))
+                if (st.st_mode & 0o170000) == 0o100000:
+                    files, size = files + 1, size + st.st_size
+    return files, size
+
+
+# --- failures (pure) ------------------------------------------------------------------
+
+_UNREACHABLE = (
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "network is unreachable",
+    "no route to host",
+    "connection reset by peer",
+    "tls handshake timeout",
+    "context deadline exceeded",
+    "client.timeout exceeded",
+    "temporary failure in name resolution",
+    "server misbehaving",
+    "unable to start the sftp session",
+    "ssh: connect to host",
+    "401 unauthorized",
+    "403 forbidden",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+)
+_MISSING = (
+    "repository does not exist",
+    "unable to open config file",
+    "is there a repository at the following location",
+)
+
+
+def _first(lines: Sequence[str], needles: Sequence[str]) -> str | None:
+    for line in lines:
+        low = line.lower()
+        if any(needle in low for needle in needles):
+            return line
+    return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split()).removeprefix("Fatal: ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fatal_reason(messages: Sequence[str], returncode: int) -> str:
+    """The first "Fatal:" line, else the last line, else the exit code."""
+    fatal = next((m for m in messages if m.startswith("Fatal:")), None)
+    if fatal is None and messages:
+        fatal = messages[-1]
+    return _one_line(fatal) if fatal else f"exit code {returncode}"
+
+
+def classify_failure(
+    command: str, returncode: int, messages: Sequence[str], repository: str, features: Features
+) -> EngineError:
+    """The typed error for a failed restic run. `messages` must already be scrubbed."""
+    where = f"repository {repository}"
+    codes = features.exit_codes
+    if (codes and returncode == 12) or _first(messages, ("wrong password or no key found",)):
+        return WrongPassword(f"wrong password for {where}: check its password setting")
+    locked = _first(messages, ("repository is already locked",))
+    if (codes and returncode == 11) or locked:
+        detail = _one_line((locked or "").removeprefix("unable to create lock in backend: "))
+        return RepositoryLocked(f"{where} is locked by another process: {detail}".rstrip(": "))
+    if not (codes and returncode == 10):
+        unreachable = _first(messages, _UNREACHABLE)
+        if unreachable:
+            return BackendUnreachable(f"{where} is unreachable: {_one_line(unreachable)}")
+    if (codes and returncode == 10) or _first(messages, _MISSING):
+        return RepositoryMissing(f"no restic repository at the location of {where}")
+    if _first(messages, ("no matching id found",)):
+        return SnapshotNotFound(f"no such snapshot in {where}")
+    return EngineError(f"restic {command} failed on {where}: {fatal_reason(messages, returncode)}")
+
+
+# --- running restic -------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded now: dlopen after fork is unsafe
+
+
+def _child_setup(parent: int) -> None:
+    """preexec_fn: if we die, restic gets SIGINT (a chance to remove its lock)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+    if os.getppid() != parent:  # we died before prctl took effect
+        os._exit(1)
+
+
+def _password_pipe(source: PasswordSource) -> int | None:
+    """The read end of a pipe holding a literal password (closed write end), else None."""
+    if source.kind != "password":
+        return None
+    data = source.value.encode()
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise EngineError("the repository password is too long (over 60 KiB)")
+    read_fd, write_fd = os.pipe()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+def _read_back(file: IO[bytes]) -> str:
+    """A temporary stderr file's text: all of it, or its head and tail when huge."""
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    if size <= STDERR_HEAD + STDERR_TAIL:
+        return file.read().decode(errors="replace")
+    head = file.read(STDERR_HEAD)
+    file.seek(size - STDERR_TAIL)
+    return (head + b"\n" + file.read()).decode(errors="replace")
+
+
+def _drain(stream: IO[bytes], deadline: float) -> None:
+    """Read and drop a pipe until EOF or deadline, so that restic never blocks writing."""
+    fd = stream.fileno()
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if selector.select(left) and not os.read(fd, 65536):
+                return
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One finished restic run."""
+
+    returncode: int
+    stdout: tuple[str, ...]  # empty when lines went to a handler
+    messages: tuple[str, ...]  # stderr as scrubbed human lines
+    seconds: float
+
+
+LineHandler = Callable[[str], None]
+
+
+class _Stream:
+    """Follows JSON lines of backup/restore: forwards progress, keeps the summary."""
+
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
+        self.on_progress = on_progress
+        self.summary: dict[str, Any] | None = None
+
+    def feed(self, line: str) -> None:
+        message = parse_json_line(line)
+        if message is None:
+            return
+        if message.get("message_type") == "summary":
+            self.summary = message
+        elif self.on_progress is not None:
+            progress = parse_progress(message)
+            if progress is not None:
+                self.on_progress(progress)
+
+
+class ResticEngine(Engine):
+    """The Engine on a restic binary. Blocking; meant for a job process."""
+
+    def __init__(
+        self,
+        binary: str = "restic",
+        cache_dir: Path | None = None,
+        lock_wait: float = 0.0,
+        on_spawn: SpawnCallback | None = None,
+    ) -> None:
+        self.binary = binary
+        self.cache_dir = cache_dir
+        self.lock_wait = lock_wait
+        self.on_spawn = on_spawn
+        self._features: Features | None = None
+
+    @property
+    def features(self) -> Features:
+        """Asked once from `restic version`. Raises EngineError if restic cannot run."""
+        if self._features is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+            try:
+                done = subprocess.run(
+                    [self.binary, "version"], capture_output=True, text=True, env=env, timeout=60
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise EngineError(f"cannot run restic ({self.binary}): {exc}") from None
+            self._features = Features(parse_version(done.stdout))
+        return self._features
+
+    # -- the Engine contract --
+
+    def ensure_initialized(self, target: Target) -> bool:
+        try:
+            self._call(target, CAT_CONFIG_ARGS, locking=False)
+            return False
+        except RepositoryMissing:
+            self._call(target, INIT_ARGS, locking=False)
+            return True
+
+    def backup(
+        self, target: Target, request: BackupRequest, on_progress: ProgressCallback | None = None
+    ) -> BackupResult:
+        # Absolute paths: restic stores the tree as given, and restores (--include) use it.
+        request = replace(request, paths=tuple(os.path.abspath(p) for p in request.paths))
+        stream = _Stream(on_progress)
+        args = backup_args(request, self.features.skip_if_unchanged)
+        # Exit 3: some source files could not be read, the snapshot exists anyway.
+        outcome = self._call(target, args, on_line=stream.feed, tolerate=(3,))
+        if stream.summary is None:
+            raise EngineError(f"restic backup to repository {target.name} printed no summary")
+        return parse_backup_summary(stream.summary, outcome.seconds, outcome.messages)
+
+    def snapshots(
+        self, target: Target, backup: str | None = None, host: str | None = None
+    ) -> list[Snapshot]:
+        return parse_snapshots(last_json(self._call(target, snapshots_args(backup, host)).stdout))
+
+    def restore(
+        self,
+        target: Target,
+        snapshot_id: str,
+        destination: str,
+        includes: tuple[str, ...] = (),
+        on_progress: ProgressCallback | None = None,
+    ) -> RestoreResult:
+        snapshot = self._resolve(target, snapshot_id)
+        stream = _Stream(on_progress)
+        args = restore_args(snapshot.id, destination, includes)
+        outcome = self._call(target, args, on_line=stream.feed)
+        # Counted on disk: 0.14 reports nothing, and 0.16+ counts directories as files.
+        files, size = count_files(destination, restored_roots(snapshot.paths, includes))
+        return RestoreResult(destination, files, size, outcome.seconds)
+
+    def forget(self, target: Target, policy: Retention, backup: str, host: str) -> ForgetResult:
+        if not keep_flags(policy):  # no rule keeps everything (0.17+ refuses to run)
+            return ForgetResult(tuple(s.id for s in self.snapshots(target, backup, host)), ())
+        return parse_forget(last_json(self._call(target, forget_args(policy, backup, host)).stdout))
+
+    def prune(self, target: Target) -> None:
+        self._call(target, PRUNE_ARGS)
+
+    def check(self, target: Target, read_data_subset: str | None = None) -> CheckResult:
+        # Exit 1 without a typed reason is a failed check, not a failed run.
+        outcome = self._call(target, check_args(read_data_subset), tolerate=(1,))
+        if outcome.returncode == 0:
+            return CheckResult(ok=True)
+        return CheckResult(ok=False, errors=limit_warnings(outcome.messages))
+
+    def unlock_stale(self, target: Target) -> None:
+        self._call(target, UNLOCK_ARGS, locking=False)
+
+    def stats(self, target: Target) -> RepositoryStats:
+        return parse_stats(last_json(self._call(target, STATS_ARGS).stdout))
+
+    # -- helpers --
+
+    def _resolve(self, target: Target, snapshot_id: str) -> Snapshot:
+        """The one snapshot an id, a prefix or "latest" names."""
+        outcome = self._call(target, snapshots_args(ids=[snapshot_id]))
+        found = parse_snapshots(last_json(outcome.stdout))
+        if len(found) != 1:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in repository {target.name}")
+        return found[0]
+
+    def _call(
+        self,
+        target: Target,
+        args: Argv,
+        *,
+        on_line: LineHandler | None = None,
+        tolerate: tuple[int, ...] = (),
+        locking: bool = True,
+    ) -> Outcome:
+        """Run restic; on a lock conflict remove stale locks, then wait up to lock_wait."""
+        outcome = self._execute(target, args, on_line)
+        error = self._failure(target, args, outcome, tolerate)
+        if error is None:
+            return outcome
+        if not (locking and isinstance(error, RepositoryLocked)):
+            raise error
+        # A killed job leaves a stale lock: restic's unlock removes only those, never live ones.
+        self.unlock_stale(target)
+        return self._retry_locked(target, args, on_line, tolerate)
+
+    def _retry_locked(
+        self, target: Target, args: Argv, on_line: LineHandler | None, tolerate: tuple[int, ...]
+    ) -> Outcome:
+        deadline = time.monotonic() + self.lock_wait
+        delay = LOCK_BACKOFF_FIRST
+        native = self.features.retry_lock
+        while True:
+            wait = max(0.0, deadline - time.monotonic()) if native else 0.0
+            outcome = self._execute(target, args, on_line, retry_lock=wait)
+            error = self._failure(target, args, outcome, tolerate)
+            if error is None:
+                return outcome
+            left = deadline - time.monotonic()
+            if native or left <= 0 or not isinstance(error, RepositoryLocked):
+                raise error
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, LOCK_BACKOFF_MAX)
+
+    def _failure(
+        self, target: Target, args: Argv, outcome: Outcome, tolerate: tuple[int, ...]
+    ) -> EngineError | None:
+        if outcome.returncode == 0:
+            return None
+        error = classify_failure(
+            args[0], outcome.returncode, outcome.messages, target.name, self.features
+        )
+        if outcome.returncode in tolerate and type(error) is EngineError:
+            return None
+        return error
+
+    def _execute(
+        self, target: Target, args: Argv, on_line: LineHandler | None, retry_lock: float = 0.0
+    ) -> Outcome:
+        """Run restic once: stdout line by line, stderr into a temporary file."""
+        argv = make_command(self.binary, args, global_flags(target, self.cache_dir, retry_lock))
+        with tempfile.TemporaryFile() as stderr:
+            start = time.monotonic()
+            process = self._spawn(argv, target, stderr)
+            lines = self._follow(process, target, on_line)
+            seconds = time.monotonic() - start
+            messages = stderr_messages(_read_back(stderr))
+        secrets = secrets_of(target)
+        return Outcome(
+            returncode=process.returncode,
+            stdout=tuple(lines),
+            messages=tuple(scrub(m, secrets) for m in messages),
+            seconds=seconds,
+        )
+
+    def _spawn(self, argv: Argv, target: Target, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start restic in its own session (a terminal's Ctrl-C is ours to forward)."""
+        read_fd = _password_pipe(target.password)
+        env = child_env(os.environ, target, password_env(target.password, read_fd))
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                pass_fds=() if read_fd is None else (read_fd,),
+                start_new_session=True,
+                preexec_fn=functools.partial(_child_setup, os.getpid()),
+            )
+        except OSError as exc:
+            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
+            raise EngineError(f"cannot start restic ({self.binary}): {reason}") from None
+        finally:
+            if read_fd is not None:
+                os.close(read_fd)
+
+    def _follow(
+        self, process: subprocess.Popen[bytes], target: Target, on_line: LineHandler | None
+    ) -> list[str]:
+        """Read stdout until restic exits; interrupt it cleanly if anything is raised."""
+        assert process.stdout is not None
+        collected: list[str] = []
+        try:
+            if self.on_spawn is not None:
+                self.on_spawn(process.pid)
+            for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if on_line is None:
+                    collected.append(line)
+                else:
+                    on_line(line)
+            process.wait()
+        except BaseException:  # JobCancelled, KeyboardInterrupt, a failing callback...
+            self._interrupt(process, target)
+            raise
+        finally:
+            process.stdout.close()
+        return collected
+
+    def _interrupt(self, process: subprocess.Popen[bytes], target: Target) -> None:
+        """SIGINT (restic removes its lock), wait (after the grace, SIGKILL), then unlock.
+
+        The unlock matters even after a clean exit: restic 0.14 interrupted within its first
+        ~200 ms after writing its lock (before it registers the lock for clean-up) exits
+        at once and leaves the lock behind. Its process is gone, so the lock is stale.
+        """
+        assert process.stdout is not None
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + INTERRUPT_GRACE
+        while True:
+            try:
+                _drain(process.stdout, deadline)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                break
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                break
+            except (JobCancelled, KeyboardInterrupt):
+                continue  # already stopping it
+        with contextlib.suppress(EngineError):
+            self.unlock_stale(target)

@@ -1,0 +1,618 @@
+"""ResticEngine against real restic binaries (0.14 and 0.18) on local repositories.
+
+Every test runs once per restic version through the `restic` fixture. Synchronisation is
+by polling with a deadline, never by fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from henbackup.config.model import PasswordSource, Retention
+from henbackup.engine.base import BackupRequest, BackupResult, Progress, Target
+from henbackup.engine.restic import ResticEngine
+from henbackup.errors import (
+    BackendUnreachable,
+    JobCancelled,
+    RepositoryLocked,
+    RepositoryMissing,
+    SnapshotNotFound,
+    WrongPassword,
+)
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery staple"
+PR_SET_CHILD_SUBREAPER = 36
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under root, by relative path."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def restored(destination: Path, source: Path) -> Path:
+    """Where restic puts `source` when restoring into `destination` (full path kept)."""
+    return destination / source.relative_to("/")
+
+
+@dataclass(frozen=True)
+class Repo:
+    binary: str
+    path: Path
+    tmp: Path
+    target: Target
+    engine: ResticEngine
+
+    def bare_env(self, password: str = PASSWORD) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+        return env | {
+            "RESTIC_REPOSITORY": str(self.path),
+            "RESTIC_PASSWORD": password,
+            "RESTIC_CACHE_DIR": str(self.tmp / "cache-bare"),
+        }
+
+    def bare(self, *args: str, password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
+        """restic itself, to verify what the engine did."""
+        return subprocess.run(
+            [self.binary, *args], env=self.bare_env(password), capture_output=True, text=True
+        )
+
+    def locks(self) -> set[str]:
+        return set(os.listdir(self.path / "locks"))
+
+    def engine_with(self, **kwargs: object) -> ResticEngine:
+        return ResticEngine(self.binary, cache_dir=self.tmp / "cache", **kwargs)  # type: ignore[arg-type]
+
+    def backup(self, name: str, *paths: Path, host: str = "h1", **kw: object) -> BackupResult:
+        request = BackupRequest(name, tuple(str(p) for p in paths), host=host)
+        return self.engine.backup(self.target, request, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def template(restic: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One empty repository per restic version: `init` calibrates its KDF for seconds."""
+    path = tmp_path_factory.mktemp("template") / "repo"
+    engine = ResticEngine(restic, cache_dir=path.parent / "cache")
+    engine.ensure_initialized(Target("t", str(path), PasswordSource("password", PASSWORD)))
+    return path
+
+
+@pytest.fixture
+def repo(restic: str, template: Path, tmp_path: Path) -> Repo:
+    """A fresh, empty repository (a copy of the template) and an engine for it."""
+    shutil.copytree(template, tmp_path / "repo")
+    engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
+    target = Target("test", str(tmp_path / "repo"), PasswordSource("password", PASSWORD))
+    return Repo(restic, tmp_path / "repo", tmp_path, target, engine)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return write_tree(
+        tmp_path / "src",
+        {
+            "a.txt": b"hello\n",
+            "dir/b.bin": os.urandom(300_000),
+            "dir/sub/empty": b"",
+            "dir/sub/d.txt": b"x" * 5000,
+            "other/e": os.urandom(10_000),
+        },
+    )
+
+
+@contextlib.contextmanager
+def lock_holder(repo: Repo) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A live `restic backup --stdin` holding a lock until its stdin is closed."""
+    before = repo.locks()
+    holder = subprocess.Popen(
+        [repo.binary, "backup", "--stdin", "--stdin-filename", "held", "--host", "holder"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=repo.bare_env(),
+    )
+    assert holder.stdin is not None
+    holder.stdin.write(b"held data\n")  # restic 0.14 refuses an empty snapshot
+    holder.stdin.flush()
+    try:
+        wait_until(lambda: len(repo.locks() - before) == 1, "the holder's lock")
+        (lock,) = repo.locks() - before
+        yield holder, lock
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+
+
+@contextlib.contextmanager
+def on_alarm(action: Callable[[], None]) -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        action()
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def sparse_file(path: Path, size: int = 50 * 2**30) -> Path:
+    """A large file that costs no disk: restic still reads (and chunks) every byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as file:
+        file.truncate(size)
+    return path
+
+
+@contextlib.contextmanager
+def subreaper() -> Iterator[None]:
+    """Orphans of our children become ours: a test can reap them, so know they are gone.
+
+    (Left to PID 1, a dead restic may linger as a zombie, and restic takes a lock of a
+    zombie for a live one.)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def reaped(pid: int) -> bool:
+    """True once `pid`, a child (or an adopted orphan) of ours, has exited and been reaped."""
+    with contextlib.suppress(ChildProcessError):
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    return False
+
+
+# --- init, backup, snapshots ----------------------------------------------------------
+
+
+def test_ensure_initialized_creates_once(restic: str, tmp_path: Path) -> None:
+    engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
+    target = Target("t", str(tmp_path / "new" / "repo"), PasswordSource("password", PASSWORD))
+    assert engine.ensure_initialized(target) is True
+    assert (tmp_path / "new" / "repo" / "config").is_file()
+    assert engine.ensure_initialized(target) is False
+    assert engine.snapshots(target) == []
+
+
+def test_backup_then_incremental(
+    repo: Repo, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    first = repo.backup("docs", source)
+    assert first.snapshot_id is not None
+    assert (first.files_new, first.files_changed, first.files_unmodified) == (5, 0, 0)
+    assert first.bytes_processed == sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    assert first.bytes_added > 300_000
+    assert first.warnings == ()
+
+    (source / "dir" / "sub" / "d.txt").write_bytes(b"y" * 6000)  # changed (new size)
+    (source / "new.txt").write_bytes(b"new\n")
+    second = repo.backup("docs", source)
+    assert (second.files_new, second.files_changed, second.files_unmodified) == (1, 1, 4)
+    assert second.snapshot_id not in (None, first.snapshot_id)
+
+    # restic records the metadata of every ancestor of a path (/tmp...): if one changed,
+    # 0.17+ still makes a snapshot. Its own temporary files go elsewhere, so /tmp settles.
+    for _ in range(5):
+        unchanged = repo.backup("docs", source)
+        counts = (unchanged.files_new, unchanged.files_changed, unchanged.files_unmodified)
+        assert counts == (0, 0, 6)
+        if not repo.engine.features.skip_if_unchanged:
+            assert unchanged.snapshot_id is not None
+            break
+        if unchanged.snapshot_id is None:
+            assert unchanged.bytes_added == 0
+            break
+    else:
+        pytest.fail("restic --skip-if-unchanged never skipped")
+
+
+def test_snapshots_tags_host_paths(repo: Repo, source: Path, tmp_path: Path) -> None:
+    other = write_tree(tmp_path / "other", {"f": b"other"})
+    before = time.time()
+    repo.backup("docs", source, host="h1")
+    repo.backup("docs", source, other, host="h2")
+    repo.backup("pics", other, host="h1")
+
+    every = repo.engine.snapshots(repo.target)
+    assert [(s.backup, s.host) for s in every] == [("docs", "h1"), ("docs", "h2"), ("pics", "h1")]
+    assert [s.time for s in every] == sorted(s.time for s in every)
+    first = every[0]
+    assert first.tags == ("backup-docs",)
+    assert first.paths == (str(source),)
+    assert sorted(every[1].paths) == sorted([str(source), str(other)])
+    assert first.time.tzinfo is not None and before - 5 < first.time.timestamp() < time.time()
+    assert first.short_id == first.id[:8] and len(first.id) == 64
+    if repo.engine.features.exit_codes:  # 0.17+ stores a summary in the snapshot
+        assert first.bytes_added is not None and first.bytes_added > 300_000
+    else:
+        assert first.bytes_added is None
+
+    assert [s.host for s in repo.engine.snapshots(repo.target, backup="docs")] == ["h1", "h2"]
+    assert [s.backup for s in repo.engine.snapshots(repo.target, host="h1")] == ["docs", "pics"]
+    assert [s.id for s in repo.engine.snapshots(repo.target, "docs", "h2")] == [every[1].id]
+    assert repo.engine.snapshots(repo.target, backup="nothing") == []
+
+
+def test_missing_source_path_is_a_warning(repo: Repo, source: Path, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    result = repo.backup("docs", source, gone)
+    assert result.snapshot_id is not None
+    assert any(str(gone) in w and "does not exist" in w for w in result.warnings), result.warnings
+    (snapshot,) = repo.engine.snapshots(repo.target)
+    assert snapshot.paths == (str(source),)
+
+
+def test_unreadable_source_file_still_makes_a_snapshot(repo: Repo, source: Path) -> None:
+    # Reading another process's memory at offset 0 fails (EIO, or EACCES without ptrace
+    # rights): a dependable "could not be read" (restic exit code 3), even as root.
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        unreadable = f"/proc/{sleeper.pid}/mem"
+        result = repo.backup("docs", source, Path(unreadable))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert result.snapshot_id is not None
+    assert result.files_new == 5
+    assert any(unreadable in w for w in result.warnings), result.warnings
+
+
+# --- restore --------------------------------------------------------------------------
+
+
+def test_restore_byte_for_byte(repo: Repo, source: Path, tmp_path: Path) -> None:
+    repo.backup("docs", source)
+    destination = tmp_path / "restore"
+    result = repo.engine.restore(repo.target, "latest", str(destination))
+    assert digest_tree(restored(destination, source)) == digest_tree(source)
+    assert (result.files_restored, result.bytes_restored) == (5, 6 + 300_000 + 5000 + 10_000)
+    assert result.target == str(destination)
+
+
+def test_restore_with_include(repo: Repo, source: Path, tmp_path: Path) -> None:
+    snapshot_id = repo.backup("docs", source).snapshot_id
+    assert snapshot_id is not None
+    destination = tmp_path / "partial"
+    include = source / "dir"
+    result = repo.engine.restore(repo.target, snapshot_id, str(destination), (str(include),))
+    assert digest_tree(restored(destination, include)) == digest_tree(include)
+    assert not restored(destination, source / "a.txt").exists()
+    assert not restored(destination, source / "other").exists()
+    assert (result.files_restored, result.bytes_restored) == (3, 305_000)
+
+
+def test_restore_unknown_snapshot(repo: Repo, source: Path, tmp_path: Path) -> None:
+    repo.backup("docs", source)
+    with pytest.raises(SnapshotNotFound):
+        repo.engine.restore(repo.target, "deadbeef", str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+# --- forget, prune, check, stats ------------------------------------------------------
+
+
+def test_forget_applies_the_policy_to_one_backup_and_host(
+    repo: Repo, source: Path, tmp_path: Path
+) -> None:
+    extra = write_tree(tmp_path / "extra", {"f": b"1"})
+
+    def backup(name: str, *paths: Path, host: str = "h1") -> str:
+        (source / "counter").write_text(str(time.monotonic_ns()))  # never "unchanged"
+        result = repo.backup(name, *paths, host=host)
+        assert result.snapshot_id is not None
+        return result.snapshot_id
+
+    backup("docs", source)
+    backup("docs", source)
+    backup("docs", source, extra)  # the paths changed: still the same group
+    backup("docs", source, extra)
+    backup("pics", source)
+    backup("docs", source, host="h2")
+    every = repo.engine.snapshots(repo.target)
+    docs_h1 = [s.id for s in every if s.backup == "docs" and s.host == "h1"]
+
+    result = repo.engine.forget(repo.target, Retention(keep_last=2), "docs", "h1")
+    assert set(result.removed) == set(docs_h1[:2])
+    assert set(result.kept) == set(docs_h1[2:])
+    left = {s.id for s in repo.engine.snapshots(repo.target)}
+    assert left == {s.id for s in every} - set(docs_h1[:2])
+
+    nothing = repo.engine.forget(repo.target, Retention(), "docs", "h1")
+    assert nothing.removed == () and set(nothing.kept) == set(docs_h1[2:])
+
+    repo.engine.prune(repo.target)
+    assert repo.engine.check(repo.target).ok
+    stats = repo.engine.stats(repo.target)
+    assert stats.snapshots_count == 4 and stats.total_size > 300_000
+
+
+def test_check_finds_a_corrupted_pack(repo: Repo, source: Path) -> None:
+    repo.backup("docs", source)
+    assert repo.engine.check(repo.target).ok
+    assert repo.engine.check(repo.target, read_data_subset="100%").ok
+
+    pack = max(
+        (repo.path / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0
+    )
+    pack.chmod(0o600)
+    with pack.open("r+b") as file:
+        file.seek(pack.stat().st_size // 2)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+
+    result = repo.engine.check(repo.target, read_data_subset="100%")
+    assert not result.ok
+    assert result.errors and all("\n" not in e for e in result.errors)
+    assert any(pack.name[:8] in e or "Pack ID" in e or "pack" in e for e in result.errors)
+
+
+# --- failures -------------------------------------------------------------------------
+
+
+def test_wrong_password(repo: Repo, source: Path) -> None:
+    wrong = Target("test", str(repo.path), PasswordSource("password", "not the password"))
+    with pytest.raises(WrongPassword) as caught:
+        repo.engine.snapshots(wrong)
+    with pytest.raises(WrongPassword):
+        repo.engine.backup(wrong, BackupRequest("docs", (str(source),)))
+    with pytest.raises(WrongPassword):
+        repo.engine.ensure_initialized(wrong)  # never re-initialise on a wrong password
+    assert "not the password" not in str(caught.value)
+    assert str(repo.path) not in str(caught.value)
+
+
+def test_missing_repository(repo: Repo, source: Path, tmp_path: Path) -> None:
+    missing = Target("test", str(tmp_path / "nothing-here"), PasswordSource("password", "pw"))
+    with pytest.raises(RepositoryMissing) as caught:
+        repo.engine.snapshots(missing)
+    with pytest.raises(RepositoryMissing):
+        repo.engine.backup(missing, BackupRequest("docs", (str(source),)))
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_unreachable_sftp_backend(repo: Repo) -> None:
+    unreachable = Target(
+        "far",
+        "sftp:backup@127.0.0.1:/srv/restic",
+        PasswordSource("password", PASSWORD),
+        options=("sftp.command=ssh -p 1 -o BatchMode=yes backup@127.0.0.1 -s sftp",),
+    )
+    with pytest.raises(BackendUnreachable) as caught:
+        repo.engine.snapshots(unreachable)
+    assert "/srv/restic" not in str(caught.value)
+    with pytest.raises(BackendUnreachable):
+        repo.engine.ensure_initialized(unreachable)  # never init what cannot be reached
+
+
+def test_live_lock_raises_and_is_never_removed(repo: Repo, source: Path) -> None:
+    repo.backup("docs", source)
+    with lock_holder(repo) as (holder, lock):
+        with pytest.raises(RepositoryLocked) as caught:
+            repo.engine.check(repo.target)
+        with pytest.raises(RepositoryLocked):
+            repo.engine.prune(repo.target)
+        assert "\n" not in str(caught.value) and str(repo.path) not in str(caught.value)
+        repo.engine.unlock_stale(repo.target)
+        assert lock in repo.locks()
+        assert holder.poll() is None
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    assert repo.locks() == set()
+
+
+@pytest.mark.slow
+def test_lock_wait_succeeds_once_the_holder_is_done(repo: Repo, source: Path) -> None:
+    repo.backup("docs", source)
+    engine = repo.engine_with(lock_wait=60.0)
+    with lock_holder(repo) as (holder, _lock), on_alarm(lambda: holder.stdin.close()):  # type: ignore[union-attr]
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        start = time.monotonic()
+        result = engine.check(repo.target)
+        waited = time.monotonic() - start
+        assert holder.wait(timeout=30) == 0
+    assert result.ok
+    assert waited >= 1.0
+
+
+def test_stale_lock_is_removed_but_not_a_live_one(repo: Repo, source: Path) -> None:
+    repo.backup("docs", source)
+    with lock_holder(repo) as (dead, stale):
+        dead.kill()
+        dead.wait()
+    assert repo.locks() == {stale}
+    with lock_holder(repo) as (live, lock):
+        assert repo.locks() == {stale, lock}
+        repo.engine.unlock_stale(repo.target)
+        assert repo.locks() == {lock}
+        assert live.stdin is not None
+        live.stdin.close()
+        assert live.wait(timeout=30) == 0
+    assert repo.locks() == set()
+
+
+def test_a_stale_lock_does_not_block_a_job(repo: Repo, source: Path) -> None:
+    repo.backup("docs", source)
+    with lock_holder(repo) as (dead, _stale):
+        dead.kill()
+        dead.wait()
+    assert repo.engine.check(repo.target).ok  # exclusive lock: the stale one went first
+    assert repo.locks() == set()
+
+
+# --- secrets --------------------------------------------------------------------------
+
+TRICKY = "p@$$ w0rd \"dq\" 'sq' `tick` \\back; & | * ? ~ # 🐔 = é\ttab\nnewline"
+
+
+def test_literal_password_with_tricky_characters(restic: str, tmp_path: Path) -> None:
+    engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
+    target = Target("t", str(tmp_path / "repo"), PasswordSource("password", TRICKY))
+    assert engine.ensure_initialized(target)
+    data = write_tree(tmp_path / "src", {"f": b"data"})
+    engine.backup(target, BackupRequest("docs", (str(data),)))
+    # restic itself, given the very same password in its environment, opens the repository
+    repo = Repo(restic, tmp_path / "repo", tmp_path, target, engine)
+    listed = repo.bare("snapshots", "--json", password=TRICKY)
+    assert listed.returncode == 0, listed.stderr
+    assert repo.bare("snapshots", password=TRICKY[:-1]).returncode != 0
+
+
+def test_password_file_and_command(repo: Repo, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(PASSWORD + "\n")
+    by_file = Target("test", str(repo.path), PasswordSource("file", str(secret)))
+    by_command = Target("test", str(repo.path), PasswordSource("command", f"cat {secret}"))
+    assert repo.engine.snapshots(by_file) == []
+    assert repo.engine.snapshots(by_command) == []
+
+
+def test_no_secret_in_the_child_command_line(restic: str, tmp_path: Path) -> None:
+    key = "AWS-SECRET-for-the-integration-test"
+    location = str(tmp_path / "repo-with-a-secret-location")
+    seen: list[tuple[bytes, bytes]] = []
+
+    def spy(pid: int) -> None:
+        proc = Path(f"/proc/{pid}")
+        seen.append(((proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()))
+
+    engine = ResticEngine(restic, cache_dir=tmp_path / "cache", on_spawn=spy)
+    target = Target(
+        "t", location, PasswordSource("password", TRICKY), env=(("AWS_SECRET_ACCESS_KEY", key),)
+    )
+    engine.ensure_initialized(target)
+    data = write_tree(tmp_path / "src", {"f": b"data"})
+    engine.backup(target, BackupRequest("docs", (str(data),), host="h"))
+    engine.snapshots(target)
+    assert len(seen) >= 4  # cat config, init, backup, snapshots
+    for cmdline, environ in seen:
+        assert cmdline.startswith(restic.encode() + b"\0")
+        for secret in (TRICKY, location, key):
+            assert secret.encode() not in cmdline
+        assert TRICKY.encode() not in environ
+        assert b"RESTIC_PASSWORD_FILE=/dev/fd/" in environ
+
+
+# --- cancellation and death -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cancellation_leaves_the_repository_clean(repo: Repo, tmp_path: Path) -> None:
+    big = sparse_file(tmp_path / "big" / "sparse")
+    pids: list[int] = []
+    engine = repo.engine_with(on_spawn=pids.append)
+    progress: list[Progress] = []
+
+    def on_progress(report: Progress) -> None:
+        if not progress:  # restic is busy: cancel in a moment, from a signal handler
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+        progress.append(report)
+
+    fired: list[float] = []
+
+    def cancel() -> None:
+        fired.append(time.monotonic())
+        raise JobCancelled("cancelled by the test")
+
+    request = BackupRequest("big", (str(big),), host="h1")
+    # A job process may block SIGINT; the mask survives exec, and restic (Go) unblocks it.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with on_alarm(cancel), pytest.raises(JobCancelled):
+            engine.backup(repo.target, request, on_progress=on_progress)
+            pytest.fail("the backup finished before it could be cancelled")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    # restic stopped on SIGINT, well before the grace period that ends in SIGKILL
+    assert time.monotonic() - fired[0] < 10
+    assert progress and progress[0].total_bytes in (None, big.stat().st_size)
+    assert not Path(f"/proc/{pids[-1]}").exists()  # reaped by the engine
+    assert repo.locks() == set()
+    checked = repo.bare("check")
+    assert checked.returncode == 0, checked.stderr
+    assert repo.engine.snapshots(repo.target) == []
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from henbackup.config.model import PasswordSource
+from henbackup.engine.base import BackupRequest, Target
+from henbackup.engine.restic import ResticEngine
+
+binary, repo, cache, data, pidfile = sys.argv[1:]
+def spawned(pid):
+    Path(pidfile).write_text(str(pid))
+engine = ResticEngine(binary, cache_dir=Path(cache), on_spawn=spawned)
+target = Target("t", repo, PasswordSource("password", "correct horse battery staple"))
+engine.backup(target, BackupRequest("big", (data,)))
+"""
+
+
+@pytest.mark.slow
+def test_restic_dies_with_its_parent(repo: Repo, tmp_path: Path) -> None:
+    big = sparse_file(tmp_path / "big" / "sparse")
+    pidfile = tmp_path / "restic.pid"
+    argv = [sys.executable, "-c", SCRIPT, repo.binary, str(repo.path), str(tmp_path / "cache")]
+    with subreaper():
+        job = subprocess.Popen([*argv, str(big), str(pidfile)], cwd=ROOT)
+        try:
+            wait_until(lambda: pidfile.exists() and pidfile.read_text() != "", "restic to start")
+            restic_pid = int(pidfile.read_text())
+            job.kill()
+            job.wait()
+            wait_until(lambda: reaped(restic_pid), "restic to die with its parent")
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+    repo.engine.unlock_stale(repo.target)  # in case it died writing to the broken stdout
+    assert repo.locks() == set()
+    assert repo.engine.check(repo.target).ok
