@@ -97,7 +97,8 @@ class Repo:
         )
 
     def locks(self) -> set[str]:
-        return set(os.listdir(self.path / "locks"))
+        # The local backend writes a file as NAME-tmp-N, then renames it: not a lock yet.
+        return {name for name in os.listdir(self.path / "locks") if "-tmp-" not in name}
 
     def engine_with(self, **kwargs: object) -> ResticEngine:
         return ResticEngine(self.binary, cache_dir=self.tmp / "cache", **kwargs)  # type: ignore[arg-type]

@@ -203,12 +203,17 @@ def test_a_nudge_makes_waiters_replan_once(scheduler, tmp_path):
 def test_a_forked_child_does_not_keep_its_parents_slot(scheduler):
     holder = scheduler.submit(ticket("holder")).grant
     read_end, write_end = os.pipe()
+    started_read, started_write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # holds nothing: blocks until the parent closes the pipe
+    if pid == 0:  # holds nothing: says so, then blocks until the parent closes the pipe
         os.close(write_end)
+        os.write(started_write, b"!")  # the at-fork hook has run by now
         os.read(read_end, 1)
         os._exit(0)
     os.close(read_end)
+    os.close(started_write)
+    assert os.read(started_read, 1) == b"!"
+    os.close(started_read)
     try:
         holder.release()
         assert scheduler.submit(ticket("next")).grant is not None

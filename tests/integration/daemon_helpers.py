@@ -1,0 +1,300 @@
+"""Run `henbackup run` as a subprocess and read its events as they come.
+
+The daemon runs with HENBACKUP_EVENTS=stderr: every process of it (master, workers, job
+processes) writes one JSON object per line to the one stderr pipe. `Daemon` reads that pipe
+with select() and a deadline, so tests wait for what they expect (an event, a status) and
+never sleep a fixed time to synchronise. `stop()` (also on leaving the `with` block) sends
+SIGTERM, waits, and only then kills what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from henbackup.cli.ctl import Unreachable, request
+
+Event = dict[str, Any]
+
+# Variables of the test's own environment that would make the daemon talk to a systemd or a
+# configuration that is not the test's.
+_FOREIGN = (
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "HENBACKUP_CONFIG",
+    "HENBACKUP_SOCKET",
+    "CREDENTIALS_DIRECTORY",
+)
+
+
+def when(event: Event) -> float:
+    """The wall-clock time (epoch seconds) at which the daemon emitted `event`."""
+    return int(event["__REALTIME_TIMESTAMP"]) / 1e6
+
+
+def matches(event: Event, kind: str | None = None, **fields: str) -> bool:
+    """Whether `event` is of `kind` and has every HENBACKUP_<NAME>=value in `fields`
+    (`backup="pictures"` checks HENBACKUP_BACKUP)."""
+    if kind is not None and event.get("HENBACKUP_EVENT") != kind:
+        return False
+    return all(event.get(f"HENBACKUP_{name.upper()}") == value for name, value in fields.items())
+
+
+def describe(events: Iterable[Event]) -> str:
+    """One line per event, for assertion messages."""
+    lines = []
+    for event in events:
+        stamp = time.strftime("%H:%M:%S", time.localtime(when(event)))
+        fraction = f"{when(event) % 1:.3f}"[1:]
+        lines.append(f"  {stamp}{fraction} {event.get('HENBACKUP_EVENT')}: {event.get('MESSAGE')}")
+    return "\n".join(lines) or "  (no events)"
+
+
+class Daemon:
+    """One `henbackup --config CONFIG run` with its directories under `base`."""
+
+    def __init__(self, config: Path, base: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.runtime, self.state, self.cache = base / "run", base / "state", base / "cache"
+        for directory in (self.runtime, self.state, self.cache):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.socket = self.runtime / "control.sock"
+        self.env = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
+        self.env.update(
+            HENBACKUP_EVENTS="stderr",
+            RUNTIME_DIRECTORY=str(self.runtime),
+            STATE_DIRECTORY=str(self.state),
+            CACHE_DIRECTORY=str(self.cache),
+            **(env or {}),
+        )
+        self.stdout_path = base / f"daemon-stdout-{time.monotonic_ns()}.txt"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.events: list[Event] = []
+        self.noise: list[str] = []  # stderr lines that are not events (tracebacks...)
+        self._partial = b""
+        self.eof = False
+        self.leftovers: list[str] = []  # descendants still alive once the master exited
+
+    # lifecycle
+    def start(self) -> Daemon:
+        with self.stdout_path.open("wb") as stdout:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(self.config), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=self.env,
+                start_new_session=True,  # a Ctrl-C of pytest reaches it only through stop()
+            )
+        assert self.process.stderr is not None
+        os.set_blocking(self.process.stderr.fileno(), False)
+        self.events, self.noise, self._partial, self.eof = [], [], b"", False
+        return self
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, read every event until the pipe closes, wait; kill what is left after
+        `timeout`. Returns the exit code (None if it was not running)."""
+        process = self.process
+        if process is None:
+            return None
+        descendants = self._descendants()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while not self.eof and time.monotonic() < deadline:
+            self.pump(deadline - time.monotonic())
+        try:
+            code = process.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            descendants = self._descendants() or descendants
+            process.kill()
+            code = process.wait()
+        # The master reaps its children before it exits: anything still alive is a leak.
+        _, alive = psutil.wait_procs(descendants, timeout=2)
+        self.leftovers = [f"{p.pid} {_name(p)}" for p in alive]
+        for child in alive:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        assert process.stderr is not None
+        process.stderr.close()
+        self.process = None
+        return code
+
+    def _descendants(self) -> list[psutil.Process]:
+        assert self.process is not None
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    # reading events
+    def pump(self, timeout: float) -> None:
+        """Read what stderr has within `timeout` seconds (returns at the first data)."""
+        assert self.process is not None and self.process.stderr is not None
+        if self.eof:
+            time.sleep(max(timeout, 0))  # nothing more will come; honour the caller's wait
+            return
+        fd = self.process.stderr.fileno()
+        readable, _, _ = select.select([fd], [], [], max(timeout, 0))
+        if not readable:
+            return
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            if not data:
+                self.eof = True
+                if self._partial:
+                    self._line(self._partial)
+                    self._partial = b""
+                return
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            for line in lines:
+                self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        text = line.decode(errors="replace")
+        try:
+            event = json.loads(text)
+        except ValueError:
+            event = None
+        if isinstance(event, dict) and "HENBACKUP_EVENT" in event:
+            self.events.append(event)
+        elif text.strip():
+            self.noise.append(text)
+
+    def pump_until(self, condition: Callable[[], bool], timeout: float, step: float = 0.5) -> bool:
+        """Read events until `condition()` or `timeout`; returns condition(). `step` bounds
+        each wait for output, so a condition on something else (a file, a status) is
+        re-checked at least that often."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return condition()
+            self.pump(min(left, step))
+        return True
+
+    def collect(self, seconds: float) -> None:
+        """Read every event of the next `seconds` (to assert that nothing happens)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.pump(left)
+
+    def find(self, kind: str | None = None, since: int = 0, **fields: str) -> list[Event]:
+        """The events so far (from index `since`) of `kind` with these fields."""
+        return [e for e in self.events[since:] if matches(e, kind, **fields)]
+
+    def wait_for(self, kind: str, timeout: float = 30.0, since: int = 0, **fields: str) -> Event:
+        """The first event (from index `since`) of `kind` with these fields, read as it comes;
+        raises AssertionError at the deadline or when the daemon ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.find(kind, since, **fields)
+            if found:
+                return found[0]
+            left = deadline - time.monotonic()
+            if left <= 0 or self.eof:
+                wanted = ", ".join([kind, *(f"{k}={v}" for k, v in fields.items())])
+                ended = "the daemon ended" if self.eof else f"nothing within {timeout} s"
+                raise AssertionError(f"no event {wanted}: {ended}\n{self.report()}")
+            self.pump(left)
+
+    def report(self) -> str:
+        """Everything the daemon said, for an assertion message."""
+        text = describe(self.events)
+        if self.noise:
+            text += "\nother output on stderr:\n" + "\n".join(self.noise[-40:])
+        return text
+
+    # the control socket
+    def status(self) -> dict[str, Any]:
+        """The reply to `henbackupctl status` (raises Unreachable)."""
+        return request(str(self.socket), {"command": "status"})
+
+    def worker(self, name: str, kind: str = "backup") -> dict[str, Any] | None:
+        """The status entry of one worker, None when the daemon does not answer yet."""
+        try:
+            reply = self.status()
+        except Unreachable:
+            return None
+        return next((w for w in reply["workers"] if (w["kind"], w["name"]) == (kind, name)), None)
+
+    def wait_worker(
+        self,
+        name: str,
+        condition: Callable[[dict[str, Any]], bool],
+        timeout: float = 30.0,
+        kind: str = "backup",
+    ) -> dict[str, Any]:
+        """Poll the status (while reading events) until the worker's entry meets
+        `condition`; returns that entry or raises AssertionError."""
+        entry: dict[str, Any] | None = None
+
+        def met() -> bool:
+            nonlocal entry
+            entry = self.worker(name, kind)
+            return entry is not None and condition(entry)
+
+        if not self.pump_until(met, timeout, step=0.05):
+            raise AssertionError(f"worker {name}: last status {entry}\n{self.report()}")
+        assert entry is not None
+        return entry
+
+    def wait_triggers_armed(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the worker of backup `name` has started its triggers (its schedule is
+        armed, and so is its watch: the worker reports its next run only after both)."""
+        return self.wait_worker(
+            name, lambda w: w["state"] == "running" and w["next_run"] is not None, timeout
+        )
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return "?"
+
+
+def write_state(
+    state_dir: Path, backup: str, last_success: float | None, last_attempt: float | None = None
+) -> Path:
+    """Write a backup's run record as the worker keeps it (henbackup/worker/state.py)."""
+    path = state_dir / "backups" / f"{backup}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attempt = last_success if last_attempt is None else last_attempt
+    path.write_text(json.dumps({"last_success": last_success, "last_attempt": attempt}) + "\n")
+    return path
+
+
+def read_state(state_dir: Path, backup: str) -> dict[str, Any]:
+    return json.loads((state_dir / "backups" / f"{backup}.json").read_text())
