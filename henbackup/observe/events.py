@@ -49,6 +49,8 @@ _PRIORITIES = {
     "job.failed": ERR,
     "hook.failed": WARNING,
     "job.warning": WARNING,
+    "watch.limit": WARNING,
+    "watch.overflow": NOTICE,
     "daemon.started": NOTICE,
     "daemon.stopping": NOTICE,
 }

@@ -9,6 +9,7 @@ SIGTERM, waits, and only then kills what is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -134,10 +135,8 @@ class Daemon:
         _, alive = psutil.wait_procs(descendants, timeout=2)
         self.leftovers = [f"{p.pid} {_name(p)}" for p in alive]
         for child in alive:
-            try:
+            with contextlib.suppress(psutil.Error):
                 child.kill()
-            except psutil.Error:
-                pass
         assert process.stderr is not None
         process.stderr.close()
         self.process = None
