@@ -36,9 +36,16 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--version", action="version", version=f"henbackupctl {__version__}")
+    # --json is global (SPEC), and accepted after the command too, where people type it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("status", help="every backup and repository: state, current job")
-    backup = commands.add_parser("backup", help="run a backup now (through the queue)")
+    commands.add_parser(
+        "status", parents=[after], help="every backup and repository: state, current job"
+    )
+    backup = commands.add_parser(
+        "backup", parents=[after], help="run a backup now (through the queue)"
+    )
     backup.add_argument("backup", metavar="BACKUP")
     backup.add_argument(
         "--no-wait", action="store_true", help="return once the daemon has accepted the request"

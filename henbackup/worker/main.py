@@ -87,8 +87,12 @@ class Worker:
                 self.request(RunRequest("manual", "asked through the control socket", operation))
 
     def request(self, run: RunRequest) -> None:
-        """A trigger fired: start a run now, or once the current one is done."""
-        if self.stopping:
+        """A trigger fired: start a run now, or (asked by hand) once the current one ends.
+
+        A schedule or watch trigger during a run is dropped without an event: the triggers
+        re-arm when the run ends, and a change seen meanwhile gets its own run then.
+        """
+        if self.stopping or (self.job is not None and run.trigger != "manual"):
             return
         self.emit(
             "trigger.fired",
@@ -100,9 +104,8 @@ class Worker:
         )
         if self.job is None:
             self._start(run)
-        elif run.trigger == "manual":
+        else:
             self.pending[run.operation] = run
-        # else: the triggers re-arm once the running job ends (a watch then runs again)
 
     def _start(self, run: RunRequest) -> None:
         def body() -> int:
