@@ -1,5 +1,6 @@
 """What must survive a restart: when each backup (and each repository's check and prune)
-last succeeded and was last attempted, as wall-clock epoch seconds.
+last succeeded and was last attempted, and since when a watched backup has changes not yet
+backed up, as wall-clock epoch seconds.
 
 One small JSON file per backup or maintenance operation under the state directory, so each
 worker writes only its own file. Written atomically: a temporary file in the same
@@ -19,13 +20,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
-_FIELDS = ("last_success", "last_attempt")
+_FIELDS = ("last_success", "last_attempt", "changed_since")
 
 
 @dataclass(frozen=True)
 class RunRecord:
     last_success: float | None = None  # epoch seconds
     last_attempt: float | None = None  # the start of the latest run, however it ended
+    changed_since: float | None = None  # the first change seen by the watch, not yet saved
+
+    @property
+    def unsaved_changes(self) -> bool:
+        """Changes were seen after the start of the last successful run."""
+        if self.changed_since is None:
+            return False
+        return self.last_success is None or self.changed_since >= self.last_success
 
 
 def backup_key(name: str) -> str:
@@ -78,6 +87,12 @@ class StateStore:
     def record_attempt(self, key: str, when: float) -> RunRecord:
         """Note that a run starts at `when`; returns the record as saved."""
         record = replace(self.load(key), last_attempt=when)
+        self.save(key, record)
+        return record
+
+    def record_change(self, key: str, when: float) -> RunRecord:
+        """Note that the watch saw a change at `when` (kept until a run saves it)."""
+        record = replace(self.load(key), changed_since=when)
         self.save(key, record)
         return record
 

@@ -27,68 +27,66 @@ Request = Callable[[str, str, str], None]
 
 
 @dataclass
-class Scheduled:
-    """One operation's schedule and its run record."""
-
-    operation: str
-    key: str
-    timer: ScheduleTimer
-    started: float | None = None  # wall time of the run in progress
-
-    def next_run(self) -> float | None:
-        return self.timer.next.when if self.timer.next else None
-
-
-@dataclass
 class Triggers:
     loop: Loop
     store: StateStore
-    scheduled: dict[str, Scheduled] = field(default_factory=dict)  # by operation
+    request: Request
+    keys: dict[str, str] = field(default_factory=dict)  # each operation's run record
+    timers: dict[str, ScheduleTimer] = field(default_factory=dict)  # by operation
+    started: dict[str, float] = field(default_factory=dict)  # wall time of runs in progress
     debouncer: Debouncer | None = None
     timer: DebounceTimer | None = None
     watcher: Watcher | None = None
+    dirty: bool = False  # the watch saw a change since the last backup started
 
-    def add_schedule(
-        self, operation: str, key: str, entries: tuple[ScheduleEntry, ...], request: Request
-    ) -> None:
-        if not entries:
-            return
+    def add_operation(self, operation: str, key: str, entries: tuple[ScheduleEntry, ...]) -> None:
+        """Record the runs of `operation` under `key`, and run it on `entries` (if any)."""
+        self.keys[operation] = key
+        if entries:
 
-        def due(fired: Fired) -> None:
-            request(fired.trigger, fired.reason, operation)
+            def due(fired: Fired) -> None:
+                self.request(fired.trigger, fired.reason, operation)
 
-        timer = ScheduleTimer(self.loop, entries, due)
-        self.scheduled[operation] = Scheduled(operation, key, timer)
+            self.timers[operation] = ScheduleTimer(self.loop, entries, due)
 
     def start(self) -> None:
-        for scheduled in self.scheduled.values():
-            scheduled.timer.arm(self.store.load(scheduled.key))
+        for operation, timer in self.timers.items():
+            timer.arm(self.store.load(self.keys[operation]))
         if self.watcher is not None:
             self.watcher.start()
+            if self.store.load(self.keys["backup"]).unsaved_changes:
+                self.dirty = True
+                self.request("startup", "changes seen before the daemon stopped", "backup")
+
+    def changed(self, count: int) -> None:
+        """The watch saw `count` changes: debounce them, and remember them across restarts."""
+        if not self.dirty:
+            self.dirty = True  # one write per window of changes, not one per event
+            self.store.record_change(self.keys["backup"], time.time())
+        assert self.timer is not None
+        self.timer.changed(count)
 
     def job_started(self, operation: str) -> None:
-        """Any run of `operation` counts: it saves every change seen so far."""
-        scheduled = self.scheduled.get(operation)
-        if scheduled is not None:
-            scheduled.started = time.time()
-            self.store.record_attempt(scheduled.key, scheduled.started)
+        """Any run of `operation` counts, whatever triggered it."""
+        self.started[operation] = time.time()
+        self.store.record_attempt(self.keys[operation], self.started[operation])
         if self.debouncer is not None and operation == "backup":
             self.debouncer.backup_started(self.loop.clock())
+            self.dirty = False  # it saves every change so far; a new one opens a new window
 
     def job_finished(self, operation: str, ok: bool) -> None:
-        scheduled = self.scheduled.get(operation)
-        if scheduled is not None:
-            if ok and scheduled.started is not None:
-                self.store.record_success(scheduled.key, scheduled.started)
-            scheduled.started = None
-            scheduled.timer.arm(self.store.load(scheduled.key))
-        if self.debouncer is not None and operation == "backup" and self.timer is not None:
+        started = self.started.pop(operation, None)
+        if ok and started is not None:
+            self.store.record_success(self.keys[operation], started)
+        if operation in self.timers:
+            self.timers[operation].arm(self.store.load(self.keys[operation]))
+        if self.timer is not None and self.debouncer is not None and operation == "backup":
             self.debouncer.backup_finished(self.loop.clock())
             self.timer.poke()
 
     def next_run(self) -> float | None:
         """The soonest scheduled run (epoch seconds), if any."""
-        runs = [r for s in self.scheduled.values() if (r := s.next_run()) is not None]
+        runs = [t.next.when for t in self.timers.values() if t.next is not None]
         return min(runs, default=None)
 
 
@@ -97,8 +95,8 @@ def backup_triggers(
 ) -> Triggers:
     """Schedule and watch of one backup."""
     store = StateStore(state_dir, on_problem=lambda m: emit("job.warning", m, backup=backup.name))
-    triggers = Triggers(loop, store)
-    triggers.add_schedule("backup", backup_key(backup.name), backup.schedule, request)
+    triggers = Triggers(loop, store, request)
+    triggers.add_operation("backup", backup_key(backup.name), backup.schedule)
     if backup.watch is not None:
         debouncer = Debouncer(backup.watch.wait_min, backup.watch.wait_max)
         timer = DebounceTimer(loop, debouncer, lambda reason: request("watch", reason, "backup"))
@@ -114,7 +112,7 @@ def backup_triggers(
 
         triggers.debouncer, triggers.timer = debouncer, timer
         triggers.watcher = Watcher(
-            backup.paths, Excluder(backup.excludes), loop, timer.changed, overflow, limit
+            backup.paths, Excluder(backup.excludes), loop, triggers.changed, overflow, limit
         )
     return triggers
 
@@ -125,9 +123,8 @@ def maintenance_triggers(
     """The check and prune schedules of one repository."""
     name = repository.name
     store = StateStore(state_dir, on_problem=lambda m: emit("job.warning", m, repository=name))
-    triggers = Triggers(loop, store)
+    triggers = Triggers(loop, store, request)
     for operation, settings in (("check", repository.check), ("prune", repository.prune)):
-        if settings is not None:
-            key = maintenance_key(name, operation)
-            triggers.add_schedule(operation, key, settings.schedule, request)
+        schedule = settings.schedule if settings is not None else ()
+        triggers.add_operation(operation, maintenance_key(name, operation), schedule)
     return triggers

@@ -564,3 +564,39 @@ def test_changes_to_excluded_files_alone_trigger_nothing(restic, repository, tmp
     assert len(daemon.find("trigger.fired")) == 1
     restored = restore(restic, repository, done["HENBACKUP_SNAPSHOT"], tmp_path / "restored", data)
     assert sorted(restored) == ["album/cat.jpg", "keep.jpg", "notes.txt"]
+
+
+@ONE_RESTIC
+def test_changes_seen_before_a_stop_are_backed_up_at_the_next_start(restic, repository, tmp_path):
+    data = make_data(tmp_path / "pictures")
+    config = watched_config(tmp_path, restic, repository, data, "30s", "60s")
+    first = Daemon(config, tmp_path)
+    try:
+        start_watching(first)
+        (data / "late.jpg").write_bytes(os.urandom(10_000))
+        saved = first.pump_until(
+            lambda: read_state(first.state, "pictures").get("changed_since"), 10
+        )
+        assert saved, "the change was not recorded"
+        clean_exit(first)
+    finally:
+        first.stop()
+    assert first.find("trigger.fired") == []  # stopped well before wait_min
+
+    second = Daemon(config, tmp_path)
+    try:
+        second.start()
+        fired = second.wait_for("trigger.fired", timeout=15)
+        assert pick(fired, "TRIGGER", "REASON") == {
+            "TRIGGER": "startup",
+            "REASON": "changes seen before the daemon stopped",
+        }
+        done = second.wait_for("job.succeeded", operation="backup", timeout=60)
+        clean_exit(second)
+    finally:
+        second.stop()
+    assert len(second.find("trigger.fired")) == 1
+    assert (
+        dump(restic, repository, done["HENBACKUP_SNAPSHOT"], data / "late.jpg")
+        == (data / "late.jpg").read_bytes()
+    )
