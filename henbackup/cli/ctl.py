@@ -7,10 +7,13 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from henbackup import __version__
+from henbackup.humanize import relative
 
 DEFAULT_SOCKET = "/run/henbackup/control.sock"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
@@ -71,15 +74,23 @@ def request(path: str, payload: dict[str, Any]) -> Reply:
 
 def show_status(reply: Reply) -> None:
     print(reply["status"])
-    rows = [("NAME", "KIND", "WORKER", "JOB")]
-    rows += [(w["name"], w["kind"], w["state"], w["job"]) for w in reply["workers"]]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    rows = [("NAME", "KIND", "WORKER", "JOB", "NEXT RUN")]
+    rows += [
+        (w["name"], w["kind"], w["state"], w["job"], _when(w.get("next_run")))
+        for w in reply["workers"]
+    ]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
+        cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def _when(epoch: float | None) -> str:
+    """`2026-11-26 14:00 (in 3 h)`, or `-` when nothing is scheduled."""
+    if epoch is None:
+        return "-"
+    moment = datetime.fromtimestamp(epoch).astimezone()
+    return f"{moment:%Y-%m-%d %H:%M} ({relative(epoch - time.time())})"
 
 
 def status(args: argparse.Namespace) -> Reply:

@@ -26,8 +26,14 @@ def _cancel(signum: int, frame: FrameType | None) -> None:
     raise JobCancelled(f"stopped by {signal.Signals(signum).name}")
 
 
+# A repository locked by a live process elsewhere (another host, an admin's restic) is
+# waited for this long before the job fails; stale locks are removed at once.
+LOCK_WAIT = 30 * 60.0
+
+
 def _engine(config: Config) -> ResticEngine:
-    return ResticEngine(config.daemon.restic, cache_dir=Dirs.from_environment().cache)
+    cache = Dirs.from_environment().cache
+    return ResticEngine(config.daemon.restic, cache_dir=cache, lock_wait=LOCK_WAIT)
 
 
 def host_scheduler() -> Scheduler:

@@ -18,6 +18,7 @@ from henbackup.channel import Channel, Message
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
+from henbackup.humanize import relative
 from henbackup.loop import Loop
 from henbackup.master.control import (
     ControlServer,
@@ -370,15 +371,5 @@ class Master:
         upcoming = [(s.next_run, s.spec.name) for s in self.children.values() if s.next_run]
         if upcoming and not self.stopping:
             when, name = min(upcoming)
-            parts.append(f"next: {name} {_relative(when - time.time())}")
+            parts.append(f"next: {name} {relative(when - time.time())}")
         return "; ".join(parts)
-
-
-def _relative(seconds: float) -> str:
-    """`now`, `in 40 s`, `in 12 min`, `in 3 h`, `in 2 d`."""
-    if seconds < 1:
-        return "now"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"in {seconds // size:.0f} {unit}"
-    return f"in {seconds:.0f} s"
