@@ -51,7 +51,8 @@ class Supervised:
     forked: Forked | None = None
     channel: Channel | None = None
     last_heard: float = 0.0
-    job: str = "idle"  # "running" while its job process runs
+    job: str = "idle"  # "queued" or "running" while its job process runs
+    activity: str = ""  # what that job does: "pictures→aws-ireland 42%"
     next_run: float | None = None  # epoch seconds of its next scheduled run
     replacement: WorkerSpec | None = None  # a changed definition, started once this one stops
     hung: bool = False
@@ -166,6 +167,7 @@ class Master:
             supervised.child.ready(self.loop.clock())
         elif kind == "job":
             supervised.job = str(message.get("state", "idle"))
+            supervised.activity = _activity(supervised.spec, message)
             next_run = message.get("next_run")
             supervised.next_run = float(next_run) if next_run is not None else None
         self._update_status()
@@ -330,6 +332,7 @@ class Master:
                 "state": s.child.state.value,
                 "pid": s.forked.pid if s.forked else None,
                 "job": s.job,
+                "activity": s.activity,
                 "next_run": s.next_run,
             }
             for s in self.children.values()
@@ -360,12 +363,15 @@ class Master:
 
     def _status_line(self) -> str:
         """One line: `2 backups; running: pictures; failed: music`."""
-        running = [s.spec.name for s in self.children.values() if s.job == "running"]
+        running = [s.activity for s in self.children.values() if s.job == "running"]
+        queued = sum(1 for s in self.children.values() if s.job == "queued")
         fatal = [s.spec.name for s in self.children.values() if s.child.state is State.FATAL]
         parts = [self._summary()]
         if self.stopping:
             parts.append("stopping")
         parts.append(f"running: {', '.join(running)}" if running else "idle")
+        if queued:
+            parts.append(f"queued: {queued}")
         if fatal:
             parts.append(f"failed: {', '.join(fatal)}")
         upcoming = [(s.next_run, s.spec.name) for s in self.children.values() if s.next_run]
@@ -373,3 +379,13 @@ class Master:
             when, name = min(upcoming)
             parts.append(f"next: {name} {relative(when - time.time())}")
         return "; ".join(parts)
+
+
+def _activity(spec: WorkerSpec, message: Message) -> str:
+    """`pictures→aws-ireland 42%`, or the worker's name until the job says more."""
+    repository, percent = message.get("repository"), message.get("percent")
+    if spec.kind == "backup" and repository:
+        where = f"{spec.name}→{repository}"
+    else:
+        where = f"{message.get('operation') or ''} {spec.name}".strip()
+    return f"{where} {percent:g}%" if isinstance(percent, int | float) else where

@@ -33,8 +33,8 @@ class RunRequest:
     operation: str = "backup"  # a repository worker runs check or prune
 
 
-# Runs in the job process; returns its exit code (see henbackup.jobs.entry).
-JobBody = Callable[[Config, WorkerSpec, RunRequest], int]
+# Runs in the job process, telling its progress on the channel; returns its exit code.
+JobBody = Callable[[Config, WorkerSpec, RunRequest, Channel], int]
 
 
 class Worker:
@@ -56,6 +56,7 @@ class Worker:
         self.triggers = triggers(self) if triggers else None
         self.current: RunRequest | None = None
         self.job: Forked | None = None
+        self.news: Channel | None = None  # from the job process
         self.pending: dict[str, RunRequest] = {}  # by operation: at most one follow-up each
         self.stopping = False
 
@@ -108,19 +109,46 @@ class Worker:
             self.pending[run.operation] = run
 
     def _start(self, run: RunRequest) -> None:
+        news, told = Channel.pair()
+
         def body() -> int:
             self.loop.close(registered_too=True)  # the channel, inotify, timers: the worker's
-            return self.job_body(self.config, self.spec, run)
+            news.close()
+            return self.job_body(self.config, self.spec, run, told)
 
         if self.triggers is not None:
             self.triggers.job_started(run.operation)
         self.job, self.current = fork_child(f"hbjob:{self.spec.name}", body), run
+        told.close()
+        self.news = news
+        self.loop.add_reader(news.fileno(), self._on_news)
         self.loop.add_reader(self.job.pidfd, self._job_exited)
         self._send_state("running", operation=run.operation)
+
+    def _on_news(self) -> None:
+        """The job process says where it is: forwarded to the master for STATUS=."""
+        assert self.news is not None
+        try:
+            messages = self.news.receive()
+        except (OSError, ValueError):
+            messages = None
+        if messages is None:
+            self._close_news()
+            return
+        for message in messages:
+            state = "queued" if message.get("type") == "job.queued" else "running"
+            self._send_state(state, **{k: v for k, v in message.items() if k != "type"})
+
+    def _close_news(self) -> None:
+        if self.news is not None:
+            self.loop.remove_reader(self.news.fileno())
+            self.news.close()
+            self.news = None
 
     def _job_exited(self) -> None:
         assert self.job is not None
         self.loop.remove_reader(self.job.pidfd)
+        self._close_news()
         status = reap(self.job)
         self.job = None
         if self.scheduler is not None:
@@ -151,11 +179,11 @@ class Worker:
             os.kill(self.job.pid, signal.SIGTERM)
 
 
-def run_job_body(config: Config, spec: WorkerSpec, run: RunRequest) -> int:
+def run_job_body(config: Config, spec: WorkerSpec, run: RunRequest, news: Channel) -> int:
     """The job process: the backup pipeline, or a repository's check or prune."""
     if spec.kind == "backup":
-        return entry.backup_job(config, spec, run.trigger)
-    return entry.maintenance_job(config, spec, run.operation, run.trigger)
+        return entry.backup_job(config, spec, run.trigger, news)
+    return entry.maintenance_job(config, spec, run.operation, run.trigger, news)
 
 
 def worker_main(spec: WorkerSpec, config: Config, channel: Channel) -> int:

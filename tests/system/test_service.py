@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,8 @@ class Daemon:
         settings = {"CACHE_DIRECTORY": str(self.tmp / "cache"), "PATH": os.environ["PATH"]}
         settings.update(env)
         lines = "".join(f'Environment="{k}={v}"\n' for k, v in settings.items())
+        # The checkout may live under /tmp, which PrivateTmp= hides: bind it back in.
+        lines += f"BindPaths={ROOT}\n"
         unit = unit.replace("[Service]\n", f"[Service]\n{lines}", 1)
         self.harness.install_unit(UNIT, unit)
 
@@ -70,7 +73,7 @@ class Daemon:
 
 @pytest.fixture
 def daemon(systemd_harness: SystemdHarness) -> Iterator[Daemon]:
-    # Not under /tmp: the unit has PrivateTmp=yes, so the service would not see it.
+    # In the checkout, which the unit binds in (pytest's tmp_path is hidden by PrivateTmp=).
     (ROOT / ".cache").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / ".cache", prefix="system-") as tmp:
         yield Daemon(systemd_harness, Path(tmp))
@@ -260,6 +263,11 @@ def test_stop_during_a_backup_leaves_the_repository_clean(daemon: Daemon) -> Non
     daemon.events("job.started", backup="pictures")
     daemon.harness.wait_for(
         lambda: list((daemon.tmp / "local" / "locks").iterdir()), 30, "restic's lock"
+    )
+    daemon.harness.wait_for(
+        lambda: re.fullmatch(r"1 backup; running: pictures→local( [0-9.]+%)?", daemon.status()),
+        10,
+        "a STATUS line naming the running job",
     )
     daemon.harness.systemctl("stop", UNIT)
     (cancelled,) = daemon.events("job.cancelled", backup="pictures")
