@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from henbackup.observe.events import EmitFunction, Event, FieldValue, make_event
+
 ROOT = Path(__file__).resolve().parent.parent
 RESTIC_TRIXIE = ROOT / ".cache" / "restic-trixie" / "usr" / "bin" / "restic"
 
@@ -31,6 +33,20 @@ def restic(request: pytest.FixtureRequest) -> str:
     version = subprocess.run([path, "version"], capture_output=True, text=True, check=True)
     assert f"restic {expected}" in version.stdout, version.stdout
     return path
+
+
+@pytest.fixture
+def events() -> EmitFunction:
+    """An emit function that keeps every event it builds in `.recorded`, in order."""
+    recorded: list[Event] = []
+
+    def emit(kind: str, message: str, **fields: FieldValue) -> Event:
+        event = make_event(kind, message, **fields)
+        recorded.append(event)
+        return event
+
+    emit.recorded = recorded  # type: ignore[attr-defined]
+    return emit
 
 
 @pytest.hookimpl(hookwrapper=True)

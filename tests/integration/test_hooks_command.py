@@ -13,23 +13,9 @@ import pytest
 from henbackup.config.model import CommandHook, Hooks
 from henbackup.errors import JobCancelled
 from henbackup.hooks import HookContext, command, run_hook, run_hooks, run_with_hooks
-from henbackup.observe.events import make_event
 
 CONTEXT = HookContext("grafana", "before", job="j1", trigger="schedule")
 GENEROUS = 15.0
-
-
-@pytest.fixture
-def events():
-    recorded = []
-
-    def emit(kind, message, **fields):
-        event = make_event(kind, message, **fields)
-        recorded.append(event)
-        return event
-
-    emit.recorded = recorded
-    return emit
 
 
 def sh(script: str, **options) -> CommandHook:

@@ -14,7 +14,6 @@ import pytest
 
 from henbackup.config.model import HttpHook
 from henbackup.hooks import HookContext, run_hook
-from henbackup.observe.events import make_event
 
 CONTEXT = HookContext("grafana", "before", job="j1", trigger="manual")
 GENEROUS = 15.0  # an upper bound for slow machines, not a performance assertion
@@ -101,19 +100,6 @@ def server():
     httpd.done.set()
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture
-def events():
-    recorded = []
-
-    def emit(kind, message, **fields):
-        event = make_event(kind, message, **fields)
-        recorded.append(event)
-        return event
-
-    emit.recorded = recorded
-    return emit
 
 
 def fields(event):
