@@ -142,24 +142,24 @@ class _Session:
         return True
 
 
-class _HTTPConnection(http.client.HTTPConnection):
+class _Adopted:
+    """A connection whose socket, once connected, is handed to the session (its deadline)."""
+
     def __init__(self, *args: Any, session: _Session, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._session = session
 
     def connect(self) -> None:
-        super().connect()
-        self._session.adopt(self.sock)
+        super().connect()  # type: ignore[misc]
+        self._session.adopt(self.sock)  # type: ignore[attr-defined]
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, session: _Session, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._session = session
+class _HTTPConnection(_Adopted, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self._session.adopt(self.sock)
+
+class _HTTPSConnection(_Adopted, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

@@ -52,6 +52,14 @@ class Daemon:
         unit = unit.replace("[Service]\n", f"[Service]\n{lines}", 1)
         self.harness.install_unit(UNIT, unit)
 
+    def run_with(self, *names: str, **env: str) -> None:
+        """Write a config of these backups (one local repository), install it, start it."""
+        config = repository("local", self.tmp)
+        config += "".join(backup(name, self.data, "local") for name in names)
+        self.write_config(config)
+        self.install(**env)
+        self.start()
+
     def start(self) -> dict[str, str]:
         self.harness.systemctl("start", UNIT)
         return self.harness.wait_show(UNIT, ActiveState="active", SubState="running")
@@ -80,13 +88,7 @@ def daemon(systemd_harness: SystemdHarness) -> Iterator[Daemon]:
 
 
 def test_start_reports_ready_and_a_status_line(daemon: Daemon) -> None:
-    daemon.write_config(
-        repository("local", daemon.tmp)
-        + backup("pictures", daemon.data, "local")
-        + backup("music", daemon.data, "local")
-    )
-    daemon.install()
-    daemon.start()
+    daemon.run_with("pictures", "music")
     daemon.harness.wait_for(lambda: daemon.status() == "2 backups; idle", 10, "status")
     (started,) = daemon.events("daemon.started")
     assert started["MESSAGE"] == "henbackup started: 2 backups"
@@ -100,13 +102,7 @@ def test_start_reports_ready_and_a_status_line(daemon: Daemon) -> None:
 
 
 def test_a_killed_worker_is_restarted_alone(daemon: Daemon) -> None:
-    daemon.write_config(
-        repository("local", daemon.tmp)
-        + backup("pictures", daemon.data, "local")
-        + backup("music", daemon.data, "local")
-    )
-    daemon.install()
-    daemon.start()
+    daemon.run_with("pictures", "music")
     victim, other = daemon.worker_pid("pictures"), daemon.worker_pid("music")
     os.kill(victim, signal.SIGKILL)
     (exited,) = daemon.events("child.exited", child="pictures")
@@ -122,9 +118,7 @@ def test_a_killed_worker_is_restarted_alone(daemon: Daemon) -> None:
 
 
 def test_a_hung_worker_is_killed_and_replaced(daemon: Daemon) -> None:
-    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
-    daemon.install(HENBACKUP_HANG_TIMEOUT="2")
-    daemon.start()
+    daemon.run_with("pictures", HENBACKUP_HANG_TIMEOUT="2")
     victim = daemon.worker_pid("pictures")
     os.kill(victim, signal.SIGSTOP)  # alive, but silent: no heartbeat any more
     (exited,) = daemon.events("child.exited", child="pictures")
@@ -160,9 +154,7 @@ def test_reload_restarts_only_what_changed(daemon: Daemon) -> None:
 
 
 def test_a_broken_config_is_rejected_and_the_old_one_keeps_running(daemon: Daemon) -> None:
-    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
-    daemon.install()
-    daemon.start()
+    daemon.run_with("pictures")
     worker = daemon.worker_pid("pictures")
     daemon.write_config(backup("pictures", daemon.data, "nowhere") + "[daemon]\nbogus = 1\n")
     daemon.harness.systemctl("reload", UNIT)
@@ -178,9 +170,7 @@ def test_a_broken_config_is_rejected_and_the_old_one_keeps_running(daemon: Daemo
 
 
 def test_stop_is_clean_and_quick(daemon: Daemon) -> None:
-    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
-    daemon.install()
-    daemon.start()
+    daemon.run_with("pictures")
     worker = daemon.worker_pid("pictures")
     daemon.harness.systemctl("stop", UNIT)
     daemon.events("daemon.stopping")
@@ -212,9 +202,7 @@ def restic(daemon: Daemon, repo: str, *args: str) -> subprocess.CompletedProcess
 
 
 def test_a_backup_runs_and_its_events_answer_the_journal_query(daemon: Daemon) -> None:
-    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
-    daemon.install()
-    daemon.start()
+    daemon.run_with("pictures")
     assert ctl(daemon, "backup", "pictures", "--no-wait").stdout == "backup requested\n"
     (succeeded,) = daemon.events("job.succeeded", backup="pictures")
     assert succeeded["HENBACKUP_REPOSITORY"] == "local"
@@ -236,9 +224,7 @@ def test_a_backup_runs_and_its_events_answer_the_journal_query(daemon: Daemon) -
 
 
 def test_unknown_backup_is_exit_2_and_no_daemon_is_exit_3(daemon: Daemon) -> None:
-    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
-    daemon.install()
-    daemon.start()
+    daemon.run_with("pictures")
     unknown = ctl(daemon, "backup", "music", "--no-wait", check=False)
     assert (unknown.returncode, unknown.stderr) == (
         2,
