@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from henbackup.worker import state
+from henbackup import files
 from henbackup.worker.state import RunRecord, StateStore, backup_key, maintenance_key
 
 
@@ -98,7 +98,7 @@ def test_the_write_is_atomic_and_synced(store, monkeypatch):
     store.save(key, RunRecord(1.0, 1.0))
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(state.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     store.save(key, RunRecord(2.0, 2.0))
     assert len(synced) == 2  # the file, then the directory holding the new name
     assert [p.name for p in store.path(key).parent.iterdir()] == ["p.json"]  # no temporaries
@@ -111,7 +111,7 @@ def test_a_failed_write_leaves_the_old_record_and_no_temporary(store, monkeypatc
     def crash(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(state.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError):
         store.save(key, RunRecord(2.0, 2.0))
     assert store.load(key) == RunRecord(1.0, 1.0)

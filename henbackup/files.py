@@ -1,0 +1,33 @@
+"""Files that must be whole: written so that a crash leaves the old content or the new."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` so that a crash leaves the old content or the new, whole, with
+    `mode` from the start (readers never see a file they may not read).
+
+    Raises OSError (the temporary file is removed). The temporary file is hidden and ends in
+    .tmp, so that directory scanners (node_exporter's `*.prom`) never pick it up.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)  # the rename itself is durable only once the directory is
+    finally:
+        os.close(directory)
