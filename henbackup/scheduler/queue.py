@@ -9,6 +9,7 @@ Layout of the directory ($RUNTIME_DIRECTORY/scheduler):
     slot-N            flock'ed LOCK_EX by the job holding slot N, for its whole life
     repository-NAME   flock'ed LOCK_SH by jobs using the repository, LOCK_EX by check/prune
     nudge             appended to by the master when it reaps a child
+    cancelled/JOB_ID  a running job asked to stop (its process is then sent SIGUSR1)
 
 Who may run is decided by `plan()` over the tickets and the kernel's view of the locks, by
 whichever process changes the queue (a job arriving, releasing, leaving): it takes its own
@@ -60,6 +61,8 @@ class Scheduler:
         self.directory = Path(directory)
         self._tickets = self.directory / "tickets"
         self._tickets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._cancelled = self.directory / "cancelled"
+        self._cancelled.mkdir(mode=0o700, exist_ok=True)
         self._lock = self.directory / "lock"
         self._nudge = self.directory / "nudge"
         self._nudge.touch(mode=0o600, exist_ok=True)
@@ -185,10 +188,12 @@ class Scheduler:
         return None
 
     def cancel(self, job_id: str) -> Ticket | None:
-        """Withdraw a waiting ticket (its waiter gets JobCancelled / on_cancelled).
+        """Withdraw a waiting ticket (its waiter gets JobCancelled / on_cancelled), or mark a
+        running one as cancelled.
 
-        Returns the ticket as it was, or None if unknown. A running ticket is left alone:
-        the caller stops its process (`ticket.pid`), whose exit releases everything.
+        Returns the ticket as it was, or None if unknown. A running job is not stopped here:
+        the caller sends its process (`ticket.pid`) SIGUSR1, and the process asks
+        `cancel_requested()` which of its jobs that means.
         """
         if not _JOB_ID.fullmatch(job_id):
             return None  # not a name a ticket can have (nor a path out of the directory)
@@ -197,7 +202,18 @@ class Scheduler:
             if ticket is not None and ticket.state == "waiting":
                 self._drop(ticket)
                 self._dispatch(None)
+            elif ticket is not None:
+                (self._cancelled / job_id).touch(mode=0o600)
             return ticket
+
+    def cancel_requested(self, pid: int) -> str | None:
+        """The id of a running job of process `pid` that was marked cancelled, if any."""
+        with locks.locked(self._lock), os.scandir(self._cancelled) as entries:
+            for entry in entries:
+                ticket = self._read(self._tickets / entry.name)
+                if ticket is not None and ticket.pid == pid and ticket.state == "running":
+                    return ticket.job_id
+        return None
 
     def nudge(self) -> None:
         """Make waiters re-plan: call after reaping a child that may have held a ticket.
@@ -320,6 +336,7 @@ class Scheduler:
 
     def _drop(self, ticket: Ticket) -> None:
         self._ticket_path(ticket).unlink(missing_ok=True)
+        (self._cancelled / ticket.job_id).unlink(missing_ok=True)
 
     def _wake(self, ticket: Ticket) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -74,10 +74,15 @@ def test_cancel_of_a_waiting_ticket_reaches_its_waiter(scheduler):
     with pytest.raises(JobCancelled):
         waiter.poll()
     assert [t.job_id for t in scheduler.queue()] == ["holder"]
-    assert scheduler.cancel("holder").state == "running"  # running: left to its process
+    assert scheduler.cancel_requested(os.getpid()) is None
+    assert scheduler.cancel("holder").state == "running"  # running: marked, for its process
+    assert scheduler.cancel_requested(os.getpid()) == "holder"
+    assert scheduler.cancel_requested(os.getpid() + 1) is None  # only the holder's process
     assert scheduler.cancel("unknown") is None
     assert scheduler.cancel("../lock") is None  # ids come from henbackupctl: never a path
     holder.release()
+    assert scheduler.cancel_requested(os.getpid()) is None  # the mark leaves with the ticket
+    assert os.listdir(scheduler.directory / "cancelled") == []
 
 
 def test_blocking_wait_gives_up_after_its_timeout_and_leaves_the_queue(scheduler):
