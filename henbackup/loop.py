@@ -44,7 +44,12 @@ class Loop:
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._selector.register(fd, selectors.EVENT_READ, callback)
 
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        """Run `callback` whenever `fd` can be written to (remove it with remove_reader)."""
+        self._selector.register(fd, selectors.EVENT_WRITE, callback)
+
     def remove_reader(self, fd: int) -> None:
+        """Stop watching `fd`, for reading or writing."""
         self._selector.unregister(fd)
 
     # deadlines

@@ -2,9 +2,11 @@
 
 A unix stream socket in the runtime directory (or handed over by systemd socket activation),
 mode 0660, group `henbackup` when that group exists. One request per connection: a JSON
-object on one line, at most MAX_REQUEST bytes, within REQUEST_TIMEOUT seconds; one JSON
-reply line. Callers are identified with SO_PEERCRED: root and members of `henbackup` only.
-A slow, silent, huge or malformed client is dropped without delaying anyone else.
+object on one line, at most MAX_REQUEST bytes, within REQUEST_TIMEOUT seconds. The answer is
+JSON lines: for a client that waits for a job, `{"event": ...}` lines as the job goes, then
+always one reply line, an object with "ok". Callers are identified with SO_PEERCRED: root
+and members of `henbackup` only. A slow, silent, huge or malformed client is dropped without
+delaying anyone else: nothing is ever written to a client with a blocking call.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from henbackup.loop import Loop, Timer
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
+MAX_BACKLOG = 4 << 20  # a waiting client that lets this much output pile up is dropped
+FLUSH_TIMEOUT = 30.0  # to take the last reply once the answer is complete
 GROUP = "henbackup"
 SD_LISTEN_FDS_START = 3
 
 Request = dict[str, Any]
 Reply = dict[str, Any]
-Handler = Callable[[Request], Reply]
+Handler = Callable[[Request, "Conversation"], Reply | None]
 
 
 def reply_error(code: str, message: str) -> Reply:
@@ -84,10 +88,78 @@ def _in_group(pid: int, gid: int) -> bool:
 
 
 @dataclass
-class _Client:
+class Conversation:
+    """One client's connection, from its request to the last line of the answer.
+
+    A handler that answers at once returns its Reply. One that answers later returns None
+    and keeps the Conversation: `send` events while the client waits, then `finish`. If the
+    client goes away first, `closed` becomes true and every `on_close` callback is called.
+    """
+
     conn: socket.socket
-    timer: Timer
-    buffer: bytes = b""
+    loop: Loop
+    timer: Timer | None = None
+    buffer: bytes = b""  # the request as it arrives
+    output: bytes = b""  # lines not yet taken by the client
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+    closed: bool = False
+    finishing: bool = False
+    writing: bool = False
+
+    def send(self, message: Reply) -> None:
+        """Queue one line for the client; a client that stopped reading is dropped."""
+        if self.closed:
+            return
+        self.output += json.dumps(message).encode() + b"\n"
+        if len(self.output) > MAX_BACKLOG:
+            self.close()
+            return
+        self._flush()
+
+    def finish(self, reply: Reply) -> None:
+        """Send the final reply, then close once the client has taken it."""
+        if self.closed or self.finishing:
+            return
+        self.finishing = True
+        self._set_timer(FLUSH_TIMEOUT)
+        self.send(reply)
+
+    def _flush(self) -> None:
+        try:
+            sent = self.conn.send(self.output)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the client hung up
+            self.close()
+            return
+        self.output = self.output[sent:]
+        if self.output and not self.writing:
+            self.writing = True
+            self.loop.add_writer(self.conn.fileno(), self._flush)
+        elif not self.output:
+            if self.writing:
+                self.writing = False
+                self.loop.remove_reader(self.conn.fileno())
+            if self.finishing:
+                self.close()
+
+    def _set_timer(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay, self.close)
+
+    def close(self) -> None:
+        """Drop the connection (idempotent); `on_close` hears of it."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.writing:
+            self.loop.remove_reader(self.conn.fileno())
+        self.conn.close()
+        for callback in self.on_close:
+            callback()
 
 
 @dataclass
@@ -95,7 +167,8 @@ class ControlServer:
     sock: socket.socket
     loop: Loop
     handle: Handler
-    clients: dict[int, _Client] = field(default_factory=dict)
+    reading: dict[int, Conversation] = field(default_factory=dict)  # requests not yet read
+    conversations: list[Conversation] = field(default_factory=list)
 
     def start(self) -> None:
         self.sock.setblocking(False)
@@ -107,60 +180,59 @@ class ControlServer:
         except BlockingIOError:
             return
         conn.setblocking(False)
+        conversation = Conversation(conn, self.loop)
         if not peer_allowed(conn):
             message = f"permission denied: run as root or as a member of group {GROUP}"
-            self._reply(conn, reply_error("permission", message))
-            conn.close()
+            conversation.finish(reply_error("permission", message))
             return
         fd = conn.fileno()
-        timer = self.loop.call_later(REQUEST_TIMEOUT, lambda: self._drop(fd))
-        self.clients[fd] = _Client(conn, timer)
+        conversation._set_timer(REQUEST_TIMEOUT)
+        conversation.on_close.append(lambda: self._forget(fd, conversation))
+        self.reading[fd] = conversation
+        self.conversations.append(conversation)
         self.loop.add_reader(fd, lambda: self._read(fd))
 
     def _read(self, fd: int) -> None:
-        client = self.clients[fd]
+        conversation = self.reading[fd]
         try:
-            data = client.conn.recv(MAX_REQUEST)
+            data = conversation.conn.recv(MAX_REQUEST)
         except OSError:
             data = b""
         if not data:
-            self._drop(fd)
+            conversation.close()
             return
-        client.buffer += data
-        line, newline, _ = client.buffer.partition(b"\n")
+        conversation.buffer += data
+        line, newline, _ = conversation.buffer.partition(b"\n")
         if len(line) > MAX_REQUEST:
-            self._finish(fd, reply_error("usage", f"request larger than {MAX_REQUEST} bytes"))
+            self._answer_with(fd, reply_error("usage", f"request larger than {MAX_REQUEST} bytes"))
         elif newline:
-            self._finish(fd, self._answer(line))
+            self._answer_with(fd, self._answer(line, conversation))
 
-    def _answer(self, line: bytes) -> Reply:
+    def _answer(self, line: bytes, conversation: Conversation) -> Reply | None:
         try:
             request = json.loads(line)
         except ValueError:
             return reply_error("usage", "malformed request: expected one JSON object")
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             return reply_error("usage", "malformed request: no command")
-        return self.handle(request)
+        return self.handle(request, conversation)
 
-    def _finish(self, fd: int, reply: Reply) -> None:
-        self._reply(self.clients[fd].conn, reply)
-        self._drop(fd)
+    def _answer_with(self, fd: int, reply: Reply | None) -> None:
+        # The request is read: from now on the connection is only written to.
+        conversation = self.reading.pop(fd)
+        self.loop.remove_reader(fd)
+        if reply is not None:
+            conversation.finish(reply)
+        elif conversation.timer is not None:
+            conversation.timer.cancel()  # the handler answers when its job is done
 
-    @staticmethod
-    def _reply(conn: socket.socket, reply: Reply) -> None:
-        # Replies are small; a client that does not read one loses it, and nobody waits.
-        with contextlib.suppress(OSError):
-            conn.sendall(json.dumps(reply).encode() + b"\n")
-
-    def _drop(self, fd: int) -> None:
-        client = self.clients.pop(fd, None)
-        if client is not None:
-            client.timer.cancel()
+    def _forget(self, fd: int, conversation: Conversation) -> None:
+        if self.reading.pop(fd, None) is not None:
             self.loop.remove_reader(fd)
-            client.conn.close()
+        self.conversations.remove(conversation)
 
     def close(self) -> None:
-        for fd in list(self.clients):
-            self._drop(fd)
+        for conversation in list(self.conversations):
+            conversation.close()
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()

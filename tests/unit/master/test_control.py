@@ -13,7 +13,7 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(control, "REQUEST_TIMEOUT", 0.3)
     loop = Loop()
     path = tmp_path / "control.sock"
-    served = ControlServer(bind(path), loop, lambda request: {"ok": True, "echo": request})
+    served = ControlServer(bind(path), loop, lambda request, _: {"ok": True, "echo": request})
     served.start()
     yield served, path
     served.close()
@@ -100,8 +100,64 @@ def test_a_silent_client_neither_blocks_others_nor_stays_forever(server):
     with connect(path) as quick:
         quick.sendall(b'{"command": "status"}\n')
         assert reply_of(served, quick)["ok"] is True
-    serve_until(served, lambda: not served.clients)  # both dropped at their timeout
+    serve_until(served, lambda: not served.conversations)  # both dropped at their timeout
     assert silent.recv(10) == b""
     assert slow.recv(10) == b""
     silent.close()
     slow.close()
+
+
+@pytest.fixture
+def waiting_server(tmp_path):
+    """A server whose handler keeps every conversation, to answer it later."""
+    loop = Loop()
+    kept = []
+
+    def handle(request, conversation):
+        kept.append(conversation)
+
+    served = ControlServer(bind(tmp_path / "control.sock"), loop, handle)
+    served.start()
+    yield served, tmp_path / "control.sock", kept
+    served.close()
+    loop.close()
+
+
+def test_a_waiting_client_gets_events_then_the_reply(waiting_server):
+    served, path, kept = waiting_server
+    with connect(path) as sock:
+        sock.sendall(b'{"command": "backup"}\n')
+        serve_until(served, lambda: kept)
+        kept[0].send({"event": {"kind": "job.started"}})
+        kept[0].finish({"ok": True})
+        serve_until(served, lambda: not served.conversations)
+        lines = sock.makefile("rb").read().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"event": {"kind": "job.started"}},
+        {"ok": True},
+    ]
+
+
+def test_a_waiting_client_that_hangs_up_is_forgotten(waiting_server):
+    served, path, kept = waiting_server
+    closed = []
+    with connect(path) as sock:
+        sock.sendall(b'{"command": "backup"}\n')
+        serve_until(served, lambda: kept)
+        kept[0].on_close.append(lambda: closed.append(True))
+    kept[0].send({"event": {"kind": "job.progress"}})  # EPIPE: the client is gone
+    assert closed == [True]
+    assert served.conversations == []
+
+
+def test_a_waiting_client_that_never_reads_is_dropped_not_waited_for(waiting_server):
+    served, path, kept = waiting_server
+    sock = connect(path)
+    sock.sendall(b'{"command": "backup"}\n')
+    serve_until(served, lambda: kept)
+    event = {"event": {"padding": "x" * 60000}}
+    for _ in range(control.MAX_BACKLOG // 60000 + 10):  # never blocks: queued, then dropped
+        kept[0].send(event)
+    assert kept[0].closed
+    assert served.conversations == []
+    sock.close()
