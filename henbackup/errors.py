@@ -64,6 +64,10 @@ class JobCancelled(HenbackupError):
     """The job was cancelled; anything it started was interrupted cleanly."""
 
 
+class StopRequested(JobCancelled):
+    """The whole run stops (the daemon or its worker is stopping): no further job starts."""
+
+
 class HookError(HenbackupError):
     """A before/after/failure hook failed."""
 

@@ -50,6 +50,7 @@ class Priority:
 
 NORMAL = Priority.ordinary(0)
 INFERIOR = Priority.ordinary(-10)
+IMMEDIATE = Priority(Priority.IMMEDIATE_BAND)
 
 
 @dataclass(frozen=True)

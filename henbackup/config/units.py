@@ -114,6 +114,27 @@ def parse_percent(s: object) -> float:
     return fraction
 
 
+_SUBSET_FRACTION_RE = re.compile(r"([0-9]{1,18})/([0-9]{1,18})")
+_SUBSET_SIZE_RE = re.compile(r"[0-9]{1,18}[KMGT]?", re.IGNORECASE)
+SUBSET_HINT = 'use a percentage ("5%"), a fraction ("1/10") or a size ("500M")'
+
+
+def parse_subset(s: object) -> str:
+    """restic's --read-data-subset: "5%", "1/10" or a size such as "500M"; returned as
+    given, or ValueError saying what is wrong."""
+    if not isinstance(s, str):
+        raise ValueError(f"not a data subset: {SUBSET_HINT}")
+    if s.endswith("%"):
+        if parse_percent(s) > 1:
+            raise ValueError("too large: use at most 100%")
+    elif match := _SUBSET_FRACTION_RE.fullmatch(s):
+        if not 1 <= int(match[1]) <= int(match[2]):
+            raise ValueError(f"not a fraction n/m with 1 <= n <= m: {SUBSET_HINT}")
+    elif not _SUBSET_SIZE_RE.fullmatch(s) or int(s.rstrip("KMGTkmgt")) == 0:
+        raise ValueError(f"not a data subset: {SUBSET_HINT}")
+    return s
+
+
 def parse_listen(s: object) -> tuple[str, int]:
     """(host, port) in "127.0.0.1:9811", "localhost:9811" or "[::1]:9811" (brackets
     removed from the host); raises ValueError."""

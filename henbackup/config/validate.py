@@ -55,8 +55,6 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _METHOD_RE = re.compile(r"[A-Za-z]+")
 _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?")
-_SUBSET_FRACTION_RE = re.compile(r"([0-9]{1,18})/([0-9]{1,18})")
-_SUBSET_SIZE_RE = re.compile(r"[0-9]{1,18}[KMGT]?", re.IGNORECASE)
 
 # The keys of each table. load.py checks the first three as it merges files.
 TOP_KEYS = ("daemon", "metrics", "repositories", "backups")
@@ -310,17 +308,7 @@ def _password(table: Mapping[str, Any], at: At) -> PasswordSource | None:
 def _subset(value: Any, at: At) -> str:
     """restic's --read-data-subset: "5%", "1/10" or a size such as "500M"."""
     _expect(value, str, "a string")
-    text = str(value)
-    hint = 'use a percentage ("5%"), a fraction ("1/10") or a size ("500M")'
-    if text.endswith("%"):
-        if _percent(text, at) > 1:
-            raise Invalid(f"{show(value)} is too large: use at most 100%")
-    elif match := _SUBSET_FRACTION_RE.fullmatch(text):
-        if not 1 <= int(match[1]) <= int(match[2]):
-            raise Invalid(f"{show(value)} is not a fraction n/m with 1 <= n <= m: {hint}")
-    elif not _SUBSET_SIZE_RE.fullmatch(text) or int(text.rstrip("KMGTkmgt")) == 0:
-        raise Invalid(f"{show(value)} is not a data subset: {hint}")
-    return text
+    return _from_parser(units.parse_subset)(value, at)
 
 
 def _maintenance(is_check: bool) -> Callable[[Any, At], Maintenance]:

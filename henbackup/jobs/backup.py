@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from henbackup.config.model import Config
-from henbackup.engine.base import BackupRequest, BackupResult, Engine
+from henbackup.engine.base import BackupRequest, BackupResult, Engine, Target
+from henbackup.errors import EngineError
 from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.jobs.targets import target_for
 from henbackup.observe.events import EmitFunction, FieldValue
@@ -20,19 +21,32 @@ def run_backup(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> 
         host=config.daemon.hostname,
     )
 
-    def work() -> BackupResult:
+    def work() -> tuple[BackupResult, int | None]:
         engine.ensure_initialized(target)
         result = engine.backup(target, request, ProgressReporter(job, emit))
         for warning in result.warnings:
             emit("job.warning", f"{job.title}: {warning}", **job.fields(), error=warning)
-        return result
+        # With a retention, the forget that follows counts what is kept.
+        count = None if backup.retention else _count(engine, target, request)
+        return result, count
 
-    return run_job(job, emit, work, _outcome)
+    result, _ = run_job(job, emit, work, _outcome)
+    return result
 
 
-def _outcome(result: BackupResult) -> tuple[str, dict[str, FieldValue]]:
+def _count(engine: Engine, target: Target, request: BackupRequest) -> int | None:
+    """How many snapshots the backup has in the repository (for metrics), None if unknown."""
+    try:
+        return len(engine.snapshots(target, request.backup, request.host))
+    except EngineError:
+        return None
+
+
+def _outcome(done: tuple[BackupResult, int | None]) -> tuple[str, dict[str, FieldValue]]:
+    result, count = done
     snapshot = f": snapshot {result.snapshot_id}" if result.snapshot_id else ": nothing changed"
     return snapshot, {
+        "snapshots": count,
         "snapshot": result.snapshot_id,
         "files_new": result.files_new,
         "files_changed": result.files_changed,

@@ -1,35 +1,81 @@
-"""The body of a job process: what a worker's forked child runs for one trigger."""
+"""The bodies of job processes: a worker's run of its backup (or of a repository's check or
+prune), and the one-off jobs the master starts for henbackupctl.
+
+A job process tells its parent every job and hook event on its news channel (for STATUS=,
+`henbackupctl status`, the metrics and the clients waiting for the job). SIGTERM stops the
+whole run; SIGUSR1 cancels the job the scheduler marked cancelled (`henbackupctl cancel`).
+"""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from henbackup.channel import Channel
 from henbackup.config.dirs import Dirs
-from henbackup.config.model import INFERIOR, Config
+from henbackup.config.model import IMMEDIATE, INFERIOR, Config, Priority
+from henbackup.config.units import parse_priority
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import HenbackupError, JobCancelled
+from henbackup.errors import HenbackupError, JobCancelled, SnapshotNotFound, StopRequested
 from henbackup.jobs.job import Job
 from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import queued, run_backup_pipeline
-from henbackup.master.specs import WorkerSpec
+from henbackup.jobs.restore import default_destination, find_snapshot, run_restore
+from henbackup.jobs.snapshots import run_snapshots, snapshot_row
 from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue
 from henbackup.scheduler.queue import Scheduler
 
 JOB_OK, JOB_FAILED, JOB_CANCELLED = 0, 1, 3
 
-
-def _cancel(signum: int, frame: FrameType | None) -> None:
-    # Raised once, wherever the job is: the engine then interrupts restic cleanly. A second
-    # SIGTERM must not interrupt that clean-up.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise JobCancelled(f"stopped by {signal.Signals(signum).name}")
-
-
 # A repository locked by a live process elsewhere (another host, an admin's restic) is
 # waited for this long before the job fails; stale locks are removed at once.
 LOCK_WAIT = 30 * 60.0
+# job.progress comes every second, for progress bars; the journal keeps one in this many.
+JOURNAL_PROGRESS_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run was asked for: by a trigger, or by hand with options."""
+
+    trigger: str = "manual"  # watch, schedule, manual, startup
+    repository: str | None = None  # only this repository
+    priority: str | None = None  # overrides the configured priority
+    read_data_subset: str | None = None  # check only
+
+    @property
+    def job_priority(self) -> Priority | None:
+        return parse_priority(self.priority) if self.priority else None
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # Raised once, wherever the job is: the engine then interrupts restic cleanly. A second
+    # SIGTERM must not interrupt that clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise StopRequested(f"stopped by {signal.Signals(signum).name}")
+
+
+_cancelled: set[str] = set()
+
+
+def _cancel(signum: int, frame: FrameType | None) -> None:
+    # Only the job marked in the scheduler: by the time the signal arrives, this process may
+    # have moved on to its next repository, which nobody asked to cancel. Raised once per
+    # job: a second `cancel` must not interrupt the clean stop of restic.
+    job = host_scheduler().cancel_requested(os.getpid())
+    if job is not None and job not in _cancelled:
+        _cancelled.add(job)
+        raise JobCancelled(f"job {job} cancelled by henbackupctl cancel")
+
+
+def _handle_signals() -> None:
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGUSR1, _cancel)
 
 
 def _engine(config: Config) -> ResticEngine:
@@ -43,46 +89,59 @@ def host_scheduler() -> Scheduler:
 
 
 def telling(news: Channel | None) -> EmitFunction:
-    """Events to the journal, and the job events also to the worker (for STATUS=)."""
+    """Events to the journal (job.progress thinned out), and job and hook events to the
+    parent on `news`."""
     emit = Emitter()
-    if news is None:
-        return emit
+    journaled: dict[str, float] = {}  # job id → when its progress was last journaled
 
     def tee(kind: str, message: str, **fields: FieldValue) -> Event:
-        event = emit(kind, message, **fields)
-        if kind in ("job.queued", "job.started", "job.progress"):
-            keep = ("operation", "backup", "repository", "percent")
-            news.send({"type": kind, **{k: fields.get(k) for k in keep}})
-        return event
+        if news is not None and kind.startswith(("job.", "hook.")):
+            news.send({"type": "event", "kind": kind, "message": message, "fields": fields})
+        if kind == "job.progress":
+            now, job = time.monotonic(), str(fields.get("job"))
+            if now - journaled.get(job, float("-inf")) < JOURNAL_PROGRESS_INTERVAL:
+                return Event(kind, message, fields)
+            journaled[job] = now
+        return emit(kind, message, **fields)
 
     return tee
 
 
-def backup_job(config: Config, spec: WorkerSpec, trigger: str, news: Channel | None) -> int:
-    """Run the backup pipeline of `spec`; returns JOB_OK, JOB_FAILED or JOB_CANCELLED."""
-    signal.signal(signal.SIGTERM, _cancel)
+def backup_job(config: Config, name: str, options: RunOptions, news: Channel | None) -> int:
+    """Run backup `name`'s pipeline; returns JOB_OK, JOB_FAILED or JOB_CANCELLED."""
+    _handle_signals()
     engine, emit = _engine(config), telling(news)
     try:
-        result = run_backup_pipeline(config, spec.name, engine, emit, trigger, host_scheduler())
+        result = run_backup_pipeline(
+            config,
+            name,
+            engine,
+            emit,
+            options.trigger,
+            host_scheduler(),
+            only=options.repository,
+            priority=options.job_priority,
+        )
     except JobCancelled:
         return JOB_CANCELLED
     return JOB_FAILED if result.status == "failed" else JOB_OK
 
 
 def maintenance_job(
-    config: Config, spec: WorkerSpec, operation: str, trigger: str, news: Channel | None
+    config: Config, repository: str, operation: str, options: RunOptions, news: Channel | None
 ) -> int:
     """Run a repository's `operation` (check or prune); returns a JOB_* code."""
-    signal.signal(signal.SIGTERM, _cancel)
-    repository = config.repositories[spec.name]
-    settings = repository.check if operation == "check" else repository.prune
-    priority = settings.priority if settings else INFERIOR
-    job = Job(operation, spec.name, None, trigger, priority)
+    _handle_signals()
+    settings = config.repositories[repository].check
+    if operation == "prune":
+        settings = config.repositories[repository].prune  # type: ignore[assignment]
+    priority = options.job_priority or (settings.priority if settings else INFERIOR)
+    job = Job(operation, repository, None, options.trigger, priority)
     engine, emit = _engine(config), telling(news)
     try:
         with queued(job, host_scheduler(), emit):
             if operation == "check":
-                subset = settings.read_data_subset if settings else None
+                subset = options.read_data_subset or getattr(settings, "read_data_subset", None)
                 run_check(job, config, engine, emit, subset)
             else:
                 run_prune(job, config, engine, emit)
@@ -91,3 +150,86 @@ def maintenance_job(
     except HenbackupError:
         return JOB_FAILED
     return JOB_OK
+
+
+# One-off jobs: the master forks one per henbackupctl request that is not a backup.
+# Each returns the reply's data; a HenbackupError makes a failed reply.
+OneOff = Callable[[Config, dict[str, Any], EmitFunction], dict[str, Any]]
+
+
+def _list_snapshots(config: Config, request: dict[str, Any], emit: EmitFunction) -> dict[str, Any]:
+    """Every listed repository in turn; one that fails does not hide the others."""
+    engine, rows, errors = _engine(config), [], []
+    for repository in request["repositories"]:
+        job = Job("snapshots", repository, request.get("backup"), "manual", IMMEDIATE)
+        try:
+            with queued(job, host_scheduler(), emit):
+                rows += [
+                    snapshot_row(s, repository) for s in run_snapshots(job, config, engine, emit)
+                ]
+        except StopRequested:
+            raise
+        except HenbackupError as error:
+            errors.append(f"{repository}: {error}")
+    rows.sort(key=lambda row: str(row["time"]), reverse=True)
+    return {"snapshots": rows, "errors": errors}
+
+
+def _restore(config: Config, request: dict[str, Any], emit: EmitFunction) -> dict[str, Any]:
+    engine, repository = _engine(config), request["repository"]
+    snapshot = find_snapshot(config, engine, repository, request["snapshot"])
+    state = Dirs.from_environment().state
+    destination = request.get("target") or str(default_destination(state, repository, snapshot))
+    priority = parse_priority(request.get("priority") or "normal")
+    job = Job("restore", repository, snapshot.backup, "manual", priority)
+    with queued(job, host_scheduler(), emit):
+        result = run_restore(
+            job, config, engine, emit, snapshot, destination, tuple(request.get("include", ()))
+        )
+    return {
+        "job": job.id,
+        "snapshot": snapshot.id,
+        "backup": snapshot.backup,
+        "target": result.target,
+        "files_restored": result.files_restored,
+        "bytes_restored": result.bytes_restored,
+    }
+
+
+ONE_OFFS: dict[str, OneOff] = {"list-snapshots": _list_snapshots, "restore-snapshot": _restore}
+
+
+def one_off_job(config: Config, request: dict[str, Any], news: Channel) -> int:
+    """Run one henbackupctl request; its reply goes on `news` as a "result" message."""
+    command = request["command"]
+    if command in ("check", "prune"):
+        options = RunOptions(
+            priority=request.get("priority"), read_data_subset=request.get("read_data_subset")
+        )
+        code = maintenance_job(config, request["repository"], command, options, news)
+        news.send({"type": "result", "ok": code == JOB_OK, **_failure(code)})  # why: its events
+        return code
+    _handle_signals()
+    try:
+        data = ONE_OFFS[command](config, request, telling(news))
+    except JobCancelled as error:
+        news.send({"type": "result", "ok": False, "code": "failed", "error": str(error)})
+        return JOB_CANCELLED
+    except SnapshotNotFound as error:
+        news.send({"type": "result", "ok": False, "code": "usage", "error": str(error)})
+        return JOB_FAILED
+    except HenbackupError as error:
+        news.send({"type": "result", "ok": False, "code": "failed", "error": str(error)})
+        return JOB_FAILED
+    code = JOB_FAILED if data.get("errors") else JOB_OK
+    news.send({"type": "result", "ok": code == JOB_OK, **data, **_failure(code, data)})
+    return code
+
+
+def _failure(code: int, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The failed reply's code and reason (a job's own reason is in its job.failed event)."""
+    if code == JOB_OK:
+        return {}
+    errors = (data or {}).get("errors") or []
+    reason = "; ".join(errors) or ("cancelled" if code == JOB_CANCELLED else "")
+    return {"code": "failed", "error": reason}

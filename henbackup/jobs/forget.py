@@ -21,6 +21,6 @@ def run_forget(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> 
 
 def _outcome(result: ForgetResult) -> tuple[str, dict[str, FieldValue]]:
     return f": kept {len(result.kept)}, removed {len(result.removed)}", {
-        "snapshots_kept": len(result.kept),
+        "snapshots": len(result.kept),
         "snapshots_removed": len(result.removed),
     }

@@ -11,9 +11,9 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from henbackup.config.model import Backup, Config
+from henbackup.config.model import Backup, Config, Priority
 from henbackup.engine.base import Engine
-from henbackup.errors import HenbackupError, JobCancelled
+from henbackup.errors import HenbackupError, JobCancelled, StopRequested
 from henbackup.hooks.outcome import HookContext
 from henbackup.hooks.run import run_with_hooks
 from henbackup.jobs.backup import run_backup
@@ -56,7 +56,12 @@ def queued(job: Job, scheduler: Scheduler | None, emit: EmitFunction) -> Iterato
         message = f"{job.title}: {job.operation} queued, position {position}"
         emit("job.queued", message, **job.fields(), position=position)
 
-    with scheduler.acquire(ticket, on_queued=on_queued):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(scheduler.acquire(ticket, on_queued=on_queued))
+        except JobCancelled:  # cancelled (or the daemon stopping) while it waited
+            emit("job.cancelled", f"{job.title}: {job.operation} cancelled", **job.fields())
+            raise
         yield
 
 
@@ -67,14 +72,23 @@ def run_backup_pipeline(
     emit: EmitFunction,
     trigger: str = "manual",
     scheduler: Scheduler | None = None,
+    only: str | None = None,
+    priority: Priority | None = None,
 ) -> PipelineResult:
-    """Hooks around one backup job per repository; returns every repository's outcome."""
+    """Hooks around one backup job per repository; returns every repository's outcome.
+
+    `only` restricts the run to one of the backup's repositories; `priority` overrides the
+    configured one (both for runs asked by hand).
+    """
     backup = config.backups[name]
     outcomes: list[Outcome] = []
+    repositories = [only] if only else backup.repositories
+    job_priority = priority or backup.priority
 
     def jobs() -> str | None:
-        for repository in backup.repositories:
-            outcomes.append(_to(repository, backup, config, engine, emit, trigger, scheduler))
+        for repository in repositories:
+            job = Job("backup", repository, name, trigger, job_priority)
+            outcomes.append(_to(job, backup, config, engine, emit, scheduler))
         failed = [o.repository for o in outcomes if not o.ok]
         return f"failed on {', '.join(failed)}" if failed else None
 
@@ -84,24 +98,28 @@ def run_backup_pipeline(
 
 
 def _to(
-    repository: str,
+    job: Job,
     backup: Backup,
     config: Config,
     engine: Engine,
     emit: EmitFunction,
-    trigger: str,
     scheduler: Scheduler | None,
 ) -> Outcome:
-    """Back up to one repository (then forget by the retention); never raises but cancel."""
-    job = Job("backup", repository, backup.name, trigger, backup.priority)
+    """Back up to one repository (then forget by the retention).
+
+    Never raises but StopRequested: a job cancelled alone lets the next repository's run.
+    """
+    repository = job.repository
     try:
         with queued(job, scheduler, emit):
             result = run_backup(job, config, engine, emit)
             if backup.retention is not None:
-                forget = Job("forget", repository, backup.name, trigger, backup.priority)
+                forget = Job("forget", repository, backup.name, job.trigger, job.priority)
                 run_forget(forget, config, engine, emit)
+    except StopRequested:
+        raise  # nothing more runs once the whole run is stopped
     except JobCancelled:
-        raise  # nothing more runs once the job is cancelled
+        return Outcome(repository, error="cancelled")
     except HenbackupError as error:
         return Outcome(repository, error=str(error))
     return Outcome(repository, snapshot_id=result.snapshot_id)
