@@ -14,9 +14,11 @@ from henbackup.config.model import Config
 from henbackup.config.plan import describe_plan
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import ConfigError
+from henbackup.jobs.entry import one_off_job
 from henbackup.jobs.pipeline import run_backup_pipeline
 from henbackup.master.supervisor import Master
 from henbackup.observe.events import Emitter
+from henbackup.observe.status import StatusModel
 from henbackup.scheduler.queue import Scheduler
 from henbackup.worker.main import worker_main
 
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         worker_main,
         socket_path=dirs.runtime / "control.sock",
         scheduler=Scheduler(dirs.scheduler),
+        one_off_body=one_off_job,
+        state_dir=dirs.state,
+        model=StatusModel(dirs.state / "status.json"),
     )
     return master.run()
 

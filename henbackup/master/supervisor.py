@@ -3,16 +3,20 @@ reloads on SIGHUP, stops cleanly on SIGTERM, and tells systemd how things are.
 
 One selector loop: pidfds say a child exited, channels carry its heartbeats and news,
 timers restart children after their backoff and ping the watchdog. Signals only wake it.
+Job events from every job process reach it (through the workers, or straight from the
+one-off job processes it starts for henbackupctl) and feed the one status model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from henbackup.channel import Channel, Message
 from henbackup.config.load import load_config
@@ -20,23 +24,31 @@ from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.humanize import relative
 from henbackup.loop import Loop
+from henbackup.master import commands
+from henbackup.master.clients import Clients
 from henbackup.master.control import (
     ControlServer,
+    Conversation,
     Reply,
     Request,
     bind,
-    reply_error,
     socket_from_systemd,
 )
 from henbackup.master.specs import WorkerSpec, diff, worker_specs
 from henbackup.master.states import Child, Policy, State
+from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
+from henbackup.observe.status import LiveJob, StatusModel
 from henbackup.process import Forked, describe_status, fork_child, reap
-from henbackup.scheduler.queue import Scheduler
+
+if TYPE_CHECKING:
+    from henbackup.scheduler.queue import Scheduler
 
 # Runs in the forked worker with its end of the channel; returns the worker's exit code.
 WorkerBody = Callable[[WorkerSpec, Config, Channel], int]
+# Runs a henbackupctl request in a forked job process; its reply goes on the channel.
+OneOffBody = Callable[[Config, dict[str, Any], Channel], int]
 
 
 def _seconds(name: str, default: float) -> float:
@@ -51,11 +63,20 @@ class Supervised:
     forked: Forked | None = None
     channel: Channel | None = None
     last_heard: float = 0.0
-    job: str = "idle"  # "queued" or "running" while its job process runs
-    activity: str = ""  # what that job does: "pictures→aws-ireland 42%"
+    running: bool = False  # a run (hooks and jobs) is in progress in its job process
     next_run: float | None = None  # epoch seconds of its next scheduled run
     replacement: WorkerSpec | None = None  # a changed definition, started once this one stops
     hung: bool = False
+
+
+@dataclass
+class OneOff:
+    """A job process the master started for a henbackupctl request."""
+
+    request: str
+    forked: Forked
+    news: Channel | None
+    result: Reply | None = None
 
 
 @dataclass
@@ -71,9 +92,15 @@ class Master:
     stop_timeout: float = field(default_factory=lambda: _seconds("HENBACKUP_STOP_TIMEOUT", 80))
     socket_path: Path | None = None  # None: taken from systemd socket activation, or none
     scheduler: Scheduler | None = None  # the host-wide queue: slots set here, nudged on deaths
+    one_off_body: OneOffBody | None = None
+    state_dir: Path = Path("/var/lib/henbackup")
+    model: StatusModel = field(default_factory=StatusModel)
+    clients: Clients = field(default_factory=Clients)
     children: dict[str, Supervised] = field(default_factory=dict)
+    one_offs: dict[str, OneOff] = field(default_factory=dict)
     stopping: bool = False
     control: ControlServer | None = None
+    metrics_server: metrics.MetricsServer | None = None
 
     # running
     def run(self) -> int:
@@ -82,6 +109,7 @@ class Master:
         self.loop.on_signal(signal.SIGTERM, self.stop)
         self.loop.on_signal(signal.SIGINT, self.stop)
         self._open_control()
+        self._open_metrics()
         if self.scheduler is not None:
             self.scheduler.set_slots(self.config.daemon.max_concurrent_jobs)
         for spec in worker_specs(self.config).values():
@@ -108,6 +136,28 @@ class Master:
             self.control = ControlServer(sock, self.loop, self._control_request)
             self.control.start()
 
+    def _open_metrics(self) -> None:
+        address = self.config.metrics.listen
+        if self.metrics_server is not None:
+            if self.metrics_server.address == address:
+                return
+            self.metrics_server.close()
+            self.metrics_server = None
+        if address is None:
+            return
+        try:
+            self.metrics_server = metrics.MetricsServer.open(
+                self.loop, address, lambda: metrics.render(self.model)
+            )
+        except OSError as error:
+            host, port = address
+            self.emit(
+                "metrics.failed",
+                f"cannot serve metrics on {host}:{port}: {error.strerror or error}",
+                error=str(error.strerror or error),
+            )
+        self._write_metrics()
+
     def _watchdog(self) -> None:
         # Sent from a timer of the one loop: if the loop is stuck, systemd stops hearing it.
         self.notifier.watchdog()
@@ -132,7 +182,7 @@ class Master:
         child_end.close()
         now = self.loop.clock()
         supervised.forked, supervised.channel, supervised.last_heard = forked, parent_end, now
-        supervised.hung, supervised.job = False, "idle"
+        supervised.hung, supervised.running = False, False
         supervised.child.spawned(forked.pid, now)
         self.loop.add_reader(forked.pidfd, lambda: self._exited(key))
         self.loop.add_reader(parent_end.fileno(), lambda: self._heard(key))
@@ -162,14 +212,139 @@ class Master:
             self._handle(supervised, message)
 
     def _handle(self, supervised: Supervised, message: Message) -> None:
-        kind = message.get("type")
+        kind, key = message.get("type"), supervised.spec.key
         if kind == "ready" and supervised.child.state is State.STARTING:
             supervised.child.ready(self.loop.clock())
+        elif kind == "event":
+            self._job_event(key, message, message.get("requests", ()))
         elif kind == "job":
-            supervised.job = str(message.get("state", "idle"))
-            supervised.activity = _activity(supervised.spec, message)
             next_run = message.get("next_run")
             supervised.next_run = float(next_run) if next_run is not None else None
+            supervised.running = message.get("state") == "running"
+            if message.get("state") == "idle":  # its job process ended
+                self._job_process_ended(key, int(message.get("exit", 0)))
+                for request in message.get("requests", ()):
+                    self.clients.finish(request, _reply_for_exit(int(message.get("exit", 0))))
+        self._update_status()
+
+    # jobs
+    def _job_event(self, owner: str, message: Message, requests: Any) -> None:
+        kind, fields = str(message.get("kind")), message.get("fields") or {}
+        self.clients.event(requests, kind, str(message.get("message", "")), fields)
+        if self.model.apply(kind, fields, owner) is not None:
+            self._results_changed()
+
+    def _job_process_ended(self, owner: str, exit_code: int) -> None:
+        """A job process is gone: a job it never ended failed, and the journal says why."""
+        how = describe_exit(exit_code)
+        for job in self.model.owner_gone(owner):
+            self._emit_lost(job, how)
+        if self.scheduler is not None:
+            self.scheduler.nudge()  # if it died holding its slot, the next job may start
+
+    def _emit_lost(self, job: LiveJob, how: str) -> None:
+        error = f"its process {how} before the job ended"
+        fields = {"job": job.job, "operation": job.key.operation, "repository": job.key.repository}
+        self.emit(
+            "job.failed",
+            f"{job.title}: {job.key.operation} failed: {error}",
+            **fields,
+            backup=job.key.backup or None,
+            trigger=job.trigger,
+            priority=job.priority,
+            error=error,
+        )
+        self.model.apply("job.failed", {**fields, "backup": job.key.backup, "error": error}, "")
+        self._results_changed()
+
+    def _results_changed(self) -> None:
+        """Keep the results and rewrite the metrics textfile: after every job."""
+        try:
+            self.model.save()
+        except OSError as error:
+            self.emit("status.unsaved", f"cannot keep job results: {error}", error=str(error))
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        path = self.config.metrics.textfile
+        if path is None:
+            return
+        try:
+            metrics.write_textfile(path, metrics.render(self.model))
+        except OSError as error:
+            self.emit(
+                "metrics.failed",
+                f"cannot write the metrics to {path}: {error.strerror or error}",
+                error=str(error.strerror or error),
+            )
+
+    def start_one_off(
+        self, request: dict[str, Any], conversation: Conversation, wait: bool
+    ) -> Reply | None:
+        """Run `request` in a job process of its own; the reply comes when it ends, unless
+        `wait` is false (then: at once, with the request's id)."""
+        assert self.one_off_body is not None
+        request_id, body_of = commands.new_request_id(), self.one_off_body
+        parent_end, child_end = Channel.pair()
+        config = self.config
+
+        def body() -> int:
+            self.loop.close(registered_too=True)
+            parent_end.close()
+            return body_of(config, request, child_end)
+
+        forked = fork_child(f"hbjob:{request['command']}"[:15], body)
+        child_end.close()
+        self.one_offs[request_id] = OneOff(request_id, forked, parent_end)
+        self.loop.add_reader(forked.pidfd, lambda: self._one_off_exited(request_id))
+        self.loop.add_reader(parent_end.fileno(), lambda: self._one_off_news(request_id))
+        if wait:
+            self.clients.add(request_id, conversation, request_id)
+            return None
+        accepted = {"request": request_id, "accepted": request["command"]}
+        return {"ok": True, **accepted, "target": request.get("target")}
+
+    def _one_off_news(self, request_id: str, drain: bool = False) -> None:
+        one_off = self.one_offs[request_id]
+        while one_off.news is not None:
+            try:
+                messages = one_off.news.receive()
+            except (OSError, ValueError):
+                messages = None
+            if messages is None:
+                self.loop.remove_reader(one_off.news.fileno())
+                one_off.news.close()
+                one_off.news = None
+                return
+            for message in messages:
+                if message.get("type") == "event":
+                    self._job_event(request_id, message, (request_id,))
+                elif message.get("type") == "result":
+                    one_off.result = {k: v for k, v in message.items() if k != "type"}
+            if not drain:
+                return
+
+    def _one_off_exited(self, request_id: str) -> None:
+        one_off = self.one_offs[request_id]
+        self.loop.remove_reader(one_off.forked.pidfd)
+        if one_off.news is not None:
+            one_off.news.sock.setblocking(False)  # what it said before it died, not more
+            with contextlib.suppress(BlockingIOError):
+                self._one_off_news(request_id, drain=True)
+            if one_off.news is not None:
+                self.loop.remove_reader(one_off.news.fileno())
+                one_off.news.close()
+        status = reap(one_off.forked)
+        del self.one_offs[request_id]
+        self._job_process_ended(request_id, os.waitstatus_to_exitcode(status))
+        reply = one_off.result or {
+            "ok": False,
+            "code": "failed",
+            "error": f"the job process {describe_status(status)}",
+        }
+        self.clients.finish(request_id, reply)
+        if self.stopping and not self.children and not self.one_offs:
+            self.loop.stop()
         self._update_status()
 
     def _exited(self, key: str) -> None:
@@ -179,8 +354,8 @@ class Master:
         self.loop.remove_reader(supervised.forked.pidfd)
         status = reap(supervised.forked)
         supervised.forked = None
-        if self.scheduler is not None:
-            self.scheduler.nudge()  # a job it held may have died with it
+        self._job_process_ended(key, os.waitstatus_to_exitcode(status))  # its job died too
+        self.clients.owner_gone(key, f"the worker of {supervised.spec.name} stopped")
         if supervised.channel is not None:
             self.loop.remove_reader(supervised.channel.fileno())
             supervised.channel.close()
@@ -218,7 +393,7 @@ class Master:
             del self.children[key]
             if supervised.replacement is not None and not self.stopping:
                 self._add(supervised.replacement)
-            elif self.stopping and not self.children:
+            elif self.stopping and not self.children and not self.one_offs:
                 self.loop.stop()
 
     def _restart(self, key: str) -> None:
@@ -281,6 +456,7 @@ class Master:
             self._stop_child(key)
         for key in change.added:
             self._add(new[key])
+        self._open_metrics()
         self.emit(
             "config.reloaded",
             f"configuration reloaded: {len(change.added)} added, "
@@ -300,10 +476,15 @@ class Master:
         self.emit("daemon.stopping", "henbackup stopping", pid=os.getpid())
         for key in list(self.children):
             self._stop_child(key)
+        for one_off in self.one_offs.values():
+            os.kill(one_off.forked.pid, signal.SIGTERM)
         if self.control is not None:
             self.control.close()
             self.control = None
-        if not self.children:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if not self.children and not self.one_offs:
             self.loop.stop()
         self.loop.call_later(self.stop_timeout, self._kill_remaining)
         self._update_status()
@@ -312,46 +493,12 @@ class Master:
         for supervised in self.children.values():
             if supervised.forked is not None:
                 os.killpg(supervised.forked.pid, signal.SIGKILL)
+        for one_off in self.one_offs.values():
+            os.killpg(one_off.forked.pid, signal.SIGKILL)
 
     # control requests
-    def _control_request(self, request: Request) -> Reply:
-        handlers: dict[str, Callable[[Request], Reply]] = {
-            "status": self._status_request,
-            "backup": self._backup_request,
-        }
-        handler = handlers.get(request["command"])
-        if handler is None:
-            return reply_error("usage", f"unknown command {request['command']!r}")
-        return handler(request)
-
-    def _status_request(self, request: Request) -> Reply:
-        workers = [
-            {
-                "kind": s.spec.kind,
-                "name": s.spec.name,
-                "state": s.child.state.value,
-                "pid": s.forked.pid if s.forked else None,
-                "job": s.job,
-                "activity": s.activity,
-                "next_run": s.next_run,
-            }
-            for s in self.children.values()
-        ]
-        return {"ok": True, "status": self._status_line(), "workers": workers}
-
-    def _backup_request(self, request: Request) -> Reply:
-        name = request.get("backup")
-        supervised = self.children.get(f"backup:{name}")
-        if supervised is None:
-            known = ", ".join(sorted(self.config.backups)) or "none"
-            return reply_error("usage", f"no backup named {name!r} (defined: {known})")
-        if self.stopping or supervised.channel is None:
-            return reply_error(
-                "failed",
-                f"backup {name} cannot start now: its worker is {supervised.child.state.value}",
-            )
-        supervised.channel.send({"type": "run", "operation": "backup"})
-        return {"ok": True}
+    def _control_request(self, request: Request, conversation: Conversation) -> Reply | None:
+        return commands.answer(self, request, conversation)
 
     # status
     def _summary(self) -> str:
@@ -359,12 +506,12 @@ class Master:
         return f"{backups} backup{'s' if backups != 1 else ''}"
 
     def _update_status(self) -> None:
-        self.notifier.status(self._status_line())
+        self.notifier.status(self.status_line())
 
-    def _status_line(self) -> str:
-        """One line: `2 backups; running: pictures; failed: music`."""
-        running = [s.activity for s in self.children.values() if s.job == "running"]
-        queued = sum(1 for s in self.children.values() if s.job == "queued")
+    def status_line(self) -> str:
+        """One line: `2 backups; running: pictures→aws 42%; queued: 1; failed: music`."""
+        running = [_activity(job) for job in self.model.running()]
+        queued = len(self.model.waiting())
         fatal = [s.spec.name for s in self.children.values() if s.child.state is State.FATAL]
         parts = [self._summary()]
         if self.stopping:
@@ -381,11 +528,20 @@ class Master:
         return "; ".join(parts)
 
 
-def _activity(spec: WorkerSpec, message: Message) -> str:
-    """`pictures→aws-ireland 42%`, or the worker's name until the job says more."""
-    repository, percent = message.get("repository"), message.get("percent")
-    if spec.kind == "backup" and repository:
-        where = f"{spec.name}→{repository}"
-    else:
-        where = f"{message.get('operation') or ''} {spec.name}".strip()
-    return f"{where} {percent:g}%" if isinstance(percent, int | float) else where
+def _activity(job: LiveJob) -> str:
+    """`pictures→aws-ireland 42%`, `check aws-ireland`."""
+    return f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
+
+
+def describe_exit(code: int) -> str:
+    """`exited with 1`, `was killed by SIGKILL`: from os.waitstatus_to_exitcode's number."""
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
+
+
+def _reply_for_exit(code: int) -> Reply:
+    """The reply to a client that waited for a worker's run, from its job process's exit."""
+    if code == 0:
+        return {"ok": True}
+    return {"ok": False, "code": "failed", "error": "cancelled" if code == 3 else ""}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from henbackup.channel import Channel
 from henbackup.config.dirs import Dirs
@@ -31,6 +31,17 @@ class RunRequest:
     trigger: str  # watch, schedule, manual, startup
     reason: str
     operation: str = "backup"  # a repository worker runs check or prune
+    repository: str | None = None  # asked by hand: only this repository
+    priority: str | None = None  # asked by hand: instead of the configured one
+    requests: tuple[str, ...] = ()  # the control requests waiting for this run's end
+
+    def same_run(self, other: RunRequest) -> bool:
+        """Whether one run answers both (so a second ask waits for the same run)."""
+        return (self.operation, self.repository, self.priority) == (
+            other.operation,
+            other.repository,
+            other.priority,
+        )
 
 
 # Runs in the job process, telling its progress on the channel; returns its exit code.
@@ -57,7 +68,7 @@ class Worker:
         self.current: RunRequest | None = None
         self.job: Forked | None = None
         self.news: Channel | None = None  # from the job process
-        self.pending: dict[str, RunRequest] = {}  # by operation: at most one follow-up each
+        self.pending: list[RunRequest] = []  # runs asked by hand during a run, in order
         self.stopping = False
 
     def run(self) -> int:
@@ -84,8 +95,16 @@ class Worker:
             return
         for message in messages:
             if message.get("type") == "run":
-                operation = str(message.get("operation", "backup"))
-                self.request(RunRequest("manual", "asked through the control socket", operation))
+                self.request(
+                    RunRequest(
+                        "manual",
+                        "asked through the control socket",
+                        str(message.get("operation", "backup")),
+                        message.get("repository"),
+                        message.get("priority"),
+                        tuple(message.get("requests", ())),
+                    )
+                )
 
     def request(self, run: RunRequest) -> None:
         """A trigger fired: start a run now, or (asked by hand) once the current one ends.
@@ -105,8 +124,12 @@ class Worker:
         )
         if self.job is None:
             self._start(run)
-        else:
-            self.pending[run.operation] = run
+            return
+        for index, waiting in enumerate(self.pending):
+            if waiting.same_run(run):
+                self.pending[index] = replace(waiting, requests=waiting.requests + run.requests)
+                return
+        self.pending.append(run)
 
     def _start(self, run: RunRequest) -> None:
         news, told = Channel.pair()
@@ -126,7 +149,7 @@ class Worker:
         self._send_state("running", operation=run.operation)
 
     def _on_news(self) -> None:
-        """The job process says where it is: forwarded to the master for STATUS=."""
+        """The job process's events: forwarded to the master, with who waits for them."""
         assert self.news is not None
         try:
             messages = self.news.receive()
@@ -135,9 +158,9 @@ class Worker:
         if messages is None:
             self._close_news()
             return
+        assert self.current is not None
         for message in messages:
-            state = "queued" if message.get("type") == "job.queued" else "running"
-            self._send_state(state, **{k: v for k, v in message.items() if k != "type"})
+            self.channel.send({**message, "requests": list(self.current.requests)})
 
     def _close_news(self) -> None:
         if self.news is not None:
@@ -154,16 +177,15 @@ class Worker:
         if self.scheduler is not None:
             self.scheduler.nudge()  # if it died holding its slot, the next job may start
         code = os.waitstatus_to_exitcode(status)
-        assert self.current is not None
+        finished, self.current = self.current, None
+        assert finished is not None
         if self.triggers is not None:
-            self.triggers.job_finished(self.current.operation, code == 0)
-        self.current = None
-        self._send_state("idle", exit=code)
+            self.triggers.job_finished(finished.operation, code == 0)
+        self._send_state("idle", exit=code, requests=list(finished.requests))
         if self.stopping:
             self.loop.stop()
         elif self.pending:
-            operation = next(iter(self.pending))
-            self._start(self.pending.pop(operation))
+            self._start(self.pending.pop(0))
 
     def _send_state(self, state: str, **details: object) -> None:
         next_run = self.triggers.next_run() if self.triggers else None
@@ -172,7 +194,7 @@ class Worker:
     def shutdown(self) -> None:
         """Stop: interrupt the running job cleanly (it stops restic), then leave the loop."""
         self.stopping = True
-        self.pending.clear()
+        self.pending.clear()  # the master answers their requests: the worker is stopping
         if self.job is None:
             self.loop.stop()
         else:
@@ -181,9 +203,10 @@ class Worker:
 
 def run_job_body(config: Config, spec: WorkerSpec, run: RunRequest, news: Channel) -> int:
     """The job process: the backup pipeline, or a repository's check or prune."""
+    options = entry.RunOptions(run.trigger, run.repository, run.priority)
     if spec.kind == "backup":
-        return entry.backup_job(config, spec, run.trigger, news)
-    return entry.maintenance_job(config, spec, run.operation, run.trigger, news)
+        return entry.backup_job(config, spec.name, options, news)
+    return entry.maintenance_job(config, spec.name, run.operation, options, news)
 
 
 def worker_main(spec: WorkerSpec, config: Config, channel: Channel) -> int:

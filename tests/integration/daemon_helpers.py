@@ -241,12 +241,16 @@ class Daemon:
         return request(str(self.socket), {"command": "status"})
 
     def worker(self, name: str, kind: str = "backup") -> dict[str, Any] | None:
-        """The status entry of one worker, None when the daemon does not answer yet."""
+        """The status entry of one backup (or repository), with its worker's state as
+        "state" and whether a run is in progress as "job"; None when the daemon does not
+        answer yet."""
         try:
             reply = self.status()
         except Unreachable:
             return None
-        return next((w for w in reply["workers"] if (w["kind"], w["name"]) == (kind, name)), None)
+        entries = reply["backups" if kind == "backup" else "repositories"]
+        entry = next((e for e in entries if e["name"] == name), None)
+        return None if entry is None else {**entry, "state": entry["worker"], "job": entry["run"]}
 
     def wait_worker(
         self,

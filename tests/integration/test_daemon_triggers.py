@@ -230,14 +230,13 @@ def test_a_never_run_backup_runs_at_startup_and_a_restart_does_not_repeat_it(
         ctl = henbackupctl(again, "--json", "status")
         assert ctl.returncode == 0, ctl.stderr
         reply = json.loads(ctl.stdout)
-        (worker,) = reply["workers"]
-        assert {k: worker[k] for k in ("kind", "name", "state", "job")} == {
-            "kind": "backup",
+        (backup,) = reply["backups"]
+        assert {k: backup[k] for k in ("name", "worker")} == {
             "name": "pictures",
-            "state": "running",
-            "job": "idle",
+            "worker": "running",
         }
-        assert worker["next_run"] == pytest.approx(state["last_success"] + DAY, abs=1e-3)
+        assert [row["state"] for row in backup["repositories"]] == ["idle"]
+        assert backup["next_run"] == pytest.approx(state["last_success"] + DAY, abs=1e-3)
         assert reply["status"] == "1 backup; idle; next: pictures in 23 h"
         quiet_for(again, 1.0, since=0)
         clean_exit(again)

@@ -218,9 +218,10 @@ def test_a_backup_runs_and_its_events_answer_the_journal_query(daemon: Daemon) -
     ] == [succeeded["HENBACKUP_SNAPSHOT"]]
     status = json.loads(ctl(daemon, "--json", "status").stdout)
     assert status["status"] == "1 backup; idle"
-    assert [(w["name"], w["state"], w["job"]) for w in status["workers"]] == [
-        ("pictures", "running", "idle")
-    ]
+    assert [(b["name"], b["worker"]) for b in status["backups"]] == [("pictures", "running")]
+    (row,) = status["backups"][0]["repositories"]
+    assert (row["state"], row["result"], row["job"]) == ("idle", "succeeded", None)
+    assert row["snapshot"] == succeeded["HENBACKUP_SNAPSHOT"]
 
 
 def test_unknown_backup_is_exit_2_and_no_daemon_is_exit_3(daemon: Daemon) -> None:

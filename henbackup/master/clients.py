@@ -1,0 +1,61 @@
+"""henbackupctl clients waiting for their jobs: each gets the job events of its request as
+they come, then one reply when the run is over."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from henbackup.master.control import Conversation, Reply
+
+
+@dataclass
+class Waiting:
+    conversation: Conversation
+    owner: str  # the process that runs the request: a worker's key or a one-off's id
+    errors: list[str] = field(default_factory=list)  # why its jobs failed, as they did
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # each job's end
+
+
+class Clients:
+    def __init__(self) -> None:
+        self.waiting: dict[str, Waiting] = {}  # by request id
+
+    def add(self, request: str, conversation: Conversation, owner: str) -> None:
+        self.waiting[request] = Waiting(conversation, owner)
+        conversation.on_close.append(lambda: self.waiting.pop(request, None))
+
+    def event(
+        self, requests: Iterable[str], kind: str, message: str, fields: Mapping[str, Any]
+    ) -> None:
+        """Pass a job or hook event to the clients waiting for it."""
+        for request in requests:
+            waiting = self.waiting.get(request)
+            if waiting is None:
+                continue
+            waiting.conversation.send({"event": {"kind": kind, "message": message, **fields}})
+            if kind in ("job.succeeded", "job.failed", "job.cancelled"):
+                waiting.jobs.append(_ended(kind, fields))
+            if kind in ("job.failed", "hook.failed") and fields.get("error"):
+                title = "→".join(str(fields[k]) for k in ("backup", "repository") if fields.get(k))
+                waiting.errors.append(f"{title or kind}: {fields['error']}")
+
+    def finish(self, request: str, reply: Reply) -> None:
+        """End the request's wait with `reply`, completed with its jobs and their errors."""
+        waiting = self.waiting.pop(request, None)
+        if waiting is None:
+            return
+        if not reply.get("ok") and not reply.get("error"):
+            reply = {**reply, "error": "; ".join(waiting.errors) or "the job failed"}
+        waiting.conversation.finish({**reply, "jobs": waiting.jobs})
+
+    def owner_gone(self, owner: str, reason: str) -> None:
+        """The process running these requests ended without answering them."""
+        for request in [r for r, w in self.waiting.items() if w.owner == owner]:
+            self.finish(request, {"ok": False, "code": "failed", "error": reason})
+
+
+def _ended(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("job", "operation", "backup", "repository", "snapshot", "duration_sec", "error")
+    return {"result": kind.removeprefix("job."), **{k: fields.get(k) for k in keep}}

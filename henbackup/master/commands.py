@@ -1,0 +1,267 @@
+"""What the master answers on its control socket, one function per henbackupctl command.
+
+Names and options are checked here, so that a mistake is a usage error (exit 2) at once,
+not a failed job later. A backup goes to its worker (which keeps its schedule's records);
+everything else runs in a one-off job process of the master's. All of it goes through the
+host-wide queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from henbackup.config.units import parse_priority, parse_subset
+from henbackup.master.control import Conversation, Reply, Request, reply_error
+from henbackup.observe.status import LiveJob, RunKey, RunRecord
+from henbackup.scheduler.ticket import Ticket
+
+if TYPE_CHECKING:
+    from henbackup.master.supervisor import Master, Supervised
+
+Command = Callable[["Master", Request, Conversation], Reply | None]
+
+
+def answer(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+    """The reply to `request`, or None when `conversation` is answered later."""
+    command = COMMANDS.get(request["command"])
+    if command is None:
+        return reply_error("usage", f"unknown command {request['command']!r}")
+    if master.stopping and request["command"] not in ("status", "queue"):
+        return reply_error("failed", "henbackup is stopping: no new job starts")
+    try:
+        return command(master, request, conversation)
+    except UsageError as error:
+        return reply_error("usage", str(error))
+
+
+class UsageError(Exception):
+    """A name or an option of the request is wrong (henbackupctl exits 2)."""
+
+
+def new_request_id() -> str:
+    return "r" + secrets.token_hex(4)
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def _backup_name(master: Master, name: object) -> str:
+    if name not in master.config.backups:
+        known = ", ".join(sorted(master.config.backups)) or "none"
+        raise UsageError(f"no backup named {name!r} (defined: {known})")
+    return str(name)
+
+
+def _repository_name(master: Master, name: object) -> str:
+    if name not in master.config.repositories:
+        known = ", ".join(sorted(master.config.repositories)) or "none"
+        raise UsageError(f"no repository named {name!r} (defined: {known})")
+    return str(name)
+
+
+def _priority(request: Request) -> str | None:
+    value = request.get("priority")
+    if value is None:
+        return None
+    try:
+        parse_priority(value)
+    except ValueError as error:
+        raise UsageError(f"--priority {value!r}: {error}") from None
+    return str(value)
+
+
+# --- status and queue -------------------------------------------------------------------
+
+
+def status(master: Master, request: Request, conversation: Conversation) -> Reply:
+    positions = _positions(master)
+    master.model.set_positions(positions)
+    backups = []
+    for name, backup in sorted(master.config.backups.items()):
+        worker = master.children.get(f"backup:{name}")
+        rows = [_row(master, RunKey(r, "backup", name)) for r in backup.repositories]
+        backups.append({"name": name, **_worker(worker), "repositories": rows})
+    repositories = []
+    for name, repository in sorted(master.config.repositories.items()):
+        worker = master.children.get(f"repository:{name}")
+        scheduled = {"check": repository.check, "prune": repository.prune}
+        operations = [
+            {"operation": operation, **_row(master, RunKey(name, operation))}
+            for operation, settings in scheduled.items()
+            if settings is not None or RunKey(name, operation) in master.model.records
+        ]
+        repositories.append({"name": name, **_worker(worker), "operations": operations})
+    return {
+        "ok": True,
+        "status": master.status_line(),
+        "daemon": {"pid": os.getpid(), "config": str(master.config_path)},
+        "backups": backups,
+        "repositories": repositories,
+    }
+
+
+def _worker(worker: Supervised | None) -> dict[str, Any]:
+    """The worker's state (running, backoff, fatal…), whether a run is in progress, and
+    when it runs next."""
+    if worker is None:
+        return {"worker": None, "run": "idle", "next_run": None}
+    run = "running" if worker.running else "idle"
+    return {"worker": worker.child.state.value, "run": run, "next_run": worker.next_run}
+
+
+def _row(master: Master, key: RunKey) -> dict[str, Any]:
+    """One backup→repository (or repository operation): now, and how it last went."""
+    live = master.model.jobs_of(key)
+    record = master.model.records.get(key, RunRecord())
+    last = record.last
+    job: LiveJob | None = next((j for j in live if j.state == "running"), None) or (
+        live[0] if live else None
+    )
+    return {
+        "repository": key.repository,
+        "state": job.state if job else "idle",
+        "job": job.job if job else None,
+        "position": job.position if job else None,
+        "percent": job.percent if job else None,
+        "last_attempt": last.started if last else None,
+        "last_success": record.last_success,
+        "result": last.result if last else None,
+        "duration": last.duration if last else None,
+        "error": last.error if last else None,
+        "snapshot": last.snapshot if last else None,
+        "snapshots": record.snapshots,
+    }
+
+
+def _positions(master: Master) -> dict[str, int]:
+    if master.scheduler is None:
+        return {}
+    waiting = [t for t in master.scheduler.queue() if t.state == "waiting"]
+    return {ticket.job_id: position for position, ticket in enumerate(waiting, start=1)}
+
+
+def queue(master: Master, request: Request, conversation: Conversation) -> Reply:
+    tickets = master.scheduler.queue() if master.scheduler else ()
+    jobs, position = [], 0
+    for ticket in tickets:
+        position += ticket.state == "waiting"
+        jobs.append(_ticket_row(master, ticket, position if ticket.state == "waiting" else None))
+    return {"ok": True, "jobs": jobs}
+
+
+def _ticket_row(master: Master, ticket: Ticket, position: int | None) -> dict[str, Any]:
+    live = master.model.live.get(ticket.job_id)
+    return {
+        "job": ticket.job_id,
+        "state": ticket.state,
+        "position": position,
+        "operation": ticket.operation,
+        "backup": ticket.backup,
+        "repository": ticket.repository,
+        "priority": ticket.priority.label,
+        "pid": ticket.pid,
+        "queued_at": ticket.queued_at,
+        "percent": live.percent if live else None,
+    }
+
+
+def cancel(master: Master, request: Request, conversation: Conversation) -> Reply:
+    job = str(request.get("job"))
+    ticket = master.scheduler.cancel(job) if master.scheduler else None
+    if ticket is None:
+        raise UsageError(f"no job {job!r} is waiting or running (see henbackupctl queue)")
+    if ticket.state == "running":
+        with contextlib.suppress(ProcessLookupError):  # it just ended
+            os.kill(ticket.pid, signal.SIGUSR1)  # its process stops restic cleanly
+    return {"ok": True, "job": job, "was": ticket.state}
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+def backup(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+    name = _backup_name(master, request.get("backup"))
+    repository = request.get("repository")
+    if repository is not None and repository not in master.config.backups[name].repositories:
+        known = ", ".join(master.config.backups[name].repositories)
+        raise UsageError(f"backup {name} does not go to {repository!r} (it goes to {known})")
+    priority = _priority(request)
+    worker = master.children.get(f"backup:{name}")
+    if worker is None or worker.channel is None:
+        state = worker.child.state.value if worker else "absent"
+        return reply_error("failed", f"backup {name} cannot start now: its worker is {state}")
+    request_id = new_request_id()
+    run = {"type": "run", "operation": "backup", "requests": [request_id]}
+    worker.channel.send({**run, "repository": repository, "priority": priority})
+    if request.get("wait"):
+        master.clients.add(request_id, conversation, f"backup:{name}")
+        return None
+    return {"ok": True, "request": request_id, "accepted": "backup"}
+
+
+def list_snapshots(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+    backup = request.get("backup")
+    if backup is not None:
+        backup = _backup_name(master, backup)
+    if request.get("repository") is not None:
+        repositories = [_repository_name(master, request["repository"])]
+    elif backup is not None:
+        repositories = list(master.config.backups[backup].repositories)
+    else:
+        repositories = sorted(master.config.repositories)
+    job = {"command": "list-snapshots", "repositories": repositories, "backup": backup}
+    return master.start_one_off(job, conversation, wait=True)
+
+
+def restore_snapshot(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+    repository = _repository_name(master, request.get("repository"))
+    snapshot = str(request.get("snapshot") or "")
+    if not snapshot.isalnum():
+        raise UsageError(f"{snapshot!r} is not a snapshot id (see henbackupctl list-snapshots)")
+    target = request.get("target")
+    if request.get("in_place"):
+        target = "/"
+    elif target is not None and not os.path.isabs(target):
+        raise UsageError(f"--target {target!r}: give an absolute path")
+    elif target is None:  # known now, so that --no-wait can say where it goes
+        when = time.strftime("%Y%m%d-%H%M%S")
+        target = str(master.state_dir / "restores" / f"{repository}-{snapshot}-{when}")
+    job = {
+        "command": "restore-snapshot",
+        "repository": repository,
+        "snapshot": snapshot,
+        "target": target,
+        "include": [str(path) for path in request.get("include") or ()],
+        "priority": _priority(request),
+    }
+    return master.start_one_off(job, conversation, wait=bool(request.get("wait")))
+
+
+def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+    repository = _repository_name(master, request.get("repository"))
+    job = {"command": request["command"], "repository": repository, "priority": _priority(request)}
+    subset = request.get("read_data_subset")
+    if subset is not None:
+        try:
+            job["read_data_subset"] = parse_subset(subset)
+        except ValueError as error:
+            raise UsageError(f"--read-data-subset {subset!r}: {error}") from None
+    return master.start_one_off(job, conversation, wait=bool(request.get("wait")))
+
+
+COMMANDS: dict[str, Command] = {
+    "status": status,
+    "queue": queue,
+    "cancel": cancel,
+    "backup": backup,
+    "list-snapshots": list_snapshots,
+    "restore-snapshot": restore_snapshot,
+    "check": maintenance,
+    "prune": maintenance,
+}
