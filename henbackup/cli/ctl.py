@@ -9,11 +9,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from henbackup import __version__
-from henbackup.humanize import relative
+from henbackup.cli import views
+from henbackup.cli.logs import show_logs
+from henbackup.cli.progress import Progress
 
 DEFAULT_SOCKET = "/run/henbackup/control.sock"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
@@ -43,92 +44,173 @@ def get_parser() -> argparse.ArgumentParser:
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "status", parents=[after], help="every backup and repository: state, current job"
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[after], help=help, description=help)
+
+    command("status", "every backup and repository: state, last run, next run, queue")
+    snapshots = command("list-snapshots", "snapshots, newest first")
+    snapshots.add_argument("repository", metavar="REPOSITORY", nargs="?", help="default: all")
+    snapshots.add_argument("-b", "--backup", metavar="BACKUP", help="only this backup's")
+    restore = command("restore-snapshot", "restore a snapshot (through the queue)")
+    restore.add_argument("repository", metavar="REPOSITORY")
+    restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot id, short or long")
+    where = restore.add_mutually_exclusive_group()
+    where.add_argument(
+        "--target",
+        metavar="DIR",
+        help="restore under DIR (default: a new directory under the state directory)",
     )
-    backup = commands.add_parser(
-        "backup", parents=[after], help="run a backup now (through the queue)"
+    where.add_argument(
+        "--in-place", action="store_true", help="restore to the original paths, overwriting"
     )
+    restore.add_argument(
+        "--include",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="restore only PATH (repeatable)",
+    )
+    _queue_options(restore)
+    backup = command("backup", "run a backup now (through the queue)")
     backup.add_argument("backup", metavar="BACKUP")
     backup.add_argument(
-        "--no-wait", action="store_true", help="return once the daemon has accepted the request"
+        "--repository", metavar="REPOSITORY", help="only to this one of its repositories"
     )
+    _queue_options(backup)
+    check = command("check", "check a repository's integrity (through the queue)")
+    check.add_argument("repository", metavar="REPOSITORY")
+    check.add_argument(
+        "--read-data-subset",
+        metavar="SUBSET",
+        help="also read this part of the data: 5%%, 1/10, 100M",
+    )
+    _queue_options(check)
+    prune = command("prune", "apply every backup's retention, then prune (through the queue)")
+    prune.add_argument("repository", metavar="REPOSITORY")
+    _queue_options(prune)
+    command("queue", "running and waiting jobs, in the order they will run")
+    cancel = command("cancel", "cancel a waiting or running job (restic stops cleanly)")
+    cancel.add_argument("job", metavar="JOB_ID", help="as shown by queue and status")
+    logs = command("logs", "henbackup's events from the journal")
+    logs.add_argument("-b", "--backup", metavar="BACKUP", help="only this backup's events")
+    logs.add_argument(
+        "-r", "--repository", metavar="REPOSITORY", help="only this repository's events"
+    )
+    logs.add_argument("--job", metavar="JOB_ID", help="only this job's events")
+    logs.add_argument("-n", "--lines", metavar="N", type=int, help="only the last N events")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     return parser
 
 
-def request(path: str, payload: dict[str, Any]) -> Reply:
-    """Send one request, return the daemon's reply; raises Unreachable."""
+def _queue_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--priority",
+        metavar="P",
+        help="immediate, next, superior, normal, inferior, on-idle or an integer",
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="return once the daemon has accepted the job"
+    )
+
+
+Shown = Callable[[Reply, float], list[str]]
+
+
+def request(
+    path: str, payload: dict[str, Any], on_event: Callable[[Reply], None] | None = None
+) -> Reply:
+    """Send one request; return the daemon's reply, passing the events before it to
+    `on_event`. Raises Unreachable. A request that waits for a job waits as long as it runs."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         try:
             sock.connect(path)
             sock.sendall(json.dumps(payload).encode() + b"\n")
-            data = sock.makefile("rb").readline()
+            if payload.get("wait"):
+                sock.settimeout(None)
+            for line in sock.makefile("rb"):
+                message = json.loads(line)
+                if "event" not in message:
+                    return message
+                if on_event is not None:
+                    on_event(message["event"])
         except OSError as error:
             reason = error.strerror or str(error)
             raise Unreachable(f"cannot reach the daemon at {path}: {reason}") from None
-    if not data:
-        raise Unreachable(f"the daemon at {path} closed the connection without answering")
-    return json.loads(data)
+    raise Unreachable(f"the daemon at {path} closed the connection without answering")
 
 
-def show_status(reply: Reply) -> None:
-    print(reply["status"])
-    rows = [("NAME", "KIND", "WORKER", "JOB", "NEXT RUN")]
-    rows += [
-        (w["name"], w["kind"], w["state"], w["job"], _when(w.get("next_run")))
-        for w in reply["workers"]
-    ]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-        print("  ".join(cells).rstrip())
+def _payload(args: argparse.Namespace) -> dict[str, Any]:
+    """The request for the parsed command line: its options, under their SPEC names."""
+    options = {k: v for k, v in vars(args).items() if k not in ("socket", "json", "no_wait")}
+    if getattr(args, "target", None):
+        options["target"] = os.path.abspath(args.target)  # the daemon has another cwd
+    if hasattr(args, "no_wait"):
+        options["wait"] = not args.no_wait
+    return options
 
 
-def _when(epoch: float | None) -> str:
-    """`2026-11-26 14:00 (in 3 h)`, or `-` when nothing is scheduled."""
-    if epoch is None:
-        return "-"
-    moment = datetime.fromtimestamp(epoch).astimezone()
-    return f"{moment:%Y-%m-%d %H:%M} ({relative(epoch - time.time())})"
+def _accepted(reply: Reply, now: float) -> list[str]:
+    """`backup requested`: what --no-wait says (`henbackupctl queue` follows it)."""
+    where = f", into {reply['target']}" if reply.get("target") else ""
+    return [f"{reply['accepted']} requested{where}"]
 
 
-def status(args: argparse.Namespace) -> Reply:
-    return request(args.socket, {"command": "status"})
+def _done(reply: Reply, now: float) -> list[str]:
+    """Nothing more once its steps were shown as they came; what --no-wait got otherwise."""
+    return _accepted(reply, now) if "request" in reply else []
 
 
-def backup(args: argparse.Namespace) -> Reply:
-    if not args.no_wait:
-        return {
-            "ok": False,
-            "code": "usage",
-            "error": "waiting is not available yet: add --no-wait",
-        }
-    return request(args.socket, {"command": "backup", "backup": args.backup})
+def _restored(reply: Reply, now: float) -> list[str]:
+    return _accepted(reply, now) if "request" in reply else views.restored(reply)
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Reply], Callable[[Reply], None]]] = {
-    "status": (status, show_status),
-    "backup": (backup, lambda reply: print("backup requested")),
+PROGRESS = ("backup", "restore-snapshot", "check", "prune")  # long: their steps are shown
+SHOW: dict[str, Shown] = {
+    "status": views.status,
+    "list-snapshots": views.snapshots,
+    "restore-snapshot": _restored,
+    "backup": _done,
+    "check": _done,
+    "prune": _done,
+    "queue": views.queue,
+    "cancel": lambda reply, now: [f"job {reply['job']}: cancel requested (it was {reply['was']})"],
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    send, show = COMMANDS[args.command]
+    if args.command == "logs":
+        return show_logs(args)
+    progress = None
+    if args.command in PROGRESS and not args.json:
+        progress = Progress(sys.stdout, sys.stdout.isatty())
     try:
-        reply = send(args)
+        reply = request(args.socket, _payload(args), progress)
     except Unreachable as error:
         print(f"henbackupctl: {error} (is henbackup.service running?)", file=sys.stderr)
         return EXIT_UNREACHABLE
-    if not reply.get("ok"):
-        print(f"henbackupctl: {reply.get('error', 'the daemon refused')}", file=sys.stderr)
-        return EXIT_BY_CODE.get(reply.get("code", ""), EXIT_FAILED)
+    except KeyboardInterrupt:
+        print("\nhenbackupctl: stopped waiting; the job goes on", file=sys.stderr)
+        return 130
+    finally:
+        if progress is not None:
+            progress.close()
+    return _show(args, reply)
+
+
+def _show(args: argparse.Namespace, reply: Reply) -> int:
+    """Print the reply (data first, also when something failed); returns the exit code."""
     if args.json:
         print(json.dumps(reply, indent=2))
-    else:
-        show(reply)
-    return EXIT_OK
+    elif reply.get("ok") or reply.get("snapshots") or reply.get("jobs"):
+        for line in SHOW[args.command](reply, time.time()):
+            print(line)
+    if reply.get("ok"):
+        return EXIT_OK
+    print(f"henbackupctl: {reply.get('error') or 'the daemon refused'}", file=sys.stderr)
+    return EXIT_BY_CODE.get(reply.get("code", ""), EXIT_FAILED)
 
 
 if __name__ == "__main__":

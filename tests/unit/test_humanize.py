@@ -1,6 +1,6 @@
 import pytest
 
-from henbackup.humanize import relative
+from henbackup.humanize import ago, duration, relative, size
 
 
 @pytest.mark.parametrize(
@@ -20,3 +20,34 @@ from henbackup.humanize import relative
 )
 def test_relative(seconds, said):
     assert relative(seconds) == said
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0.2, "just now"), (5, "5 s ago"), (7200, "2 h ago"), (3 * 86400 + 5, "3 d ago")],
+)
+def test_ago(seconds, said):
+    assert ago(seconds) == said
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0.44, "0.4 s"), (12.4, "12 s"), (200, "3 min 20 s"), (7500, "2 h 5 min")],
+)
+def test_duration(seconds, said):
+    assert duration(seconds) == said
+
+
+@pytest.mark.parametrize(
+    ("count", "said"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.50 KiB"),
+        (12 * 2**20, "12.0 MiB"),
+        (3.21 * 2**30, "3.21 GiB"),
+        (2**60, "1024.0 PiB"),
+    ],
+)
+def test_size(count, said):
+    assert size(count) == said

@@ -1,0 +1,64 @@
+"""What a waiting henbackupctl shows while its job runs.
+
+On a terminal: one line per step (queued, started, ended) and, under them, a progress bar
+redrawn in place with percent, bytes, rate and ETA. Elsewhere (a log, a pipe): the steps only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from henbackup.humanize import duration, size
+
+STEPS = ("job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled")
+HOOK_STEPS = ("hook.succeeded", "hook.failed")
+BAR_WIDTH = 24
+
+
+def bar(event: Mapping[str, Any]) -> str:
+    """`pictures→aws  [#########---------------]  38%  1.10 GiB/2.90 GiB  12.0 MiB/s  ETA 3 min`"""
+    title = "→".join(str(event[k]) for k in ("backup", "repository") if event.get(k))
+    fraction = min(max(float(event.get("percent") or 0) / 100, 0.0), 1.0)
+    filled = round(fraction * BAR_WIDTH)
+    parts = [title, f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}]", f"{fraction * 100:3.0f}%"]
+    done, total = event.get("bytes_done"), event.get("total_bytes")
+    if done is not None:
+        parts.append(f"{size(done)}/{size(total)}" if total else size(done))
+        elapsed = float(event.get("seconds_elapsed") or 0)
+        if elapsed > 0:
+            parts.append(f"{size(done / elapsed)}/s")
+    remaining = event.get("seconds_remaining")
+    if remaining is not None:
+        parts.append(f"ETA {duration(float(remaining))}")
+    return "  ".join(parts)
+
+
+class Progress:
+    """Shows the events of a job a client waits for on `stream`."""
+
+    def __init__(self, stream: TextIO, terminal: bool) -> None:
+        self.stream, self.terminal = stream, terminal
+        self.drawn = False  # a bar is on the last line
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "job.progress" and self.terminal:
+            self._draw(bar(event))
+        elif kind in STEPS or kind in HOOK_STEPS:
+            self._clear()
+            print(event.get("message", kind), file=self.stream, flush=True)
+
+    def _draw(self, line: str) -> None:
+        self.stream.write(f"\r\x1b[K{line}")
+        self.stream.flush()
+        self.drawn = True
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.drawn = False
+
+    def close(self) -> None:
+        self._clear()
+        self.stream.flush()

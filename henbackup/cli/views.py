@@ -1,0 +1,132 @@
+"""henbackupctl's output for people: aligned tables, relative times, IEC sizes.
+
+Each function takes the daemon's reply (what `--json` prints) and returns the text lines;
+`now` is passed in so that the output is reproducible in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from henbackup.humanize import ago, duration, relative, size
+
+Reply = dict[str, Any]
+
+
+def table(rows: Sequence[Sequence[object]]) -> list[str]:
+    """Columns aligned on the widest cell, two spaces apart, no trailing blanks."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+
+
+def _ago(epoch: float | None, now: float) -> str:
+    return "-" if epoch is None else ago(now - epoch)
+
+
+def _next(epoch: float | None, now: float) -> str:
+    return "-" if epoch is None else relative(epoch - now)
+
+
+def _state(row: Reply) -> str:
+    """`idle`, `queued (2)`, `running 42%`."""
+    state = row["state"]
+    if state == "queued" and row.get("position"):
+        return f"queued ({row['position']})"
+    if state == "running" and row.get("percent") is not None:
+        return f"running {row['percent']:g}%"
+    return state
+
+
+def _result(row: Reply) -> str:
+    result = row.get("result") or "-"
+    return f"{result}: {row['error']}" if result == "failed" and row.get("error") else result
+
+
+def status(reply: Reply, now: float) -> list[str]:
+    """The STATUS= line, then one row per backup→repository and per repository operation."""
+    rows: list[tuple[object, ...]] = [
+        ("BACKUP", "REPOSITORY", "STATE", "LAST RUN", "TOOK", "LAST SUCCESS", "NEXT RUN", "RESULT")
+    ]
+    for backup in reply["backups"]:
+        for row in backup["repositories"]:
+            rows.append(_status_row(backup["name"], row, backup["next_run"], now))
+    for repository in reply["repositories"]:
+        for row in repository["operations"]:
+            rows.append(_status_row(f"({row['operation']})", row, repository["next_run"], now))
+    return [reply["status"], "", *table(rows)]
+
+
+def _status_row(name: str, row: Reply, next_run: float | None, now: float) -> tuple[object, ...]:
+    took = "-" if row.get("duration") is None else duration(row["duration"])
+    return (
+        name,
+        row["repository"],
+        _state(row),
+        _ago(row.get("last_attempt"), now),
+        took,
+        _ago(row.get("last_success"), now),
+        _next(next_run, now),
+        _result(row),
+    )
+
+
+def snapshots(reply: Reply, now: float) -> list[str]:
+    """Newest first: id, age, backup, repository, host, size added, paths."""
+    rows: list[tuple[object, ...]] = [
+        ("ID", "TIME", "BACKUP", "REPOSITORY", "HOST", "ADDED", "PATHS")
+    ]
+    for snapshot in reply["snapshots"]:
+        moment = datetime.fromisoformat(snapshot["time"])
+        added = snapshot.get("bytes_added")
+        rows.append(
+            (
+                snapshot["short_id"],
+                f"{moment.astimezone():%Y-%m-%d %H:%M} ({ago(now - moment.timestamp())})",
+                snapshot.get("backup") or "-",
+                snapshot["repository"],
+                snapshot["host"],
+                "-" if added is None else size(added),
+                ", ".join(snapshot["paths"]),
+            )
+        )
+    if len(rows) == 1:
+        return ["no snapshots"]
+    return table(rows)
+
+
+def queue(reply: Reply, now: float) -> list[str]:
+    """Running jobs, then waiting ones in the order they will run."""
+    rows: list[tuple[object, ...]] = [
+        ("POS", "JOB", "STATE", "OPERATION", "BACKUP", "REPOSITORY", "PRIORITY", "SINCE")
+    ]
+    for job in reply["jobs"]:
+        state = job["state"]
+        if state == "running" and job.get("percent") is not None:
+            state = f"running {job['percent']:g}%"
+        rows.append(
+            (
+                job.get("position") or "-",
+                job["job"],
+                state,
+                job["operation"],
+                job.get("backup") or "-",
+                job["repository"],
+                job["priority"],
+                _ago(job.get("queued_at"), now),
+            )
+        )
+    return table(rows) if len(rows) > 1 else ["no job is waiting or running"]
+
+
+def restored(reply: Reply) -> list[str]:
+    """Where a restore went, and how much."""
+    backup = f" of {reply['backup']}" if reply.get("backup") else ""
+    return [
+        f"restored snapshot {reply['snapshot'][:8]}{backup} into {reply['target']}: "
+        f"{reply['files_restored']} files, {size(reply['bytes_restored'])}"
+    ]
