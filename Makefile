@@ -47,6 +47,8 @@ man: venv
 		--description "talk to the henbackup daemon" --include man/henbackupctl.1.include \
 		--output build/man/henbackupctl.1
 	sed -i '1s/"[0-9]*\\-[0-9]*\\-[0-9]*"/"$(MANDATE)"/' build/man/henbackup.8 build/man/henbackupctl.1
+	# henbackup.toml(5) is written by hand, in mdoc: copied as it is, its .Dd date included.
+	cp man/henbackup.toml.5 build/man/henbackup.toml.5
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \

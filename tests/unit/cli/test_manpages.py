@@ -15,7 +15,7 @@ def pages():
 
 
 def test_every_page_is_built(pages):
-    assert [p.name for p in pages] == ["henbackup.8", "henbackupctl.1"]
+    assert [p.name for p in pages] == ["henbackup.8", "henbackup.toml.5", "henbackupctl.1"]
 
 
 def test_mandoc_finds_nothing_worth_a_warning(pages):
