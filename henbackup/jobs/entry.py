@@ -27,7 +27,7 @@ from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import queued, run_backup_pipeline
 from henbackup.jobs.restore import default_destination, find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
-from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue
+from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
 from henbackup.scheduler.queue import Scheduler
 
 JOB_OK, JOB_FAILED, JOB_CANCELLED = 0, 1, 3
@@ -100,7 +100,7 @@ def telling(news: Channel | None) -> EmitFunction:
         if kind == "job.progress":
             now, job = time.monotonic(), str(fields.get("job"))
             if now - journaled.get(job, float("-inf")) < JOURNAL_PROGRESS_INTERVAL:
-                return Event(kind, message, fields)
+                return make_event(kind, message, **fields)  # not journaled
             journaled[job] = now
         return emit(kind, message, **fields)
 

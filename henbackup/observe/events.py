@@ -40,6 +40,8 @@ MESSAGE_IDS: dict[str, str] = {
     "hook.started": "74d55b3aeaa4496a92aee99e9e445b58",
     "hook.succeeded": "642f3a6f6ef444f18e846e459a1cdf54",
     "hook.failed": "a38b0636ddbf415b9f1e26240eac29b4",
+    "metrics.failed": "e6d8bba1c7ee4e93951623e7ce77876f",
+    "status.unsaved": "981fef94cf3b4798aa4434b0823180aa",
 }
 
 # syslog levels
@@ -50,6 +52,8 @@ _PRIORITIES = {
     "hook.failed": WARNING,
     "job.warning": WARNING,
     "watch.limit": WARNING,
+    "metrics.failed": WARNING,
+    "status.unsaved": WARNING,
     "watch.overflow": NOTICE,
     "daemon.started": NOTICE,
     "daemon.stopping": NOTICE,

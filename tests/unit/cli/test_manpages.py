@@ -29,5 +29,6 @@ def test_the_pages_document_every_command(pages):
     text = {p.name: p.read_text() for p in pages}
     for command in ("run", "check\\-config", "backup"):
         assert f"henbackup {command}" in text["henbackup.8"]
-    for command in ("status", "backup"):
+    verbs = ("status", "list\\-snapshots", "restore\\-snapshot", "backup", "check", "prune")
+    for command in (*verbs, "queue", "cancel", "logs"):
         assert f"henbackupctl {command}" in text["henbackupctl.1"]
