@@ -5,7 +5,9 @@ turn, notes the time it was granted, then releases at once: a hand-off is the ti
 holder starting `release()` to the next one granted (CLOCK_MONOTONIC is shared by all
 processes). The baseline is the kernel alone: 50 processes blocked in flock(LOCK_EX) on one
 file, handing it over the same way. A third row kills each holder with SIGKILL instead:
-the parent reaps it and nudges, as the master does (kill to next grant).
+the parent reaps it and nudges, as the master does (kill to next grant). The last row is
+issue 5's measure, end to end: from a release to the next job's restic process having
+started (exec done), through the real engine, on a local repository.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.table import Table
-from henbackup.config.model import Priority
+from henbackup.config.model import PasswordSource, Priority
+from henbackup.engine.base import Target
+from henbackup.engine.restic import ResticEngine
 from henbackup.scheduler import Scheduler, Ticket
 
 CONTENDERS = 50
@@ -75,6 +79,40 @@ def _queue_round(directory: Path) -> list[float]:
         released = time.monotonic_ns()
         grant.release()
         os.write(times_w, f"{granted} {released}\n".encode())
+
+    pids = [_fork(lambda n=n: contender(n)) for n in range(CONTENDERS)]
+    _read_lines(queued_r, CONTENDERS)
+    start = time.monotonic_ns()
+    blocker.release()
+    records = _read_lines(times_r, CONTENDERS)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    for fd in (queued_r, queued_w, times_r, times_w):
+        os.close(fd)
+    return _handoffs(start, records)
+
+
+def _restic_round(directory: Path) -> list[float]:
+    """Release → the next job's restic has started (the engine's on_spawn: after exec)."""
+    target = Target("bench", str(directory / "repository"), PasswordSource("password", "bench"))
+    ResticEngine().ensure_initialized(target)
+    scheduler = Scheduler(directory / "queue")
+    scheduler.set_slots(1)
+    blocker = scheduler.submit(Ticket("blocker", "r", NORMAL)).grant
+    assert blocker is not None
+    queued_r, queued_w = os.pipe()
+    times_r, times_w = os.pipe()
+
+    def contender(number: int) -> None:
+        waiter = Scheduler(directory / "queue").submit(Ticket(f"job{number}", "r", NORMAL))
+        os.write(queued_w, b"0\n")
+        grant = waiter.wait()
+        started: list[int] = []
+        engine = ResticEngine(on_spawn=lambda pid: started.append(time.monotonic_ns()))
+        engine.snapshots(target)
+        released = time.monotonic_ns()
+        grant.release()
+        os.write(times_w, f"{started[0]} {released}\n".encode())
 
     pids = [_fork(lambda n=n: contender(n)) for n in range(CONTENDERS)]
     _read_lines(queued_r, CONTENDERS)
@@ -161,7 +199,7 @@ def _row(name: str, samples: list[float], baseline: float) -> tuple[object, ...]
 
 def run() -> Table:
     """Measure each way over ROUNDS rounds of CONTENDERS job processes."""
-    samples: dict[str, list[float]] = {"flock": [], "queue": [], "kill": []}
+    samples: dict[str, list[float]] = {"flock": [], "queue": [], "kill": [], "restic": []}
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         for number in range(ROUNDS):
             root = Path(tmp) / str(number)
@@ -170,6 +208,8 @@ def run() -> Table:
                 samples[way] += measure(root / way)
             (root / "kill").mkdir()
             samples["kill"] += _kill_round(root / "kill")
+        (Path(tmp) / "restic").mkdir()
+        samples["restic"] += _restic_round(Path(tmp) / "restic")  # one round: restic is slow
     baseline = statistics.median(samples["flock"])
     return Table(
         title=(
@@ -188,6 +228,7 @@ def run() -> Table:
             ),
             _row("queue: release -> next granted", samples["queue"], baseline),
             _row("queue: kill -9, reap, nudge -> next granted", samples["kill"], baseline),
+            _row("queue: release -> next job's restic started", samples["restic"], baseline),
         ),
     )
 
