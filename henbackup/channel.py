@@ -7,6 +7,7 @@ that cannot be sent (the peer is gone) is dropped: the pidfd tells the rest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from typing import Any
@@ -47,6 +48,16 @@ class Channel:
         if len(self._buffer) > MAX_LINE:
             raise ValueError("message too long")
         return [json.loads(line) for line in lines if line]
+
+    def drain(self) -> list[Message]:
+        """Every message already sent by a peer that has exited (never waits for more: a
+        grandchild may still hold the peer's end)."""
+        self.sock.setblocking(False)
+        messages: list[Message] = []
+        with contextlib.suppress(OSError, ValueError):  # EAGAIN: nothing more was sent
+            while (received := self.receive()) is not None:
+                messages += received
+        return messages
 
     def close(self) -> None:
         self.sock.close()

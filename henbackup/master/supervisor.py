@@ -9,7 +9,6 @@ one-off job processes it starts for henbackupctl) and feed the one status model.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -304,36 +303,37 @@ class Master:
         accepted = {"request": request_id, "accepted": request["command"]}
         return {"ok": True, **accepted, "target": request.get("target")}
 
-    def _one_off_news(self, request_id: str, drain: bool = False) -> None:
+    def _one_off_news(self, request_id: str) -> None:
         one_off = self.one_offs[request_id]
-        while one_off.news is not None:
-            try:
-                messages = one_off.news.receive()
-            except (OSError, ValueError):
-                messages = None
-            if messages is None:
-                self.loop.remove_reader(one_off.news.fileno())
-                one_off.news.close()
-                one_off.news = None
-                return
-            for message in messages:
-                if message.get("type") == "event":
-                    self._job_event(request_id, message, (request_id,))
-                elif message.get("type") == "result":
-                    one_off.result = {k: v for k, v in message.items() if k != "type"}
-            if not drain:
-                return
+        assert one_off.news is not None
+        try:
+            messages = one_off.news.receive()
+        except (OSError, ValueError):
+            messages = None
+        if messages is None:
+            self._close_one_off_news(one_off)
+        else:
+            self._one_off_said(one_off, messages)
+
+    def _one_off_said(self, one_off: OneOff, messages: list[Message]) -> None:
+        for message in messages:
+            if message.get("type") == "event":
+                self._job_event(one_off.request, message, (one_off.request,))
+            elif message.get("type") == "result":
+                one_off.result = {k: v for k, v in message.items() if k != "type"}
+
+    def _close_one_off_news(self, one_off: OneOff) -> None:
+        if one_off.news is not None:
+            self.loop.remove_reader(one_off.news.fileno())
+            one_off.news.close()
+            one_off.news = None
 
     def _one_off_exited(self, request_id: str) -> None:
         one_off = self.one_offs[request_id]
         self.loop.remove_reader(one_off.forked.pidfd)
-        if one_off.news is not None:
-            one_off.news.sock.setblocking(False)  # what it said before it died, not more
-            with contextlib.suppress(BlockingIOError):
-                self._one_off_news(request_id, drain=True)
-            if one_off.news is not None:
-                self.loop.remove_reader(one_off.news.fileno())
-                one_off.news.close()
+        if one_off.news is not None:  # what it said last (its result) is not lost
+            self._one_off_said(one_off, one_off.news.drain())
+            self._close_one_off_news(one_off)
         status = reap(one_off.forked)
         del self.one_offs[request_id]
         self._job_process_ended(request_id, os.waitstatus_to_exitcode(status))

@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from henbackup.channel import Channel
+from henbackup.channel import Channel, Message
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.jobs import entry
@@ -158,6 +158,9 @@ class Worker:
         if messages is None:
             self._close_news()
             return
+        self._forward(messages)
+
+    def _forward(self, messages: list[Message]) -> None:
         assert self.current is not None
         for message in messages:
             self.channel.send({**message, "requests": list(self.current.requests)})
@@ -169,8 +172,10 @@ class Worker:
             self.news = None
 
     def _job_exited(self) -> None:
-        assert self.job is not None
+        assert self.job is not None and self.current is not None
         self.loop.remove_reader(self.job.pidfd)
+        if self.news is not None:  # what it said last (its end, its result) is not lost
+            self._forward(self.news.drain())
         self._close_news()
         status = reap(self.job)
         self.job = None
