@@ -63,7 +63,9 @@ def _handoffs(start: int, records: list[list[int]]) -> list[float]:
     return [(grant - release) / 1e6 for (grant, _), release in zip(records, releases, strict=True)]
 
 
-def _queue_round(directory: Path) -> list[float]:
+def _queue_round(directory: Path, job: Callable[[], int] = time.monotonic_ns) -> list[float]:
+    """Release → the next holder's `job()` (which returns when, in monotonic ns, its job
+    started: by default at once, on being granted)."""
     scheduler = Scheduler(directory)
     scheduler.set_slots(1)
     blocker = scheduler.submit(Ticket("blocker", "r", NORMAL)).grant
@@ -75,10 +77,10 @@ def _queue_round(directory: Path) -> list[float]:
         waiter = Scheduler(directory).submit(Ticket(f"job{number}", "r", NORMAL))
         os.write(queued_w, b"0\n")
         grant = waiter.wait()
-        granted = time.monotonic_ns()
+        started = job()
         released = time.monotonic_ns()
         grant.release()
-        os.write(times_w, f"{granted} {released}\n".encode())
+        os.write(times_w, f"{started} {released}\n".encode())
 
     pids = [_fork(lambda n=n: contender(n)) for n in range(CONTENDERS)]
     _read_lines(queued_r, CONTENDERS)
@@ -96,34 +98,13 @@ def _restic_round(directory: Path) -> list[float]:
     """Release → the next job's restic has started (the engine's on_spawn: after exec)."""
     target = Target("bench", str(directory / "repository"), PasswordSource("password", "bench"))
     ResticEngine().ensure_initialized(target)
-    scheduler = Scheduler(directory / "queue")
-    scheduler.set_slots(1)
-    blocker = scheduler.submit(Ticket("blocker", "r", NORMAL)).grant
-    assert blocker is not None
-    queued_r, queued_w = os.pipe()
-    times_r, times_w = os.pipe()
 
-    def contender(number: int) -> None:
-        waiter = Scheduler(directory / "queue").submit(Ticket(f"job{number}", "r", NORMAL))
-        os.write(queued_w, b"0\n")
-        grant = waiter.wait()
+    def job() -> int:
         started: list[int] = []
-        engine = ResticEngine(on_spawn=lambda pid: started.append(time.monotonic_ns()))
-        engine.snapshots(target)
-        released = time.monotonic_ns()
-        grant.release()
-        os.write(times_w, f"{started[0]} {released}\n".encode())
+        ResticEngine(on_spawn=lambda pid: started.append(time.monotonic_ns())).snapshots(target)
+        return started[0]
 
-    pids = [_fork(lambda n=n: contender(n)) for n in range(CONTENDERS)]
-    _read_lines(queued_r, CONTENDERS)
-    start = time.monotonic_ns()
-    blocker.release()
-    records = _read_lines(times_r, CONTENDERS)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    for fd in (queued_r, queued_w, times_r, times_w):
-        os.close(fd)
-    return _handoffs(start, records)
+    return _queue_round(directory / "queue", job)
 
 
 def _flock_round(directory: Path) -> list[float]:
