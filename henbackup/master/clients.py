@@ -37,9 +37,10 @@ class Clients:
             waiting.conversation.send({"event": {"kind": kind, "message": message, **fields}})
             if kind in ("job.succeeded", "job.failed", "job.cancelled"):
                 waiting.jobs.append(_ended(kind, fields))
-            if kind in ("job.failed", "hook.failed") and fields.get("error"):
+            reason = "cancelled" if kind == "job.cancelled" else fields.get("error")
+            if kind in ("job.failed", "job.cancelled", "hook.failed") and reason:
                 title = "→".join(str(fields[k]) for k in ("backup", "repository") if fields.get(k))
-                waiting.errors.append(f"{title or kind}: {fields['error']}")
+                waiting.errors.append(f"{title or kind}: {reason}")
 
     def finish(self, request: str, reply: Reply) -> None:
         """End the request's wait with `reply`, completed with its jobs and their errors."""
