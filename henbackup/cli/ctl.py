@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ from henbackup import __version__
 from henbackup.cli import views
 from henbackup.cli.logs import show_logs
 from henbackup.cli.progress import Progress
+from henbackup.master.control import DENIED
 
 DEFAULT_SOCKET = "/run/henbackup/control.sock"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
@@ -121,14 +123,25 @@ def request(
     path: str, payload: dict[str, Any], on_event: Callable[[Reply], None] | None = None
 ) -> Reply:
     """Send one request; return the daemon's reply, passing the events before it to
-    `on_event`. Raises Unreachable. A request that waits for a job waits as long as it runs."""
+    `on_event`. Raises Unreachable. A request that waits for a job waits as long as it runs.
+
+    A socket the caller may not open is the daemon saying no, as its own refusal is.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         try:
             sock.connect(path)
+        except PermissionError:
+            return {"ok": False, "code": "permission", "error": DENIED}
+        except OSError as error:
+            raise _unreachable(path, error) from None
+        # A refused caller is answered without being read: its reply is there to read even
+        # when sending the request hits a closed socket.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(json.dumps(payload).encode() + b"\n")
-            if payload.get("wait"):
-                sock.settimeout(None)
+        if payload.get("wait"):
+            sock.settimeout(None)
+        try:
             for line in sock.makefile("rb"):
                 message = json.loads(line)
                 if "event" not in message:
@@ -136,9 +149,12 @@ def request(
                 if on_event is not None:
                     on_event(message["event"])
         except OSError as error:
-            reason = error.strerror or str(error)
-            raise Unreachable(f"cannot reach the daemon at {path}: {reason}") from None
+            raise _unreachable(path, error) from None
     raise Unreachable(f"the daemon at {path} closed the connection without answering")
+
+
+def _unreachable(path: str, error: OSError) -> Unreachable:
+    return Unreachable(f"cannot reach the daemon at {path}: {error.strerror or error}")
 
 
 def _payload(args: argparse.Namespace) -> dict[str, Any]:

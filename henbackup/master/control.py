@@ -29,6 +29,7 @@ REQUEST_TIMEOUT = 10.0
 MAX_BACKLOG = 4 << 20  # a waiting client that lets this much output pile up is dropped
 FLUSH_TIMEOUT = 30.0  # to take the last reply once the answer is complete
 GROUP = "henbackup"
+DENIED = f"permission denied: run as root or as a member of group {GROUP}"
 SD_LISTEN_FDS_START = 3
 
 Request = dict[str, Any]
@@ -182,8 +183,7 @@ class ControlServer:
         conn.setblocking(False)
         conversation = Conversation(conn, self.loop)
         if not peer_allowed(conn):
-            message = f"permission denied: run as root or as a member of group {GROUP}"
-            conversation.finish(reply_error("permission", message))
+            conversation.finish(reply_error("permission", DENIED))
             return
         fd = conn.fileno()
         conversation._set_timer(REQUEST_TIMEOUT)
