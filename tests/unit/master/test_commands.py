@@ -1,0 +1,633 @@
+"""The master's answers to henbackupctl, checked without a real master: a stand-in with a
+real config, status model, scheduler and clients, and a start_one_off that only records."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from henbackup.config.load import load_config
+from henbackup.config.model import Priority
+from henbackup.errors import JobCancelled
+from henbackup.master import commands
+from henbackup.master.clients import Clients
+from henbackup.master.states import State
+from henbackup.observe.status import RunKey, StatusModel
+from henbackup.scheduler import Scheduler, Ticket
+
+CONFIG = """\
+[repositories.local]
+location = "{tmp}/local"
+password = "pw-local"
+
+[repositories.aws]
+location = "{tmp}/aws"
+password = "pw-aws"
+check = {{ schedule = ["1w"], read_data_subset = "5%" }}
+
+[repositories.nas]
+location = "{tmp}/nas"
+password = "pw-nas"
+
+[backups.pictures]
+paths = ["{tmp}/data"]
+repositories = ["local", "aws"]
+
+[backups.music]
+paths = ["{tmp}/data"]
+repositories = ["nas"]
+"""
+PRIORITY_HINT = "use immediate, next, superior, normal, inferior, on-idle or an integer"
+SUBSET_HINT = 'use a percentage ("5%"), a fraction ("1/10") or a size ("500M")'
+STOPPING = {"ok": False, "code": "failed", "error": "henbackup is stopping: no new job starts"}
+
+
+class Conversation:
+    """A client connection, as far as commands and Clients use it."""
+
+    def __init__(self) -> None:
+        self.on_close: list[Any] = []
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def finish(self, reply: dict[str, Any]) -> None:
+        self.sent.append(reply)
+
+
+class Channel:
+    """A worker's channel: what the master sends it."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+def worker(state: State = State.RUNNING, channel: Channel | None = None, **fields: Any) -> Any:
+    """A supervised worker as commands read it (supervisor.Supervised)."""
+    return SimpleNamespace(
+        child=SimpleNamespace(state=state),
+        channel=channel,
+        running=fields.get("running", False),
+        next_run=fields.get("next_run"),
+    )
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Any:
+    config_path = tmp_path / "henbackup.toml"
+    config_path.write_text(CONFIG.format(tmp=tmp_path))
+    one_offs: list[tuple[dict[str, Any], Any, bool]] = []
+
+    def start_one_off(job: dict[str, Any], conversation: Any, wait: bool) -> Any:
+        one_offs.append((job, conversation, wait))
+        return None if wait else {"ok": True, "request": "r00000001", "accepted": job["command"]}
+
+    return SimpleNamespace(
+        config=load_config(config_path, env={}, hostname="testhost"),
+        config_path=config_path,
+        children={},
+        stopping=False,
+        model=StatusModel(),
+        scheduler=Scheduler(tmp_path / "s"),
+        clients=Clients(),
+        state_dir=tmp_path / "state",
+        start_one_off=start_one_off,
+        one_offs=one_offs,
+        status_line=lambda: "2 backups; idle",
+    )
+
+
+def ask(master: Any, command: str, **request: Any) -> Any:
+    return commands.answer(master, {"command": command, **request}, Conversation())
+
+
+def usage(error: str) -> dict[str, Any]:
+    return {"ok": False, "code": "usage", "error": error}
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def test_an_unknown_command_is_a_usage_error(master: Any) -> None:
+    assert ask(master, "explode") == usage("unknown command 'explode'")
+    master.stopping = True  # the name is checked first
+    assert ask(master, "explode") == usage("unknown command 'explode'")
+
+
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("backup", {"backup": "films"}),
+        ("backup", {"backup": None}),
+        ("list-snapshots", {"backup": "films"}),
+        ("list-snapshots", {"repository": "aws", "backup": "films"}),
+    ],
+)
+def test_an_unknown_backup_is_named_with_those_defined(master: Any, command, fields) -> None:
+    name = repr(fields["backup"])
+    assert ask(master, command, **fields) == usage(
+        f"no backup named {name} (defined: music, pictures)"
+    )
+    assert master.one_offs == []
+
+
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("list-snapshots", {"repository": "gcs"}),
+        ("restore-snapshot", {"repository": "gcs", "snapshot": "abcd1234"}),
+        ("check", {"repository": "gcs"}),
+        ("prune", {"repository": "gcs"}),
+        ("check", {}),
+    ],
+)
+def test_an_unknown_repository_is_named_with_those_defined(master: Any, command, fields) -> None:
+    name = repr(fields.get("repository"))
+    assert ask(master, command, **fields) == usage(
+        f"no repository named {name} (defined: aws, local, nas)"
+    )
+    assert master.one_offs == []
+
+
+def test_a_repository_the_backup_does_not_go_to_is_refused(master: Any) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    assert ask(master, "backup", backup="pictures", repository="nas") == usage(
+        "backup pictures does not go to 'nas' (it goes to local, aws)"
+    )
+    assert ask(master, "backup", backup="pictures", repository="gcs") == usage(
+        "backup pictures does not go to 'gcs' (it goes to local, aws)"
+    )
+    assert channel.sent == []
+
+
+@pytest.mark.parametrize("priority", ["urgent", "", "1.5", True, 2.0, ["next"]])
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("backup", {"backup": "pictures"}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234"}),
+        ("check", {"repository": "aws"}),
+        ("prune", {"repository": "aws"}),
+    ],
+)
+def test_a_bad_priority_is_a_usage_error(master: Any, command, fields, priority) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    reply = ask(master, command, **fields, priority=priority)
+    assert reply == usage(f"--priority {priority!r}: not a priority: {PRIORITY_HINT}")
+    assert (channel.sent, master.one_offs) == ([], [])
+
+
+# --- backup ---------------------------------------------------------------------------
+
+
+def test_a_backup_goes_to_its_worker(master: Any) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    reply = ask(master, "backup", backup="pictures", repository="aws", priority="next")
+    assert reply == {"ok": True, "request": reply["request"], "accepted": "backup"}
+    assert re.fullmatch(r"r[0-9a-f]{8}", reply["request"])
+    assert channel.sent == [
+        {
+            "type": "run",
+            "operation": "backup",
+            "requests": [reply["request"]],
+            "repository": "aws",
+            "priority": "next",
+        }
+    ]
+    assert master.clients.waiting == {}
+    assert master.one_offs == []
+
+
+def test_a_backup_with_an_integer_priority_sends_it_as_text(master: Any) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    ask(master, "backup", backup="pictures", priority=-3)
+    assert (channel.sent[0]["repository"], channel.sent[0]["priority"]) == (None, "-3")
+
+
+def test_a_client_waiting_for_its_backup_is_answered_later(master: Any) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    conversation = Conversation()
+    request = {"command": "backup", "backup": "pictures", "wait": True}
+    assert commands.answer(master, request, conversation) is None
+    (sent,) = channel.sent
+    (request_id,) = sent["requests"]
+    waiting = master.clients.waiting[request_id]
+    assert (waiting.conversation, waiting.owner) == (conversation, "backup:pictures")
+
+
+@pytest.mark.parametrize(
+    ("supervised", "state"),
+    [(None, "absent"), (worker(State.BACKOFF), "backoff"), (worker(State.FATAL), "fatal")],
+)
+def test_a_backup_whose_worker_cannot_take_it_fails(master: Any, supervised, state) -> None:
+    if supervised is not None:
+        master.children["backup:pictures"] = supervised
+    assert ask(master, "backup", backup="pictures") == {
+        "ok": False,
+        "code": "failed",
+        "error": f"backup pictures cannot start now: its worker is {state}",
+    }
+
+
+# --- restore ----------------------------------------------------------------------------
+
+
+def test_a_relative_target_is_refused(master: Any) -> None:
+    reply = ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234", target="out")
+    assert reply == usage("--target 'out': give an absolute path")
+    assert master.one_offs == []
+
+
+def test_in_place_restores_to_the_root(master: Any) -> None:
+    conversation = Conversation()
+    request = {
+        "command": "restore-snapshot",
+        "repository": "aws",
+        "snapshot": "abcd1234",
+        "in_place": True,
+        "target": "relative/ignored",
+        "include": ["/home/me/Pictures/2023", "notes.txt"],
+        "priority": "superior",
+        "wait": True,
+    }
+    assert commands.answer(master, request, conversation) is None
+    assert master.one_offs == [
+        (
+            {
+                "command": "restore-snapshot",
+                "repository": "aws",
+                "snapshot": "abcd1234",
+                "target": "/",
+                "include": ["/home/me/Pictures/2023", "notes.txt"],
+                "priority": "superior",
+            },
+            conversation,
+            True,
+        )
+    ]
+
+
+def test_an_absolute_target_is_kept(master: Any) -> None:
+    reply = ask(master, "restore-snapshot", repository="local", snapshot="ab12", target="/srv/x")
+    assert reply == {"ok": True, "request": "r00000001", "accepted": "restore-snapshot"}
+    ((job, _, wait),) = master.one_offs
+    assert (job["target"], job["include"], job["priority"], wait) == ("/srv/x", [], None, False)
+
+
+def test_the_default_target_is_a_new_directory_under_the_state_directory(
+    master: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formats = []
+
+    def strftime(form: str) -> str:
+        formats.append(form)
+        return "20240309-160000"
+
+    monkeypatch.setattr(commands, "time", SimpleNamespace(strftime=strftime))
+    ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234")
+    ((job, _, wait),) = master.one_offs
+    assert job["target"] == str(master.state_dir / "restores" / "aws-abcd1234-20240309-160000")
+    assert formats == ["%Y%m%d-%H%M%S"]
+    assert wait is False
+
+
+@pytest.mark.parametrize("snapshot", [None, "", "abcd/../x", "ab cd", "-h", "abcd1234*"])
+def test_a_snapshot_id_must_be_letters_and_digits(master: Any, snapshot) -> None:
+    reply = ask(master, "restore-snapshot", repository="aws", snapshot=snapshot)
+    shown = repr(str(snapshot or ""))
+    assert reply == usage(f"{shown} is not a snapshot id (see henbackupctl list-snapshots)")
+    assert master.one_offs == []
+
+
+# --- check, prune, list-snapshots -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("subset", "why"),
+    [
+        ("200%", "too large: use at most 100%"),
+        ("0%", "too small: a percentage must be more than 0%"),
+        ("0/5", f"not a fraction n/m with 1 <= n <= m: {SUBSET_HINT}"),
+        ("6/5", f"not a fraction n/m with 1 <= n <= m: {SUBSET_HINT}"),
+        ("lots", f"not a data subset: {SUBSET_HINT}"),
+        ("0M", f"not a data subset: {SUBSET_HINT}"),
+        (5, f"not a data subset: {SUBSET_HINT}"),
+    ],
+)
+def test_an_invalid_read_data_subset_is_a_usage_error(master: Any, subset, why) -> None:
+    reply = ask(master, "check", repository="aws", read_data_subset=subset)
+    assert reply == usage(f"--read-data-subset {subset!r}: {why}")
+    assert master.one_offs == []
+
+
+@pytest.mark.parametrize("subset", ["5%", "100%", "1/10", "500M", "2G", "1024"])
+def test_a_check_runs_in_a_job_process_of_its_own(master: Any, subset) -> None:
+    conversation = Conversation()
+    request = {
+        "command": "check",
+        "repository": "aws",
+        "read_data_subset": subset,
+        "priority": "on-idle",
+        "wait": True,
+    }
+    assert commands.answer(master, request, conversation) is None
+    assert master.one_offs == [
+        (
+            {
+                "command": "check",
+                "repository": "aws",
+                "priority": "on-idle",
+                "read_data_subset": subset,
+            },
+            conversation,
+            True,
+        )
+    ]
+
+
+def test_a_prune_without_waiting_is_accepted_at_once(master: Any) -> None:
+    reply = ask(master, "prune", repository="nas", priority=None)
+    assert reply == {"ok": True, "request": "r00000001", "accepted": "prune"}
+    ((job, _, wait),) = master.one_offs
+    assert (job, wait) == ({"command": "prune", "repository": "nas", "priority": None}, False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "repositories", "backup"),
+    [
+        ({}, ["aws", "local", "nas"], None),
+        ({"backup": "pictures"}, ["local", "aws"], "pictures"),
+        ({"repository": "nas"}, ["nas"], None),
+        ({"repository": "nas", "backup": "pictures"}, ["nas"], "pictures"),
+    ],
+)
+def test_list_snapshots_names_its_repositories(master: Any, fields, repositories, backup) -> None:
+    assert ask(master, "list-snapshots", **fields, wait=False) is None  # it always waits
+    ((job, _, wait),) = master.one_offs
+    assert job == {"command": "list-snapshots", "repositories": repositories, "backup": backup}
+    assert wait is True
+
+
+# --- a stopping master ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("backup", {"backup": "pictures"}),
+        ("list-snapshots", {}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234"}),
+        ("check", {"repository": "aws"}),
+        ("prune", {"repository": "aws"}),
+        ("cancel", {"job": "j1"}),
+    ],
+)
+def test_a_stopping_master_starts_nothing_new(master: Any, command, fields) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(State.STOPPING, channel=channel)
+    master.stopping = True
+    assert ask(master, command, **fields) == STOPPING
+    assert (channel.sent, master.one_offs) == ([], [])
+
+
+def test_a_stopping_master_still_answers_status_and_queue(master: Any) -> None:
+    master.stopping = True
+    master.status_line = lambda: "2 backups; stopping; idle"
+    reply = ask(master, "status")
+    assert (reply["ok"], reply["status"]) == (True, "2 backups; stopping; idle")
+    assert [b["name"] for b in reply["backups"]] == ["music", "pictures"]
+    assert ask(master, "queue") == {"ok": True, "jobs": []}
+
+
+# --- status and queue ---------------------------------------------------------------------
+
+
+def idle_row(repository: str, **fields: Any) -> dict[str, Any]:
+    row = {
+        "repository": repository,
+        "state": "idle",
+        "job": None,
+        "position": None,
+        "percent": None,
+        "last_attempt": None,
+        "last_success": None,
+        "result": None,
+        "duration": None,
+        "error": None,
+        "snapshot": None,
+        "snapshots": None,
+    }
+    return {**row, **fields}
+
+
+def test_status_shows_every_backup_and_repository(master: Any) -> None:
+    master.children["backup:pictures"] = worker(running=True, next_run=1_800_000_000.0)
+    master.children["repository:aws"] = worker(State.BACKOFF)
+    model = master.model
+    pictures_aws = {"backup": "pictures", "repository": "aws", "operation": "backup"}
+    model.apply("job.started", {"job": "j1", **pictures_aws}, "backup:pictures")
+    model.apply("job.progress", {"job": "j1", **pictures_aws, "percent": 42}, "backup:pictures")
+    pictures_local = {**pictures_aws, "repository": "local"}
+    model.apply("job.queued", {"job": "j2", **pictures_local, "position": 5}, "backup:pictures")
+    master.scheduler.set_slots(1)
+    holder = master.scheduler.submit(Ticket("other", "nas", Priority.ordinary(0)))
+    waiting = master.scheduler.submit(Ticket("j2", "local", Priority.ordinary(0)))
+    nas_prune = {"repository": "nas", "operation": "prune"}
+    model.apply("job.started", {"job": "p1", **nas_prune}, "r1")
+    model.apply("job.failed", {"job": "p1", **nas_prune, "error": "locked"}, "r1")
+    prune_record = model.records[RunKey("nas", "prune")]
+    try:
+        reply = ask(master, "status")
+    finally:
+        waiting.cancel()
+        holder.grant.release()
+    assert reply == {
+        "ok": True,
+        "status": "2 backups; idle",
+        "daemon": {"pid": os.getpid(), "config": str(master.config_path)},
+        "backups": [
+            {
+                "name": "music",
+                "worker": None,
+                "run": "idle",
+                "next_run": None,
+                "repositories": [idle_row("nas")],
+            },
+            {
+                "name": "pictures",
+                "worker": "running",
+                "run": "running",
+                "next_run": 1_800_000_000.0,
+                "repositories": [
+                    idle_row("local", state="queued", job="j2", position=1),
+                    idle_row("aws", state="running", job="j1", percent=42.0),
+                ],
+            },
+        ],
+        "repositories": [
+            {
+                "name": "aws",
+                "worker": "backoff",
+                "run": "idle",
+                "next_run": None,
+                "operations": [{"operation": "check", **idle_row("aws")}],
+            },
+            {"name": "local", "worker": None, "run": "idle", "next_run": None, "operations": []},
+            {
+                "name": "nas",
+                "worker": None,
+                "run": "idle",
+                "next_run": None,
+                "operations": [
+                    {
+                        "operation": "prune",
+                        **idle_row(
+                            "nas",
+                            last_attempt=prune_record.last.started,
+                            result="failed",
+                            error="locked",
+                        ),
+                    }
+                ],
+            },
+        ],
+    }
+
+
+def test_queue_lists_running_then_waiting_jobs_with_positions(master: Any) -> None:
+    scheduler = master.scheduler
+    scheduler.set_slots(1)
+    running = scheduler.submit(Ticket("j0", "aws", Priority.ordinary(0), backup="pictures"))
+    low = scheduler.submit(Ticket("j1", "nas", Priority.ordinary(-3), backup="music"))
+    check = Ticket("c1", "aws", Priority(Priority.NEXT_BAND), "exclusive", "check")
+    first = scheduler.submit(check)
+    j0 = {"job": "j0", "backup": "pictures", "repository": "aws", "operation": "backup"}
+    master.model.apply("job.started", j0, "backup:pictures")
+    master.model.apply("job.progress", {**j0, "percent": "12.5"}, "backup:pictures")
+    try:
+        reply = ask(master, "queue")
+        tickets = {t.job_id: t for t in scheduler.queue()}
+    finally:
+        first.cancel()
+        low.cancel()
+        running.grant.release()
+    pid = os.getpid()
+    assert reply == {
+        "ok": True,
+        "jobs": [
+            {
+                "job": "j0",
+                "state": "running",
+                "position": None,
+                "operation": "backup",
+                "backup": "pictures",
+                "repository": "aws",
+                "priority": "normal",
+                "pid": pid,
+                "queued_at": tickets["j0"].queued_at,
+                "percent": 12.5,
+            },
+            {
+                "job": "c1",
+                "state": "waiting",
+                "position": 1,
+                "operation": "check",
+                "backup": None,
+                "repository": "aws",
+                "priority": "next",
+                "pid": pid,
+                "queued_at": tickets["c1"].queued_at,
+                "percent": None,
+            },
+            {
+                "job": "j1",
+                "state": "waiting",
+                "position": 2,
+                "operation": "backup",
+                "backup": "music",
+                "repository": "nas",
+                "priority": "-3",
+                "pid": pid,
+                "queued_at": tickets["j1"].queued_at,
+                "percent": None,
+            },
+        ],
+    }
+    assert all(ticket.queued_at > 0 for ticket in tickets.values())
+
+
+# --- cancel -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("job", ["j-nope", "../tickets", ""])
+def test_cancelling_an_unknown_job_is_a_usage_error(master: Any, job: str) -> None:
+    assert ask(master, "cancel", job=job) == usage(
+        f"no job {job!r} is waiting or running (see henbackupctl queue)"
+    )
+
+
+def test_cancelling_a_waiting_job_withdraws_its_ticket(master: Any) -> None:
+    scheduler = master.scheduler
+    scheduler.set_slots(1)
+    holder = scheduler.submit(Ticket("j0", "aws", Priority.ordinary(0)))
+    waiter = scheduler.submit(Ticket("j1", "aws", Priority.ordinary(0)))
+    assert waiter.grant is None
+    try:
+        assert ask(master, "cancel", job="j1") == {"ok": True, "job": "j1", "was": "waiting"}
+        assert [t.job_id for t in scheduler.queue()] == ["j0"]
+        with pytest.raises(JobCancelled):
+            waiter.wait(timeout=5)
+        assert scheduler.cancel_requested(os.getpid()) is None  # withdrawn, not marked
+        assert ask(master, "cancel", job="j1") == usage(
+            "no job 'j1' is waiting or running (see henbackupctl queue)"
+        )
+    finally:
+        waiter.cancel()
+        holder.grant.release()
+
+
+def test_cancelling_a_running_job_marks_it_and_signals_its_process(master: Any) -> None:
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, _: received.append(number))
+    holder = master.scheduler.submit(Ticket("j0", "aws", Priority.ordinary(0)))
+    try:
+        assert holder.grant is not None
+        assert ask(master, "cancel", job="j0") == {"ok": True, "job": "j0", "was": "running"}
+        assert received == [signal.SIGUSR1]  # the ticket's pid: this process
+        assert master.scheduler.cancel_requested(os.getpid()) == "j0"
+    finally:
+        holder.grant.release()
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_cancel_without_a_scheduler_knows_no_job(master: Any) -> None:
+    master.scheduler = None
+    assert ask(master, "cancel", job="j0") == usage(
+        "no job 'j0' is waiting or running (see henbackupctl queue)"
+    )
+    assert ask(master, "queue") == {"ok": True, "jobs": []}
+
+
+def test_the_config_is_what_the_tests_think(master: Any) -> None:
+    """The fixture's premise: names and order as the messages above show them."""
+    config = master.config
+    assert sorted(config.backups) == ["music", "pictures"]
+    assert list(config.backups["pictures"].repositories) == ["local", "aws"]
+    assert sorted(config.repositories) == ["aws", "local", "nas"]
+    assert config.repositories["aws"].check is not None
+    assert config.repositories["nas"].prune is None

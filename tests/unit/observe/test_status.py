@@ -1,0 +1,351 @@
+"""The status model: job events in, live jobs and run records out, results kept in a file."""
+
+from __future__ import annotations
+
+import json
+import stat
+from types import SimpleNamespace
+
+import pytest
+
+from henbackup.observe import status
+from henbackup.observe.status import LastRun, LiveJob, RunKey, RunRecord, StatusModel
+
+PICTURES_AWS = {"backup": "pictures", "repository": "aws", "operation": "backup"}
+KEY = RunKey("aws", "backup", "pictures")
+OWNER = "backup:pictures"
+
+
+class Clock:
+    """The model's time.time(), set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock(1000.0)
+    monkeypatch.setattr(status, "time", SimpleNamespace(time=fake.time))
+    return fake
+
+
+@pytest.fixture
+def model(clock: Clock) -> StatusModel:
+    return StatusModel()
+
+
+def job(job_id: str = "j1", **fields: object) -> dict[str, object]:
+    return {"job": job_id, **PICTURES_AWS, **fields}
+
+
+def test_a_queued_job_is_live_and_waiting(model: StatusModel) -> None:
+    fields = job(trigger="manual", priority="10", position="2")
+    assert model.apply("job.queued", fields, OWNER) is None
+    queued = LiveJob("j1", KEY, OWNER, "queued", 1000.0, trigger="manual", priority=10, position=2)
+    assert model.live == {"j1": queued}
+    assert model.waiting() == [queued]
+    assert model.running() == []
+    assert model.jobs_of(KEY) == [queued]
+    assert model.jobs_of(RunKey("aws", "backup", "music")) == []
+    assert model.records == {}
+    assert queued.title == "pictures→aws"
+    assert LiveJob("j", RunKey("aws", "check"), "o", "queued", 0).title == "check aws"
+
+
+def test_a_started_job_runs_since_its_start_without_a_position(
+    model: StatusModel, clock: Clock
+) -> None:
+    model.apply("job.queued", job(trigger="watch", priority="0", position="1"), OWNER)
+    clock.now = 1005.0
+    model.apply("job.started", job(trigger="watch", priority="-10", position="1"), OWNER)
+    running = LiveJob("j1", KEY, OWNER, "running", 1005.0, trigger="watch", priority=-10)
+    assert model.live == {"j1": running}
+    assert model.running() == [running]
+    assert model.waiting() == []
+
+
+def test_progress_updates_the_running_job_and_keeps_its_start(
+    model: StatusModel, clock: Clock
+) -> None:
+    model.apply("job.started", job(trigger="schedule"), OWNER)
+    clock.now = 1030.0
+    progress = job(percent="42.5", bytes_done=100, total_bytes="1000", seconds_remaining="12")
+    assert model.apply("job.progress", progress, OWNER) is None
+    assert model.live["j1"] == LiveJob(
+        "j1",
+        KEY,
+        OWNER,
+        "running",
+        1000.0,
+        trigger="schedule",
+        percent=42.5,
+        bytes_done=100,
+        total_bytes=1000,
+        seconds_remaining=12.0,
+    )
+    model.apply("job.progress", job(percent=50, bytes_done="500"), OWNER)  # no ETA any more
+    assert model.live["j1"] == LiveJob(
+        "j1", KEY, OWNER, "running", 1000.0, trigger="schedule", percent=50.0, bytes_done=500
+    )
+
+
+def test_progress_of_a_job_never_seen_makes_it_running_from_now(
+    model: StatusModel, clock: Clock
+) -> None:
+    clock.now = 1200.0
+    model.apply("job.progress", job("j9", percent="10", trigger="manual"), "r1234")
+    assert model.live == {"j9": LiveJob("j9", KEY, "r1234", "running", 1200.0, trigger="manual")}
+
+
+def test_success_records_the_run_and_ends_the_live_job(model: StatusModel, clock: Clock) -> None:
+    model.apply("job.started", job(trigger="manual", priority="10"), OWNER)
+    model.apply("job.progress", job(percent="99"), OWNER)
+    clock.now = 1060.5
+    ended = model.apply(
+        "job.succeeded",
+        job(duration_sec="60.5", snapshot="abcd1234", bytes_added="2048", snapshots="3"),
+        OWNER,
+    )
+    assert ended == LiveJob(
+        "j1", KEY, OWNER, "running", 1000.0, trigger="manual", priority=10, percent=99.0
+    )
+    assert model.live == {}
+    assert model.records == {
+        KEY: RunRecord(
+            last=LastRun(1000.0, "succeeded", 60.5, None, "abcd1234", "j1"),
+            last_success=1000.0,
+            runs={"succeeded": 1},
+            bytes_added=2048,
+            snapshots=3,
+        )
+    }
+
+
+def test_a_failure_keeps_the_last_success_and_counts_by_result(
+    model: StatusModel, clock: Clock
+) -> None:
+    model.apply("job.started", job("j1"), OWNER)
+    model.apply("job.succeeded", job("j1", duration_sec=3, bytes_added=10, snapshot="s1"), OWNER)
+    clock.now = 2000.0
+    model.apply("job.started", job("j2"), OWNER)
+    clock.now = 2010.0
+    ended = model.apply(
+        "job.failed", job("j2", duration_sec="10", error="repository locked", bytes_added=5), OWNER
+    )
+    assert ended is not None and ended.job == "j2"
+    assert model.records[KEY] == RunRecord(
+        last=LastRun(2000.0, "failed", 10.0, "repository locked", None, "j2"),
+        last_success=1000.0,
+        runs={"succeeded": 1, "failed": 1},
+        bytes_added=15,
+        snapshots=None,
+    )
+    model.apply("job.started", job("j3"), OWNER)
+    model.apply("job.failed", job("j3", error=""), OWNER)  # an empty error is no error
+    assert model.records[KEY].last == LastRun(2010.0, "failed", None, None, None, "j3")
+    assert model.records[KEY].runs == {"succeeded": 1, "failed": 2}
+
+
+def test_a_job_cancelled_while_queued_counts_from_its_cancellation(
+    model: StatusModel, clock: Clock
+) -> None:
+    model.apply("job.queued", job(position=1), OWNER)
+    clock.now = 1500.0
+    ended = model.apply("job.cancelled", job(error="cancelled"), OWNER)
+    assert ended == LiveJob("j1", KEY, OWNER, "queued", 1000.0, position=1)
+    assert model.live == {}
+    assert model.records[KEY] == RunRecord(
+        last=LastRun(1500.0, "cancelled", None, "cancelled", None, "j1"),
+        last_success=None,
+        runs={"cancelled": 1},
+    )
+
+
+def test_the_end_of_a_job_never_seen_is_recorded_from_now(model: StatusModel, clock: Clock) -> None:
+    clock.now = 3000.0
+    ended = model.apply("job.succeeded", job("j7", trigger="startup"), "backup:pictures")
+    assert ended == LiveJob("j7", KEY, OWNER, "running", 3000.0, trigger="startup")
+    assert model.records[KEY] == RunRecord(
+        last=LastRun(3000.0, "succeeded", job="j7"), last_success=3000.0, runs={"succeeded": 1}
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("hook.started", job()),  # not a job event
+        ("trigger.fired", job()),
+        ("job.started", PICTURES_AWS),  # no job id
+        ("job.succeeded", {**PICTURES_AWS, "job": ""}),
+    ],
+)
+def test_other_events_change_nothing(model: StatusModel, kind: str, fields: dict) -> None:
+    assert model.apply(kind, fields, OWNER) is None
+    assert (model.live, model.records) == ({}, {})
+
+
+def test_a_repository_operation_has_no_backup_in_its_key(model: StatusModel) -> None:
+    model.apply("job.started", {"job": "c1", "repository": "aws", "operation": "check"}, "r:aws")
+    assert model.live["c1"].key == RunKey("aws", "check", "")
+    assert model.live["c1"].title == "check aws"
+
+
+def test_owner_gone_forgets_and_returns_that_owners_jobs_only(model: StatusModel) -> None:
+    model.apply("job.started", job("a"), "backup:pictures")
+    model.apply("job.queued", job("b"), "backup:pictures")
+    model.apply("job.started", job("c", backup="music"), "backup:music")
+    gone = model.owner_gone("backup:pictures")
+    assert [(j.job, j.state) for j in gone] == [("a", "running"), ("b", "queued")]
+    assert list(model.live) == ["c"]
+    assert model.records == {}  # not results: the master reports them as failed itself
+    assert model.owner_gone("backup:pictures") == []
+    assert model.owner_gone("nobody") == []
+
+
+def test_set_positions_moves_queued_jobs_only(model: StatusModel) -> None:
+    model.apply("job.queued", job("a", position=1), OWNER)
+    model.apply("job.queued", job("b", position=2), OWNER)
+    model.apply("job.queued", job("c"), OWNER)
+    model.apply("job.started", job("d"), OWNER)
+    model.set_positions({"b": 1, "c": 2, "d": 7})
+    positions = {job_id: live.position for job_id, live in model.live.items()}
+    assert positions == {"a": 1, "b": 1, "c": 2, "d": None}  # a: not told, keeps its own
+    assert [j.state for j in model.live.values()] == ["queued", "queued", "queued", "running"]
+
+
+def test_a_forget_sets_the_snapshot_count_of_its_backup(model: StatusModel, clock: Clock) -> None:
+    model.apply("job.started", job("b1"), OWNER)
+    model.apply("job.succeeded", job("b1", snapshot="s1", snapshots=8), OWNER)
+    backup_record = model.records[KEY]
+    forget = {"job": "f1", **PICTURES_AWS, "operation": "forget"}
+    clock.now = 1100.0
+    model.apply("job.started", forget, OWNER)
+    model.apply("job.succeeded", {**forget, "snapshots": "5", "duration_sec": 1}, OWNER)
+    forget_key = RunKey("aws", "forget", "pictures")
+    assert model.records[forget_key] == RunRecord(
+        last=LastRun(1100.0, "succeeded", 1.0, job="f1"),
+        last_success=1100.0,
+        runs={"succeeded": 1},
+        snapshots=None,
+    )
+    assert model.records[KEY] == RunRecord(
+        last=backup_record.last,
+        last_success=backup_record.last_success,
+        runs={"succeeded": 1},
+        snapshots=5,
+    )
+
+
+def test_a_forget_before_any_backup_creates_the_backups_count(model: StatusModel) -> None:
+    forget = {"job": "f1", "backup": "music", "repository": "aws", "operation": "forget"}
+    model.apply("job.succeeded", {**forget, "snapshots": 0}, "backup:music")
+    assert model.records[RunKey("aws", "backup", "music")] == RunRecord(snapshots=0)
+
+
+def test_a_repository_jobs_snapshot_count_is_ignored(model: StatusModel) -> None:
+    prune = {"job": "p1", "repository": "aws", "operation": "prune", "snapshots": 4}
+    model.apply("job.succeeded", prune, "repository:aws")
+    assert list(model.records) == [RunKey("aws", "prune", "")]
+    assert model.records[RunKey("aws", "prune", "")].snapshots is None
+
+
+def feed(model: StatusModel, clock: Clock) -> None:
+    """Results of every kind: two backups, a forget, a check, a failure."""
+    model.apply("job.started", job("j1"), OWNER)
+    clock.now = 1010.0
+    model.apply(
+        "job.succeeded",
+        job("j1", duration_sec="10.25", snapshot="s1", bytes_added=4096, snapshots=2),
+        OWNER,
+    )
+    model.apply("job.started", job("j2", backup="music"), "backup:music")
+    model.apply("job.failed", job("j2", backup="music", error="no route to host"), "backup:music")
+    check = {"job": "c1", "repository": "aws", "operation": "check"}
+    model.apply("job.started", check, "repository:aws")
+    model.apply("job.cancelled", {**check, "duration_sec": 0.5}, "repository:aws")
+    model.apply("job.queued", job("j3"), OWNER)  # live: never kept
+
+
+def test_results_survive_a_save_and_a_load(tmp_path, clock: Clock) -> None:
+    path = tmp_path / "state" / "status.json"
+    model = StatusModel(path)
+    assert model.records == {}  # no file yet
+    feed(model, clock)
+    model.save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = StatusModel(path)
+    assert loaded.records == model.records
+    assert loaded.live == {}
+    assert list(loaded.items()) == sorted(model.records.items())
+    assert [key for key, _ in loaded.items()] == [
+        RunKey("aws", "backup", "music"),
+        RunKey("aws", "backup", "pictures"),
+        RunKey("aws", "check", ""),
+    ]
+    kept = json.loads(path.read_text())
+    assert kept[1] == {
+        "key": {"repository": "aws", "operation": "backup", "backup": "pictures"},
+        "last": {
+            "started": 1000.0,
+            "result": "succeeded",
+            "duration": 10.25,
+            "error": None,
+            "snapshot": "s1",
+            "job": "j1",
+        },
+        "last_success": 1000.0,
+        "runs": {"succeeded": 1},
+        "bytes_added": 4096,
+        "snapshots": 2,
+    }
+
+
+def test_a_model_in_memory_saves_nothing(tmp_path, clock: Clock) -> None:
+    model = StatusModel()
+    feed(model, clock)
+    model.save()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_where_nothing_can_be_written_raises_oserror(tmp_path, clock: Clock) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    model = StatusModel(blocker / "status.json")  # under a file: no directory possible
+    feed(model, clock)
+    with pytest.raises(OSError):
+        model.save()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "not json",
+        "null",
+        "{}",
+        '{"key": 1}',
+        "[1]",
+        '[{"key": {"repository": "aws"}}]',
+        '[{"key": {"repository": "aws", "operation": "backup", "colour": "blue"}}]',
+        '[{"key": {"repository": "aws", "operation": "backup"}, "last": {"started": 1}}]',
+        '[{"key": {"repository": "aws", "operation": "backup"}, "runs": {"succeeded": "x"}}]',
+        '[{"key": {"repository": "aws", "operation": "backup"}, "bytes_added": null}]',
+    ],
+)
+def test_a_corrupt_file_counts_as_no_results(tmp_path, clock: Clock, content: str) -> None:
+    path = tmp_path / "status.json"
+    path.write_text(content)
+    model = StatusModel(path)
+    assert model.records == {}
+    model.apply("job.succeeded", job(), OWNER)  # and the next result replaces it
+    model.save()
+    assert StatusModel(path).records == model.records != {}
+
+
+def test_a_file_of_another_kind_counts_as_no_results(tmp_path) -> None:
+    (tmp_path / "status.json").mkdir()  # reading it raises IsADirectoryError
+    assert StatusModel(tmp_path / "status.json").records == {}
