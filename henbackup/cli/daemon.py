@@ -14,7 +14,7 @@ from henbackup.config.model import Config
 from henbackup.config.plan import describe_plan
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import ConfigError
-from henbackup.jobs.entry import one_off_job
+from henbackup.jobs.entry import one_off_job, telling
 from henbackup.jobs.pipeline import run_backup_pipeline
 from henbackup.master.supervisor import Master
 from henbackup.observe.events import Emitter
@@ -100,7 +100,7 @@ def backup(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     engine = ResticEngine(config.daemon.restic, cache_dir=Dirs.from_environment().cache)
     scheduler = Scheduler(Dirs.from_environment().scheduler)
-    result = run_backup_pipeline(config, args.name, engine, Emitter(), scheduler=scheduler)
+    result = run_backup_pipeline(config, args.name, engine, telling(None), scheduler=scheduler)
     if result.status == "skipped":
         print(f"{args.name}: skipped by a before hook")
     for outcome in result.outcomes:
