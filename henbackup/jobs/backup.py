@@ -44,7 +44,8 @@ def _count(engine: Engine, target: Target, request: BackupRequest) -> int | None
 
 def _outcome(done: tuple[BackupResult, int | None]) -> tuple[str, dict[str, FieldValue]]:
     result, count = done
-    snapshot = f": snapshot {result.snapshot_id}" if result.snapshot_id else ": nothing changed"
+    # restic 0.14 reports the short id, 0.18 the long one: the message always says the short.
+    snapshot = f": snapshot {result.snapshot_id[:8]}" if result.snapshot_id else ": nothing changed"
     return snapshot, {
         "snapshots": count,
         "snapshot": result.snapshot_id,
