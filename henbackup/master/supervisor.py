@@ -125,6 +125,7 @@ class Master:
         if self.notifier.watchdog_interval:
             self._watchdog()
         self.loop.run()
+        self._write_metrics(up=False)  # node_exporter goes on serving the file: say so
         return 0
 
     def _open_control(self) -> None:
@@ -232,6 +233,8 @@ class Master:
         self.clients.event(requests, kind, str(message.get("message", "")), fields)
         if self.model.apply(kind, fields, owner) is not None:
             self._results_changed()
+        elif kind in ("job.queued", "job.started"):
+            self._write_metrics()  # henbackup_jobs_running and _waiting changed
 
     def _job_process_ended(self, owner: str, exit_code: int) -> None:
         """A job process is gone: a job it never ended failed, and the journal says why."""
@@ -264,12 +267,12 @@ class Master:
             self.emit("status.unsaved", f"cannot keep job results: {error}", error=str(error))
         self._write_metrics()
 
-    def _write_metrics(self) -> None:
+    def _write_metrics(self, up: bool = True) -> None:
         path = self.config.metrics.textfile
         if path is None:
             return
         try:
-            metrics.write_textfile(path, metrics.render(self.model))
+            metrics.write_textfile(path, metrics.render(self.model, up))
         except OSError as error:
             self.emit(
                 "metrics.failed",

@@ -104,16 +104,17 @@ FAMILIES = (
 # the text
 
 
-def render(model: StatusModel) -> str:
-    """Every family of FAMILIES in text format 0.0.4, samples sorted by their labels."""
-    samples = _samples(model)
+def render(model: StatusModel, up: bool = True) -> str:
+    """Every family of FAMILIES in text format 0.0.4, samples sorted by their labels;
+    `up` false for the last textfile of a daemon that stops."""
+    samples = _samples(model, up)
     lines: list[str] = []
     for family in FAMILIES:
         lines += _family_lines(family, sorted(samples.get(family, [])))
     return "\n".join(lines) + "\n"
 
 
-def _samples(model: StatusModel) -> dict[Family, list[Sample]]:
+def _samples(model: StatusModel, up: bool) -> dict[Family, list[Sample]]:
     """The samples of every family that has some."""
     samples: dict[Family, list[Sample]] = {family: [] for family in FAMILIES}
     for key, record in model.items():
@@ -121,7 +122,7 @@ def _samples(model: StatusModel) -> dict[Family, list[Sample]]:
             samples[family].append(sample)
     samples[JOBS_RUNNING] = [((), len(model.running()))]
     samples[JOBS_WAITING] = [((), len(model.waiting()))]
-    samples[UP] = [((), 1)]
+    samples[UP] = [((), int(up))]
     return samples
 
 

@@ -19,6 +19,8 @@ from henbackup.files import write_atomically
 
 RESULTS = ("succeeded", "failed", "cancelled")
 ENDINGS = {f"job.{result}": result for result in RESULTS}
+# Listing snapshots is a question, not a job whose health anyone watches: not recorded.
+UNRECORDED = frozenset({"snapshots"})
 
 
 @dataclass(frozen=True, order=True)
@@ -95,7 +97,8 @@ class StatusModel:
         )
         if kind in ENDINGS:
             ended = self.live.pop(job_id, None) or self._live(job_id, key, owner, "running", fields)
-            self._record(ended, ENDINGS[kind], fields)
+            if key.operation not in UNRECORDED:
+                self._record(ended, ENDINGS[kind], fields)
             return ended
         state = "queued" if kind == "job.queued" else "running"
         job = self._live(job_id, key, owner, state, fields)
