@@ -25,7 +25,7 @@ from henbackup.errors import HenbackupError, JobCancelled, SnapshotNotFound, Sto
 from henbackup.jobs.job import Job
 from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import queued, run_backup_pipeline
-from henbackup.jobs.restore import default_destination, find_snapshot, run_restore
+from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
 from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
 from henbackup.scheduler.queue import Scheduler
@@ -178,13 +178,11 @@ def _list_snapshots(config: Config, request: dict[str, Any], emit: EmitFunction)
 def _restore(config: Config, request: dict[str, Any], emit: EmitFunction) -> dict[str, Any]:
     engine, repository = _engine(config), request["repository"]
     snapshot = find_snapshot(config, engine, repository, request["snapshot"])
-    state = Dirs.from_environment().state
-    destination = request.get("target") or str(default_destination(state, repository, snapshot))
     priority = parse_priority(request.get("priority") or "normal")
     job = Job("restore", repository, snapshot.backup, "manual", priority)
     with queued(job, host_scheduler(), emit):
         result = run_restore(
-            job, config, engine, emit, snapshot, destination, tuple(request.get("include", ()))
+            job, config, engine, emit, snapshot, request["target"], tuple(request["include"])
         )
     return {
         "job": job.id,

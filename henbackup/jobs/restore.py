@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from pathlib import Path
-
 from henbackup.config.model import Config
 from henbackup.engine.base import Engine, RestoreResult, Snapshot
 from henbackup.errors import SnapshotNotFound
@@ -17,19 +14,13 @@ def find_snapshot(config: Config, engine: Engine, repository: str, wanted: str) 
     """The snapshot whose id starts with `wanted`; raises SnapshotNotFound (or EngineError)."""
     target = target_for(config, config.repositories[repository])
     matches = [s for s in engine.snapshots(target) if s.id.startswith(wanted.lower())]
-    if len(matches) != 1 or len(wanted) < 4:
+    if len(matches) != 1:
         how = "no snapshot" if not matches else "more than one snapshot"
         raise SnapshotNotFound(
             f"{how} with id {wanted!r} in {repository}: "
             f"see henbackupctl list-snapshots {repository}"
         )
     return matches[0]
-
-
-def default_destination(state: Path, repository: str, snapshot: Snapshot) -> Path:
-    """A new directory under the state directory: restores/REPOSITORY-SHORTID-WHEN."""
-    when = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return state / "restores" / f"{repository}-{snapshot.short_id}-{when}"
 
 
 def run_restore(

@@ -9,11 +9,13 @@ host-wide queue.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from henbackup.config.units import parse_priority, parse_subset
@@ -94,7 +96,7 @@ def status(master: Master, request: Request, conversation: Conversation) -> Repl
         operations = [
             {"operation": operation, **_row(master, RunKey(name, operation))}
             for operation, settings in scheduled.items()
-            if settings is not None or RunKey(name, operation) in master.model.records
+            if settings is not None or _known(master, RunKey(name, operation))
         ]
         repositories.append({"name": name, **_worker(worker), "operations": operations})
     return {
@@ -104,6 +106,11 @@ def status(master: Master, request: Request, conversation: Conversation) -> Repl
         "backups": backups,
         "repositories": repositories,
     }
+
+
+def _known(master: Master, key: RunKey) -> bool:
+    """Whether an operation asked by hand has run, or waits or runs now."""
+    return key in master.model.records or bool(master.model.jobs_of(key))
 
 
 def _worker(worker: Supervised | None) -> dict[str, Any]:
@@ -222,16 +229,18 @@ def list_snapshots(master: Master, request: Request, conversation: Conversation)
 def restore_snapshot(master: Master, request: Request, conversation: Conversation) -> Reply | None:
     repository = _repository_name(master, request.get("repository"))
     snapshot = str(request.get("snapshot") or "")
-    if not snapshot.isalnum():
-        raise UsageError(f"{snapshot!r} is not a snapshot id (see henbackupctl list-snapshots)")
+    if not snapshot.isalnum() or len(snapshot) < 4:
+        raise UsageError(
+            f"{snapshot!r} is not a snapshot id: give at least its first 4 characters"
+            f" (see henbackupctl list-snapshots {repository})"
+        )
     target = request.get("target")
     if request.get("in_place"):
         target = "/"
     elif target is not None and not os.path.isabs(target):
         raise UsageError(f"--target {target!r}: give an absolute path")
     elif target is None:  # known now, so that --no-wait can say where it goes
-        when = time.strftime("%Y%m%d-%H%M%S")
-        target = str(master.state_dir / "restores" / f"{repository}-{snapshot}-{when}")
+        target = str(_new_directory(master.state_dir / "restores", f"{repository}-{snapshot[:8]}"))
     job = {
         "command": "restore-snapshot",
         "repository": repository,
@@ -241,6 +250,18 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
         "priority": _priority(request),
     }
     return master.start_one_off(job, conversation, wait=bool(request.get("wait")))
+
+
+def _new_directory(parent: Path, name: str) -> Path:
+    """A directory of its own for one restore: NAME-WHEN, or NAME-WHEN-2… if taken."""
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for attempt in itertools.count(1):
+        path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+            return path
+    raise AssertionError("unreachable")
 
 
 def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:

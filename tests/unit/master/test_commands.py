@@ -299,18 +299,28 @@ def test_the_default_target_is_a_new_directory_under_the_state_directory(
         return "20240309-160000"
 
     monkeypatch.setattr(commands, "time", SimpleNamespace(strftime=strftime))
-    ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234")
-    ((job, _, wait),) = master.one_offs
-    assert job["target"] == str(master.state_dir / "restores" / "aws-abcd1234-20240309-160000")
-    assert formats == ["%Y%m%d-%H%M%S"]
-    assert wait is False
+    ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234ef")
+    ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234ef")  # same second
+    restores = master.state_dir / "restores"
+    targets = [job["target"] for job, _, _ in master.one_offs]
+    assert targets == [
+        str(restores / "aws-abcd1234-20240309-160000"),
+        str(restores / "aws-abcd1234-20240309-160000-2"),
+    ]
+    assert all(Path(target).is_dir() for target in targets)  # made, so that none is shared
+    assert (restores.stat().st_mode & 0o777) == 0o700
+    assert formats == ["%Y%m%d-%H%M%S"] * 2
+    assert [wait for _, _, wait in master.one_offs] == [False, False]
 
 
-@pytest.mark.parametrize("snapshot", [None, "", "abcd/../x", "ab cd", "-h", "abcd1234*"])
-def test_a_snapshot_id_must_be_letters_and_digits(master: Any, snapshot) -> None:
+@pytest.mark.parametrize("snapshot", [None, "", "abcd/../x", "ab cd", "-h", "abcd1234*", "abc"])
+def test_a_snapshot_id_is_four_letters_or_digits_or_more(master: Any, snapshot) -> None:
     reply = ask(master, "restore-snapshot", repository="aws", snapshot=snapshot)
     shown = repr(str(snapshot or ""))
-    assert reply == usage(f"{shown} is not a snapshot id (see henbackupctl list-snapshots)")
+    assert reply == usage(
+        f"{shown} is not a snapshot id: give at least its first 4 characters"
+        " (see henbackupctl list-snapshots aws)"
+    )
     assert master.one_offs == []
 
 
