@@ -349,3 +349,12 @@ def test_a_corrupt_file_counts_as_no_results(tmp_path, clock: Clock, content: st
 def test_a_file_of_another_kind_counts_as_no_results(tmp_path) -> None:
     (tmp_path / "status.json").mkdir()  # reading it raises IsADirectoryError
     assert StatusModel(tmp_path / "status.json").records == {}
+
+
+def test_a_listing_of_snapshots_is_live_but_never_recorded(model: StatusModel) -> None:
+    listing = {"job": "l1", "operation": "snapshots", "repository": "aws"}
+    model.apply("job.started", listing, "r1")
+    assert [job.job for job in model.running()] == ["l1"]
+    ended = model.apply("job.failed", {**listing, "error": "unreachable"}, "r1")
+    assert ended is not None and ended.job == "l1"
+    assert model.live == {} and model.records == {}  # no failed run for an alert to see
