@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from henbackup.config.units import parse_priority, parse_subset
+from henbackup.master import jobs
 from henbackup.master.control import Conversation, Reply, Request, reply_error
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
 from henbackup.scheduler.ticket import Ticket
@@ -44,10 +44,6 @@ def answer(master: Master, request: Request, conversation: Conversation) -> Repl
 
 class UsageError(Exception):
     """A name or an option of the request is wrong (henbackupctl exits 2)."""
-
-
-def new_request_id() -> str:
-    return "r" + secrets.token_hex(4)
 
 
 # --- checks -----------------------------------------------------------------------------
@@ -83,7 +79,7 @@ def _priority(request: Request) -> str | None:
 
 def status(master: Master, request: Request, conversation: Conversation) -> Reply:
     positions = _positions(master)
-    master.model.set_positions(positions)
+    master.jobs.model.set_positions(positions)
     backups = []
     for name, backup in sorted(master.config.backups.items()):
         worker = master.children.get(f"backup:{name}")
@@ -110,7 +106,7 @@ def status(master: Master, request: Request, conversation: Conversation) -> Repl
 
 def _known(master: Master, key: RunKey) -> bool:
     """Whether an operation asked by hand has run, or waits or runs now."""
-    return key in master.model.records or bool(master.model.jobs_of(key))
+    return key in master.jobs.model.records or bool(master.jobs.model.jobs_of(key))
 
 
 def _worker(worker: Supervised | None) -> dict[str, Any]:
@@ -124,8 +120,8 @@ def _worker(worker: Supervised | None) -> dict[str, Any]:
 
 def _row(master: Master, key: RunKey) -> dict[str, Any]:
     """One backup→repository (or repository operation): now, and how it last went."""
-    live = master.model.jobs_of(key)
-    record = master.model.records.get(key, RunRecord())
+    live = master.jobs.model.jobs_of(key)
+    record = master.jobs.model.records.get(key, RunRecord())
     last = record.last
     job: LiveJob | None = next((j for j in live if j.state == "running"), None) or (
         live[0] if live else None
@@ -163,7 +159,7 @@ def queue(master: Master, request: Request, conversation: Conversation) -> Reply
 
 
 def _ticket_row(master: Master, ticket: Ticket, position: int | None) -> dict[str, Any]:
-    live = master.model.live.get(ticket.job_id)
+    live = master.jobs.model.live.get(ticket.job_id)
     return {
         "job": ticket.job_id,
         "state": ticket.state,
@@ -203,11 +199,11 @@ def backup(master: Master, request: Request, conversation: Conversation) -> Repl
     if worker is None or worker.channel is None:
         state = worker.child.state.value if worker else "absent"
         return reply_error("failed", f"backup {name} cannot start now: its worker is {state}")
-    request_id = new_request_id()
+    request_id = jobs.new_request_id()
     run = {"type": "run", "operation": "backup", "requests": [request_id]}
     worker.channel.send({**run, "repository": repository, "priority": priority})
     if request.get("wait"):
-        master.clients.add(request_id, conversation, f"backup:{name}")
+        master.jobs.clients.add(request_id, conversation, f"backup:{name}")
         return None
     return {"ok": True, "request": request_id, "accepted": "backup"}
 
@@ -223,7 +219,7 @@ def list_snapshots(master: Master, request: Request, conversation: Conversation)
     else:
         repositories = sorted(master.config.repositories)
     job = {"command": "list-snapshots", "repositories": repositories, "backup": backup}
-    return master.start_one_off(job, conversation, wait=True)
+    return master.jobs.start_one_off(master.config, job, conversation, wait=True)
 
 
 def restore_snapshot(master: Master, request: Request, conversation: Conversation) -> Reply | None:
@@ -249,7 +245,9 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
         "include": [str(path) for path in request.get("include") or ()],
         "priority": _priority(request),
     }
-    return master.start_one_off(job, conversation, wait=bool(request.get("wait")))
+    return master.jobs.start_one_off(
+        master.config, job, conversation, wait=bool(request.get("wait"))
+    )
 
 
 def _new_directory(parent: Path, name: str) -> Path:
@@ -273,7 +271,9 @@ def maintenance(master: Master, request: Request, conversation: Conversation) ->
             job["read_data_subset"] = parse_subset(subset)
         except ValueError as error:
             raise UsageError(f"--read-data-subset {subset!r}: {error}") from None
-    return master.start_one_off(job, conversation, wait=bool(request.get("wait")))
+    return master.jobs.start_one_off(
+        master.config, job, conversation, wait=bool(request.get("wait"))
+    )
 
 
 COMMANDS: dict[str, Command] = {

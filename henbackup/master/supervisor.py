@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from henbackup.channel import Channel, Message
 from henbackup.config.load import load_config
@@ -24,7 +24,6 @@ from henbackup.errors import ConfigError
 from henbackup.humanize import relative
 from henbackup.loop import Loop
 from henbackup.master import commands
-from henbackup.master.clients import Clients
 from henbackup.master.control import (
     ControlServer,
     Conversation,
@@ -33,9 +32,9 @@ from henbackup.master.control import (
     bind,
     socket_from_systemd,
 )
+from henbackup.master.jobs import Jobs, OneOffBody
 from henbackup.master.specs import WorkerSpec, diff, worker_specs
 from henbackup.master.states import Child, Policy, State
-from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
 from henbackup.observe.status import LiveJob, StatusModel
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 
 # Runs in the forked worker with its end of the channel; returns the worker's exit code.
 WorkerBody = Callable[[WorkerSpec, Config, Channel], int]
-# Runs a henbackupctl request in a forked job process; its reply goes on the channel.
-OneOffBody = Callable[[Config, dict[str, Any], Channel], int]
 
 
 def _seconds(name: str, default: float) -> float:
@@ -69,16 +66,6 @@ class Supervised:
 
 
 @dataclass
-class OneOff:
-    """A job process the master started for a henbackupctl request."""
-
-    request: str
-    forked: Forked
-    news: Channel | None
-    result: Reply | None = None
-
-
-@dataclass
 class Master:
     config_path: Path
     config: Config
@@ -94,12 +81,20 @@ class Master:
     one_off_body: OneOffBody | None = None
     state_dir: Path = Path("/var/lib/henbackup")
     model: StatusModel = field(default_factory=StatusModel)
-    clients: Clients = field(default_factory=Clients)
     children: dict[str, Supervised] = field(default_factory=dict)
-    one_offs: dict[str, OneOff] = field(default_factory=dict)
     stopping: bool = False
     control: ControlServer | None = None
-    metrics_server: metrics.MetricsServer | None = None
+    jobs: Jobs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.jobs = Jobs(
+            self.loop,
+            self.emit,
+            self.model,
+            self.scheduler,
+            self.one_off_body,
+            on_change=self._after_job_process,
+        )
 
     # running
     def run(self) -> int:
@@ -108,7 +103,7 @@ class Master:
         self.loop.on_signal(signal.SIGTERM, self.stop)
         self.loop.on_signal(signal.SIGINT, self.stop)
         self._open_control()
-        self._open_metrics()
+        self.jobs.configure(self.config.metrics)
         if self.scheduler is not None:
             self.scheduler.set_slots(self.config.daemon.max_concurrent_jobs)
         for spec in worker_specs(self.config).values():
@@ -125,7 +120,7 @@ class Master:
         if self.notifier.watchdog_interval:
             self._watchdog()
         self.loop.run()
-        self._write_metrics(up=False)  # node_exporter goes on serving the file: say so
+        self.jobs.write_metrics(up=False)  # node_exporter goes on serving the file: say so
         return 0
 
     def _open_control(self) -> None:
@@ -135,28 +130,6 @@ class Master:
         if sock is not None:
             self.control = ControlServer(sock, self.loop, self._control_request)
             self.control.start()
-
-    def _open_metrics(self) -> None:
-        address = self.config.metrics.listen
-        if self.metrics_server is not None:
-            if self.metrics_server.address == address:
-                return
-            self.metrics_server.close()
-            self.metrics_server = None
-        if address is None:
-            return
-        try:
-            self.metrics_server = metrics.MetricsServer.open(
-                self.loop, address, lambda: metrics.render(self.model)
-            )
-        except OSError as error:
-            host, port = address
-            self.emit(
-                "metrics.failed",
-                f"cannot serve metrics on {host}:{port}: {error.strerror or error}",
-                error=str(error.strerror or error),
-            )
-        self._write_metrics()
 
     def _watchdog(self) -> None:
         # Sent from a timer of the one loop: if the loop is stuck, systemd stops hearing it.
@@ -216,137 +189,21 @@ class Master:
         if kind == "ready" and supervised.child.state is State.STARTING:
             supervised.child.ready(self.loop.clock())
         elif kind == "event":
-            self._job_event(key, message, message.get("requests", ()))
+            self.jobs.event(key, message, message.get("requests", ()))
         elif kind == "job":
             next_run = message.get("next_run")
             supervised.next_run = float(next_run) if next_run is not None else None
             supervised.running = message.get("state") == "running"
             if message.get("state") == "idle":  # its job process ended
-                self._job_process_ended(key, int(message.get("exit", 0)))
+                self.jobs.process_ended(key, int(message.get("exit", 0)))
                 for request in message.get("requests", ()):
-                    self.clients.finish(request, _reply_for_exit(int(message.get("exit", 0))))
+                    reply = _reply_for_exit(int(message.get("exit", 0)))
+                    self.jobs.clients.finish(request, reply)
         self._update_status()
 
-    # jobs
-    def _job_event(self, owner: str, message: Message, requests: Any) -> None:
-        kind, fields = str(message.get("kind")), message.get("fields") or {}
-        self.clients.event(requests, kind, str(message.get("message", "")), fields)
-        if self.model.apply(kind, fields, owner) is not None:
-            self._results_changed()
-        elif kind in ("job.queued", "job.started"):
-            self._write_metrics()  # henbackup_jobs_running and _waiting changed
-
-    def _job_process_ended(self, owner: str, exit_code: int) -> None:
-        """A job process is gone: a job it never ended failed, and the journal says why."""
-        how = describe_exit(exit_code)
-        for job in self.model.owner_gone(owner):
-            self._emit_lost(job, how)
-        if self.scheduler is not None:
-            self.scheduler.nudge()  # if it died holding its slot, the next job may start
-
-    def _emit_lost(self, job: LiveJob, how: str) -> None:
-        error = f"its process {how} before the job ended"
-        fields = {"job": job.job, "operation": job.key.operation, "repository": job.key.repository}
-        self.emit(
-            "job.failed",
-            f"{job.title}: {job.key.operation} failed: {error}",
-            **fields,
-            backup=job.key.backup or None,
-            trigger=job.trigger,
-            priority=job.priority,
-            error=error,
-        )
-        self.model.apply("job.failed", {**fields, "backup": job.key.backup, "error": error}, "")
-        self._results_changed()
-
-    def _results_changed(self) -> None:
-        """Keep the results and rewrite the metrics textfile: after every job."""
-        try:
-            self.model.save()
-        except OSError as error:
-            self.emit("status.unsaved", f"cannot keep job results: {error}", error=str(error))
-        self._write_metrics()
-
-    def _write_metrics(self, up: bool = True) -> None:
-        path = self.config.metrics.textfile
-        if path is None:
-            return
-        try:
-            metrics.write_textfile(path, metrics.render(self.model, up))
-        except OSError as error:
-            self.emit(
-                "metrics.failed",
-                f"cannot write the metrics to {path}: {error.strerror or error}",
-                error=str(error.strerror or error),
-            )
-
-    def start_one_off(
-        self, request: dict[str, Any], conversation: Conversation, wait: bool
-    ) -> Reply | None:
-        """Run `request` in a job process of its own; the reply comes when it ends, unless
-        `wait` is false (then: at once, with the request's id)."""
-        assert self.one_off_body is not None
-        request_id, body_of = commands.new_request_id(), self.one_off_body
-        parent_end, child_end = Channel.pair()
-        config = self.config
-
-        def body() -> int:
-            self.loop.close(registered_too=True)
-            parent_end.close()
-            return body_of(config, request, child_end)
-
-        forked = fork_child(f"hbjob:{request['command']}"[:15], body)
-        child_end.close()
-        self.one_offs[request_id] = OneOff(request_id, forked, parent_end)
-        self.loop.add_reader(forked.pidfd, lambda: self._one_off_exited(request_id))
-        self.loop.add_reader(parent_end.fileno(), lambda: self._one_off_news(request_id))
-        if wait:
-            self.clients.add(request_id, conversation, request_id)
-            return None
-        accepted = {"request": request_id, "accepted": request["command"]}
-        return {"ok": True, **accepted, "target": request.get("target")}
-
-    def _one_off_news(self, request_id: str) -> None:
-        one_off = self.one_offs[request_id]
-        assert one_off.news is not None
-        try:
-            messages = one_off.news.receive()
-        except (OSError, ValueError):
-            messages = None
-        if messages is None:
-            self._close_one_off_news(one_off)
-        else:
-            self._one_off_said(one_off, messages)
-
-    def _one_off_said(self, one_off: OneOff, messages: list[Message]) -> None:
-        for message in messages:
-            if message.get("type") == "event":
-                self._job_event(one_off.request, message, (one_off.request,))
-            elif message.get("type") == "result":
-                one_off.result = {k: v for k, v in message.items() if k != "type"}
-
-    def _close_one_off_news(self, one_off: OneOff) -> None:
-        if one_off.news is not None:
-            self.loop.remove_reader(one_off.news.fileno())
-            one_off.news.close()
-            one_off.news = None
-
-    def _one_off_exited(self, request_id: str) -> None:
-        one_off = self.one_offs[request_id]
-        self.loop.remove_reader(one_off.forked.pidfd)
-        if one_off.news is not None:  # what it said last (its result) is not lost
-            self._one_off_said(one_off, one_off.news.drain())
-            self._close_one_off_news(one_off)
-        status = reap(one_off.forked)
-        del self.one_offs[request_id]
-        self._job_process_ended(request_id, os.waitstatus_to_exitcode(status))
-        reply = one_off.result or {
-            "ok": False,
-            "code": "failed",
-            "error": f"the job process {describe_status(status)}",
-        }
-        self.clients.finish(request_id, reply)
-        if self.stopping and not self.children and not self.one_offs:
+    def _after_job_process(self) -> None:
+        """A one-off job process ended: the last one lets a stopping master go."""
+        if self.stopping and not self.children and not self.jobs.one_offs:
             self.loop.stop()
         self._update_status()
 
@@ -357,8 +214,8 @@ class Master:
         self.loop.remove_reader(supervised.forked.pidfd)
         status = reap(supervised.forked)
         supervised.forked = None
-        self._job_process_ended(key, os.waitstatus_to_exitcode(status))  # its job died too
-        self.clients.owner_gone(key, f"the worker of {supervised.spec.name} stopped")
+        self.jobs.process_ended(key, os.waitstatus_to_exitcode(status))  # its job died too
+        self.jobs.clients.owner_gone(key, f"the worker of {supervised.spec.name} stopped")
         if supervised.channel is not None:
             self.loop.remove_reader(supervised.channel.fileno())
             supervised.channel.close()
@@ -396,7 +253,7 @@ class Master:
             del self.children[key]
             if supervised.replacement is not None and not self.stopping:
                 self._add(supervised.replacement)
-            elif self.stopping and not self.children and not self.one_offs:
+            elif self.stopping and not self.children and not self.jobs.one_offs:
                 self.loop.stop()
 
     def _restart(self, key: str) -> None:
@@ -459,7 +316,7 @@ class Master:
             self._stop_child(key)
         for key in change.added:
             self._add(new[key])
-        self._open_metrics()
+        self.jobs.configure(config.metrics)
         self.emit(
             "config.reloaded",
             f"configuration reloaded: {len(change.added)} added, "
@@ -479,15 +336,12 @@ class Master:
         self.emit("daemon.stopping", "henbackup stopping", pid=os.getpid())
         for key in list(self.children):
             self._stop_child(key)
-        for one_off in self.one_offs.values():
-            os.kill(one_off.forked.pid, signal.SIGTERM)
+        self.jobs.signal_one_offs(signal.SIGTERM)
         if self.control is not None:
             self.control.close()
             self.control = None
-        if self.metrics_server is not None:
-            self.metrics_server.close()
-            self.metrics_server = None
-        if not self.children and not self.one_offs:
+        self.jobs.close()
+        if not self.children and not self.jobs.one_offs:
             self.loop.stop()
         self.loop.call_later(self.stop_timeout, self._kill_remaining)
         self._update_status()
@@ -496,8 +350,7 @@ class Master:
         for supervised in self.children.values():
             if supervised.forked is not None:
                 os.killpg(supervised.forked.pid, signal.SIGKILL)
-        for one_off in self.one_offs.values():
-            os.killpg(one_off.forked.pid, signal.SIGKILL)
+        self.jobs.signal_one_offs(signal.SIGKILL, group=True)
 
     # control requests
     def _control_request(self, request: Request, conversation: Conversation) -> Reply | None:
@@ -534,13 +387,6 @@ class Master:
 def _activity(job: LiveJob) -> str:
     """`pictures→aws-ireland 42%`, `check aws-ireland`."""
     return f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
-
-
-def describe_exit(code: int) -> str:
-    """`exited with 1`, `was killed by SIGKILL`: from os.waitstatus_to_exitcode's number."""
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with {code}"
 
 
 def _reply_for_exit(code: int) -> Reply:

@@ -88,20 +88,24 @@ def master(tmp_path: Path) -> Any:
     config_path.write_text(CONFIG.format(tmp=tmp_path))
     one_offs: list[tuple[dict[str, Any], Any, bool]] = []
 
-    def start_one_off(job: dict[str, Any], conversation: Any, wait: bool) -> Any:
+    config = load_config(config_path, env={}, hostname="testhost")
+
+    def start_one_off(given: Any, job: dict[str, Any], conversation: Any, wait: bool) -> Any:
+        assert given is config
         one_offs.append((job, conversation, wait))
         return None if wait else {"ok": True, "request": "r00000001", "accepted": job["command"]}
 
+    model, clients = StatusModel(), Clients()
     return SimpleNamespace(
-        config=load_config(config_path, env={}, hostname="testhost"),
+        config=config,
         config_path=config_path,
         children={},
         stopping=False,
-        model=StatusModel(),
+        model=model,
+        clients=clients,
+        jobs=SimpleNamespace(model=model, clients=clients, start_one_off=start_one_off),
         scheduler=Scheduler(tmp_path / "s"),
-        clients=Clients(),
         state_dir=tmp_path / "state",
-        start_one_off=start_one_off,
         one_offs=one_offs,
         status_line=lambda: "2 backups; idle",
     )

@@ -1,0 +1,216 @@
+"""What the master knows of jobs: every job event of every job process (through the workers,
+or straight from the one-off job processes started here for henbackupctl) feeds the status
+model, the clients waiting for it and the metrics."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from henbackup.channel import Channel, Message
+from henbackup.config.model import Config, Metrics
+from henbackup.loop import Loop
+from henbackup.master.clients import Clients
+from henbackup.master.control import Conversation, Reply
+from henbackup.observe import metrics
+from henbackup.observe.events import EmitFunction
+from henbackup.observe.status import LiveJob, StatusModel
+from henbackup.process import Forked, describe_status, fork_child, reap
+
+if TYPE_CHECKING:
+    from henbackup.scheduler.queue import Scheduler
+
+# Runs a henbackupctl request in a forked job process; its reply goes on the channel.
+OneOffBody = Callable[[Config, dict[str, Any], Channel], int]
+
+
+@dataclass
+class OneOff:
+    """A job process the master started for a henbackupctl request."""
+
+    request: str
+    forked: Forked
+    news: Channel | None
+    result: Reply | None = None
+
+
+@dataclass
+class Jobs:
+    loop: Loop
+    emit: EmitFunction
+    model: StatusModel = field(default_factory=StatusModel)
+    scheduler: Scheduler | None = None
+    one_off_body: OneOffBody | None = None
+    on_change: Callable[[], None] = lambda: None  # something to show in STATUS=
+    clients: Clients = field(default_factory=Clients)
+    one_offs: dict[str, OneOff] = field(default_factory=dict)
+    settings: Metrics = field(default_factory=Metrics)
+    metrics_server: metrics.MetricsServer | None = None
+
+    # events
+    def event(self, owner: str, message: Message, requests: Any) -> None:
+        """A job or hook event from the job process of `owner` (a worker's key or a
+        one-off's request id), for the clients waiting on `requests`."""
+        kind, fields = str(message.get("kind")), message.get("fields") or {}
+        self.clients.event(requests, kind, str(message.get("message", "")), fields)
+        if self.model.apply(kind, fields, owner) is not None:
+            self._results_changed()
+        elif kind in ("job.queued", "job.started"):
+            self.write_metrics()  # henbackup_jobs_running and _waiting changed
+
+    def process_ended(self, owner: str, exit_code: int) -> None:
+        """A job process is gone: a job it never ended failed, and the journal says why."""
+        how = describe_exit(exit_code)
+        for job in self.model.owner_gone(owner):
+            self._emit_lost(job, how)
+        if self.scheduler is not None:
+            self.scheduler.nudge()  # if it died holding its slot, the next job may start
+
+    def _emit_lost(self, job: LiveJob, how: str) -> None:
+        error = f"its process {how} before the job ended"
+        fields = {"job": job.job, "operation": job.key.operation, "repository": job.key.repository}
+        self.emit(
+            "job.failed",
+            f"{job.title}: {job.key.operation} failed: {error}",
+            **fields,
+            backup=job.key.backup or None,
+            trigger=job.trigger,
+            priority=job.priority,
+            error=error,
+        )
+        self.model.apply("job.failed", {**fields, "backup": job.key.backup, "error": error}, "")
+        self._results_changed()
+
+    def _results_changed(self) -> None:
+        """Keep the results and rewrite the metrics textfile: after every job."""
+        try:
+            self.model.save()
+        except OSError as error:
+            self.emit("status.unsaved", f"cannot keep job results: {error}", error=str(error))
+        self.write_metrics()
+
+    # metrics
+    def configure(self, settings: Metrics) -> None:
+        """Apply the [metrics] settings (at start and on reload)."""
+        self.settings = settings
+        address = settings.listen
+        if self.metrics_server is not None and self.metrics_server.address != address:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if address is not None and self.metrics_server is None:
+            try:
+                self.metrics_server = metrics.MetricsServer.open(
+                    self.loop, address, lambda: metrics.render(self.model)
+                )
+            except OSError as error:
+                self._metrics_failed(f"cannot serve metrics on {address[0]}:{address[1]}", error)
+        self.write_metrics()
+
+    def write_metrics(self, up: bool = True) -> None:
+        path = self.settings.textfile
+        if path is None:
+            return
+        try:
+            metrics.write_textfile(path, metrics.render(self.model, up))
+        except OSError as error:
+            self._metrics_failed(f"cannot write the metrics to {path}", error)
+
+    def _metrics_failed(self, what: str, error: OSError) -> None:
+        reason = str(error.strerror or error)
+        self.emit("metrics.failed", f"{what}: {reason}", error=reason)
+
+    # one-off job processes
+    def start_one_off(
+        self, config: Config, request: dict[str, Any], conversation: Conversation, wait: bool
+    ) -> Reply | None:
+        """Run `request` in a job process of its own; the reply comes when it ends, unless
+        `wait` is false (then: at once, with the request's id)."""
+        assert self.one_off_body is not None
+        request_id, body_of = new_request_id(), self.one_off_body
+        parent_end, child_end = Channel.pair()
+
+        def body() -> int:
+            self.loop.close(registered_too=True)
+            parent_end.close()
+            return body_of(config, request, child_end)
+
+        forked = fork_child(f"hbjob:{request['command']}"[:15], body)
+        child_end.close()
+        self.one_offs[request_id] = OneOff(request_id, forked, parent_end)
+        self.loop.add_reader(forked.pidfd, lambda: self._one_off_exited(request_id))
+        self.loop.add_reader(parent_end.fileno(), lambda: self._one_off_news(request_id))
+        if wait:
+            self.clients.add(request_id, conversation, request_id)
+            return None
+        accepted = {"request": request_id, "accepted": request["command"]}
+        return {"ok": True, **accepted, "target": request.get("target")}
+
+    def _one_off_news(self, request_id: str) -> None:
+        one_off = self.one_offs[request_id]
+        assert one_off.news is not None
+        try:
+            messages = one_off.news.receive()
+        except (OSError, ValueError):
+            messages = None
+        if messages is None:
+            self._close_news(one_off)
+        else:
+            self._one_off_said(one_off, messages)
+
+    def _one_off_said(self, one_off: OneOff, messages: list[Message]) -> None:
+        for message in messages:
+            if message.get("type") == "event":
+                self.event(one_off.request, message, (one_off.request,))
+            elif message.get("type") == "result":
+                one_off.result = {k: v for k, v in message.items() if k != "type"}
+
+    def _close_news(self, one_off: OneOff) -> None:
+        if one_off.news is not None:
+            self.loop.remove_reader(one_off.news.fileno())
+            one_off.news.close()
+            one_off.news = None
+
+    def _one_off_exited(self, request_id: str) -> None:
+        one_off = self.one_offs.pop(request_id)
+        self.loop.remove_reader(one_off.forked.pidfd)
+        if one_off.news is not None:  # what it said last (its result) is not lost
+            self._one_off_said(one_off, one_off.news.drain())
+            self._close_news(one_off)
+        status = reap(one_off.forked)
+        self.process_ended(request_id, os.waitstatus_to_exitcode(status))
+        died = {
+            "ok": False,
+            "code": "failed",
+            "error": f"the job process {describe_status(status)}",
+        }
+        self.clients.finish(request_id, one_off.result or died)
+        self.on_change()
+
+    def signal_one_offs(self, signum: int, group: bool = False) -> None:
+        """SIGTERM to stop them cleanly; SIGKILL to their whole process group at the end."""
+        for one_off in self.one_offs.values():
+            if group:
+                os.killpg(one_off.forked.pid, signum)
+            else:
+                os.kill(one_off.forked.pid, signum)
+
+    def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+
+
+def new_request_id() -> str:
+    """The id of one henbackupctl request: what the master and the job processes call it."""
+    return "r" + secrets.token_hex(4)
+
+
+def describe_exit(code: int) -> str:
+    """`exited with 1`, `was killed by SIGKILL`: from os.waitstatus_to_exitcode's number."""
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
