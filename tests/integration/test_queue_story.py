@@ -332,9 +332,11 @@ def restic_of(pid: int) -> psutil.Process:
     found: list[psutil.Process] = []
 
     def look() -> bool:
+        # The job runs short restic commands before the backup: one may be a zombie by now.
         with contextlib.suppress(psutil.Error):
-            found[:] = [c for c in psutil.Process(pid).children() if c.name() == "restic"]
-        return bool(found) and "backup" in found[0].cmdline()
+            children = [c for c in psutil.Process(pid).children() if c.name() == "restic"]
+            found[:] = [c for c in children if "backup" in c.cmdline()]
+        return bool(found)
 
     deadline = time.monotonic() + DEADLINE
     while not look():
