@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from henbackup.config.model import Config
-from henbackup.config.problems import At, Expanded, Run, type_name, unknown_key
+from henbackup.config.problems import At, Run, expanded, type_name, unknown_key
 from henbackup.config.validate import (
     DAEMON_KEYS,
     METRICS_KEYS,
@@ -62,7 +62,7 @@ def _expand_string(text: str, at: At) -> str:
         elif match[1] not in env:
             missing.append(match[1])
         else:
-            used.append(match[1])
+            used.append(env[match[1]])
             return env[match[1]]
         return ""
 
@@ -77,7 +77,7 @@ def _expand_string(text: str, at: At) -> str:
     at.run.expansion += [Problem(at.file, at.path, message) for message in messages]
     if messages:
         at.run.broken.add((at.file, at.path))
-    return Expanded(result) if used else result
+    return expanded(result, used) if used else result
 
 
 # ------------------------------------------------------------------------------ files

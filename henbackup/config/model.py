@@ -128,6 +128,7 @@ class HttpHook:
     timeout: float = 60.0
     retries: int = 0
     on_failure: OnFailure = "stop"
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # from ${NAME}: never shown
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class CommandHook:
     cwd: str | None = None
     timeout: float = 60.0
     on_failure: OnFailure = "stop"
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # from ${NAME}: never shown
 
 
 Hook = HttpHook | CommandHook

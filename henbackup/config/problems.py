@@ -22,9 +22,29 @@ _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Expanded(str):
-    """A string that took text from the environment: a message never shows it."""
+    """A string that took text from the environment: a message never shows it.
 
-    __slots__ = ()
+    `values` are the texts the environment gave it (hooks treat them as secrets).
+    """
+
+    values: tuple[str, ...] = ()
+
+
+def expanded(text: str, values: list[str]) -> Expanded:
+    result = Expanded(text)
+    result.values = tuple(values)
+    return result
+
+
+def environment_values(value: object) -> list[str]:
+    """Every text that came from the environment into `value` (strings, lists, tables)."""
+    if isinstance(value, Expanded):
+        return list(value.values)
+    if isinstance(value, list):
+        return [text for element in value for text in environment_values(element)]
+    if isinstance(value, dict):
+        return [text for element in value.values() for text in environment_values(element)]
+    return []
 
 
 class Invalid(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -42,6 +42,7 @@ from henbackup.config.problems import (
     Expanded,
     Invalid,
     did_you_mean,
+    environment_values,
     show,
     type_name,
     unknown_key,
@@ -447,10 +448,14 @@ def _hook(value: Any, at: At) -> Hook | None:
     """One hook table: type = "http" or "command" decides the other keys."""
     _expect(value, dict, "a table")
     kind = value.get("type")
+    # What the environment put into a hook (a ping URL's token, a header) is never shown.
+    secrets = tuple(v for v in environment_values(value) if v)
     if kind == "http":
-        return _http_hook(_table(value, at, _HTTP_HOOK_KEYS), at)
+        hook = _http_hook(_table(value, at, _HTTP_HOOK_KEYS), at)
+        return hook and replace(hook, secrets=secrets)
     if kind == "command":
-        return _command_hook(_table(value, at, _COMMAND_HOOK_KEYS), at)
+        command = _command_hook(_table(value, at, _COMMAND_HOOK_KEYS), at)
+        return command and replace(command, secrets=secrets)
     if "type" in value:
         at.key("type").problem(f'{show(kind)} is not a hook type: use "http" or "command"')
     else:

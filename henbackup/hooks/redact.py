@@ -1,7 +1,8 @@
 """Keep secrets out of hook events: bounded output, known secret values replaced.
 
 The secrets of a hook are what it was given: its env values, the values of its
-Authorization-like headers, the password-ish query parameters and the password in its URL.
+Authorization-like headers, the password-ish query parameters and the password in its URL,
+and every text that ${NAME} brought into it from the environment.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class Redactor:
 def hook_secrets(hook: Hook) -> Redactor:
     """The redactor of everything `hook` was given that may be a secret."""
     if isinstance(hook, CommandHook):
-        return Redactor.of(_env_secrets(hook.env))
-    return Redactor.of([*_header_secrets(hook), *_url_secrets(hook.url)])
+        return Redactor.of([*_env_secrets(hook.env), *hook.secrets])
+    return Redactor.of([*_header_secrets(hook), *_url_secrets(hook.url), *hook.secrets])
 
 
 def _env_secrets(env: Iterable[tuple[str, str]]) -> list[str]:

@@ -28,7 +28,8 @@ _CONSEQUENCES = {
 
 def describe(hook: Hook) -> str:
     """How events name `hook`, without secrets."""
-    return command.describe(hook) if isinstance(hook, CommandHook) else http.describe(hook)
+    named = command.describe(hook) if isinstance(hook, CommandHook) else http.describe(hook)
+    return hook_secrets(hook)(named)
 
 
 def run_hook(

@@ -389,7 +389,11 @@ def test_expansion_everywhere(load: Load) -> None:
     backup = config.backups["home"]
     assert backup.excludes == ("/root/.cache", "${literal}", "cost: $5")
     assert backup.hooks.after == (
-        HttpHook("https://hc-ping.com/abc", headers=(("Authorization", "Bearer t0k"),)),
+        HttpHook(
+            "https://hc-ping.com/abc",
+            headers=(("Authorization", "Bearer t0k"),),
+            secrets=("abc", "t0k"),  # what the environment gave: hooks never show it
+        ),
     )
 
 

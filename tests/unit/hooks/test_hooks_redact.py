@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from henbackup.config.load import load_config
 from henbackup.config.model import CommandHook, HttpHook
 from henbackup.hooks.command import SAFE_PATH, environment
 from henbackup.hooks.outcome import HookContext
@@ -15,6 +16,7 @@ from henbackup.hooks.redact import (
     hook_secrets,
     redact_url,
 )
+from henbackup.hooks.run import describe
 
 
 def test_env_values_are_secrets_unless_short_and_harmlessly_named():
@@ -97,3 +99,23 @@ def test_command_environment_is_minimal_then_context_then_the_hooks_own():
         f"HENBACKUP_{n}" for n in ("BACKUP", "HOOK", "JOB", "TRIGGER", "ERROR")
     }
     assert environment(CommandHook(("x",)), {})["PATH"] == SAFE_PATH
+
+
+def test_what_the_environment_gave_a_hook_is_never_shown(tmp_path):
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        '[repositories.local]\nlocation = "/srv/r"\npassword = "x"\n'
+        '[backups.db]\npaths = ["/srv/db"]\nrepositories = ["local"]\n'
+        "[[backups.db.hooks.after]]\n"
+        'type = "http"\nurl = "https://hc-ping.com/${HC_UUID}/done"\n'
+        "[[backups.db.hooks.before]]\n"
+        'type = "command"\ncommand = ["/usr/bin/dump", "--key=${DUMP_KEY}"]\n'
+    )
+    env = {"HC_UUID": "5f3a9c1e-ping-uuid", "DUMP_KEY": "k3y-from-env"}
+    hooks = load_config(config, env=env, hostname="h").backups["db"].hooks
+    (ping,), (dump,) = hooks.after, hooks.before
+    assert describe(ping) == f"POST https://hc-ping.com/{REDACTED}/done"
+    assert describe(dump) == "command dump"  # its program only: arguments may hold secrets
+    said = "pinged 5f3a9c1e-ping-uuid; used k3y-from-env"
+    assert hook_secrets(ping)(said) == f"pinged {REDACTED}; used k3y-from-env"
+    assert hook_secrets(dump)(said) == f"pinged 5f3a9c1e-ping-uuid; used {REDACTED}"
