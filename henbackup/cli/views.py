@@ -32,8 +32,17 @@ def _next(epoch: float | None, now: float) -> str:
     return "-" if epoch is None else relative(epoch - now)
 
 
+def _worker(entry: Reply, row: Reply) -> Reply:
+    """The row, its state saying so when its worker is not running (backoff, fatal): then
+    nothing runs on time, and that matters more than the row's own state."""
+    worker = entry.get("worker")
+    if worker in (None, "running", "starting") or row["state"] != "idle":
+        return row
+    return {**row, "state": f"worker {worker}"}
+
+
 def _state(row: Reply) -> str:
-    """`idle`, `queued (2)`, `running 42%`."""
+    """`idle`, `queued (2)`, `running 42%`, `worker fatal`."""
     state = row["state"]
     if state == "queued" and row.get("position"):
         return f"queued ({row['position']})"
@@ -54,10 +63,11 @@ def status(reply: Reply, now: float) -> list[str]:
     ]
     for backup in reply["backups"]:
         for row in backup["repositories"]:
-            rows.append(_status_row(backup["name"], row, backup["next_run"], now))
+            rows.append(_status_row(backup["name"], _worker(backup, row), backup["next_run"], now))
     for repository in reply["repositories"]:
         for row in repository["operations"]:
-            rows.append(_status_row(f"({row['operation']})", row, repository["next_run"], now))
+            name = f"({row['operation']})"
+            rows.append(_status_row(name, _worker(repository, row), repository["next_run"], now))
     return [reply["status"], "", *table(rows)]
 
 

@@ -118,15 +118,16 @@ def test_status_is_the_status_line_then_one_row_per_run() -> None:
     assert views.status(STATUS, NOW) == [
         "2 backups; running: pictures→aws 42%; queued: 1",
         "",
-        "BACKUP    REPOSITORY  STATE        LAST RUN  TOOK        LAST SUCCESS  NEXT RUN  RESULT",
-        "pictures  aws         running 42%  2 h ago   1 min 15 s  2 h ago       in 1 h    "
+        "BACKUP    REPOSITORY  STATE           LAST RUN  TOOK        LAST SUCCESS  NEXT RUN  "
+        "RESULT",
+        "pictures  aws         running 42%     2 h ago   1 min 15 s  2 h ago       in 1 h    "
         "succeeded",
-        "pictures  local       queued (1)   1 d ago   3.5 s       -             in 1 h    "
+        "pictures  local       queued (1)      1 d ago   3.5 s       -             in 1 h    "
         "failed: repository is locked",
-        "music     aws         idle         -         -           -             now       -",
-        "(check)   aws         idle         30 s ago  10 min 0 s  30 s ago      in 2 d    "
+        "music     aws         worker backoff  -         -           -             now       -",
+        "(check)   aws         idle            30 s ago  10 min 0 s  30 s ago      in 2 d    "
         "cancelled",
-        "(prune)   aws         running      -         -           -             in 2 d    -",
+        "(prune)   aws         running         -         -           -             in 2 d    -",
     ]
 
 
