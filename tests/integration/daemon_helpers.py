@@ -301,3 +301,31 @@ def write_state(
 
 def read_state(state_dir: Path, backup: str) -> dict[str, Any]:
     return json.loads((state_dir / "backups" / f"{backup}.json").read_text())
+
+
+# --- restic, as the tests use it beside the daemon ----------------------------------------
+
+PASSWORD = "integration: a test password"  # of the `repository` fixture's repositories
+
+
+def restic_command(restic: str, repository: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run restic itself on `repository` (password PASSWORD); raises if it fails."""
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": PASSWORD}
+    return subprocess.run(
+        [restic, "--no-cache", *args], env=env, capture_output=True, check=True, timeout=120
+    )
+
+
+def restic_json(restic: str, repository: Path, *args: str) -> Any:
+    return json.loads(restic_command(restic, repository, *args, "--json").stdout)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` by relative path, with its content."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def henbackupctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real client against the daemon's socket."""
+    command = [sys.executable, "-m", "henbackup.cli.ctl", "--socket", str(daemon.socket)]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)

@@ -22,15 +22,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from daemon_helpers import Daemon, read_state, when, write_state
+from daemon_helpers import (
+    PASSWORD,
+    Daemon,
+    henbackupctl,
+    read_state,
+    restic_command,
+    restic_json,
+    tree,
+    when,
+    write_state,
+)
 
 from henbackup.worker.schedule import RETRY_AFTER
 
@@ -39,7 +46,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # One restic version is enough where the version does not matter (see the module docstring).
 ONE_RESTIC = pytest.mark.parametrize("restic", ["restic-0.14"], indirect=True)
 
-PASSWORD = "triggers: a test password"
 HOST = "testhost"
 DAY = 86400.0
 TOLERANCE = 0.05  # clock reading, timer granularity: how early an event may look
@@ -47,42 +53,6 @@ MARGIN = 1.5  # how late the daemon may act on a busy 2-core machine
 
 
 # --- set-up -------------------------------------------------------------------------------
-
-
-def restic_command(restic: str, repository: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": PASSWORD}
-    return subprocess.run(
-        [restic, "--no-cache", *args], env=env, capture_output=True, check=True, timeout=120
-    )
-
-
-def restic_json(restic: str, repository: Path, *args: str) -> object:
-    return json.loads(restic_command(restic, repository, *args, "--json").stdout)
-
-
-@pytest.fixture(scope="session")
-def _initialized() -> dict[str, Path]:
-    """One initialized empty repository per restic binary, made on first use: `restic init`
-    takes ~3 s (it calibrates its key derivation); a copy takes milliseconds."""
-    return {}
-
-
-@pytest.fixture
-def repository(
-    restic: str,
-    tmp_path: Path,
-    _initialized: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    """An initialized, empty repository of the test's own."""
-    template = _initialized.get(restic)
-    if template is None:
-        template = tmp_path_factory.mktemp("template") / "repository"
-        restic_command(restic, template, "init")
-        _initialized[restic] = template
-    copy = tmp_path / "repository"
-    shutil.copytree(template, copy)
-    return copy
 
 
 def toml_list(values: list[str]) -> str:
@@ -128,20 +98,9 @@ def make_data(directory: Path, big: int = 0) -> Path:
     return directory
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` by relative path, with its content."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
 def pick(event: dict[str, str], *names: str) -> dict[str, str | None]:
     """The event's HENBACKUP_<NAME> fields among `names`, for one exact comparison."""
     return {name: event.get(f"HENBACKUP_{name}") for name in names}
-
-
-def henbackupctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real client against the daemon's socket."""
-    command = [sys.executable, "-m", "henbackup.cli.ctl", "--socket", str(daemon.socket)]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)
 
 
 def snapshot_ids(snapshots: object) -> list[set[str]]:

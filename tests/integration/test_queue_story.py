@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -33,13 +32,12 @@ from typing import Any
 
 import psutil
 import pytest
-from daemon_helpers import Daemon
+from daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command, restic_json, tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ONE_RESTIC = pytest.mark.parametrize("restic", ["restic-0.14"], indirect=True)
 
-PASSWORD = "queue story: a test password"
 HOST = "testhost"
 DEADLINE = 30.0  # generous: a busy 2-core machine; never asserted on, only waited for
 PROMPTLY = 20.0  # how soon the next job must start once a dying job freed the slot
@@ -48,45 +46,9 @@ PROMPTLY = 20.0  # how soon the next job must start once a dying job freed the s
 # --- set-up -------------------------------------------------------------------------------
 
 
-def restic_command(restic: str, repository: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": PASSWORD}
-    return subprocess.run(
-        [restic, "--no-cache", *args], env=env, capture_output=True, check=True, timeout=120
-    )
-
-
-def restic_json(restic: str, repository: Path, *args: str) -> Any:
-    return json.loads(restic_command(restic, repository, *args, "--json").stdout)
-
-
 def locks(restic: str, repository: Path) -> list[str]:
     """The ids of the lock files in the repository (without taking one)."""
     return restic_command(restic, repository, "list", "locks", "--no-lock").stdout.split()
-
-
-@pytest.fixture(scope="module")
-def _initialized() -> dict[str, Path]:
-    """One initialized empty repository per restic binary: `restic init` takes ~3 s (it
-    calibrates its key derivation), a copy takes milliseconds."""
-    return {}
-
-
-@pytest.fixture
-def repository(
-    restic: str,
-    tmp_path: Path,
-    _initialized: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    """An initialized, empty repository of the test's own."""
-    template = _initialized.get(restic)
-    if template is None:
-        template = tmp_path_factory.mktemp("template") / "repository"
-        restic_command(restic, template, "init")
-        _initialized[restic] = template
-    copy = tmp_path / "repository"
-    shutil.copytree(template, copy)
-    return copy
 
 
 def write_config(
@@ -124,17 +86,6 @@ def make_data(directory: Path, big: int = 0) -> Path:
     if big:
         (directory / "big.bin").write_bytes(os.urandom(big))
     return directory
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` by relative path, with its content."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def henbackupctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real client against the daemon's socket."""
-    command = [sys.executable, "-m", "henbackup.cli.ctl", "--socket", str(daemon.socket)]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
