@@ -134,9 +134,15 @@ def test_every_henbackup_entry_oldest_first_and_nothing_else(
         (["-b", "pictures", "-r", "local", "--job", "j2"], (2, 4)),
         (["-b", "grafana", "--job", "j1"], ()),
         (["-b", "music"], ()),
+        (["-n", "2"], (5, 6)),
+        (["--lines", "1"], (6,)),
+        (["-n", "2", "-b", "pictures"], (3, 4)),
+        (["-n", "100"], tuple(range(len(OURS)))),
+        (["-n", "3", "--job", "j1"], (1, 3)),
+        (["-n", "0"], ()),
     ],
 )
-def test_filters(
+def test_filters_and_the_last_n(
     systemd_harness: SystemdHarness,
     written: list[dict[str, str]],
     args: list[str],
@@ -154,28 +160,6 @@ def test_a_failed_job_says_why(
     failed = done.stdout.splitlines()[-1]
     assert " job.failed " in failed
     assert failed.endswith("backup failed: repository local is locked by another process")
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["-n", "2"], (5, 6)),
-        (["--lines", "1"], (6,)),
-        (["-n", "2", "-b", "pictures"], (3, 4)),
-        (["-n", "100"], tuple(range(len(OURS)))),
-        (["-n", "3", "--job", "j1"], (1, 3)),
-        (["-n", "0"], ()),
-    ],
-)
-def test_only_the_last_n(
-    systemd_harness: SystemdHarness,
-    written: list[dict[str, str]],
-    args: list[str],
-    expected: tuple[int, ...],
-) -> None:
-    done = ctl(systemd_harness, "logs", *args)
-    assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == lines_of(written, *expected)
 
 
 def test_a_negative_count_is_a_usage_error(
