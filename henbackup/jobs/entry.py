@@ -132,9 +132,7 @@ def maintenance_job(
 ) -> int:
     """Run a repository's `operation` (check or prune); returns a JOB_* code."""
     _handle_signals()
-    settings = config.repositories[repository].check
-    if operation == "prune":
-        settings = config.repositories[repository].prune  # type: ignore[assignment]
+    settings = getattr(config.repositories[repository], operation)  # its check or prune table
     priority = options.job_priority or (settings.priority if settings else INFERIOR)
     job = Job(operation, repository, None, options.trigger, priority)
     engine, emit = _engine(config), telling(news)
