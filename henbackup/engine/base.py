@@ -116,6 +116,10 @@ class RepositoryStats:
 
 # Called with the tool's pid right after it starts: limits/ moves it into a cgroup, renices it.
 SpawnCallback = Callable[[int], None]
+# Called whenever the engine hears from its running tool (and as the tool starts), outside
+# any lock: it raises JobCancelled to have the tool interrupted cleanly (a cancel noted by a
+# signal handler, which itself only records).
+Checkpoint = Callable[[], None]
 
 
 class Engine(ABC):

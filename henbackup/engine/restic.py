@@ -35,6 +35,7 @@ from henbackup.config.model import PasswordSource, Retention
 from henbackup.engine.base import (
     BackupRequest,
     BackupResult,
+    Checkpoint,
     CheckResult,
     Engine,
     ForgetResult,
@@ -628,11 +629,13 @@ class ResticEngine(Engine):
         cache_dir: Path | None = None,
         lock_wait: float = 0.0,
         on_spawn: SpawnCallback | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.binary = binary
         self.cache_dir = cache_dir
         self.lock_wait = lock_wait
         self.on_spawn = on_spawn
+        self.checkpoint = checkpoint or (lambda: None)
         self._features: Features | None = None
 
     @property
@@ -824,7 +827,9 @@ class ResticEngine(Engine):
         try:
             if self.on_spawn is not None:
                 self.on_spawn(process.pid)
+            self.checkpoint()
             for raw in process.stdout:
+                self.checkpoint()
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 if on_line is None:
                     collected.append(line)
