@@ -6,12 +6,36 @@ fed an undecodable file name, a hook target answering 500) and checks what users
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))  # its helpers, not copies of them
+
+from daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command  # noqa: E402
+from test_hooks_http import Handler, Server  # noqa: E402
+
+
+def _integration_fixtures():
+    """tests/integration/conftest.py, whose `repository` fixture the daemon tests share."""
+    path = ROOT / "tests" / "integration" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("integration_fixtures", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_initialized = _integration_fixtures()._initialized
+repository = _integration_fixtures().repository
 
 # The job process gets SIGUSR1 (`henbackupctl cancel`) while it holds the host queue's lock
 # (releasing a slot, entering the queue, polling its ticket): the handler must not wait for
@@ -38,3 +62,122 @@ def test_a_cancel_arriving_while_the_job_holds_the_queue_lock_does_not_hang(tmp_
         timeout=30,  # before the fix: for ever (the flock never comes)
     )
     assert (done.returncode, done.stdout) == (0, "the queue lock was released\n"), done.stderr
+
+
+# --- a run stopped by its before hook is a failed run -----------------------------------------
+
+
+class DumpHandler(Handler):
+    def route_dump(self) -> None:  # Grafana's dump: fine, until the test says it fails
+        if self.server.failing:  # type: ignore[attr-defined]
+            self.reply(500, b"database is locked\n")
+        else:
+            self.reply(200, b"dumped\n")
+
+
+@pytest.fixture
+def dump_server():
+    httpd = Server()
+    httpd.RequestHandlerClass = DumpHandler
+    httpd.failing = False  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def grafana_config(base: Path, restic: str, repositories: dict[str, Path], url: str) -> Path:
+    data = base / "grafana-data"
+    data.mkdir()
+    (data / "dump.sql").write_text("-- the dump the hook made\n")
+    lines = [
+        "[daemon]",
+        f"restic = {json.dumps(restic)}",
+        'hostname = "faults"',
+        "[metrics]",
+        f"textfile = {json.dumps(str(base / 'henbackup.prom'))}",
+    ]
+    for name, location in repositories.items():
+        lines += [f"[repositories.{name}]", f"location = {json.dumps(str(location))}"]
+        lines.append(f"password = {json.dumps(PASSWORD)}")
+    lines += [
+        "[backups.grafana]",
+        f"paths = [{json.dumps(str(data))}]",
+        f"repositories = {json.dumps(list(repositories))}",
+        "[[backups.grafana.hooks.before]]",
+        'type = "http"',
+        f"url = {json.dumps(url)}",
+        'method = "POST"',
+        "retries = 0",
+        'on_failure = "stop"',
+    ]
+    config = base / "henbackup.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
+def test_a_run_stopped_by_its_before_hook_is_recorded_as_failed(
+    restic, repository, dump_server, tmp_path
+):
+    """The Grafana story: the dump fails (HTTP 500), so no backup runs. Every repository the
+    run would have gone to gets a job.failed naming the hook, and status and metrics say the
+    last run failed, while the last success stays the one before."""
+    second = tmp_path / "second"
+    restic_command(restic, second, "init")
+    repositories = {"local": repository, "second": second}
+    url = dump_server.url + "/dump"
+    config = grafana_config(tmp_path, restic, repositories, url)
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.wait_worker("grafana", lambda w: w["state"] == "running")
+        good = henbackupctl(daemon, "backup", "grafana")
+        assert good.returncode == 0, good.stdout + good.stderr + daemon.report()
+        before = {r: daemon.wait_for("job.succeeded", repository=r) for r in repositories}
+
+        dump_server.failing = True
+        mark = len(daemon.events)
+        bad = henbackupctl(daemon, "backup", "grafana")
+        assert bad.returncode == 1, bad.stdout + bad.stderr + daemon.report()
+        error = f"before hook POST {url}: HTTP 500 Internal Server Error"
+        failed = {r: daemon.wait_for("job.failed", since=mark, repository=r) for r in repositories}
+        status = json.loads(henbackupctl(daemon, "--json", "status").stdout)
+        textfile = (tmp_path / "henbackup.prom").read_text()
+    assert daemon.find("job.started", since=mark) == []
+    for name, event in failed.items():
+        assert {k: v for k, v in event.items() if k.startswith(("HENBACKUP_", "PRIORITY"))} == {
+            "HENBACKUP_EVENT": "job.failed",
+            "HENBACKUP_JOB": event["HENBACKUP_JOB"],
+            "HENBACKUP_OPERATION": "backup",
+            "HENBACKUP_BACKUP": "grafana",
+            "HENBACKUP_REPOSITORY": name,
+            "HENBACKUP_TRIGGER": "manual",
+            "HENBACKUP_PRIORITY": "0",
+            "HENBACKUP_ERROR": error,
+            "PRIORITY": "3",
+        }
+        assert event["MESSAGE_ID"] == "a9e817b7809241c1a667ca60a3b1e22f"
+        assert event["MESSAGE"] == f"grafana→{name}: backup failed: {error} (the run stopped)"
+
+        (entry,) = [b for b in status["backups"] if b["name"] == "grafana"]
+        (row,) = [r for r in entry["repositories"] if r["repository"] == name]
+        assert (row["result"], row["error"], row["job"]) == ("failed", error, None)
+        assert row["last_success"] is not None and row["last_success"] < row["last_attempt"]
+        assert row["snapshot"] is None
+
+        labels = {"backup": "grafana", "repository": name, "operation": "backup"}
+        assert metric(textfile, "henbackup_last_run_success", **labels) == 0
+        assert metric(textfile, "henbackup_runs_total", **labels, result="failed") == 1
+        assert metric(textfile, "henbackup_runs_total", **labels, result="succeeded") == 1
+        success = metric(
+            textfile, "henbackup_last_success_timestamp_seconds", backup="grafana", repository=name
+        )
+        assert success == pytest.approx(row["last_success"])
+    assert set(before) == set(failed)
