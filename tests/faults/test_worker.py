@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -181,3 +182,93 @@ def test_a_run_stopped_by_its_before_hook_is_recorded_as_failed(
         )
         assert success == pytest.approx(row["last_success"])
     assert set(before) == set(failed)
+
+
+# --- a run record that cannot be saved -------------------------------------------------------
+
+
+def test_a_run_record_that_cannot_be_saved_never_stops_the_backups(restic, repository, tmp_path):
+    """A directory where the worker's run record should be: it can neither be read nor
+    replaced. Each backup still runs and makes its snapshot, status tells the new success,
+    the worker never restarts, and the record's trouble is said once."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "file").write_text("content\n")
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        f"[daemon]\nrestic = {json.dumps(restic)}\n"
+        f"[repositories.local]\nlocation = {json.dumps(str(repository))}\n"
+        f"password = {json.dumps(PASSWORD)}\n"
+        f'[backups.pictures]\npaths = [{json.dumps(str(data))}]\nrepositories = ["local"]\n'
+    )
+    daemon = Daemon(config, tmp_path / "daemon")
+    record = daemon.state / "backups" / "pictures.json"
+    record.mkdir(parents=True)
+    with daemon:
+        daemon.wait_worker("pictures", lambda w: w["state"] == "running")
+        succeeded = []
+        for run in range(2):
+            (data / "file").write_text(f"content {run}\n")
+            mark = len(daemon.events)
+            done = henbackupctl(daemon, "--json", "backup", "pictures")
+            assert done.returncode == 0, done.stdout + done.stderr + daemon.report()
+            succeeded.append(daemon.wait_for("job.succeeded", since=mark, backup="pictures"))
+        status = json.loads(henbackupctl(daemon, "--json", "status").stdout)
+        exited = daemon.find("child.exited")  # before the daemon stops its workers
+    assert exited == [], daemon.report()
+    assert len(daemon.find("child.started", child="pictures")) == 1
+    assert len(succeeded) == 2 and all(e["HENBACKUP_SNAPSHOT"] for e in succeeded)
+    assert len({e["HENBACKUP_SNAPSHOT"] for e in succeeded}) == 2
+    (unsaved,) = daemon.find("status.unsaved")
+    assert unsaved["HENBACKUP_BACKUP"] == "pictures"
+    assert unsaved["HENBACKUP_ERROR"] == "Is a directory"
+    assert unsaved["MESSAGE"].startswith(f"{record}: cannot save the run record (Is a directory)")
+    assert unsaved["PRIORITY"] == "4"
+    (unreadable,) = daemon.find("job.warning", backup="pictures")
+    assert "cannot read the run record" in unreadable["MESSAGE"]
+    (entry,) = [b for b in status["backups"] if b["name"] == "pictures"]
+    (row,) = entry["repositories"]
+    assert (row["result"], row["snapshot"]) == ("succeeded", succeeded[-1]["HENBACKUP_SNAPSHOT"])
+    assert record.is_dir()
+
+
+# A worker's triggers on a read-only state directory (a bind mount in a private mount
+# namespace: root ignores file modes, not EROFS). One run starts and succeeds: it must not
+# raise, it is said once, and the schedule counts from that success (not from the record
+# on disk, which would make it run again and again).
+READ_ONLY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from henbackup.config.model import Backup, Interval
+    from henbackup.loop import Loop
+    from henbackup.worker.triggers import backup_triggers
+    state, said, asked = Path(sys.argv[1]), [], []
+    emit = lambda kind, message, **fields: said.append([kind, fields.get("error")])
+    backup = Backup("pictures", ("/nowhere",), ("local",), schedule=(Interval(3600, "1h"),))
+    triggers = backup_triggers(backup, Loop(), state, emit, lambda *a: asked.append(a[0]))
+    triggers.start()
+    for run in range(2):
+        triggers.job_started("backup")
+        triggers.job_finished("backup", True)
+    print(json.dumps({"said": said, "next_in": triggers.next_run() - time.time()}))
+    """
+)
+
+
+def test_a_read_only_state_directory_never_stops_a_worker(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    mount = f'mount --bind -o ro "{state}" "{state}" && exec "{sys.executable}" -c "$0" "$@"'
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, READ_ONLY_SCRIPT, state],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["said"] == [["status.unsaved", "Read-only file system"]]
+    assert 3000 < report["next_in"] <= 3600
+    assert list(state.iterdir()) == []
