@@ -25,18 +25,22 @@ from daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command  # noq
 from test_hooks_http import Handler, Server  # noqa: E402
 
 
-def _integration_fixtures():
-    """tests/integration/conftest.py, whose `repository` fixture the daemon tests share."""
-    path = ROOT / "tests" / "integration" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("integration_fixtures", path)
+def _fixtures_of(room: str):
+    """tests/ROOM/conftest.py, whose fixtures the tests there share (`repository`, ...)."""
+    sys.path.insert(0, str(ROOT / "tests" / room))
+    path = ROOT / "tests" / room / "conftest.py"
+    spec = importlib.util.spec_from_file_location(f"{room}_fixtures", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_initialized = _integration_fixtures()._initialized
-repository = _integration_fixtures().repository
+_initialized, repository = (
+    _fixtures_of("integration")._initialized,
+    _fixtures_of("integration").repository,
+)
+systemd_harness = _fixtures_of("system").systemd_harness  # a private journald (and manager)
 
 # The job process gets SIGUSR1 (`henbackupctl cancel`) while it holds the host queue's lock
 # (releasing a slot, entering the queue, polling its ticket): the handler must not wait for
@@ -272,3 +276,45 @@ def test_a_read_only_state_directory_never_stops_a_worker(tmp_path):
     assert report["said"] == [["status.unsaved", "Read-only file system"]]
     assert 3000 < report["next_in"] <= 3600
     assert list(state.iterdir()) == []
+
+
+# --- an undecodable file name in an event, under journald -------------------------------------
+
+# A worker's watch in a user namespace whose inotify watch limit is low (see test_watch.py),
+# on a tree whose directory name is not UTF-8: the watch.limit event names that directory.
+LIMIT_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from henbackup.config.model import Backup, Watch
+    from henbackup.loop import Loop
+    from henbackup.observe.events import Emitter
+    from henbackup.worker.triggers import backup_triggers
+    root, state = sys.argv[1], sys.argv[2]
+    backup = Backup("pictures", (root,), ("local",), watch=Watch(1.0, 5.0))
+    triggers = backup_triggers(backup, Loop(), state, Emitter(), lambda *a: None)
+    triggers.start()
+    print("the worker goes on:", triggers.watcher.active)
+    """
+)
+
+
+def test_an_undecodable_path_in_a_journald_event_does_not_crash_the_worker(
+    systemd_harness, tmp_path
+):
+    root = tmp_path / "root"
+    odd = os.fsencode(root) + b"/caf\xe9-latin1"
+    for i in range(30):
+        os.makedirs(odd + b"/d%02d" % i)
+    limited = 'echo 20 > /proc/sys/user/max_inotify_watches && exec "$0" "$@"'
+    argv = ["unshare", "--user", "--map-root-user", "sh", "-c", limited, sys.executable]
+    done = systemd_harness.run(
+        [*argv, "-c", LIMIT_SCRIPT, str(root), str(tmp_path / "state")],
+        env={"PYTHONPATH": str(ROOT), "HENBACKUP_EVENTS": "journal"},
+    )
+    assert (done.returncode, done.stdout) == (0, "the worker goes on: False\n"), done.stderr
+    (event,) = systemd_harness.wait_journal({"HENBACKUP_EVENT": "watch.limit"})
+    assert event["HENBACKUP_BACKUP"] == "pictures"
+    assert event["MESSAGE_ID"] == "c0cb6e2203c64ecfa1d7f753f2c56ef5"
+    assert event["PRIORITY"] == "4"
+    # Text, not a blob: the byte that is not UTF-8 is shown as \xNN, the rest as it is.
+    assert f" while watching {root}/caf\\xe9-latin1/d" in event["MESSAGE"], event["MESSAGE"]
