@@ -147,7 +147,9 @@ class Emitter:
     def _to_journal(self, event: Event) -> bool:
         try:
             journal.send(**event.journal_fields())
-        except OSError:  # e.g. a stale socket: ConnectionRefusedError; fall back, never drop
+        # A stale socket (ConnectionRefusedError), a field journald refuses: fall back to the
+        # stream, never drop the event, never crash the process.
+        except (OSError, ValueError):
             return False
         return True
 
