@@ -152,6 +152,15 @@ def test_a_run_stopped_by_its_before_hook_is_recorded_as_failed(
         bad = henbackupctl(daemon, "backup", "grafana")
         assert bad.returncode == 1, bad.stdout + bad.stderr + daemon.report()
         error = f"before hook POST {url}: HTTP 500 Internal Server Error"
+        assert bad.stdout.splitlines() == [
+            f"grafana: before hook (POST {url}) failed: HTTP 500 Internal Server Error"
+            " (the run stops)",
+            f"grafana→local: backup failed: {error} (the run stopped)",
+            f"grafana→second: backup failed: {error} (the run stopped)",
+        ]
+        assert bad.stderr.startswith("henbackupctl: ") and bad.stderr.count("\n") == 1
+        assert f"grafana→local: {error}" in bad.stderr, bad.stderr
+        assert f"grafana→second: {error}" in bad.stderr, bad.stderr
         failed = {r: daemon.wait_for("job.failed", since=mark, repository=r) for r in repositories}
         status = json.loads(henbackupctl(daemon, "--json", "status").stdout)
         textfile = (tmp_path / "henbackup.prom").read_text()
