@@ -137,3 +137,11 @@ def test_a_record_that_cannot_be_saved_is_kept_in_memory_and_reported_once(tmp_p
     store.path(key).mkdir()  # and fails once more: said again
     store.record_success(key, 20.0)
     assert unsaved == ["Is a directory", "Is a directory"]
+
+
+def test_a_record_nested_too_deeply_counts_as_absent(store, problems):
+    key = backup_key("pictures")
+    store.path(key).parent.mkdir(parents=True)
+    store.path(key).write_text("[" * 100_000)
+    assert store.load(key) == RunRecord()
+    assert len(problems) == 1 and "corrupt run record" in problems[0]
