@@ -2,9 +2,10 @@
 
 Only an engine module (today `restic.py`) knows a tool's command line and output. Every call
 blocks until the tool is done; it runs in a job process, never in a selector loop. If the
-calling process gets a `JobCancelled` raised into it (from a signal handler) while a call
-runs, the engine interrupts the tool so that the repository stays consistent and unlocked,
-waits for it, and lets `JobCancelled` propagate.
+calling process gets a `JobCancelled` raised into it while a call runs (from the SIGTERM
+handler, or from its `Checkpoint`, which the engine calls whenever the tool says anything),
+the engine interrupts the tool so that the repository stays consistent and unlocked, waits
+for it, and lets `JobCancelled` propagate.
 
 Failures raise `henbackup.errors.EngineError` subclasses with one-line, secret-free reasons.
 """
