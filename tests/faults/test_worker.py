@@ -244,6 +244,61 @@ def test_a_run_record_that_cannot_be_saved_never_stops_the_backups(restic, repos
     assert record.is_dir()
 
 
+def read_only_python(base: Path, directory: Path) -> Path:
+    """An interpreter that runs in a private mount namespace where `directory` is mounted
+    read-only (root ignores file modes, not EROFS); nothing outside sees the mount."""
+    wrapper = base / "python-read-only-state"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'exec unshare -m --propagation private sh -c \'mount --bind -o ro "{directory}"'
+        f' "{directory}" && exec "{sys.executable}" "$@"\' sh "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_read_only_state_directory_never_stops_the_backups(
+    restic, repository, tmp_path, monkeypatch
+):
+    """The worker cannot save its run record, the master its job results: backups run all
+    the same, status and metrics tell them, and each process says so once."""
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        f"[daemon]\nrestic = {json.dumps(restic)}\n"
+        f"[repositories.local]\nlocation = {json.dumps(str(repository))}\n"
+        f"password = {json.dumps(PASSWORD)}\n"
+        f'[backups.pictures]\npaths = [{json.dumps(str(data))}]\nrepositories = ["local"]\n'
+    )
+    daemon = Daemon(config, tmp_path / "daemon")
+    monkeypatch.setattr(sys, "executable", str(read_only_python(tmp_path, daemon.state)))
+    with daemon:
+        daemon.wait_worker("pictures", lambda w: w["state"] == "running")
+        for run in range(3):
+            (data / "file").write_text(f"content {run}\n")
+            mark = len(daemon.events)
+            done = henbackupctl(daemon, "backup", "pictures")
+            assert done.returncode == 0, done.stdout + done.stderr + daemon.report()
+            daemon.wait_for("job.succeeded", since=mark, backup="pictures")
+        status = json.loads(henbackupctl(daemon, "--json", "status").stdout)
+        exited = daemon.find("child.exited")
+    assert exited == [], daemon.report()
+    unsaved = {e.get("HENBACKUP_BACKUP"): e for e in daemon.find("status.unsaved")}
+    assert len(daemon.find("status.unsaved")) == 2 and set(unsaved) == {None, "pictures"}
+    assert unsaved["pictures"]["MESSAGE"].startswith(
+        f"{daemon.state}/backups/pictures.json: cannot save the run record (Read-only file system)"
+    )
+    assert unsaved[None]["MESSAGE"] == (
+        f"{daemon.state}/status.json: cannot keep the job results (Read-only file system)"
+    )
+    assert {e["HENBACKUP_ERROR"] for e in unsaved.values()} == {"Read-only file system"}
+    (entry,) = [b for b in status["backups"] if b["name"] == "pictures"]
+    (row,) = entry["repositories"]
+    assert row["result"] == "succeeded" and row["last_success"] == row["last_attempt"]
+    assert list(daemon.state.iterdir()) == []
+
+
 # A worker's triggers on a read-only state directory (a bind mount in a private mount
 # namespace: root ignores file modes, not EROFS). One run starts and succeeds: it must not
 # raise, it is said once, and the schedule counts from that success (not from the record
