@@ -1,9 +1,10 @@
 """What one trigger of a backup does (SPEC "Jobs, priorities, concurrency").
 
-The `before` hooks once (one stopping the run fails every job it kept from starting: a
-job.failed each, naming the hook); then one job per repository, each waiting for its own turn in the
+The `before` hooks once; then one job per repository, each waiting for its own turn in the
 host-wide queue (a failing repository does not stop the others), with retention after a
-successful backup; then the `after` hooks, or the `failure` hooks when anything failed.
+successful backup; then the `after` hooks, or the `failure` hooks when anything failed. A
+before hook that stops the run fails every job it kept from starting (a job.failed each,
+naming the hook), so that status, metrics and the journal count the run as failed.
 """
 
 from __future__ import annotations
