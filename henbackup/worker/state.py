@@ -75,7 +75,7 @@ class StateStore:
             return RunRecord()
         try:
             return _parse(text)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply
             self.on_problem(f"{path}: corrupt run record ({error}); treating it as absent")
             return RunRecord()
 

@@ -13,7 +13,8 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(control, "REQUEST_TIMEOUT", 0.3)
     loop = Loop()
     path = tmp_path / "control.sock"
-    served = ControlServer(bind(path), loop, lambda request, _: {"ok": True, "echo": request})
+    echo = lambda request, _: {"ok": True, "echo": {"command": request.command, **request.fields}}  # noqa: E731
+    served = ControlServer(bind(path), loop, echo)
     served.start()
     yield served, path
     served.close()
@@ -126,7 +127,7 @@ def waiting_server(tmp_path):
 def test_a_waiting_client_gets_events_then_the_reply(waiting_server):
     served, path, kept = waiting_server
     with connect(path) as sock:
-        sock.sendall(b'{"command": "backup"}\n')
+        sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
         serve_until(served, lambda: kept)
         kept[0].send({"event": {"kind": "job.started"}})
         kept[0].finish({"ok": True})
@@ -142,7 +143,7 @@ def test_a_waiting_client_that_hangs_up_is_forgotten(waiting_server):
     served, path, kept = waiting_server
     closed = []
     with connect(path) as sock:
-        sock.sendall(b'{"command": "backup"}\n')
+        sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
         serve_until(served, lambda: kept)
         kept[0].on_close.append(lambda: closed.append(True))
     kept[0].send({"event": {"kind": "job.progress"}})  # EPIPE: the client is gone
@@ -153,7 +154,7 @@ def test_a_waiting_client_that_hangs_up_is_forgotten(waiting_server):
 def test_a_waiting_client_that_never_reads_is_dropped_not_waited_for(waiting_server):
     served, path, kept = waiting_server
     sock = connect(path)
-    sock.sendall(b'{"command": "backup"}\n')
+    sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
     serve_until(served, lambda: kept)
     event = {"event": {"padding": "x" * 60000}}
     for _ in range(control.MAX_BACKLOG // 60000 + 10):  # never blocks: queued, then dropped
