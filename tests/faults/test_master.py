@@ -130,10 +130,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 @example(line=b'{"command": "list-snapshots", "repository": {"local": 1}}')
 @example(
     line=b'{"command": "restore-snapshot", "repository": "local", "snapshot": "abcd", "target": 5}'
-)  # noqa: E501
+)
 @example(
     line=b'{"command": "restore-snapshot", "repository": "local", "snapshot": "abcd", "include": 5}'
-)  # noqa: E501
+)
 @example(line=b'{"command": "status", "x": %s}' % nested(20_000))
 def test_no_request_ends_the_daemon(daemon: Daemon, line: bytes) -> None:
     reply = exchange(daemon.socket, line)

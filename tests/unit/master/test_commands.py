@@ -3,6 +3,7 @@ real config, status model, scheduler and clients, and a start_one_off that only 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from henbackup.master.control import reply_error
 from henbackup.master.states import State
 from henbackup.observe.status import RunKey, StatusModel
 from henbackup.protocol import parse_request
-from henbackup.scheduler import Scheduler, Ticket
+from henbackup.scheduler import Scheduler, Ticket, locks
 
 CONFIG = """\
 [repositories.local]
@@ -655,3 +656,71 @@ def test_the_config_is_what_the_tests_think(master: Any) -> None:
     assert sorted(config.repositories) == ["aws", "local", "nas"]
     assert config.repositories["aws"].check is not None
     assert config.repositories["nas"].prune is None
+
+
+# --- what cannot be done now costs the request only ----------------------------------------
+
+
+def test_a_restore_with_nowhere_to_make_its_directory_fails_alone(master: Any) -> None:
+    (master.state_dir.parent / "file").write_text("")
+    master.state_dir = master.state_dir.parent / "file" / "state"  # mkdir: NotADirectoryError
+    reply = ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234")
+    assert reply == {
+        "ok": False,
+        "code": "failed",
+        "error": f"cannot make a directory in {master.state_dir / 'restores'}: Not a directory:"
+        " use --target",
+    }
+    assert master.one_offs == []
+
+
+@pytest.fixture
+def queue_lock_held(master: Any):
+    """The queue's lock, held through another open file, as another process holds it."""
+    fd = locks.try_lock(master.scheduler.directory / "lock", locks.EXCLUSIVE)
+    assert fd is not None
+    yield lambda: os.close(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+@pytest.mark.timeout(20)  # before: status and queue waited for the lock forever
+def test_status_and_queue_answer_while_another_process_holds_the_queue(
+    master: Any, queue_lock_held
+) -> None:
+    assert ask(master, "queue") == {"ok": True, "jobs": []}
+    assert ask(master, "status")["ok"] is True
+
+
+@pytest.mark.timeout(20)
+def test_a_cancel_while_another_process_holds_the_queue_is_answered_once_it_is_free(
+    master: Any, queue_lock_held
+) -> None:
+    conversation = Conversation()
+    assert answer(master, {"command": "cancel", "job": "j1"}, conversation) is None
+    master.loop.run_once()  # tries again: still held
+    assert conversation.sent == []
+    queue_lock_held()  # released
+    while not conversation.sent:
+        master.loop.run_once()
+    assert conversation.sent == [
+        usage("no job 'j1' is waiting or running (see henbackupctl queue)")
+    ]
+
+
+@pytest.mark.timeout(20)
+def test_a_cancel_gives_up_when_the_queue_stays_held(
+    master: Any, queue_lock_held, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commands, "CANCEL_PATIENCE", 0.2)
+    conversation = Conversation()
+    assert answer(master, {"command": "cancel", "job": "j1"}, conversation) is None
+    while not conversation.sent:
+        master.loop.run_once()
+    assert conversation.sent == [
+        {
+            "ok": False,
+            "code": "failed",
+            "error": "another process has held the job queue's lock for 0.2s: try again",
+        }
+    ]
