@@ -27,6 +27,7 @@ from henbackup.scheduler.ticket import Ticket
 
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
 CANCEL_RETRY = 0.05
+BUSY_QUEUE = "another process has held the job queue's lock"
 
 if TYPE_CHECKING:
     from henbackup.master.supervisor import Master, Supervised
@@ -198,9 +199,6 @@ def cancel(master: Master, request: Request, conversation: Conversation) -> Repl
     if master.scheduler is None:
         return _cancelled(job, None)
     return attempt()
-
-
-BUSY_QUEUE = "another process has held the job queue's lock"
 
 
 def _cancelled(job: str, ticket: Ticket | None) -> Reply:

@@ -12,6 +12,8 @@ import shutil
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from henbackup.config.model import Priority
 from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
@@ -286,3 +288,33 @@ def test_a_removed_queue_directory_is_an_empty_queue_made_again_by_a_nudge(sched
     submitted = scheduler.submit(ticket("a"))
     assert submitted.grant is not None
     submitted.grant.release()
+
+
+MEMBERS = ("job_id", "repository", "operation", "backup", "pid", "start_time", "sequence")
+ODD = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+ODD_TICKETS = st.one_of(
+    st.binary(max_size=40),
+    st.integers(1, 50_000).map(lambda n: b"[" * n),
+    st.dictionaries(
+        st.sampled_from([*MEMBERS, "priority", "mode", "state", "slot", "queued_at"]),
+        ODD | st.lists(ODD, max_size=3),
+    ).map(lambda data: json.dumps(data).encode()),
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=ODD_TICKETS)
+def test_a_ticket_file_of_any_shape_is_skipped_never_raised(scheduler, raw):
+    """Ticket files are the queue's own, but read from disk: their shape is checked."""
+    holder = scheduler.submit(ticket("a"))
+    odd = scheduler.directory / "tickets" / "odd"
+    odd.write_bytes(raw)
+    try:
+        assert [t.job_id for t in scheduler.peek()] in (["a"], ["a", "odd"])
+        assert [t.job_id for t in scheduler.queue()] in (["a"], ["a", "odd"])
+        assert scheduler.cancel("odd", wait=False) in (None, *scheduler.queue())
+    finally:
+        odd.unlink(missing_ok=True)
+        holder.grant.release()
