@@ -107,8 +107,21 @@ REQUEST = st.builds(
     st.sampled_from(COMMANDS) | JSON,
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), JSON, max_size=4),
 )
+NAMES = st.sampled_from(["pictures", "local", "abcd1234", "/nonexistent/restored", "5%", "next"])
+VALUES = {  # a value of each declared type, often one the daemon knows
+    "a string": NAMES | st.text(max_size=10),
+    "true or false": st.booleans(),
+    "a list of strings": st.lists(NAMES | st.text(max_size=8), max_size=3),
+    "a string or an integer": NAMES | st.integers(-(2**40), 2**40),
+}
+WELL_TYPED = st.sampled_from(COMMANDS).flatmap(
+    lambda command: st.fixed_dictionaries(
+        {}, optional={field.name: VALUES[field.type.name] for field in REQUESTS[command]}
+    ).map(lambda fields: json.dumps({"command": command, **fields}).encode())
+)
 DEEP = st.integers(1_000, 30_000).map(lambda n: b'{"command": "status", "x": %s}' % nested(n))
-LINES = REQUEST | JSON.map(lambda value: json.dumps(value).encode()) | DEEP | st.binary(max_size=64)
+ANY_JSON = JSON.map(lambda value: json.dumps(value).encode())
+LINES = WELL_TYPED | REQUEST | ANY_JSON | DEEP | st.binary(max_size=64)
 
 
 def nested(depth: int) -> bytes:
