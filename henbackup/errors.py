@@ -36,6 +36,10 @@ class ConfigError(HenbackupError):
         super().__init__(first + more)
 
 
+class UsageError(HenbackupError):
+    """A request names something unknown or is of the wrong shape (henbackupctl exits 2)."""
+
+
 class EngineError(HenbackupError):
     """The backup engine (restic) failed."""
 
@@ -70,6 +74,10 @@ class StopRequested(JobCancelled):
 
 class HookError(HenbackupError):
     """A before/after/failure hook failed."""
+
+
+class QueueBusy(HenbackupError):
+    """Another process holds the job queue's lock, and the caller may not wait for it."""
 
 
 class QueueTimeout(HenbackupError):

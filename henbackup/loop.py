@@ -3,6 +3,10 @@
 File descriptors, deadlines (monotonic clock) and signals all wake the same `select()`:
 signals arrive through `signal.set_wakeup_fd`, so handlers never run real work; the loop
 dispatches them between other callbacks. Nothing polls: with nothing due, `select` sleeps.
+
+With an `on_error` handler (the master's), an exception in a callback costs that callback
+only: the handler hears of it, a descriptor whose callback failed rests for ERROR_PAUSE
+seconds (one that stays readable would otherwise spin the loop), and the loop goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Callback = Callable[[], None]
+ErrorHandler = Callable[[str, Exception], None]  # (what failed, the exception)
+ERROR_PAUSE = 1.0
 
 
 @dataclass(order=True)
@@ -31,8 +37,13 @@ class Timer:
 
 
 class Loop:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, on_error: ErrorHandler | None = None
+    ) -> None:
+        """`on_error`: None lets an exception in a callback end `run()`."""
         self.clock = clock
+        self.on_error = on_error
+        self._resting: dict[int, selectors.SelectorKey] = {}  # fds whose callback failed
         self._selector = selectors.DefaultSelector()
         self._timers: list[Timer] = []
         self._order = itertools.count()
@@ -42,15 +53,58 @@ class Loop:
 
     # file descriptors
     def add_reader(self, fd: int, callback: Callback) -> None:
+        self._resting.pop(fd, None)  # a number reused: the new registration wins
         self._selector.register(fd, selectors.EVENT_READ, callback)
 
     def add_writer(self, fd: int, callback: Callback) -> None:
         """Run `callback` whenever `fd` can be written to (remove it with remove_reader)."""
+        self._resting.pop(fd, None)
         self._selector.register(fd, selectors.EVENT_WRITE, callback)
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching `fd`, for reading or writing."""
-        self._selector.unregister(fd)
+        if self._resting.pop(fd, None) is None:
+            self._selector.unregister(fd)
+
+    # errors
+    def report_error(self, source: str, error: Exception) -> None:
+        """Hand `error`, raised by `source`, to `on_error`; without one, raise it."""
+        if self.on_error is None:
+            raise error
+        self.on_error(source, error)
+
+    def _call(self, callback: Callback, source: str) -> bool:
+        """Run one callback; returns False when it raised (and `on_error` heard of it)."""
+        if self.on_error is None:
+            callback()
+            return True
+        try:
+            callback()
+        except Exception as error:
+            self.report_error(f"{source} ({_name(callback)})", error)
+            return False
+        return True
+
+    def _call_fd(self, key: selectors.SelectorKey) -> None:
+        if not self._call(key.data, f"descriptor {key.fd}"):
+            self._rest(key)
+
+    def _rest(self, key: selectors.SelectorKey) -> None:
+        """Unwatch `key.fd` for ERROR_PAUSE seconds, unless its callback changed it meanwhile,
+        or it is closed or reused by then."""
+        if self._selector.get_map().get(key.fd) is not key:
+            return
+        self._selector.unregister(key.fd)
+        self._resting[key.fd] = key
+        identity = _identity(key.fd)
+
+        def wake() -> None:
+            if self._resting.get(key.fd) is key:
+                del self._resting[key.fd]
+                if identity is not None and _identity(key.fd) == identity:
+                    self._selector.register(key.fd, key.events, key.data)
+
+        self.call_later(ERROR_PAUSE, wake)
 
     # deadlines
     def call_at(self, when: float, callback: Callback) -> Timer:
@@ -83,8 +137,8 @@ class Loop:
             return
         for signum in dict.fromkeys(received):  # each signal once per wake-up, in order
             callback = self._signal_callbacks.get(signum)
-            if callback is not None:
-                callback()
+            if callback is not None:  # one failing does not lose the others
+                self._call(callback, f"signal {signal.Signals(signum).name}")
 
     # running
     def run(self) -> None:
@@ -99,12 +153,13 @@ class Loop:
     def run_once(self) -> None:
         """Wait for the next fd, signal or deadline, and run what is ready."""
         for key, _ in self._selector.select(self._timeout()):
-            key.data()
+            if self._selector.get_map().get(key.fd) is key:  # an earlier callback may unwatch it
+                self._call_fd(key)
         now = self.clock()
         while self._timers and self._timers[0].when <= now:
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                self._call(timer.callback, "timer")
 
     def _timeout(self) -> float | None:
         while self._timers and self._timers[0].cancelled:
@@ -119,7 +174,7 @@ class Loop:
         is the child's)."""
         if registered_too:
             wakeup = self._wakeup or ()
-            for key in list(self._selector.get_map().values()):
+            for key in [*self._selector.get_map().values(), *self._resting.values()]:
                 if key.fd not in wakeup:
                     os.close(key.fd)
         for signum in self._signal_callbacks:
@@ -130,6 +185,19 @@ class Loop:
                 os.close(fd)
             self._wakeup = None
         self._selector.close()
+
+
+def _name(callback: Callback) -> str:
+    return getattr(callback, "__qualname__", None) or repr(callback)
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    """Which file `fd` is (device, inode), or None once it is closed."""
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _note_signal(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ from henbackup.cli import views
 from henbackup.cli.logs import show_logs
 from henbackup.cli.progress import Progress
 from henbackup.master.control import DENIED
+from henbackup.protocol import build_request
 
 DEFAULT_SOCKET = "/run/henbackup/control.sock"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
@@ -158,13 +159,13 @@ def _unreachable(path: str, error: OSError) -> Unreachable:
 
 
 def _payload(args: argparse.Namespace) -> dict[str, Any]:
-    """The request for the parsed command line: its options, under their SPEC names."""
-    options = {k: v for k, v in vars(args).items() if k not in ("socket", "json", "no_wait")}
+    """The request for the parsed command line: the command's declared fields."""
+    options = vars(args).copy()
     if getattr(args, "target", None):
         options["target"] = os.path.abspath(args.target)  # the daemon has another cwd
     if hasattr(args, "no_wait"):
         options["wait"] = not args.no_wait
-    return options
+    return build_request(args.command, options)
 
 
 def _accepted(reply: Reply, now: float) -> list[str]:

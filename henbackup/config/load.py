@@ -31,6 +31,7 @@ from henbackup.config.validate import (
 from henbackup.errors import ConfigError, Problem
 
 # `$${` is an escaped `${`; `${NAME}` a reference; any other `${` is malformed.
+MAX_DEPTH = 32  # deeper than any setting: refused before anything walks it
 _REFERENCE_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 
 
@@ -104,7 +105,11 @@ def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:
         run.problems.append(Problem(str(path), "", message))
 
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
+        document = tomllib.loads(path.read_bytes().decode("utf-8"))
+        if _depth(document) > MAX_DEPTH:  # later steps recurse once per level
+            fail(f"tables or arrays are nested more than {MAX_DEPTH} deep: no setting is")
+            return None
+        return document
     except FileNotFoundError:
         hint = ": create it, or point --config or HENBACKUP_CONFIG to the right file"
         fail("file not found" + (hint if is_main else ""))
@@ -117,6 +122,17 @@ def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:
     except RecursionError:  # tomllib recurses once per nested array or inline table
         fail("invalid TOML: arrays or tables are nested too deeply: flatten them")
     return None
+
+
+def _depth(document: dict[str, Any]) -> int:
+    """How deeply tables and arrays nest in `document` (counted without recursing)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = value.values() if isinstance(value, dict) else value
+        stack += [(child, depth + 1) for child in children if isinstance(child, dict | list)]
+    return deepest
 
 
 # ---------------------------------------------------------------------------- merging

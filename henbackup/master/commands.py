@@ -1,9 +1,10 @@
 """What the master answers on its control socket, one function per henbackupctl command.
 
-Names and options are checked here, so that a mistake is a usage error (exit 2) at once,
-not a failed job later. A backup goes to its worker (which keeps its schedule's records);
-everything else runs in a one-off job process of the master's. All of it goes through the
-host-wide queue.
+Requests arrive with their shape checked (henbackup/protocol.py); names and options are
+checked here, so that a mistake is a usage error (exit 2) at once, not a failed job later.
+A backup goes to its worker (which keeps its schedule's records); everything else runs in a
+one-off job process of the master's. All of it goes through the host-wide queue, which the
+master reads and changes without ever waiting for its lock.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from henbackup.config.units import parse_priority, parse_subset
+from henbackup.errors import QueueBusy, UsageError
 from henbackup.master import jobs
 from henbackup.master.control import Conversation, Reply, Request, reply_error
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
 from henbackup.scheduler.ticket import Ticket
+
+CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
+CANCEL_RETRY = 0.05
+BUSY_QUEUE = "another process has held the job queue's lock"
 
 if TYPE_CHECKING:
     from henbackup.master.supervisor import Master, Supervised
@@ -31,19 +37,15 @@ Command = Callable[["Master", Request, Conversation], Reply | None]
 
 def answer(master: Master, request: Request, conversation: Conversation) -> Reply | None:
     """The reply to `request`, or None when `conversation` is answered later."""
-    command = COMMANDS.get(request["command"])
+    command = COMMANDS.get(request.command)
     if command is None:
-        return reply_error("usage", f"unknown command {request['command']!r}")
-    if master.stopping and request["command"] not in ("status", "queue"):
+        return reply_error("usage", f"unknown command {request.command!r}")
+    if master.stopping and request.command not in ("status", "queue"):
         return reply_error("failed", "henbackup is stopping: no new job starts")
     try:
         return command(master, request, conversation)
     except UsageError as error:
         return reply_error("usage", str(error))
-
-
-class UsageError(Exception):
-    """A name or an option of the request is wrong (henbackupctl exits 2)."""
 
 
 # --- checks -----------------------------------------------------------------------------
@@ -145,12 +147,12 @@ def _row(master: Master, key: RunKey) -> dict[str, Any]:
 def _positions(master: Master) -> dict[str, int]:
     if master.scheduler is None:
         return {}
-    waiting = [t for t in master.scheduler.queue() if t.state == "waiting"]
+    waiting = [t for t in master.scheduler.peek() if t.state == "waiting"]
     return {ticket.job_id: position for position, ticket in enumerate(waiting, start=1)}
 
 
 def queue(master: Master, request: Request, conversation: Conversation) -> Reply:
-    tickets = master.scheduler.queue() if master.scheduler else ()
+    tickets = master.scheduler.peek() if master.scheduler else ()
     jobs, position = [], 0
     for ticket in tickets:
         position += ticket.state == "waiting"
@@ -174,11 +176,35 @@ def _ticket_row(master: Master, ticket: Ticket, position: int | None) -> dict[st
     }
 
 
-def cancel(master: Master, request: Request, conversation: Conversation) -> Reply:
-    job = str(request.get("job"))
-    ticket = master.scheduler.cancel(job) if master.scheduler else None
+def cancel(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+    """Cancel at once, or, while another process holds the queue's lock, try again from
+    the loop for a few seconds (never waiting for the lock) and answer then."""
+    job: str = request.get("job")
+    give_up = master.loop.clock() + CANCEL_PATIENCE
+
+    def attempt() -> Reply | None:
+        try:
+            return _cancelled(job, master.scheduler.cancel(job, wait=False))
+        except QueueBusy:
+            if master.loop.clock() >= give_up:
+                return reply_error("failed", f"{BUSY_QUEUE} for {CANCEL_PATIENCE:g}s: try again")
+        master.loop.call_later(CANCEL_RETRY, again)
+        return None
+
+    def again() -> None:
+        reply = attempt()
+        if reply is not None:
+            conversation.finish(reply)
+
+    if master.scheduler is None:
+        return _cancelled(job, None)
+    return attempt()
+
+
+def _cancelled(job: str, ticket: Ticket | None) -> Reply:
     if ticket is None:
-        raise UsageError(f"no job {job!r} is waiting or running (see henbackupctl queue)")
+        unknown = f"no job {job!r} is waiting or running (see henbackupctl queue)"
+        return reply_error("usage", unknown)
     if ticket.state == "running":
         with contextlib.suppress(ProcessLookupError):  # it just ended
             os.kill(ticket.pid, signal.SIGUSR1)  # its process stops restic cleanly
@@ -213,7 +239,7 @@ def list_snapshots(master: Master, request: Request, conversation: Conversation)
     if backup is not None:
         backup = _backup_name(master, backup)
     if request.get("repository") is not None:
-        repositories = [_repository_name(master, request["repository"])]
+        repositories = [_repository_name(master, request.get("repository"))]
     elif backup is not None:
         repositories = list(master.config.backups[backup].repositories)
     else:
@@ -236,13 +262,18 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
     elif target is not None and not os.path.isabs(target):
         raise UsageError(f"--target {target!r}: give an absolute path")
     elif target is None:  # known now, so that --no-wait can say where it goes
-        target = str(_new_directory(master.state_dir / "restores", f"{repository}-{snapshot[:8]}"))
+        parent = master.state_dir / "restores"
+        try:
+            target = str(_new_directory(parent, f"{repository}-{snapshot[:8]}"))
+        except OSError as error:
+            why = f"cannot make a directory in {parent}: {error.strerror or error}"
+            return reply_error("failed", f"{why}: use --target")
     job = {
         "command": "restore-snapshot",
         "repository": repository,
         "snapshot": snapshot,
         "target": target,
-        "include": [str(path) for path in request.get("include") or ()],
+        "include": list(request.get("include") or ()),
         "priority": _priority(request),
     }
     return master.jobs.start_one_off(
@@ -264,7 +295,7 @@ def _new_directory(parent: Path, name: str) -> Path:
 
 def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:
     repository = _repository_name(master, request.get("repository"))
-    job = {"command": request["command"], "repository": repository, "priority": _priority(request)}
+    job = {"command": request.command, "repository": repository, "priority": _priority(request)}
     subset = request.get("read_data_subset")
     if subset is not None:
         try:

@@ -6,7 +6,11 @@ object on one line, at most MAX_REQUEST bytes, within REQUEST_TIMEOUT seconds. T
 JSON lines: for a client that waits for a job, `{"event": ...}` lines as the job goes, then
 always one reply line, an object with "ok". Callers are identified with SO_PEERCRED: root
 and members of `henbackup` only. A slow, silent, huge or malformed client is dropped without
-delaying anyone else: nothing is ever written to a client with a blocking call.
+delaying anyone else: nothing is ever written to a client with a blocking call. Each request
+is checked against its declared shape (henbackup/protocol.py) before a handler sees it, and
+a handler's own failure costs that request a failed reply, never the daemon. At most
+MAX_CONNECTIONS clients are served at once: beyond, the longest-silent one is dropped (or,
+when every one waits for a job, the newcomer is told to come back).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from henbackup.errors import UsageError
 from henbackup.loop import Loop, Timer
+from henbackup.protocol import ControlRequest, decode
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
@@ -31,8 +37,11 @@ FLUSH_TIMEOUT = 30.0  # to take the last reply once the answer is complete
 GROUP = "henbackup"
 DENIED = f"permission denied: run as root or as a member of group {GROUP}"
 SD_LISTEN_FDS_START = 3
+MAX_CONNECTIONS = 256  # far below LimitNOFILE= (systemd/henbackup.service)
+ACCEPT_PAUSE = 1.0  # out of descriptors with no client to drop: accept again after this
+BUSY = "henbackup serves too many clients at once: try again in a moment"
 
-Request = dict[str, Any]
+Request = ControlRequest
 Reply = dict[str, Any]
 Handler = Callable[[Request, "Conversation"], Reply | None]
 
@@ -170,20 +179,39 @@ class ControlServer:
     handle: Handler
     reading: dict[int, Conversation] = field(default_factory=dict)  # requests not yet read
     conversations: list[Conversation] = field(default_factory=list)
+    accepting: bool = False
 
     def start(self) -> None:
         self.sock.setblocking(False)
-        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self.accepting and self.sock.fileno() >= 0:
+            self.accepting = True
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _pause(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self.loop.remove_reader(self.sock.fileno())
 
     def _accept(self) -> None:
         try:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return
+        except OSError:  # EMFILE, ENFILE, ENOBUFS: the next accept may work once one is freed
+            if not self._drop_longest_silent():
+                self._pause()
+                self.loop.call_later(ACCEPT_PAUSE, self._resume)
+            return
         conn.setblocking(False)
         conversation = Conversation(conn, self.loop)
         if not peer_allowed(conn):
             conversation.finish(reply_error("permission", DENIED))
+            return
+        if len(self.conversations) >= MAX_CONNECTIONS and not self._drop_longest_silent():
+            conversation.finish(reply_error("failed", BUSY))
             return
         fd = conn.fileno()
         conversation._set_timer(REQUEST_TIMEOUT)
@@ -208,14 +236,24 @@ class ControlServer:
         elif newline:
             self._answer_with(fd, self._answer(line, conversation))
 
+    def _drop_longest_silent(self) -> bool:
+        """Close the connection that has not finished its request for the longest time;
+        returns False when there is none (every client waits for an answer)."""
+        oldest = next(iter(self.reading.values()), None)
+        if oldest is not None:
+            oldest.close()
+        return oldest is not None
+
     def _answer(self, line: bytes, conversation: Conversation) -> Reply | None:
         try:
-            request = json.loads(line)
-        except ValueError:
-            return reply_error("usage", "malformed request: expected one JSON object")
-        if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-            return reply_error("usage", "malformed request: no command")
-        return self.handle(request, conversation)
+            request = decode(line)
+        except UsageError as error:
+            return reply_error("usage", str(error))
+        try:
+            return self.handle(request, conversation)
+        except Exception as error:  # a bug costs this request, not the daemon
+            self.loop.report_error(f"control request {request.command}", error)
+            return reply_error("failed", f"internal error ({type(error).__name__}): see the logs")
 
     def _answer_with(self, fd: int, reply: Reply | None) -> None:
         # The request is read: from now on the connection is only written to.
@@ -234,5 +272,5 @@ class ControlServer:
     def close(self) -> None:
         for conversation in list(self.conversations):
             conversation.close()
-        self.loop.remove_reader(self.sock.fileno())
+        self._pause()
         self.sock.close()

@@ -3,15 +3,20 @@ reloads on SIGHUP, stops cleanly on SIGTERM, and tells systemd how things are.
 
 One selector loop: pidfds say a child exited, channels carry its heartbeats and news,
 timers restart children after their backoff and ping the watchdog. Signals only wake it.
+No one bad event ends it: an exception in any callback becomes a daemon.error event with
+its traceback, and the loop goes on.
 Job events from every job process reach it (through the workers, or straight from the
 one-off job processes it starts for henbackupctl) and feed the one status model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +92,7 @@ class Master:
     jobs: Jobs = field(init=False)
 
     def __post_init__(self) -> None:
+        self.loop.on_error = self._internal_error
         self.jobs = Jobs(
             self.loop,
             self.emit,
@@ -114,6 +120,8 @@ class Master:
             pid=os.getpid(),
             config=str(self.config_path),
         )
+        for problem in self.model.problems:  # what could not be read of the kept results
+            self.emit("status.unreadable", problem, error=problem)
         self.notifier.ready()
         self._update_status()
         self._check_heartbeats()
@@ -287,7 +295,7 @@ class Master:
             return
         self.notifier.reloading()
         try:
-            config = load_config(self.config_path)
+            self._apply(load_config(self.config_path))
         except ConfigError as error:
             self.emit(
                 "config.invalid",
@@ -296,10 +304,8 @@ class Master:
                 problems=len(error.problems),
                 config=str(self.config_path),
             )
+        finally:  # whatever happened, systemd's reload ends
             self.notifier.ready()
-            return
-        self._apply(config)
-        self.notifier.ready()
         self._update_status()
 
     def _apply(self, config: Config) -> None:
@@ -351,6 +357,23 @@ class Master:
             if supervised.forked is not None:
                 os.killpg(supervised.forked.pid, signal.SIGKILL)
         self.jobs.signal_one_offs(signal.SIGKILL, group=True)
+
+    def _internal_error(self, source: str, error: Exception) -> None:
+        """A bug met in `source` (the loop's on_error): the journal gets its traceback, the
+        master goes on."""
+        reason = (str(error).splitlines() or [""])[0][:300]
+        reason = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+        try:
+            self.emit(
+                "daemon.error",
+                f"internal error in {source}, henbackup goes on: {reason}",
+                source=source,
+                error=reason,
+                traceback="".join(traceback.format_exception(error)),
+            )
+        except Exception:  # not even an event can be written: stderr, if that works
+            with contextlib.suppress(Exception):
+                traceback.print_exception(error, file=sys.stderr)
 
     # control requests
     def _control_request(self, request: Request, conversation: Conversation) -> Reply | None:

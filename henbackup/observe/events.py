@@ -42,18 +42,22 @@ MESSAGE_IDS: dict[str, str] = {
     "hook.failed": "a38b0636ddbf415b9f1e26240eac29b4",
     "metrics.failed": "e6d8bba1c7ee4e93951623e7ce77876f",
     "status.unsaved": "981fef94cf3b4798aa4434b0823180aa",
+    "status.unreadable": "d85b8908d3ee42b48b4324805c46f0ad",
+    "daemon.error": "067f09bde23d48dc9500efbb2bee7fe8",
 }
 
 # syslog levels
 ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6
 _PRIORITIES = {
     "config.invalid": ERR,
+    "daemon.error": ERR,
     "job.failed": ERR,
     "hook.failed": WARNING,
     "job.warning": WARNING,
     "watch.limit": WARNING,
     "metrics.failed": WARNING,
     "status.unsaved": WARNING,
+    "status.unreadable": WARNING,
     "watch.overflow": NOTICE,
     "daemon.started": NOTICE,
     "daemon.stopping": NOTICE,

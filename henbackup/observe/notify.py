@@ -2,7 +2,8 @@
 
 Outside systemd (no NOTIFY_SOCKET) every call does nothing. libsystemd's sd_notify (through
 systemd-python) is used rather than the `sdnotify` package, which encodes messages as
-Latin-1 and silently drops a STATUS= line such as "running: pictures→aws 42%".
+Latin-1 and silently drops a STATUS= line such as "running: pictures→aws 42%". Sending
+never raises: the master calls it from its loop, between signals.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ class Notifier:
         self._status: str | None = None
         self.watchdog_interval = watchdog_interval(env)
 
-    def _send(self, *lines: str) -> None:
-        if self._enabled:
-            daemon.notify("\n".join(lines))
+    def _send(self, *lines: str) -> bool:
+        """Returns whether the message went out. A signal arriving while it is sent (its
+        handler only records it) does not lose it; a notify socket that refuses it (systemd
+        gone) costs that message only, never the caller."""
+        if not self._enabled:
+            return True
+        while True:
+            try:
+                daemon.notify("\n".join(lines))
+                return True
+            except InterruptedError:
+                continue
+            except OSError:
+                return False
 
     def ready(self) -> None:
         self._send("READY=1")
@@ -45,6 +57,5 @@ class Notifier:
 
     def status(self, text: str) -> None:
         """Set STATUS=; repeated identical lines are not sent again."""
-        if text != self._status:
+        if text != self._status and self._send(f"STATUS={text}"):
             self._status = text
-            self._send(f"STATUS={text}")

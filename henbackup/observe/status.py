@@ -3,14 +3,18 @@
 Fed by the job events that job processes send up to the master, read by STATUS=,
 `henbackupctl status` and the metrics alike. The results of finished runs are kept in a
 small JSON file in the state directory, so that a restart does not forget when a backup
-last succeeded; live jobs are not kept (a restart ends them).
+last succeeded; live jobs are not kept (a restart ends them). What cannot be read of that
+file (not JSON, nested too deeply, an entry of the wrong shape) counts as absent, and the
+model says so in `problems`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -82,7 +86,10 @@ class StatusModel:
     def __init__(self, path: Path | None = None) -> None:
         """`path`: where finished results are kept (None: in memory only)."""
         self.path = path
-        self.records: dict[RunKey, RunRecord] = _load(path) if path else {}
+        self.records: dict[RunKey, RunRecord] = {}
+        self.problems: list[str] = []  # what could not be read of the kept results
+        if path is not None:
+            self.records, self.problems = _load(path)
         self.live: dict[str, LiveJob] = {}
 
     def apply(self, kind: str, fields: Mapping[str, Any], owner: str) -> LiveJob | None:
@@ -195,23 +202,87 @@ def _record_json(record: RunRecord) -> dict[str, Any]:
     return data
 
 
-def _load(path: Path) -> dict[RunKey, RunRecord]:
-    """The kept results; an unreadable file counts as none (results start afresh)."""
+def _load(path: Path) -> tuple[dict[RunKey, RunRecord], list[str]]:
+    """The kept results, and what could not be read of them (one line each): a file that
+    cannot be read counts as no results, an entry that makes no sense as no entry."""
     try:
-        data = json.loads(path.read_text())
-        records = {}
-        for item in data:
-            last = item.get("last")
-            records[RunKey(**item["key"])] = RunRecord(
-                last=LastRun(**last) if last else None,
-                last_success=item.get("last_success"),
-                runs={str(k): int(v) for k, v in item.get("runs", {}).items()},
-                bytes_added=int(item.get("bytes_added", 0)),
-                snapshots=item.get("snapshots"),
-            )
-        return records
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}, []
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        why = error.strerror if isinstance(error, OSError) else "not JSON, or nested too deeply"
+        return {}, [f"{path}: cannot read the kept job results ({why}): they start afresh"]
+    if not isinstance(data, list):
+        return {}, [f"{path}: the kept job results are not a JSON list: they start afresh"]
+    records = {}
+    for item in data:
+        with contextlib.suppress(ValueError):
+            key, record = _entry(item)
+            records[key] = record
+    if len(records) < len(data):
+        ignored = f"{len(data) - len(records)} of {len(data)}"
+        return records, [f"{path}: {ignored} kept job results make no sense: ignored"]
+    return records, []
+
+
+def _entry(item: object) -> tuple[RunKey, RunRecord]:
+    """One kept result; raises ValueError unless every member is one of its own, typed."""
+    entry = _checked(item, _ENTRY, required=("key",))
+    last = entry.get("last")
+    return RunKey(**_checked(entry["key"], _KEY, required=("repository", "operation"))), RunRecord(
+        last=LastRun(**_checked(last, _LAST, required=("started", "result"))) if last else None,
+        last_success=entry.get("last_success"),
+        runs=dict(entry.get("runs", {})),
+        bytes_added=entry.get("bytes_added", 0),
+        snapshots=entry.get("snapshots"),
+    )
+
+
+def _checked(
+    data: object, shape: Mapping[str, Callable[[object], bool]], required: tuple[str, ...]
+) -> dict[str, Any]:
+    if not isinstance(data, dict) or any(name not in data for name in required):
+        raise ValueError("missing members")
+    if any(name not in shape or not shape[name](value) for name, value in data.items()):
+        raise ValueError("unknown or mistyped members")
+    return data
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+_KEY = {"repository": _is_text, "operation": _is_text, "backup": _is_text}
+_LAST = {
+    "started": _is_seconds,
+    "result": lambda value: value in RESULTS,
+    "duration": _optional(_is_seconds),
+    "error": _optional(_is_text),
+    "snapshot": _optional(_is_text),
+    "job": _is_text,
+}
+_ENTRY = {
+    "key": lambda value: isinstance(value, dict),
+    "last": lambda value: value is None or isinstance(value, dict),
+    "last_success": _optional(_is_seconds),
+    "runs": lambda value: (
+        isinstance(value, dict) and all(_is_text(k) and _is_count(v) for k, v in value.items())
+    ),
+    "bytes_added": _is_count,
+    "snapshots": _optional(_is_count),
+}
 
 
 def _int(value: object) -> int | None:

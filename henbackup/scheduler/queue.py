@@ -24,6 +24,11 @@ re-plans (dropping the dead ticket, waking the next job). The others see it done
 go back to sleep. No process polls, and correctness never rests on a clean-up pass: slots
 and repository locks are free the moment the holder dies; only the wake-up waits for the
 nudge.
+
+The master's loop never waits for the queue lock (a job process, even a frozen one, may
+hold it): it reads the queue with `peek()`, cancels with `cancel(wait=False)`, and sets the
+slots and nudges without the lock at all. If the directory is removed under it, the master
+sees an empty queue and makes the directory again at its next nudge or reload.
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ import re
 import select
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from henbackup.errors import JobCancelled, QueueTimeout
+from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
 from henbackup.scheduler import locks
 from henbackup.scheduler.inotify import IN_ATTRIB, IN_DELETE_SELF, IN_MODIFY, Inotify
 from henbackup.scheduler.procs import alive, start_time
@@ -60,11 +65,14 @@ class Scheduler:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._tickets = self.directory / "tickets"
-        self._tickets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._cancelled = self.directory / "cancelled"
-        self._cancelled.mkdir(mode=0o700, exist_ok=True)
         self._lock = self.directory / "lock"
         self._nudge = self.directory / "nudge"
+        self._make_layout()
+
+    def _make_layout(self) -> None:
+        self._tickets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._cancelled.mkdir(mode=0o700, exist_ok=True)
         self._nudge.touch(mode=0o600, exist_ok=True)
 
     # -- public API --------------------------------------------------------------------
@@ -73,12 +81,13 @@ class Scheduler:
         """Set max_concurrent_jobs for the whole host (the master, at start and on reload).
 
         Lowering it never stops a running job: new jobs start once enough slots are free.
+        Never waits: the file is replaced whole, and a nudge makes the waiters re-plan.
         """
         if count < 1:
             raise ValueError("max_concurrent_jobs must be at least 1")
-        with locks.locked(self._lock):
-            _write_atomically(self.directory / "slots", str(count).encode())
-            self._dispatch(None)
+        self._make_layout()
+        _write_atomically(self.directory / "slots", str(count).encode())
+        self.nudge()
 
     def slots(self) -> int:
         """The current max_concurrent_jobs (1 until the master sets it)."""
@@ -170,14 +179,33 @@ class Scheduler:
         Drops the tickets of dead processes on the way.
         """
         with locks.locked(self._lock):
-            tickets = self._read_tickets()
-            living = [t for t in tickets if _alive(t)]
-            if len(living) < len(tickets):
-                for ticket in set(tickets) - set(living):
-                    self._drop(ticket)
-                self._dispatch(None)  # a dead ticket may have held others back
-        running = sorted((t for t in living if t.state == "running"), key=lambda t: t.sequence)
-        return (*running, *in_order(living))
+            return _in_queue_order(self._tidy())
+
+    def peek(self) -> tuple[Ticket, ...]:
+        """What `queue()` returns, without ever waiting for the lock (for the master's loop):
+        tidied when the lock is free at once, else read as the files are (a ticket rewritten
+        at that very moment is left out, dead ones are only skipped). Empty when the
+        directory is gone."""
+        try:
+            fd = locks.try_lock(self._lock, locks.EXCLUSIVE)
+            if fd is None:
+                return _in_queue_order(t for t in self._read_tickets(tidy=False) if _alive(t))
+            try:
+                return _in_queue_order(self._tidy())
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            return ()
+
+    def _tidy(self) -> list[Ticket]:
+        """Under the lock: the living tickets, the dead ones dropped."""
+        tickets = self._read_tickets()
+        living = [t for t in tickets if _alive(t)]
+        if len(living) < len(tickets):
+            for ticket in set(tickets) - set(living):
+                self._drop(ticket)
+            self._dispatch(None)  # a dead ticket may have held others back
+        return living
 
     def position(self, job_id: str) -> int | None:
         """1 for the job that runs next, 2 after it...; None when not waiting."""
@@ -187,24 +215,43 @@ class Scheduler:
                 return position
         return None
 
-    def cancel(self, job_id: str) -> Ticket | None:
+    def cancel(self, job_id: str, wait: bool = True) -> Ticket | None:
         """Withdraw a waiting ticket (its waiter gets JobCancelled / on_cancelled), or mark a
         running one as cancelled.
 
         Returns the ticket as it was, or None if unknown. A running job is not stopped here:
         the caller sends its process (`ticket.pid`) SIGUSR1, and the process asks
-        `cancel_requested()` which of its jobs that means.
+        `cancel_requested()` which of its jobs that means. Without `wait`, raises QueueBusy
+        rather than wait for another process to release the queue's lock.
         """
         if not _JOB_ID.fullmatch(job_id):
             return None  # not a name a ticket can have (nor a path out of the directory)
-        with locks.locked(self._lock):
-            ticket = self._read(self._tickets / job_id)
-            if ticket is not None and ticket.state == "waiting":
-                self._drop(ticket)
-                self._dispatch(None)
-            elif ticket is not None:
-                (self._cancelled / job_id).touch(mode=0o600)
-            return ticket
+        try:
+            with self._locked(wait):
+                ticket = self._read(self._tickets / job_id)
+                if ticket is not None and ticket.state == "waiting":
+                    self._drop(ticket)
+                    self._dispatch(None)
+                elif ticket is not None:
+                    (self._cancelled / job_id).touch(mode=0o600)
+                return ticket
+        except FileNotFoundError:  # the directory is gone, and every ticket with it
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self, wait: bool) -> Iterator[None]:
+        """The queue lock for the block; without `wait`, QueueBusy if another process has it."""
+        if wait:
+            with locks.locked(self._lock):
+                yield
+            return
+        fd = locks.try_lock(self._lock, locks.EXCLUSIVE)
+        if fd is None:
+            raise QueueBusy("the job queue is locked by another process")
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     def cancel_requested(self, pid: int) -> str | None:
         """The id of a running job of process `pid` that was marked cancelled, if any."""
@@ -218,9 +265,15 @@ class Scheduler:
     def nudge(self) -> None:
         """Make waiters re-plan: call after reaping a child that may have held a ticket.
 
-        Lock-free and cheap (appends a byte): fine to call from the master's loop.
+        Lock-free and cheap (appends a byte): fine to call from the master's loop. Makes the
+        directory again if it was removed.
         """
-        fd = os.open(self._nudge, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self._nudge, flags, 0o600)
+        except FileNotFoundError:
+            self._make_layout()
+            fd = os.open(self._nudge, flags, 0o600)
         try:
             os.write(fd, b".")
         finally:
@@ -313,13 +366,14 @@ class Scheduler:
     def _repository_free(self, repository: str, mode: Mode) -> bool:
         return locks.is_free(self._repository_path(repository), _LOCK_MODES[mode])
 
-    def _read_tickets(self) -> list[Ticket]:
+    def _read_tickets(self, tidy: bool = True) -> list[Ticket]:
         with os.scandir(self._tickets) as entries:
-            tickets = [self._read(entry.path) for entry in entries]
+            tickets = [self._read(entry.path, tidy) for entry in entries]
         return [ticket for ticket in tickets if ticket is not None]
 
-    def _read(self, path: str | Path) -> Ticket | None:
-        """The ticket in `path`, or None; a torn file (its writer died) is removed."""
+    def _read(self, path: str | Path, tidy: bool = True) -> Ticket | None:
+        """The ticket in `path`, or None; a torn file (its writer died) is removed when
+        `tidy` (only under the lock: without it, the file may be being written)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -330,8 +384,9 @@ class Scheduler:
             os.close(fd)
         try:
             return Ticket.from_json(raw)
-        except (ValueError, TypeError, KeyError):
-            os.unlink(path)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            if tidy:
+                Path(path).unlink(missing_ok=True)
             return None
 
     def _drop(self, ticket: Ticket) -> None:
@@ -529,6 +584,13 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _in_queue_order(living: Iterable[Ticket]) -> tuple[Ticket, ...]:
+    """Running tickets in arrival order, then waiting ones in the order they will run."""
+    tickets = list(living)
+    running = sorted((t for t in tickets if t.state == "running"), key=lambda t: t.sequence)
+    return (*running, *in_order(tickets))
 
 
 def _alive(ticket: Ticket) -> bool:

@@ -62,7 +62,8 @@ class Ticket:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Ticket:
-        """Parse a ticket file; raises ValueError (or a subclass) when it is not one."""
+        """Parse a ticket file; raises ValueError (or a subclass) when it is not one, with
+        every member of its own type."""
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not a ticket")
@@ -70,10 +71,31 @@ class Ticket:
         ticket = cls(priority=Priority(int(band), int(value)), **data)
         if ticket.mode not in ("shared", "exclusive") or ticket.state not in ("waiting", "running"):
             raise ValueError("not a ticket")
+        if ticket.priority.band not in range(Priority.ON_IDLE_BAND, Priority.IMMEDIATE_BAND + 1):
+            raise ValueError("not a ticket: no such priority")
+        if not all(check(getattr(ticket, name)) for name, check in _MEMBERS.items()):
+            raise ValueError("not a ticket: a member of the wrong type")
         return ticket
 
     def running(self, slot: int | None) -> Ticket:
         return replace(self, state="running", slot=slot)
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_MEMBERS: dict[str, Callable[[object], bool]] = {
+    "job_id": lambda value: isinstance(value, str),
+    "repository": lambda value: isinstance(value, str),
+    "operation": lambda value: isinstance(value, str),
+    "backup": lambda value: value is None or isinstance(value, str),
+    "pid": _is_integer,
+    "start_time": _is_integer,
+    "sequence": _is_integer,
+    "slot": lambda value: value is None or _is_integer(value),
+    "queued_at": lambda value: _is_integer(value) or isinstance(value, float),
+}
 
 
 def order_key(ticket: Ticket) -> tuple[int, int, int]:

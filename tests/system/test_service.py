@@ -264,3 +264,30 @@ def test_stop_during_a_backup_leaves_the_repository_clean(daemon: Daemon) -> Non
     assert restic(daemon, "local", "list", "locks", "--no-lock").stdout == ""
     checked = restic(daemon, "local", "check")
     assert checked.returncode == 0, checked.stderr
+
+
+IDLE_CLIENTS = """
+import socket, subprocess, sys
+idle = [socket.socket(socket.AF_UNIX) for _ in range(1032)]
+for sock in idle:
+    sock.connect(sys.argv[1])  # and says nothing
+status = subprocess.run([sys.argv[2], "--socket", sys.argv[1], "status"], capture_output=True)
+sys.exit(status.returncode)
+"""
+
+
+def test_the_unit_gives_the_master_descriptors_to_outlast_idle_clients(daemon: Daemon) -> None:
+    daemon.run_with("pictures")
+    pid = daemon.harness.show(UNIT, "MainPID")["MainPID"]
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"^Max open files +16384 +16384 ", limits, re.MULTILINE), limits
+    henbackupctl = str(HENBACKUP.parent / "henbackupctl")
+    clients = daemon.harness.run(
+        [sys.executable, "-c", IDLE_CLIENTS, CONTROL, henbackupctl], timeout=60
+    )
+    assert clients.returncode == 0, clients.stderr
+    assert daemon.harness.show(UNIT, "ActiveState", "MainPID") == {
+        "ActiveState": "active",
+        "MainPID": pid,
+    }
+    ctl(daemon, "status")

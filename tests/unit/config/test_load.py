@@ -270,6 +270,24 @@ def test_a_file_nested_too_deeply(write_config: WriteConfig) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        f"[{'.'.join(['a'] * 500)}]\nx = 1\n",  # tomllib reads it: it walks no deeper
+        "a = " + "[" * 40 + "]" * 40,
+    ],
+)
+def test_tables_or_arrays_deeper_than_any_setting_are_refused(
+    write_config: WriteConfig, content: str
+) -> None:
+    path = write_config(content)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    assert error.value.problems == (
+        Problem(str(path), "", "tables or arrays are nested more than 32 deep: no setting is"),
+    )
+
+
 def test_a_file_that_is_not_utf8(write_config: WriteConfig) -> None:
     path = write_config("")
     path.write_bytes(b"hostname = '\xff'\n")

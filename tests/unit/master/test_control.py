@@ -1,4 +1,6 @@
 import json
+import os
+import resource
 import socket
 
 import pytest
@@ -13,7 +15,8 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(control, "REQUEST_TIMEOUT", 0.3)
     loop = Loop()
     path = tmp_path / "control.sock"
-    served = ControlServer(bind(path), loop, lambda request, _: {"ok": True, "echo": request})
+    echo = lambda request, _: {"ok": True, "echo": {"command": request.command, **request.fields}}  # noqa: E731
+    served = ControlServer(bind(path), loop, echo)
     served.start()
     yield served, path
     served.close()
@@ -126,7 +129,7 @@ def waiting_server(tmp_path):
 def test_a_waiting_client_gets_events_then_the_reply(waiting_server):
     served, path, kept = waiting_server
     with connect(path) as sock:
-        sock.sendall(b'{"command": "backup"}\n')
+        sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
         serve_until(served, lambda: kept)
         kept[0].send({"event": {"kind": "job.started"}})
         kept[0].finish({"ok": True})
@@ -142,7 +145,7 @@ def test_a_waiting_client_that_hangs_up_is_forgotten(waiting_server):
     served, path, kept = waiting_server
     closed = []
     with connect(path) as sock:
-        sock.sendall(b'{"command": "backup"}\n')
+        sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
         serve_until(served, lambda: kept)
         kept[0].on_close.append(lambda: closed.append(True))
     kept[0].send({"event": {"kind": "job.progress"}})  # EPIPE: the client is gone
@@ -153,7 +156,7 @@ def test_a_waiting_client_that_hangs_up_is_forgotten(waiting_server):
 def test_a_waiting_client_that_never_reads_is_dropped_not_waited_for(waiting_server):
     served, path, kept = waiting_server
     sock = connect(path)
-    sock.sendall(b'{"command": "backup"}\n')
+    sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
     serve_until(served, lambda: kept)
     event = {"event": {"padding": "x" * 60000}}
     for _ in range(control.MAX_BACKLOG // 60000 + 10):  # never blocks: queued, then dropped
@@ -161,3 +164,125 @@ def test_a_waiting_client_that_never_reads_is_dropped_not_waited_for(waiting_ser
     assert kept[0].closed
     assert served.conversations == []
     sock.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "error"),
+    [
+        (b'{"command": "status", "x": ' + b"[" * 20000 + b"]" * 20000 + b"}\n", "expected one"),
+        (b'{"command": "backup", "backup": ["pictures"]}\n', "'backup' of backup must be a"),
+        (
+            b'{"command": "restore-snapshot", "repository": "r", "snapshot": "ab", "target": 5}\n',
+            "'target' of restore-snapshot must be a string, not a number",
+        ),
+    ],
+)
+def test_a_request_of_the_wrong_shape_never_reaches_the_handler(server, sent, error):
+    served, path = server
+    with connect(path) as sock:
+        sock.sendall(sent)
+        reply = reply_of(served, sock)
+    assert (reply["ok"], reply["code"]) == (False, "usage")
+    assert error in reply["error"]
+
+
+def test_a_failing_handler_costs_its_request_a_failed_reply_only(tmp_path):
+    reported = []
+    loop = Loop(on_error=lambda source, error: reported.append((source, repr(error))))
+
+    def handle(request, conversation):
+        if request.command == "queue":
+            raise KeyError("a bug")
+        return {"ok": True}
+
+    served = ControlServer(bind(tmp_path / "control.sock"), loop, handle)
+    served.start()
+    try:
+        with connect(tmp_path / "control.sock") as sock:
+            sock.sendall(b'{"command": "queue"}\n')
+            assert reply_of(served, sock) == {
+                "ok": False,
+                "code": "failed",
+                "error": "internal error (KeyError): see the logs",
+            }
+        assert reported == [("control request queue", "KeyError('a bug')")]
+        with connect(tmp_path / "control.sock") as sock:
+            sock.sendall(b'{"command": "status"}\n')
+            assert reply_of(served, sock) == {"ok": True}
+    finally:
+        served.close()
+        loop.close()
+
+
+def test_beyond_max_connections_the_longest_silent_client_is_dropped(server, monkeypatch):
+    served, path = server
+    monkeypatch.setattr(control, "MAX_CONNECTIONS", 3)
+    silent = [connect(path) for _ in range(3)]
+    serve_until(served, lambda: len(served.conversations) == 3)
+    with connect(path) as newcomer:
+        newcomer.sendall(b'{"command": "status"}\n')
+        assert reply_of(served, newcomer)["ok"] is True
+    assert silent[0].recv(10) == b""  # the first to say nothing was dropped for it
+    assert len(served.conversations) == 2
+    for sock in silent:
+        sock.close()
+
+
+def test_when_every_client_waits_for_an_answer_a_newcomer_is_told_to_come_back(
+    waiting_server, monkeypatch
+):
+    served, path, kept = waiting_server
+    monkeypatch.setattr(control, "MAX_CONNECTIONS", 2)
+    waiting = [connect(path) for _ in range(2)]
+    for sock in waiting:
+        sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
+    serve_until(served, lambda: len(kept) == 2)
+    with connect(path) as newcomer:
+        assert reply_of(served, newcomer) == {"ok": False, "code": "failed", "error": control.BUSY}
+    assert len(served.conversations) == 2 and not any(c.closed for c in kept)
+    for sock in waiting:
+        sock.close()
+
+
+@pytest.fixture
+def few_descriptors():
+    """This process's limit of open files lowered so that `room` more can be opened (the
+    limit is on descriptor numbers: a new one takes the lowest free)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def lower(room):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        lowest_free = os.open("/dev/null", os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + room, hard))
+
+    yield lower
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_out_of_descriptors_the_longest_silent_client_makes_room(server, few_descriptors):
+    served, path = server
+    silent = connect(path)
+    serve_until(served, lambda: served.conversations)
+    (first,) = served.conversations
+    newcomer = connect(path)  # waits in the backlog: accepting it needs one more descriptor
+    few_descriptors(0)
+    serve_until(served, lambda: first.closed and len(served.conversations) == 1)
+    assert silent.recv(10) == b""
+    newcomer.sendall(b'{"command": "status"}\n')
+    assert reply_of(served, newcomer)["ok"] is True
+    newcomer.close()
+    silent.close()
+
+
+def test_out_of_descriptors_with_no_one_to_drop_accepting_pauses(server, few_descriptors):
+    served, path = server
+    client = connect(path)  # in the backlog
+    few_descriptors(0)
+    served.loop.run_once()  # accept fails: EMFILE
+    assert not served.accepting and served.conversations == []
+    few_descriptors(10)
+    serve_until(served, lambda: served.conversations, rounds=5)  # within ACCEPT_PAUSE
+    client.sendall(b'{"command": "status"}\n')
+    assert reply_of(served, client)["ok"] is True
+    client.close()

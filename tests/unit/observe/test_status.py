@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from henbackup.observe import status
+from henbackup.observe import metrics, status
 from henbackup.observe.status import LastRun, LiveJob, RunKey, RunRecord, StatusModel
 
 PICTURES_AWS = {"backup": "pictures", "repository": "aws", "operation": "backup"}
@@ -358,3 +358,70 @@ def test_a_listing_of_snapshots_is_live_but_never_recorded(model: StatusModel) -
     ended = model.apply("job.failed", {**listing, "error": "unreachable"}, "r1")
     assert ended is not None and ended.job == "l1"
     assert model.live == {} and model.records == {}  # no failed run for an alert to see
+
+
+KEPT_KEY = {"repository": "aws", "operation": "backup", "backup": "pictures"}
+
+
+def test_no_file_yet_is_no_problem(tmp_path) -> None:
+    assert StatusModel(tmp_path / "status.json").problems == []
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "not JSON, or nested too deeply"),
+        ('[{"key": ' * 50_000, "not JSON, or nested too deeply"),
+        ("not json", "not JSON, or nested too deeply"),
+    ],
+)
+def test_kept_results_that_cannot_be_read_start_afresh_and_say_so(tmp_path, content, why) -> None:
+    path = tmp_path / "status.json"
+    path.write_text(content)
+    model = StatusModel(path)
+    assert model.records == {}
+    assert model.problems == [
+        f"{path}: cannot read the kept job results ({why}): they start afresh"
+    ]
+
+
+def test_kept_results_of_another_shape_start_afresh_and_say_so(tmp_path) -> None:
+    path = tmp_path / "status.json"
+    path.write_text('{"key": 1}')
+    model = StatusModel(path)
+    assert model.records == {}
+    assert model.problems == [
+        f"{path}: the kept job results are not a JSON list: they start afresh"
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"key": {"repository": 1, "operation": "backup"}},
+        {"key": {"repository": "aws", "operation": ["backup"]}},
+        {"key": {"repository": "aws", "operation": "backup", "backup": None}},
+        {"key": KEPT_KEY, "last": {"started": "yesterday", "result": "succeeded"}},
+        {"key": KEPT_KEY, "last": {"started": 1.0, "result": "exploded"}},
+        {"key": KEPT_KEY, "last": {"started": 1.0, "result": "failed", "error": ["x"]}},
+        {"key": KEPT_KEY, "last": {"started": 1.0, "result": "failed", "job": 7}},
+        {"key": KEPT_KEY, "last": [1]},
+        {"key": KEPT_KEY, "last_success": True},
+        {"key": KEPT_KEY, "last_success": "1e309"},
+        {"key": KEPT_KEY, "runs": {"succeeded": -1}},
+        {"key": KEPT_KEY, "runs": []},
+        {"key": KEPT_KEY, "bytes_added": 1.5},
+        {"key": KEPT_KEY, "snapshots": "2"},
+        {"key": KEPT_KEY, "colour": "blue"},
+        [[[]]],
+    ],
+)
+def test_an_entry_that_makes_no_sense_is_ignored_and_the_others_kept(tmp_path, entry) -> None:
+    path = tmp_path / "status.json"
+    good = {"key": {"repository": "nas", "operation": "check"}, "last_success": 5.0}
+    path.write_text(json.dumps([entry, good]))
+    model = StatusModel(path)
+    assert model.records == {RunKey("nas", "check"): RunRecord(last_success=5.0)}
+    assert model.problems == [f"{path}: 1 of 2 kept job results make no sense: ignored"]
+    metrics.render(model)  # and what is kept can be shown
+    model.save()

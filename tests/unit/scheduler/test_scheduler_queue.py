@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from henbackup.config.model import Priority
-from henbackup.errors import JobCancelled, QueueTimeout
+from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
 from henbackup.loop import Loop
-from henbackup.scheduler import Scheduler, Ticket
+from henbackup.scheduler import Scheduler, Ticket, locks
 
 NORMAL = Priority.ordinary(0)
 DEADLINE = 10.0  # generous: a busy machine must never fail these
@@ -242,3 +245,76 @@ def test_ticket_files_say_who_and_what(scheduler, tmp_path):
     assert data["pid"] == os.getpid() and data["operation"] == "check"
     assert data["state"] == "running" and data["mode"] == "exclusive"
     grant.release()
+
+
+# --- the master's side: never waiting for the lock --------------------------------------------
+
+
+@pytest.mark.timeout(20)  # before: peek, set_slots and cancel waited for the lock forever
+def test_the_master_never_waits_for_a_lock_held_elsewhere(scheduler):
+    running = scheduler.submit(ticket("a"))
+    waiting = scheduler.submit(ticket("b"))
+    fd = locks.try_lock(scheduler.directory / "lock", locks.EXCLUSIVE)
+    try:
+        rewritten = scheduler.directory / "tickets" / "torn"
+        rewritten.write_bytes(b'{"job_id": "to')  # a ticket being written right now
+        assert [(t.job_id, t.state) for t in scheduler.peek()] == [
+            ("a", "running"),
+            ("b", "waiting"),
+        ]
+        assert rewritten.exists()  # not tidied away without the lock
+        scheduler.set_slots(2)
+        assert (scheduler.directory / "slots").read_text() == "2"
+        with pytest.raises(QueueBusy):
+            scheduler.cancel("b", wait=False)
+    finally:
+        os.close(fd)
+    assert turn_of(waiting).ticket.slot == 1  # the nudge of set_slots let it start
+    assert [t.job_id for t in scheduler.peek()] == ["a", "b"]
+    assert not rewritten.exists()  # tidied, the lock being free
+    running.grant.release()
+    waiting.grant.release()
+
+
+def test_a_removed_queue_directory_is_an_empty_queue_made_again_by_a_nudge(scheduler):
+    shutil.rmtree(scheduler.directory)
+    assert scheduler.peek() == ()
+    assert scheduler.cancel("a", wait=False) is None
+    scheduler.nudge()
+    assert (scheduler.directory / "tickets").is_dir() and scheduler.peek() == ()
+    shutil.rmtree(scheduler.directory)
+    scheduler.set_slots(3)
+    assert scheduler.slots() == 3
+    submitted = scheduler.submit(ticket("a"))
+    assert submitted.grant is not None
+    submitted.grant.release()
+
+
+MEMBERS = ("job_id", "repository", "operation", "backup", "pid", "start_time", "sequence")
+ODD = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+ODD_TICKETS = st.one_of(
+    st.binary(max_size=40),
+    st.integers(1, 50_000).map(lambda n: b"[" * n),
+    st.dictionaries(
+        st.sampled_from([*MEMBERS, "priority", "mode", "state", "slot", "queued_at"]),
+        ODD | st.lists(ODD, max_size=3),
+    ).map(lambda data: json.dumps(data).encode()),
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=ODD_TICKETS)
+def test_a_ticket_file_of_any_shape_is_skipped_never_raised(scheduler, raw):
+    """Ticket files are the queue's own, but read from disk: their shape is checked."""
+    holder = scheduler.submit(ticket("a"))
+    odd = scheduler.directory / "tickets" / "odd"
+    odd.write_bytes(raw)
+    try:
+        assert [t.job_id for t in scheduler.peek()] in (["a"], ["a", "odd"])
+        assert [t.job_id for t in scheduler.queue()] in (["a"], ["a", "odd"])
+        assert scheduler.cancel("odd", wait=False) in (None, *scheduler.queue())
+    finally:
+        odd.unlink(missing_ok=True)
+        holder.grant.release()

@@ -68,6 +68,7 @@ def test_odd_names_stay_inside_the_state_directory(store, name):
         b'{"last_attempt": Infinity}',
         b'{"last_success": [1]}',
         b"\xff\xfe",
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the stack: RecursionError
     ],
 )
 def test_a_corrupt_record_counts_as_absent_and_is_reported(store, problems, content):

@@ -1,0 +1,145 @@
+"""The control protocol: every henbackupctl request, declared once, as data.
+
+A request is one JSON object on one line: "command" names it, its other members are the
+command's fields. REQUESTS declares each command's fields, their types and which are
+required; `parse_request` checks a decoded request against its declaration before anything
+acts on it, so that a request of the wrong shape costs one usage error (henbackupctl exit
+2) naming the field, never the daemon. henbackupctl builds its requests from the same
+declarations. A field sent as null counts as not sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from henbackup.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Type:
+    """What a field's JSON value may be; `name` is how an error message says it."""
+
+    name: str
+    accepts: Callable[[object], bool]
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no number
+
+
+TEXT = Type("a string", lambda value: isinstance(value, str))
+FLAG = Type("true or false", lambda value: isinstance(value, bool))
+TEXTS = Type(
+    "a list of strings",
+    lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
+)
+PRIORITY = Type("a string or an integer", lambda v: isinstance(v, str) or _is_integer(v))
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: Type
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """A request of the right shape: `fields` has every declared field, None when not sent."""
+
+    command: str
+    fields: Mapping[str, Any]
+
+    def get(self, name: str) -> Any:
+        """The field's value, or None when it was not sent (or is not the command's)."""
+        return self.fields.get(name)
+
+
+_PRIORITY = Field("priority", PRIORITY)
+_WAIT = Field("wait", FLAG)  # false: answer once the job is accepted (--no-wait)
+
+REQUESTS: dict[str, tuple[Field, ...]] = {
+    "status": (),
+    "queue": (),
+    "cancel": (Field("job", TEXT, required=True),),
+    "backup": (Field("backup", TEXT, required=True), Field("repository", TEXT), _PRIORITY, _WAIT),
+    "list-snapshots": (Field("repository", TEXT), Field("backup", TEXT)),
+    "restore-snapshot": (
+        Field("repository", TEXT, required=True),
+        Field("snapshot", TEXT, required=True),
+        Field("target", TEXT),
+        Field("in_place", FLAG),
+        Field("include", TEXTS),
+        _PRIORITY,
+        _WAIT,
+    ),
+    "check": (
+        Field("repository", TEXT, required=True),
+        Field("read_data_subset", TEXT),
+        _PRIORITY,
+        _WAIT,
+    ),
+    "prune": (Field("repository", TEXT, required=True), _PRIORITY, _WAIT),
+}
+
+
+def parse_request(data: object) -> ControlRequest:
+    """The request in `data` (decoded JSON); raises UsageError with one line naming what
+    is wrong: not an object, no or an unknown command, an unknown, missing or mistyped field."""
+    command = data.get("command") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(command, str):
+        raise UsageError("malformed request: no command")
+    declared = REQUESTS.get(command)
+    if declared is None:
+        raise UsageError(f"unknown command {_shown(command)}")
+    names = {field.name for field in declared}
+    for name in data:
+        if name != "command" and name not in names:
+            raise UsageError(f"malformed request: {command} has no field {_shown(name)}")
+    fields = {}
+    for field in declared:
+        value = data.get(field.name)
+        if value is None and field.required:
+            raise UsageError(f"malformed request: {command} needs {field.name!r}")
+        if value is not None and not field.type.accepts(value):
+            raise UsageError(
+                f"malformed request: {field.name!r} of {command} must be {field.type.name},"
+                f" not {_json_type(value)}"
+            )
+        fields[field.name] = value
+    return ControlRequest(command, MappingProxyType(fields))
+
+
+def decode(line: bytes) -> ControlRequest:
+    """The request on one line of JSON; raises UsageError (also for JSON nested so deeply
+    that decoding it would exhaust the stack)."""
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        raise UsageError("malformed request: expected one JSON object") from None
+    return parse_request(data)
+
+
+def build_request(command: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The request henbackupctl sends: `command` with the declared fields found in
+    `options` (e.g. its parsed command line); the others are not the daemon's business."""
+    declared = (field.name for field in REQUESTS[command])
+    return {"command": command, **{name: options[name] for name in declared if name in options}}
+
+
+def _shown(name: str, limit: int = 40) -> str:
+    """A client's string in an error message: quoted, escaped, and short."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "null")
