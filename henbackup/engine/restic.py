@@ -656,8 +656,15 @@ class ResticEngine(Engine):
             self._call(target, CAT_CONFIG_ARGS, locking=False)
             return False
         except RepositoryMissing:
-            self._call(target, INIT_ARGS, locking=False)
+            pass
+        outcome = self._execute(target, INIT_ARGS, None)
+        if outcome.returncode == 0:
             return True
+        if _first(outcome.messages, ("config file already exists",)):
+            return False  # created meanwhile, from elsewhere: restic wrote nothing of ours
+        error = self._failure(target, INIT_ARGS, outcome, ())
+        assert error is not None
+        raise error
 
     def backup(
         self, target: Target, request: BackupRequest, on_progress: ProgressCallback | None = None

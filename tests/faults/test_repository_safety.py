@@ -1,0 +1,141 @@
+"""Issue 12, "never corrupt": no repository is ever corrupted, no lock is left behind.
+
+Through the real daemon (`henbackup run`, see tests/integration/daemon_helpers.py), real
+restic on a real local repository. Faults are real too: restic and job processes are killed
+with SIGKILL, as the OOM killer would; stopping restic first (SIGSTOP) only holds it where
+the test wants it (alive with its lock, or orphaned before it could react).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
+from daemon_helpers import PASSWORD, Daemon, restic_command, restic_json
+
+pytestmark = pytest.mark.integration
+
+HOST = "testhost"
+DEADLINE = 60.0  # generous: a busy 2-core machine; never asserted on, only waited for
+
+
+def write_config(
+    tmp_path: Path, restic: str, repository: Path, backups: dict[str, dict[str, str]]
+) -> Path:
+    """max_concurrent_jobs = 3; one repository, `shared`; these backups to it."""
+    lines = [
+        "[daemon]",
+        f"restic = {json.dumps(restic)}",
+        f'hostname = "{HOST}"',
+        "max_concurrent_jobs = 3",
+        "",
+        "[repositories.shared]",
+        f"location = {json.dumps(str(repository))}",
+        f"password = {json.dumps(PASSWORD)}",
+    ]
+    for name, settings in backups.items():
+        lines += ["", f"[backups.{name}]", 'repositories = ["shared"]']
+        lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    config = tmp_path / "henbackup.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def make_data(directory: Path, size: int = 30_000) -> str:
+    directory.mkdir(parents=True)
+    (directory / "notes.txt").write_text(f"the notes of {directory.name}\n")
+    content = bytes(range(256)) * (size // 256) + directory.name.encode()
+    (directory / "data.bin").write_bytes(content)
+    return str(directory)
+
+
+def locks(restic: str, repository: Path) -> list[str]:
+    """The ids of the lock files in the repository (without taking one)."""
+    return restic_command(restic, repository, "list", "locks", "--no-lock").stdout.split()
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}{result.stdout}"
+    return result.stdout
+
+
+def outcome(daemon: Daemon, backup: str) -> dict:
+    """The backup job's job.succeeded or job.failed event, once there is one."""
+    found: list[dict] = []
+
+    def ended() -> bool:
+        found[:] = [
+            e
+            for e in daemon.find(backup=backup, operation="backup")
+            if e["HENBACKUP_EVENT"] in ("job.succeeded", "job.failed")
+        ]
+        return bool(found) or daemon.eof
+
+    assert daemon.pump_until(ended, DEADLINE) and found, f"{backup}: no end\n{daemon.report()}"
+    return found[0]
+
+
+def restic_backup_of(daemon: Daemon) -> psutil.Process:
+    """The `restic backup` the daemon runs (waits for it)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        for process in psutil.Process(daemon.pid).children(recursive=True):
+            try:
+                if process.name() == "restic" and "backup" in process.cmdline():
+                    return process
+            except psutil.Error:
+                continue
+        daemon.pump(0.05)
+    raise AssertionError(f"no restic backup ran\n{daemon.report()}")
+
+
+def wait_locked(daemon: Daemon, restic: str, repository: Path) -> list[str]:
+    assert daemon.pump_until(lambda: locks(restic, repository) != [], DEADLINE), (
+        "restic never locked the repository\n" + daemon.report()
+    )
+    return locks(restic, repository)
+
+
+def reaped(pid: int) -> bool:
+    """Gone for good: neither running nor a zombie nobody waited for."""
+    try:
+        return psutil.Process(pid).status() == "dead"
+    except psutil.NoSuchProcess:
+        return True
+
+
+# --- item 1: one restic init per repository -------------------------------------------------
+
+
+def test_three_first_backups_at_once_make_one_repository_that_restic_opens(restic, tmp_path):
+    """Three backups share a repository that does not exist yet, and all three run at start
+    (their schedule never ran) in three slots: each job finds no repository. One creates it,
+    under a host-wide lock; the others find it. Before, each ran `restic init`: several keys,
+    and a repository restic could no longer open ("ciphertext verification failed")."""
+    repository = tmp_path / "new-repository"
+    names = ("alpha", "beta", "gamma")
+    backups = {n: {"paths": [make_data(tmp_path / n)], "schedule": ["1h"]} for n in names}
+    daemon = Daemon(write_config(tmp_path, restic, repository, backups), tmp_path)
+    with daemon:
+        ends = {name: outcome(daemon, name) for name in names}
+        assert {n: e["HENBACKUP_EVENT"] for n, e in ends.items()} == dict.fromkeys(
+            names, "job.succeeded"
+        ), daemon.report()
+        assert daemon.stop() == 0, daemon.report()
+
+    assert len(restic_command(restic, repository, "list", "keys").stdout.split()) == 1
+    restic_command(restic, repository, "check")
+    snapshots = restic_json(restic, repository, "snapshots")
+    assert sorted(s["tags"][0] for s in snapshots) == [f"backup-{n}" for n in names]
+    for snapshot in snapshots:  # every snapshot loads, its data too
+        listed = restic_command(restic, repository, "ls", snapshot["id"]).stdout.decode()
+        assert "data.bin" in listed
+    assert {e["HENBACKUP_SNAPSHOT"][:8] for e in ends.values()} == {
+        s["short_id"] for s in snapshots
+    }
