@@ -619,6 +619,11 @@ class _Stream:
                 self.on_progress(progress)
 
 
+# Failures after which restic cannot have left a lock: it never opened the repository, or
+# ended by itself.
+_LOCKLESS_FAILURES = (WrongPassword, RepositoryMissing, SnapshotNotFound)
+
+
 class ResticEngine(Engine):
     """The Engine on a restic binary. Blocking; meant for a job process."""
 
@@ -732,6 +737,25 @@ class ResticEngine(Engine):
         return found[0]
 
     def _call(
+        self,
+        target: Target,
+        args: Argv,
+        *,
+        on_line: LineHandler | None = None,
+        tolerate: tuple[int, ...] = (),
+        locking: bool = True,
+    ) -> Outcome:
+        """Run restic (see `_run`). A locking command that failed (restic killed, its backend
+        gone) may have left its lock: it is removed then, as stale (restic is gone by now)."""
+        try:
+            return self._run(target, args, on_line=on_line, tolerate=tolerate, locking=locking)
+        except EngineError as error:
+            if locking and not isinstance(error, _LOCKLESS_FAILURES):
+                with contextlib.suppress(EngineError):
+                    self.unlock_stale(target)
+            raise
+
+    def _run(
         self,
         target: Target,
         args: Argv,

@@ -9,6 +9,7 @@ the test wants it (alive with its lock, or orphaned before it could react).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-from daemon_helpers import PASSWORD, Daemon, restic_command, restic_json
+from daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command, restic_json
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +51,7 @@ def write_config(
 def make_data(directory: Path, size: int = 30_000) -> str:
     directory.mkdir(parents=True)
     (directory / "notes.txt").write_text(f"the notes of {directory.name}\n")
-    content = bytes(range(256)) * (size // 256) + directory.name.encode()
-    (directory / "data.bin").write_bytes(content)
+    (directory / "data.bin").write_bytes(os.urandom(size))  # random: restic 0.18 compresses
     return str(directory)
 
 
@@ -139,3 +139,78 @@ def test_three_first_backups_at_once_make_one_repository_that_restic_opens(resti
     assert {e["HENBACKUP_SNAPSHOT"][:8] for e in ends.values()} == {
         s["short_id"] for s in snapshots
     }
+
+
+# --- item 5: no lock left behind -------------------------------------------------------------
+
+
+def slow_backups(tmp_path: Path, restic: str) -> tuple[Daemon, Path]:
+    """An initialised repository; `big` takes ~16 s (16 MiB at 1 MiB/s), `small` a moment."""
+    repository = tmp_path / "repository"
+    restic_command(restic, repository, "init")
+    backups = {
+        "big": {"paths": [make_data(tmp_path / "big", 16 << 20)], "upload_limit": "1M"},
+        "small": {"paths": [make_data(tmp_path / "small")]},
+    }
+    return Daemon(write_config(tmp_path, restic, repository, backups), tmp_path), repository
+
+
+def test_restic_killed_during_a_backup_leaves_no_lock_and_the_next_jobs_run_at_once(
+    restic, tmp_path
+):
+    """restic dies by SIGKILL mid-backup: it cannot remove its lock, so the job does (the
+    lock is stale: its process is gone). Before, the lock stayed until a later check or
+    prune ran into it."""
+    daemon, repository = slow_backups(tmp_path, restic)
+    with daemon:
+        daemon.wait_for("daemon.started", timeout=DEADLINE)
+        ok(henbackupctl(daemon, "backup", "big", "--no-wait"))
+        process = restic_backup_of(daemon)
+        wait_locked(daemon, restic, repository)
+        process.kill()
+        assert outcome(daemon, "big")["HENBACKUP_EVENT"] == "job.failed"
+        assert locks(restic, repository) == []
+
+        started = time.monotonic()
+        ok(henbackupctl(daemon, "backup", "small"))
+        ok(henbackupctl(daemon, "check", "shared"))  # needs the repository alone
+        assert time.monotonic() - started < DEADLINE
+        assert locks(restic, repository) == []
+        assert daemon.stop() == 0, daemon.report()
+        assert daemon.leftovers == [], daemon.report()
+
+
+def test_restic_orphaned_by_a_killed_job_is_reaped_by_the_master_and_its_lock_goes_later(
+    restic, tmp_path
+):
+    """The job process dies by SIGKILL while restic runs. restic (held stopped, with its
+    lock) is orphaned: the master, a child subreaper, adopts it. Killed in turn, restic
+    leaves its lock, and the master reaps it: no zombie whose pid restic's unlock would
+    count as alive. While restic lived, its lock stayed (another backup ran beside it);
+    once it is gone, the next job that needs the repository alone removes the stale lock."""
+    daemon, repository = slow_backups(tmp_path, restic)
+    with daemon:
+        daemon.wait_for("daemon.started", timeout=DEADLINE)
+        ok(henbackupctl(daemon, "backup", "big", "--no-wait"))
+        process = restic_backup_of(daemon)
+        lock = wait_locked(daemon, restic, repository)
+        job_process = psutil.Process(process.ppid())
+        process.suspend()
+        try:
+            job_process.kill()
+            adopted = daemon.pump_until(lambda: process.ppid() == daemon.pid, DEADLINE, 0.05)
+            assert adopted, f"restic's parent is {process.ppid()}, not the master {daemon.pid}"
+            assert outcome(daemon, "big")["HENBACKUP_EVENT"] == "job.failed"
+            ok(henbackupctl(daemon, "backup", "small"))
+            assert process.is_running()
+            assert locks(restic, repository) == lock  # alive: its lock is not stale
+        finally:
+            process.kill()
+        assert daemon.pump_until(lambda: reaped(process.pid), DEADLINE), (
+            f"restic {process.pid} is {process.status()}\n{daemon.report()}"
+        )
+        assert locks(restic, repository) == lock
+        ok(henbackupctl(daemon, "check", "shared"))
+        assert locks(restic, repository) == []
+        assert daemon.stop() == 0, daemon.report()
+        assert daemon.leftovers == [], daemon.report()
