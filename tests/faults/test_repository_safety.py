@@ -8,10 +8,14 @@ the test wants it (alive with its lock, or orphaned before it could react).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -27,7 +31,7 @@ DEADLINE = 60.0  # generous: a busy 2-core machine; never asserted on, only wait
 
 
 def write_config(
-    tmp_path: Path, restic: str, repository: Path, backups: dict[str, dict[str, str]]
+    tmp_path: Path, restic: str, repository: Path | str, backups: dict[str, dict[str, str]]
 ) -> Path:
     """max_concurrent_jobs = 3; one repository, `shared`; these backups to it."""
     lines = [
@@ -113,12 +117,55 @@ def reaped(pid: int) -> bool:
 # --- item 1: one restic init per repository -------------------------------------------------
 
 
-def test_three_first_backups_at_once_make_one_repository_that_restic_opens(restic, tmp_path):
+@contextlib.contextmanager
+def rest_server(directory: Path) -> Iterator[str]:
+    """`rclone serve restic` on 127.0.0.1 over `directory`: restic's REST backend, where the
+    config file is an HTTP request away. Yields the repository's location."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    directory.mkdir()
+    server = subprocess.Popen(
+        ["rclone", "serve", "restic", str(directory), "--addr", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            assert server.poll() is None and time.monotonic() < deadline, "rclone did not start"
+            time.sleep(0.05)
+        yield f"rest:http://127.0.0.1:{port}/"
+    finally:
+        server.terminate()
+        server.wait(timeout=DEADLINE)
+
+
+@contextlib.contextmanager
+def new_repository(backend: str, tmp_path: Path) -> Iterator[str]:
+    """The location of a repository that does not exist yet."""
+    if backend == "rest":
+        with rest_server(tmp_path / "rest") as location:
+            yield location
+    else:
+        yield str(tmp_path / "new-repository")
+
+
+@pytest.mark.parametrize("backend", ["local", "rest"])
+def test_three_first_backups_at_once_make_one_repository_that_restic_opens(
+    restic, tmp_path, backend
+):
     """Three backups share a repository that does not exist yet, and all three run at start
     (their schedule never ran) in three slots: each job finds no repository. One creates it,
     under a host-wide lock; the others find it. Before, each ran `restic init`: several keys,
     and a repository restic could no longer open ("ciphertext verification failed")."""
-    repository = tmp_path / "new-repository"
+    with new_repository(backend, tmp_path) as location:
+        three_first_backups(restic, tmp_path, location)
+
+
+def three_first_backups(restic: str, tmp_path: Path, repository: str) -> None:
     names = ("alpha", "beta", "gamma")
     backups = {n: {"paths": [make_data(tmp_path / n)], "schedule": ["1h"]} for n in names}
     daemon = Daemon(write_config(tmp_path, restic, repository, backups), tmp_path)
