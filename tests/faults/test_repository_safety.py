@@ -14,12 +14,18 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+from henbackup.config.model import PasswordSource
+from henbackup.engine.base import Target
+from henbackup.engine.restic import ResticEngine
+from henbackup.jobs.backup import ensure_repository
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 from daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command, restic_json
@@ -186,6 +192,40 @@ def three_first_backups(restic: str, tmp_path: Path, repository: str) -> None:
     assert {e["HENBACKUP_SNAPSHOT"][:8] for e in ends.values()} == {
         s["short_id"] for s in snapshots
     }
+
+
+def test_a_repository_created_elsewhere_between_our_look_and_our_init_is_initialised(
+    restic, tmp_path
+):
+    """Another host (beyond our lock) creates the repository after our `restic cat config`
+    found none and before our `restic init`: restic refuses to init ("config file already
+    exists") and the repository is there, so the backup goes on. Provoked with a wrapper
+    around the real restic (another host's timing cannot be arranged): its `cat config`
+    answers what restic answered, after the other host's real `restic init` ran."""
+    repository = tmp_path / "repository"
+    password = tmp_path / "password"
+    password.write_text(PASSWORD)
+    wrapper = tmp_path / "restic-wrapper"
+    wrapper.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            if [ "$1" = cat ]; then
+                answer=$({restic} "$@" 2>&1); code=$?
+                {restic} init >/dev/null 2>&1 || exit 99  # the other host, same password
+                printf '%s\\n' "$answer" >&2
+                exit $code
+            fi
+            exec {restic} "$@"
+            """
+        )
+    )
+    wrapper.chmod(0o755)
+    engine = ResticEngine(str(wrapper), cache_dir=tmp_path / "cache")
+    target = Target("shared", str(repository), PasswordSource("file", str(password)))
+    assert ensure_repository(engine, target, tmp_path / "locks") is False
+    assert engine.snapshots(target) == []
+    assert len(restic_command(restic, repository, "list", "keys").stdout.split()) == 1
 
 
 # --- item 5: no lock left behind -------------------------------------------------------------
