@@ -619,9 +619,10 @@ class _Stream:
                 self.on_progress(progress)
 
 
-# Failures after which restic cannot have left a lock: it never opened the repository, or
-# ended by itself.
-_LOCKLESS_FAILURES = (WrongPassword, RepositoryMissing, SnapshotNotFound)
+# Failures after which no unlock is tried: restic cannot have left a lock (it never opened
+# the repository, or ended by itself), or the backend is gone (an unlock would only wait
+# through restic's retries; a later job's conflict removes the lock).
+_NO_UNLOCK_AFTER = (WrongPassword, RepositoryMissing, SnapshotNotFound, BackendUnreachable)
 
 
 class ResticEngine(Engine):
@@ -750,7 +751,7 @@ class ResticEngine(Engine):
         try:
             return self._run(target, args, on_line=on_line, tolerate=tolerate, locking=locking)
         except EngineError as error:
-            if locking and not isinstance(error, _LOCKLESS_FAILURES):
+            if locking and not isinstance(error, _NO_UNLOCK_AFTER):
                 with contextlib.suppress(EngineError):
                     self.unlock_stale(target)
             raise

@@ -10,6 +10,7 @@ from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.engine.base import BackupRequest, BackupResult, Engine, Target
 from henbackup.errors import EngineError, RepositoryLocked
+from henbackup.humanize import duration
 from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.jobs.targets import target_for
 from henbackup.observe.events import EmitFunction, FieldValue
@@ -57,7 +58,7 @@ def ensure_repository(engine: Engine, target: Target, lock_dir: Path) -> bool:
     if fd is None:
         raise RepositoryLocked(
             f"repository {target.name}: another job of this host has been creating it for "
-            f"over {INIT_WAIT / 60:g} minutes"
+            f"over {duration(INIT_WAIT)}; the next run tries again"
         )
     try:
         return engine.ensure_initialized(target)
