@@ -51,10 +51,15 @@ def ensure_repository(engine: Engine, target: Target, lock_dir: Path) -> bool:
     one that restic cannot open. A flock per location, host-wide (jobs of every worker and
     `henbackup backup` by hand), lets one create it; the others then find it there.
     """
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # A digest: the location may hold credentials, which never go into a file name.
-    digest = hashlib.sha256(target.location.encode()).hexdigest()[:32]
-    fd = locks.wait_lock(lock_dir / f"init-{digest}", locks.EXCLUSIVE, INIT_WAIT)
+    path = lock_dir / f"init-{hashlib.sha256(target.location.encode()).hexdigest()[:32]}"
+    try:
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = locks.wait_lock(path, locks.EXCLUSIVE, INIT_WAIT)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        message = f"cannot lock {path} (to create repository {target.name}): {reason}"
+        raise EngineError(message) from None
     if fd is None:
         raise RepositoryLocked(
             f"repository {target.name}: another job of this host has been creating it for "

@@ -13,7 +13,7 @@ import pytest
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import Target
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import JobCancelled, RepositoryLocked
+from henbackup.errors import EngineError, JobCancelled, RepositoryLocked
 from henbackup.jobs import backup
 from henbackup.jobs.backup import ensure_repository
 from henbackup.scheduler import locks
@@ -98,3 +98,12 @@ def test_the_wait_is_cancellable(restic, tmp_path):
         signal.signal(signal.SIGALRM, previous)
         holder.kill()
         holder.wait()
+
+
+def test_a_lock_directory_that_cannot_be_made_is_a_one_line_error(restic, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(EngineError) as raised:
+        ensure_repository(ResticEngine(restic), target_at(tmp_path), tmp_path / "file" / "locks")
+    assert str(raised.value).startswith(f"cannot lock {tmp_path}/file/locks/init-")
+    assert str(raised.value).endswith("(to create repository shared): Not a directory")
+    assert SECRET not in str(raised.value)
