@@ -3,7 +3,10 @@
 Children are forked, not exec'd: with `gc.freeze()` before the fork, a child shares almost
 all of its parent's memory. Each child gets its own process group, a recognisable name in
 /proc/PID/comm, and dies with its parent (PR_SET_PDEATHSIG). The parent watches it through
-a pidfd, which becomes readable when the child exits: no SIGCHLD handler is needed.
+a pidfd, which becomes readable when the child exits.
+
+The master is also a child subreaper: a process orphaned below it (a restic whose job
+process was killed) becomes its child, not init's, and it reaps those (`reap_orphans`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 
-PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
+PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 15, 1, 36
 EXIT_CRASHED = 70  # EX_SOFTWARE: an unexpected exception in the child
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -83,6 +86,36 @@ def reap(forked: Forked) -> int:
     os.close(forked.pidfd)
     _, status = os.waitpid(forked.pid, 0)
     return status
+
+
+def become_subreaper() -> None:
+    """Adopt our orphaned descendants (PR_SET_CHILD_SUBREAPER; not inherited by children).
+
+    So that an orphaned restic is reaped by us when it ends, instead of lingering as a
+    zombie under an init that may not reap: restic counts a lock whose pid exists as live.
+    """
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(errno)}")
+
+
+def reap_orphans(tracked: Container[int]) -> list[int]:
+    """Reap the exited children that are not `tracked`; returns their pids.
+
+    A tracked child is reaped by its owner with its status (see `reap`): each exit is only
+    peeked at (WNOWAIT) first, and the first tracked one ends the round. Its owner reaps it
+    at once; the next round (the next SIGCHLD, or a periodic call) goes on from there.
+    """
+    reaped: list[int] = []
+    while True:
+        try:
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no child at all
+            return reaped
+        if exited is None or exited.si_pid == 0 or exited.si_pid in tracked:
+            return reaped
+        os.waitpid(exited.si_pid, 0)  # exited already: does not block
+        reaped.append(exited.si_pid)
 
 
 def describe_status(status: int) -> str:

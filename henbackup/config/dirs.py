@@ -26,6 +26,11 @@ class Dirs:
         """The host-wide job queue's directory."""
         return self.runtime / "scheduler"
 
+    @property
+    def repositories(self) -> Path:
+        """Host-wide locks per repository location (one `restic init` at a time)."""
+        return self.runtime / "repositories"
+
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Dirs:
         return cls(

@@ -620,6 +620,12 @@ class _Stream:
                 self.on_progress(progress)
 
 
+# Failures after which no unlock is tried: restic cannot have left a lock (it never opened
+# the repository, or ended by itself), or the backend is gone (an unlock would only wait
+# through restic's retries; a later job's conflict removes the lock).
+_NO_UNLOCK_AFTER = (WrongPassword, RepositoryMissing, SnapshotNotFound, BackendUnreachable)
+
+
 class ResticEngine(Engine):
     """The Engine on a restic binary. Blocking; meant for a job process."""
 
@@ -659,8 +665,15 @@ class ResticEngine(Engine):
             self._call(target, CAT_CONFIG_ARGS, locking=False)
             return False
         except RepositoryMissing:
-            self._call(target, INIT_ARGS, locking=False)
+            pass
+        outcome = self._execute(target, INIT_ARGS, None)
+        if outcome.returncode == 0:
             return True
+        if _first(outcome.messages, ("config file already exists",)):
+            return False  # created meanwhile, from elsewhere: restic wrote nothing of ours
+        error = self._failure(target, INIT_ARGS, outcome, ())
+        assert error is not None
+        raise error
 
     def backup(
         self, target: Target, request: BackupRequest, on_progress: ProgressCallback | None = None
@@ -728,6 +741,25 @@ class ResticEngine(Engine):
         return found[0]
 
     def _call(
+        self,
+        target: Target,
+        args: Argv,
+        *,
+        on_line: LineHandler | None = None,
+        tolerate: tuple[int, ...] = (),
+        locking: bool = True,
+    ) -> Outcome:
+        """Run restic (see `_run`). A locking command that failed (restic killed, its backend
+        gone) may have left its lock: it is removed then, as stale (restic is gone by now)."""
+        try:
+            return self._run(target, args, on_line=on_line, tolerate=tolerate, locking=locking)
+        except EngineError as error:
+            if locking and not isinstance(error, _NO_UNLOCK_AFTER):
+                with contextlib.suppress(EngineError):
+                    self.unlock_stale(target)
+            raise
+
+    def _run(
         self,
         target: Target,
         args: Argv,

@@ -43,13 +43,24 @@ from henbackup.master.states import Child, Policy, State
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
 from henbackup.observe.status import LiveJob, StatusModel
-from henbackup.process import Forked, describe_status, fork_child, reap
+from henbackup.process import (
+    Forked,
+    become_subreaper,
+    describe_status,
+    fork_child,
+    reap,
+    reap_orphans,
+)
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
 
 # Runs in the forked worker with its end of the channel; returns the worker's exit code.
 WorkerBody = Callable[[WorkerSpec, Config, Channel], int]
+
+
+# Orphans are reaped on SIGCHLD, and this often anyway (see process.reap_orphans).
+ORPHAN_ROUND = 5.0
 
 
 def _seconds(name: str, default: float) -> float:
@@ -108,6 +119,9 @@ class Master:
         self.loop.on_signal(signal.SIGHUP, self.reload)
         self.loop.on_signal(signal.SIGTERM, self.stop)
         self.loop.on_signal(signal.SIGINT, self.stop)
+        become_subreaper()
+        self.loop.on_signal(signal.SIGCHLD, self._reap_orphans)
+        self._reap_orphans_regularly()
         self._open_control()
         self.jobs.configure(self.config.metrics)
         if self.scheduler is not None:
@@ -277,6 +291,16 @@ class Master:
             self._after_exit(key, supervised)
         elif supervised.forked is not None:
             os.kill(supervised.forked.pid, signal.SIGTERM)
+
+    def _reap_orphans(self) -> None:
+        """Reap what was orphaned below us (a restic whose job process was killed): a zombie
+        restic would keep its repository lock looking live."""
+        tracked = {s.forked.pid for s in self.children.values() if s.forked is not None}
+        reap_orphans(tracked | {o.forked.pid for o in self.jobs.one_offs.values()})
+
+    def _reap_orphans_regularly(self) -> None:
+        self._reap_orphans()
+        self.loop.call_later(ORPHAN_ROUND, self._reap_orphans_regularly)
 
     def _check_heartbeats(self) -> None:
         now = self.loop.clock()

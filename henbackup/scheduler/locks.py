@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,24 @@ def try_lock(path: Path, mode: int) -> int | None:
     except BaseException:
         os.close(fd)
         raise
+    return fd
+
+
+def wait_lock(path: Path, mode: int, timeout: float) -> int | None:
+    """Take `mode` on `path`, waiting at most `timeout` seconds; returns the fd that holds
+    it, or None when it stayed taken.
+
+    Polls rather than blocking in flock(2): the wait has a deadline without an alarm, and a
+    signal handler that raises (a cancel, a stop) ends it at once.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while (fd := try_lock(path, mode)) is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 1.0)
     return fd
 
 
