@@ -131,7 +131,7 @@ def request(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         try:
-            sock.connect(path)
+            _connect(sock, path)
         except PermissionError:
             return {"ok": False, "code": "permission", "error": DENIED}
         except OSError as error:
@@ -152,6 +152,20 @@ def request(
         except OSError as error:
             raise _unreachable(path, error) from None
     raise Unreachable(f"the daemon at {path} closed the connection without answering")
+
+
+def _connect(sock: socket.socket, path: str) -> None:
+    """Connect, waiting up to TIMEOUT while the daemon's backlog is full (a busy daemon
+    answers EAGAIN at once to a socket with a timeout, which is not unreachable)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _unreachable(path: str, error: OSError) -> Unreachable:

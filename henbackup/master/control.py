@@ -69,7 +69,7 @@ def bind(path: Path) -> socket.socket:
     os.chmod(path, 0o660)
     with contextlib.suppress(KeyError):  # no such group: root only
         os.chown(path, -1, grp.getgrnam(GROUP).gr_gid)
-    sock.listen(16)
+    sock.listen(socket.SOMAXCONN)
     return sock
 
 
