@@ -54,17 +54,19 @@ def get_parser() -> argparse.ArgumentParser:
     snapshots = command("list-snapshots", "snapshots, newest first")
     snapshots.add_argument("repository", metavar="REPOSITORY", nargs="?", help="default: all")
     snapshots.add_argument("-b", "--backup", metavar="BACKUP", help="only this backup's")
-    restore = command("restore-snapshot", "restore a snapshot (through the queue)")
+    restore = command("restore-snapshot", "restore a snapshot (through the queue; root only)")
     restore.add_argument("repository", metavar="REPOSITORY")
     restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot id, short or long")
     where = restore.add_mutually_exclusive_group()
     where.add_argument(
         "--target",
         metavar="DIR",
-        help="restore under DIR (default: a new directory under the state directory)",
+        help="restore into a new directory inside DIR (default: inside the state directory)",
     )
     where.add_argument(
-        "--in-place", action="store_true", help="restore to the original paths, overwriting"
+        "--in-place",
+        action="store_true",
+        help="refused: a restore never writes over the original paths",
     )
     restore.add_argument(
         "--include",
@@ -88,7 +90,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="also read this part of the data: 5%%, 1/10, 100M",
     )
     _queue_options(check)
-    prune = command("prune", "apply every backup's retention, then prune (through the queue)")
+    prune = command(
+        "prune", "apply every backup's retention, then prune (through the queue; root only)"
+    )
     prune.add_argument("repository", metavar="REPOSITORY")
     _queue_options(prune)
     command("queue", "running and waiting jobs, in the order they will run")

@@ -9,17 +9,17 @@ host-wide queue.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from henbackup.config.units import parse_priority, parse_subset
+from henbackup.errors import UnsafeTarget
+from henbackup.jobs.restore import fresh_directory
 from henbackup.master import jobs
 from henbackup.master.control import Conversation, Reply, Request, reply_error
+from henbackup.master.permissions import refusal
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
 from henbackup.scheduler.ticket import Ticket
 
@@ -34,12 +34,22 @@ def answer(master: Master, request: Request, conversation: Conversation) -> Repl
     command = COMMANDS.get(request["command"])
     if command is None:
         return reply_error("usage", f"unknown command {request['command']!r}")
+    denied = refusal(request["command"], conversation.peer)
+    if denied is not None:
+        return reply_error("permission", denied)
     if master.stopping and request["command"] not in ("status", "queue"):
         return reply_error("failed", "henbackup is stopping: no new job starts")
     try:
         return command(master, request, conversation)
     except UsageError as error:
         return reply_error("usage", str(error))
+
+
+IN_PLACE_REFUSED = (
+    "--in-place: henbackup never restores over the original paths (restic would follow links"
+    " planted there); restore into a new directory (the default, or --target DIR) and move"
+    " what you need"
+)
 
 
 class UsageError(Exception):
@@ -230,36 +240,30 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
             f"{snapshot!r} is not a snapshot id: give at least its first 4 characters"
             f" (see henbackupctl list-snapshots {repository})"
         )
-    target = request.get("target")
     if request.get("in_place"):
-        target = "/"
-    elif target is not None and not os.path.isabs(target):
+        raise UsageError(IN_PLACE_REFUSED)
+    priority = _priority(request)  # checked before anything is made
+    target = request.get("target")
+    if target is not None and not (isinstance(target, str) and os.path.isabs(target)):
         raise UsageError(f"--target {target!r}: give an absolute path")
-    elif target is None:  # known now, so that --no-wait can say where it goes
-        target = str(_new_directory(master.state_dir / "restores", f"{repository}-{snapshot[:8]}"))
+    parent = os.path.normpath(target) if target else str(master.state_dir / "restores")
+    try:  # made now, so that --no-wait can say where it goes
+        target = str(fresh_directory(parent, f"{repository}-{snapshot[:8]}"))
+    except UnsafeTarget as error:
+        raise UsageError(f"--target: {error}" if request.get("target") else str(error)) from None
+    except OSError as error:
+        return reply_error("failed", f"cannot make a directory in {parent}: {error.strerror}")
     job = {
         "command": "restore-snapshot",
         "repository": repository,
         "snapshot": snapshot,
         "target": target,
         "include": [str(path) for path in request.get("include") or ()],
-        "priority": _priority(request),
+        "priority": priority,
     }
     return master.jobs.start_one_off(
         master.config, job, conversation, wait=bool(request.get("wait"))
     )
-
-
-def _new_directory(parent: Path, name: str) -> Path:
-    """A directory of its own for one restore: NAME-WHEN, or NAME-WHEN-2… if taken."""
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for attempt in itertools.count(1):
-        path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-            return path
-    raise AssertionError("unreachable")
 
 
 def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:

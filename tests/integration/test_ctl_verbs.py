@@ -1365,26 +1365,29 @@ def test_restore_snapshot_gives_back_the_exact_tree(
         ]
         assert tree_state(restored(target, data)) == source
 
-        # --target DIR (a full id), --json
+        # --target DIR (a full id), --json: into a new directory of its own inside DIR
         into = tmp_path / "restored"
         js = ctl(daemon, "--json", "restore-snapshot", "local", full, "--target", str(into))
         assert (js.returncode, js.stderr) == (0, ""), said(js)
         answer = reply(js)
         ctl_schemas.validate(answer, ctl_schemas.RESTORED)
-        done = daemon.wait_for("job.succeeded", operation="restore", target=str(into))
+        made = Path(answer["target"])
+        assert made.parent == into and made.name.startswith(f"local-{short}-"), answer
+        assert (into / made.name).stat().st_mode & 0o7777 == 0o700
+        done = daemon.wait_for("job.succeeded", operation="restore", target=str(made))
         assert {k: v for k, v in answer.items() if k != "jobs"} == {
             "ok": True,
             "job": done["HENBACKUP_JOB"],
             "snapshot": full,
             "backup": "pictures",
-            "target": str(into),
+            "target": str(made),
             "files_restored": files,
             "bytes_restored": total,
         }
         assert [(j["job"], j["result"], j["operation"]) for j in answer["jobs"]] == [
             (done["HENBACKUP_JOB"], "succeeded", "restore")
         ]
-        assert tree_state(restored(into, data)) == source
+        assert tree_state(restored(made, data)) == source
 
         # --include PATH: that subtree only; a relative --target is the client's; and
         # --no-wait prints where it goes
@@ -1396,24 +1399,32 @@ def test_restore_snapshot_gives_back_the_exact_tree(
             "--include", str(album), "--no-wait", cwd=cwd,
         )  # fmt: skip
         assert (no_wait.returncode, no_wait.stderr) == (0, ""), said(no_wait)
-        assert no_wait.stdout == f"restore-snapshot requested, into {here}\n"
-        done = daemon.wait_for("job.succeeded", timeout=JOB_TIMEOUT, target=str(here))
+        match = re.fullmatch(
+            rf"restore-snapshot requested, into ({re.escape(str(here))}/local-{short}-\S+)\n",
+            no_wait.stdout,
+        )
+        assert match, no_wait.stdout
+        done = daemon.wait_for("job.succeeded", timeout=JOB_TIMEOUT, target=match[1])
         album_files, album_bytes = regular_files(album)
         assert (done["HENBACKUP_FILES_RESTORED"], done["HENBACKUP_BYTES_RESTORED"]) == (
             str(album_files),
             str(album_bytes),
         )
-        assert sorted(p.name for p in restored(here, data).iterdir()) == ["album"]
-        assert tree_state(restored(here, album)) == tree_state(album)
+        assert sorted(p.name for p in restored(Path(match[1]), data).iterdir()) == ["album"]
+        assert tree_state(restored(Path(match[1]), album)) == tree_state(album)
 
-        # --in-place: the source, deleted, comes back where it was
-        shutil.rmtree(data)
+        # --in-place: refused, even to root (restic would follow links planted there); the
+        # source, changed, stays as it is
+        (data / "notes.txt").write_text("changed after the backup\n")
+        changed = tree_state(data)
         in_place = ctl(daemon, "restore-snapshot", "local", short, "--in-place")
-        assert (in_place.returncode, in_place.stderr) == (0, ""), said(in_place)
-        assert lines(in_place.stdout)[-1] == (
-            f"restored snapshot {short} of pictures into /: {files} files, {size(total)}"
+        assert (in_place.returncode, in_place.stdout) == (2, ""), said(in_place)
+        assert in_place.stderr == (
+            "henbackupctl: --in-place: henbackup never restores over the original paths"
+            " (restic would follow links planted there); restore into a new directory (the"
+            " default, or --target DIR) and move what you need\n"
         )
-        assert tree_state(data) == source
+        assert tree_state(data) == changed
 
         stop = daemon.stop()
     assert stop == 0, daemon.report()

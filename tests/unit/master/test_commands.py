@@ -15,8 +15,10 @@ import pytest
 from henbackup.config.load import load_config
 from henbackup.config.model import Priority
 from henbackup.errors import JobCancelled
-from henbackup.master import commands
+from henbackup.jobs import restore
+from henbackup.master import commands, permissions
 from henbackup.master.clients import Clients
+from henbackup.master.permissions import Peer
 from henbackup.master.states import State
 from henbackup.observe.status import RunKey, StatusModel
 from henbackup.scheduler import Scheduler, Ticket
@@ -48,10 +50,17 @@ SUBSET_HINT = 'use a percentage ("5%"), a fraction ("1/10") or a size ("500M")'
 STOPPING = {"ok": False, "code": "failed", "error": "henbackup is stopping: no new job starts"}
 
 
+ROOT = Peer(pid=1, uid=0, gid=0, groups=frozenset())
+MEMBER_GID = 4242  # group henbackup's, in these tests
+MEMBER = Peer(pid=2, uid=1000, gid=100, groups=frozenset({MEMBER_GID}))
+OUTSIDER = Peer(pid=3, uid=1001, gid=100, groups=frozenset({4243}))
+
+
 class Conversation:
     """A client connection, as far as commands and Clients use it."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: Peer = ROOT) -> None:
+        self.peer = peer
         self.on_close: list[Any] = []
         self.sent: list[dict[str, Any]] = []
 
@@ -257,40 +266,96 @@ def test_a_relative_target_is_refused(master: Any) -> None:
     assert master.one_offs == []
 
 
-def test_in_place_restores_to_the_root(master: Any) -> None:
+def test_in_place_is_refused_even_to_root(master: Any) -> None:
+    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": True}
+    reply = ask(master, "restore-snapshot", **request)
+    assert reply == usage(
+        "--in-place: henbackup never restores over the original paths (restic would follow"
+        " links planted there); restore into a new directory (the default, or --target DIR)"
+        " and move what you need"
+    )
+    assert master.one_offs == []
+
+
+def test_an_absolute_target_gets_a_new_directory_inside(master: Any, tmp_path: Path) -> None:
     conversation = Conversation()
     request = {
         "command": "restore-snapshot",
         "repository": "aws",
         "snapshot": "abcd1234",
-        "in_place": True,
-        "target": "relative/ignored",
+        "target": f"{tmp_path}/srv//x/",
         "include": ["/home/me/Pictures/2023", "notes.txt"],
         "priority": "superior",
         "wait": True,
     }
     assert commands.answer(master, request, conversation) is None
-    assert master.one_offs == [
-        (
-            {
-                "command": "restore-snapshot",
-                "repository": "aws",
-                "snapshot": "abcd1234",
-                "target": "/",
-                "include": ["/home/me/Pictures/2023", "notes.txt"],
-                "priority": "superior",
-            },
-            conversation,
-            True,
+    ((job, given, wait),) = master.one_offs
+    made = Path(job["target"])
+    assert made.parent == tmp_path / "srv" / "x"
+    assert re.fullmatch(r"aws-abcd1234-\d{8}-\d{6}", made.name)
+    assert (made.is_dir(), made.is_symlink(), os.listdir(made)) == (True, False, [])
+    assert made.stat().st_mode & 0o7777 == 0o700
+    assert (tmp_path / "srv").stat().st_mode & 0o777 == 0o700  # what was missing, made 0700
+    assert job == {
+        "command": "restore-snapshot",
+        "repository": "aws",
+        "snapshot": "abcd1234",
+        "target": str(made),
+        "include": ["/home/me/Pictures/2023", "notes.txt"],
+        "priority": "superior",
+    }
+    assert (given, wait) == (conversation, True)
+
+
+def restore_into(master: Any, target: Path) -> Any:
+    return ask(master, "restore-snapshot", repository="aws", snapshot="ab12", target=str(target))
+
+
+def test_a_target_through_a_symbolic_link_is_refused(master: Any, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for target in (tmp_path / "link", tmp_path / "link" / "deeper"):
+        reply = ask(
+            master, "restore-snapshot", repository="aws", snapshot="ab12", target=str(target)
         )
-    ]
+        assert reply == usage(
+            f"--target: {tmp_path / 'link'} is a symbolic link or not a directory: a restore"
+            " never follows links; give the real path of a directory"
+        )
+    assert (master.one_offs, os.listdir(tmp_path / "real")) == ([], [])
 
 
-def test_an_absolute_target_is_kept(master: Any) -> None:
-    reply = ask(master, "restore-snapshot", repository="local", snapshot="ab12", target="/srv/x")
+@pytest.mark.parametrize(
+    ("owner", "mode", "who"),
+    [(1000, 0o755, "uid 1000"), (0, 0o777, "everyone"), (0, 0o775, "group 100")],
+)
+def test_a_target_someone_else_may_change_is_refused(
+    master: Any, tmp_path: Path, owner: int, mode: int, who: str
+) -> None:
+    """They could move the restore's directory away and put a link in its place."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, owner, 100)
+    theirs.chmod(mode)
+    for target in (theirs, theirs / "below"):
+        reply = ask(
+            master, "restore-snapshot", repository="aws", snapshot="ab12", target=str(target)
+        )
+        assert reply == usage(
+            f"--target: {theirs} can be changed by {who}, who could redirect the restore:"
+            " restore into a directory only root can change (the default, or another --target)"
+        )
+    assert (master.one_offs, os.listdir(theirs)) == ([], [])
+
+
+def test_a_sticky_directory_of_roots_may_hold_the_target(master: Any, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp: others add entries, but cannot move root's
+    reply = ask(master, "restore-snapshot", repository="aws", snapshot="abcd", target=str(shared))
     assert reply == {"ok": True, "request": "r00000001", "accepted": "restore-snapshot"}
-    ((job, _, wait),) = master.one_offs
-    assert (job["target"], job["include"], job["priority"], wait) == ("/srv/x", [], None, False)
+    ((job, _, _),) = master.one_offs
+    assert Path(job["target"]).parent == shared
 
 
 def test_the_default_target_is_a_new_directory_under_the_state_directory(
@@ -302,7 +367,7 @@ def test_the_default_target_is_a_new_directory_under_the_state_directory(
         formats.append(form)
         return "20240309-160000"
 
-    monkeypatch.setattr(commands, "time", SimpleNamespace(strftime=strftime))
+    monkeypatch.setattr(restore, "time", SimpleNamespace(strftime=strftime))
     ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234ef")
     ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234ef")  # same second
     restores = master.state_dir / "restores"
@@ -645,3 +710,78 @@ def test_the_config_is_what_the_tests_think(master: Any) -> None:
     assert sorted(config.repositories) == ["aws", "local", "nas"]
     assert config.repositories["aws"].check is not None
     assert config.repositories["nas"].prune is None
+
+
+# --- who may do what --------------------------------------------------------------------
+
+OPERATOR_MAY = "status, queue, list-snapshots, backup, check, cancel"
+
+
+@pytest.fixture
+def group_henbackup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group henbackup exists, with MEMBER_GID."""
+
+    def getgrnam(name: str) -> Any:
+        if name != "henbackup":
+            raise KeyError(name)
+        return SimpleNamespace(gr_gid=MEMBER_GID)
+
+    monkeypatch.setattr(permissions, "grp", SimpleNamespace(getgrnam=getgrnam))
+
+
+def test_the_table_names_every_command_the_master_answers() -> None:
+    assert set(permissions.REQUIRED) == set(commands.COMMANDS)
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234"}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234", "target": "/tmp"}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234", "in_place": True}),
+        ("prune", {"repository": "aws"}),
+    ],
+)
+def test_a_member_may_not_read_contents_write_or_destroy(
+    master: Any, command: str, fields: dict[str, Any]
+) -> None:
+    """Whatever the request claims: the peer's credentials decide."""
+    forged = {"uid": 0, "gid": 0, "peer": {"uid": 0}, "user": "root", "privilege": "OWN"}
+    request = {"command": command, **fields, **forged}
+    reply = commands.answer(master, request, Conversation(MEMBER))
+    assert reply == {
+        "ok": False,
+        "code": "permission",
+        "error": f"permission denied: only root may {command} (group henbackup may {OPERATOR_MAY})",
+    }
+    assert master.one_offs == []
+    assert not (master.state_dir / "restores").exists()
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize("peer", [MEMBER, Peer(4, 1002, MEMBER_GID, frozenset())])
+def test_a_member_may_watch_and_operate(master: Any, peer: Peer) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    asked = {
+        "status": {},
+        "queue": {},
+        "list-snapshots": {"repository": "aws"},
+        "backup": {"backup": "pictures"},
+        "check": {"repository": "aws"},
+    }
+    for command, fields in asked.items():
+        reply = commands.answer(master, {"command": command, **fields}, Conversation(peer))
+        assert reply is None or reply.get("code") != "permission", (command, reply)
+    assert [job["command"] for job, _, _ in master.one_offs] == ["list-snapshots", "check"]
+    assert len(channel.sent) == 1
+    cancel = {"command": "cancel", "job": "j1"}
+    assert commands.answer(master, cancel, Conversation(peer))["code"] == "usage"  # no such job
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize("command", sorted(permissions.REQUIRED))
+def test_an_outsider_may_do_nothing(master: Any, command: str) -> None:
+    reply = commands.answer(master, {"command": command, "uid": 0}, Conversation(OUTSIDER))
+    assert reply == {"ok": False, "code": "permission", "error": permissions.DENIED}

@@ -1,4 +1,5 @@
 import json
+import os
 import socket
 
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from henbackup.loop import Loop
 from henbackup.master import control
 from henbackup.master.control import ControlServer, bind
+from henbackup.master.permissions import Peer
 
 
 @pytest.fixture
@@ -61,6 +63,26 @@ def test_one_request_one_reply(server):
     with connect(path) as sock:
         sock.sendall(b'{"command": "status"}\n')
         assert reply_of(served, sock) == {"ok": True, "echo": {"command": "status"}}
+
+
+def test_the_handler_hears_who_connected_from_the_kernel_not_the_request(tmp_path):
+    """SO_PEERCRED and SO_PEERGROUPS: a request claiming another uid changes nothing."""
+    loop, heard = Loop(), []
+
+    def handle(request, conversation):
+        heard.append(conversation.peer)
+        return {"ok": True}
+
+    served = ControlServer(bind(tmp_path / "control.sock"), loop, handle)
+    served.start()
+    try:
+        with connect(tmp_path / "control.sock") as sock:
+            sock.sendall(b'{"command": "status", "uid": 4321, "pid": 1, "groups": [0]}\n')
+            assert reply_of(served, sock) == {"ok": True}
+    finally:
+        served.close()
+        loop.close()
+    assert heard == [Peer(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))]
 
 
 @pytest.mark.parametrize(
