@@ -173,33 +173,40 @@ def test_a_member_can_neither_read_nor_write_through_the_daemon(
 
 
 def test_a_forged_request_on_the_socket_changes_nothing(host: Host) -> None:
-    """Raw JSON claiming to be root (uid 0, extra keys): the kernel's word decides."""
+    """Raw JSON, without henbackupctl: the daemon itself refuses, on the kernel's word. A
+    request of the right shape gets "permission"; one that also claims to be root (uid 0,
+    extra keys) is refused too (as "permission", or as a malformed request)."""
     host.plant(host.home)
     before = host.states()
+    restore = {"command": "restore-snapshot", "repository": "local", "snapshot": host.snapshot}
+    plain = [
+        {**restore, "target": str(host.home), "wait": True},
+        {**restore, "target": str(host.victim), "wait": True},
+        {**restore, "wait": True},
+        {"command": "prune", "repository": "local", "wait": True},
+    ]
     forged = {"uid": 0, "gid": 0, "pid": 1, "user": "root", "groups": [0], "as": "root"}
-    requests = [
-        {"command": "restore-snapshot", "repository": "local", "snapshot": host.snapshot,
-         "target": str(host.home), "wait": True, **forged},
-        {"command": "restore-snapshot", "repository": "local", "snapshot": host.snapshot,
-         "in_place": True, "wait": True, **forged},
-        {"command": "prune", "repository": "local", "wait": True, **forged},
-    ]  # fmt: skip
+    claiming_root = [{**request, **forged} for request in plain]
     replies = [
         host.as_member("/usr/bin/python3", "-I", "-c", RAW_REQUEST, CONTROL, json.dumps(request))
-        for request in requests
+        for request in plain + claiming_root
     ]
-    assert [(done.returncode, done.stderr) for done in replies] == [(0, "")] * len(requests)
-    assert [json.loads(done.stdout) for done in replies] == [
+    assert [(done.returncode, done.stderr) for done in replies] == [(0, "")] * len(replies)
+    answers = [json.loads(done.stdout) for done in replies]
+    assert answers[: len(plain)] == [
         {
             "ok": False,
             "code": "permission",
             "error": f"permission denied: only root may {request['command']}"
             f" (group henbackup may {OPERATOR_MAY})",
         }
-        for request in requests
+        for request in plain
     ]
+    refused = [(a["ok"], a["code"] in ("permission", "usage")) for a in answers[len(plain) :]]
+    assert refused == [(False, True)] * len(claiming_root), answers
     assert host.states() == before
     assert host.daemon.harness.journal({"HENBACKUP_OPERATION": "restore"}) == []
+    assert host.daemon.harness.journal({"HENBACKUP_OPERATION": "prune"}) == []
 
 
 def test_roots_restore_never_follows_what_a_user_planted(host: Host) -> None:
