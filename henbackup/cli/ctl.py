@@ -61,12 +61,13 @@ def get_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--target",
         metavar="DIR",
-        help="restore into a new directory inside DIR (default: inside the state directory)",
+        help="restore into DIR, made now; if DIR exists, into a new directory inside it"
+        " (default: a new directory inside the state directory)",
     )
     where.add_argument(
         "--in-place",
         action="store_true",
-        help="refused: a restore never writes over the original paths",
+        help="restore over the original paths, if nobody but root can change them",
     )
     restore.add_argument(
         "--include",
@@ -173,7 +174,7 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
 
 def _accepted(reply: Reply, now: float) -> list[str]:
     """`backup requested`: what --no-wait says (`henbackupctl queue` follows it)."""
-    where = f", into {reply['target']}" if reply.get("target") else ""
+    where = f", into {views.restore_target(reply)}" if reply.get("target") else ""
     return [f"{reply['accepted']} requested{where}"]
 
 
@@ -183,7 +184,9 @@ def _done(reply: Reply, now: float) -> list[str]:
 
 
 def _restored(reply: Reply, now: float) -> list[str]:
-    return _accepted(reply, now) if "request" in reply else views.restored(reply)
+    if "request" in reply:
+        return _accepted(reply, now)
+    return views.restored(reply) if reply.get("ok") else []  # why failed: its steps, stderr
 
 
 PROGRESS = ("backup", "restore-snapshot", "check", "prune")  # long: their steps are shown

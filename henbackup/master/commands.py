@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import UnsafeTarget
-from henbackup.jobs.restore import fresh_directory
+from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
 from henbackup.master.control import Conversation, Reply, Request, reply_error
 from henbackup.master.permissions import refusal
@@ -43,13 +43,6 @@ def answer(master: Master, request: Request, conversation: Conversation) -> Repl
         return command(master, request, conversation)
     except UsageError as error:
         return reply_error("usage", str(error))
-
-
-IN_PLACE_REFUSED = (
-    "--in-place: henbackup never restores over the original paths (restic would follow links"
-    " planted there); restore into a new directory (the default, or --target DIR) and move"
-    " what you need"
-)
 
 
 class UsageError(Exception):
@@ -240,30 +233,43 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
             f"{snapshot!r} is not a snapshot id: give at least its first 4 characters"
             f" (see henbackupctl list-snapshots {repository})"
         )
-    if request.get("in_place"):
-        raise UsageError(IN_PLACE_REFUSED)
     priority = _priority(request)  # checked before anything is made
     target = request.get("target")
     if target is not None and not (isinstance(target, str) and os.path.isabs(target)):
         raise UsageError(f"--target {target!r}: give an absolute path")
-    parent = os.path.normpath(target) if target else str(master.state_dir / "restores")
+    in_place = bool(request.get("in_place"))
+    if in_place and target is not None:
+        raise UsageError("--in-place and --target: give one of them")
+    name = f"{repository}-{snapshot[:8]}"
     try:  # made now, so that --no-wait can say where it goes
-        target = str(fresh_directory(parent, f"{repository}-{snapshot[:8]}"))
+        if in_place:  # what it writes over is checked in the job, just before restic runs
+            made = "/"
+        elif target is None:
+            made = str(fresh_directory(str(master.state_dir / "restores"), name))
+        else:
+            made = str(restore_directory(os.path.normpath(target), name))
     except UnsafeTarget as error:
-        raise UsageError(f"--target: {error}" if request.get("target") else str(error)) from None
+        raise UsageError(f"--target: {error}" if target else str(error)) from None
     except OSError as error:
-        return reply_error("failed", f"cannot make a directory in {parent}: {error.strerror}")
+        where = target or master.state_dir / "restores"
+        return reply_error("failed", f"cannot make a directory in {where}: {error.strerror}")
+    existed = not in_place and target is not None and made != os.path.normpath(target)
     job = {
         "command": "restore-snapshot",
         "repository": repository,
         "snapshot": snapshot,
-        "target": target,
+        "target": made,
         "include": [str(path) for path in request.get("include") or ()],
         "priority": priority,
+        **({"in_place": True} if in_place else {}),
+        **({"target_existed": True} if existed else {}),
     }
-    return master.jobs.start_one_off(
+    reply = master.jobs.start_one_off(
         master.config, job, conversation, wait=bool(request.get("wait"))
     )
+    if reply is not None and reply.get("ok"):  # accepted (--no-wait): say where it goes
+        reply["target_existed"] = existed
+    return reply
 
 
 def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:

@@ -211,8 +211,9 @@ def test_a_forged_request_on_the_socket_changes_nothing(host: Host) -> None:
 
 def test_roots_restore_never_follows_what_a_user_planted(host: Host) -> None:
     """Root restores into a folder of root's where a user owns a subtree and planted a link
-    and a file to hold open: the restore goes into a new 0700 directory inside, the link is
-    not followed and her file gets nothing. Into her own folder, or --in-place, is refused."""
+    and a file to hold open: the restore goes into a new 0700 directory inside (the folder
+    exists), the link is not followed and her file gets nothing. Into her own folder is
+    refused."""
     target = host.tmp / "restore-here"
     target.mkdir(mode=0o755)
     below = target / str(host.daemon.data).lstrip("/").split("/")[0]
@@ -225,7 +226,6 @@ def test_roots_restore_never_follows_what_a_user_planted(host: Host) -> None:
     into_hers = host.root_ctl(
         "restore-snapshot", "local", host.snapshot, "--target", str(host.home)
     )
-    in_place = host.root_ctl("restore-snapshot", "local", host.snapshot, "--in-place")
     done = host.root_ctl(
         "--json", "restore-snapshot", "local", host.snapshot, "--target", str(target)
     )
@@ -235,11 +235,10 @@ def test_roots_restore_never_follows_what_a_user_planted(host: Host) -> None:
         " could redirect the restore: restore into a directory only root can change (the"
         " default, or another --target)\n"
     )
-    assert (in_place.returncode, in_place.stdout) == (EXIT_USAGE, "")
-    assert in_place.stderr.startswith("henbackupctl: --in-place: henbackup never restores")
     assert (done.returncode, done.stderr) == (0, "")
-    made = Path(json.loads(done.stdout)["target"])
-    assert made.parent == target
+    answer = json.loads(done.stdout)
+    made = Path(answer["target"])
+    assert (made.parent, answer["target_existed"]) == (target, True)
     assert (made.stat().st_mode & 0o7777, made.stat().st_uid) == (0o700, 0)
 
     after = host.states()
@@ -254,3 +253,36 @@ def test_roots_restore_never_follows_what_a_user_planted(host: Host) -> None:
     restored = made / str(host.daemon.data).lstrip("/")
     assert tree_state(restored) == tree_state(host.daemon.data)
     assert (restored / "private" / "secret").read_bytes() == SECRET
+
+
+def test_roots_in_place_restore_never_meets_what_a_user_may_plant(host: Host) -> None:
+    """Root restores over the original paths. While a folder in them is the member's (she put
+    a link to root's file where the secret was), that is refused with exit 2 and one line
+    naming the folder, and nothing changes. Once the tree is root's alone again, the snapshot
+    comes back as it was, a file changed since rolled back."""
+    data, private = host.daemon.data, host.daemon.data / "private"
+    original = tree_state(data)
+    os.chown(private, host.member_uid, -1)  # given to her since the snapshot
+    planted = host.as_member(
+        "sh", "-c", f"rm -f {private / 'secret'} && ln -s {host.victim / 'passwd'} {private}/secret"
+    )
+    assert planted.returncode == 0, planted.stderr
+    (data / "notes.txt").write_text("changed since the snapshot\n")
+    before = host.states()
+
+    refused = host.root_ctl("restore-snapshot", "local", host.snapshot, "--in-place")
+    assert (refused.returncode, refused.stderr) == (
+        EXIT_USAGE,
+        f"henbackupctl: --in-place: {private} can be changed by uid {host.member_uid}, who could"
+        " plant a link while restic writes: restore into a fresh directory with --target DIR"
+        " instead\n",
+    )
+    assert host.states() == before
+
+    (private / "secret").unlink()
+    os.chown(private, 0, -1)
+    done = host.root_ctl("restore-snapshot", "local", host.snapshot, "--in-place")
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    assert tree_state(data) == original
+    assert (private / "secret").read_bytes() == SECRET
+    assert host.states()[str(host.victim)] == before[str(host.victim)]

@@ -266,18 +266,35 @@ def test_a_relative_target_is_refused(master: Any) -> None:
     assert master.one_offs == []
 
 
-def test_in_place_is_refused_even_to_root(master: Any) -> None:
-    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": True}
-    reply = ask(master, "restore-snapshot", **request)
-    assert reply == usage(
-        "--in-place: henbackup never restores over the original paths (restic would follow"
-        " links planted there); restore into a new directory (the default, or --target DIR)"
-        " and move what you need"
+def test_in_place_goes_to_a_job_that_writes_over_slash(master: Any) -> None:
+    """Nothing is made: the job checks what it writes over just before restic runs."""
+    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": True, "wait": True}
+    assert ask(master, "restore-snapshot", **request) is None
+    ((job, _, _),) = master.one_offs
+    assert job == {
+        "command": "restore-snapshot",
+        "repository": "aws",
+        "snapshot": "abcd1234",
+        "target": "/",
+        "include": [],
+        "priority": None,
+        "in_place": True,
+    }
+    assert not (master.state_dir / "restores").exists()
+
+
+def test_in_place_and_a_target_are_a_usage_error(master: Any, tmp_path: Path) -> None:
+    target = str(tmp_path / "out")
+    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": True, "target": target}
+    assert ask(master, "restore-snapshot", **request) == usage(
+        "--in-place and --target: give one of them"
     )
-    assert master.one_offs == []
+    assert (master.one_offs, (tmp_path / "out").exists()) == ([], False)
 
 
-def test_an_absolute_target_gets_a_new_directory_inside(master: Any, tmp_path: Path) -> None:
+def test_a_target_that_does_not_exist_is_made_and_restored_into(
+    master: Any, tmp_path: Path
+) -> None:
     conversation = Conversation()
     request = {
         "command": "restore-snapshot",
@@ -290,9 +307,7 @@ def test_an_absolute_target_gets_a_new_directory_inside(master: Any, tmp_path: P
     }
     assert commands.answer(master, request, conversation) is None
     ((job, given, wait),) = master.one_offs
-    made = Path(job["target"])
-    assert made.parent == tmp_path / "srv" / "x"
-    assert re.fullmatch(r"aws-abcd1234-\d{8}-\d{6}", made.name)
+    made = tmp_path / "srv" / "x"
     assert (made.is_dir(), made.is_symlink(), os.listdir(made)) == (True, False, [])
     assert made.stat().st_mode & 0o7777 == 0o700
     assert (tmp_path / "srv").stat().st_mode & 0o777 == 0o700  # what was missing, made 0700
@@ -305,6 +320,28 @@ def test_an_absolute_target_gets_a_new_directory_inside(master: Any, tmp_path: P
         "priority": "superior",
     }
     assert (given, wait) == (conversation, True)
+
+
+def test_a_target_that_exists_gets_a_new_directory_inside(master: Any, tmp_path: Path) -> None:
+    """What exists may hold links someone planted: restic gets a directory made fresh."""
+    existing = tmp_path / "out"
+    existing.mkdir(mode=0o755)
+    reply = ask(
+        master, "restore-snapshot", repository="aws", snapshot="abcd1234", target=f"{existing}/"
+    )
+    assert reply == {
+        "ok": True,
+        "request": "r00000001",
+        "accepted": "restore-snapshot",
+        "target_existed": True,
+    }
+    ((job, _, _),) = master.one_offs
+    made = Path(job["target"])
+    assert made.parent == existing
+    assert re.fullmatch(r"aws-abcd1234-\d{8}-\d{6}", made.name)
+    assert (made.is_dir(), made.is_symlink(), os.listdir(made)) == (True, False, [])
+    assert made.stat().st_mode & 0o7777 == 0o700
+    assert job["target_existed"] is True
 
 
 def restore_into(master: Any, target: Path) -> Any:
@@ -353,7 +390,12 @@ def test_a_sticky_directory_of_roots_may_hold_the_target(master: Any, tmp_path: 
     shared.mkdir()
     shared.chmod(0o1777)  # as /tmp: others add entries, but cannot move root's
     reply = ask(master, "restore-snapshot", repository="aws", snapshot="abcd", target=str(shared))
-    assert reply == {"ok": True, "request": "r00000001", "accepted": "restore-snapshot"}
+    assert reply == {
+        "ok": True,
+        "request": "r00000001",
+        "accepted": "restore-snapshot",
+        "target_existed": True,
+    }
     ((job, _, _),) = master.one_offs
     assert Path(job["target"]).parent == shared
 
