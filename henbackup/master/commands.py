@@ -237,28 +237,23 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
     target = request.get("target")
     if target is not None and not (isinstance(target, str) and os.path.isabs(target)):
         raise UsageError(f"--target {target!r}: give an absolute path")
-    in_place = bool(request.get("in_place"))
+    in_place = request.get("in_place") or False
+    if not isinstance(in_place, bool):
+        raise UsageError(f"in_place {in_place!r}: give true or false")
     if in_place and target is not None:
         raise UsageError("--in-place and --target: give one of them")
-    name = f"{repository}-{snapshot[:8]}"
-    try:  # made now, so that --no-wait can say where it goes
-        if in_place:  # what it writes over is checked in the job, just before restic runs
-            made = "/"
-        elif target is None:
-            made = str(fresh_directory(str(master.state_dir / "restores"), name))
-        else:
-            made = str(restore_directory(os.path.normpath(target), name))
-    except UnsafeTarget as error:
-        raise UsageError(f"--target: {error}" if target else str(error)) from None
+    try:
+        destination, existed = _destination(
+            master, target, in_place, f"{repository}-{snapshot[:8]}"
+        )
     except OSError as error:
         where = target or master.state_dir / "restores"
         return reply_error("failed", f"cannot make a directory in {where}: {error.strerror}")
-    existed = not in_place and target is not None and made != os.path.normpath(target)
     job = {
         "command": "restore-snapshot",
         "repository": repository,
         "snapshot": snapshot,
-        "target": made,
+        "target": destination,
         "include": [str(path) for path in request.get("include") or ()],
         "priority": priority,
         **({"in_place": True} if in_place else {}),
@@ -270,6 +265,20 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
     if reply is not None and reply.get("ok"):  # accepted (--no-wait): say where it goes
         reply["target_existed"] = existed
     return reply
+
+
+def _destination(master: Master, target: str | None, in_place: bool, name: str) -> tuple[str, bool]:
+    """Where a restore writes, made now so that --no-wait can say where it goes, and whether
+    it is a new directory inside a --target that exists. Raises UsageError, OSError."""
+    if in_place:  # what it writes over is checked by the job, just before restic runs
+        return "/", False
+    try:
+        if target is None:
+            return str(fresh_directory(str(master.state_dir / "restores"), name)), False
+        made = str(restore_directory(os.path.normpath(target), name))
+    except UnsafeTarget as error:
+        raise UsageError(f"--target: {error}" if target else str(error)) from None
+    return made, made != os.path.normpath(target)
 
 
 def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:

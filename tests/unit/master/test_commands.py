@@ -292,6 +292,14 @@ def test_in_place_and_a_target_are_a_usage_error(master: Any, tmp_path: Path) ->
     assert (master.one_offs, (tmp_path / "out").exists()) == ([], False)
 
 
+def test_in_place_is_true_or_false(master: Any) -> None:
+    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": "false"}
+    assert ask(master, "restore-snapshot", **request) == usage(
+        "in_place 'false': give true or false"
+    )
+    assert master.one_offs == []
+
+
 def test_a_target_that_does_not_exist_is_made_and_restored_into(
     master: Any, tmp_path: Path
 ) -> None:
