@@ -148,10 +148,11 @@ def _check_trusted(fd: int, path: Path) -> None:
         )
 
 
-def _changed_by(st: os.stat_result) -> str | None:
+def _changed_by(st: os.stat_result, sticky_ok: bool = True) -> str | None:
     """Who but root (or this daemon's user) may add, remove or rename the entries of the
-    directory `st` is of, or None if no one."""
-    sticky = bool(st.st_mode & stat.S_ISVTX)  # others may add entries, not move root's
+    directory `st` is of, or None if no one. `sticky_ok`: a sticky directory of root's counts
+    as no one's (others may add entries there, but not move or remove root's)."""
+    sticky = sticky_ok and bool(st.st_mode & stat.S_ISVTX)
     if st.st_uid not in (0, os.geteuid()):
         return f"uid {st.st_uid}"
     if st.st_mode & stat.S_IWOTH and not sticky:
@@ -163,6 +164,8 @@ def _changed_by(st: os.stat_result) -> str | None:
 
 # --- in place -------------------------------------------------------------------------
 
+FRESH_INSTEAD = "restore into a fresh directory with --target DIR instead"
+
 
 def check_in_place(paths: Sequence[str], includes: Sequence[str]) -> None:
     """Raises UnsafeTarget unless a restore to / may write `paths` (narrowed by `includes`).
@@ -170,7 +173,9 @@ def check_in_place(paths: Sequence[str], includes: Sequence[str]) -> None:
     Every directory from / down to each path and every directory below it must be one only
     root may change, and none of it a symbolic link: then no one else can plant a link while
     restic writes, and there is none already that restic could follow (0.14 follows a link
-    in place of a file or a directory). Nothing is followed while looking (lstat only).
+    in place of a file or a directory). On the way down, a sticky directory of root's (as
+    /tmp) will do if what restic writes in it exists: others cannot move or remove that.
+    Nothing is followed while looking (lstat only).
     """
     for root in in_place_roots(paths, includes):
         try:
@@ -178,8 +183,7 @@ def check_in_place(paths: Sequence[str], includes: Sequence[str]) -> None:
                 _check_tree(Path(root))
         except OSError as error:
             raise UnsafeTarget(
-                f"--in-place: cannot look at {error.filename}: {error.strerror};"
-                " restore into a fresh directory with --target DIR instead"
+                f"--in-place: cannot look at {error.filename}: {error.strerror}; {FRESH_INSTEAD}"
             ) from None
 
 
@@ -206,14 +210,18 @@ def _below(path: str, top: str) -> bool:
 
 def _check_way(path: Path) -> bool:
     """Checks / and every existing part of `path` down to it; whether `path` exists."""
+    others: str | None = None  # who else may add entries to the last directory (sticky)
     for part in (*reversed(path.parents), path):
         try:
             st = os.lstat(part)
         except FileNotFoundError:
+            if others is not None:  # they could plant what restic is about to make
+                raise _unsafe(part.parent, others) from None
             return False  # restic makes the rest, below directories only root may change
-        _check_entry(part, st)
+        _check_entry(part, st, sticky_ok=part != path)
         if not stat.S_ISDIR(st.st_mode):
             return False  # a file: restic replaces it or fails
+        others = _changed_by(st, sticky_ok=False)
     return True
 
 
@@ -229,15 +237,18 @@ def _check_tree(top: Path) -> None:
                     folders.append(Path(entry.path))
 
 
-def _check_entry(path: Path, st: os.stat_result) -> None:
+def _check_entry(path: Path, st: os.stat_result, sticky_ok: bool = False) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeTarget(
-            f"--in-place: {path} is a symbolic link, which restic could follow: restore into"
-            " a fresh directory with --target DIR instead"
+            f"--in-place: {path} is a symbolic link, which restic could follow: {FRESH_INSTEAD}"
         )
-    who = _changed_by(st) if stat.S_ISDIR(st.st_mode) else None
+    who = _changed_by(st, sticky_ok) if stat.S_ISDIR(st.st_mode) else None
     if who is not None:
-        raise UnsafeTarget(
-            f"--in-place: {path} can be changed by {who}, who could plant a link while restic"
-            " writes: restore into a fresh directory with --target DIR instead"
-        )
+        raise _unsafe(path, who)
+
+
+def _unsafe(path: Path, who: str) -> UnsafeTarget:
+    return UnsafeTarget(
+        f"--in-place: {path} can be changed by {who}, who could plant a link while restic"
+        f" writes: {FRESH_INSTEAD}"
+    )

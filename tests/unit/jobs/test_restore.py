@@ -31,15 +31,30 @@ def refusal(path: Path, why: str) -> str:
 
 def test_a_tree_only_root_may_change_may_be_restored_in_place(srv: Path) -> None:
     os.chown(srv / "notes.txt", 1000, 1000)  # a file of someone's: restic overwrites it
-    (srv / "shared").mkdir(mode=0o1777)  # sticky and root's: no one may move root's entries
-    (srv / "shared").chmod(0o1777)
     (srv / "admins").mkdir(mode=0o775)  # writable by group root only
     check_in_place([str(srv), str(srv.parent / "gone" / "too")], [])
 
 
+def test_a_sticky_directory_of_roots_will_do_on_the_way_if_what_is_below_exists(
+    srv: Path,
+) -> None:
+    """As /tmp: others cannot move or remove what exists in it, but may add what does not."""
+    srv.parent.chmod(0o1777)
+    check_in_place([str(srv)], [])
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv.parent / "gone" / "too")], [])
+    why = "can be changed by everyone, who could plant a link while restic writes"
+    assert str(raised.value) == refusal(srv.parent, why)
+
+
 @pytest.mark.parametrize(
     ("owner", "mode", "who"),
-    [(1000, 0o755, "uid 1000"), (0, 0o777, "everyone"), (0, 0o775, "group 100")],
+    [
+        (1000, 0o755, "uid 1000"),
+        (0, 0o777, "everyone"),
+        (0, 0o775, "group 100"),
+        (0, 0o1777, "everyone"),  # sticky: others may add what restic writes there
+    ],
 )
 def test_a_directory_someone_else_may_change_is_refused(
     srv: Path, owner: int, mode: int, who: str
