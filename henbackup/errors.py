@@ -82,3 +82,7 @@ class QueueBusy(HenbackupError):
 
 class QueueTimeout(HenbackupError):
     """A job waited longer than its timeout for a slot or its repository."""
+
+
+class UnsafeTarget(HenbackupError):
+    """A restore target someone other than root could redirect (a link, a folder of theirs)."""

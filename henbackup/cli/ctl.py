@@ -55,17 +55,20 @@ def get_parser() -> argparse.ArgumentParser:
     snapshots = command("list-snapshots", "snapshots, newest first")
     snapshots.add_argument("repository", metavar="REPOSITORY", nargs="?", help="default: all")
     snapshots.add_argument("-b", "--backup", metavar="BACKUP", help="only this backup's")
-    restore = command("restore-snapshot", "restore a snapshot (through the queue)")
+    restore = command("restore-snapshot", "restore a snapshot (through the queue; root only)")
     restore.add_argument("repository", metavar="REPOSITORY")
     restore.add_argument("snapshot", metavar="SNAPSHOT", help="a snapshot id, short or long")
     where = restore.add_mutually_exclusive_group()
     where.add_argument(
         "--target",
         metavar="DIR",
-        help="restore under DIR (default: a new directory under the state directory)",
+        help="restore into DIR, made now; if DIR exists, into a new directory inside it"
+        " (default: a new directory inside the state directory)",
     )
     where.add_argument(
-        "--in-place", action="store_true", help="restore to the original paths, overwriting"
+        "--in-place",
+        action="store_true",
+        help="restore over the original paths, if nobody but root can change them",
     )
     restore.add_argument(
         "--include",
@@ -89,7 +92,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="also read this part of the data: 5%%, 1/10, 100M",
     )
     _queue_options(check)
-    prune = command("prune", "apply every backup's retention, then prune (through the queue)")
+    prune = command(
+        "prune", "apply every backup's retention, then prune (through the queue; root only)"
+    )
     prune.add_argument("repository", metavar="REPOSITORY")
     _queue_options(prune)
     command("queue", "running and waiting jobs, in the order they will run")
@@ -184,7 +189,7 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
 
 def _accepted(reply: Reply, now: float) -> list[str]:
     """`backup requested`: what --no-wait says (`henbackupctl queue` follows it)."""
-    where = f", into {reply['target']}" if reply.get("target") else ""
+    where = f", into {views.restore_target(reply)}" if reply.get("target") else ""
     return [f"{reply['accepted']} requested{where}"]
 
 
@@ -194,7 +199,9 @@ def _done(reply: Reply, now: float) -> list[str]:
 
 
 def _restored(reply: Reply, now: float) -> list[str]:
-    return _accepted(reply, now) if "request" in reply else views.restored(reply)
+    if "request" in reply:
+        return _accepted(reply, now)
+    return views.restored(reply) if reply.get("ok") else []  # why failed: its steps, stderr
 
 
 PROGRESS = ("backup", "restore-snapshot", "check", "prune")  # long: their steps are shown

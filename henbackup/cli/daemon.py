@@ -12,8 +12,9 @@ from henbackup.config.dirs import Dirs, config_path
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.config.plan import describe_plan
+from henbackup.config.secrets import exposures
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import ConfigError
+from henbackup.errors import ConfigError, Problem
 from henbackup.jobs.entry import one_off_job, telling
 from henbackup.jobs.pipeline import run_backup_pipeline
 from henbackup.master.supervisor import Master
@@ -72,10 +73,19 @@ def _load(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     dirs = Dirs.from_environment()
+    config, emit = load_config(path), Emitter()
+    for exposure in exposures(config):
+        emit(
+            "secret.exposed",
+            str(exposure),
+            config=exposure.file,
+            key=exposure.key or None,
+            error=exposure.message,
+        )
     master = Master(
         path,
-        load_config(path),
-        Emitter(),
+        config,
+        emit,
         worker_main,
         socket_path=dirs.runtime / "control.sock",
         scheduler=Scheduler(dirs.scheduler),
@@ -87,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    config = _load(args)
+    """The plan on stdout; on stderr, what only the service can check and exposed secrets."""
+    deferred: list[Problem] = []
+    config = load_config(config_path(args.config), deferred=deferred)
+    for problem in deferred:
+        print(Problem(problem.file, problem.key, f"note: {problem.message}"), file=sys.stderr)
+    for exposure in exposures(config):
+        print(exposure, file=sys.stderr)
     print(describe_plan(config, datetime.now().astimezone()))
     return EXIT_OK
 

@@ -6,6 +6,7 @@ Each function takes the daemon's reply (what `--json` prints) and returns the te
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -137,6 +138,14 @@ def restored(reply: Reply) -> list[str]:
     """Where a restore went, and how much."""
     backup = f" of {reply['backup']}" if reply.get("backup") else ""
     return [
-        f"restored snapshot {reply['snapshot'][:8]}{backup} into {reply['target']}: "
+        f"restored snapshot {reply['snapshot'][:8]}{backup} into {restore_target(reply)}: "
         f"{reply['files_restored']} files, {size(reply['bytes_restored'])}"
     ]
+
+
+def restore_target(reply: Reply) -> str:
+    """The restore's directory, and why it is a new one when the --target given existed."""
+    target = str(reply["target"])
+    if not reply.get("target_existed"):
+        return target
+    return f"{target} (new: {os.path.dirname(target)} exists)"

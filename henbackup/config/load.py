@@ -20,6 +20,8 @@ from typing import Any
 from henbackup.config.model import Config
 from henbackup.config.problems import At, Run, expanded, type_name, unknown_key
 from henbackup.config.validate import (
+    CREDENTIALS_LATER,
+    CREDENTIALS_PLACEHOLDER,
     DAEMON_KEYS,
     METRICS_KEYS,
     NAME_RE,
@@ -38,6 +40,9 @@ _REFERENCE_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
 # ----------------------------------------------------------------------------- ${NAME}
 
 
+CREDENTIALS = "CREDENTIALS_DIRECTORY"
+
+
 def _expand(value: Any, at: At) -> Any:
     """value with ${NAME} replaced in every string, however deeply nested."""
     if isinstance(value, str):
@@ -53,13 +58,16 @@ def _expand_string(text: str, at: At) -> str:
     """text with references replaced: an Expanded when the environment supplied any."""
     if "${" not in text:
         return text
-    env, used, missing, malformed = at.run.env, [], [], []
+    env, used, missing, malformed, deferred = at.run.env, [], [], [], []
 
     def replace(match: re.Match[str]) -> str:
         if match[0] == "$${":
             return "${"
         if match[1] is None:
             malformed.append(True)
+        elif match[1] == CREDENTIALS and match[1] not in env and at.run.deferred is not None:
+            deferred.append(True)  # set by systemd for the service only
+            return CREDENTIALS_PLACEHOLDER
         elif match[1] not in env:
             missing.append(match[1])
         else:
@@ -78,6 +86,8 @@ def _expand_string(text: str, at: At) -> str:
     at.run.expansion += [Problem(at.file, at.path, message) for message in messages]
     if messages:
         at.run.broken.add((at.file, at.path))
+    if deferred and at.run.deferred is not None:
+        at.run.deferred.append(Problem(at.file, at.path, CREDENTIALS_LATER))
     return expanded(result, used) if used else result
 
 
@@ -213,14 +223,18 @@ def _final_problems(run: Run, files: list[Path]) -> list[Problem]:
 
 
 def load_config(
-    path: Path, env: Mapping[str, str] = os.environ, hostname: str | None = None
+    path: Path,
+    env: Mapping[str, str] = os.environ,
+    hostname: str | None = None,
+    deferred: list[Problem] | None = None,
 ) -> Config:
     """The validated configuration of `path` plus its conf.d/*.toml.
 
     `env` supplies ${NAME} and CREDENTIALS_DIRECTORY; `hostname` is daemon.hostname's
-    default (else the system's). Raises ConfigError listing every problem found.
+    default (else the system's). Raises ConfigError listing every problem found. Outside
+    the service, give `deferred`: what only the service can check goes there, not a problem.
     """
-    run = Run(env)
+    run = Run(env, deferred=deferred)
     files = _config_files(path, run)
     sections, read = Sections(), []
     for position, file in enumerate(files):

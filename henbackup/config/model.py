@@ -59,6 +59,10 @@ class PasswordSource:
 
     kind: Literal["password", "file", "command"]
     value: str = field(repr=False)
+    # Where it is set (config file, key path), for secrets.py; file is "" for a password
+    # that came from the environment (${NAME}): it is in no file.
+    file: str = field(default="", compare=False)
+    key: str = field(default="", compare=False)
 
     def __repr__(self) -> str:  # a literal password must never reach a log line
         shown = "<hidden>" if self.kind == "password" else self.value

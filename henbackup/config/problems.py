@@ -63,6 +63,9 @@ class Run:
     problems: list[Problem] = field(default_factory=list)
     expansion: list[Problem] = field(default_factory=list)  # failed ${}, reported first
     broken: set[tuple[str, str]] = field(default_factory=set)  # (file, key) of failed ${}
+    # What only the service can check (its credentials), when not run by it; None: the
+    # service itself, where these are problems.
+    deferred: list[Problem] | None = None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from henbackup.config.problems import (
     type_name,
     unknown_key,
 )
+from henbackup.errors import Problem
 
 T = TypeVar("T")
 
@@ -61,6 +62,12 @@ _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+
 TOP_KEYS = ("daemon", "metrics", "repositories", "backups")
 DAEMON_KEYS = ("hostname", "max_concurrent_jobs", "upload_limit", "download_limit", "restic")
 METRICS_KEYS = ("textfile", "listen")
+# Where systemd puts the credentials of henbackup.service; stands in for them outside it.
+CREDENTIALS_PLACEHOLDER = "/run/credentials/henbackup.service"
+CREDENTIALS_LATER = (
+    "CREDENTIALS_DIRECTORY is not set here: the credential is checked when the service"
+    " starts (LoadCredential= or LoadCredentialEncrypted= in its unit)"
+)
 _PASSWORD_KEYS = ("password", "password_file", "password_command", "password_credential")
 _REPOSITORY_KEYS = (
     "location",
@@ -273,6 +280,9 @@ def _credential(value: Any, at: At) -> str:
     if "/" in name or name in (".", ".."):
         raise Invalid("must be a credential name, as in LoadCredential=NAME:PATH (no /)")
     directory = at.run.env.get("CREDENTIALS_DIRECTORY")
+    if not directory and at.run.deferred is not None:
+        at.run.deferred.append(Problem(at.file, at.path, CREDENTIALS_LATER))
+        directory = CREDENTIALS_PLACEHOLDER
     if not directory:
         raise Invalid(
             "CREDENTIALS_DIRECTORY is not set: pass the credential with systemd's "
@@ -302,7 +312,10 @@ def _password(table: Mapping[str, Any], at: At) -> PasswordSource | None:
         kind, convert = _PASSWORD_CONVERTERS[name]
         value = at.get(table, name, convert)
         if value is not None:
-            sources.append(PasswordSource(kind, value))  # type: ignore[arg-type]
+            # A password taken from the environment is in no file (secrets.py).
+            from_env = kind == "password" and isinstance(table[name], Expanded)
+            where = "" if from_env else at.file
+            sources.append(PasswordSource(kind, value, where, at.key(name).path))  # type: ignore[arg-type]
     return sources[0] if len(sources) == 1 and len(present) == 1 else None
 
 

@@ -22,7 +22,13 @@ from henbackup.config.dirs import Dirs
 from henbackup.config.model import IMMEDIATE, INFERIOR, Config, Priority
 from henbackup.config.units import parse_priority
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import HenbackupError, JobCancelled, SnapshotNotFound, StopRequested
+from henbackup.errors import (
+    HenbackupError,
+    JobCancelled,
+    SnapshotNotFound,
+    StopRequested,
+    UnsafeTarget,
+)
 from henbackup.jobs.job import Job
 from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import queued, run_backup_pipeline
@@ -200,13 +206,21 @@ def _restore(config: Config, request: dict[str, Any], emit: EmitFunction) -> dic
     job = Job("restore", repository, snapshot.backup, "manual", priority)
     with queued(job, host_scheduler(), emit):
         result = run_restore(
-            job, config, engine, emit, snapshot, request["target"], tuple(request["include"])
+            job,
+            config,
+            engine,
+            emit,
+            snapshot,
+            request["target"],
+            tuple(request["include"]),
+            in_place=bool(request.get("in_place")),
         )
     return {
         "job": job.id,
         "snapshot": snapshot.id,
         "backup": snapshot.backup,
         "target": result.target,
+        "target_existed": bool(request.get("target_existed")),
         "files_restored": result.files_restored,
         "bytes_restored": result.bytes_restored,
     }
@@ -231,7 +245,7 @@ def one_off_job(config: Config, request: dict[str, Any], news: Channel) -> int:
     except JobCancelled as error:
         news.send({"type": "result", "ok": False, "code": "failed", "error": str(error)})
         return JOB_CANCELLED
-    except SnapshotNotFound as error:
+    except (SnapshotNotFound, UnsafeTarget) as error:
         news.send({"type": "result", "ok": False, "code": "usage", "error": str(error)})
         return JOB_FAILED
     except HenbackupError as error:

@@ -10,18 +10,17 @@ master reads and changes without ever waiting for its lock.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from henbackup.config.units import parse_priority, parse_subset
-from henbackup.errors import QueueBusy, UsageError
+from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
+from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
 from henbackup.master.control import Conversation, Reply, Request, reply_error
+from henbackup.master.permissions import refusal
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
 from henbackup.scheduler.ticket import Ticket
 
@@ -40,6 +39,9 @@ def answer(master: Master, request: Request, conversation: Conversation) -> Repl
     command = COMMANDS.get(request.command)
     if command is None:
         return reply_error("usage", f"unknown command {request.command!r}")
+    denied = refusal(request.command, conversation.peer)
+    if denied is not None:
+        return reply_error("permission", denied)
     if master.stopping and request.command not in ("status", "queue"):
         return reply_error("failed", "henbackup is stopping: no new job starts")
     try:
@@ -256,41 +258,54 @@ def restore_snapshot(master: Master, request: Request, conversation: Conversatio
             f"{snapshot!r} is not a snapshot id: give at least its first 4 characters"
             f" (see henbackupctl list-snapshots {repository})"
         )
+    priority = _priority(request)  # checked before anything is made
     target = request.get("target")
-    if request.get("in_place"):
-        target = "/"
-    elif target is not None and not os.path.isabs(target):
+    if target is not None and not (isinstance(target, str) and os.path.isabs(target)):
         raise UsageError(f"--target {target!r}: give an absolute path")
-    elif target is None:  # known now, so that --no-wait can say where it goes
-        parent = master.state_dir / "restores"
-        try:
-            target = str(_new_directory(parent, f"{repository}-{snapshot[:8]}"))
-        except OSError as error:
-            why = f"cannot make a directory in {parent}: {error.strerror or error}"
-            return reply_error("failed", f"{why}: use --target")
+    in_place = bool(request.get("in_place"))  # its type is checked by the protocol
+    if in_place and target is not None:
+        raise UsageError("--in-place and --target: give one of them")
+    try:
+        destination, existed = _destination(
+            master, target, in_place, f"{repository}-{snapshot[:8]}"
+        )
+    except UnsafeTarget as error:  # the state directory itself: not the caller's mistake
+        return reply_error("failed", f"{error}: use --target")
+    except OSError as error:
+        where = target or master.state_dir / "restores"
+        why = f"cannot make a directory in {where}: {error.strerror or error}"
+        return reply_error("failed", why if target else f"{why}: use --target")
     job = {
         "command": "restore-snapshot",
         "repository": repository,
         "snapshot": snapshot,
-        "target": target,
-        "include": list(request.get("include") or ()),
-        "priority": _priority(request),
+        "target": destination,
+        "include": [str(path) for path in request.get("include") or ()],
+        "priority": priority,
+        **({"in_place": True} if in_place else {}),
+        **({"target_existed": True} if existed else {}),
     }
-    return master.jobs.start_one_off(
+    reply = master.jobs.start_one_off(
         master.config, job, conversation, wait=bool(request.get("wait"))
     )
+    if reply is not None and reply.get("ok"):  # accepted (--no-wait): say where it goes
+        reply["target_existed"] = existed
+    return reply
 
 
-def _new_directory(parent: Path, name: str) -> Path:
-    """A directory of its own for one restore: NAME-WHEN, or NAME-WHEN-2… if taken."""
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for attempt in itertools.count(1):
-        path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-            return path
-    raise AssertionError("unreachable")
+def _destination(master: Master, target: str | None, in_place: bool, name: str) -> tuple[str, bool]:
+    """Where a restore writes, made now so that --no-wait can say where it goes, and whether
+    it is a new directory inside a --target that exists. Raises UsageError for an unsafe
+    --target, UnsafeTarget for an unsafe state directory, OSError."""
+    if in_place:  # what it writes over is checked by the job, just before restic runs
+        return "/", False
+    if target is None:
+        return str(fresh_directory(str(master.state_dir / "restores"), name)), False
+    try:
+        made = str(restore_directory(os.path.normpath(target), name))
+    except UnsafeTarget as error:
+        raise UsageError(f"--target: {error}") from None
+    return made, made != os.path.normpath(target)
 
 
 def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:

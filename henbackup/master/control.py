@@ -5,8 +5,9 @@ mode 0660, group `henbackup` when that group exists. One request per connection:
 object on one line, at most MAX_REQUEST bytes, within REQUEST_TIMEOUT seconds. The answer is
 JSON lines: for a client that waits for a job, `{"event": ...}` lines as the job goes, then
 always one reply line, an object with "ok". Callers are identified with SO_PEERCRED: root
-and members of `henbackup` only. A slow, silent, huge or malformed client is dropped without
-delaying anyone else: nothing is ever written to a client with a blocking call. Each request
+and members of `henbackup` only (what each may ask: permissions.py). A slow, silent, huge or
+malformed client is dropped without delaying anyone else: nothing is ever written to a client
+with a blocking call. Each request
 is checked against its declared shape (henbackup/protocol.py) before a handler sees it, and
 a handler's own failure costs that request a failed reply, never the daemon. At most
 MAX_CONNECTIONS clients are served at once: beyond, the longest-silent one is dropped (or,
@@ -20,7 +21,6 @@ import grp
 import json
 import os
 import socket
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +28,13 @@ from typing import Any
 
 from henbackup.errors import UsageError
 from henbackup.loop import Loop, Timer
+from henbackup.master.permissions import DENIED, GROUP, Peer, Privilege, peer_of
 from henbackup.protocol import ControlRequest, decode
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 MAX_BACKLOG = 4 << 20  # a waiting client that lets this much output pile up is dropped
 FLUSH_TIMEOUT = 30.0  # to take the last reply once the answer is complete
-GROUP = "henbackup"
-DENIED = f"permission denied: run as root or as a member of group {GROUP}"
 SD_LISTEN_FDS_START = 3
 MAX_CONNECTIONS = 256  # far below LimitNOFILE= (systemd/henbackup.service)
 ACCEPT_PAUSE = 1.0  # out of descriptors with no client to drop: accept again after this
@@ -73,30 +72,6 @@ def bind(path: Path) -> socket.socket:
     return sock
 
 
-def peer_allowed(conn: socket.socket) -> bool:
-    """Root, or a member of group `henbackup` (primary or supplementary)."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", creds)
-    if uid == 0:
-        return True
-    try:
-        group = grp.getgrnam(GROUP)
-    except KeyError:
-        return False
-    return gid == group.gr_gid or _in_group(pid, group.gr_gid)
-
-
-def _in_group(pid: int, gid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    for line in status.splitlines():
-        if line.startswith("Groups:"):
-            return str(gid) in line.split()[1:]
-    return False
-
-
 @dataclass
 class Conversation:
     """One client's connection, from its request to the last line of the answer.
@@ -108,6 +83,7 @@ class Conversation:
 
     conn: socket.socket
     loop: Loop
+    peer: Peer  # who connected (SO_PEERCRED): what it may do is decided from this only
     timer: Timer | None = None
     buffer: bytes = b""  # the request as it arrives
     output: bytes = b""  # lines not yet taken by the client
@@ -206,8 +182,8 @@ class ControlServer:
                 self.loop.call_later(ACCEPT_PAUSE, self._resume)
             return
         conn.setblocking(False)
-        conversation = Conversation(conn, self.loop)
-        if not peer_allowed(conn):
+        conversation = Conversation(conn, self.loop, peer_of(conn))
+        if conversation.peer.privilege is Privilege.NONE:
             conversation.finish(reply_error("permission", DENIED))
             return
         if len(self.conversations) >= MAX_CONNECTIONS and not self._drop_longest_silent():

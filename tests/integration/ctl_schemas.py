@@ -193,7 +193,9 @@ ONE_OFF_ACCEPTED = _object(
         "request": REQUEST_ID,
         "accepted": {"enum": ["restore-snapshot", "check", "prune"]},
         "target": {"type": ["string", "null"], "pattern": "^/"},
-    }
+        "target_existed": {"type": "boolean"},  # restore-snapshot's: a new directory inside
+    },
+    optional=("target_existed",),
 )
 
 # --- restore-snapshot (entry._restore) -------------------------------------------------------
@@ -205,6 +207,7 @@ RESTORED = _object(
         "snapshot": FULL_ID,
         "backup": NULLABLE_STRING,
         "target": {"type": "string", "pattern": "^/"},
+        "target_existed": {"type": "boolean"},  # --target DIR existed: a new directory inside
         "files_restored": {"type": "integer", "minimum": 0},
         "bytes_restored": {"type": "integer", "minimum": 0},
         "jobs": ENDED_JOBS,

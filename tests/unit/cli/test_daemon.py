@@ -1,6 +1,12 @@
+import grp
+import os
+from pathlib import Path
+
 import pytest
 
 from henbackup.cli.daemon import main
+from henbackup.config.load import load_config
+from henbackup.errors import ConfigError
 
 VALID = """
 [repositories.local]
@@ -37,6 +43,7 @@ def config(tmp_path, monkeypatch):
     def write(text: str) -> str:
         path = tmp_path / "henbackup.toml"
         path.write_text(text)
+        path.chmod(0o600)  # as a config holding a password should be
         return str(path)
 
     return write
@@ -85,3 +92,117 @@ def test_an_unknown_backup_is_a_usage_error(config, capsys):
 def test_the_config_path_comes_from_the_environment(config, monkeypatch, capsys):
     monkeypatch.setenv("HENBACKUP_CONFIG", config(VALID))
     assert main(["check-config"]) == 0
+
+
+# --- secrets at rest ------------------------------------------------------------------------
+
+WITH_FILE = """
+[repositories.local]
+location = "/srv/restic"
+password_file = "{secret}"
+
+[backups.pictures]
+paths = ["/home/me/Pictures"]
+repositories = ["local"]
+"""
+USERS = grp.getgrnam("users").gr_gid
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [
+        (0o644, "everyone (mode 0644)"),
+        (0o606, "everyone (mode 0606)"),
+        (0o640, "group users (mode 0640)"),
+    ],
+)
+def test_a_password_in_a_config_others_may_read_is_one_warning_with_the_fix(
+    config, capsys, mode, who
+):
+    path = config(VALID)
+    os.chown(path, 0, USERS)
+    os.chmod(path, mode)
+    assert main(["--config", path, "check-config"]) == 0
+    out, err = capsys.readouterr()
+    writable = [] if not mode & 0o022 else [
+        f"{path}: warning: can be changed by {who}, and the commands it names run as root:"
+        f" chown root:root {path} && chmod go-w {path}"
+    ]  # fmt: skip
+    assert err.splitlines() == [
+        *writable,
+        f"{path}: repositories.local.password: warning: the password is in a file {who} can"
+        f" read or change: chown root:root {path} && chmod 0600 {path}, or move it to"
+        " password_file or password_credential",
+    ]
+    assert "pictures" in out and "not-shown" not in out + err
+
+
+def test_a_password_from_the_environment_is_not_in_the_file(config, capsys, monkeypatch):
+    monkeypatch.setenv("HENBACKUP_TEST_PASSWORD", "not-shown")
+    path = config(VALID.replace('"not-shown"', '"${HENBACKUP_TEST_PASSWORD}"'))
+    os.chmod(path, 0o644)
+    assert main(["--config", path, "check-config"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("owner", "group", "mode", "who"),
+    [
+        (0, 0, 0o600, None),
+        (0, 0, 0o640, None),  # group root: root's
+        (0, USERS, 0o640, "group users (mode 0640)"),
+        (0, USERS, 0o620, "group users (mode 0620)"),
+        (0, 0, 0o604, "everyone (mode 0604)"),
+        (4321, 0, 0o600, "its owner uid 4321"),
+    ],
+)
+def test_a_password_file_others_may_read_or_change_is_one_warning(
+    config, capsys, tmp_path, owner, group, mode, who
+):
+    secret = tmp_path / "secret"
+    secret.write_text("not-shown\n")
+    os.chown(secret, owner, group)
+    secret.chmod(mode)
+    path = config(WITH_FILE.format(secret=secret))
+    assert main(["--config", path, "check-config"]) == 0
+    expected = [] if who is None else [
+        f"{path}: repositories.local.password_file: warning: {secret} can be read or changed"
+        f" by {who}: chown root:root {secret} && chmod 0600 {secret}"
+    ]  # fmt: skip
+    assert capsys.readouterr().err.splitlines() == expected
+
+
+def test_a_credential_is_checked_by_the_service_not_by_check_config(config, capsys, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = config(VALID.replace('password = "not-shown"', 'password_credential = "local"'))
+    assert main(["--config", path, "check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        f"{path}: repositories.local.password_credential: note: CREDENTIALS_DIRECTORY is not"
+        " set here: the credential is checked when the service starts (LoadCredential= or"
+        " LoadCredentialEncrypted= in its unit)\n"
+    )
+    assert "pictures" in out
+
+
+def test_provider_keys_from_a_credential_are_checked_by_the_service(config, capsys, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    keys = 'env = { AWS_SHARED_CREDENTIALS_FILE = "${CREDENTIALS_DIRECTORY}/aws" }\n'
+    path = config(VALID.replace('password = "not-shown"\n', f'password_file = "/nowhere"\n{keys}'))
+    assert main(["--config", path, "check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        f"{path}: repositories.local.env.AWS_SHARED_CREDENTIALS_FILE: note: CREDENTIALS_DIRECTORY"
+        " is not set here: the credential is checked when the service starts (LoadCredential="
+        " or LoadCredentialEncrypted= in its unit)\n"
+    )
+    assert "pictures" in out
+
+
+def test_the_service_itself_needs_its_credentials(config, monkeypatch):
+    """Only check-config defers them: the daemon without CREDENTIALS_DIRECTORY refuses."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = config(VALID.replace('password = "not-shown"', 'password_credential = "local"'))
+    with pytest.raises(ConfigError) as raised:
+        load_config(Path(path))
+    assert [p.key for p in raised.value.problems] == ["repositories.local.password_credential"]

@@ -269,6 +269,11 @@ def test_restored_says_where_and_how_much() -> None:
     ]
     anonymous = {**reply, "backup": None, "target": "/", "files_restored": 0, "bytes_restored": 0}
     assert views.restored(anonymous) == ["restored snapshot 1a2b3c4d into /: 0 files, 0 B"]
+    inside = {**reply, "target": "/srv/out/aws-1a2b3c4d-20240309-160000", "target_existed": True}
+    assert views.restored(inside) == [
+        "restored snapshot 1a2b3c4d of pictures into /srv/out/aws-1a2b3c4d-20240309-160000"
+        " (new: /srv/out exists): 12 files, 5.50 MiB"
+    ]
 
 
 def test_table_aligns_on_the_widest_cell_without_trailing_blanks() -> None:

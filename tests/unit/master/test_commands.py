@@ -16,13 +16,15 @@ import pytest
 from henbackup.config.load import load_config
 from henbackup.config.model import Priority
 from henbackup.errors import JobCancelled, UsageError
+from henbackup.jobs import restore
 from henbackup.loop import Loop
-from henbackup.master import commands
+from henbackup.master import commands, permissions
 from henbackup.master.clients import Clients
 from henbackup.master.control import reply_error
+from henbackup.master.permissions import Peer
 from henbackup.master.states import State
 from henbackup.observe.status import RunKey, StatusModel
-from henbackup.protocol import parse_request
+from henbackup.protocol import ControlRequest, parse_request
 from henbackup.scheduler import Scheduler, Ticket, locks
 
 CONFIG = """\
@@ -52,10 +54,17 @@ SUBSET_HINT = 'use a percentage ("5%"), a fraction ("1/10") or a size ("500M")'
 STOPPING = {"ok": False, "code": "failed", "error": "henbackup is stopping: no new job starts"}
 
 
+ROOT = Peer(pid=1, uid=0, gid=0, groups=frozenset())
+MEMBER_GID = 4242  # group henbackup's, in these tests
+MEMBER = Peer(pid=2, uid=1000, gid=100, groups=frozenset({MEMBER_GID}))
+OUTSIDER = Peer(pid=3, uid=1001, gid=100, groups=frozenset({4243}))
+
+
 class Conversation:
     """A client connection, as far as commands and Clients use it."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: Peer = ROOT) -> None:
+        self.peer = peer
         self.on_close: list[Any] = []
         self.sent: list[dict[str, Any]] = []
 
@@ -269,40 +278,146 @@ def test_a_relative_target_is_refused(master: Any) -> None:
     assert master.one_offs == []
 
 
-def test_in_place_restores_to_the_root(master: Any) -> None:
+def test_in_place_goes_to_a_job_that_writes_over_slash(master: Any) -> None:
+    """Nothing is made: the job checks what it writes over just before restic runs."""
+    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": True, "wait": True}
+    assert ask(master, "restore-snapshot", **request) is None
+    ((job, _, _),) = master.one_offs
+    assert job == {
+        "command": "restore-snapshot",
+        "repository": "aws",
+        "snapshot": "abcd1234",
+        "target": "/",
+        "include": [],
+        "priority": None,
+        "in_place": True,
+    }
+    assert not (master.state_dir / "restores").exists()
+
+
+def test_in_place_and_a_target_are_a_usage_error(master: Any, tmp_path: Path) -> None:
+    target = str(tmp_path / "out")
+    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": True, "target": target}
+    assert ask(master, "restore-snapshot", **request) == usage(
+        "--in-place and --target: give one of them"
+    )
+    assert (master.one_offs, (tmp_path / "out").exists()) == ([], False)
+
+
+def test_in_place_is_true_or_false(master: Any) -> None:
+    request = {"repository": "aws", "snapshot": "abcd1234", "in_place": "false"}
+    assert ask(master, "restore-snapshot", **request) == usage(
+        "malformed request: 'in_place' of restore-snapshot must be true or false, not a string"
+    )
+    assert master.one_offs == []
+
+
+def test_a_target_that_does_not_exist_is_made_and_restored_into(
+    master: Any, tmp_path: Path
+) -> None:
     conversation = Conversation()
     request = {
         "command": "restore-snapshot",
         "repository": "aws",
         "snapshot": "abcd1234",
-        "in_place": True,
-        "target": "relative/ignored",
+        "target": f"{tmp_path}/srv//x/",
         "include": ["/home/me/Pictures/2023", "notes.txt"],
         "priority": "superior",
         "wait": True,
     }
     assert answer(master, request, conversation) is None
-    assert master.one_offs == [
-        (
-            {
-                "command": "restore-snapshot",
-                "repository": "aws",
-                "snapshot": "abcd1234",
-                "target": "/",
-                "include": ["/home/me/Pictures/2023", "notes.txt"],
-                "priority": "superior",
-            },
-            conversation,
-            True,
+    ((job, given, wait),) = master.one_offs
+    made = tmp_path / "srv" / "x"
+    assert (made.is_dir(), made.is_symlink(), os.listdir(made)) == (True, False, [])
+    assert made.stat().st_mode & 0o7777 == 0o700
+    assert (tmp_path / "srv").stat().st_mode & 0o777 == 0o700  # what was missing, made 0700
+    assert job == {
+        "command": "restore-snapshot",
+        "repository": "aws",
+        "snapshot": "abcd1234",
+        "target": str(made),
+        "include": ["/home/me/Pictures/2023", "notes.txt"],
+        "priority": "superior",
+    }
+    assert (given, wait) == (conversation, True)
+
+
+def test_a_target_that_exists_gets_a_new_directory_inside(master: Any, tmp_path: Path) -> None:
+    """What exists may hold links someone planted: restic gets a directory made fresh."""
+    existing = tmp_path / "out"
+    existing.mkdir(mode=0o755)
+    reply = ask(
+        master, "restore-snapshot", repository="aws", snapshot="abcd1234", target=f"{existing}/"
+    )
+    assert reply == {
+        "ok": True,
+        "request": "r00000001",
+        "accepted": "restore-snapshot",
+        "target_existed": True,
+    }
+    ((job, _, _),) = master.one_offs
+    made = Path(job["target"])
+    assert made.parent == existing
+    assert re.fullmatch(r"aws-abcd1234-\d{8}-\d{6}", made.name)
+    assert (made.is_dir(), made.is_symlink(), os.listdir(made)) == (True, False, [])
+    assert made.stat().st_mode & 0o7777 == 0o700
+    assert job["target_existed"] is True
+
+
+def restore_into(master: Any, target: Path) -> Any:
+    return ask(master, "restore-snapshot", repository="aws", snapshot="ab12", target=str(target))
+
+
+def test_a_target_through_a_symbolic_link_is_refused(master: Any, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for target in (tmp_path / "link", tmp_path / "link" / "deeper"):
+        reply = ask(
+            master, "restore-snapshot", repository="aws", snapshot="ab12", target=str(target)
         )
-    ]
+        assert reply == usage(
+            f"--target: {tmp_path / 'link'} is a symbolic link or not a directory: a restore"
+            " never follows links; give the real path of a directory"
+        )
+    assert (master.one_offs, os.listdir(tmp_path / "real")) == ([], [])
 
 
-def test_an_absolute_target_is_kept(master: Any) -> None:
-    reply = ask(master, "restore-snapshot", repository="local", snapshot="ab12", target="/srv/x")
-    assert reply == {"ok": True, "request": "r00000001", "accepted": "restore-snapshot"}
-    ((job, _, wait),) = master.one_offs
-    assert (job["target"], job["include"], job["priority"], wait) == ("/srv/x", [], None, False)
+@pytest.mark.parametrize(
+    ("owner", "mode", "who"),
+    [(1000, 0o755, "uid 1000"), (0, 0o777, "everyone"), (0, 0o775, "group 100")],
+)
+def test_a_target_someone_else_may_change_is_refused(
+    master: Any, tmp_path: Path, owner: int, mode: int, who: str
+) -> None:
+    """They could move the restore's directory away and put a link in its place."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, owner, 100)
+    theirs.chmod(mode)
+    for target in (theirs, theirs / "below"):
+        reply = ask(
+            master, "restore-snapshot", repository="aws", snapshot="ab12", target=str(target)
+        )
+        assert reply == usage(
+            f"--target: {theirs} can be changed by {who}, who could redirect the restore:"
+            " restore into a directory only root can change (the default, or another --target)"
+        )
+    assert (master.one_offs, os.listdir(theirs)) == ([], [])
+
+
+def test_a_sticky_directory_of_roots_may_hold_the_target(master: Any, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp: others add entries, but cannot move root's
+    reply = ask(master, "restore-snapshot", repository="aws", snapshot="abcd", target=str(shared))
+    assert reply == {
+        "ok": True,
+        "request": "r00000001",
+        "accepted": "restore-snapshot",
+        "target_existed": True,
+    }
+    ((job, _, _),) = master.one_offs
+    assert Path(job["target"]).parent == shared
 
 
 def test_the_default_target_is_a_new_directory_under_the_state_directory(
@@ -314,7 +429,7 @@ def test_the_default_target_is_a_new_directory_under_the_state_directory(
         formats.append(form)
         return "20240309-160000"
 
-    monkeypatch.setattr(commands, "time", SimpleNamespace(strftime=strftime))
+    monkeypatch.setattr(restore, "time", SimpleNamespace(strftime=strftime))
     ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234ef")
     ask(master, "restore-snapshot", repository="aws", snapshot="abcd1234ef")  # same second
     restores = master.state_dir / "restores"
@@ -668,8 +783,8 @@ def test_a_restore_with_nowhere_to_make_its_directory_fails_alone(master: Any) -
     assert reply == {
         "ok": False,
         "code": "failed",
-        "error": f"cannot make a directory in {master.state_dir / 'restores'}: Not a directory:"
-        " use --target",
+        "error": f"{master.state_dir.parent} is a symbolic link or not a directory:"
+        " a restore never follows links; give the real path of a directory: use --target",
     }
     assert master.one_offs == []
 
@@ -724,3 +839,76 @@ def test_a_cancel_gives_up_when_the_queue_stays_held(
             "error": "another process has held the job queue's lock for 0.2s: try again",
         }
     ]
+
+
+# --- who may do what --------------------------------------------------------------------
+
+OPERATOR_MAY = "status, queue, list-snapshots, backup, check, cancel"
+
+
+@pytest.fixture
+def group_henbackup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group henbackup exists, with MEMBER_GID."""
+
+    def getgrnam(name: str) -> Any:
+        if name != "henbackup":
+            raise KeyError(name)
+        return SimpleNamespace(gr_gid=MEMBER_GID)
+
+    monkeypatch.setattr(permissions, "grp", SimpleNamespace(getgrnam=getgrnam))
+
+
+def test_the_table_names_every_command_the_master_answers() -> None:
+    assert set(permissions.REQUIRED) == set(commands.COMMANDS)
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234"}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234", "target": "/tmp"}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234", "in_place": True}),
+        ("prune", {"repository": "aws"}),
+    ],
+)
+def test_a_member_may_not_read_contents_write_or_destroy(
+    master: Any, command: str, fields: dict[str, Any]
+) -> None:
+    """The peer's credentials decide (a request claiming more is refused for its shape)."""
+    reply = answer(master, {"command": command, **fields}, Conversation(MEMBER))
+    assert reply == {
+        "ok": False,
+        "code": "permission",
+        "error": f"permission denied: only root may {command} (group henbackup may {OPERATOR_MAY})",
+    }
+    assert master.one_offs == []
+    assert not (master.state_dir / "restores").exists()
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize("peer", [MEMBER, Peer(4, 1002, MEMBER_GID, frozenset())])
+def test_a_member_may_watch_and_operate(master: Any, peer: Peer) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    asked = {
+        "status": {},
+        "queue": {},
+        "list-snapshots": {"repository": "aws"},
+        "backup": {"backup": "pictures"},
+        "check": {"repository": "aws"},
+    }
+    for command, fields in asked.items():
+        reply = answer(master, {"command": command, **fields}, Conversation(peer))
+        assert reply is None or reply.get("code") != "permission", (command, reply)
+    assert [job["command"] for job, _, _ in master.one_offs] == ["list-snapshots", "check"]
+    assert len(channel.sent) == 1
+    cancel = {"command": "cancel", "job": "j1"}
+    assert answer(master, cancel, Conversation(peer))["code"] == "usage"  # no such job
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize("command", sorted(permissions.REQUIRED))
+def test_an_outsider_may_do_nothing(master: Any, command: str) -> None:
+    reply = commands.answer(master, ControlRequest(command, {}), Conversation(OUTSIDER))
+    assert reply == {"ok": False, "code": "permission", "error": permissions.DENIED}

@@ -8,6 +8,7 @@ import pytest
 from henbackup.loop import Loop
 from henbackup.master import control
 from henbackup.master.control import ControlServer, bind
+from henbackup.master.permissions import Peer
 
 
 @pytest.fixture
@@ -64,6 +65,33 @@ def test_one_request_one_reply(server):
     with connect(path) as sock:
         sock.sendall(b'{"command": "status"}\n')
         assert reply_of(served, sock) == {"ok": True, "echo": {"command": "status"}}
+
+
+def test_the_handler_hears_who_connected_from_the_kernel_not_the_request(tmp_path):
+    """SO_PEERCRED and SO_PEERGROUPS: a request claiming another uid changes nothing."""
+    loop, heard = Loop(), []
+
+    def handle(request, conversation):
+        heard.append(conversation.peer)
+        return {"ok": True}
+
+    served = ControlServer(bind(tmp_path / "control.sock"), loop, handle)
+    served.start()
+    try:
+        with connect(tmp_path / "control.sock") as sock:  # a claim is not even a field
+            sock.sendall(b'{"command": "status", "uid": 0, "pid": 1, "groups": [0]}\n')
+            assert reply_of(served, sock) == {
+                "ok": False,
+                "code": "usage",
+                "error": "malformed request: status has no field 'uid'",
+            }
+        with connect(tmp_path / "control.sock") as sock:
+            sock.sendall(b'{"command": "status"}\n')
+            assert reply_of(served, sock) == {"ok": True}
+    finally:
+        served.close()
+        loop.close()
+    assert heard == [Peer(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))]
 
 
 @pytest.mark.parametrize(

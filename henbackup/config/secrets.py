@@ -1,0 +1,91 @@
+"""Secrets at rest: the files that anyone but root may read or change, though they hold a
+password or say what runs as root. `check-config` prints them, the daemon tells them once
+at start (secret.exposed events); neither refuses to run, so a fix never stops backups.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from henbackup.config.model import Config
+from henbackup.errors import Problem
+
+SECRET_BITS = 0o066  # group or others may read or write
+WRITE_BITS = 0o022  # group or others may write
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One file someone but root may read or change: where it is named, what to do."""
+
+    file: str  # the config file
+    key: str  # the key naming the secret; "" for the config file itself
+    message: str  # who may, and the fix
+
+    def __str__(self) -> str:
+        return str(Problem(self.file, self.key, f"warning: {self.message}"))
+
+
+def exposures(config: Config) -> list[Exposure]:
+    """Every exposed secret or config file of `config`, in file order."""
+    found = []
+    for path in config.files:  # hooks and password_command run as root: whatever it says
+        who = _who_else(Path(path), WRITE_BITS)
+        if who:
+            fix = f"chown root:root {path} && chmod go-w {path}"
+            message = f"can be changed by {who}, and the commands it names run as root: {fix}"
+            found.append(Exposure(str(path), "", message))
+    for repository in config.repositories.values():
+        source = repository.password
+        if source.kind == "password" and source.file:
+            who = _who_else(Path(source.file), SECRET_BITS)
+            if who:
+                fix = f"chown root:root {source.file} && chmod 0600 {source.file}"
+                message = (
+                    f"the password is in a file {who} can read or change: {fix}, or move it"
+                    " to password_file or password_credential"
+                )
+                found.append(Exposure(source.file, source.key, message))
+        elif source.kind == "file":
+            who = _who_else(Path(source.value), SECRET_BITS)
+            if who:
+                fix = f"chown root:root {source.value} && chmod 0600 {source.value}"
+                message = f"{source.value} can be read or changed by {who}: {fix}"
+                found.append(Exposure(source.file, source.key, message))
+    return found
+
+
+def _who_else(path: Path, bits: int) -> str | None:
+    """Who but root (or this process's user) may use `path` as `bits` of its group and
+    others say; None if nobody, or if it cannot be seen (a missing file is another error)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    mode = f"mode {stat.S_IMODE(st.st_mode):04o}"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"its owner {_user(st.st_uid)}"
+    if st.st_mode & bits & 0o007:
+        return f"everyone ({mode})"
+    if st.st_mode & bits & 0o070 and st.st_gid != 0:
+        return f"group {_group(st.st_gid)} ({mode})"
+    return None
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"

@@ -1,0 +1,121 @@
+"""What an in-place restore may write over (jobs/restore.py): trees only root may change, all
+the way down from /, with no link in them. Real directories, owners and modes (as root)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from henbackup.errors import UnsafeTarget
+from henbackup.jobs.restore import check_in_place, in_place_roots
+
+FRESH = "restore into a fresh directory with --target DIR instead"
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Path:
+    """A tree as /srv holds one: root's, 0755, with a file and a folder."""
+    tmp_path.chmod(0o755)
+    tree = tmp_path / "srv"
+    (tree / "www").mkdir(parents=True)
+    (tree / "www" / "index.html").write_text("hello\n")
+    (tree / "notes.txt").write_text("notes\n")
+    return tree
+
+
+def refusal(path: Path, why: str) -> str:
+    return f"--in-place: {path} {why}: {FRESH}"
+
+
+def test_a_tree_only_root_may_change_may_be_restored_in_place(srv: Path) -> None:
+    os.chown(srv / "notes.txt", 1000, 1000)  # a file of someone's: restic overwrites it
+    (srv / "admins").mkdir(mode=0o775)  # writable by group root only
+    check_in_place([str(srv), str(srv.parent / "gone" / "too")], [])
+
+
+def test_a_sticky_directory_of_roots_will_do_on_the_way_if_what_is_below_exists(
+    srv: Path,
+) -> None:
+    """As /tmp: others cannot move or remove what exists in it, but may add what does not."""
+    srv.parent.chmod(0o1777)
+    check_in_place([str(srv)], [])
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv.parent / "gone" / "too")], [])
+    why = "can be changed by everyone, who could plant a link while restic writes"
+    assert str(raised.value) == refusal(srv.parent, why)
+
+
+@pytest.mark.parametrize(
+    ("owner", "mode", "who"),
+    [
+        (1000, 0o755, "uid 1000"),
+        (0, 0o777, "everyone"),
+        (0, 0o775, "group 100"),
+        (0, 0o1777, "everyone"),  # sticky: others may add what restic writes there
+    ],
+)
+def test_a_directory_someone_else_may_change_is_refused(
+    srv: Path, owner: int, mode: int, who: str
+) -> None:
+    """They could plant a link in it while restic writes."""
+    theirs = srv / "www" / "uploads"
+    theirs.mkdir()
+    os.chown(theirs, owner, 100)
+    theirs.chmod(mode)
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv)], [])
+    expected = refusal(
+        theirs, f"can be changed by {who}, who could plant a link while restic writes"
+    )
+    assert str(raised.value) == expected
+
+
+def test_a_directory_on_the_way_someone_else_may_change_is_refused(srv: Path) -> None:
+    os.chown(srv.parent, 1000, 1000)
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv / "www")], [])
+    assert str(raised.value) == refusal(
+        srv.parent, "can be changed by uid 1000, who could plant a link while restic writes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("link", "path"),
+    [
+        ("www/index.html", ""),  # in the tree
+        ("www", "www/index.html"),  # on the way
+        ("www", "www"),  # the path itself
+    ],
+)
+def test_a_symbolic_link_is_refused_and_not_followed(srv: Path, link: str, path: str) -> None:
+    """restic 0.14 writes through a link in place of a file or a directory."""
+    elsewhere = srv.parent / "elsewhere"
+    elsewhere.mkdir()
+    os.chown(elsewhere, 1000, 1000)  # were it followed, this would be refused instead
+    (srv / "www" / "index.html").unlink()
+    if link == "www":
+        (srv / "www").rmdir()
+    (srv / link).symlink_to(elsewhere)
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv / path)], [])
+    assert str(raised.value) == refusal(srv / link, "is a symbolic link, which restic could follow")
+
+
+def test_includes_narrow_the_trees_looked_at(srv: Path) -> None:
+    (srv / "www" / "uploads").mkdir()
+    os.chown(srv / "www" / "uploads", 1000, 1000)
+    check_in_place([str(srv)], [str(srv / "notes.txt")])  # www is not written: not looked at
+    with pytest.raises(UnsafeTarget):
+        check_in_place([str(srv)], [str(srv / "notes.txt"), "*.html"])  # a pattern: all of srv
+
+
+def test_the_roots_are_the_deeper_of_each_include_and_path() -> None:
+    paths = ["/srv/www", "/etc"]
+    assert in_place_roots(paths, []) == ("/srv/www", "/etc")
+    assert in_place_roots(paths, ["/srv/www/img", "/etc", "/home"]) == ("/srv/www/img", "/etc")
+    assert in_place_roots(paths, ["/srv"]) == ("/srv/www",)
+    assert in_place_roots(paths, ["/srv/wwwx"]) == ()
+    for unplain in ("img", "/srv/www/*.png", "/srv/../etc", "/srv/www/"):
+        assert in_place_roots(paths, ["/etc", unplain]) == ("/srv/www", "/etc")
