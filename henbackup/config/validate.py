@@ -19,6 +19,7 @@ from henbackup.config import cron, units
 from henbackup.config.model import (
     INFERIOR,
     NORMAL,
+    STALL_TIMEOUT,
     Backup,
     CommandHook,
     Config,
@@ -59,7 +60,10 @@ _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+
 
 # The keys of each table. load.py checks the first three as it merges files.
 TOP_KEYS = ("daemon", "metrics", "repositories", "backups")
-DAEMON_KEYS = ("hostname", "max_concurrent_jobs", "upload_limit", "download_limit", "restic")
+DAEMON_KEYS = (
+    *("hostname", "max_concurrent_jobs", "upload_limit", "download_limit"),
+    *("restic", "stall_timeout"),
+)
 METRICS_KEYS = ("textfile", "listen")
 _PASSWORD_KEYS = ("password", "password_file", "password_command", "password_credential")
 _REPOSITORY_KEYS = (
@@ -571,6 +575,7 @@ def _daemon(entries: Entries, hostname: str) -> Daemon:
         upload_limit=_setting(entries, "upload_limit", _rate),
         download_limit=_setting(entries, "download_limit", _rate),
         restic=_setting(entries, "restic", _text) or "restic",
+        stall_timeout=_setting(entries, "stall_timeout", _positive_duration) or STALL_TIMEOUT,
     )
 
 

@@ -4,7 +4,8 @@ Only an engine module (today `restic.py`) knows a tool's command line and output
 blocks until the tool is done; it runs in a job process, never in a selector loop. If the
 calling process gets a `JobCancelled` raised into it (from a signal handler) while a call
 runs, the engine interrupts the tool so that the repository stays consistent and unlocked,
-waits for it, and lets `JobCancelled` propagate.
+waits for it, and lets `JobCancelled` propagate. A call whose tool makes no progress for the
+engine's stall timeout is ended the same way and raises EngineError ("no progress for ...").
 
 Failures raise `henbackup.errors.EngineError` subclasses with one-line, secret-free reasons.
 """
@@ -116,10 +117,15 @@ class RepositoryStats:
 
 # Called with the tool's pid right after it starts: limits/ moves it into a cgroup, renices it.
 SpawnCallback = Callable[[int], None]
+# Called once when a run has made no progress for a while (it is ended at the engine's stall
+# timeout), with the seconds so far and one line on what the tool is doing.
+StallCallback = Callable[[float, str], None]
 
 
 class Engine(ABC):
     """A backup tool behind henbackup's vocabulary. See the module docstring for the rules."""
+
+    on_stall: StallCallback | None = None  # set by the job that runs (see jobs/job.py)
 
     @abstractmethod
     def ensure_initialized(self, target: Target) -> bool:

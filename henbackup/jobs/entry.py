@@ -80,7 +80,12 @@ def _handle_signals() -> None:
 
 def _engine(config: Config) -> ResticEngine:
     cache = Dirs.from_environment().cache
-    return ResticEngine(config.daemon.restic, cache_dir=cache, lock_wait=LOCK_WAIT)
+    return ResticEngine(
+        config.daemon.restic,
+        cache_dir=cache,
+        lock_wait=LOCK_WAIT,
+        stall_timeout=config.daemon.stall_timeout,
+    )
 
 
 def host_scheduler() -> Scheduler:

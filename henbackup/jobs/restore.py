@@ -47,4 +47,4 @@ def run_restore(
             "bytes_restored": result.bytes_restored,
         }
 
-    return run_job(job, emit, work, outcome)
+    return run_job(job, emit, work, outcome, engine)
