@@ -2,9 +2,10 @@
 
 Only an engine module (today `restic.py`) knows a tool's command line and output. Every call
 blocks until the tool is done; it runs in a job process, never in a selector loop. If the
-calling process gets a `JobCancelled` raised into it (from a signal handler) while a call
-runs, the engine interrupts the tool so that the repository stays consistent and unlocked,
-waits for it, and lets `JobCancelled` propagate. A call whose tool makes no progress for the
+calling process gets a `JobCancelled` raised into it while a call runs (from the SIGTERM
+handler, or from its `Checkpoint`, which the engine calls often, whatever the tool says),
+the engine interrupts the tool so that the repository stays consistent and unlocked, waits
+for it, and lets `JobCancelled` propagate. A call whose tool makes no progress for the
 engine's stall timeout is ended the same way and raises EngineError ("no progress for ...").
 
 Failures raise `henbackup.errors.EngineError` subclasses with one-line, secret-free reasons.
@@ -120,6 +121,10 @@ SpawnCallback = Callable[[int], None]
 # Called once when a run has made no progress for a while (it is ended at the engine's stall
 # timeout), with the seconds so far and one line on what the tool is doing.
 StallCallback = Callable[[float, str], None]
+# Called whenever the engine hears from its running tool, as the tool starts and at least
+# every second, outside any lock: it raises JobCancelled to have the tool interrupted cleanly
+# (a cancel noted by a signal handler, which itself only records).
+Checkpoint = Callable[[], None]
 
 
 class Engine(ABC):

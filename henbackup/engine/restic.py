@@ -36,6 +36,7 @@ from henbackup.config.units import format_duration
 from henbackup.engine.base import (
     BackupRequest,
     BackupResult,
+    Checkpoint,
     CheckResult,
     Engine,
     ForgetResult,
@@ -806,6 +807,7 @@ class ResticEngine(Engine):
         cache_dir: Path | None = None,
         lock_wait: float = 0.0,
         on_spawn: SpawnCallback | None = None,
+        checkpoint: Checkpoint | None = None,
         stall_timeout: float = STALL_TIMEOUT,
         on_stall: StallCallback | None = None,
     ) -> None:
@@ -813,6 +815,7 @@ class ResticEngine(Engine):
         self.cache_dir = cache_dir
         self.lock_wait = lock_wait
         self.on_spawn = on_spawn
+        self.checkpoint = checkpoint or (lambda: None)
         self.stall_timeout = stall_timeout  # restic is ended after this long without progress
         self.on_stall = on_stall
         self._features: Features | None = None
@@ -1036,6 +1039,7 @@ class ResticEngine(Engine):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.on_spawn is not None:
                 self.on_spawn(process.pid)
+            self.checkpoint()
             self._watch(run, target, collected.append if on_line is None else on_line, limit)
             process.wait()
         except BaseException:  # JobCancelled, a stall, KeyboardInterrupt, a failing callback...
@@ -1051,14 +1055,18 @@ class ResticEngine(Engine):
         return collected
 
     def _watch(self, run: _Run, target: Target, on_line: LineHandler, limit: float | None) -> None:
-        """Pass restic's lines to `on_line` until it exits. Reports a stall once it lasts
-        (on_stall); raises EngineError when it lasts stall_timeout, or past `limit`."""
+        """Pass restic's lines to `on_line` until it exits, calling the checkpoint at least
+        every WATCH_TICK (a restic that says nothing is cancelled all the same). Reports a
+        stall once it lasts (on_stall); raises EngineError when it lasts stall_timeout, or
+        past `limit`."""
         now = time.monotonic()
         watch = StallWatch(self.stall_timeout, now)
         deadline = None if limit is None else now + limit
         counters = None
         while not run.exited:
-            for line in run.read(WATCH_TICK):
+            lines = run.read(WATCH_TICK)
+            self.checkpoint()
+            for line in lines:
                 on_line(line)
                 seen = status_counters(line)
                 if seen is not None and seen != counters:

@@ -3,7 +3,8 @@ prune), and the one-off jobs the master starts for henbackupctl.
 
 A job process tells its parent every job and hook event on its news channel (for STATUS=,
 `henbackupctl status`, the metrics and the clients waiting for the job). SIGTERM stops the
-whole run; SIGUSR1 cancels the job the scheduler marked cancelled (`henbackupctl cancel`).
+whole run; SIGUSR1 cancels the job the scheduler marked cancelled (`henbackupctl cancel`):
+its handler only records, and the job acts on it the next time restic says anything.
 """
 
 from __future__ import annotations
@@ -60,13 +61,30 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise StopRequested(f"stopped by {signal.Signals(signum).name}")
 
 
-_cancelled: set[str] = set()
+_cancel_asked = False  # SIGUSR1 came, and the queue was not asked since which job it meant
+_cancelled: set[str] = set()  # the jobs already stopped by a cancel
 
 
-def _cancel(signum: int, frame: FrameType | None) -> None:
-    # Only the job marked in the scheduler: by the time the signal arrives, this process may
-    # have moved on to its next repository, which nobody asked to cancel. Raised once per
-    # job: a second `cancel` must not interrupt the clean stop of restic.
+def _note_cancel(signum: int, frame: FrameType | None) -> None:
+    # Only records: this process may hold the queue lock right now (entering the queue,
+    # polling its ticket, releasing a slot), and a handler that waited for it would wait on
+    # itself for ever, and the whole host queue with it.
+    global _cancel_asked
+    _cancel_asked = True
+
+
+def honour_cancel() -> None:
+    """Raise JobCancelled if `henbackupctl cancel` marked a job of this process that runs now.
+
+    Called where the process holds no queue lock: whenever restic says anything (the
+    engine's checkpoint). Only the job marked in the queue: by the time the signal came, this
+    process may have moved on to its next repository, which nobody asked to cancel. Raised
+    once per job: a second `cancel` must not interrupt the clean stop of restic.
+    """
+    global _cancel_asked
+    if not _cancel_asked:
+        return
+    _cancel_asked = False  # before asking: a signal meanwhile is looked at next time
     job = host_scheduler().cancel_requested(os.getpid())
     if job is not None and job not in _cancelled:
         _cancelled.add(job)
@@ -75,7 +93,7 @@ def _cancel(signum: int, frame: FrameType | None) -> None:
 
 def _handle_signals() -> None:
     signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGUSR1, _cancel)
+    signal.signal(signal.SIGUSR1, _note_cancel)
 
 
 def _engine(config: Config) -> ResticEngine:
@@ -84,6 +102,7 @@ def _engine(config: Config) -> ResticEngine:
         config.daemon.restic,
         cache_dir=cache,
         lock_wait=LOCK_WAIT,
+        checkpoint=honour_cancel,
         stall_timeout=config.daemon.stall_timeout,
     )
 

@@ -2,7 +2,9 @@
 
 The `before` hooks once; then one job per repository, each waiting for its own turn in the
 host-wide queue (a failing repository does not stop the others), with retention after a
-successful backup; then the `after` hooks, or the `failure` hooks when anything failed.
+successful backup; then the `after` hooks, or the `failure` hooks when anything failed. A
+before hook that stops the run fails every job it kept from starting (a job.failed each,
+naming the hook), so that status, metrics and the journal count the run as failed.
 """
 
 from __future__ import annotations
@@ -94,7 +96,20 @@ def run_backup_pipeline(
 
     context = HookContext(backup=name, phase="before", trigger=trigger)
     result = run_with_hooks(backup.hooks, context, emit, jobs)
+    if result.before.stop:
+        error = f"before hook {result.before.error}"
+        for repository in repositories:
+            job = Job("backup", repository, name, trigger, job_priority)
+            outcomes.append(_stopped_by_hook(job, error, emit))
     return PipelineResult(result.status, tuple(outcomes), result.error)
+
+
+def _stopped_by_hook(job: Job, error: str, emit: EmitFunction) -> Outcome:
+    """A job a failing before hook kept from starting: it failed (its status, its metrics,
+    `journalctl HENBACKUP_EVENT=job.failed` must say so), with the hook's reason."""
+    message = f"{job.title}: {job.operation} failed: {error} (the run stopped)"
+    emit("job.failed", message, **job.fields(), error=error)
+    return Outcome(job.repository, error=error)
 
 
 def _to(

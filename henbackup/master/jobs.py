@@ -50,6 +50,7 @@ class Jobs:
     one_offs: dict[str, OneOff] = field(default_factory=dict)
     settings: Metrics = field(default_factory=Metrics)
     metrics_server: metrics.MetricsServer | None = None
+    results_unsaved: bool = False  # the last save of the results failed (and was said)
 
     # events
     def event(self, owner: str, message: Message, requests: Any) -> None:
@@ -86,11 +87,18 @@ class Jobs:
         self._results_changed()
 
     def _results_changed(self) -> None:
-        """Keep the results and rewrite the metrics textfile: after every job."""
+        """Keep the results and rewrite the metrics textfile: after every job. A state
+        directory that cannot keep them is said once, until a save works again."""
         try:
             self.model.save()
         except OSError as error:
-            self.emit("status.unsaved", f"cannot keep job results: {error}", error=str(error))
+            if not self.results_unsaved:  # said once, not after every job
+                reason = error.strerror or str(error)  # not the temporary file's name
+                message = f"{self.model.path}: cannot keep the job results ({reason})"
+                self.emit("status.unsaved", message, error=reason)
+            self.results_unsaved = True
+        else:
+            self.results_unsaved = False
         self.write_metrics()
 
     # metrics

@@ -95,13 +95,27 @@ def make_event(kind: str, message: str, **fields: FieldValue) -> Event:
         for name, value in fields.items()
         if value is not None
     )
-    return Event(kind, message, pairs)
+    return Event(kind, _utf8(message), pairs)
 
 
 def _text(value: FieldValue) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value)
+    return _utf8(str(value))
+
+
+def _utf8(text: str) -> str:
+    """`text` as valid UTF-8, for journald and JSON alike: a file name's bytes that are not
+    UTF-8 (os.fsdecode's surrogate escapes) become `\\xNN`, as Python shows bytes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode(errors="surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that escapes no byte
+            return text.encode(errors="backslashreplace").decode()
+        return raw.decode(errors="backslashreplace")
+    return text
 
 
 def _journal_connected(stream: TextIO) -> bool:
@@ -135,7 +149,9 @@ class Emitter:
     def _to_journal(self, event: Event) -> bool:
         try:
             journal.send(**event.journal_fields())
-        except OSError:  # e.g. a stale socket: ConnectionRefusedError; fall back, never drop
+        # A stale socket (ConnectionRefusedError), a field journald refuses: fall back to the
+        # stream, never drop the event, never crash the process.
+        except (OSError, ValueError):
             return False
         return True
 

@@ -7,6 +7,10 @@ worker writes only its own file. Written atomically: a temporary file in the sam
 directory, fsync, rename over the old one, fsync of the directory; a crash leaves the old
 record or the new one, never a mix. A record that cannot be read or makes no sense counts
 as absent (the schedule then runs at once) and is reported.
+
+The worker keeps its records in memory too, and its schedule goes by those: a record that
+cannot be saved (a read-only state directory, a directory in the record's place) is
+reported once, and never stops a backup, nor makes the schedule repeat one.
 """
 
 from __future__ import annotations
@@ -55,16 +59,32 @@ def _safe(name: str) -> str:
 class StateStore:
     """Reads and writes RunRecords under `directory` (the daemon's $STATE_DIRECTORY)."""
 
-    def __init__(self, directory: str | Path, on_problem: Callable[[str], None]) -> None:
-        """`on_problem(message)` hears about every record that had to be treated as absent."""
+    def __init__(
+        self,
+        directory: str | Path,
+        on_problem: Callable[[str], None],
+        on_unsaved: Callable[[str, str], None] = lambda message, error: None,
+    ) -> None:
+        """`on_problem(message)` hears about every record that had to be treated as absent;
+        `on_unsaved(message, error)` about a record that cannot be saved (once, until a save
+        of it works again)."""
         self.directory = Path(directory)
         self.on_problem = on_problem
+        self.on_unsaved = on_unsaved
+        self._known: dict[str, RunRecord] = {}  # what this process recorded, saved or not
+        self._unsaved: set[str] = set()
 
     def path(self, key: str) -> Path:
         return self.directory / key
 
     def load(self, key: str) -> RunRecord:
-        """The stored record, or an empty one when missing, unreadable or corrupt."""
+        """The record: as recorded by this store, else as stored (empty when missing,
+        unreadable or corrupt; read once)."""
+        if key not in self._known:
+            self._known[key] = self._read(key)
+        return self._known[key]
+
+    def _read(self, key: str) -> RunRecord:
         path = self.path(key)
         try:
             text = path.read_bytes().decode()
@@ -75,7 +95,7 @@ class StateStore:
             return RunRecord()
         try:
             return _parse(text)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply
             self.on_problem(f"{path}: corrupt run record ({error}); treating it as absent")
             return RunRecord()
 
@@ -85,24 +105,36 @@ class StateStore:
         write_atomically(self.path(key), (json.dumps(data) + "\n").encode())
 
     def record_attempt(self, key: str, when: float) -> RunRecord:
-        """Note that a run starts at `when`; returns the record as saved."""
-        record = replace(self.load(key), last_attempt=when)
-        self.save(key, record)
-        return record
+        """Note that a run starts at `when`; returns the record."""
+        return self._keep(key, replace(self.load(key), last_attempt=when))
 
     def record_change(self, key: str, when: float) -> RunRecord:
         """Note that the watch saw a change at `when` (kept until a run saves it)."""
-        record = replace(self.load(key), changed_since=when)
-        self.save(key, record)
-        return record
+        return self._keep(key, replace(self.load(key), changed_since=when))
 
     def record_success(self, key: str, when: float) -> RunRecord:
-        """Note that the run started at `when` succeeded; returns the record as saved.
+        """Note that the run started at `when` succeeded; returns the record.
 
         `when` is the run's start: what changed during the run may not be in it.
         """
-        record = replace(self.load(key), last_success=when)
-        self.save(key, record)
+        return self._keep(key, replace(self.load(key), last_success=when))
+
+    def _keep(self, key: str, record: RunRecord) -> RunRecord:
+        """Remember `record`, and save it if the disk lets us (never raises)."""
+        self._known[key] = record
+        try:
+            self.save(key, record)
+        except OSError as error:
+            if key not in self._unsaved:
+                self._unsaved.add(key)
+                reason = error.strerror or str(error)
+                message = (
+                    f"{self.path(key)}: cannot save the run record ({reason}); backups go on,"
+                    " but after a restart their schedule counts from the last record saved"
+                )
+                self.on_unsaved(message, reason)
+        else:
+            self._unsaved.discard(key)
         return record
 
 

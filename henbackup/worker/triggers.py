@@ -94,7 +94,11 @@ def backup_triggers(
     backup: Backup, loop: Loop, state_dir: Path, emit: EmitFunction, request: Request
 ) -> Triggers:
     """Schedule and watch of one backup."""
-    store = StateStore(state_dir, on_problem=lambda m: emit("job.warning", m, backup=backup.name))
+    store = StateStore(
+        state_dir,
+        on_problem=lambda m: emit("job.warning", m, backup=backup.name),
+        on_unsaved=lambda m, e: emit("status.unsaved", m, backup=backup.name, error=e),
+    )
     triggers = Triggers(loop, store, request)
     triggers.add_operation("backup", backup_key(backup.name), backup.schedule)
     if backup.watch is not None:
@@ -122,7 +126,11 @@ def maintenance_triggers(
 ) -> Triggers:
     """The check and prune schedules of one repository."""
     name = repository.name
-    store = StateStore(state_dir, on_problem=lambda m: emit("job.warning", m, repository=name))
+    store = StateStore(
+        state_dir,
+        on_problem=lambda m: emit("job.warning", m, repository=name),
+        on_unsaved=lambda m, e: emit("status.unsaved", m, repository=name, error=e),
+    )
     triggers = Triggers(loop, store, request)
     for operation, settings in (("check", repository.check), ("prune", repository.prune)):
         schedule = settings.schedule if settings is not None else ()

@@ -1,5 +1,6 @@
 import io
 import json
+import os
 
 import pytest
 
@@ -60,3 +61,14 @@ def test_stderr_not_bound_to_the_journal_means_json(monkeypatch):
     assert Emitter(io.StringIO()).use_journal is False
     monkeypatch.setenv("HENBACKUP_EVENTS", "journal")
     assert Emitter(io.StringIO()).use_journal is True
+
+
+def test_bytes_of_a_file_name_that_are_not_utf8_become_escapes():
+    odd = os.fsdecode(b"/data/caf\xe9")  # '/data/caf\udce9': what os.listdir gives
+    event = make_event("watch.limit", f"out of watches while watching {odd}", path=odd)
+    assert event.message == "out of watches while watching /data/caf\\xe9"
+    assert dict(event.fields) == {"HENBACKUP_PATH": "/data/caf\\xe9"}
+    assert make_event("job.warning", "lone \ud800").message == "lone \\ud800"
+    stream = io.StringIO()
+    Emitter(stream, use_journal=False)("watch.limit", odd)
+    assert json.loads(stream.getvalue())["MESSAGE"] == "/data/caf\\xe9"

@@ -116,3 +116,32 @@ def test_a_failed_write_leaves_the_old_record_and_no_temporary(store, monkeypatc
         store.save(key, RunRecord(2.0, 2.0))
     assert store.load(key) == RunRecord(1.0, 1.0)
     assert [p.name for p in store.path(key).parent.iterdir()] == ["p.json"]
+
+
+def test_a_record_that_cannot_be_saved_is_kept_in_memory_and_reported_once(tmp_path, problems):
+    unsaved = []
+    store = StateStore(tmp_path / "state", problems.append, lambda m, e: unsaved.append(e))
+    key = backup_key("pictures")
+    store.path(key).mkdir(parents=True)  # neither readable nor replaceable
+    assert store.record_attempt(key, 10.0) == RunRecord(last_attempt=10.0)
+    assert store.record_success(key, 10.0) == RunRecord(last_success=10.0, last_attempt=10.0)
+    store.record_change(key, 11.0)
+    assert store.load(key) == RunRecord(10.0, 10.0, 11.0)  # what the schedule goes by
+    assert unsaved == ["Is a directory"]
+    assert len(problems) == 1 and "cannot read the run record" in problems[0]
+
+    store.path(key).rmdir()  # saving works again: the record is whole on disk
+    store.record_attempt(key, 20.0)
+    assert StateStore(tmp_path / "state", problems.append).load(key) == RunRecord(10.0, 20.0, 11.0)
+    store.path(key).unlink()
+    store.path(key).mkdir()  # and fails once more: said again
+    store.record_success(key, 20.0)
+    assert unsaved == ["Is a directory", "Is a directory"]
+
+
+def test_a_record_nested_too_deeply_counts_as_absent(store, problems):
+    key = backup_key("pictures")
+    store.path(key).parent.mkdir(parents=True)
+    store.path(key).write_text("[" * 100_000)
+    assert store.load(key) == RunRecord()
+    assert len(problems) == 1 and "corrupt run record" in problems[0]
