@@ -28,7 +28,7 @@ from integration.daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_co
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, Progress, Target
 from henbackup.engine.restic import INTERRUPT_GRACE, UNLOCK_LIMIT, ResticEngine
-from henbackup.errors import EngineError
+from henbackup.errors import EngineError, JobCancelled
 from henbackup.jobs.job import Job, run_job
 from henbackup.observe.events import EmitFunction
 
@@ -243,3 +243,36 @@ def test_cancel_takes_effect_within_seconds_with_a_frozen_backend(
         rest_repository.thaw()
     assert took < ENDING + SLACK
     assert not [e for e in daemon.events if e.get("HENBACKUP_EVENT") == "job.failed"]
+
+
+@ONE_RESTIC
+def test_a_cancel_is_acted_on_while_restic_says_nothing(
+    restic: str, rest_repository: RestServer, tmp_path: Path, events: EmitFunction
+) -> None:
+    """The checkpoint (where a recorded `henbackupctl cancel` is raised) runs at least every
+    second, not only when restic prints: a stopped restic prints nothing at all."""
+    source = make_source(tmp_path / "source")
+    asked: list[float] = []
+
+    def checkpoint() -> None:
+        if asked and len(asked) == 1:
+            asked.append(time.monotonic())
+            raise JobCancelled("job cancelled by henbackupctl cancel")
+
+    pids: list[int] = []
+    engine = ResticEngine(
+        restic, cache_dir=tmp_path / "cache", on_spawn=pids.append, checkpoint=checkpoint
+    )
+    password = PasswordSource("password", PASSWORD)
+    target = Target("rest", rest_repository.location, password, upload_limit=LIMIT)
+    request = BackupRequest("pictures", (str(source),), host="testhost")
+
+    def progress(report: Progress) -> None:
+        if not asked and report.bytes_done > 0:
+            os.kill(pids[-1], signal.SIGSTOP)
+            asked.append(time.monotonic())
+
+    with pytest.raises(JobCancelled):
+        engine.backup(target, request, progress)
+    assert len(asked) == 2 and asked[1] - asked[0] < 5.0, asked
+    assert locks(restic, rest_repository.directory) == []
