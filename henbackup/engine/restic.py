@@ -57,6 +57,7 @@ from henbackup.errors import (
     RepositoryLocked,
     RepositoryMissing,
     SnapshotNotFound,
+    Stalled,
     WrongPassword,
 )
 
@@ -1077,7 +1078,7 @@ class ResticEngine(Engine):
             now = time.monotonic()
             verdict = watch.look(now, run.moved_bytes())
             if verdict == "expired":
-                raise EngineError(
+                raise Stalled(
                     f"no progress for {format_duration(watch.timeout)}: {self._idle(run, target)}"
                 )
             if verdict == "stalled" and self.on_stall is not None and limit is None:

@@ -28,7 +28,7 @@ from integration.daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_co
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, Progress, Target
 from henbackup.engine.restic import INTERRUPT_GRACE, UNLOCK_LIMIT, ResticEngine
-from henbackup.errors import EngineError, JobCancelled
+from henbackup.errors import EngineError, JobCancelled, Stalled
 from henbackup.jobs.job import Job, run_job
 from henbackup.observe.events import EmitFunction
 
@@ -113,7 +113,7 @@ def test_a_backend_gone_for_good_ends_the_job_quoting_restic_not_a_retry(
     (failed,) = fields(events, "job.failed")
     assert 1.5 <= float(stalled["HENBACKUP_STALLED_SEC"]) < 3.0
     reason = failed["HENBACKUP_ERROR"]
-    assert reason == str(error)
+    assert reason == str(error) and type(error) is Stalled
     assert reason.startswith("no progress for 3s: "), reason
     for said in (reason, stalled["HENBACKUP_ERROR"]):
         assert said.endswith("connect: connection refused"), said
