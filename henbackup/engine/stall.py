@@ -85,7 +85,7 @@ class StallWatch:
     def look(self, now: float, moved_bytes: int | None) -> Verdict | None:
         """Account the time since the last look, given the byte count now (None: unknown,
         which is never a stall). Returns "stalled" once per stall when it has lasted
-        `warn_after`, "expired" when it has lasted `timeout`, else None."""
+        `warn_after`, then "expired" when it has lasted `timeout`, else None."""
         step = min(max(now - self.last, 0.0), MAX_STEP)
         self.last = now
         if moved_bytes is None:
@@ -96,9 +96,7 @@ class StallWatch:
             self.moved(now)
             return None
         self.quiet += step
-        if self.quiet >= self.timeout:
-            return "expired"
         if not self.reported and self.quiet >= self.warn_after:
             self.reported = True
-            return "stalled"
-        return None
+            return "stalled"  # first, even if late: an ended job was said to stall
+        return "expired" if self.quiet >= self.timeout else None

@@ -111,7 +111,7 @@ def test_a_backend_gone_for_good_ends_the_job_quoting_restic_not_a_retry(
     assert kinds(events) == ["job.started", "job.stalled", "job.failed"]
     (stalled,) = fields(events, "job.stalled")
     (failed,) = fields(events, "job.failed")
-    assert 1.5 <= float(stalled["HENBACKUP_STALLED_SEC"]) < 3.0
+    assert float(stalled["HENBACKUP_STALLED_SEC"]) >= 1.5
     reason = failed["HENBACKUP_ERROR"]
     assert reason == str(error) and type(error) is Stalled
     assert reason.startswith("no progress for 3s: "), reason

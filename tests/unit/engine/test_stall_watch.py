@@ -117,3 +117,8 @@ def test_time_while_the_watcher_itself_was_frozen_does_not_count(gap: float) -> 
     looks(watch, [(0, 0), (1, 0)])
     assert watch.look(1 + gap, 0) is None
     assert watch.quiet == 1 + MAX_STEP
+
+
+def test_a_stall_is_reported_before_it_expires_even_when_a_look_comes_late() -> None:
+    watch = StallWatch(timeout=3.0, last=0.0)
+    assert looks(watch, [(0, 0), (1, 0), (4, 0), (5, 0)]) == [None, None, "stalled", "expired"]
