@@ -210,7 +210,7 @@ def test_a_frozen_backend_is_reported_then_the_job_ends_and_frees_its_slot(
 
         assert stalled["PRIORITY"] == "4"  # warning
         assert re.fullmatch(
-            r"pictures→rest: backup has made no progress for \ds: .+", stalled["MESSAGE"]
+            r"pictures→rest: backup has made no progress for \d+s: .+", stalled["MESSAGE"]
         ), stalled["MESSAGE"]
         assert failed["HENBACKUP_ERROR"].startswith("no progress for 3s: "), failed
         # the socket buffers take a few more seconds of data before restic stops moving
