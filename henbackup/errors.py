@@ -64,6 +64,11 @@ class SnapshotNotFound(EngineError):
     """No snapshot matches the given id."""
 
 
+class Stalled(EngineError):
+    """The engine made no progress for the stall timeout: it was ended, and a bounded
+    removal of its lock was tried (a later job removes a lock it could not)."""
+
+
 class JobCancelled(HenbackupError):
     """The job was cancelled; anything it started was interrupted cleanly."""
 

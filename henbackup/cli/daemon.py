@@ -114,7 +114,10 @@ def backup(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(config.backups)) or "none"
         print(f"henbackup: no backup named {args.name!r} (defined: {known})", file=sys.stderr)
         return EXIT_USAGE
-    engine = ResticEngine(config.daemon.restic, cache_dir=Dirs.from_environment().cache)
+    cache = Dirs.from_environment().cache
+    engine = ResticEngine(
+        config.daemon.restic, cache_dir=cache, stall_timeout=config.daemon.stall_timeout
+    )
     scheduler = Scheduler(Dirs.from_environment().scheduler)
     result = run_backup_pipeline(config, args.name, engine, telling(None), scheduler=scheduler)
     if result.status == "skipped":

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from henbackup.humanize import duration, size
 
-STEPS = ("job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled")
+STEPS = ("job.queued", "job.started", "job.stalled", "job.succeeded", "job.failed", "job.cancelled")
 HOOK_STEPS = ("hook.succeeded", "hook.failed")
 BAR_WIDTH = 24
 

@@ -49,6 +49,8 @@ class Priority:
 
 
 NORMAL = Priority.ordinary(0)
+# [daemon] stall_timeout's default: a job with no progress for this long is ended.
+STALL_TIMEOUT = 600.0
 INFERIOR = Priority.ordinary(-10)
 IMMEDIATE = Priority(Priority.IMMEDIATE_BAND)
 
@@ -200,6 +202,7 @@ class Daemon:
     upload_limit: int | None = None
     download_limit: int | None = None
     restic: str = "restic"
+    stall_timeout: float = STALL_TIMEOUT  # seconds
 
 
 @dataclass(frozen=True)

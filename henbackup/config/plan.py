@@ -23,6 +23,7 @@ from henbackup.config.model import (
     Retention,
     ScheduleEntry,
 )
+from henbackup.config.units import format_duration as _duration
 
 _LABEL_WIDTH = 16  # the longest label, "download_limit", and two spaces
 _PASSWORD_KINDS = {"password": "in the config", "file": "file {}", "command": "from a command"}
@@ -70,20 +71,6 @@ def _bytes(count: int) -> str:
 def _limits(upload: int | None, download: int | None) -> list[tuple[str, str]]:
     rows = [("upload_limit", upload), ("download_limit", download)]
     return [(label, f"{_bytes(value)}/s") for label, value in rows if value is not None]
-
-
-def _duration(seconds: float) -> str:
-    """A duration in the config's own notation: 90 -> "1m30s"."""
-    units = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    milliseconds = round(seconds * 1000)
-    parts = []
-    for unit, size in units:
-        count, milliseconds = divmod(milliseconds, size * 1000)
-        if count:
-            parts.append(f"{count}{unit}")
-    if milliseconds or not parts:
-        parts.append(f"{milliseconds}ms")
-    return "".join(parts)
 
 
 def _schedule(entry: ScheduleEntry, now: datetime) -> str:
@@ -193,6 +180,7 @@ def _daemon(config: Config) -> str:
         ("jobs at once", str(daemon.max_concurrent_jobs)),
         *_limits(daemon.upload_limit, daemon.download_limit),
         ("restic", daemon.restic),
+        ("stall_timeout", _duration(daemon.stall_timeout)),
     ]
     if metrics.textfile:
         rows.append(("metrics file", str(metrics.textfile)))

@@ -58,6 +58,20 @@ def parse_duration(s: object) -> float:
     return sum(int(match[unit]) * factor for unit, factor in _DURATION_UNITS if match[unit])
 
 
+def format_duration(seconds: float) -> str:
+    """A duration in the configuration's own notation: 90 -> "1m30s", 0.5 -> "500ms"."""
+    units = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    milliseconds = round(seconds * 1000)
+    parts = []
+    for unit, size in units:
+        count, milliseconds = divmod(milliseconds, size * 1000)
+        if count:
+            parts.append(f"{count}{unit}")
+    if milliseconds or not parts:
+        parts.append(f"{milliseconds}ms")
+    return "".join(parts)
+
+
 def _parse_quantity(v: object, suffixes: str, what: str) -> int:
     """Bytes in an integer or a string with a binary suffix among `suffixes`."""
     hint = f'use a number of bytes, or a string such as "50K" ({", ".join(suffixes)}: x1024)'

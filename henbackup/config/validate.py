@@ -19,6 +19,7 @@ from henbackup.config import cron, units
 from henbackup.config.model import (
     INFERIOR,
     NORMAL,
+    STALL_TIMEOUT,
     Backup,
     CommandHook,
     Config,
@@ -60,7 +61,10 @@ _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+
 
 # The keys of each table. load.py checks the first three as it merges files.
 TOP_KEYS = ("daemon", "metrics", "repositories", "backups")
-DAEMON_KEYS = ("hostname", "max_concurrent_jobs", "upload_limit", "download_limit", "restic")
+DAEMON_KEYS = (
+    *("hostname", "max_concurrent_jobs", "upload_limit", "download_limit"),
+    *("restic", "stall_timeout"),
+)
 METRICS_KEYS = ("textfile", "listen")
 # Where systemd puts the credentials of henbackup.service; stands in for them outside it.
 CREDENTIALS_PLACEHOLDER = "/run/credentials/henbackup.service"
@@ -584,6 +588,7 @@ def _daemon(entries: Entries, hostname: str) -> Daemon:
         upload_limit=_setting(entries, "upload_limit", _rate),
         download_limit=_setting(entries, "download_limit", _rate),
         restic=_setting(entries, "restic", _text) or "restic",
+        stall_timeout=_setting(entries, "stall_timeout", _positive_duration) or STALL_TIMEOUT,
     )
 
 

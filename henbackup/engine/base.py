@@ -3,9 +3,10 @@
 Only an engine module (today `restic.py`) knows a tool's command line and output. Every call
 blocks until the tool is done; it runs in a job process, never in a selector loop. If the
 calling process gets a `JobCancelled` raised into it while a call runs (from the SIGTERM
-handler, or from its `Checkpoint`, which the engine calls whenever the tool says anything),
+handler, or from its `Checkpoint`, which the engine calls often, whatever the tool says),
 the engine interrupts the tool so that the repository stays consistent and unlocked, waits
-for it, and lets `JobCancelled` propagate.
+for it, and lets `JobCancelled` propagate. A call whose tool makes no progress for the
+engine's stall timeout is ended the same way and raises EngineError ("no progress for ...").
 
 Failures raise `henbackup.errors.EngineError` subclasses with one-line, secret-free reasons.
 """
@@ -117,14 +118,19 @@ class RepositoryStats:
 
 # Called with the tool's pid right after it starts: limits/ moves it into a cgroup, renices it.
 SpawnCallback = Callable[[int], None]
-# Called whenever the engine hears from its running tool (and as the tool starts), outside
-# any lock: it raises JobCancelled to have the tool interrupted cleanly (a cancel noted by a
-# signal handler, which itself only records).
+# Called once when a run has made no progress for a while (it is ended at the engine's stall
+# timeout), with the seconds so far and one line on what the tool is doing.
+StallCallback = Callable[[float, str], None]
+# Called whenever the engine hears from its running tool, as the tool starts and at least
+# every second, outside any lock: it raises JobCancelled to have the tool interrupted cleanly
+# (a cancel noted by a signal handler, which itself only records).
 Checkpoint = Callable[[], None]
 
 
 class Engine(ABC):
     """A backup tool behind henbackup's vocabulary. See the module docstring for the rules."""
+
+    on_stall: StallCallback | None = None  # set by the job that runs (see jobs/job.py)
 
     @abstractmethod
     def ensure_initialized(self, target: Target) -> bool:

@@ -31,7 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from henbackup.config.model import PasswordSource, Retention
+from henbackup.config.model import STALL_TIMEOUT, PasswordSource, Retention
+from henbackup.config.units import format_duration
 from henbackup.engine.base import (
     BackupRequest,
     BackupResult,
@@ -45,8 +46,10 @@ from henbackup.engine.base import (
     RestoreResult,
     Snapshot,
     SpawnCallback,
+    StallCallback,
     Target,
 )
+from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.errors import (
     BackendUnreachable,
     EngineError,
@@ -54,6 +57,7 @@ from henbackup.errors import (
     RepositoryLocked,
     RepositoryMissing,
     SnapshotNotFound,
+    Stalled,
     WrongPassword,
 )
 
@@ -63,8 +67,15 @@ Argv = tuple[str, ...]
 # restic prints JSON status lines at 60 per second by default; two are plenty for
 # STATUS= and the progress events, and cost restic less.
 PROGRESS_FPS = "2"
-# How long restic may take to clean up (remove its lock) after SIGINT before SIGKILL.
-INTERRUPT_GRACE = 30.0
+# How long restic may take to clean up (remove its lock) after SIGINT before SIGKILL: well
+# under a second with a working backend; a hanging one would hold a cancel for ever.
+INTERRUPT_GRACE = 5.0
+# The unlock after an interrupt runs at most this long (its backend may be what hangs).
+UNLOCK_LIMIT = 5.0
+# After SIGKILL, how long to wait for the exit (a process blocked in the kernel may not die).
+KILL_WAIT = 5.0
+# How often a running restic's progress is looked at (at least).
+WATCH_TICK = 1.0
 # Backoff between attempts on a locked repository when restic has no --retry-lock.
 LOCK_BACKOFF_FIRST = 1.0
 LOCK_BACKOFF_MAX = 30.0
@@ -493,6 +504,15 @@ _MISSING = (
 )
 
 
+# restic retries a failing backend call and says so first: the cause after the prefix is
+# what matters, e.g. "Load(<data/1a2b>, 0, 0) returned error, retrying after 1.2s: <cause>".
+_RETRYING = re.compile(r"^.*? returned error, retrying after [^:]*: ")
+# A Go crash: "panic: ...", "fatal error: ..." or a signal dump ("SIGQUIT: quit"), each
+# followed by one stack per goroutine, from "goroutine 1 [running]:" on.
+_CRASH = re.compile(r"^(panic: |fatal error: |SIG[A-Z0-9]+: )")
+_STACK = re.compile(r"^goroutine \d+ \[")
+
+
 def _first(lines: Sequence[str], needles: Sequence[str]) -> str | None:
     for line in lines:
         low = line.lower()
@@ -506,12 +526,56 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def retry_cause(line: str) -> str:
+    """A "... returned error, retrying after 1s: CAUSE" line as its CAUSE; others as they are."""
+    return _RETRYING.sub("", line, count=1)
+
+
+def without_stacks(messages: Sequence[str]) -> list[str]:
+    """The lines before a Go stack dump (the crash line stays, its frames go)."""
+    lines = []
+    for line in messages:
+        if _STACK.match(line):
+            break
+        lines.append(line)
+    return lines
+
+
+def ranked(messages: Sequence[str]) -> list[str]:
+    """The lines in the order to search them for a reason: restic's own lines first, then
+    the causes of its retries, latest first (a retry is not why it finally failed)."""
+    lines = without_stacks(messages)
+    final = [line for line in lines if not _RETRYING.match(line)]
+    retries = [retry_cause(line) for line in reversed(lines) if _RETRYING.match(line)]
+    return final + retries
+
+
+def explanation(messages: Sequence[str]) -> str | None:
+    """One line on why restic failed or is stuck: a crash, its first "Fatal:" line, else its
+    last line (the cause, if a retry); None if it said nothing."""
+    lines = without_stacks(messages)
+    crash = next((line for line in lines if _CRASH.match(line)), None)
+    if crash is not None:
+        return f"restic crashed: {_one_line(crash)}"
+    fatal = next((line for line in lines if line.startswith("Fatal:")), None)
+    if fatal is not None:
+        return _one_line(fatal)
+    return _one_line(retry_cause(lines[-1])) if lines else None
+
+
 def fatal_reason(messages: Sequence[str], returncode: int) -> str:
-    """The first "Fatal:" line, else the last line, else the exit code."""
-    fatal = next((m for m in messages if m.startswith("Fatal:")), None)
-    if fatal is None and messages:
-        fatal = messages[-1]
-    return _one_line(fatal) if fatal else f"exit code {returncode}"
+    """The explanation, else the signal that killed restic, else its exit code."""
+    lines = without_stacks(messages)
+    if returncode < 0 and not any(_CRASH.match(m) or m.startswith("Fatal:") for m in lines):
+        return f"restic was killed by {_signal_name(-returncode)}"
+    return explanation(lines) or f"exit code {returncode}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def classify_failure(
@@ -519,22 +583,27 @@ def classify_failure(
 ) -> EngineError:
     """The typed error for a failed restic run. `messages` must already be scrubbed."""
     where = f"repository {repository}"
+    reason = fatal_reason(messages, returncode)
+    failed = EngineError(f"restic {command} failed on {where}: {reason}")
+    lines = ranked(messages)
+    if any(_CRASH.match(line) for line in lines):
+        return failed  # whatever its last words, a crash is a crash
     codes = features.exit_codes
-    if (codes and returncode == 12) or _first(messages, ("wrong password or no key found",)):
+    if (codes and returncode == 12) or _first(lines, ("wrong password or no key found",)):
         return WrongPassword(f"wrong password for {where}: check its password setting")
-    locked = _first(messages, ("repository is already locked",))
+    locked = _first(lines, ("repository is already locked",))
     if (codes and returncode == 11) or locked:
         detail = _one_line((locked or "").removeprefix("unable to create lock in backend: "))
         return RepositoryLocked(f"{where} is locked by another process: {detail}".rstrip(": "))
     if not (codes and returncode == 10):
-        unreachable = _first(messages, _UNREACHABLE)
+        unreachable = _first(lines, _UNREACHABLE)
         if unreachable:
             return BackendUnreachable(f"{where} is unreachable: {_one_line(unreachable)}")
-    if (codes and returncode == 10) or _first(messages, _MISSING):
+    if (codes and returncode == 10) or _first(lines, _MISSING):
         return RepositoryMissing(f"no restic repository at the location of {where}")
-    if _first(messages, ("no matching id found",)):
+    if _first(lines, ("no matching id found",)):
         return SnapshotNotFound(f"no such snapshot in {where}")
-    return EngineError(f"restic {command} failed on {where}: {fatal_reason(messages, returncode)}")
+    return failed
 
 
 # --- running restic -------------------------------------------------------------------
@@ -543,11 +612,32 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded now: dlopen after fork is unsafe
 
 
-def _child_setup(parent: int) -> None:
-    """preexec_fn: if we die, restic gets SIGINT (a chance to remove its lock)."""
+def _block_signals() -> set[signal.Signals]:
+    """Block every signal; returns the mask to restore.
+
+    Signals wait from before the fork until restic is under watch: a cancellation in
+    between would otherwise leave restic running unknown, or run our handler in the child.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    except BaseException:  # a handler that ran as they were blocked raised
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    return mask
+
+
+def _child_setup(parent: int, mask: set[signal.Signals]) -> None:
+    """preexec_fn, run with every signal blocked: if we die, restic gets SIGINT (a chance to
+    remove its lock); our Python handlers go, so that a signal meant for us cannot run
+    them here; then the child gets the signal mask `mask` back and becomes restic."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
     if os.getppid() != parent:  # we died before prctl took effect
         os._exit(1)
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _password_pipe(source: PasswordSource) -> int | None:
@@ -568,24 +658,113 @@ def _password_pipe(source: PasswordSource) -> int | None:
 
 
 def _read_back(file: IO[bytes]) -> str:
-    """A temporary stderr file's text: all of it, or its head and tail when huge."""
-    size = file.seek(0, os.SEEK_END)
-    file.seek(0)
+    """A temporary stderr file's text: all of it, or its head and tail when huge.
+
+    Read without moving the file offset: a running restic writes at it.
+    """
+    fd = file.fileno()
+    size = os.fstat(fd).st_size
     if size <= STDERR_HEAD + STDERR_TAIL:
-        return file.read().decode(errors="replace")
-    head = file.read(STDERR_HEAD)
-    file.seek(size - STDERR_TAIL)
-    return (head + b"\n" + file.read()).decode(errors="replace")
+        return os.pread(fd, size, 0).decode(errors="replace")
+    head, tail = os.pread(fd, STDERR_HEAD, 0), os.pread(fd, STDERR_TAIL, size - STDERR_TAIL)
+    return (head + b"\n" + tail).decode(errors="replace")
 
 
-def _drain(stream: IO[bytes], deadline: float) -> None:
-    """Read and drop a pipe until EOF or deadline, so that restic never blocks writing."""
-    fd = stream.fileno()
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while (left := deadline - time.monotonic()) > 0:
-            if selector.select(left) and not os.read(fd, 65536):
-                return
+def status_counters(line: str) -> tuple[int, int] | None:
+    """Files and bytes done of a backup or restore status line: they move with progress."""
+    message = parse_json_line(line) if '"status"' in line else None
+    progress = parse_progress(message) if message is not None else None
+    return None if progress is None else (progress.files_done, progress.bytes_done)
+
+
+class _Run:
+    """One running restic: its stdout lines, its exit (a pidfd), the bytes it moved."""
+
+    def __init__(self, process: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
+        assert process.stdout is not None
+        self.process, self.stderr = process, stderr
+        self.stdout = process.stdout.fileno()
+        os.set_blocking(self.stdout, False)
+        self.pidfd = os.pidfd_open(process.pid)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.pidfd, selectors.EVENT_READ)
+        self.selector.register(self.stdout, selectors.EVENT_READ)
+        self.reading = True  # until the end of stdout
+        self.exited = False
+        self.output = 0  # bytes read from stdout
+        self._partial = [b""]  # the line being read, in pieces
+
+    def read(self, timeout: float) -> list[str]:
+        """The lines restic printed within `timeout`; once it exited, all the rest."""
+        ready = {key.fd for key, _ in self.selector.select(timeout)}
+        self.exited = self.exited or self.pidfd in ready
+        if ready:
+            self._partial.append(self._available())
+        if not self.exited and b"\n" not in self._partial[-1]:
+            return []  # a long line (snapshots) comes in many reads: joined once, at its end
+        *lines, last = b"".join(self._partial).split(b"\n")
+        self._partial = [last]
+        if self.exited and last:  # its last line, without a newline
+            lines.append(last)
+            self._partial = [b""]
+        return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+    def _available(self) -> bytes:
+        """What stdout holds now (a child of restic may keep it open after restic exits)."""
+        chunks = []
+        while self.reading:
+            try:
+                chunk = os.read(self.stdout, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.selector.unregister(self.stdout)
+                self.reading = False
+            self.output += len(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def moved_bytes(self) -> int | None:
+        """Bytes restic read and wrote, less its output to us (read stdout, stderr file)."""
+        total = read_io(self.process.pid)
+        if total is None:
+            return None
+        return total - self.output - os.fstat(self.stderr.fileno()).st_size
+
+    def discard_until(self, deadline: float) -> bool:
+        """Read and drop its output (restic must never block writing) until it exits or
+        `deadline`; returns whether it exited."""
+        while not self.exited and (left := deadline - time.monotonic()) > 0:
+            self.read(left)
+        return self.exited
+
+    def close(self) -> None:
+        self.selector.close()
+        os.close(self.pidfd)
+
+
+def _end(process: subprocess.Popen[bytes], run: _Run | None, grace: float) -> None:
+    """SIGINT (restic removes its lock) and SIGCONT (a stopped restic can act on it), then
+    SIGKILL after `grace` seconds. Reaps it if it dies within KILL_WAIT after that: one
+    blocked in the kernel (a hung NFS read) may not, and must not hang us too."""
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            if run is not None:
+                run.discard_until(deadline)
+            else:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            break
+        except subprocess.TimeoutExpired:
+            break
+        except (JobCancelled, KeyboardInterrupt):
+            continue  # already stopping it
+    if process.poll() is None:
+        process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(KILL_WAIT)
 
 
 @dataclass(frozen=True)
@@ -623,7 +802,13 @@ class _Stream:
 # Failures after which no unlock is tried: restic cannot have left a lock (it never opened
 # the repository, or ended by itself), or the backend is gone (an unlock would only wait
 # through restic's retries; a later job's conflict removes the lock).
-_NO_UNLOCK_AFTER = (WrongPassword, RepositoryMissing, SnapshotNotFound, BackendUnreachable)
+_NO_UNLOCK_AFTER = (
+    WrongPassword,
+    RepositoryMissing,
+    SnapshotNotFound,
+    BackendUnreachable,
+    Stalled,  # already unlocked, within UNLOCK_LIMIT, as restic was ended
+)
 
 
 class ResticEngine(Engine):
@@ -636,12 +821,16 @@ class ResticEngine(Engine):
         lock_wait: float = 0.0,
         on_spawn: SpawnCallback | None = None,
         checkpoint: Checkpoint | None = None,
+        stall_timeout: float = STALL_TIMEOUT,
+        on_stall: StallCallback | None = None,
     ) -> None:
         self.binary = binary
         self.cache_dir = cache_dir
         self.lock_wait = lock_wait
         self.on_spawn = on_spawn
         self.checkpoint = checkpoint or (lambda: None)
+        self.stall_timeout = stall_timeout  # restic is ended after this long without progress
+        self.on_stall = on_stall
         self._features: Features | None = None
 
     @property
@@ -755,8 +944,8 @@ class ResticEngine(Engine):
             return self._run(target, args, on_line=on_line, tolerate=tolerate, locking=locking)
         except EngineError as error:
             if locking and not isinstance(error, _NO_UNLOCK_AFTER):
-                with contextlib.suppress(EngineError):
-                    self.unlock_stale(target)
+                with contextlib.suppress(EngineError):  # bounded: the backend may hang too
+                    self._execute(target, UNLOCK_ARGS, None, limit=UNLOCK_LIMIT)
             raise
 
     def _run(
@@ -810,14 +999,28 @@ class ResticEngine(Engine):
         return error
 
     def _execute(
-        self, target: Target, args: Argv, on_line: LineHandler | None, retry_lock: float = 0.0
+        self,
+        target: Target,
+        args: Argv,
+        on_line: LineHandler | None,
+        retry_lock: float = 0.0,
+        limit: float | None = None,
     ) -> Outcome:
-        """Run restic once: stdout line by line, stderr into a temporary file."""
+        """Run restic once: stdout line by line, stderr into a temporary file.
+
+        `limit` is for a run that holds no lock (the unlock after an interrupt): after that
+        many seconds it is killed and EngineError raised.
+        """
         argv = make_command(self.binary, args, global_flags(target, self.cache_dir, retry_lock))
         with tempfile.TemporaryFile() as stderr:
             start = time.monotonic()
-            process = self._spawn(argv, target, stderr)
-            lines = self._follow(process, target, on_line)
+            mask = _block_signals()
+            try:
+                process = self._spawn(argv, target, stderr, mask)
+            except BaseException:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                raise
+            lines = self._follow(process, target, on_line, stderr, mask, limit)
             seconds = time.monotonic() - start
             messages = stderr_messages(_read_back(stderr))
         secrets = secrets_of(target)
@@ -828,8 +1031,11 @@ class ResticEngine(Engine):
             seconds=seconds,
         )
 
-    def _spawn(self, argv: Argv, target: Target, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Start restic in its own session (a terminal's Ctrl-C is ours to forward)."""
+    def _spawn(
+        self, argv: Argv, target: Target, stderr: IO[bytes], mask: set[signal.Signals]
+    ) -> subprocess.Popen[bytes]:
+        """Start restic in its own session (a terminal's Ctrl-C is ours to forward); it gets
+        the signal mask `mask`."""
         read_fd = _password_pipe(target.password)
         env = child_env(os.environ, target, password_env(target.password, read_fd))
         try:
@@ -841,7 +1047,7 @@ class ResticEngine(Engine):
                 env=env,
                 pass_fds=() if read_fd is None else (read_fd,),
                 start_new_session=True,
-                preexec_fn=functools.partial(_child_setup, os.getpid()),
+                preexec_fn=functools.partial(_child_setup, os.getpid(), mask),
             )
         except OSError as exc:
             reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
@@ -851,51 +1057,94 @@ class ResticEngine(Engine):
                 os.close(read_fd)
 
     def _follow(
-        self, process: subprocess.Popen[bytes], target: Target, on_line: LineHandler | None
+        self,
+        process: subprocess.Popen[bytes],
+        target: Target,
+        on_line: LineHandler | None,
+        stderr: IO[bytes],
+        mask: set[signal.Signals],
+        limit: float | None,
     ) -> list[str]:
-        """Read stdout until restic exits; interrupt it cleanly if anything is raised."""
+        """Read stdout until restic exits; interrupt it cleanly if anything is raised.
+
+        Restores the signal mask `mask` once restic is under watch: a cancellation held
+        since before the fork is raised there.
+        """
         assert process.stdout is not None
         collected: list[str] = []
+        run = None
         try:
+            run = _Run(process, stderr)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.on_spawn is not None:
                 self.on_spawn(process.pid)
             self.checkpoint()
-            for raw in process.stdout:
-                self.checkpoint()
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                if on_line is None:
-                    collected.append(line)
-                else:
-                    on_line(line)
+            self._watch(run, target, collected.append if on_line is None else on_line, limit)
             process.wait()
-        except BaseException:  # JobCancelled, KeyboardInterrupt, a failing callback...
-            self._interrupt(process, target)
+        except BaseException:  # JobCancelled, a stall, KeyboardInterrupt, a failing callback...
+            try:
+                self._interrupt(process, run, target, cleanup=limit is None)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
         finally:
+            if run is not None:
+                run.close()
             process.stdout.close()
         return collected
 
-    def _interrupt(self, process: subprocess.Popen[bytes], target: Target) -> None:
-        """SIGINT (restic removes its lock), wait (after the grace, SIGKILL), then unlock.
+    def _watch(self, run: _Run, target: Target, on_line: LineHandler, limit: float | None) -> None:
+        """Pass restic's lines to `on_line` until it exits, calling the checkpoint at least
+        every WATCH_TICK (a restic that says nothing is cancelled all the same). Reports a
+        stall once it lasts (on_stall); raises EngineError when it lasts stall_timeout, or
+        past `limit`."""
+        now = time.monotonic()
+        watch = StallWatch(self.stall_timeout, now)
+        deadline = None if limit is None else now + limit
+        counters = None
+        while not run.exited:
+            lines = run.read(WATCH_TICK)
+            self.checkpoint()
+            for line in lines:
+                on_line(line)
+                seen = status_counters(line)
+                if seen is not None and seen != counters:
+                    counters = seen
+                    watch.moved(time.monotonic())
+            if run.exited:
+                return
+            now = time.monotonic()
+            verdict = watch.look(now, run.moved_bytes())
+            if verdict == "expired":
+                raise Stalled(
+                    f"no progress for {format_duration(watch.timeout)}: {self._idle(run, target)}"
+                )
+            if verdict == "stalled" and self.on_stall is not None and limit is None:
+                self.on_stall(watch.quiet, self._idle(run, target))
+            if deadline is not None and now >= deadline:
+                raise EngineError(f"restic did not end within {format_duration(limit or 0)}")
+
+    def _idle(self, run: _Run, target: Target) -> str:
+        """What restic is doing while it makes no progress, in one line."""
+        reason = idle_reason(read_state(run.process.pid))
+        if reason is not None:
+            return f"restic is {reason}"
+        secrets = secrets_of(target)
+        messages = [scrub(m, secrets) for m in stderr_messages(_read_back(run.stderr))]
+        return explanation(messages) or "restic waits and moves no data (is the backend up?)"
+
+    def _interrupt(
+        self, process: subprocess.Popen[bytes], run: _Run | None, target: Target, cleanup: bool
+    ) -> None:
+        """Stop restic (see `_end`), then, with `cleanup`, remove stale locks.
 
         The unlock matters even after a clean exit: restic 0.14 interrupted within its first
         ~200 ms after writing its lock (before it registers the lock for clean-up) exits
-        at once and leaves the lock behind. Its process is gone, so the lock is stale.
+        at once and leaves the lock behind. Its process is gone, so the lock is stale. The
+        unlock is bounded: if the backend hangs, the next run removes the lock. A run
+        without `cleanup` (that unlock itself) holds no lock: it is killed at once.
         """
-        assert process.stdout is not None
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + INTERRUPT_GRACE
-        while True:
-            try:
-                _drain(process.stdout, deadline)
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-                break
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                break
-            except (JobCancelled, KeyboardInterrupt):
-                continue  # already stopping it
-        with contextlib.suppress(EngineError):
-            self.unlock_stale(target)
+        _end(process, run, INTERRUPT_GRACE if cleanup else 0.0)
+        if cleanup:
+            with contextlib.suppress(EngineError):
+                self._execute(target, UNLOCK_ARGS, None, limit=UNLOCK_LIMIT)

@@ -40,7 +40,7 @@ def run_backup(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> 
         count = None if backup.retention else _count(engine, target, request)
         return result, count
 
-    result, _ = run_job(job, emit, work, _outcome)
+    result, _ = run_job(job, emit, work, _outcome, engine)
     return result
 
 

@@ -105,7 +105,11 @@ def _handle_signals() -> None:
 def _engine(config: Config) -> ResticEngine:
     cache = Dirs.from_environment().cache
     return ResticEngine(
-        config.daemon.restic, cache_dir=cache, lock_wait=LOCK_WAIT, checkpoint=honour_cancel
+        config.daemon.restic,
+        cache_dir=cache,
+        lock_wait=LOCK_WAIT,
+        checkpoint=honour_cancel,
+        stall_timeout=config.daemon.stall_timeout,
     )
 
 

@@ -16,7 +16,11 @@ def run_forget(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> 
     assert policy is not None, "forget needs a retention policy"
     target = target_for(config, config.repositories[job.repository], backup)
     host = config.daemon.hostname
-    return run_job(job, emit, lambda: engine.forget(target, policy, backup.name, host), _outcome)
+
+    def work() -> ForgetResult:
+        return engine.forget(target, policy, backup.name, host)
+
+    return run_job(job, emit, work, _outcome, engine)
 
 
 def _outcome(result: ForgetResult) -> tuple[str, dict[str, FieldValue]]:

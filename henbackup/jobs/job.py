@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from henbackup.config.model import NORMAL, Priority
-from henbackup.engine.base import Progress
+from henbackup.config.units import format_duration
+from henbackup.engine.base import Engine, Progress
 from henbackup.errors import HenbackupError, JobCancelled
 from henbackup.observe.events import EmitFunction, FieldValue
 
@@ -77,21 +78,40 @@ class ProgressReporter:
         )
 
 
+class StallReporter:
+    """Turns the engine's word that a run makes no progress into a job.stalled event."""
+
+    def __init__(self, job: Job, emit: EmitFunction) -> None:
+        self.job, self.emit = job, emit
+
+    def __call__(self, seconds: float, doing: str) -> None:
+        self.emit(
+            "job.stalled",
+            f"{self.job.title}: {self.job.operation} has made no progress for "
+            f"{format_duration(round(seconds))}: {doing}",
+            **self.job.fields(),
+            stalled_sec=round(seconds, 1),
+            error=doing,
+        )
+
+
 def run_job(
     job: Job,
     emit: EmitFunction,
     work: Callable[[], T],
     outcome: Callable[[T], tuple[str, dict[str, FieldValue]]] = lambda _: ("", {}),
+    engine: Engine | None = None,
 ) -> T:
     """Run `work` between job.started and job.succeeded / job.failed / job.cancelled events.
 
-    `outcome` turns the result into a message suffix and extra event fields. Returns what
-    `work` returned; re-raises what it raised.
+    `outcome` turns the result into a message suffix and extra event fields. The stalls of
+    `engine` while `work` runs are this job's job.stalled events. Returns what `work`
+    returned; re-raises what it raised.
     """
     started = time.monotonic()
     emit("job.started", f"{job.title}: {job.operation} started", **job.fields())
     try:
-        result = work()
+        result = _reporting_stalls(engine, StallReporter(job, emit), work)
     except JobCancelled:
         emit("job.cancelled", f"{job.title}: {job.operation} cancelled", **job.fields())
         raise
@@ -113,3 +133,13 @@ def run_job(
         **fields,
     )
     return result
+
+
+def _reporting_stalls(engine: Engine | None, reporter: StallReporter, work: Callable[[], T]) -> T:
+    if engine is None:
+        return work()
+    previous, engine.on_stall = engine.on_stall, reporter
+    try:
+        return work()
+    finally:
+        engine.on_stall = previous

@@ -22,7 +22,7 @@ def run_check(
             raise EngineError(f"check found problems: {'; '.join(result.errors[:3])}")
         return result
 
-    return run_job(job, emit, work)
+    return run_job(job, emit, work, engine=engine)
 
 
 def run_prune(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> None:
@@ -39,7 +39,7 @@ def run_prune(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> N
         engine.prune(target)
         return forgotten
 
-    run_job(job, emit, work, _prune_outcome)
+    run_job(job, emit, work, _prune_outcome, engine)
 
 
 def _prune_outcome(forgotten: int) -> tuple[str, dict[str, FieldValue]]:

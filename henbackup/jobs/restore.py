@@ -69,7 +69,7 @@ def run_restore(
             "bytes_restored": result.bytes_restored,
         }
 
-    return run_job(job, emit, work, outcome)
+    return run_job(job, emit, work, outcome, engine)
 
 
 def restore_directory(target: str, name: str) -> Path:

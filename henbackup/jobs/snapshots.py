@@ -16,7 +16,7 @@ def run_snapshots(job: Job, config: Config, engine: Engine, emit: EmitFunction) 
     def work() -> list[Snapshot]:
         return sorted(engine.snapshots(target, job.backup), key=lambda s: s.time, reverse=True)
 
-    return run_job(job, emit, work, _outcome)
+    return run_job(job, emit, work, _outcome, engine)
 
 
 def _outcome(snapshots: list[Snapshot]) -> tuple[str, dict[str, FieldValue]]:

@@ -160,3 +160,17 @@ def test_which_events_are_steps(terminal: bool) -> None:
     shown({"kind": "job.succeeded"})  # no message: its kind
     shown.close()
     assert stream.text == "hook 1 of grafana succeeded\njob.succeeded\n"
+
+
+def test_a_stall_is_said_under_the_frozen_bar() -> None:
+    """A waiting client sees why its bar stopped moving, and the bar comes back after."""
+    stream = FakeTerminal()
+    shown = Progress(stream, terminal=True)
+    stalled = "pictures→aws: backup has made no progress for 1m: restic waits and moves no data"
+    shown(progress(40))
+    shown({"kind": "job.stalled", "message": stalled})
+    shown(progress(41))
+    shown.close()
+    assert stream.text == (
+        f"{CLEAR}{bar(progress(40))}{CLEAR}{stalled}\n{CLEAR}{bar(progress(41))}{CLEAR}"
+    )

@@ -78,6 +78,7 @@ hostname = "rpi01"            # restic --host; default: the system hostname
 max_concurrent_jobs = 1       # scheduler slots shared by all jobs
 upload_limit = "50K"          # default per job, bytes per second: K, M, G (binary units)
 download_limit = "200K"
+stall_timeout = "10m"         # a job with no progress for this long is ended (documented default)
 restic = "restic"             # engine binary
 
 [metrics]
@@ -992,10 +993,11 @@ def test_hook_problems(problems: Problems, hook: str, key: str, message: str) ->
 def test_daemon_and_metrics(load: Load) -> None:
     text = (
         '[daemon]\nhostname = "nas"\nmax_concurrent_jobs = 3\nrestic = "/opt/restic"\n'
-        '[metrics]\nlisten = "[::]:9811"\n'
+        'stall_timeout = "2m30s"\n[metrics]\nlisten = "[::]:9811"\n'
     )
     config = load(text)
-    assert config.daemon == Daemon("nas", 3, None, None, "/opt/restic")
+    assert config.daemon == Daemon("nas", 3, None, None, "/opt/restic", 150.0)
+    assert load("").daemon.stall_timeout == 600.0  # the documented default, 10m
     assert config.metrics == Metrics(None, ("::", 9811))
 
 
@@ -1015,6 +1017,16 @@ def test_daemon_and_metrics(load: Load) -> None:
         ),
         ("[daemon]\nupload_limit = '50 K'", "daemon.upload_limit", f'"50 K" is not a rate: {RATE}'),
         ("[daemon]\nrestic = 1", "daemon.restic", "must be a string, not an integer"),
+        (
+            "[daemon]\nstall_timeout = '0s'",
+            "daemon.stall_timeout",
+            '"0s" is too short: use a duration above 0',
+        ),
+        (
+            "[daemon]\nstall_timeout = 600",
+            "daemon.stall_timeout",
+            f"600 is not a duration: {DURATION}",
+        ),
         ("[metrics]\ntextfile = 'x.prom'", "metrics.textfile", f'"x.prom" {ABSOLUTE}'),
         ("[metrics]\nlisten = 9811", "metrics.listen", f"9811 is not an address: {LISTEN}"),
         (

@@ -19,6 +19,7 @@ CONFIG = """
 hostname = "rpi01"
 max_concurrent_jobs = 2
 upload_limit = "50K"
+stall_timeout = "1h30m"
 
 [metrics]
 textfile = "/var/lib/node-exporter/henbackup.prom"
@@ -104,6 +105,7 @@ Daemon
   jobs at once    2
   upload_limit    50 KiB/s
   restic          restic
+  stall_timeout   1h30m
   metrics file    /var/lib/node-exporter/henbackup.prom
   metrics http    [::1]:9811
 """
@@ -136,6 +138,7 @@ def test_an_empty_config(load: Callable[..., Config]) -> None:
     plan = describe_plan(load(""), datetime(2024, 4, 1, tzinfo=PARIS))
     assert plan.endswith(
         "Daemon\n  hostname        testhost\n  jobs at once    1\n  restic          restic\n"
+        "  stall_timeout   10m\n"
     )
 
 

@@ -25,6 +25,8 @@ from henbackup.engine.restic import (
     child_env,
     classify_failure,
     count_files,
+    explanation,
+    fatal_reason,
     forget_args,
     global_flags,
     keep_flags,
@@ -42,9 +44,11 @@ from henbackup.engine.restic import (
     password_env,
     restore_args,
     restored_roots,
+    retry_cause,
     scrub,
     secrets_of,
     snapshots_args,
+    status_counters,
     stderr_messages,
 )
 from henbackup.errors import (
@@ -816,3 +820,108 @@ def test_stderr_messages_render_json_errors_of_both_versions() -> None:
     ]
     assert stderr_messages(INTERRUPTED_018)[0] == "signal interrupt received, cleaning up"
     assert stderr_messages("\n\n  \n") == []
+
+
+# --- reasons: the fatal line, not a retry; a crash in one line ------------------------------
+
+# restic 0.14, its REST server killed mid-backup (then interrupted): retries, no Fatal yet
+RETRIES_014 = (
+    'Save(<data/9d3a4cba41>) returned error, retrying after 552.330144ms: client.Post: Post "'
+    'http://127.0.0.1:18765/data/9d3a4cba41c8": dial tcp 127.0.0.1:18765: connect: connection '
+    "refused\n"
+    'Save(<data/9d3a4cba41>) returned error, retrying after 1.080381816s: client.Post: Post "'
+    'http://127.0.0.1:18765/data/9d3a4cba41c8": dial tcp 127.0.0.1:18765: connect: connection '
+    "refused\n"
+)
+# restic 0.18, the same: the first retry saw the connection close under it
+RETRIES_018 = (
+    'Save(<data/a546b85c18>) returned error, retrying after 1.201851313s: Post "http://:***@127.'
+    '0.0.1:18765/data/a546b85c18c0": readfrom tcp 127.0.0.1:56170->127.0.0.1:18765: write tcp '
+    "127.0.0.1:56170->127.0.0.1:18765: use of closed network connection\n"
+    'Save(<data/a546b85c18>) returned error, retrying after 2.602979079s: Post "http://:***@127.'
+    '0.0.1:18765/data/a546b85c18c0": dial tcp 127.0.0.1:18765: connect: connection refused\n'
+)
+# what restic 0.14 prints when its retries run out (shaped as restic's cmd/restic prints
+# an error: its retries take minutes, too long to capture here)
+GAVE_UP_014 = RETRIES_014 + (
+    'Fatal: unable to save snapshot: client.Post: Post "http://127.0.0.1:18765/data/9d3a4cba41c8":'
+    " dial tcp 127.0.0.1:18765: connect: connection refused\n"
+)
+# Go's format of a panic (restic could not be made to panic on purpose)
+PANIC = (
+    "panic: runtime error: invalid memory address or nil pointer dereference\n"
+    "[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x8c2b1d]\n\n"
+    "goroutine 1 [running]:\n"
+    "github.com/restic/restic/internal/archiver.(*Archiver).Snapshot(0x0, {0xd3a6c8, 0xc0})\n"
+    "\t/build/restic/internal/archiver/archiver.go:810 +0x3d\n"
+    "main.runBackup({0xd3a6c8, 0xc0000a8000}, {0x0, 0x0, 0x0})\n"
+    "\t/build/restic/cmd/restic/cmd_backup.go:640 +0x1b5\n"
+)
+# restic 0.14 sent SIGQUIT: Go's dump of every goroutine (real, cut to its start)
+SIGQUIT_014 = (
+    "SIGQUIT: quit\nPC=0x46ad9d m=2 sigcode=0\n\ngoroutine 0 [idle]:\nruntime.usleep()\n"
+    "\truntime/sys_linux_amd64.s:140 +0x3d fp=0x7f64032eddb8 sp=0x7f64032edd98 pc=0x46ad9d\n"
+    "runtime.sysmon()\n"
+    "\truntime/proc.go:5153 +0xa5 fp=0x7f64032ede28 sp=0x7f64032eddb8 pc=0x445b45\n"
+    "\ngoroutine 1 [runnable]:\nruntime.asyncPreempt2()\n"
+)
+
+
+def test_retry_cause_keeps_what_went_wrong() -> None:
+    first, _ = stderr_messages(RETRIES_014)
+    assert retry_cause(first) == (
+        'client.Post: Post "http://127.0.0.1:18765/data/9d3a4cba41c8": dial tcp 127.0.0.1:18765: '
+        "connect: connection refused"
+    )
+    assert retry_cause("Fatal: repository contains errors") == "Fatal: repository contains errors"
+
+
+@pytest.mark.parametrize(
+    ("stderr", "features"), [(REST_REFUSED_018, V018), (RETRIES_014, V014), (RETRIES_018, V018)]
+)
+def test_an_unreachable_backend_is_quoted_from_the_cause_not_the_retry(
+    stderr: str, features: Features
+) -> None:
+    error = classify(stderr, 1, features)
+    assert type(error) is BackendUnreachable
+    assert "retrying" not in str(error), error
+    assert str(error).endswith("connect: connection refused"), error
+
+
+def test_restic_giving_up_is_quoted_from_its_fatal_line() -> None:
+    error = classify(GAVE_UP_014, 1, V014)
+    assert str(error) == (
+        'repository r1 is unreachable: unable to save snapshot: client.Post: Post "http://'
+        '127.0.0.1:18765/data/9d3a4cba41c8": dial tcp 127.0.0.1:18765: connect: connection refused'
+    )
+
+
+def test_a_go_crash_is_one_line_not_a_stack_frame() -> None:
+    assert str(classify(PANIC, 2, V014)) == (
+        "restic snapshots failed on repository r1: restic crashed: panic: runtime error: invalid "
+        "memory address or nil pointer dereference"
+    )
+    assert str(classify(SIGQUIT_014, 2, V014)) == (
+        "restic snapshots failed on repository r1: restic crashed: SIGQUIT: quit"
+    )
+
+
+def test_a_killed_restic_says_by_what() -> None:
+    assert fatal_reason([], -9) == "restic was killed by SIGKILL"
+    assert fatal_reason(["some warning"], -9) == "restic was killed by SIGKILL"
+    assert fatal_reason(["Fatal: out of luck"], -15) == "out of luck"
+
+
+def test_explanation_of_a_run_in_progress() -> None:
+    """What a stalled restic last said: the cause of its latest retry."""
+    assert explanation(stderr_messages(RETRIES_018)) == (
+        'Post "http://:***@127.0.0.1:18765/data/a546b85c18c0": dial tcp 127.0.0.1:18765: '
+        "connect: connection refused"
+    )
+    assert explanation([]) is None
+
+
+def test_status_counters_move_with_progress() -> None:
+    assert status_counters(STATUS_014) == (2002, 173011337)
+    assert status_counters('{"message_type":"summary","files_new":1}') is None
+    assert status_counters("Load(<key/1>) returned error") is None

@@ -60,3 +60,28 @@ def test_cancellation_is_its_own_event():
     with pytest.raises(JobCancelled):
         run_job(job(), emit, cancelled)
     assert [kind for kind, _, _ in emit.events] == ["job.started", "job.cancelled"]
+
+
+class StallingEngine:
+    """Stands for an engine that reports a stall while the job's work runs (the real one
+    is tests/faults/test_stall.py's subject)."""
+
+    on_stall = None
+
+    def work(self):
+        self.on_stall(61.7, "restic waits and moves no data (is the backend up?)")
+        return 1
+
+
+def test_a_stall_of_the_engine_is_the_jobs_stalled_event_while_it_runs():
+    emit, engine = Recorder(), StallingEngine()
+    run_job(job(), emit, engine.work, engine=engine)
+    assert [kind for kind, _, _ in emit.events] == ["job.started", "job.stalled", "job.succeeded"]
+    _, message, fields = emit.events[1]
+    assert message == (
+        "pictures→aws: backup has made no progress for 1m2s: "
+        "restic waits and moves no data (is the backend up?)"
+    )
+    assert fields["job"] == "j1" and fields["stalled_sec"] == 61.7
+    assert fields["error"] == "restic waits and moves no data (is the backend up?)"
+    assert engine.on_stall is None  # the next job reports its own
