@@ -480,3 +480,82 @@ def test_backups_go_on_with_the_state_directory_full(restic, repository, tmp_pat
             assert len(workers(daemon)) == 1
             clean_exit(daemon)
     assert_repository_sound(restic, repository, count=2)
+
+
+# --- reload storms -------------------------------------------------------------------------
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, as an editor or a config manager does."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def descendants(daemon: Daemon) -> list[str]:
+    """The names of the master's live descendants, sorted."""
+    names = []
+    for process in psutil.Process(daemon.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                names.append(process.name())
+    return sorted(names)
+
+
+@ONE_RESTIC
+def test_a_storm_of_reloads_during_a_backup(restic, repository, tmp_path):
+    """50 SIGHUPs in a burst while a backup runs, the config alternating between valid ones
+    (each with another extra backup: workers come and go) and invalid ones. The daemon
+    answers throughout, the running backup is not interrupted (its definition never
+    changes) and succeeds, the config loaded last is the one that runs, and exactly its
+    workers are alive: none leaked."""
+    pictures = make_data(tmp_path / "pictures", big=BIG)
+    extra = make_data(tmp_path / "extra")
+    path = tmp_path / "henbackup.toml"
+    steady = {"pictures": {"paths": [str(pictures)], "upload_limit": "1M"}}
+
+    def valid(name: str) -> str:
+        write_config(path, restic, repository, {**steady, name: {"paths": [str(extra)]}})
+        return path.read_text()
+
+    def invalid(key: str) -> str:
+        return valid("extra") + f"\n[daemon.{key}]\n"
+
+    replace_file(path, valid("extra"))
+    with Daemon(path, tmp_path / "daemon") as daemon:
+        daemon.wait_worker("pictures", lambda w: w["state"] == "running")
+        ok(henbackupctl(daemon, "backup", "pictures", "--no-wait"))
+        started = daemon.wait_for("job.started", timeout=DEADLINE, backup="pictures")
+        wait_locked(daemon, restic, repository)
+
+        since = len(daemon.events)
+        for number in range(50):
+            text = valid(f"extra{number}") if number % 2 == 0 else invalid(f"storm{number}")
+            replace_file(path, text)
+            os.kill(daemon.pid, signal.SIGHUP)
+            assert daemon.worker("pictures") is not None, daemon.report()  # it answers
+        # The last word, loaded for sure: a valid config, then an invalid one.
+        replace_file(path, valid("final"))
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_for("config.reloaded", timeout=DEADLINE, since=since, added="backup:final")
+        replace_file(path, invalid("storm_end"))
+        os.kill(daemon.pid, signal.SIGHUP)
+        assert daemon.pump_until(
+            lambda: any("storm_end" in e["HENBACKUP_ERROR"] for e in daemon.find("config.invalid")),
+            DEADLINE,
+        ), daemon.report()
+
+        done = daemon.wait_for("job.succeeded", timeout=60, job=started["HENBACKUP_JOB"])
+        storm = daemon.events[since:]
+        assert [e for e in storm if e["HENBACKUP_EVENT"] in ("job.cancelled", "job.failed")] == []
+        assert daemon.find("config.invalid", since=since), daemon.report()
+        status = daemon.status()
+        assert sorted(b["name"] for b in status["backups"]) == ["final", "pictures"]
+        assert daemon.pump_until(
+            lambda: descendants(daemon) == ["hb:final", "hb:pictures"], DEADLINE
+        ), descendants(daemon)
+        started_workers = len(daemon.find("child.started"))
+        assert started_workers - len(daemon.find("child.exited")) == 2, daemon.report()
+        clean_exit(daemon)
+    (snapshot,) = assert_repository_sound(restic, repository, count=1)
+    assert snapshot["short_id"] == done["HENBACKUP_SNAPSHOT"][:8]
