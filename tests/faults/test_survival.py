@@ -623,7 +623,8 @@ GARBAGE = {
 def test_garbage_ticket_files_in_the_runtime_directory_stop_nothing(restic, repository, tmp_path):
     """$RUNTIME_DIRECTORY/scheduler/tickets holding garbage (random bytes, empty and torn
     files, JSON of another shape, tickets of owners long dead, one of them `running` in the
-    only slot): backups run, the queue shows none of it, and the files are cleared away."""
+    only slot) and a garbled arrival counter: backups run, the queue shows none of it, and
+    the tickets are cleared away."""
     pictures = make_data(tmp_path / "pictures")
     config = write_config(
         tmp_path / "henbackup.toml", restic, repository, {"pictures": {"paths": [str(pictures)]}}
@@ -633,6 +634,7 @@ def test_garbage_ticket_files_in_the_runtime_directory_stop_nothing(restic, repo
     tickets.mkdir(parents=True)
     for name, content in GARBAGE.items():
         (tickets / name).write_bytes(content)
+    (tickets.parent / "sequence").write_bytes(b"\xff garbage")  # the last arrival number
     with Daemon(config, base) as daemon:
         daemon.wait_worker("pictures", lambda w: w["state"] == "running")
         assert json.loads(ok(henbackupctl(daemon, "--json", "queue")))["jobs"] == []
