@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import select
+import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from datetime import tzinfo
@@ -117,6 +118,8 @@ def show_logs(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     write = json_line if args.json else format_line
     try:
+        if args.follow:
+            _end_on_ctrl_c()
         reader = open_reader(args)
         # Watch before reading: an entry written while the backlog prints still wakes us.
         poller = _poller(reader) if args.follow else None
@@ -132,6 +135,15 @@ def show_logs(args: argparse.Namespace) -> int:
         # Python flushes stdout again at exit and would complain: point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
+
+
+def _end_on_ctrl_c() -> None:
+    """Make SIGINT raise KeyboardInterrupt, whatever we inherited.
+
+    A program started with SIGINT ignored (a background job of a shell script, some CI
+    runners) keeps it ignored, and Python then installs no handler: -f would never end.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def open_reader(args: argparse.Namespace) -> journal.Reader:

@@ -273,15 +273,21 @@ def test_a_member_of_the_journal_group_may_read_it(
 # -- following -----------------------------------------------------------------------------
 
 
+# How a follower may find SIGINT when it starts: as a terminal leaves it, or ignored, as a
+# shell script leaves it for its background jobs (and some CI runners for every command).
+SIGINT_DISPOSITIONS = {"default": [], "ignored": ["sh", "-c", "trap '' INT; exec \"$@\"", "sh"]}
+
+
 class Follower:
     """A `henbackupctl logs -f` running in the background inside the namespace."""
 
-    def __init__(self, harness: SystemdHarness, *args: str) -> None:
+    def __init__(self, harness: SystemdHarness, *args: str, sigint: str = "default") -> None:
         self.harness = harness
         # The harness's own way in (see SystemdHarness.run), without waiting for the end.
         command = ["nsenter", f"--mount=/proc/self/fd/{harness.ns_fd}", f"--wd={harness.workdir}"]
+        command += ["--", *SIGINT_DISPOSITIONS[sigint]]
         self.process = subprocess.Popen(
-            [*command, "--", HENBACKUPCTL, *args],
+            [*command, HENBACKUPCTL, *args],
             env={**harness.env, "TZ": ZONE},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -330,8 +336,8 @@ class Follower:
 
 
 @contextlib.contextmanager
-def following(harness: SystemdHarness, *args: str) -> Iterator[Follower]:
-    follower = Follower(harness, "logs", "-f", *args)
+def following(harness: SystemdHarness, *args: str, sigint: str = "default") -> Iterator[Follower]:
+    follower = Follower(harness, "logs", "-f", *args, sigint=sigint)
     try:
         yield follower
     finally:
@@ -345,13 +351,14 @@ def progress(count: int, **fields: Any) -> list[dict[str, str]]:
     ]
 
 
+@pytest.mark.parametrize("sigint", sorted(SIGINT_DISPOSITIONS))
 def test_follow_shows_the_last_ten_then_new_entries_until_ctrl_c(
-    systemd_harness: SystemdHarness,
+    systemd_harness: SystemdHarness, sigint: str
 ) -> None:
     send(systemd_harness, [*progress(12), STRANGER])
     old = systemd_harness.wait_journal({"SYSLOG_IDENTIFIER": "henbackup"}, count=12)
     systemd_harness.wait_journal({"SYSLOG_IDENTIFIER": STRANGER["SYSLOG_IDENTIFIER"]})
-    with following(systemd_harness) as follower:
+    with following(systemd_harness, sigint=sigint) as follower:
         assert follower.wait_lines(10) == [line(entry) for entry in old[2:]]
         send(systemd_harness, [STRANGER, OURS[4]])
         (new,) = systemd_harness.wait_journal({"HENBACKUP_EVENT": "job.failed"})
@@ -360,10 +367,12 @@ def test_follow_shows_the_last_ten_then_new_entries_until_ctrl_c(
         assert follower.lines()[10:] == [line(new)]  # and the stranger never showed
 
 
-def test_follow_with_filters_and_n_in_json(systemd_harness: SystemdHarness) -> None:
+@pytest.mark.parametrize("sigint", sorted(SIGINT_DISPOSITIONS))
+def test_follow_with_filters_and_n_in_json(systemd_harness: SystemdHarness, sigint: str) -> None:
     send(systemd_harness, [*progress(3, job="j2"), OURS[1]])
     systemd_harness.wait_journal({"SYSLOG_IDENTIFIER": "henbackup"}, count=4)
-    with following(systemd_harness, "-n", "1", "--job", "j2", "--json") as follower:
+    args = ("-n", "1", "--job", "j2", "--json")
+    with following(systemd_harness, *args, sigint=sigint) as follower:
         (last,) = follower.wait_lines(1)  # the newest of j2's, not j1's after it
         assert (json.loads(last)["message"], json.loads(last)["job"]) == (
             "pictures → aws: backup 3%",
