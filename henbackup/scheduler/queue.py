@@ -38,6 +38,7 @@ import hashlib
 import os
 import re
 import select
+import stat
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -374,12 +375,17 @@ class Scheduler:
     def _read(self, path: str | Path, tidy: bool = True) -> Ticket | None:
         """The ticket in `path`, or None; a torn file (its writer died) is removed when
         `tidy` (only under the lock: without it, the file may be being written)."""
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO never waits
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = os.open(path, flags)
+        except OSError:  # gone, a link, or unreadable: not a ticket
             return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None  # a directory or a FIFO that someone put there is no ticket
             raw = os.read(fd, 65536)
+        except OSError:
+            return None
         finally:
             os.close(fd)
         try:

@@ -450,11 +450,6 @@ def test_a_full_repository_fails_the_backup_in_one_line_and_the_next_one_succeed
 
 
 @ONE_RESTIC
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker crashes (OSError ENOSPC from worker/state.py record_attempt, not"
-    " caught) before it starts the job, and crash-loops: no backup happens",
-)
 def test_backups_go_on_with_the_state_directory_full(restic, repository, tmp_path):
     """$STATE_DIRECTORY on a full tmpfs: the run records cannot be written, backups still
     happen (the one due at start, and one asked by hand) and the daemon lives on."""
@@ -641,12 +636,6 @@ def test_garbage_ticket_files_in_the_runtime_directory_stop_nothing(restic, repo
 
 @ONE_RESTIC
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler/queue.py _read opens every entry of tickets/ as a regular file: the"
-    " master's first set_slots at start reads them all, so a directory kills the master"
-    " (IsADirectoryError) and a FIFO blocks it in open() forever, before it is ready",
-)
 def test_a_ticket_that_is_not_a_file_stops_nothing(restic, repository, tmp_path, kind):
     """A directory or a FIFO among the tickets (garbage of another kind): the daemon starts
     and backs up (the entry is ignored or removed)."""
