@@ -28,7 +28,7 @@ from henbackup.engine.restic import ResticEngine
 from henbackup.jobs.backup import ensure_repository
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-from daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command, restic_json
+from daemon_helpers import PASSWORD, Daemon, henbackupctl, locks, ok, restic_command, restic_json
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +63,6 @@ def make_data(directory: Path, size: int = 30_000) -> str:
     (directory / "notes.txt").write_text(f"the notes of {directory.name}\n")
     (directory / "data.bin").write_bytes(os.urandom(size))  # random: restic 0.18 compresses
     return str(directory)
-
-
-def locks(restic: str, repository: Path) -> list[str]:
-    """The ids of the lock files in the repository (without taking one)."""
-    return restic_command(restic, repository, "list", "locks", "--no-lock").stdout.split()
-
-
-def ok(result) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}{result.stdout}"
-    return result.stdout
 
 
 def outcome(daemon: Daemon, backup: str) -> dict:

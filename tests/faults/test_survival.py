@@ -31,6 +31,9 @@ from daemon_helpers import (
     PASSWORD,
     Daemon,
     henbackupctl,
+    locks,
+    make_data,
+    ok,
     read_state,
     restic_command,
     restic_json,
@@ -68,27 +71,6 @@ def write_config(
         lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def make_data(directory: Path, big: int = 0) -> Path:
-    """A small tree to back up; with `big`, also that many random bytes in big.bin."""
-    (directory / "album").mkdir(parents=True)
-    (directory / "notes.txt").write_text(f"the notes of {directory.name}\n")
-    (directory / "album" / "cat.jpg").write_bytes(os.urandom(20_000))
-    if big:
-        (directory / "big.bin").write_bytes(os.urandom(big))
-    return directory
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    """The client's stdout; asserts it exited 0."""
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}{result.stdout}"
-    return result.stdout
-
-
-def locks(restic: str, repository: Path) -> list[str]:
-    """The ids of the lock files in the repository (without taking one)."""
-    return restic_command(restic, repository, "list", "locks", "--no-lock").stdout.split()
 
 
 def snapshots(restic: str, repository: Path) -> list[dict[str, Any]]:

@@ -325,6 +325,27 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+def locks(restic: str, repository: Path) -> list[str]:
+    """The ids of the lock files in the repository (without taking one)."""
+    return restic_command(restic, repository, "list", "locks", "--no-lock").stdout.split()
+
+
+def make_data(directory: Path, big: int = 0) -> Path:
+    """A small tree to back up; with `big`, also that many random bytes in big.bin."""
+    (directory / "album").mkdir(parents=True)
+    (directory / "notes.txt").write_text(f"the notes of {directory.name}\n")
+    (directory / "album" / "cat.jpg").write_bytes(os.urandom(30_000))
+    if big:
+        (directory / "big.bin").write_bytes(os.urandom(big))
+    return directory
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The client's stdout; asserts it exited 0."""
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}{result.stdout}"
+    return result.stdout
+
+
 def henbackupctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real client against the daemon's socket."""
     command = [sys.executable, "-m", "henbackup.cli.ctl", "--socket", str(daemon.socket)]

@@ -31,6 +31,7 @@ from daemon_helpers import (
     PASSWORD,
     Daemon,
     henbackupctl,
+    make_data,
     read_state,
     restic_command,
     restic_json,
@@ -86,16 +87,6 @@ def write_config(
     config = tmp_path / "henbackup.toml"
     config.write_text("\n".join(lines) + "\n")
     return config
-
-
-def make_data(directory: Path, big: int = 0) -> Path:
-    """A small tree to back up; with `big`, also that many random bytes in big.bin."""
-    (directory / "album").mkdir(parents=True)
-    (directory / "notes.txt").write_text("first line\n")
-    (directory / "album" / "cat.jpg").write_bytes(os.urandom(30_000))
-    if big:
-        (directory / "big.bin").write_bytes(os.urandom(big))
-    return directory
 
 
 def pick(event: dict[str, str], *names: str) -> dict[str, str | None]:

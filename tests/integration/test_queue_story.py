@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
 import subprocess
 import sys
@@ -32,7 +31,17 @@ from typing import Any
 
 import psutil
 import pytest
-from daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command, restic_json, tree
+from daemon_helpers import (
+    PASSWORD,
+    Daemon,
+    henbackupctl,
+    locks,
+    make_data,
+    ok,
+    restic_command,
+    restic_json,
+    tree,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,11 +53,6 @@ PROMPTLY = 20.0  # how soon the next job must start once a dying job freed the s
 
 
 # --- set-up -------------------------------------------------------------------------------
-
-
-def locks(restic: str, repository: Path) -> list[str]:
-    """The ids of the lock files in the repository (without taking one)."""
-    return restic_command(restic, repository, "list", "locks", "--no-lock").stdout.split()
 
 
 def write_config(
@@ -76,22 +80,6 @@ def write_config(
     config = tmp_path / "henbackup.toml"
     config.write_text("\n".join(lines) + "\n")
     return config
-
-
-def make_data(directory: Path, big: int = 0) -> Path:
-    """A small tree to back up; with `big`, also that many random bytes in big.bin."""
-    (directory / "album").mkdir(parents=True)
-    (directory / "notes.txt").write_text(f"the notes of {directory.name}\n")
-    (directory / "album" / "cat.jpg").write_bytes(os.urandom(30_000))
-    if big:
-        (directory / "big.bin").write_bytes(os.urandom(big))
-    return directory
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    """The client's stdout; asserts it exited 0."""
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}{result.stdout}"
-    return result.stdout
 
 
 def queue(daemon: Daemon) -> list[dict[str, Any]]:
