@@ -185,7 +185,7 @@ class Worker:
         finished, self.current = self.current, None
         assert finished is not None
         if self.triggers is not None:
-            self.triggers.job_finished(finished.operation, code == 0)
+            self.triggers.job_finished(finished.operation, code == 0, stopping=self.stopping)
         self._send_state("idle", exit=code, requests=list(finished.requests))
         if self.stopping:
             self.loop.stop()

@@ -4,8 +4,11 @@
   first occurrence after the last success, in local time (DST: see config/cron.py). The
   earliest entry wins. Never succeeded: due now.
 - Missed while the daemon was down, however many times: due now, once.
-- After a failed (or interrupted) attempt: retried `retry_after` later, or at the entry's
-  next regular time if that comes first, never in a tight loop.
+- After a failed attempt (restic, a hook, its job killed): retried `retry_after` later, or
+  at the entry's next regular time if that comes first, so a broken backup never runs in a
+  tight loop, nor at every start of a daemon in a crash loop.
+- After an interrupted attempt (henbackup stopped during it: no end recorded, see
+  RunRecord.unfinished): due now, as a missed run is. It is not the backup's failure.
 - A record from the future means the wall clock went back since it was written. Up to
   FUTURE_TOLERANCE back, the run did happen: count from it (no double run). Further back,
   the clock that wrote it was wrong: count from now (no wait of years).
@@ -109,13 +112,14 @@ def next_run(
     now: float,
     *,
     last_attempt: float | None = None,
+    interrupted: bool = False,
     zone: tzinfo | None = None,
     retry_after: float = RETRY_AFTER,
 ) -> NextRun:
     """The next run of a schedule (see the module docstring); raises ValueError when empty.
 
-    All times are wall-clock epoch seconds; cron entries are read in `zone` (default: the
-    system's).
+    An attempt after the last success failed, or with `interrupted` never ended. All times
+    are wall-clock epoch seconds; cron entries are read in `zone` (default: the system's).
     """
     if not entries:
         raise ValueError("an empty schedule never runs")
@@ -125,12 +129,14 @@ def next_run(
         ((now if base is None else _after(e, base, zone), e) for e in entries),
         key=lambda pair: pair[0],
     )
-    failed = last_attempt is not None and (last_success is None or last_attempt > last_success)
+    retry = last_attempt is not None and (last_success is None or last_attempt > last_success)
     attempt = _trusted(last_attempt, now)
-    if failed and attempt is not None:
-        regular = min(_after(e, attempt, zone) for e in entries)
-        when = max(when, min(attempt + retry_after, regular))
-    return NextRun(when, entry)
+    if not retry or attempt is None:
+        return NextRun(when, entry)
+    if interrupted:  # due since it started (with the clock set back since then: now)
+        return NextRun(min(when, attempt, now), entry)
+    regular = min(_after(e, attempt, zone) for e in entries)
+    return NextRun(max(when, min(attempt + retry_after, regular)), entry)
 
 
 class Alarm(Protocol):
@@ -181,12 +187,15 @@ class ScheduleTimer:
         """Wait for the run after `record`; returns it (None for an empty schedule).
 
         The first arm decides the trigger name: due already then is "startup" (missed while
-        the daemon was down, or never run); any later due time is "schedule".
+        the daemon was down, interrupted by its stop, or never run); any later due time is
+        "schedule".
         """
         self._record = record
         planned = self._schedule()
         overdue = planned is not None and planned.when < self.wall_clock() - _EARLY
-        self._startup = self._first_arm and (overdue or record.last_success is None)
+        self._startup = self._first_arm and (
+            overdue or record.last_success is None or record.unfinished
+        )
         self._first_arm = False
         return planned
 
@@ -199,6 +208,7 @@ class ScheduleTimer:
             self._record.last_success,
             self.wall_clock(),
             last_attempt=self._record.last_attempt,
+            interrupted=self._record.unfinished,
             zone=self.zone,
             retry_after=self.retry_after,
         )
@@ -218,16 +228,18 @@ class ScheduleTimer:
 
     def _why(self, planned: NextRun) -> tuple[Literal["schedule", "startup"], str, float]:
         record = self._record
-        if record.last_success is None:
+        if record.unfinished:
+            reason = f"{planned.label}, its last run was interrupted"
+        elif record.last_success is None:
             reason = f"{planned.label}, never succeeded"
-        elif record.last_attempt is not None and record.last_attempt > record.last_success:
+        elif record.failed:
             reason = f"{planned.label}, retrying after a failed run"
         else:
             reason = planned.label
         if not self._startup:
             return "schedule", reason, planned.when
         self._startup = False
-        if record.last_success is not None:
+        if record.last_success is not None and not record.unfinished:
             reason += ", missed while the daemon was down"
         return "startup", reason, planned.when
 

@@ -1,6 +1,7 @@
 """What must survive a restart: when each backup (and each repository's check and prune)
-last succeeded and was last attempted, and since when a watched backup has changes not yet
-backed up, as wall-clock epoch seconds.
+last succeeded, was last attempted and last failed, and since when a watched backup has
+changes not yet backed up, as wall-clock epoch seconds. An attempt after the last success
+with no failure recorded for it never ended: henbackup stopped during it (RunRecord.unfinished).
 
 One small JSON file per backup or maintenance operation under the state directory, so each
 worker writes only its own file. Written atomically: a temporary file in the same
@@ -24,7 +25,7 @@ from urllib.parse import quote
 
 from henbackup.files import write_atomically
 
-_FIELDS = ("last_success", "last_attempt", "changed_since")
+_FIELDS = ("last_success", "last_attempt", "changed_since", "last_failure")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,24 @@ class RunRecord:
     last_success: float | None = None  # epoch seconds
     last_attempt: float | None = None  # the start of the latest run, however it ended
     changed_since: float | None = None  # the first change seen by the watch, not yet saved
+    last_failure: float | None = None  # the start of the latest run that ended in failure
+
+    @property
+    def failed(self) -> bool:
+        """The latest run ended in failure (a restic error, a hook, its job process killed)."""
+        return self._unsuccessful and self.last_failure == self.last_attempt
+
+    @property
+    def unfinished(self) -> bool:
+        """The latest run has no end: henbackup stopped during it (a daemon stop or crash,
+        its worker killed). A record written before `last_failure` existed counts every
+        unsuccessful run so."""
+        return self._unsuccessful and self.last_failure != self.last_attempt
+
+    @property
+    def _unsuccessful(self) -> bool:
+        attempt, success = self.last_attempt, self.last_success
+        return attempt is not None and (success is None or attempt > success)
 
     @property
     def unsaved_changes(self) -> bool:
@@ -111,6 +130,10 @@ class StateStore:
     def record_change(self, key: str, when: float) -> RunRecord:
         """Note that the watch saw a change at `when` (kept until a run saves it)."""
         return self._keep(key, replace(self.load(key), changed_since=when))
+
+    def record_failure(self, key: str, when: float) -> RunRecord:
+        """Note that the run started at `when` failed; returns the record."""
+        return self._keep(key, replace(self.load(key), last_failure=when))
 
     def record_success(self, key: str, when: float) -> RunRecord:
         """Note that the run started at `when` succeeded; returns the record.

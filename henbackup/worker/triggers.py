@@ -3,7 +3,8 @@
 A backup's worker has its schedule (intervals and cron, counted from the last success kept
 in the state directory) and its watch (inotify, debounced). A maintained repository's
 worker has a check schedule and a prune schedule. Every run's start and end is recorded
-here, so a restart of the worker, or of the daemon, neither repeats nor loses a run.
+here, so a restart of the worker, or of the daemon, neither repeats nor loses a run (one
+that henbackup's stop interrupted has a start and no end: it runs again at the next start).
 """
 
 from __future__ import annotations
@@ -74,11 +75,15 @@ class Triggers:
             self.debouncer.backup_started(self.loop.clock())
             self.dirty = False  # it saves every change so far; a new one opens a new window
 
-    def job_finished(self, operation: str, ok: bool) -> None:
+    def job_finished(self, operation: str, ok: bool, *, stopping: bool = False) -> None:
+        """A run of `operation` ended. One that did not succeed while the worker is
+        `stopping` was interrupted by henbackup, not failed: its end is not recorded, so
+        the next start runs it again at once (schedule.py)."""
         started = self.started.pop(operation, None)
-        if ok and started is not None:
-            self.store.record_success(self.keys[operation], started)
-        if operation in self.timers:
+        if started is not None and (ok or not stopping):
+            record = self.store.record_success if ok else self.store.record_failure
+            record(self.keys[operation], started)
+        if operation in self.timers and not stopping:
             self.timers[operation].arm(self.store.load(self.keys[operation]))
         if self.timer is not None and self.debouncer is not None and operation == "backup":
             self.debouncer.backup_finished(self.loop.clock())

@@ -318,10 +318,45 @@ def test_a_restart_after_a_failed_run_retries_after_the_delay():
     clocks = Clocks(at("2024-05-01 03:01"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3], fired)
-    record = RunRecord(last_success=at("2024-04-30 03:00"), last_attempt=at("2024-05-01 03:00"))
+    failed = at("2024-05-01 03:00")
+    record = RunRecord(at("2024-04-30 03:00"), last_attempt=failed, last_failure=failed)
     assert timer.arm(record).when == at("2024-05-01 03:10")
     clocks.pass_time(540)
     assert fired[0].trigger == "schedule" and "retrying after a failed run" in fired[0].reason
+
+
+def test_a_restart_after_an_interrupted_run_runs_it_at_once():
+    """The daemon stopped (or crashed) during the 03:00 run: no end was recorded. Restarted
+    at 03:01 it runs the backup at once, as a missed run, not ten minutes later."""
+    clocks = Clocks(at("2024-05-01 03:01"))
+    fired: list[Fired] = []
+    timer = make_timer(clocks, [AT_3], fired)
+    interrupted = at("2024-05-01 03:00")
+    record = RunRecord(last_success=at("2024-04-30 03:00"), last_attempt=interrupted)
+    assert timer.arm(record).when == interrupted
+    clocks.pass_time(0)
+    assert [(f.trigger, f.reason, f.due) for f in fired] == [
+        ("startup", 'cron "0 3 * * *", its last run was interrupted', interrupted)
+    ]
+
+
+def test_an_interrupted_first_run_runs_at_once_at_the_next_start():
+    clocks = Clocks(at("2024-05-01 12:00"))
+    fired: list[Fired] = []
+    make_timer(clocks, [DAILY], fired).arm(RunRecord(last_attempt=clocks.wall - 5))
+    clocks.pass_time(0)
+    assert [(f.trigger, f.reason) for f in fired] == [
+        ("startup", "every 1d, its last run was interrupted")
+    ]
+
+
+def test_an_interrupted_run_is_due_now_even_with_the_clock_set_back():
+    now = at("2024-05-01 12:00")
+    last = now - HOUR
+    planned = next_run([DAILY], last, now, last_attempt=last + 60, interrupted=True)
+    assert planned.when == last + 60
+    ahead = now + HOUR  # written before the clock went back an hour
+    assert next_run([DAILY], last, now, last_attempt=ahead, interrupted=True).when == now
 
 
 def test_cancel_and_close_stop_the_timer():

@@ -66,6 +66,7 @@ def test_odd_names_stay_inside_the_state_directory(store, name):
         b'{"last_success": true}',
         b'{"last_success": NaN}',
         b'{"last_attempt": Infinity}',
+        b'{"last_failure": "restic exited 1"}',
         b'{"last_success": [1]}',
         b"\xff\xfe",
         b"[" * 100_000 + b"]" * 100_000,  # deeper than the stack: RecursionError
@@ -146,3 +147,32 @@ def test_a_record_nested_too_deeply_counts_as_absent(store, problems):
     store.path(key).write_text("[" * 100_000)
     assert store.load(key) == RunRecord()
     assert len(problems) == 1 and "corrupt run record" in problems[0]
+
+
+def test_a_failure_round_trips_and_an_old_record_without_it_still_reads(tmp_path, store, problems):
+    key = backup_key("pictures")
+    store.record_attempt(key, 1000.5)
+    store.record_failure(key, 1000.5)
+    again = StateStore(tmp_path / "state", problems.append)
+    assert again.load(key) == RunRecord(last_attempt=1000.5, last_failure=1000.5)
+    old = backup_key("old")  # as written before last_failure existed
+    store.path(old).write_text('{"last_success": 5, "last_attempt": 9, "changed_since": null}')
+    assert again.load(old) == RunRecord(last_success=5.0, last_attempt=9.0)
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("record", "failed", "unfinished"),
+    [
+        (RunRecord(), False, False),
+        (RunRecord(last_success=5.0, last_attempt=5.0), False, False),
+        (RunRecord(last_success=5.0, last_attempt=9.0, last_failure=9.0), True, False),
+        (RunRecord(last_attempt=9.0, last_failure=9.0), True, False),
+        (RunRecord(last_success=5.0, last_attempt=9.0), False, True),  # no end: interrupted
+        (RunRecord(last_attempt=9.0, last_failure=7.0), False, True),  # an older failure
+        (RunRecord(last_success=9.0, last_attempt=9.0, last_failure=7.0), False, False),
+        (RunRecord(last_success=9.0, last_attempt=8.0), False, False),  # clock set back
+    ],
+)
+def test_how_the_last_run_ended(record, failed, unfinished):
+    assert (record.failed, record.unfinished) == (failed, unfinished)
