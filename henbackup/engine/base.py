@@ -131,6 +131,7 @@ class Engine(ABC):
     """A backup tool behind henbackup's vocabulary. See the module docstring for the rules."""
 
     on_stall: StallCallback | None = None  # set by the job that runs (see jobs/job.py)
+    checkpoint: Checkpoint | None = None  # where the job acts on a stop or cancel (raises)
 
     @abstractmethod
     def ensure_initialized(self, target: Target) -> bool:

@@ -951,8 +951,15 @@ class ResticEngine(Engine):
             left = deadline - time.monotonic()
             if native or left <= 0 or not isinstance(error, RepositoryLocked):
                 raise error
-            time.sleep(min(delay, left))
+            self._pause(min(delay, left))
             delay = min(delay * 2, LOCK_BACKOFF_MAX)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, calling the checkpoint every WATCH_TICK: a stop is not kept waiting."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.checkpoint()
+            time.sleep(min(left, WATCH_TICK))
 
     def _failure(
         self, target: Target, args: Argv, outcome: Outcome, tolerate: tuple[int, ...]

@@ -8,6 +8,8 @@ hook's wait, the engine's checkpoint), with nothing half done behind it.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +24,12 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))  # its helpers, not copi
 
 from daemon_helpers import PASSWORD, Daemon, henbackupctl  # noqa: E402
 from test_hooks_http import Server  # noqa: E402
+
+from henbackup.config.model import NORMAL  # noqa: E402
+from henbackup.errors import StopRequested  # noqa: E402
+from henbackup.scheduler import locks  # noqa: E402
+from henbackup.scheduler.queue import Scheduler  # noqa: E402
+from henbackup.scheduler.ticket import Ticket  # noqa: E402
 
 # SIGTERM comes while the job takes its turn under the queue lock: the slot and the
 # repository are locked, its ticket is being rewritten as running. (A fake widens that
@@ -87,6 +95,57 @@ def test_a_stop_inside_the_queue_code_is_acted_on_after_it_with_nothing_left_hel
     ], done.stderr
 
 
+# A job waiting for its turn (another holds the only slot) when SIGTERM comes.
+STOP_WHILE_QUEUED = textwrap.dedent(
+    """
+    from henbackup.config.model import NORMAL
+    from henbackup.errors import StopRequested
+    from henbackup.jobs import entry
+    from henbackup.jobs.job import Job
+    from henbackup.jobs.pipeline import queued
+
+    def emit(kind, message, **fields):
+        print(kind, flush=True)
+
+    entry._handle_signals()
+    job = Job("backup", "local", "home", "manual", NORMAL)
+    try:
+        with queued(job, entry.host_scheduler(), emit):
+            print("granted")
+    except StopRequested as stop:
+        print(stop)
+    """
+)
+
+
+def test_a_stop_wakes_a_job_waiting_in_the_queue(tmp_path):
+    """The handler only records: the queue's wait must wake on it (the wakeup fd), not sleep
+    on until the slot frees; the job leaves the queue, cancelled."""
+    scheduler = Scheduler(tmp_path / "scheduler")
+    holder = Ticket("holder", "other", NORMAL)
+    with scheduler.acquire(holder):
+        job = subprocess.Popen(
+            [sys.executable, "-c", STOP_WHILE_QUEUED],
+            env={"RUNTIME_DIRECTORY": str(tmp_path), "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert job.stdout is not None
+        assert job.stdout.readline() == "job.queued\n"
+        job.send_signal(signal.SIGTERM)
+        try:
+            out, err = job.communicate(timeout=30)  # before the wakeup: until the slot frees
+        except subprocess.TimeoutExpired:
+            job.kill()
+            raise
+        assert [t.job_id for t in scheduler.queue()] == ["holder"]
+    assert (job.returncode, out.splitlines()) == (
+        0,
+        ["job.cancelled", "stopped by SIGTERM"],
+    ), err
+
+
 @pytest.fixture
 def hanging_server():
     httpd = Server()
@@ -142,3 +201,22 @@ def test_a_stop_during_a_long_http_before_hook_ends_the_job_within_seconds(
     assert (failed["HENBACKUP_HOOK"], failed["HENBACKUP_ERROR"]) == ("before", "cancelled")
     assert daemon.find("job.started") == []
     assert daemon.leftovers == []
+
+
+def test_a_stop_ends_the_wait_for_a_repository_being_created(tmp_path):
+    """Another job of this host holds the creation lock (for up to 10 minutes): the wait
+    calls the job's checkpoint between polls, so a stop ends it."""
+    path = tmp_path / "init-lock"
+    held = locks.try_lock(path, locks.EXCLUSIVE)
+    assert held is not None
+
+    def stopped() -> None:
+        raise StopRequested("stopped by SIGTERM")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(StopRequested):
+            locks.wait_lock(path, locks.EXCLUSIVE, 600, stopped)
+    finally:
+        os.close(held)
+    assert time.monotonic() - started < 60
