@@ -76,6 +76,9 @@ def run_http_apart(hook: HttpHook, backoff: float, safe_point: SafePoint) -> Att
 
     try:
         forked = fork_child("henbackup-http", child, close_in_child=(read_fd,))
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
