@@ -98,8 +98,8 @@ def _note_cancel(signum: int, frame: FrameType | None) -> None:
 def honour_cancel() -> None:
     """Raise JobCancelled if `henbackupctl cancel` marked a job of this process that runs now.
 
-    Called where the process holds no queue lock: whenever restic says anything (the
-    engine's checkpoint). Only the job marked in the queue: by the time the signal came, this
+    Called where the process holds no queue lock (from `checkpoint`, the job's safe
+    point). Only the job marked in the queue: by the time the signal came, this
     process may have moved on to its next repository, which nobody asked to cancel. Raised
     once per job: a second `cancel` must not interrupt the clean stop of restic.
     """
