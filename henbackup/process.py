@@ -5,20 +5,28 @@ all of its parent's memory. Each child gets its own process group, a recognisabl
 /proc/PID/comm, and dies with its parent (PR_SET_PDEATHSIG). The parent watches it through
 a pidfd, which becomes readable when the child exits.
 
+Programs (restic, command hooks) are spawned by `spawn`: signals blocked across the fork,
+the program dies with us, and a signal meant for us never runs our Python handlers in it.
+A job process's handlers only record; it acts on them at its `SafePoint`s.
+
 The master is also a child subreaper: a process orphaned below it (a restic whose job
 process was killed) becomes its child, not init's, and it reaps those (`reap_orphans`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import gc
 import os
 import signal
+import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 15, 1, 36
 EXIT_CRASHED = 70  # EX_SOFTWARE: an unexpected exception in the child
@@ -36,6 +44,86 @@ def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def block_signals() -> set[signal.Signals]:
+    """Block every signal; returns the mask to restore.
+
+    Around a fork: signals wait until the child is under watch (a stop in between would
+    leave it running unknown) and cannot run our handlers in the child.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    except BaseException:  # a handler that ran as they were blocked raised
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    return mask
+
+
+def reset_signals(mask: set[signal.Signals]) -> None:
+    """In a child forked with every signal blocked: our Python handlers (and the wakeup fd)
+    go, so that a signal meant for the parent cannot run them here; then `mask` is back."""
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _before_exec(parent_pid: int, mask: set[signal.Signals], death_signal: int) -> None:
+    """preexec_fn, run with every signal blocked (see `spawn`)."""
+    _libc.prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+    if os.getppid() != parent_pid:  # we died before prctl took effect
+        os._exit(1)
+    reset_signals(mask)
+
+
+def spawn(
+    argv: Sequence[str], death_signal: int, **popen: Any
+) -> tuple[subprocess.Popen[bytes], set[signal.Signals]]:
+    """Start a program that may be cancelled: returns it and the signal mask to restore.
+
+    Every signal stays blocked from before the fork: the caller restores the mask once the
+    program is under watch (a stop is then acted on there). The program gets
+    `death_signal` when we die, default signal actions and our mask. `popen` goes to
+    Popen; an OSError from it is raised with the mask restored.
+    """
+    mask = block_signals()
+    setup = functools.partial(_before_exec, os.getpid(), mask, death_signal)
+    try:
+        return subprocess.Popen(list(argv), preexec_fn=setup, **popen), mask
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+
+
+@dataclass(frozen=True)
+class SafePoint:
+    """Where a process acts on the signals its handlers only recorded.
+
+    `check()` raises what they ask for: call it where nothing is half done (no lock held,
+    no file half-written). `fd`, when there is one, becomes readable as a signal comes:
+    a wait selects on it beside its own fds, then calls `woken()`.
+    """
+
+    check: Callable[[], None] = lambda: None
+    fd: int | None = None
+
+    def woken(self) -> None:
+        """Empty the wakeup fd, then act on what came."""
+        self.drain()
+        self.check()
+
+    def drain(self) -> None:
+        """Empty the wakeup fd (what came stays recorded for the next `check()`)."""
+        if self.fd is not None:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.fd, 512):
+                    pass
+
+
+NEVER = SafePoint()  # for a process that acts on no signal: nothing to check, no wakeup
 
 
 @dataclass(frozen=True)

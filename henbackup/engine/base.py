@@ -2,8 +2,8 @@
 
 Only an engine module (today `restic.py`) knows a tool's command line and output. Every call
 blocks until the tool is done; it runs in a job process, never in a selector loop. If the
-calling process gets a `JobCancelled` raised into it while a call runs (from the SIGTERM
-handler, or from its `Checkpoint`, which the engine calls often, whatever the tool says),
+calling process's `Checkpoint` (which the engine calls often, whatever the tool says)
+raises `JobCancelled` while a call runs (a stop or a cancel its signal handlers recorded),
 the engine interrupts the tool so that the repository stays consistent and unlocked, waits
 for it, and lets `JobCancelled` propagate. A call whose tool makes no progress for the
 engine's stall timeout is ended the same way and raises EngineError ("no progress for ...").
@@ -123,7 +123,7 @@ SpawnCallback = Callable[[int], None]
 StallCallback = Callable[[float, str], None]
 # Called whenever the engine hears from its running tool, as the tool starts and at least
 # every second, outside any lock: it raises JobCancelled to have the tool interrupted cleanly
-# (a cancel noted by a signal handler, which itself only records).
+# (a stop or a cancel noted by a signal handler, which itself only records).
 Checkpoint = Callable[[], None]
 
 
@@ -131,6 +131,7 @@ class Engine(ABC):
     """A backup tool behind henbackup's vocabulary. See the module docstring for the rules."""
 
     on_stall: StallCallback | None = None  # set by the job that runs (see jobs/job.py)
+    checkpoint: Checkpoint | None = None  # where the job acts on a stop or cancel (raises)
 
     @abstractmethod
     def ensure_initialized(self, target: Target) -> bool:

@@ -13,9 +13,7 @@ scrubbed of the location, the password and the target's env values.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import json
 import math
 import os
@@ -60,6 +58,7 @@ from henbackup.errors import (
     Stalled,
     WrongPassword,
 )
+from henbackup.process import spawn
 
 Version = tuple[int, int, int]
 Argv = tuple[str, ...]
@@ -608,37 +607,6 @@ def classify_failure(
 
 # --- running restic -------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded now: dlopen after fork is unsafe
-
-
-def _block_signals() -> set[signal.Signals]:
-    """Block every signal; returns the mask to restore.
-
-    Signals wait from before the fork until restic is under watch: a cancellation in
-    between would otherwise leave restic running unknown, or run our handler in the child.
-    """
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    except BaseException:  # a handler that ran as they were blocked raised
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        raise
-    return mask
-
-
-def _child_setup(parent: int, mask: set[signal.Signals]) -> None:
-    """preexec_fn, run with every signal blocked: if we die, restic gets SIGINT (a chance to
-    remove its lock); our Python handlers go, so that a signal meant for us cannot run
-    them here; then the child gets the signal mask `mask` back and becomes restic."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
-    if os.getppid() != parent:  # we died before prctl took effect
-        os._exit(1)
-    for signum in signal.valid_signals():
-        if callable(signal.getsignal(signum)):
-            signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
 
 def _password_pipe(source: PasswordSource) -> int | None:
     """The read end of a pipe holding a literal password (closed write end), else None."""
@@ -983,8 +951,15 @@ class ResticEngine(Engine):
             left = deadline - time.monotonic()
             if native or left <= 0 or not isinstance(error, RepositoryLocked):
                 raise error
-            time.sleep(min(delay, left))
+            self._pause(min(delay, left))
             delay = min(delay * 2, LOCK_BACKOFF_MAX)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, calling the checkpoint every WATCH_TICK: a stop is not kept waiting."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.checkpoint()
+            time.sleep(min(left, WATCH_TICK))
 
     def _failure(
         self, target: Target, args: Argv, outcome: Outcome, tolerate: tuple[int, ...]
@@ -1014,12 +989,7 @@ class ResticEngine(Engine):
         argv = make_command(self.binary, args, global_flags(target, self.cache_dir, retry_lock))
         with tempfile.TemporaryFile() as stderr:
             start = time.monotonic()
-            mask = _block_signals()
-            try:
-                process = self._spawn(argv, target, stderr, mask)
-            except BaseException:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                raise
+            process, mask = self._spawn(argv, target, stderr)
             lines = self._follow(process, target, on_line, stderr, mask, limit)
             seconds = time.monotonic() - start
             messages = stderr_messages(_read_back(stderr))
@@ -1032,22 +1002,23 @@ class ResticEngine(Engine):
         )
 
     def _spawn(
-        self, argv: Argv, target: Target, stderr: IO[bytes], mask: set[signal.Signals]
-    ) -> subprocess.Popen[bytes]:
-        """Start restic in its own session (a terminal's Ctrl-C is ours to forward); it gets
-        the signal mask `mask`."""
+        self, argv: Argv, target: Target, stderr: IO[bytes]
+    ) -> tuple[subprocess.Popen[bytes], set[signal.Signals]]:
+        """Start restic in its own session (a terminal's Ctrl-C is ours to forward), with
+        signals blocked (see process.spawn): returns it and the mask to restore. If we die,
+        restic gets SIGINT: a chance to remove its lock."""
         read_fd = _password_pipe(target.password)
         env = child_env(os.environ, target, password_env(target.password, read_fd))
         try:
-            return subprocess.Popen(
+            return spawn(
                 argv,
+                signal.SIGINT,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env=env,
                 pass_fds=() if read_fd is None else (read_fd,),
                 start_new_session=True,
-                preexec_fn=functools.partial(_child_setup, os.getpid(), mask),
             )
         except OSError as exc:
             reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")

@@ -1,15 +1,15 @@
 """Command hooks: an argv (no shell) in its own process group, bounded by a timeout.
 
 The child starts a new session, so the hook and everything it spawned share one process
-group: at the timeout, or when the job is cancelled (JobCancelled raised by a signal handler
-while we wait), the whole group gets SIGTERM, then SIGKILL after a grace period.
-Waiting uses a pidfd and the output pipe in one select(): no polling.
+group: at the timeout, or when the job is stopped or cancelled (its safe point raises while
+we wait), the whole group gets SIGTERM, then SIGKILL after a grace period.
+Waiting uses a pidfd, the output pipe and the safe point's wakeup fd in one select(): no
+polling.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import selectors
 import signal
@@ -21,6 +21,7 @@ from henbackup.config.model import CommandHook
 from henbackup.hooks.outcome import SKIP_EXIT_STATUS, Attempt, Status
 from henbackup.hooks.redact import Tail
 from henbackup.observe.events import FieldValue
+from henbackup.process import NEVER, SafePoint, spawn
 
 Popen = subprocess.Popen[bytes]
 
@@ -42,52 +43,51 @@ def environment(hook: CommandHook, context_env: dict[str, str]) -> dict[str, str
     return env
 
 
-def run_command(hook: CommandHook, env: dict[str, str], kill_grace: float = KILL_GRACE) -> Attempt:
+def run_command(
+    hook: CommandHook,
+    env: dict[str, str],
+    kill_grace: float = KILL_GRACE,
+    safe_point: SafePoint = NEVER,
+) -> Attempt:
     """Run `hook` to completion or its timeout; returns what happened.
 
-    Exit 0 succeeded, 75 skipped, anything else failed. Raises only what interrupts the
-    wait (JobCancelled from a signal handler), after the process group is killed.
+    Exit 0 succeeded, 75 skipped, anything else failed. Raises only what `safe_point`
+    raises while we wait (a stop, a cancel), after the process group is killed.
     """
-    # Signals wait from before the fork until the group is under watch: a cancellation
-    # arriving while Popen() returns would otherwise leave the hook running, unknown.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
-        process = _spawn(hook, env, mask)
-    except BaseException as error:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if isinstance(error, OSError):
-            return Attempt("failed", f"cannot run {hook.command[0]}: {error.strerror}")
-        raise
+        process, mask = spawn(
+            hook.command,
+            signal.SIGTERM,  # if the job process dies, the hook goes too
+            env=env,
+            cwd=hook.cwd or "/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as error:
+        return Attempt("failed", f"cannot run {hook.command[0]}: {error.strerror}")
     with process:
-        return _supervise(process, hook.timeout, kill_grace, mask)
-
-
-def _spawn(hook: CommandHook, env: dict[str, str], mask: set[signal.Signals]) -> Popen:
-    """Start the hook in a new session; the child gets the signal mask `mask` back."""
-    return subprocess.Popen(
-        list(hook.command),
-        env=env,
-        cwd=hook.cwd or "/",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=functools.partial(signal.pthread_sigmask, signal.SIG_SETMASK, mask),
-    )
+        return _supervise(process, hook.timeout, kill_grace, mask, safe_point)
 
 
 def _supervise(
-    process: Popen, timeout: float, kill_grace: float, mask: set[signal.Signals]
+    process: Popen,
+    timeout: float,
+    kill_grace: float,
+    mask: set[signal.Signals],
+    safe_point: SafePoint,
 ) -> Attempt:
     """Collect output until exit or timeout; whatever interrupts this kills the group.
 
-    Restores the signal mask `mask` inside: a held cancellation is raised there.
+    Restores the signal mask `mask` once the group is under watch.
     """
     tail = Tail()
     watch = None
     try:
-        watch = _Watch(process)
+        watch = _Watch(process, safe_point)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        safe_point.check()  # a stop that came while the hook started
         exited = watch.collect(tail, time.monotonic() + timeout)
         if not exited:
             _stop_group(process, watch, tail, kill_grace)
@@ -106,23 +106,31 @@ def _supervise(
 class _Watch:
     """The hook's output pipe and a pidfd of its leader, in one selector."""
 
-    def __init__(self, process: Popen) -> None:
+    def __init__(self, process: Popen, safe_point: SafePoint) -> None:
         assert process.stdout is not None
         self.output = process.stdout.fileno()
         os.set_blocking(self.output, False)
         self.pidfd = os.pidfd_open(process.pid)
+        self.safe_point = safe_point
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.output, selectors.EVENT_READ)
         self.selector.register(self.pidfd, selectors.EVENT_READ)
+        if safe_point.fd is not None:
+            self.selector.register(safe_point.fd, selectors.EVENT_READ)
 
-    def collect(self, tail: Tail, deadline: float) -> bool:
-        """Read output until the leader exits (returns True) or `deadline` (returns False)."""
+    def collect(self, tail: Tail, deadline: float, stoppable: bool = True) -> bool:
+        """Read output until the leader exits (returns True) or `deadline` (returns False).
+
+        With `stoppable`, what the safe point raises meanwhile ends the wait.
+        """
         while (remaining := deadline - time.monotonic()) > 0:
             for key, _ in self.selector.select(remaining):
-                if key.fd == self.pidfd:
+                if key.fd == self.safe_point.fd:
+                    self.safe_point.woken() if stoppable else self.safe_point.drain()
+                elif key.fd == self.pidfd:
                     self._drain(tail)  # what it wrote before exiting; its children may go on
                     return True
-                if not self._read(tail):
+                elif not self._read(tail):
                     self.selector.unregister(self.output)
         return False
 
@@ -150,7 +158,7 @@ def _stop_group(process: Popen, watch: _Watch | None, tail: Tail, kill_grace: fl
     try:
         _signal_group(process.pid, signal.SIGTERM)
         if watch is not None:
-            watch.collect(tail, time.monotonic() + kill_grace)
+            watch.collect(tail, time.monotonic() + kill_grace, stoppable=False)
     finally:
         _signal_group(process.pid, signal.SIGKILL)  # stragglers too, even if the leader left
         process.wait()

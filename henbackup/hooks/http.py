@@ -2,6 +2,9 @@
 
 `timeout` bounds each attempt as a whole (connection, headers and body): every read on the
 attempt's sockets only gets the time left, so a server trickling its body cannot stretch it.
+
+A job process runs the request in a child of its own (`run_http_apart`): urllib cannot be
+woken from a wait on its socket, and a stop must end the hook at once, not at its timeout.
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
+import os
+import pickle
+import select
+import signal
 import socket
 import ssl
 import time
@@ -21,6 +28,14 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from henbackup.config.model import HttpHook
 from henbackup.hooks.outcome import Attempt
 from henbackup.hooks.redact import Tail, redact_url
+from henbackup.process import (
+    SafePoint,
+    block_signals,
+    describe_status,
+    fork_child,
+    reap,
+    reset_signals,
+)
 
 BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
 MAX_BACKOFF = 60.0
@@ -44,6 +59,60 @@ def run_http(hook: HttpHook, backoff: float = BACKOFF) -> Attempt:
         attempts += 1
         attempt, retryable = _once(hook)
     return replace(attempt, fields={**attempt.fields, "attempts": attempts})
+
+
+def run_http_apart(hook: HttpHook, backoff: float, safe_point: SafePoint) -> Attempt:
+    """`run_http` in a child process, killed (SIGKILL) when `safe_point` raises meanwhile."""
+    read_fd, write_fd = os.pipe()
+    mask = block_signals()  # until the child is under watch, and its handlers reset
+
+    def child() -> int:
+        reset_signals(mask)  # a stop meant for us is not its to record
+        data = pickle.dumps(run_http(hook, backoff))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view) :]
+        return 0
+
+    try:
+        forked = fork_child("henbackup-http", child, close_in_child=(read_fd,))
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(write_fd)
+    try:
+        data = _read_all(read_fd, safe_point)
+    except BaseException:
+        os.kill(forked.pid, signal.SIGKILL)
+        reap(forked)
+        raise
+    finally:
+        os.close(read_fd)
+    status = reap(forked)
+    attempt = pickle.loads(data) if data else None  # from our own child, through a pipe
+    if not isinstance(attempt, Attempt):
+        return Attempt("failed", f"the request's process {describe_status(status)}")
+    return attempt
+
+
+def _read_all(fd: int, safe_point: SafePoint) -> bytes:
+    """Read `fd` to its end; what `safe_point` raises as a signal comes ends the wait."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if safe_point.fd is not None:
+        poller.register(safe_point.fd, select.POLLIN)
+    chunks = []
+    while True:
+        safe_point.check()
+        for ready, _ in poller.poll():
+            if ready == safe_point.fd:
+                safe_point.drain()
+            elif chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
 
 
 def make_request(hook: HttpHook) -> urllib.request.Request:

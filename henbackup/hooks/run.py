@@ -1,7 +1,8 @@
 """Running hooks with their events, and what their outcomes mean for the run.
 
-Hooks run blocking, inside the job process. A JobCancelled raised by a signal handler
-meanwhile kills a command hook's process group (see command.py) and propagates.
+Hooks run blocking, inside the job process. What its safe point raises meanwhile (a stop,
+a cancel: JobCancelled) kills a command hook's process group (see command.py), or an HTTP
+hook's process (http.py), and propagates.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from henbackup.hooks import command, http
 from henbackup.hooks.outcome import Attempt, HookContext, HookOutcome, Status, Verdict
 from henbackup.hooks.redact import Redactor, clean_output, hook_secrets
 from henbackup.observe.events import EmitFunction
+from henbackup.process import NEVER, SafePoint
 
 Runner = Callable[[Hook, HookContext, EmitFunction], HookOutcome]
 
@@ -38,18 +40,20 @@ def run_hook(
     emit: EmitFunction,
     backoff: float = http.BACKOFF,
     kill_grace: float = command.KILL_GRACE,
+    safe_point: SafePoint | None = None,
 ) -> HookOutcome:
     """Run one hook between hook.started and hook.succeeded / hook.failed events.
 
     Returns its outcome (a skip, exit 75, is reported as hook.succeeded with
-    HENBACKUP_RESULT=skipped). Raises JobCancelled if the job is cancelled meanwhile.
+    HENBACKUP_RESULT=skipped). Raises JobCancelled if the job is cancelled meanwhile (what
+    `safe_point` raises; without one, the hook runs in this process, not stoppable).
     """
     description = describe(hook)
     title = f"{context.backup}: {context.phase} hook ({description})"
     emit("hook.started", f"{title} started", **context.fields(), hook_target=description)
     started = time.monotonic()
     try:
-        attempt = _attempt(hook, context, backoff, kill_grace)
+        attempt = _attempt(hook, context, backoff, kill_grace, safe_point)
     except JobCancelled:
         emit("hook.failed", f"{title} cancelled", **context.fields(), error="cancelled")
         raise
@@ -58,11 +62,19 @@ def run_hook(
     return outcome
 
 
-def _attempt(hook: Hook, context: HookContext, backoff: float, kill_grace: float) -> Attempt:
+def _attempt(
+    hook: Hook,
+    context: HookContext,
+    backoff: float,
+    kill_grace: float,
+    safe_point: SafePoint | None,
+) -> Attempt:
     if isinstance(hook, CommandHook):
         env = command.environment(hook, context.environment())
-        return command.run_command(hook, env, kill_grace)
-    return http.run_http(hook, backoff)
+        return command.run_command(hook, env, kill_grace, safe_point or NEVER)
+    if safe_point is None:
+        return http.run_http(hook, backoff)
+    return http.run_http_apart(hook, backoff, safe_point)
 
 
 def _outcome(hook: Hook, description: str, attempt: Attempt, redact: Redactor) -> HookOutcome:

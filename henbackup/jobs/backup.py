@@ -55,7 +55,7 @@ def ensure_repository(engine: Engine, target: Target, lock_dir: Path) -> bool:
     path = lock_dir / f"init-{hashlib.sha256(target.location.encode()).hexdigest()[:32]}"
     try:
         lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = locks.wait_lock(path, locks.EXCLUSIVE, INIT_WAIT)
+        fd = locks.wait_lock(path, locks.EXCLUSIVE, INIT_WAIT, engine.checkpoint)
     except OSError as error:
         reason = error.strerror or str(error)
         message = f"cannot lock {path} (to create repository {target.name}): {reason}"

@@ -3,8 +3,11 @@ prune), and the one-off jobs the master starts for henbackupctl.
 
 A job process tells its parent every job and hook event on its news channel (for STATUS=,
 `henbackupctl status`, the metrics and the clients waiting for the job). SIGTERM stops the
-whole run; SIGUSR1 cancels the job the scheduler marked cancelled (`henbackupctl cancel`):
-its handler only records, and the job acts on it the next time restic says anything.
+whole run; SIGUSR1 cancels the job the scheduler marked cancelled (`henbackupctl cancel`).
+Both handlers only record (this process may be inside a flock, a file write, an event): the
+job acts on them at its safe point (`checkpoint`), which the engine calls every second while
+restic runs, the queue as it waits (woken by the wakeup fd), hooks as they run, and the
+pipeline between repositories.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from henbackup.jobs.pipeline import queued, run_backup_pipeline
 from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
 from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
+from henbackup.process import NEVER, SafePoint
 from henbackup.scheduler.queue import Scheduler
 
 JOB_OK, JOB_FAILED, JOB_CANCELLED = 0, 1, 3
@@ -60,11 +64,23 @@ class RunOptions:
         return parse_priority(self.priority) if self.priority else None
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    # Raised once, wherever the job is: the engine then interrupts restic cleanly. A second
-    # SIGTERM must not interrupt that clean-up.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise StopRequested(f"stopped by {signal.Signals(signum).name}")
+_stop_asked = False  # SIGTERM came
+_stopped = False  # and StopRequested was raised for it
+
+
+def _note_stop(signum: int, frame: FrameType | None) -> None:
+    # Only records, like _note_cancel: acted on at the next checkpoint.
+    global _stop_asked
+    _stop_asked = True
+
+
+def honour_stop() -> None:
+    """Raise StopRequested if SIGTERM came. Once: a second SIGTERM must not interrupt the
+    clean stop of restic, nor the failure hooks."""
+    global _stopped
+    if _stop_asked and not _stopped:
+        _stopped = True
+        raise StopRequested("stopped by SIGTERM")
 
 
 _cancel_asked = False  # SIGUSR1 came, and the queue was not asked since which job it meant
@@ -82,8 +98,8 @@ def _note_cancel(signum: int, frame: FrameType | None) -> None:
 def honour_cancel() -> None:
     """Raise JobCancelled if `henbackupctl cancel` marked a job of this process that runs now.
 
-    Called where the process holds no queue lock: whenever restic says anything (the
-    engine's checkpoint). Only the job marked in the queue: by the time the signal came, this
+    Called where the process holds no queue lock (from `checkpoint`, the job's safe
+    point). Only the job marked in the queue: by the time the signal came, this
     process may have moved on to its next repository, which nobody asked to cancel. Raised
     once per job: a second `cancel` must not interrupt the clean stop of restic.
     """
@@ -97,8 +113,23 @@ def honour_cancel() -> None:
         raise JobCancelled(f"job {job} cancelled by henbackupctl cancel")
 
 
+def checkpoint() -> None:
+    """The job's safe point: acts on a stop, then on a cancel (holds no queue lock)."""
+    honour_stop()
+    honour_cancel()
+
+
+_safe_point = NEVER  # checkpoint, with the wakeup fd the handlers write to, once installed
+
+
 def _handle_signals() -> None:
-    signal.signal(signal.SIGTERM, _stop)
+    """Record SIGTERM and SIGUSR1; each also writes a byte to the wakeup fd (waits wake)."""
+    global _safe_point
+    if _safe_point is NEVER:
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        _safe_point = SafePoint(checkpoint, read_fd)
+    signal.signal(signal.SIGTERM, _note_stop)
     signal.signal(signal.SIGUSR1, _note_cancel)
 
 
@@ -108,14 +139,14 @@ def _engine(config: Config) -> ResticEngine:
         config.daemon.restic,
         cache_dir=cache,
         lock_wait=LOCK_WAIT,
-        checkpoint=honour_cancel,
+        checkpoint=checkpoint,
         stall_timeout=config.daemon.stall_timeout,
     )
 
 
 def host_scheduler() -> Scheduler:
     """The queue every job of this host goes through."""
-    return Scheduler(Dirs.from_environment().scheduler)
+    return Scheduler(Dirs.from_environment().scheduler, _safe_point)
 
 
 def telling(news: Channel | None) -> EmitFunction:
@@ -151,6 +182,7 @@ def backup_job(config: Config, name: str, options: RunOptions, news: Channel | N
             host_scheduler(),
             only=options.repository,
             priority=options.job_priority,
+            safe_point=_safe_point,
         )
     except JobCancelled:
         return JOB_CANCELLED

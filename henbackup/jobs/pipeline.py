@@ -10,6 +10,7 @@ naming the hook), so that status, metrics and the journal count the run as faile
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,11 +18,12 @@ from henbackup.config.model import Backup, Config, Priority
 from henbackup.engine.base import Engine
 from henbackup.errors import HenbackupError, JobCancelled, StopRequested
 from henbackup.hooks.outcome import HookContext
-from henbackup.hooks.run import run_with_hooks
+from henbackup.hooks.run import run_hook, run_with_hooks
 from henbackup.jobs.backup import run_backup
 from henbackup.jobs.forget import run_forget
 from henbackup.jobs.job import Job
 from henbackup.observe.events import EmitFunction
+from henbackup.process import SafePoint
 from henbackup.scheduler.queue import Scheduler
 from henbackup.scheduler.ticket import Ticket, mode_for
 
@@ -76,11 +78,13 @@ def run_backup_pipeline(
     scheduler: Scheduler | None = None,
     only: str | None = None,
     priority: Priority | None = None,
+    safe_point: SafePoint | None = None,
 ) -> PipelineResult:
     """Hooks around one backup job per repository; returns every repository's outcome.
 
     `only` restricts the run to one of the backup's repositories; `priority` overrides the
-    configured one (both for runs asked by hand).
+    configured one (both for runs asked by hand). `safe_point` is where the job process
+    acts on its signals: hooks and the time between repositories.
     """
     backup = config.backups[name]
     outcomes: list[Outcome] = []
@@ -89,13 +93,16 @@ def run_backup_pipeline(
 
     def jobs() -> str | None:
         for repository in repositories:
+            if safe_point is not None:
+                safe_point.check()
             job = Job("backup", repository, name, trigger, job_priority)
             outcomes.append(_to(job, backup, config, engine, emit, scheduler))
         failed = [o.repository for o in outcomes if not o.ok]
         return f"failed on {', '.join(failed)}" if failed else None
 
     context = HookContext(backup=name, phase="before", trigger=trigger)
-    result = run_with_hooks(backup.hooks, context, emit, jobs)
+    runner = functools.partial(run_hook, safe_point=safe_point)
+    result = run_with_hooks(backup.hooks, context, emit, jobs, runner)
     if result.before.stop:
         error = f"before hook {result.before.error}"
         for repository in repositories:

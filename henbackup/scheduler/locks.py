@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,12 +39,14 @@ def try_lock(path: Path, mode: int) -> int | None:
     return fd
 
 
-def wait_lock(path: Path, mode: int, timeout: float) -> int | None:
+def wait_lock(
+    path: Path, mode: int, timeout: float, check: Callable[[], None] | None = None
+) -> int | None:
     """Take `mode` on `path`, waiting at most `timeout` seconds; returns the fd that holds
     it, or None when it stayed taken.
 
-    Polls rather than blocking in flock(2): the wait has a deadline without an alarm, and a
-    signal handler that raises (a cancel, a stop) ends it at once.
+    Polls rather than blocking in flock(2): the wait has a deadline without an alarm, and
+    `check()`, called between polls, may raise to end it (a job's stop, its cancel).
     """
     deadline = time.monotonic() + timeout
     delay = 0.05
@@ -54,6 +56,8 @@ def wait_lock(path: Path, mode: int, timeout: float) -> int | None:
             return None
         time.sleep(min(delay, left))
         delay = min(delay * 2, 1.0)
+        if check is not None:
+            check()
     return fd
 
 

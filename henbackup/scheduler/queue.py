@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
+from henbackup.process import NEVER, SafePoint
 from henbackup.scheduler import locks
 from henbackup.scheduler.inotify import IN_ATTRIB, IN_DELETE_SELF, IN_MODIFY, Inotify
 from henbackup.scheduler.procs import alive, start_time
@@ -61,10 +62,15 @@ _LOCK_MODES = {"shared": locks.SHARED, "exclusive": locks.EXCLUSIVE}
 
 
 class Scheduler:
-    """The queue in `directory`; any number of processes may each open it."""
+    """The queue in `directory`; any number of processes may each open it.
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    A blocking wait for a turn acts on the signals of this process at `safe_point`: it
+    wakes as one comes, and never with the queue's lock held.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], safe_point: SafePoint = NEVER) -> None:
         self.directory = Path(directory)
+        self.safe_point = safe_point
         self._tickets = self.directory / "tickets"
         self._cancelled = self.directory / "cancelled"
         self._lock = self.directory / "lock"
@@ -113,7 +119,7 @@ class Scheduler:
                     watch = inotify.watch(path, IN_ATTRIB | IN_DELETE_SELF)
                     inotify.watch(str(self._nudge), IN_MODIFY)
                     grant = self._dispatch(stamped)
-                except BaseException:  # e.g. JobCancelled from a signal handler
+                except BaseException:  # e.g. a full disk
                     self._drop(stamped)
                     raise
         except BaseException:
@@ -519,8 +525,9 @@ class Waiter:
     def wait(self, timeout: float | None = None) -> Grant:
         """Block until the job's turn; returns its Grant.
 
-        Raises QueueTimeout after `timeout` seconds, JobCancelled if cancelled (also when
-        raised by a signal handler meanwhile); in every case the ticket leaves the queue.
+        Raises QueueTimeout after `timeout` seconds, JobCancelled if cancelled (also what
+        the scheduler's safe point raises meanwhile); in every case the ticket leaves the
+        queue.
         """
         try:
             grant = self.grant or self._sleep_until_granted(timeout)
@@ -532,15 +539,22 @@ class Waiter:
 
     def _sleep_until_granted(self, timeout: float | None) -> Grant:
         deadline = None if timeout is None else time.monotonic() + timeout
+        safe_point = self._scheduler.safe_point
         poller = select.poll()
         poller.register(self.fileno(), select.POLLIN)
+        if safe_point.fd is not None:
+            poller.register(safe_point.fd, select.POLLIN)
         while True:
+            safe_point.check()  # a stop that came in the queue's code is acted on here
             if self._closed:
                 raise JobCancelled(f"job {self.ticket.job_id} was cancelled while queued")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise QueueTimeout(_timeout_message(timeout or 0.0))
-            if poller.poll(None if remaining is None else remaining * 1000 + 1):
+            ready = poller.poll(None if remaining is None else remaining * 1000 + 1)
+            if any(fd == safe_point.fd for fd, _ in ready):
+                safe_point.drain()  # then checked at the top
+            elif ready:
                 grant = self.poll()
                 if grant is not None:
                     return grant

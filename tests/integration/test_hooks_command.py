@@ -13,6 +13,7 @@ import pytest
 from henbackup.config.model import CommandHook, Hooks
 from henbackup.errors import JobCancelled
 from henbackup.hooks import HookContext, command, run_hook, run_hooks, run_with_hooks
+from henbackup.process import SafePoint
 
 CONTEXT = HookContext("grafana", "before", job="j1", trigger="schedule")
 GENEROUS = 15.0
@@ -103,49 +104,58 @@ def test_a_background_child_does_not_hold_the_hook_up(events, tmp_path):
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
-def test_cancelling_the_job_kills_the_hooks_process_group(events, tmp_path):
+@pytest.fixture
+def cancel_point():
+    """SIGUSR1 as a job process has it: the handler only records (and wakes the wakeup
+    fd); the safe point raises JobCancelled."""
+    asked: list[int] = []
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def check() -> None:
+        if asked:
+            asked.clear()
+            raise JobCancelled("cancelled")
+
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: asked.append(signum))
+    wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    try:
+        yield SafePoint(check, read_fd)
+    finally:
+        signal.set_wakeup_fd(wakeup)
+        signal.signal(signal.SIGUSR1, previous)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_cancelling_the_job_kills_the_hooks_process_group(events, tmp_path, cancel_point):
     pidfile = tmp_path / "grandchild"
-
-    def cancel(signum, frame):
-        raise JobCancelled("cancelled")
-
     # The hook itself signals this process once its grandchild runs: no timing involved.
     hook = sh(f"sleep 1000 & echo $! > {pidfile}; kill -USR1 $PPID; wait", timeout=GENEROUS)
-    previous = signal.signal(signal.SIGUSR1, cancel)
-    try:
-        with pytest.raises(JobCancelled):
-            run_hook(hook, CONTEXT, events, kill_grace=GENEROUS)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    with pytest.raises(JobCancelled):
+        run_hook(hook, CONTEXT, events, kill_grace=GENEROUS, safe_point=cancel_point)
     assert_gone(int(pidfile.read_text()))
     assert events.recorded[-1].kind == "hook.failed"
     assert dict(events.recorded[-1].fields)["HENBACKUP_ERROR"] == "cancelled"
 
 
 def test_a_cancellation_arriving_while_the_hook_starts_still_kills_its_group(
-    events, tmp_path, monkeypatch
+    events, tmp_path, monkeypatch, cancel_point
 ):
     """The signal comes before the hook is under watch: it must wait, not leak the group."""
     pidfile, fifo = tmp_path / "grandchild", tmp_path / "fifo"
     os.mkfifo(fifo)
 
     class LateWatch(command._Watch):
-        def __init__(self, process):
+        def __init__(self, process, safe_point):
             with open(fifo) as gate:  # returns once the hook has signalled this process
                 gate.read()
-            super().__init__(process)
-
-    def cancel(signum, frame):
-        raise JobCancelled("cancelled")
+            super().__init__(process, safe_point)
 
     monkeypatch.setattr(command, "_Watch", LateWatch)
     script = f"sleep 1000 & echo $! > {pidfile}; kill -USR1 $PPID; echo > {fifo}; wait"
-    previous = signal.signal(signal.SIGUSR1, cancel)
-    try:
-        with pytest.raises(JobCancelled):
-            run_hook(sh(script, timeout=GENEROUS), CONTEXT, events, kill_grace=GENEROUS)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    hook = sh(script, timeout=GENEROUS)
+    with pytest.raises(JobCancelled):
+        run_hook(hook, CONTEXT, events, kill_grace=GENEROUS, safe_point=cancel_point)
     assert_gone(int(pidfile.read_text()))
 
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psutil
 import pytest
 
 from henbackup.config.model import HttpHook
+from henbackup.errors import StopRequested
 from henbackup.hooks import HookContext, run_hook
+from henbackup.process import SafePoint
 
 CONTEXT = HookContext("grafana", "before", job="j1", trigger="manual")
 GENEROUS = 15.0  # an upper bound for slow machines, not a performance assertion
@@ -208,3 +212,36 @@ def test_a_url_that_is_not_http_fails_without_retrying(events):
     outcome = run_hook(HttpHook("ftp://example.org/x", retries=3), CONTEXT, events, backoff=0.01)
     assert outcome.error == "cannot send: not an http:// or https:// URL"
     assert dict(events.recorded[-1].fields)["HENBACKUP_ATTEMPTS"] == "1"
+
+
+def test_a_request_run_apart_answers_the_same_and_a_stop_ends_it_at_once(server, events):
+    """In a job process the request runs in a child (urllib cannot be woken): it answers as
+    in-process, and a stop (a byte on the wakeup fd, then the safe point raises) ends a
+    request the server never answers, within seconds, its child gone."""
+    hook = HttpHook(server.url + "/echo", method="POST", body="{}")
+    outcome = run_hook(hook, CONTEXT, events, safe_point=SafePoint())
+    assert (outcome.status, json.loads(outcome.output)["body"]) == ("succeeded", "{}")
+
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def check() -> None:
+        if server.hits["/hang"]:
+            raise StopRequested("stopped by SIGTERM")
+
+    def stop_once_asked() -> None:  # as a SIGTERM's handler would, through the wakeup fd
+        while not server.hits["/hang"]:
+            time.sleep(0.01)
+        os.write(write_fd, b"\x0f")
+
+    threading.Thread(target=stop_once_asked, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(StopRequested):
+            hang = HttpHook(server.url + "/hang", timeout=600)
+            run_hook(hang, CONTEXT, events, safe_point=SafePoint(check, read_fd))
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert time.monotonic() - started < GENEROUS
+    assert psutil.Process().children() == []
+    assert fields(events.recorded[-1])["HENBACKUP_ERROR"] == "cancelled"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import cast
 
+import pytest
+
 from henbackup.config.load import load_config
 from henbackup.engine.base import Engine
+from henbackup.errors import StopRequested
 from henbackup.jobs.pipeline import Outcome, run_backup_pipeline
+from henbackup.process import SafePoint
 
 CONFIG = """
 [repositories.local]
@@ -48,3 +52,24 @@ def test_a_before_hook_that_stops_the_run_fails_each_of_its_jobs(tmp_path, event
     ]
     assert {f["HENBACKUP_TRIGGER"] for f in failed} == {"schedule"}
     assert [e.kind for e in events.recorded if e.kind.startswith("job.")] == ["job.failed"] * 2
+
+
+def test_a_stop_recorded_before_a_repository_starts_ends_the_run_there(tmp_path, events):
+    """The pipeline checks the job's safe point before each repository: a stop that came
+    after the hooks (or the previous repository) starts nothing more."""
+    path = tmp_path / "henbackup.toml"
+    path.write_text(CONFIG % "continue")  # the hook fails, the jobs would run
+    config = load_config(path, env={}, hostname="testhost")
+    checked = []
+
+    def stopped() -> None:
+        checked.append(True)
+        raise StopRequested("stopped by SIGTERM")
+
+    no_engine = cast(Engine, object())  # never reached
+    with pytest.raises(StopRequested):
+        run_backup_pipeline(
+            config, "grafana", no_engine, events, "schedule", safe_point=SafePoint(stopped)
+        )
+    assert checked == [True]
+    assert [e.kind for e in events.recorded if e.kind.startswith("job.")] == []
