@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 rest_repository = backends.rest_repository  # the fixture
 
 ONE_RESTIC = pytest.mark.parametrize("restic", ["restic-0.14"], indirect=True)
-LIMIT = 1 << 20  # upload bytes/s: the backup below lasts ~4 s when nothing goes wrong
+LIMIT = 512 << 10  # upload bytes/s: the backup below lasts ~8 s, time to freeze its backend
 ENDING = INTERRUPT_GRACE + UNLOCK_LIMIT  # the most that ending restic may take
 SLACK = 15.0  # a busy 2-core machine
 
@@ -170,7 +170,7 @@ def write_config(tmp_path: Path, restic: str, server: RestServer, source: Path, 
         f"[daemon]\nrestic = {json.dumps(restic)}\nhostname = 'testhost'\n"
         f"stall_timeout = {json.dumps(stall)}\n\n"
         f"[repositories.rest]\nlocation = {json.dumps(server.location)}\n"
-        f"password = {json.dumps(PASSWORD)}\nupload_limit = '1M'\n\n"
+        f"password = {json.dumps(PASSWORD)}\nupload_limit = '{LIMIT >> 10}K'\n\n"
         f"[backups.pictures]\npaths = [{json.dumps(str(source))}]\nrepositories = ['rest']\n"
     )
     return config
