@@ -108,9 +108,12 @@ class StatusModel:
                 self._record(ended, ENDINGS[kind], fields)
             return ended
         state = "queued" if kind == "job.queued" else "running"
-        job = self._live(job_id, key, owner, state, fields)
-        if kind == "job.progress" and job_id in self.live:
-            job = replace(self.live[job_id], **_progress(fields))
+        job = self.live.get(job_id)
+        if job is None or job.state != state or kind == "job.queued":
+            job = self._live(job_id, key, owner, state, fields)
+        elif kind == "job.progress":
+            job = replace(job, **_progress(fields))
+        # else a warning or a stall on its way: the run keeps its start and its progress
         self.live[job_id] = job
         return None
 

@@ -93,6 +93,25 @@ def test_progress_updates_the_running_job_and_keeps_its_start(
     )
 
 
+@pytest.mark.parametrize("kind", ["job.warning", "job.stalled", "job.started"])
+def test_a_warning_or_stall_mid_run_keeps_its_start_and_progress(
+    model: StatusModel, clock: Clock, kind: str
+) -> None:
+    """What a run said on its way changes neither when it started nor how far it got, so the
+    recorded run keeps its real start."""
+    model.apply("job.started", job(trigger="schedule"), OWNER)
+    clock.now = 1030.0
+    model.apply("job.progress", job(percent="40", bytes_done="400"), OWNER)
+    clock.now = 1090.0
+    model.apply(kind, job(error="no progress for 1m"), OWNER)
+    assert model.live["j1"] == LiveJob(
+        "j1", KEY, OWNER, "running", 1000.0, trigger="schedule", percent=40.0, bytes_done=400
+    )
+    clock.now = 1100.0
+    model.apply("job.succeeded", job(duration_sec="100"), OWNER)
+    assert model.records[KEY].last.started == 1000.0
+
+
 def test_progress_of_a_job_never_seen_makes_it_running_from_now(
     model: StatusModel, clock: Clock
 ) -> None:
