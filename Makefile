@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config gcc python3-dev \
-	python3-venv mandoc man-db systemd passwd util-linux
+	python3-venv mandoc man-db systemd passwd util-linux e2fsprogs
 RESTIC_TRIXIE := .cache/restic-trixie
 DEMO := $(CURDIR)/.demo
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -23,9 +24,9 @@ from henbackup.hooks.command import run_command
 from henbackup.process import _before_exec, block_signals
 
 
-def test_a_signal_between_fork_and_exec_gets_its_default_action_not_our_handler(
-    tmp_path: Path,
-) -> None:
+def assert_our_handler_never_runs(tmp_path: Path, child_setup: Callable[[int, set], None]) -> None:
+    """Fork with every signal blocked (as Popen does); the child sends itself SIGUSR1, runs
+    `child_setup(parent, mask)` and execs: SIGUSR1 must take its default action there."""
     ran = tmp_path / "handler-ran-in"
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -39,7 +40,7 @@ def test_a_signal_between_fork_and_exec_gets_its_default_action_not_our_handler(
         if pid == 0:  # the child: only os._exit leaves it
             try:
                 os.kill(os.getpid(), signal.SIGUSR1)
-                _before_exec(parent, mask, signal.SIGINT)
+                child_setup(parent, mask)
                 os.execv("/bin/true", ["true"])
             finally:
                 os._exit(99)
@@ -49,6 +50,14 @@ def test_a_signal_between_fork_and_exec_gets_its_default_action_not_our_handler(
         signal.signal(signal.SIGUSR1, previous)
     assert not ran.exists(), f"our handler ran in process {ran.read_text()}"
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGUSR1
+
+
+def test_a_signal_between_fork_and_exec_gets_its_default_action_not_our_handler(
+    tmp_path: Path,
+) -> None:
+    assert_our_handler_never_runs(
+        tmp_path, lambda parent, mask: _before_exec(parent, mask, signal.SIGINT)
+    )
 
 
 def test_blocking_returns_the_mask_to_restore() -> None:
@@ -81,25 +90,4 @@ def test_a_command_hook_gets_the_same_child_setup(tmp_path: Path, monkeypatch) -
     monkeypatch.undo()
     preexec = given["preexec_fn"]
     assert callable(preexec)
-    ran = tmp_path / "handler-ran-in"
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        ran.write_text(str(os.getpid()))
-
-    previous = signal.signal(signal.SIGUSR1, handler)
-    try:
-        mask = block_signals()  # as Popen forks: every signal blocked
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.kill(os.getpid(), signal.SIGUSR1)
-                preexec()
-                os.execv("/bin/true", ["true"])
-            finally:
-                os._exit(99)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-    assert not ran.exists(), f"our handler ran in process {ran.read_text()}"
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGUSR1
+    assert_our_handler_never_runs(tmp_path, lambda parent, mask: preexec())
