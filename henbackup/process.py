@@ -16,7 +16,6 @@ process was killed) becomes its child, not init's, and it reaps those (`reap_orp
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import gc
 import os
@@ -28,20 +27,15 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 15, 1, 36
+from henbackup import linux
+from henbackup.linux import set_comm
+
 EXIT_CRASHED = 70  # EX_SOFTWARE: an unexpected exception in the child
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def set_comm(name: str) -> None:
-    """Set /proc/self/comm (what `ps -e` and `top` show); the kernel keeps 15 bytes."""
-    _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
     """Get `signum` when the parent dies; exit at once if it already died before we asked."""
-    _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    linux.set_death_signal(signum)
     if os.getppid() != parent_pid:
         os._exit(1)
 
@@ -73,7 +67,7 @@ def reset_signals(mask: set[signal.Signals]) -> None:
 
 def _before_exec(parent_pid: int, mask: set[signal.Signals], death_signal: int) -> None:
     """preexec_fn, run with every signal blocked (see `spawn`)."""
-    _libc.prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+    linux.set_death_signal(death_signal)
     if os.getppid() != parent_pid:  # we died before prctl took effect
         os._exit(1)
     reset_signals(mask)
@@ -182,9 +176,7 @@ def become_subreaper() -> None:
     So that an orphaned restic is reaped by us when it ends, instead of lingering as a
     zombie under an init that may not reap: restic counts a lock whose pid exists as live.
     """
-    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(errno)}")
+    linux.set_child_subreaper()
 
 
 def reap_orphans(tracked: Container[int]) -> list[int]:

@@ -21,21 +21,21 @@ import grp
 import json
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from henbackup.errors import UsageError
+from henbackup.errors import ConfigError, Problem, UsageError
 from henbackup.loop import Loop, Timer
 from henbackup.master.permissions import DENIED, GROUP, Peer, Privilege, peer_of
 from henbackup.protocol import ControlRequest, decode
+from systemd import daemon
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 MAX_BACKLOG = 4 << 20  # a waiting client that lets this much output pile up is dropped
 FLUSH_TIMEOUT = 30.0  # to take the last reply once the answer is complete
-SD_LISTEN_FDS_START = 3
 MAX_CONNECTIONS = 256  # far below LimitNOFILE= (systemd/henbackup.service)
 ACCEPT_PAUSE = 1.0  # out of descriptors with no client to drop: accept again after this
 BUSY = "henbackup serves too many clients at once: try again in a moment"
@@ -50,13 +50,25 @@ def reply_error(code: str, message: str) -> Reply:
     return {"ok": False, "code": code, "error": message}
 
 
-def socket_from_systemd(env: Mapping[str, str] = os.environ) -> socket.socket | None:
-    """The listening socket systemd passed (LISTEN_FDS), if it is for this process."""
-    if env.get("LISTEN_PID") != str(os.getpid()) or int(env.get("LISTEN_FDS", "0")) < 1:
-        return None
+def socket_from_systemd() -> socket.socket | None:
+    """The control socket systemd passed (socket activation), if one was passed to us.
+
+    `listen_fds` checks LISTEN_PID (a socket passed to our parent is not ours) and takes the
+    LISTEN_* variables out of the environment: they are not for our children. Raises
+    ConfigError when the socket is not a listening unix stream socket.
+    """
+    fds = daemon.listen_fds()
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)  # not for our children
-    return socket.socket(fileno=SD_LISTEN_FDS_START)
+        os.environ.pop(name, None)  # listen_fds unset them in libc's copy only
+    if not fds:
+        return None
+    if not daemon.is_socket_unix(fds[0], socket.SOCK_STREAM, listening=1):
+        message = (
+            "the socket systemd passed is not a listening unix stream socket:"
+            " give the .socket unit a ListenStream= path"
+        )
+        raise ConfigError([Problem("LISTEN_FDS", "", message)])
+    return socket.socket(fileno=fds[0])
 
 
 def bind(path: Path) -> socket.socket:

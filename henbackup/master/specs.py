@@ -7,20 +7,9 @@ workers whose definition changed and leaves the others running, even mid-backup.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from henbackup.config.model import Backup, Config, Daemon, Repository
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    kind: Literal["backup", "repository"]
-    name: str
-    definition: tuple[Backup | Repository | Daemon, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}:{self.name}"
+from henbackup.config.model import Config
+from henbackup.worker.spec import WorkerSpec
 
 
 def worker_specs(config: Config) -> dict[str, WorkerSpec]:

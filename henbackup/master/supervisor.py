@@ -38,7 +38,7 @@ from henbackup.master.control import (
     socket_from_systemd,
 )
 from henbackup.master.jobs import Jobs, OneOffBody
-from henbackup.master.specs import WorkerSpec, diff, worker_specs
+from henbackup.master.specs import diff, worker_specs
 from henbackup.master.states import Child, Policy, State
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
@@ -51,6 +51,7 @@ from henbackup.process import (
     reap,
     reap_orphans,
 )
+from henbackup.worker.spec import WorkerSpec
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler

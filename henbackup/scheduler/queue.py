@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
+from henbackup.linux import IN_ATTRIB, IN_DELETE_SELF, IN_MODIFY, Inotify
 from henbackup.process import NEVER, SafePoint
 from henbackup.scheduler import locks
-from henbackup.scheduler.inotify import IN_ATTRIB, IN_DELETE_SELF, IN_MODIFY, Inotify
 from henbackup.scheduler.procs import alive, start_time
 from henbackup.scheduler.ticket import Mode, Ticket, in_order, plan
 
@@ -116,8 +116,8 @@ class Scheduler:
                 stamped = self._enter(ticket)
                 try:
                     path = str(self._ticket_path(stamped))
-                    watch = inotify.watch(path, IN_ATTRIB | IN_DELETE_SELF)
-                    inotify.watch(str(self._nudge), IN_MODIFY)
+                    watch = inotify.add_watch(path, IN_ATTRIB | IN_DELETE_SELF)
+                    inotify.add_watch(str(self._nudge), IN_MODIFY)
                     grant = self._dispatch(stamped)
                 except BaseException:  # e.g. a full disk
                     self._drop(stamped)
@@ -508,7 +508,7 @@ class Waiter:
         """
         if self.grant is not None or self._closed:
             return self.grant
-        events = self._inotify.read()
+        events = self._inotify.drain()
         mine = self._ticket_watch in events
         if not (mine or (events and self._scheduler.nudged())):
             return None

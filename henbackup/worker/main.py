@@ -17,10 +17,10 @@ from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.jobs import entry
 from henbackup.loop import Loop
-from henbackup.master.specs import WorkerSpec
 from henbackup.observe.events import EmitFunction, Emitter
 from henbackup.process import Forked, fork_child, reap
 from henbackup.scheduler.queue import Scheduler
+from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
 
 HEARTBEAT_INTERVAL = 10.0

@@ -24,7 +24,6 @@ once.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from henbackup import linux
 from henbackup.config.cron import CronSpec, parse_cron
 from henbackup.config.model import Cron, Interval, ScheduleEntry
 from henbackup.loop import Loop, Timer
@@ -280,46 +280,23 @@ class LoopAlarm:
         self.cancel()
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
-
-
-_CLOCK_REALTIME = 0
-_TFD_CLOEXEC, _TFD_NONBLOCK = os.O_CLOEXEC, os.O_NONBLOCK
-_TFD_TIMER_ABSTIME, _TFD_TIMER_CANCEL_ON_SET = 1, 2
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 class TimerfdAlarm:
     """An Alarm on a CLOCK_REALTIME timerfd in the loop (see the module docstring)."""
 
     def __init__(self, loop: Loop, wake: Callable[[], None]) -> None:
         """Raises OSError when the kernel refuses a timerfd."""
         self.loop, self.wake = loop, wake
-        fd = _libc.timerfd_create(_CLOCK_REALTIME, _TFD_CLOEXEC | _TFD_NONBLOCK)
-        if fd < 0:
-            raise _errno_error("timerfd_create")
-        self.fd = fd
-        loop.add_reader(fd, self._readable)
+        self.fd = linux.timerfd_create(linux.CLOCK_REALTIME)
+        loop.add_reader(self.fd, self._readable)
 
     def set(self, when: float) -> None:
         """Ring at wall-clock `when` (at once if past), or when the clock is set."""
         seconds = max(when, 1.0)  # an all-zero it_value would disarm instead
-        self._settime(_TFD_TIMER_ABSTIME | _TFD_TIMER_CANCEL_ON_SET, seconds)
+        flags = linux.TFD_TIMER_ABSTIME | linux.TFD_TIMER_CANCEL_ON_SET
+        linux.timerfd_settime(self.fd, flags, seconds)
 
     def cancel(self) -> None:
-        self._settime(0, 0.0)
-
-    def _settime(self, flags: int, when: float) -> None:
-        whole = int(when)
-        value = _Timespec(whole, int((when - whole) * 1e9))
-        spec = _Itimerspec(_Timespec(0, 0), value)
-        if _libc.timerfd_settime(self.fd, flags, ctypes.byref(spec), None) < 0:
-            raise _errno_error("timerfd_settime")
+        linux.timerfd_settime(self.fd, 0, 0.0)
 
     def _readable(self) -> None:
         try:
@@ -336,8 +313,3 @@ class TimerfdAlarm:
             self.loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
-
-
-def _errno_error(call: str) -> OSError:
-    code = ctypes.get_errno()
-    return OSError(code, f"{call}: {os.strerror(code)}")

@@ -13,10 +13,10 @@ Why not pyinotify's WatchManager and Notifier: measured by bench/bench_watch.py,
 ~400 bytes and ~22 µs per watch and ~30 µs per event, far above the issue's budget (150
 bytes per watch, 2 s of CPU per 100k-file storm), and raise on names that are not UTF-8.
 This module talks to the same three libc calls (inotify_init1, inotify_add_watch,
-inotify_rm_watch) through ctypes, as pyinotify itself does: a watched directory costs ~60
-bytes (its parent's watch descriptor and its own name, in tables indexed by watch
-descriptor), ~8 µs to set up (leaf directories are not read: see `_subdirectories`), and an
-event ~2 µs (reads are batched: see `_pause`).
+inotify_rm_watch, wrapped by `henbackup.linux.Inotify`) as pyinotify does: a watched
+directory costs ~60 bytes (its parent's watch descriptor and its own name, in tables indexed
+by watch descriptor), ~8 µs to set up (leaf directories are not read: see
+`_subdirectories`), and an event ~2 µs (reads are batched: see `_pause`).
 
 Not followed: a rename of an ancestor of a configured path (the watches follow the inodes,
 the paths reported then are the old ones), a file system mounted over a watched directory
@@ -26,24 +26,35 @@ bind mounts) is watched once, under the path that reached it last.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import struct
 from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from henbackup.linux import (
+    IN_ATTRIB,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_DONT_FOLLOW,
+    IN_EXCL_UNLINK,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MASK_ADD,
+    IN_MODIFY,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    IN_UNMOUNT,
+    INOTIFY_EVENT,
+    Inotify,
+    statfs_type,
+)
 from henbackup.loop import Loop, Timer
 from henbackup.worker.excludes import Excluder
-
-IN_MODIFY, IN_ATTRIB = 0x2, 0x4
-IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
-IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
-IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = 0x2000, 0x4000, 0x8000
-IN_ONLYDIR, IN_DONT_FOLLOW, IN_EXCL_UNLINK = 0x1000000, 0x2000000, 0x4000000
-IN_MASK_ADD, IN_ISDIR = 0x20000000, 0x40000000
-IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 
 _CHANGES = IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 _SELF = IN_DELETE_SELF | IN_MOVE_SELF
@@ -54,7 +65,6 @@ _ANCHOR_MASK = IN_CREATE | IN_MOVED_TO | _SELF | IN_ONLYDIR | IN_MASK_ADD
 _NEW_DIR = IN_CREATE | IN_MOVED_TO
 _SLOW = IN_ISDIR | _SELF | IN_IGNORED | IN_Q_OVERFLOW | IN_UNMOUNT  # events that need thought
 
-_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _READ_SIZE = 1 << 18
 _BATCH_DELAY = 0.02  # seconds between two reads (see Watcher._pause)
 _ROOT = 0  # parent of a path's own directory
@@ -62,11 +72,6 @@ _FREE = -1  # parent of a slot without a watch
 _REBUILD_SLACK = 1 << 18  # see _maybe_rebuild
 _MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
 _NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-_libc.inotify_rm_watch.argtypes = (ctypes.c_int, ctypes.c_int)
-_libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
 
 ChangeCallback = Callable[[int], None]
 
@@ -103,7 +108,7 @@ class Watcher:
         self.on_overflow = on_overflow
         self.on_watch_limit = on_watch_limit
         self._paths = [_Path(os.fsencode(p)) for p in _outermost(paths)]
-        self._fd = -1
+        self._inotify: Inotify | None = None
         self._resume: Timer | None = None  # while paused (see _pause)
         self._reset_tables()
 
@@ -111,7 +116,7 @@ class Watcher:
     @property
     def active(self) -> bool:
         """Whether the watch runs (False before start, after close or a limit)."""
-        return self._fd >= 0
+        return self._inotify is not None
 
     @property
     def watch_count(self) -> int:
@@ -132,28 +137,28 @@ class Watcher:
 
     def close(self) -> None:
         """Release every watch (closing the fd does it at once)."""
-        if self._fd >= 0:
+        if self._inotify is not None:
             if self._resume is None:
-                self.loop.remove_reader(self._fd)
+                self.loop.remove_reader(self._inotify.fd)
             else:
                 self._resume.cancel()
                 self._resume = None
-            os.close(self._fd)
-            self._fd = -1
+            self._inotify.close()
+            self._inotify = None
         self._reset_tables()
 
     def fileno(self) -> int:
-        return self._fd
+        return -1 if self._inotify is None else self._inotify.fd
 
     def _open(self) -> None:
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            code = ctypes.get_errno()
-            if code == errno.EMFILE:
-                raise _LimitReached(_limit_message("max_user_instances", "instances", b""))
-            raise OSError(code, f"inotify_init1: {os.strerror(code)}")
-        self._fd = fd
-        self.loop.add_reader(fd, self._readable)
+        try:
+            self._inotify = Inotify()
+        except OSError as error:
+            if error.errno != errno.EMFILE:
+                raise
+            message = _limit_message("max_user_instances", "instances", b"")
+            raise _LimitReached(message) from None
+        self.loop.add_reader(self._inotify.fd, self._readable)
 
     def _give_up(self, message: str) -> None:
         self.close()
@@ -177,13 +182,13 @@ class Watcher:
     # the watch table
     def _add_watch(self, path: bytes, mask: int) -> int:
         """The wd watching `path`, or -errno. ENOSPC raises _LimitReached."""
-        wd = _libc.inotify_add_watch(self._fd, path, mask)
-        if wd >= 0:
-            return wd
-        code = ctypes.get_errno()
-        if code == errno.ENOSPC:
-            raise _LimitReached(_limit_message("max_user_watches", "watches", path))
-        return -code
+        assert self._inotify is not None
+        try:
+            return self._inotify.add_watch(path, mask)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise _LimitReached(_limit_message("max_user_watches", "watches", path)) from None
+            return -error.errno
 
     def _set(self, wd: int, parent: int, name: bytes) -> None:
         if wd >= len(self._name):
@@ -210,7 +215,11 @@ class Watcher:
         if self._roots.get(wd) is not None:
             self._roots.pop(wd).wd = 0
         if remove and wd not in self._anchors:
-            _libc.inotify_rm_watch(self._fd, wd)  # EINVAL if the kernel already dropped it
+            self._rm_watch(wd)
+
+    def _rm_watch(self, wd: int) -> None:
+        if self._inotify is not None:
+            self._inotify.rm_watch(wd)  # one the kernel already dropped is no error
 
     def _dir_path(self, wd: int) -> bytes | None:
         """The path of watched directory `wd` (cached until a directory moves), or None when
@@ -331,15 +340,15 @@ class Watcher:
         if not waiting:
             del self._anchors[watched.anchor]
             if not self._known(watched.anchor):
-                _libc.inotify_rm_watch(self._fd, watched.anchor)
+                self._rm_watch(watched.anchor)
         watched.anchor = 0
 
     # events
     def _readable(self) -> None:
-        fd = self._fd
-        try:
-            data = os.read(fd, _READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        inotify = self._inotify
+        assert inotify is not None
+        data = inotify.read(_READ_SIZE)
+        if not data:
             return
         try:
             changes = self._process(data)
@@ -347,7 +356,7 @@ class Watcher:
         except _LimitReached as limit:
             self._give_up(str(limit))
             changes = 1  # a new directory, at least: what did not fit
-        if self._fd == fd:  # neither given up nor rebuilt meanwhile
+        if self._inotify is inotify:  # neither given up nor rebuilt meanwhile
             self._pause()
         if changes:
             self.on_change(changes)
@@ -357,13 +366,14 @@ class Watcher:
         per batch instead of one wake-up per event (the first event after quiet is still
         read at once). The kernel queue holds 16384 events: 20 ms would overflow only past
         800,000 events a second."""
-        self.loop.remove_reader(self._fd)
+        assert self._inotify is not None
+        self.loop.remove_reader(self._inotify.fd)
         self._resume = self.loop.call_later(_BATCH_DELAY, self._unpause)
 
     def _unpause(self) -> None:
         self._resume = None
-        if self._fd >= 0:
-            self.loop.add_reader(self._fd, self._readable)
+        if self._inotify is not None:
+            self.loop.add_reader(self._inotify.fd, self._readable)
 
     def _process(self, data: bytes) -> int:
         """Handle one read's events; returns how many changes they show."""
@@ -375,7 +385,7 @@ class Watcher:
         excluded_name = self.excluder.excluded_name if self.excluder else None
         offset, end = 0, len(data)
         while offset < end:
-            wd, mask, _, length = _HEADER.unpack_from(data, offset)
+            wd, mask, _, length = INOTIFY_EVENT.unpack_from(data, offset)
             offset += 16
             name = data[offset : offset + length].rstrip(b"\0") if length else b""
             offset += length
@@ -426,7 +436,7 @@ class Watcher:
         if now_there == wd:
             return 0
         if now_there > 0 and not self._known(now_there) and now_there not in self._anchors:
-            _libc.inotify_rm_watch(self._fd, now_there)  # a newcomer: its own event adds it
+            self._rm_watch(now_there)  # a newcomer: its own event adds it
         watched = self._roots.get(wd)
         self._free(wd, remove=True)
         self._orphans = True  # its subtree goes with it
@@ -544,10 +554,10 @@ class Watcher:
 def _nlink_counts_subdirectories(path: bytes) -> bool:
     """Whether the file system of `path` keeps a directory's link count at 2 + its
     subdirectories (as ext4, xfs and tmpfs do; btrfs and overlayfs report 1, NFS may lie)."""
-    buffer = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
-    if _libc.statfs(path, buffer) != 0:
+    try:
+        return statfs_type(path) in _NLINK_FILE_SYSTEMS
+    except OSError:
         return False
-    return ctypes.c_long.from_buffer(buffer).value in _NLINK_FILE_SYSTEMS
 
 
 def _is_dir(path: bytes) -> bool:

@@ -15,9 +15,9 @@ import pytest
 from henbackup.channel import Channel
 from henbackup.config.model import Backup, Config, Interval
 from henbackup.loop import Loop
-from henbackup.master.specs import WorkerSpec
 from henbackup.worker.main import RunRequest, Worker
 from henbackup.worker.schedule import RETRY_AFTER
+from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.state import RunRecord, StateStore, backup_key
 from henbackup.worker.triggers import Triggers, backup_triggers
 

@@ -1,0 +1,27 @@
+"""What one worker is: a backup, or a repository to check and prune, and what it depends on.
+
+The master derives the specs from the configuration and diffs them on reload
+(master/specs.py); a worker is handed its own. Here, so that the worker needs nothing of
+the master.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from henbackup.config.model import Backup, Daemon, Repository
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A worker's `definition` holds everything it depends on: a reload restarts exactly
+    the workers whose definition changed."""
+
+    kind: Literal["backup", "repository"]
+    name: str
+    definition: tuple[Backup | Repository | Daemon, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
