@@ -17,14 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from henbackup.config.convert import CREDENTIALS_LATER, CREDENTIALS_PLACEHOLDER
 from henbackup.config.model import Config
 from henbackup.config.problems import At, Run, expanded, type_name, unknown_key
+from henbackup.config.schema import NAME_RE
 from henbackup.config.validate import (
-    CREDENTIALS_LATER,
-    CREDENTIALS_PLACEHOLDER,
     DAEMON_KEYS,
     METRICS_KEYS,
-    NAME_RE,
     TOP_KEYS,
     Entries,
     Sections,
