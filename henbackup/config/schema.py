@@ -2,7 +2,7 @@
 
 validate.py walks these tables to check a document, plan.py reads their order,
 henbackup.toml(5)'s test checks that the page defines each key, and `henbackup schema`
-prints them as a JSON Schema (draft 2020-12) that editors use to complete and check a file.
+prints them as a JSON Schema (draft 7) that editors use to complete and check a file.
 A key's `default` is spelled as in TOML and converted like a written value; a key with a
 `table` holds a table of its own (or, when `named`, a table of named ones).
 """
@@ -18,7 +18,9 @@ from henbackup.config.convert import Converter
 
 # Names of repositories and backups; load.py checks them as it merges.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# Draft 7, the newest that taplo (and so VS Code's Even Better TOML) reads; no pattern here
+# uses look-around, which the Rust regex engine of some editors lacks.
+JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 JSON = dict[str, Any]
 
 
@@ -96,7 +98,7 @@ HOOK_MOMENTS = ("before", "after", "failure")
 
 _TEXT = _string(minLength=1)
 _PATH = _string("/.*")
-_DURATION = _string(r"(?=[0-9])([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?")
+_DURATION = _string(r"([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?", minLength=1)
 _NUMBER = r"([0-9]+(\.[0-9]+)?|\.[0-9]+)"
 _RATE = {"anyOf": [_integer(low=1), _string(f"{_NUMBER}[KMGkmg]?")]}
 _SIZE = {"anyOf": [_integer(low=1), _string(f"{_NUMBER}[KMGTkmgt]?")]}
@@ -111,7 +113,7 @@ _ENV = _string_table("[A-Za-z_][A-Za-z0-9_]*")
 
 _hostname = Key(
     "hostname",
-    "The host name in snapshots' --host and in events (default: the system's).",
+    "The host recorded in every snapshot (restic --host); default: the system hostname.",
     "nas",
     _TEXT,
     convert.text,
@@ -324,7 +326,7 @@ RETENTION = Table(
             "keep_within",
             'Keep every snapshot younger than this restic duration ("1y2m3d4h").',
             "1m",
-            _string("(?=[0-9])([0-9]+y)?([0-9]+m)?([0-9]+d)?([0-9]+h)?"),
+            _string("([0-9]+y)?([0-9]+m)?([0-9]+d)?([0-9]+h)?", minLength=1),
             convert.restic_duration,
         ),
     ),
@@ -548,7 +550,6 @@ def json_schema() -> JSON:
     """henbackup.toml as a JSON Schema: one file's document (conf.d files are checked each)."""
     return {
         "$schema": JSON_SCHEMA_DIALECT,
-        "$id": "https://henbackup.invalid/henbackup.toml.schema.json",
         "title": "henbackup.toml",
         "description": "The configuration of henbackup(8); see henbackup.toml(5).",
         **_table_json(TOP),
@@ -558,7 +559,7 @@ def json_schema() -> JSON:
 def _table_json(table: Table) -> JSON:
     schema: JSON = {
         "type": "object",
-        "properties": {key.name: _key_json(key) for key in table.keys},
+        "properties": {key.name: key_json(key) for key in table.keys},
         "additionalProperties": False,
     }
     required = [key.name for key in table.keys if key.required]
@@ -569,7 +570,7 @@ def _table_json(table: Table) -> JSON:
     return schema
 
 
-def _key_json(key: Key) -> JSON:
+def key_json(key: Key) -> JSON:
     schema = dict(key.json)
     if key.table and key.named:
         schema = {
