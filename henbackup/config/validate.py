@@ -46,10 +46,6 @@ from henbackup.config.problems import (
 
 T = TypeVar("T")
 
-# The keys load.py checks as it merges files.
-TOP_KEYS = schema.TOP.names
-DAEMON_KEYS = schema.DAEMON.names
-METRICS_KEYS = schema.METRICS.names
 _ANY_HOOK_KEYS = tuple(dict.fromkeys(schema.HTTP_HOOK.names + schema.COMMAND_HOOK.names))
 # Converting a declared default reports nowhere: a test sees that each one is valid.
 _DEFAULTS = At(Run({}), "")
