@@ -26,6 +26,8 @@ JSON = dict[str, Any]
 
 @dataclass(frozen=True)
 class Key:
+    """One key of a table: what the validator, the JSON Schema and the man page test read."""
+
     name: str
     doc: str  # one line, for editors
     example: Any  # a valid value, as TOML parses it
@@ -40,6 +42,8 @@ class Key:
 
 @dataclass(frozen=True)
 class Table:
+    """The keys of one kind of table, in the order messages list them."""
+
     path: str  # as the man page names it: "backups.NAME.watch"
     section: str  # its section in henbackup.toml(5)
     keys: tuple[Key, ...]
@@ -93,7 +97,6 @@ def _any_case(word: str) -> str:
 
 IONICE = ("idle", "best-effort", "realtime")
 ON_FAILURE = ("ignore", "continue", "stop")
-HOOK_MOMENTS = ("before", "after", "failure")
 
 
 _TEXT = _string(minLength=1)
@@ -111,21 +114,6 @@ _ENV = _string_table("[A-Za-z_][A-Za-z0-9_]*")
 
 # ------------------------------------------------------------------------------ tables
 
-_hostname = Key(
-    "hostname",
-    "The host recorded in every snapshot (restic --host); default: the system hostname.",
-    "nas",
-    _TEXT,
-    convert.text,
-)
-_max_concurrent_jobs = Key(
-    "max_concurrent_jobs",
-    "How many jobs of this host run at once.",
-    2,
-    _integer(low=1),
-    convert.integer(low=1),
-    default=1,
-)
 _upload_limit = Key(
     "upload_limit",
     "Upload bandwidth limit, bytes per second (K, M, G: x1024).",
@@ -144,8 +132,21 @@ DAEMON = Table(
     "daemon",
     "[daemon]",
     (
-        _hostname,
-        _max_concurrent_jobs,
+        Key(
+            "hostname",
+            "The host recorded in every snapshot (restic --host); default: the system hostname.",
+            "nas",
+            _TEXT,
+            convert.text,
+        ),
+        Key(
+            "max_concurrent_jobs",
+            "How many jobs of this host run at once.",
+            2,
+            _integer(low=1),
+            convert.integer(low=1),
+            default=1,
+        ),
         _upload_limit,
         _download_limit,
         Key(
