@@ -303,8 +303,8 @@ def _settings(entries: Entries, keys: schema.Table) -> dict[str, Any]:
     """The converted values of [daemon] or [metrics], each from whichever file set it."""
     values = {}
     for key in keys.keys:
-        value, at = entries.get(key.name, (None, _DEFAULTS))
-        converted = None if value is None else at.attempt(value, key.convert)  # type: ignore[arg-type]
+        value, at = entries.get(key.name, (None, None))
+        converted = at.attempt(value, key.convert) if at else None  # type: ignore[arg-type]
         values[key.name] = _default(key) if converted is None else converted
     return values
 
