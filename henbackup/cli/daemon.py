@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -12,6 +13,7 @@ from henbackup.config.dirs import Dirs, config_path
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.config.plan import describe_plan
+from henbackup.config.schema import json_schema
 from henbackup.config.secrets import exposures
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import ConfigError, Problem
@@ -55,6 +57,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="validate the configuration and print the resolved plan",
         description="Validate the configuration and print the resolved plan. Exit 0 when "
         "valid, 1 when not, with every problem as 'FILE: key.path: what is wrong'.",
+    )
+    commands.add_parser(
+        "schema",
+        help="print the JSON Schema of henbackup.toml, for editors",
+        description="Print a JSON Schema (draft 7) of henbackup.toml and of each "
+        "conf.d/*.toml, so that an editor can complete and check them (taplo, Even Better "
+        "TOML). It knows every key and the shape of its value; check-config is the full check.",
     )
     backup = commands.add_parser(
         "backup",
@@ -108,6 +117,11 @@ def check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
 def backup(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.name not in config.backups:
@@ -134,6 +148,7 @@ def backup(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run,
     "check-config": check_config,
+    "schema": schema,
     "backup": backup,
 }
 

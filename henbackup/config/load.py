@@ -3,8 +3,9 @@
 `load_config` either returns the frozen model or raises ConfigError carrying every problem
 of every file at once. This module reads the files (the main one, then conf.d/*.toml in name
 order), replaces ${NAME} from the environment and merges them: each [daemon] or [metrics]
-key, and each repository or backup name, comes from one file only. validate.py checks the
-merged document. No message shows a secret, nor any text that came from a ${NAME}.
+key, and each repository or backup name, comes from one file only (the keys schema.py
+declares). validate.py checks the merged document. No message shows a secret, nor any text
+that came from a ${NAME}.
 """
 
 from __future__ import annotations
@@ -17,19 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from henbackup.config.convert import CREDENTIALS_LATER, CREDENTIALS_PLACEHOLDER
 from henbackup.config.model import Config
 from henbackup.config.problems import At, Run, expanded, type_name, unknown_key
-from henbackup.config.validate import (
-    CREDENTIALS_LATER,
-    CREDENTIALS_PLACEHOLDER,
-    DAEMON_KEYS,
-    METRICS_KEYS,
-    NAME_RE,
-    TOP_KEYS,
-    Entries,
-    Sections,
-    to_config,
-)
+from henbackup.config.schema import DAEMON, METRICS, NAME_RE, TOP
+from henbackup.config.validate import Entries, Sections, to_config
 from henbackup.errors import ConfigError, Problem
 
 # `$${` is an escaped `${`; `${NAME}` a reference; any other `${` is malformed.
@@ -189,12 +182,12 @@ def _merge(document: dict[str, Any], at: At, into: Sections) -> None:
     """One file's document, its ${NAME} replaced, into the sections of those before it."""
     document = _expand(document, at)
     for name in document:
-        if name not in TOP_KEYS:
-            unknown_key(at.key(name), name, TOP_KEYS)
+        if name not in TOP.names:
+            unknown_key(at.key(name), name, TOP.names)
     if "daemon" in document:
-        _merge_settings(document["daemon"], at.key("daemon"), DAEMON_KEYS, into.daemon)
+        _merge_settings(document["daemon"], at.key("daemon"), DAEMON.names, into.daemon)
     if "metrics" in document:
-        _merge_settings(document["metrics"], at.key("metrics"), METRICS_KEYS, into.metrics)
+        _merge_settings(document["metrics"], at.key("metrics"), METRICS.names, into.metrics)
     if "repositories" in document:
         _merge_named(
             document["repositories"], at.key("repositories"), "repository", into.repositories

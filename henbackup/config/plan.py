@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 
+from henbackup.config import schema
 from henbackup.config.cron import parse_cron
 from henbackup.config.model import (
     Backup,
@@ -115,19 +116,14 @@ def _repository(repository: Repository, now: datetime) -> str:
 
 
 def _retention(retention: Retention) -> str:
-    rules = [
-        f"{name} {value}"
-        for name, value in vars(retention).items()
-        if value is not None and name != "keep_within"
-    ]
-    if retention.keep_within:
-        rules.append(f"keep_within {retention.keep_within}")
-    return ", ".join(rules)
+    """The rules in the schema's order, keep_within last."""
+    rules = ((name, getattr(retention, name)) for name in schema.RETENTION.names)
+    return ", ".join(f"{name} {value}" for name, value in rules if value is not None)
 
 
 def _resources(resources: Resources) -> str:
     shown = {
-        **vars(resources),
+        **{name: getattr(resources, name) for name in schema.RESOURCES.names},
         "cpu_quota": resources.cpu_quota and f"{resources.cpu_quota * 100:g}%",
         "memory_max": resources.memory_max and _bytes(resources.memory_max),
     }
@@ -167,7 +163,7 @@ def _backup(backup: Backup, now: datetime) -> str:
         rows.append(("retention", _retention(backup.retention)))
     if backup.resources != Resources():
         rows.append(("resources", _resources(backup.resources)))
-    for moment in ("before", "after", "failure"):
+    for moment in schema.HOOKS.names:
         hooks = getattr(backup.hooks, moment)
         rows += [(f"{moment} hook" if i == 0 else "", _hook(h)) for i, h in enumerate(hooks)]
     return _block(f"Backup {backup.name}", rows)

@@ -1,99 +1,54 @@
 """Check the merged configuration document and build the frozen `Config` from it.
 
-Each converter takes a value and the `At` of its key path, returns the model's value and
-reports problems at that path; a value with a problem leaves its field out (or the whole
-repository, backup or hook), so that one load reports every problem at once. Messages never
-quote password*, location, env, headers, body, hook commands or urls, nor an `Expanded`.
+schema.py declares every key with its converter and default; this module walks those
+tables, and adds what spans keys: one password source, the waits of a watch, a retention
+that keeps something, a hook's type, a backup's repositories. A value with a problem leaves
+its field out (or the whole repository, backup or hook), so that one load reports every
+problem at once. Messages never quote password*, location, env, headers, body, hook
+commands or urls, nor an `Expanded` (convert.py).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from henbackup.config import cron, units
+from henbackup.config import convert, schema
+from henbackup.config.convert import Converter
 from henbackup.config.model import (
-    INFERIOR,
-    NORMAL,
-    STALL_TIMEOUT,
     Backup,
     CommandHook,
     Config,
-    Cron,
     Daemon,
     Hook,
     Hooks,
     HttpHook,
-    Interval,
     Maintenance,
     Metrics,
     PasswordSource,
     Repository,
     Resources,
     Retention,
-    ScheduleEntry,
     Watch,
 )
 from henbackup.config.problems import (
     At,
     Expanded,
     Invalid,
+    Run,
     did_you_mean,
     environment_values,
     show,
     type_name,
-    unknown_key,
 )
-from henbackup.errors import Problem
 
 T = TypeVar("T")
 
-# Names of repositories and backups; load.py checks them as it merges.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_METHOD_RE = re.compile(r"[A-Za-z]+")
-_RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?")
-
-# The keys of each table. load.py checks the first three as it merges files.
-TOP_KEYS = ("daemon", "metrics", "repositories", "backups")
-DAEMON_KEYS = (
-    *("hostname", "max_concurrent_jobs", "upload_limit", "download_limit"),
-    *("restic", "stall_timeout"),
-)
-METRICS_KEYS = ("textfile", "listen")
-# Where systemd puts the credentials of henbackup.service; stands in for them outside it.
-CREDENTIALS_PLACEHOLDER = "/run/credentials/henbackup.service"
-CREDENTIALS_LATER = (
-    "CREDENTIALS_DIRECTORY is not set here: the credential is checked when the service"
-    " starts (LoadCredential= or LoadCredentialEncrypted= in its unit)"
-)
-_PASSWORD_KEYS = ("password", "password_file", "password_command", "password_credential")
-_REPOSITORY_KEYS = (
-    "location",
-    *_PASSWORD_KEYS,
-    *("env", "options", "upload_limit", "download_limit", "check", "prune"),
-)
-_BACKUP_KEYS = (
-    *("paths", "repositories", "excludes", "schedule", "watch", "priority"),
-    *("upload_limit", "download_limit", "retention", "resources", "hooks"),
-)
-_RETENTION_COUNTS = (
-    *("keep_last", "keep_hourly", "keep_daily"),
-    *("keep_weekly", "keep_monthly", "keep_yearly"),
-)
-_RESOURCES_KEYS = ("cpu_weight", "io_weight", "cpu_quota", "memory_max", "nice", "ionice")
-_HOOK_MOMENTS = ("before", "after", "failure")
-_HTTP_HOOK_KEYS = ("type", "url", "method", "headers", "body", "timeout", "retries", "on_failure")
-_COMMAND_HOOK_KEYS = ("type", "command", "env", "cwd", "timeout", "on_failure")
-_ANY_HOOK_KEYS = tuple(dict.fromkeys(_HTTP_HOOK_KEYS + _COMMAND_HOOK_KEYS))
-_WAITS = ("wait_min", "wait_max")
-_ON_FAILURE = ("ignore", "continue", "stop")
-_IONICE = ("idle", "best-effort", "realtime")
+_ANY_HOOK_KEYS = tuple(dict.fromkeys(schema.HTTP_HOOK.names + schema.COMMAND_HOOK.names))
+# Converting a declared default reports nowhere: a test sees that each one is valid.
+_DEFAULTS = At(Run({}), "")
 
 
 Entries = dict[str, tuple[Any, At]]  # key or name -> (value, where it was set)
@@ -133,7 +88,7 @@ def to_config(sections: Sections, hostname: str, files: tuple[Path, ...]) -> Con
     )
 
 
-# ---------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------- walk
 
 
 def _present(items: Mapping[str, T | None]) -> dict[str, T]:
@@ -141,180 +96,72 @@ def _present(items: Mapping[str, T | None]) -> dict[str, T]:
     return {name: item for name, item in items.items() if item is not None}
 
 
-def _expect(value: Any, kind: type, what: str) -> None:
-    """Raise Invalid unless value is of `kind` (booleans are never integers)."""
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise Invalid(f"must be {what}, not {type_name(value)}")
+def _value(table: Mapping[str, Any], at: At, key: schema.Key, converter: Converter) -> Any:
+    """The converted value of `key`, else its converted default; None when neither."""
+    if key.required:
+        value = at.require(table, key.name, converter)
+    else:
+        value = at.get(table, key.name, converter)
+    return _default(key, converter) if value is None else value
 
 
-def _from_parser(parse: Callable[[Any], T]) -> Callable[[Any, At], T]:
-    """A converter from a units-style parser: its reason follows the shown value."""
-
-    def convert(value: Any, at: At) -> T:
-        try:
-            return parse(value)
-        except ValueError as error:
-            raise Invalid(f"{show(value)} is {error}") from None
-
-    return convert
+def _default(key: schema.Key, converter: Converter | None = None) -> Any:
+    """The model's value of the key's declared default; None when it has none."""
+    converter = converter or key.convert
+    if key.default is None or converter is None:
+        return None
+    return converter(key.default, _DEFAULTS.key(key.name))
 
 
-# -------------------------------------------------------------------------- converters
+def _values(
+    table: Mapping[str, Any],
+    at: At,
+    keys: schema.Table,
+    builders: Mapping[str, Converter] = {},
+    skip: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The value of each key of `keys`, in their order, converted by its declared converter
+    or by the builder of its name (a table, or a value that needs context)."""
+    values = {}
+    for key in keys.keys:
+        converter = builders.get(key.name) or key.convert
+        if converter is not None and key.name not in skip:
+            values[key.name] = _value(table, at, key, converter)
+    return values
 
 
-def _table(value: Any, at: At, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """value as a table, after reporting each key not in `allowed`."""
-    _expect(value, dict, "a table")
-    for name in value:
-        if name not in allowed:
-            unknown_key(at.key(name), name, allowed)
-    return value
+def _record(keys: schema.Table, model: Callable[..., T]) -> Callable[[Any, At], T]:
+    """The converter of a table whose keys are each a field of `model`."""
 
+    def build(value: Any, at: At) -> T:
+        return model(**_present(_values(convert.table(value, at, keys.names), at, keys)))
 
-def _text(value: Any, at: At) -> str:
-    """A non-empty string; never quoted, so it suits secrets."""
-    _expect(value, str, "a string")
-    if not value:
-        raise Invalid("must not be empty")
-    return str(value)
-
-
-def _absolute_path(value: Any, at: At) -> str:
-    _expect(value, str, "a string")
-    if not value.startswith("/"):
-        raise Invalid(f"{show(value)} is not an absolute path: write it from the root, /...")
-    return str(value)
-
-
-def _integer(low: int | None = None, high: int | None = None) -> Callable[[Any, At], int]:
-    def convert(value: Any, at: At) -> int:
-        _expect(value, int, "an integer")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise Invalid(f"{value} is out of range: use a number {bounds}")
-        return int(value)
-
-    return convert
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any, At], str]:
-    def convert(value: Any, at: At) -> str:
-        _expect(value, str, "a string")
-        if value not in options:
-            raise Invalid(f"{show(value)} is not one of {', '.join(options)}")
-        return str(value)
-
-    return convert
-
-
-def _array(item: Callable[[Any, At], T], required: str = "") -> Callable[[Any, At], tuple[T, ...]]:
-    """An array whose items each convert with `item`; `required` is the hint when empty."""
-
-    def convert(value: Any, at: At) -> tuple[T, ...]:
-        _expect(value, list, "an array")
-        if required and not value:
-            raise Invalid(f"must not be empty: {required}")
-        converted = (at.index(i).attempt(element, item) for i, element in enumerate(value))
-        return tuple(element for element in converted if element is not None)
-
-    return convert
-
-
-def _string_table(
-    name_re: re.Pattern[str], what: str
-) -> Callable[[Any, At], tuple[tuple[str, str], ...]]:
-    """A table of names to strings (env, headers): values are never quoted."""
-
-    def convert(value: Any, at: At) -> tuple[tuple[str, str], ...]:
-        _expect(value, dict, "a table")
-        pairs = []
-        for name, text in value.items():
-            if not name_re.fullmatch(name):
-                at.key(name).problem(f"is not a valid {what}")
-            elif isinstance(text, str):
-                pairs.append((name, str(text)))
-            else:
-                at.key(name).problem(f"must be a string, not {type_name(text)}")
-        return tuple(pairs)
-
-    return convert
-
-
-_env_table = _string_table(_ENV_NAME_RE, "environment variable name (letters, digits, _)")
-_header_table = _string_table(_HEADER_NAME_RE, "HTTP header name")
-_duration = _from_parser(units.parse_duration)
-_rate = _from_parser(units.parse_rate)
-_size = _from_parser(units.parse_size)
-_priority = _from_parser(units.parse_priority)
-_percent = _from_parser(units.parse_percent)
-_listen = _from_parser(units.parse_listen)
-
-
-def _positive_duration(value: Any, at: At) -> float:
-    seconds = _duration(value, at)
-    if seconds <= 0:
-        raise Invalid(f"{show(value)} is too short: use a duration above 0")
-    return seconds
-
-
-def _schedule_entry(value: Any, at: At) -> ScheduleEntry:
-    """A cron expression (has a space, or is an @macro) or an interval."""
-    _expect(value, str, "a string")
-    if any(c.isspace() for c in value.strip()) or value.startswith("@"):
-        try:
-            cron.parse_cron(value)
-        except ValueError as error:
-            # The error may quote the expression: not when it came from the environment.
-            hint = ' (an interval has no spaces: "1h30m")' if len(value.split()) < 5 else ""
-            reason = "" if isinstance(value, Expanded) else f": {error}{hint}"
-            raise Invalid(f"{show(value)} is not a cron expression{reason}") from None
-        return Cron(str(value).strip())
-    return Interval(_positive_duration(value, at), str(value))
-
-
-_schedule = _array(_schedule_entry)
+    return build
 
 
 # ------------------------------------------------------------------------ repositories
 
-
-def _credential(value: Any, at: At) -> str:
-    """The file of a systemd credential: $CREDENTIALS_DIRECTORY/<name>."""
-    name = _text(value, at)
-    if "/" in name or name in (".", ".."):
-        raise Invalid("must be a credential name, as in LoadCredential=NAME:PATH (no /)")
-    directory = at.run.env.get("CREDENTIALS_DIRECTORY")
-    if not directory and at.run.deferred is not None:
-        at.run.deferred.append(Problem(at.file, at.path, CREDENTIALS_LATER))
-        directory = CREDENTIALS_PLACEHOLDER
-    if not directory:
-        raise Invalid(
-            "CREDENTIALS_DIRECTORY is not set: pass the credential with systemd's "
-            "LoadCredential= (or LoadCredentialEncrypted=), or use password_file"
-        )
-    return f"{directory.rstrip('/')}/{name}"
-
-
-_PASSWORD_CONVERTERS: dict[str, tuple[str, Callable[[Any, At], str]]] = {
-    "password": ("password", _text),
-    "password_file": ("file", _absolute_path),
-    "password_command": ("command", _text),
-    "password_credential": ("file", _credential),
+_PASSWORD_KINDS = {
+    "password": "password",
+    "password_file": "file",
+    "password_command": "command",
+    "password_credential": "file",
 }
 
 
 def _password(table: Mapping[str, Any], at: At) -> PasswordSource | None:
     """The one password source of a repository table."""
-    present = [name for name in _PASSWORD_KEYS if name in table]
+    names = schema.REPOSITORY.exactly_one
+    present = [name for name in names if name in table]
     if not present:
-        at.problem(f"has no password: set one of {', '.join(_PASSWORD_KEYS)}")
+        at.problem(f"has no password: set one of {', '.join(names)}")
     elif len(present) > 1:
         both = f"{', '.join(present[:-1])} and {present[-1]}"
-        at.problem(f"{both} are set: keep exactly one of {', '.join(_PASSWORD_KEYS)}")
+        at.problem(f"{both} are set: keep exactly one of {', '.join(names)}")
     sources = []
     for name in present:
-        kind, convert = _PASSWORD_CONVERTERS[name]
-        value = at.get(table, name, convert)
+        kind, converter = _PASSWORD_KINDS[name], schema.REPOSITORY[name].convert
+        value = at.get(table, name, converter)  # type: ignore[arg-type]
         if value is not None:
             # A password taken from the environment is in no file (secrets.py).
             from_env = kind == "password" and isinstance(table[name], Expanded)
@@ -323,40 +170,16 @@ def _password(table: Mapping[str, Any], at: At) -> PasswordSource | None:
     return sources[0] if len(sources) == 1 and len(present) == 1 else None
 
 
-def _subset(value: Any, at: At) -> str:
-    """restic's --read-data-subset: "5%", "1/10" or a size such as "500M"."""
-    _expect(value, str, "a string")
-    return _from_parser(units.parse_subset)(value, at)
-
-
-def _maintenance(is_check: bool) -> Callable[[Any, At], Maintenance]:
-    allowed = ("schedule", "priority", "read_data_subset") if is_check else ("schedule", "priority")
-
-    def convert(value: Any, at: At) -> Maintenance:
-        table = _table(value, at, allowed)
-        return Maintenance(
-            schedule=at.get(table, "schedule", _schedule) or (),
-            priority=at.get(table, "priority", _priority) or INFERIOR,
-            read_data_subset=at.get(table, "read_data_subset", _subset),
-        )
-
-    return convert
-
-
 def _repository(name: str, value: Any, at: At) -> Repository | None:
-    table = at.attempt(value, lambda v, a: _table(v, a, _REPOSITORY_KEYS))
+    keys = schema.REPOSITORY
+    table = at.attempt(value, lambda v, a: convert.table(v, a, keys.names))
     if table is None:
         return None
-    location = at.require(table, "location", _text)
+    location = at.require(table, "location", convert.text)
     password = _password(table, at)
-    optional = {
-        "env": at.get(table, "env", _env_table) or (),
-        "options": at.get(table, "options", _array(_text)) or (),
-        "upload_limit": at.get(table, "upload_limit", _rate),
-        "download_limit": at.get(table, "download_limit", _rate),
-        "check": at.get(table, "check", _maintenance(is_check=True)),
-        "prune": at.get(table, "prune", _maintenance(is_check=False)),
-    }
+    maintenance = {"check": _record(schema.CHECK, Maintenance)}
+    maintenance["prune"] = _record(schema.PRUNE, Maintenance)
+    optional = _values(table, at, keys, maintenance, skip=("location", *keys.exactly_one))
     if location is None or password is None:
         return None
     return Repository(name=name, location=location, password=password, **optional)
@@ -373,11 +196,12 @@ def _watch(value: Any, at: At) -> Watch | None:
         raise Invalid(
             f"must be true, false or a table {{ wait_min, wait_max }}, not {type_name(value)}"
         )
-    table = _table(value, at, _WAITS)
-    waits = {name: at.get(table, name, _duration) for name in _WAITS}
-    if any(waits[name] is None for name in table if name in waits):
+    waits = schema.WATCH
+    table = convert.table(value, at, waits.names)
+    given = {name: at.get(table, name, waits[name].convert) for name in waits.names}  # type: ignore[arg-type]
+    if any(given[name] is None for name in waits.names if name in table):
         return None  # already reported
-    watch = Watch(**_present(waits))
+    watch = Watch(**{name: _default(waits[name]) if v is None else v for name, v in given.items()})
     if watch.wait_max < watch.wait_min and "wait_max" in table:
         at.key("wait_max").problem("is shorter than wait_min: make it at least wait_min")
     elif watch.wait_max < watch.wait_min:
@@ -387,214 +211,110 @@ def _watch(value: Any, at: At) -> Watch | None:
     return watch
 
 
-def _restic_duration(value: Any, at: At) -> str:
-    _expect(value, str, "a string")
-    if not value or not _RESTIC_DURATION_RE.fullmatch(value):
-        raise Invalid(
-            f"{show(value)} is not a restic duration: "
-            'use years, months, days, hours, largest first, e.g. "1y2m3d4h"'
-        )
-    return str(value)
-
-
 def _retention(value: Any, at: At) -> Retention:
-    table = _table(value, at, (*_RETENTION_COUNTS, "keep_within"))
-    rules: dict[str, Any] = {
-        name: at.get(table, name, _integer(low=0)) for name in _RETENTION_COUNTS
-    }
-    rules["keep_within"] = at.get(table, "keep_within", _restic_duration)
+    table = convert.table(value, at, schema.RETENTION.names)
+    rules = _values(table, at, schema.RETENTION)
     all_valid = all(rules[name] is not None for name in rules if name in table)
     if all_valid and not any(rules.values()):  # restic would refuse, or forget everything
         at.problem("keeps nothing: set a keep_* rule above 0 or keep_within, e.g. keep_daily = 7")
     return Retention(**rules)
 
 
-def _resources(value: Any, at: At) -> Resources:
-    table = _table(value, at, _RESOURCES_KEYS)
-    return Resources(
-        cpu_weight=at.get(table, "cpu_weight", _integer(1, 10000)),
-        io_weight=at.get(table, "io_weight", _integer(1, 10000)),
-        cpu_quota=at.get(table, "cpu_quota", _percent),
-        memory_max=at.get(table, "memory_max", _size),
-        nice=at.get(table, "nice", _integer(-20, 19)),
-        ionice=at.get(table, "ionice", _choice(_IONICE)),  # type: ignore[arg-type]
-    )
-
-
-def _url(value: Any, at: At) -> str:
-    _expect(value, str, "a string")
-    try:
-        parts = urlsplit(value)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 -- raises ValueError for a port out of range
-    except ValueError:
-        valid = False
-    if not valid:
-        raise Invalid("must be an http:// or https:// URL with a host")
-    return str(value)
-
-
-def _method(value: Any, at: At) -> str:
-    _expect(value, str, "a string")
-    if not _METHOD_RE.fullmatch(value):
-        raise Invalid(f"{show(value)} is not an HTTP method such as POST or GET")
-    return str(value).upper()
-
-
-def _body(value: Any, at: At) -> str:
-    _expect(value, str, "a string")
-    return str(value)
-
-
-def _argv(value: Any, at: At) -> tuple[str, ...]:
-    """A command as an argument list (no shell); arguments are never quoted."""
-    _expect(value, list, 'an array of strings, e.g. ["/usr/bin/pg_dump", "-f", "/backup/db.sql"]')
-    if not value:
-        raise Invalid(
-            'must not be empty: give the program and its arguments, e.g. ["/usr/bin/true"]'
-        )
-    for position, argument in enumerate(value):
-        if not isinstance(argument, str):
-            at.index(position).problem(f"must be a string, not {type_name(argument)}")
-    if isinstance(value[0], str) and not value[0]:
-        at.index(0).problem("must not be empty: give the program to run")
-    return tuple(str(argument) for argument in value)
-
-
 def _hook(value: Any, at: At) -> Hook | None:
     """One hook table: type = "http" or "command" decides the other keys."""
-    _expect(value, dict, "a table")
+    convert.expect(value, dict, "a table")
     kind = value.get("type")
     # What the environment put into a hook (a ping URL's token, a header) is never shown.
     secrets = tuple(v for v in environment_values(value) if v)
     if kind == "http":
-        hook = _http_hook(_table(value, at, _HTTP_HOOK_KEYS), at)
+        http = _values(convert.table(value, at, schema.HTTP_HOOK.names), at, schema.HTTP_HOOK)
+        hook = HttpHook(**_present(http)) if http["url"] is not None else None
         return hook and replace(hook, secrets=secrets)
     if kind == "command":
-        command = _command_hook(_table(value, at, _COMMAND_HOOK_KEYS), at)
+        keys = schema.COMMAND_HOOK
+        given = _values(convert.table(value, at, keys.names), at, keys)
+        command = CommandHook(**_present(given)) if given["command"] is not None else None
         return command and replace(command, secrets=secrets)
     if "type" in value:
         at.key("type").problem(f'{show(kind)} is not a hook type: use "http" or "command"')
     else:
         at.key("type").problem('is required: set type = "http" or type = "command"')
-    _table(value, at, _ANY_HOOK_KEYS)
+    convert.table(value, at, _ANY_HOOK_KEYS)
     return None
 
 
-def _hook_options(table: Mapping[str, Any], at: At) -> dict[str, Any]:
-    """The keys every hook type has."""
-    return {
-        "timeout": at.get(table, "timeout", _positive_duration),
-        "on_failure": at.get(table, "on_failure", _choice(_ON_FAILURE)),
-    }
-
-
-def _http_hook(table: Mapping[str, Any], at: At) -> HttpHook | None:
-    options = _hook_options(table, at)
-    url = at.require(table, "url", _url)
-    options |= {
-        "method": at.get(table, "method", _method),
-        "headers": at.get(table, "headers", _header_table),
-        "body": at.get(table, "body", _body),
-        "retries": at.get(table, "retries", _integer(low=0)),
-    }
-    return HttpHook(url=url, **_present(options)) if url is not None else None
-
-
-def _command_hook(table: Mapping[str, Any], at: At) -> CommandHook | None:
-    options = _hook_options(table, at)
-    command = at.require(table, "command", _argv)
-    options |= {
-        "env": at.get(table, "env", _env_table),
-        "cwd": at.get(table, "cwd", _absolute_path),
-    }
-    return CommandHook(command=command, **_present(options)) if command is not None else None
-
-
 def _hook_list(value: Any, at: At) -> tuple[Hook, ...]:
-    _expect(value, list, "an array of tables ([[...hooks.before]] or [{ type = ... }])")
+    convert.expect(value, list, "an array of tables ([[...hooks.before]] or [{ type = ... }])")
     hooks = (at.index(i).attempt(element, _hook) for i, element in enumerate(value))
     return tuple(hook for hook in hooks if hook is not None)
 
 
 def _hooks(value: Any, at: At) -> Hooks:
-    table = _table(value, at, _HOOK_MOMENTS)
-    lists = {moment: at.get(table, moment, _hook_list) or () for moment in _HOOK_MOMENTS}
-    return Hooks(**lists)
+    table = convert.table(value, at, schema.HOOKS.names)
+    lists = _values(table, at, schema.HOOKS, dict.fromkeys(schema.HOOKS.names, _hook_list))
+    return Hooks(**_present(lists))
 
 
 def _backup_repositories(known: Mapping[str, object]) -> Callable[[Any, At], tuple[str, ...]]:
     """The repositories a backup goes to: each defined (valid or not), each listed once."""
 
     def repository(value: Any, at: At) -> str:
-        name = _text(value, at)
+        name = convert.text(value, at)
         if name not in known:
             hint = did_you_mean(name, known) if not isinstance(value, Expanded) else ""
             hint = hint or ": define it under [repositories.NAME] or fix the name"
             raise Invalid(f"repository {show(value)} is not defined{hint}")
         return name
 
-    repositories = _array(repository, required="list the repositories to back up to")
+    repositories = convert.array(repository, required="list the repositories to back up to")
 
-    def convert(value: Any, at: At) -> tuple[str, ...]:
+    def converter(value: Any, at: At) -> tuple[str, ...]:
         names = repositories(value, at)
         for position, name in enumerate(names):
             if name in names[:position]:
                 at.problem(f'lists repository "{name}" twice: list it once')
         return names
 
-    return convert
+    return converter
 
 
 def _backup(name: str, value: Any, at: At, repositories: Mapping[str, object]) -> Backup | None:
-    table = at.attempt(value, lambda v, a: _table(v, a, _BACKUP_KEYS))
+    keys = schema.BACKUP
+    table = at.attempt(value, lambda v, a: convert.table(v, a, keys.names))
     if table is None:
         return None
-    paths = at.require(
-        table, "paths", _array(_absolute_path, required="list absolute paths to back up")
-    )
-    targets = at.require(table, "repositories", _backup_repositories(repositories))
-    optional = {
-        "excludes": at.get(table, "excludes", _array(_text)) or (),
-        "schedule": at.get(table, "schedule", _schedule) or (),
-        "watch": at.get(table, "watch", _watch),
-        "priority": at.get(table, "priority", _priority) or NORMAL,
-        "upload_limit": at.get(table, "upload_limit", _rate),
-        "download_limit": at.get(table, "download_limit", _rate),
-        "retention": at.get(table, "retention", _retention),
-        "resources": at.get(table, "resources", _resources) or Resources(),
-        "hooks": at.get(table, "hooks", _hooks) or Hooks(),
+    builders = {
+        "repositories": _backup_repositories(repositories),
+        "watch": _watch,
+        "retention": _retention,
+        "resources": _record(schema.RESOURCES, Resources),
+        "hooks": _hooks,
     }
-    if not paths or not targets:
+    values = _values(table, at, keys, builders)
+    if not values["paths"] or not values["repositories"]:
         return None
-    return Backup(name=name, paths=paths, repositories=targets, **optional)
+    return Backup(name=name, **values)
 
 
 # ------------------------------------------------------------------ daemon and metrics
 
 
-def _setting(entries: Entries, name: str, convert: Callable[[Any, At], T]) -> T | None:
-    """The converted value of a [daemon] or [metrics] key, from whichever file set it."""
-    if name not in entries:
-        return None
-    value, at = entries[name]
-    return at.attempt(value, convert)
+def _settings(entries: Entries, keys: schema.Table) -> dict[str, Any]:
+    """The converted values of [daemon] or [metrics], each from whichever file set it."""
+    values = {}
+    for key in keys.keys:
+        value, at = entries.get(key.name, (None, None))
+        converted = at.attempt(value, key.convert) if at else None  # type: ignore[arg-type]
+        values[key.name] = _default(key) if converted is None else converted
+    return values
 
 
 def _daemon(entries: Entries, hostname: str) -> Daemon:
-    return Daemon(
-        hostname=_setting(entries, "hostname", _text) or hostname,
-        max_concurrent_jobs=_setting(entries, "max_concurrent_jobs", _integer(low=1)) or 1,
-        upload_limit=_setting(entries, "upload_limit", _rate),
-        download_limit=_setting(entries, "download_limit", _rate),
-        restic=_setting(entries, "restic", _text) or "restic",
-        stall_timeout=_setting(entries, "stall_timeout", _positive_duration) or STALL_TIMEOUT,
-    )
+    settings = _settings(entries, schema.DAEMON)
+    return Daemon(**{**settings, "hostname": settings["hostname"] or hostname})
 
 
 def _metrics(entries: Entries) -> Metrics:
-    textfile = _setting(entries, "textfile", _absolute_path)
-    return Metrics(
-        textfile=Path(textfile) if textfile else None,
-        listen=_setting(entries, "listen", _listen),
-    )
+    settings = _settings(entries, schema.METRICS)
+    textfile = settings["textfile"]
+    return Metrics(textfile=Path(textfile) if textfile else None, listen=settings["listen"])

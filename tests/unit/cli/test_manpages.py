@@ -27,7 +27,7 @@ def test_mandoc_finds_nothing_worth_a_warning(pages):
 
 def test_the_pages_document_every_command(pages):
     text = {p.name: p.read_text() for p in pages}
-    for command in ("run", "check\\-config", "backup"):
+    for command in ("run", "check\\-config", "schema", "backup"):
         assert f"henbackup {command}" in text["henbackup.8"]
     verbs = ("status", "list\\-snapshots", "restore\\-snapshot", "backup", "check", "prune")
     for command in (*verbs, "queue", "cancel", "logs"):

@@ -1,10 +1,11 @@
 """henbackup.toml(5) is written by hand, so nothing keeps it in step with the code but this.
 
-It must build, lint clean and render; every key the validator accepts must be a defined term
-of its table's section; every key's example must be valid in that table; and every example of
-EXAMPLES must load as a whole configuration. The accepted keys come from the validator itself:
-each table is probed with an unknown key, and the "use one of: ..." of its problem parsed, so
-a key added to the code and not to the page fails here.
+It must build, lint clean and render; every key schema.py declares must be a defined term
+of its table's section; every key's example must be valid in that table, to the loader and to
+the JSON Schema; and every example of EXAMPLES must load as a whole configuration. The
+declared keys are those the validator accepts: each table is probed with an unknown key, and
+the "use one of: ..." of its problem must list them, so a key added to the code and not to the
+page fails here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
-from henbackup.config import validate
+from henbackup.config import schema
 from henbackup.config.load import load_config
 from henbackup.config.model import Config, HttpHook
 from henbackup.errors import ConfigError
@@ -50,7 +52,7 @@ repositories = ["NAME"]
 _PASSWORDS = ("password", "password_file", "password_command", "password_credential")
 
 # Each section of the page that lists a table's keys -> its probes: TOML that opens the
-# table, and the table's key path as problems name it.
+# table, and the table's key path as problems name it (in schema.TABLES' order).
 SECTIONS: dict[str, list[tuple[str, str]]] = {
     "[daemon]": [("[daemon]", "daemon")],
     "[metrics]": [("[metrics]", "metrics")],
@@ -244,16 +246,18 @@ def rendered(page: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
-    """Section of the page -> the keys the validator accepts in its table(s)."""
-    root = tmp_path_factory.mktemp("probes")
+def keys() -> dict[str, list[str]]:
+    """Section of the page -> the keys schema.py declares in its table(s)."""
     found: dict[str, list[str]] = {}
-    for number, (section, probes) in enumerate(SECTIONS.items()):
-        for position, (probe, path) in enumerate(probes):
-            directory = root / f"{number}-{position}"
-            accepted = accepted_keys(probe, path, directory)
-            found[section] = [*found.get(section, []), *accepted]
+    for table in schema.TABLES:
+        if table is not schema.TOP:
+            found[table.section] = [*found.get(table.section, []), *table.names]
     return {section: list(dict.fromkeys(names)) for section, names in found.items()}
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(schema.json_schema())
 
 
 def test_the_page_is_built_as_written(page):
@@ -276,18 +280,21 @@ def test_man_renders_it(rendered):
         assert reference in rendered.split("\nSEE ALSO\n")[1]
 
 
-def test_the_probes_read_the_validators_own_lists(keys):
-    """The probe parses what the validator says: it agrees with its public key lists."""
-    assert keys["[daemon]"] == list(validate.DAEMON_KEYS)
-    assert keys["[metrics]"] == list(validate.METRICS_KEYS)
-    assert "read_data_subset" in keys["[repositories.NAME.check] and [repositories.NAME.prune]"]
-    assert "keep_within" in keys["[backups.NAME.retention]"]
+def test_the_validator_accepts_exactly_the_declared_keys(tmp_path):
+    """Probed with an unknown key, each table lists the keys schema.py declares for it."""
+    for number, (section, probes) in enumerate(SECTIONS.items()):
+        tables = [table for table in schema.TABLES if table.section == section]
+        assert len(tables) == len(probes), section
+        for position, ((probe, path), table) in enumerate(zip(probes, tables, strict=True)):
+            accepted = accepted_keys(probe, path, tmp_path / f"{number}-{position}")
+            assert accepted == list(table.names), table.path
+    assert set(SECTIONS) == {table.section for table in schema.TABLES if table is not schema.TOP}
 
 
 def test_every_table_has_its_section(rendered, tmp_path):
     headings = rendered_sections(rendered)
     top = accepted_keys("", "", tmp_path / "top")
-    assert top == list(validate.TOP_KEYS)
+    assert top == list(schema.TOP.names)
     for name in top:
         assert any(heading.startswith(f"[{name}") for heading in headings), name
     assert set(SECTIONS) <= set(headings)
@@ -311,7 +318,7 @@ def test_the_page_documents_no_key_the_validator_refuses(keys):
     assert {section: names for section, names in extra.items() if names} == {}
 
 
-def test_every_key_has_an_example_that_is_valid_in_its_table(keys, tmp_path):
+def test_every_key_has_an_example_that_is_valid_in_its_table(keys, validator, tmp_path):
     sections = source_sections()
     for section, names in keys.items():
         entries = key_entries(sections[section])
@@ -321,15 +328,20 @@ def test_every_key_has_an_example_that_is_valid_in_its_table(keys, tmp_path):
             for number, snippet in enumerate(snippets):
                 assert defines(tomllib.loads(snippet), key), f"{section} {key}: {snippet}"
                 directory = tmp_path / f"{section}-{key}-{number}".replace("/", "_")
+                document = whole_configuration(section, snippet)
                 try:
-                    load(whole_configuration(section, snippet), directory)
+                    load(document, directory)
                 except ConfigError as error:
                     pytest.fail(f"{section} {key}: {snippet}: {error.problems}")
+                refused = [e.message for e in validator.iter_errors(tomllib.loads(document))]
+                assert refused == [], f"{section} {key}: {snippet}"
 
 
-def test_every_example_of_the_examples_section_loads(tmp_path):
+def test_every_example_of_the_examples_section_loads(validator, tmp_path):
     blocks = list(examples(source_sections()["EXAMPLES"]))
     assert len(blocks) >= 2
+    for block in blocks:
+        assert [e.message for e in validator.iter_errors(tomllib.loads(block))] == [], block
     configs = [load(block, tmp_path / str(number)) for number, block in enumerate(blocks)]
 
     pictures = configs[0].backups["pictures"]  # to two datacenters, on change and daily
