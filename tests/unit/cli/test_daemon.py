@@ -1,5 +1,7 @@
 import grp
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,20 @@ def test_the_service_itself_needs_its_credentials(config, monkeypatch):
     with pytest.raises(ConfigError) as raised:
         load_config(Path(path))
     assert [p.key for p in raised.value.problems] == ["repositories.local.password_credential"]
+
+
+def test_a_reader_that_left_costs_no_traceback() -> None:
+    """`henbackup schema | head -1`: the pipe's reader is gone before the writer ends."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "henbackup.cli.daemon", "schema"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")
