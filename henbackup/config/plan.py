@@ -24,17 +24,10 @@ from henbackup.config.model import (
     ScheduleEntry,
 )
 from henbackup.config.units import format_duration as _duration
+from henbackup.redact import redact_location
 
 _LABEL_WIDTH = 16  # the longest label, "download_limit", and two spaces
 _PASSWORD_KINDS = {"password": "in the config", "file": "file {}", "command": "from a command"}
-# A URL's userinfo: "https://user:pw@host/". Up to the last "@" of the whole location, as
-# a password may hold an unencoded "/" or "@": hiding too much beats showing a secret.
-_URL_USERINFO_RE = re.compile(r"(://).*@", re.DOTALL)
-
-
-def redact_location(location: str) -> str:
-    """location with the user:password@ (or token@) of a URL replaced by ***@."""
-    return _URL_USERINFO_RE.sub(r"\1***@", location)
 
 
 def describe_plan(config: Config, now: datetime) -> str:

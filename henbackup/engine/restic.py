@@ -7,7 +7,7 @@ place that runs restic.
 
 Secrets: the repository location travels in RESTIC_REPOSITORY and the password as a file,
 a command or an inherited pipe, never in argv; messages built from restic's stderr are
-scrubbed of the location, the password and the target's env values.
+redacted of the location, the password and the target's env values (henbackup/redact.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +59,7 @@ from henbackup.errors import (
     WrongPassword,
 )
 from henbackup.process import spawn
+from henbackup.redact import Redactor
 
 Version = tuple[int, int, int]
 Argv = tuple[str, ...]
@@ -258,9 +259,6 @@ def child_env(
     return env
 
 
-_USERINFO = re.compile(r"//[^/@\s]+@")
-
-
 def secrets_of(target: Target) -> tuple[str, ...]:
     """Strings that must not appear in a message, longest first."""
     found = {target.location, target.location.rstrip("/")}
@@ -275,12 +273,6 @@ def secrets_of(target: Target) -> tuple[str, ...]:
         found.add(target.password.value)
     found.update(value for _, value in target.env if len(value) >= 8)
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return _USERINFO.sub("//***@", text)
 
 
 # --- output parsing (pure) ------------------------------------------------------------
@@ -580,7 +572,7 @@ def _signal_name(signum: int) -> str:
 def classify_failure(
     command: str, returncode: int, messages: Sequence[str], repository: str, features: Features
 ) -> EngineError:
-    """The typed error for a failed restic run. `messages` must already be scrubbed."""
+    """The typed error for a failed restic run. `messages` must already be redacted."""
     where = f"repository {repository}"
     reason = fatal_reason(messages, returncode)
     failed = EngineError(f"restic {command} failed on {where}: {reason}")
@@ -741,7 +733,7 @@ class Outcome:
 
     returncode: int
     stdout: tuple[str, ...]  # empty when lines went to a handler
-    messages: tuple[str, ...]  # stderr as scrubbed human lines
+    messages: tuple[str, ...]  # stderr as redacted human lines
     seconds: float
 
 
@@ -993,11 +985,11 @@ class ResticEngine(Engine):
             lines = self._follow(process, target, on_line, stderr, mask, limit)
             seconds = time.monotonic() - start
             messages = stderr_messages(_read_back(stderr))
-        secrets = secrets_of(target)
+        redact = Redactor.of(secrets_of(target))
         return Outcome(
             returncode=process.returncode,
             stdout=tuple(lines),
-            messages=tuple(scrub(m, secrets) for m in messages),
+            messages=tuple(redact(m) for m in messages),
             seconds=seconds,
         )
 
@@ -1100,8 +1092,8 @@ class ResticEngine(Engine):
         reason = idle_reason(read_state(run.process.pid))
         if reason is not None:
             return f"restic is {reason}"
-        secrets = secrets_of(target)
-        messages = [scrub(m, secrets) for m in stderr_messages(_read_back(run.stderr))]
+        redact = Redactor.of(secrets_of(target))
+        messages = [redact(m) for m in stderr_messages(_read_back(run.stderr))]
         return explanation(messages) or "restic waits and moves no data (is the backend up?)"
 
     def _interrupt(

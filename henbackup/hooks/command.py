@@ -19,7 +19,7 @@ from pathlib import Path
 
 from henbackup.config.model import CommandHook
 from henbackup.hooks.outcome import SKIP_EXIT_STATUS, Attempt, Status
-from henbackup.hooks.redact import Tail
+from henbackup.hooks.output import Tail
 from henbackup.observe.events import FieldValue
 from henbackup.process import NEVER, SafePoint, spawn
 

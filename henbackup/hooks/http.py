@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from henbackup.config.model import HttpHook
 from henbackup.hooks.outcome import Attempt
-from henbackup.hooks.redact import Tail, redact_url
+from henbackup.hooks.output import Tail
 from henbackup.process import (
     SafePoint,
     block_signals,
@@ -36,6 +36,7 @@ from henbackup.process import (
     reap,
     reset_signals,
 )
+from henbackup.redact import redact_url
 
 BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
 MAX_BACKOFF = 60.0

@@ -45,7 +45,6 @@ from henbackup.engine.restic import (
     restore_args,
     restored_roots,
     retry_cause,
-    scrub,
     secrets_of,
     snapshots_args,
     status_counters,
@@ -59,6 +58,7 @@ from henbackup.errors import (
     SnapshotNotFound,
     WrongPassword,
 )
+from henbackup.redact import Redactor
 
 V014 = Features((0, 14, 0))
 V018 = Features((0, 18, 0))
@@ -323,7 +323,7 @@ def test_child_env_lets_the_target_tune_restic() -> None:
     assert env["RESTIC_PASSWORD_COMMAND"] == "cmd"
 
 
-def test_secrets_and_scrub_hide_location_password_and_env() -> None:
+def test_secrets_and_redactor_hide_location_password_and_env() -> None:
     t = target(location=REST_LOCATION)
     secrets = secrets_of(t)
     text = (
@@ -331,10 +331,10 @@ def test_secrets_and_scrub_hide_location_password_and_env() -> None:
         f"key {SECRET_KEY}; Head http://user:s3cr3t@127.0.0.1:1/repo/config; "
         "Head http://user:***@127.0.0.1:1/repo/config"
     )
-    clean = scrub(text, secrets)
+    clean = Redactor.of(secrets)(text)
     for secret in (REST_LOCATION, SECRET_PASSWORD, SECRET_KEY, "s3cr3t", "user:"):
         assert secret not in clean
-    assert "AKIAIOSFODNN7EXAMPLE" not in scrub("AKIAIOSFODNN7EXAMPLE", secrets)
+    assert "AKIAIOSFODNN7EXAMPLE" not in Redactor.of(secrets)("AKIAIOSFODNN7EXAMPLE")
 
 
 # --- stdout parsing ----------------------------------------------------------------------
@@ -735,7 +735,7 @@ INTERRUPTED_018 = (
 
 def classify(stderr: str, code: int, features: Features, location: str = "/tmp/exp/nothere"):
     secrets = secrets_of(target(location=location))
-    messages = [scrub(m, secrets) for m in stderr_messages(stderr)]
+    messages = [Redactor.of(secrets)(m) for m in stderr_messages(stderr)]
     return classify_failure("snapshots", code, messages, "r1", features)
 
 
@@ -797,7 +797,7 @@ def test_messages_never_carry_the_location() -> None:
     error = classify(INIT_EXISTS_014, 1, V014, location="/tmp/exp/c14")
     assert "/tmp/exp/c14" not in str(error)
     assert str(error) == (
-        "restic snapshots failed on repository r1: create repository at *** failed: "
+        "restic snapshots failed on repository r1: create repository at <redacted> failed: "
         "config file already exists"
     )
     unreachable = classify(REST_REFUSED_014, 1, V014, location=REST_LOCATION)
