@@ -206,8 +206,9 @@ def reap_orphans(tracked: Container[int]) -> list[int]:
         reaped.append(exited.si_pid)
 
 
-def describe_status(status: int) -> str:
-    """`exited with 1` or `killed by SIGKILL`: how a child ended, for events."""
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with {os.WEXITSTATUS(status)}"
+def describe_exit(code: int) -> str:
+    """`exited with 1` or `was killed by SIGKILL`: how a process ended, for events, from
+    its exit code as os.waitstatus_to_exitcode gives it (negative: the signal)."""
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"

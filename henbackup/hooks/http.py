@@ -31,7 +31,7 @@ from henbackup.hooks.output import Tail
 from henbackup.process import (
     SafePoint,
     block_signals,
-    describe_status,
+    describe_exit,
     fork_child,
     reap,
     reset_signals,
@@ -94,7 +94,8 @@ def run_http_apart(hook: HttpHook, backoff: float, safe_point: SafePoint) -> Att
     status = reap(forked)
     attempt = pickle.loads(data) if data else None  # from our own child, through a pipe
     if not isinstance(attempt, Attempt):
-        return Attempt("failed", f"the request's process {describe_status(status)}")
+        how = describe_exit(os.waitstatus_to_exitcode(status))
+        return Attempt("failed", f"the request's process {how}")
     return attempt
 
 

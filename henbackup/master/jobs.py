@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from henbackup.master.control import Conversation, Reply
 from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.status import LiveJob, StatusModel
-from henbackup.process import Forked, describe_status, fork_child, reap
+from henbackup.process import Forked, describe_exit, fork_child, reap
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
@@ -188,12 +187,12 @@ class Jobs:
         if one_off.news is not None:  # what it said last (its result) is not lost
             self._one_off_said(one_off, one_off.news.drain())
             self._close_news(one_off)
-        status = reap(one_off.forked)
-        self.process_ended(request_id, os.waitstatus_to_exitcode(status))
+        exit_code = os.waitstatus_to_exitcode(reap(one_off.forked))
+        self.process_ended(request_id, exit_code)
         died = {
             "ok": False,
             "code": "failed",
-            "error": f"the job process {describe_status(status)}",
+            "error": f"the job process {describe_exit(exit_code)}",
         }
         self.clients.finish(request_id, one_off.result or died)
         self.on_change()
@@ -215,10 +214,3 @@ class Jobs:
 def new_request_id() -> str:
     """The id of one henbackupctl request: what the master and the job processes call it."""
     return "r" + secrets.token_hex(4)
-
-
-def describe_exit(code: int) -> str:
-    """`exited with 1`, `was killed by SIGKILL`: from os.waitstatus_to_exitcode's number."""
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with {code}"

@@ -46,7 +46,7 @@ from henbackup.observe.status import LiveJob, StatusModel
 from henbackup.process import (
     Forked,
     become_subreaper,
-    describe_status,
+    describe_exit,
     fork_child,
     reap,
     reap_orphans,
@@ -250,7 +250,11 @@ class Master:
 
     def _report_exit(self, supervised: Supervised, pid: int, status: int) -> None:
         spec, child = supervised.spec, supervised.child
-        how = "hung and was killed" if supervised.hung else describe_status(status)
+        how = (
+            "hung and was killed"
+            if supervised.hung
+            else describe_exit(os.waitstatus_to_exitcode(status))
+        )
         then = {
             State.STOPPED: "",
             State.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
