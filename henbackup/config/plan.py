@@ -24,6 +24,7 @@ from henbackup.config.model import (
     ScheduleEntry,
 )
 from henbackup.config.units import format_duration as _duration
+from henbackup.humanize import size_setting
 from henbackup.redact import redact_location
 
 _LABEL_WIDTH = 16  # the longest label, "download_limit", and two spaces
@@ -51,19 +52,9 @@ def _block(title: str, rows: Iterable[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _bytes(count: int) -> str:
-    """51200 -> "50 KiB", 1572864 -> "1.5 MiB"."""
-    size, unit = float(count), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.1f}".removesuffix(".0") + f" {unit}"
-
-
 def _limits(upload: int | None, download: int | None) -> list[tuple[str, str]]:
     rows = [("upload_limit", upload), ("download_limit", download)]
-    return [(label, f"{_bytes(value)}/s") for label, value in rows if value is not None]
+    return [(label, f"{size_setting(value)}/s") for label, value in rows if value is not None]
 
 
 def _schedule(entry: ScheduleEntry, now: datetime) -> str:
@@ -122,7 +113,7 @@ def _resources(resources: Resources) -> str:
     shown = {
         **vars(resources),
         "cpu_quota": resources.cpu_quota and f"{resources.cpu_quota * 100:g}%",
-        "memory_max": resources.memory_max and _bytes(resources.memory_max),
+        "memory_max": resources.memory_max and size_setting(resources.memory_max),
     }
     return ", ".join(f"{name} {value}" for name, value in shown.items() if value is not None)
 
