@@ -39,7 +39,7 @@ from henbackup.master.control import (
 )
 from henbackup.master.jobs import Jobs, OneOffBody
 from henbackup.master.specs import WorkerSpec, diff, worker_specs
-from henbackup.master.states import Child, Policy, State
+from henbackup.master.states import Child, ChildState, Policy
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
 from henbackup.observe.status import LiveJob, StatusModel
@@ -208,7 +208,7 @@ class Master:
 
     def _handle(self, supervised: Supervised, message: Message) -> None:
         kind, key = message.get("type"), supervised.spec.key
-        if kind == "ready" and supervised.child.state is State.STARTING:
+        if kind == "ready" and supervised.child.state is ChildState.STARTING:
             supervised.child.ready(self.loop.clock())
         elif kind == "event":
             self.jobs.event(key, message, message.get("requests", ()))
@@ -256,9 +256,9 @@ class Master:
             else describe_exit(os.waitstatus_to_exitcode(status))
         )
         then = {
-            State.STOPPED: "",
-            State.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
-            State.BACKOFF: f"; restarting in {self.policy.delay(child.quick_failures):g}s",
+            ChildState.STOPPED: "",
+            ChildState.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
+            ChildState.BACKOFF: f"; restarting in {self.policy.delay(child.quick_failures):g}s",
         }[child.state]
         self.emit(
             "child.exited",
@@ -273,9 +273,9 @@ class Master:
 
     def _after_exit(self, key: str, supervised: Supervised) -> None:
         child = supervised.child
-        if child.state is State.BACKOFF and child.restart_at is not None:
+        if child.state is ChildState.BACKOFF and child.restart_at is not None:
             self.loop.call_at(child.restart_at, lambda: self._restart(key))
-        elif child.state is State.STOPPED:
+        elif child.state is ChildState.STOPPED:
             del self.children[key]
             if supervised.replacement is not None and not self.stopping:
                 self._add(supervised.replacement)
@@ -284,14 +284,14 @@ class Master:
 
     def _restart(self, key: str) -> None:
         supervised = self.children.get(key)
-        if supervised is not None and supervised.child.state is State.BACKOFF:
+        if supervised is not None and supervised.child.state is ChildState.BACKOFF:
             self._spawn(key)
 
     def _stop_child(self, key: str) -> None:
         """SIGTERM the worker (it interrupts its job cleanly); a dead one is stopped at once."""
         supervised = self.children[key]
         supervised.child.stop(self.loop.clock())
-        if supervised.child.state is State.STOPPED:
+        if supervised.child.state is ChildState.STOPPED:
             self._after_exit(key, supervised)
         elif supervised.forked is not None:
             os.kill(supervised.forked.pid, signal.SIGTERM)
@@ -310,7 +310,7 @@ class Master:
         now = self.loop.clock()
         for supervised in self.children.values():
             silent = now - supervised.last_heard
-            alive = supervised.child.state in (State.STARTING, State.RUNNING)
+            alive = supervised.child.state in (ChildState.STARTING, ChildState.RUNNING)
             if alive and silent > self.hang_timeout and supervised.forked is not None:
                 supervised.hung = True
                 os.killpg(supervised.forked.pid, signal.SIGKILL)
@@ -419,7 +419,7 @@ class Master:
         """One line: `2 backups; running: pictures→aws 42%; queued: 1; failed: music`."""
         running = [_activity(job) for job in self.model.running()]
         queued = len(self.model.waiting())
-        fatal = [s.spec.name for s in self.children.values() if s.child.state is State.FATAL]
+        fatal = [s.spec.name for s in self.children.values() if s.child.state is ChildState.FATAL]
         parts = [self._summary()]
         if self.stopping:
             parts.append("stopping")
