@@ -23,10 +23,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from henbackup.errors import JobCancelled
 
 PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 15, 1, 36
 EXIT_CRASHED = 70  # EX_SOFTWARE: an unexpected exception in the child
@@ -96,6 +99,50 @@ def spawn(
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
+
+
+def stop_program(
+    process: subprocess.Popen[bytes],
+    signals: Sequence[int],
+    grace: float,
+    wait_until: Callable[[float], object],
+    group: bool = False,
+    reap_within: float | None = None,
+) -> None:
+    """End a spawned program: `signals`, then `grace` seconds for it to act on them, then
+    SIGKILL; reaped.
+
+    `wait_until(deadline)` returns when the program exits or at `deadline` (it may read the
+    program's output meanwhile, so that it never blocks writing); a stop or Ctrl-C that
+    comes during it changes nothing, as this is already stopping. With `group`, the
+    signals and the SIGKILL go to its whole process group (stragglers too). With
+    `reap_within`, the reap gives up after that many seconds: a program blocked in the
+    kernel (a hung NFS read) may not die, and must not hang us too.
+    """
+
+    def send(signum: int) -> None:
+        if group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
+        elif signum != signal.SIGKILL or process.poll() is None:
+            process.send_signal(signum)
+
+    deadline = time.monotonic() + grace
+    try:
+        for signum in signals:
+            send(signum)
+        while True:
+            try:
+                wait_until(deadline)
+                break
+            except subprocess.TimeoutExpired:
+                break
+            except (JobCancelled, KeyboardInterrupt):
+                continue  # already stopping it
+    finally:
+        send(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(reap_within)
 
 
 @dataclass(frozen=True)

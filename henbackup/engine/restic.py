@@ -51,14 +51,13 @@ from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.errors import (
     BackendUnreachable,
     EngineError,
-    JobCancelled,
     RepositoryLocked,
     RepositoryMissing,
     SnapshotNotFound,
     Stalled,
     WrongPassword,
 )
-from henbackup.process import spawn
+from henbackup.process import spawn, stop_program
 from henbackup.redact import Redactor
 
 Version = tuple[int, int, int]
@@ -707,24 +706,14 @@ def _end(process: subprocess.Popen[bytes], run: _Run | None, grace: float) -> No
     """SIGINT (restic removes its lock) and SIGCONT (a stopped restic can act on it), then
     SIGKILL after `grace` seconds. Reaps it if it dies within KILL_WAIT after that: one
     blocked in the kernel (a hung NFS read) may not, and must not hang us too."""
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + grace
-    while True:
-        try:
-            if run is not None:
-                run.discard_until(deadline)
-            else:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            break
-        except subprocess.TimeoutExpired:
-            break
-        except (JobCancelled, KeyboardInterrupt):
-            continue  # already stopping it
-    if process.poll() is None:
-        process.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(KILL_WAIT)
+
+    def wait_until(deadline: float) -> None:
+        if run is not None:
+            run.discard_until(deadline)
+        else:
+            process.wait(max(0.0, deadline - time.monotonic()))
+
+    stop_program(process, (signal.SIGINT, signal.SIGCONT), grace, wait_until, reap_within=KILL_WAIT)
 
 
 @dataclass(frozen=True)
