@@ -28,7 +28,7 @@ OneOffBody = Callable[[Config, dict[str, Any], Channel], int]
 
 
 @dataclass
-class OneOff:
+class OneOffProcess:
     """A job process the master started for a henbackupctl request."""
 
     request: str
@@ -46,7 +46,7 @@ class Jobs:
     one_off_body: OneOffBody | None = None
     on_change: Callable[[], None] = lambda: None  # something to show in STATUS=
     clients: Clients = field(default_factory=Clients)
-    one_offs: dict[str, OneOff] = field(default_factory=dict)
+    one_offs: dict[str, OneOffProcess] = field(default_factory=dict)
     settings: Metrics = field(default_factory=Metrics)
     metrics_server: metrics.MetricsServer | None = None
     results_unsaved: bool = False  # the last save of the results failed (and was said)
@@ -147,7 +147,7 @@ class Jobs:
 
         forked = fork_child(f"hbjob:{request['command']}"[:15], body)
         child_end.close()
-        self.one_offs[request_id] = OneOff(request_id, forked, parent_end)
+        self.one_offs[request_id] = OneOffProcess(request_id, forked, parent_end)
         self.loop.add_reader(forked.pidfd, lambda: self._one_off_exited(request_id))
         self.loop.add_reader(parent_end.fileno(), lambda: self._one_off_news(request_id))
         if wait:
@@ -168,14 +168,14 @@ class Jobs:
         else:
             self._one_off_said(one_off, messages)
 
-    def _one_off_said(self, one_off: OneOff, messages: list[Message]) -> None:
+    def _one_off_said(self, one_off: OneOffProcess, messages: list[Message]) -> None:
         for message in messages:
             if message.get("type") == "event":
                 self.event(one_off.request, message, (one_off.request,))
             elif message.get("type") == "result":
                 one_off.result = {k: v for k, v in message.items() if k != "type"}
 
-    def _close_news(self, one_off: OneOff) -> None:
+    def _close_news(self, one_off: OneOffProcess) -> None:
         if one_off.news is not None:
             self.loop.remove_reader(one_off.news.fileno())
             one_off.news.close()
