@@ -98,7 +98,7 @@ def run_backup_pipeline(
             if safe_point is not None:
                 safe_point.check()
             job = Job("backup", repository, name, trigger, job_priority)
-            outcomes.append(_to(job, backup, config, engine, emit, scheduler))
+            outcomes.append(_back_up_to_repository(job, backup, config, engine, emit, scheduler))
         failed = [o.repository for o in outcomes if not o.ok]
         return f"failed on {', '.join(failed)}" if failed else None
 
@@ -121,7 +121,7 @@ def _stopped_by_hook(job: Job, error: str, emit: EmitFunction) -> RepositoryOutc
     return RepositoryOutcome(job.repository, error=error)
 
 
-def _to(
+def _back_up_to_repository(
     job: Job,
     backup: Backup,
     config: Config,
