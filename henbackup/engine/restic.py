@@ -717,7 +717,7 @@ def _end(process: subprocess.Popen[bytes], run: _Run | None, grace: float) -> No
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ResticResult:
     """One finished restic run."""
 
     returncode: int
@@ -886,7 +886,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None = None,
         tolerate: tuple[int, ...] = (),
         locking: bool = True,
-    ) -> Outcome:
+    ) -> ResticResult:
         """Run restic (see `_run`). A locking command that failed (restic killed, its backend
         gone) may have left its lock: it is removed then, as stale (restic is gone by now)."""
         try:
@@ -905,7 +905,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None = None,
         tolerate: tuple[int, ...] = (),
         locking: bool = True,
-    ) -> Outcome:
+    ) -> ResticResult:
         """Run restic; on a lock conflict remove stale locks, then wait up to lock_wait."""
         outcome = self._execute(target, args, on_line)
         error = self._failure(target, args, outcome, tolerate)
@@ -919,7 +919,7 @@ class ResticEngine(Engine):
 
     def _retry_locked(
         self, target: Target, args: Argv, on_line: LineHandler | None, tolerate: tuple[int, ...]
-    ) -> Outcome:
+    ) -> ResticResult:
         deadline = time.monotonic() + self.lock_wait
         delay = LOCK_BACKOFF_FIRST
         native = self.features.retry_lock
@@ -943,7 +943,7 @@ class ResticEngine(Engine):
             time.sleep(min(left, WATCH_TICK))
 
     def _failure(
-        self, target: Target, args: Argv, outcome: Outcome, tolerate: tuple[int, ...]
+        self, target: Target, args: Argv, outcome: ResticResult, tolerate: tuple[int, ...]
     ) -> EngineError | None:
         if outcome.returncode == 0:
             return None
@@ -961,7 +961,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None,
         retry_lock: float = 0.0,
         limit: float | None = None,
-    ) -> Outcome:
+    ) -> ResticResult:
         """Run restic once: stdout line by line, stderr into a temporary file.
 
         `limit` is for a run that holds no lock (the unlock after an interrupt): after that
@@ -975,7 +975,7 @@ class ResticEngine(Engine):
             seconds = time.monotonic() - start
             messages = stderr_messages(_read_back(stderr))
         redact = Redactor.of(secrets_of(target))
-        return Outcome(
+        return ResticResult(
             returncode=process.returncode,
             stdout=tuple(lines),
             messages=tuple(redact(m) for m in messages),
