@@ -35,7 +35,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Progress:
+class TransferProgress:
     """A progress report during a backup or restore."""
 
     fraction: float  # 0.0 .. 1.0
@@ -47,7 +47,7 @@ class Progress:
     seconds_remaining: float | None = None
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[TransferProgress], None]
 
 
 @dataclass(frozen=True)

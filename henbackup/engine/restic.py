@@ -38,7 +38,6 @@ from henbackup.engine.base import (
     CheckResult,
     Engine,
     ForgetResult,
-    Progress,
     ProgressCallback,
     RepositoryStats,
     RestoreResult,
@@ -46,6 +45,7 @@ from henbackup.engine.base import (
     SpawnCallback,
     StallCallback,
     Target,
+    TransferProgress,
 )
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.errors import (
@@ -346,8 +346,8 @@ def _total(message: Mapping[str, Any], key: str) -> int | None:
     return int(value) if isinstance(value, int | float) and value else None
 
 
-def parse_progress(message: Mapping[str, Any]) -> Progress | None:
-    """A backup or restore status line as Progress; None for any other message."""
+def parse_progress(message: Mapping[str, Any]) -> TransferProgress | None:
+    """A backup or restore status line as TransferProgress; None for any other message."""
     if message.get("message_type") != "status":
         return None
     fraction = float(message.get("percent_done") or 0.0)
@@ -357,7 +357,7 @@ def parse_progress(message: Mapping[str, Any]) -> Progress | None:
     else:
         files, size = _number(message, "files_done"), _number(message, "bytes_done")
     remaining = message.get("seconds_remaining")
-    return Progress(
+    return TransferProgress(
         fraction=min(1.0, max(0.0, fraction)),
         files_done=files,
         total_files=_total(message, "total_files"),

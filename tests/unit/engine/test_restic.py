@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from henbackup.config.model import PasswordSource, Retention
-from henbackup.engine.base import BackupRequest, Progress, Target
+from henbackup.engine.base import BackupRequest, Target, TransferProgress
 from henbackup.engine.restic import (
     CAT_CONFIG_ARGS,
     PROGRESS_FPS,
@@ -393,7 +393,7 @@ RESTORE_SKIPPED_018 = (
 
 def test_parse_progress_014_status_line() -> None:
     progress = parse_progress(json.loads(STATUS_014))
-    assert progress == Progress(
+    assert progress == TransferProgress(
         fraction=0.82,
         files_done=2002,
         total_files=2003,
@@ -406,16 +406,16 @@ def test_parse_progress_014_status_line() -> None:
 
 def test_parse_progress_absent_fields_mean_zero_or_unknown() -> None:
     start = parse_progress(json.loads(STATUS_014_START))
-    assert start == Progress(0.0, 0, 1, 0, 100000, 0.0, None)
+    assert start == TransferProgress(0.0, 0, 1, 0, 100000, 0.0, None)
     scanning = parse_progress(json.loads(STATUS_014_SCANNING))
-    assert scanning == Progress(0.0, 1, None, 0, None, 0.0, None)
+    assert scanning == TransferProgress(0.0, 1, None, 0, None, 0.0, None)
     done = parse_progress(json.loads(STATUS_014_ERRORS))
     assert done is not None and done.fraction == 1.0 and done.files_done == 2
 
 
 def test_parse_progress_018_status_line() -> None:
     progress = parse_progress(json.loads(STATUS_018))
-    assert progress == Progress(
+    assert progress == TransferProgress(
         fraction=0.126953125,
         files_done=0,
         total_files=1,
@@ -428,9 +428,9 @@ def test_parse_progress_018_status_line() -> None:
 
 def test_parse_progress_restore_lines() -> None:
     progress = parse_progress(json.loads(RESTORE_STATUS_018))
-    assert progress == Progress(0.1742174414799964, 0, 10, 15696992, 90100003, 0.0, None)
+    assert progress == TransferProgress(0.1742174414799964, 0, 10, 15696992, 90100003, 0.0, None)
     skipped = {**json.loads(RESTORE_SKIPPED_018), "message_type": "status"}
-    assert parse_progress(skipped) == Progress(0.0, 9, 3, 5, None, 0.0, None)
+    assert parse_progress(skipped) == TransferProgress(0.0, 9, 3, 5, None, 0.0, None)
 
 
 def test_parse_progress_ignores_other_messages() -> None:
