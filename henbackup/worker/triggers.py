@@ -23,15 +23,15 @@ from henbackup.worker.schedule import Fired, ScheduleTimer
 from henbackup.worker.state import StateStore, backup_key, maintenance_key
 from henbackup.worker.watch import Watcher
 
-# (trigger, reason, operation): what a trigger asks the worker for.
-Request = Callable[[str, str, str], None]
+# Asks the worker for a run: (trigger, reason, operation).
+RequestRun = Callable[[str, str, str], None]
 
 
 @dataclass
 class Triggers:
     loop: Loop
     store: StateStore
-    request: Request
+    request: RequestRun
     keys: dict[str, str] = field(default_factory=dict)  # each operation's run record
     timers: dict[str, ScheduleTimer] = field(default_factory=dict)  # by operation
     started: dict[str, float] = field(default_factory=dict)  # wall time of runs in progress
@@ -96,7 +96,7 @@ class Triggers:
 
 
 def backup_triggers(
-    backup: Backup, loop: Loop, state_dir: Path, emit: EmitFunction, request: Request
+    backup: Backup, loop: Loop, state_dir: Path, emit: EmitFunction, request: RequestRun
 ) -> Triggers:
     """Schedule and watch of one backup."""
     store = StateStore(
@@ -127,7 +127,7 @@ def backup_triggers(
 
 
 def maintenance_triggers(
-    repository: Repository, loop: Loop, state_dir: Path, emit: EmitFunction, request: Request
+    repository: Repository, loop: Loop, state_dir: Path, emit: EmitFunction, request: RequestRun
 ) -> Triggers:
     """The check and prune schedules of one repository."""
     name = repository.name
