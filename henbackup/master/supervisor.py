@@ -33,7 +33,6 @@ from henbackup.master.control import (
     ControlServer,
     Conversation,
     Reply,
-    Request,
     bind,
     socket_from_systemd,
 )
@@ -51,6 +50,7 @@ from henbackup.process import (
     reap,
     reap_orphans,
 )
+from henbackup.protocol import ControlRequest
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
@@ -404,7 +404,7 @@ class Master:
                 traceback.print_exception(error, file=sys.stderr)
 
     # control requests
-    def _control_request(self, request: Request, conversation: Conversation) -> Reply | None:
+    def _control_request(self, request: ControlRequest, conversation: Conversation) -> Reply | None:
         return commands.answer(self, request, conversation)
 
     # status
