@@ -57,6 +57,7 @@ from henbackup.errors import (
     Stalled,
     WrongPassword,
 )
+from henbackup.names import snapshot_tag
 from henbackup.process import spawn, stop_program
 from henbackup.redact import Redactor
 
@@ -163,7 +164,7 @@ def make_command(binary: str, args: Sequence[str], flags: Sequence[str]) -> Argv
 
 
 def backup_args(request: BackupRequest, skip_if_unchanged: bool = False) -> Argv:
-    args = ["backup", "--tag", f"backup-{request.backup}"]
+    args = ["backup", "--tag", snapshot_tag(request.backup)]
     if request.host:
         args += ["--host", request.host]
     for pattern in request.excludes:
@@ -178,7 +179,7 @@ def snapshots_args(
 ) -> Argv:
     args = ["snapshots"]
     if backup is not None:
-        args += ["--tag", f"backup-{backup}"]
+        args += ["--tag", snapshot_tag(backup)]
     if host:
         args += ["--host", host]
     return (*args, "--", *ids) if ids else tuple(args)
@@ -211,7 +212,7 @@ def forget_args(policy: Retention, backup: str, host: str) -> Argv:
     Grouping by host and tags only, so that a change of paths does not start a new group
     whose old snapshots would be kept forever.
     """
-    args = ["forget", "--tag", f"backup-{backup}"]
+    args = ["forget", "--tag", snapshot_tag(backup)]
     if host:
         args += ["--host", host]
     return (*args, "--group-by", "host,tags", *keep_flags(policy))

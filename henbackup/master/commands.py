@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from henbackup import names
 from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
 from henbackup.jobs.restore import fresh_directory, restore_directory
@@ -87,12 +88,12 @@ def status(master: Master, request: ControlRequest, conversation: Conversation) 
     master.jobs.model.set_positions(positions)
     backups = []
     for name, backup in sorted(master.config.backups.items()):
-        worker = master.children.get(f"backup:{name}")
+        worker = master.children.get(names.worker_key("backup", name))
         rows = [_row(master, RunKey(r, "backup", name)) for r in backup.repositories]
         backups.append({"name": name, **_worker(worker), "repositories": rows})
     repositories = []
     for name, repository in sorted(master.config.repositories.items()):
-        worker = master.children.get(f"repository:{name}")
+        worker = master.children.get(names.worker_key("repository", name))
         scheduled = {"check": repository.check, "prune": repository.prune}
         operations = [
             {"operation": operation, **_row(master, RunKey(name, operation))}
@@ -224,7 +225,7 @@ def backup(master: Master, request: ControlRequest, conversation: Conversation) 
         known = ", ".join(master.config.backups[name].repositories)
         raise UsageError(f"backup {name} does not go to {repository!r} (it goes to {known})")
     priority = _priority(request)
-    worker = master.children.get(f"backup:{name}")
+    worker = master.children.get(names.worker_key("backup", name))
     if worker is None or worker.channel is None:
         state = worker.child.state.value if worker else "absent"
         return reply_error("failed", f"backup {name} cannot start now: its worker is {state}")
@@ -232,7 +233,7 @@ def backup(master: Master, request: ControlRequest, conversation: Conversation) 
     run = {"type": "run", "operation": "backup", "requests": [request_id]}
     worker.channel.send({**run, "repository": repository, "priority": priority})
     if request.get("wait"):
-        master.jobs.clients.add(request_id, conversation, f"backup:{name}")
+        master.jobs.clients.add(request_id, conversation, names.worker_key("backup", name))
         return None
     return {"ok": True, "request": request_id, "accepted": "backup"}
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from henbackup import names
 from henbackup.channel import Channel, Message
 from henbackup.config.model import Config, Metrics
 from henbackup.loop import Loop
@@ -145,7 +146,7 @@ class Jobs:
             parent_end.close()
             return body_of(config, request, child_end)
 
-        forked = fork_child(f"hbjob:{request['command']}"[:15], body)
+        forked = fork_child(names.job_title(request["command"])[:15], body)
         child_end.close()
         self.one_offs[request_id] = OneOffProcess(request_id, forked, parent_end)
         self.loop.add_reader(forked.pidfd, lambda: self._one_off_exited(request_id))

@@ -7,20 +7,20 @@ workers whose definition changed and leaves the others running, even mid-backup.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from henbackup.config.model import Backup, Config, Daemon, Repository
+from henbackup.names import WorkerKind, worker_key
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    kind: Literal["backup", "repository"]
+    kind: WorkerKind
     name: str
     definition: tuple[Backup | Repository | Daemon, ...]
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.name}"
+        return worker_key(self.kind, self.name)
 
 
 def worker_specs(config: Config) -> dict[str, WorkerSpec]:

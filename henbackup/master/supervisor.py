@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from henbackup import names
 from henbackup.channel import Channel, Message
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
@@ -173,7 +174,7 @@ class Master:
             parent_end.close()
             return self.worker_body(spec, config, child_end)
 
-        forked = fork_child(f"hb:{spec.name}", body)
+        forked = fork_child(names.worker_title(spec.name), body)
         child_end.close()
         now = self.loop.clock()
         supervised.forked, supervised.channel, supervised.last_heard = forked, parent_end, now

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from henbackup import names
 from henbackup.config.model import Backup, Repository, ScheduleEntry
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction
 from henbackup.worker.debounce import Debouncer, DebounceTimer
 from henbackup.worker.excludes import Excluder
 from henbackup.worker.schedule import Fired, ScheduleTimer
-from henbackup.worker.state import StateStore, backup_key, maintenance_key
+from henbackup.worker.state import StateStore
 from henbackup.worker.watch import Watcher
 
 # Asks the worker for a run: (trigger, reason, operation).
@@ -105,7 +106,7 @@ def backup_triggers(
         on_unsaved=lambda m, e: emit("status.unsaved", m, backup=backup.name, error=e),
     )
     triggers = Triggers(loop, store, request)
-    triggers.add_operation("backup", backup_key(backup.name), backup.schedule)
+    triggers.add_operation("backup", names.backup_record(backup.name), backup.schedule)
     if backup.watch is not None:
         debouncer = Debouncer(backup.watch.wait_min, backup.watch.wait_max)
         timer = DebounceTimer(loop, debouncer, lambda reason: request("watch", reason, "backup"))
@@ -139,5 +140,5 @@ def maintenance_triggers(
     triggers = Triggers(loop, store, request)
     for operation, settings in (("check", repository.check), ("prune", repository.prune)):
         schedule = settings.schedule if settings is not None else ()
-        triggers.add_operation(operation, maintenance_key(name, operation), schedule)
+        triggers.add_operation(operation, names.maintenance_record(name, operation), schedule)
     return triggers
