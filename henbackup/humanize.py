@@ -34,12 +34,25 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
-def size(count: float) -> str:
-    """Bytes in IEC units: `512 B`, `1.5 KiB`, `12.0 MiB`, `3.21 GiB`."""
-    if count < 1024:
-        return f"{count:.0f} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        count /= 1024
-        if count < 1024 or unit == "PiB":
+def _iec(count: float) -> tuple[float, str]:
+    """`count` bytes scaled to the largest IEC unit below it (up to PiB)."""
+    unit = "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024:
             break
-    return f"{count:.2f} {unit}" if count < 10 else f"{count:.1f} {unit}"
+        count, unit = count / 1024, bigger
+    return count, unit
+
+
+def size(count: float) -> str:
+    """Bytes measured, in IEC units: `512 B`, `1.50 KiB`, `12.0 MiB`, `3.21 GiB`."""
+    value, unit = _iec(count)
+    if unit == "B":
+        return f"{value:.0f} B"
+    return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+
+
+def size_setting(count: int) -> str:
+    """Bytes configured, as short as they were likely written: `50 KiB`, `1.5 MiB`."""
+    value, unit = _iec(count)
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"

@@ -22,12 +22,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from henbackup import linux
+from henbackup.errors import JobCancelled
 from henbackup.linux import set_comm
 
 EXIT_CRASHED = 70  # EX_SOFTWARE: an unexpected exception in the child
@@ -90,6 +92,50 @@ def spawn(
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
+
+
+def stop_program(
+    process: subprocess.Popen[bytes],
+    signals: Sequence[int],
+    grace: float,
+    wait_until: Callable[[float], object],
+    group: bool = False,
+    reap_within: float | None = None,
+) -> None:
+    """End a spawned program: `signals`, then `grace` seconds for it to act on them, then
+    SIGKILL; reaped.
+
+    `wait_until(deadline)` returns when the program exits or at `deadline` (it may read the
+    program's output meanwhile, so that it never blocks writing); a stop or Ctrl-C that
+    comes during it changes nothing, as this is already stopping. With `group`, the
+    signals and the SIGKILL go to its whole process group (stragglers too). With
+    `reap_within`, the reap gives up after that many seconds: a program blocked in the
+    kernel (a hung NFS read) may not die, and must not hang us too.
+    """
+
+    def send(signum: int) -> None:
+        if group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
+        elif signum != signal.SIGKILL or process.poll() is None:
+            process.send_signal(signum)
+
+    deadline = time.monotonic() + grace
+    try:
+        for signum in signals:
+            send(signum)
+        while True:
+            try:
+                wait_until(deadline)
+                break
+            except subprocess.TimeoutExpired:
+                break
+            except (JobCancelled, KeyboardInterrupt):
+                continue  # already stopping it
+    finally:
+        send(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(reap_within)
 
 
 @dataclass(frozen=True)
@@ -198,8 +244,9 @@ def reap_orphans(tracked: Container[int]) -> list[int]:
         reaped.append(exited.si_pid)
 
 
-def describe_status(status: int) -> str:
-    """`exited with 1` or `killed by SIGKILL`: how a child ended, for events."""
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with {os.WEXITSTATUS(status)}"
+def describe_exit(code: int) -> str:
+    """`exited with 1` or `was killed by SIGKILL`: how a process ended, for events, from
+    its exit code as os.waitstatus_to_exitcode gives it (negative: the signal)."""
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"

@@ -15,7 +15,7 @@ from typing import Any
 from henbackup import __version__
 from henbackup.cli import views
 from henbackup.cli.logs import show_logs
-from henbackup.cli.progress import Progress
+from henbackup.cli.progress import ProgressDisplay
 from henbackup.master.control import DENIED
 from henbackup.protocol import build_request
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return show_logs(args)
     progress = None
     if args.command in PROGRESS and not args.json:
-        progress = Progress(sys.stdout, sys.stdout.isatty())
+        progress = ProgressDisplay(sys.stdout, sys.stdout.isatty())
     try:
         reply = request(args.socket, _payload(args), progress)
     except Unreachable as error:

@@ -34,7 +34,7 @@ def bar(event: Mapping[str, Any]) -> str:
     return "  ".join(parts)
 
 
-class Progress:
+class ProgressDisplay:
     """Shows the events of a job a client waits for on `stream`."""
 
     def __init__(self, stream: TextIO, terminal: bool) -> None:

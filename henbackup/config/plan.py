@@ -25,17 +25,11 @@ from henbackup.config.model import (
     ScheduleEntry,
 )
 from henbackup.config.units import format_duration as _duration
+from henbackup.humanize import size_setting
+from henbackup.redact import redact_location
 
 _LABEL_WIDTH = 16  # the longest label, "download_limit", and two spaces
 _PASSWORD_KINDS = {"password": "in the config", "file": "file {}", "command": "from a command"}
-# A URL's userinfo: "https://user:pw@host/". Up to the last "@" of the whole location, as
-# a password may hold an unencoded "/" or "@": hiding too much beats showing a secret.
-_URL_USERINFO_RE = re.compile(r"(://).*@", re.DOTALL)
-
-
-def redact_location(location: str) -> str:
-    """location with the user:password@ (or token@) of a URL replaced by ***@."""
-    return _URL_USERINFO_RE.sub(r"\1***@", location)
 
 
 def describe_plan(config: Config, now: datetime) -> str:
@@ -59,19 +53,9 @@ def _block(title: str, rows: Iterable[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _bytes(count: int) -> str:
-    """51200 -> "50 KiB", 1572864 -> "1.5 MiB"."""
-    size, unit = float(count), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.1f}".removesuffix(".0") + f" {unit}"
-
-
 def _limits(upload: int | None, download: int | None) -> list[tuple[str, str]]:
     rows = [("upload_limit", upload), ("download_limit", download)]
-    return [(label, f"{_bytes(value)}/s") for label, value in rows if value is not None]
+    return [(label, f"{size_setting(value)}/s") for label, value in rows if value is not None]
 
 
 def _schedule(entry: ScheduleEntry, now: datetime) -> str:
@@ -125,7 +109,7 @@ def _resources(resources: Resources) -> str:
     shown = {
         **{name: getattr(resources, name) for name in schema.RESOURCES.names},
         "cpu_quota": resources.cpu_quota and f"{resources.cpu_quota * 100:g}%",
-        "memory_max": resources.memory_max and _bytes(resources.memory_max),
+        "memory_max": resources.memory_max and size_setting(resources.memory_max),
     }
     return ", ".join(f"{name} {value}" for name, value in shown.items() if value is not None)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from henbackup.config.model import PasswordSource, Retention
+from henbackup.names import tagged_backup
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Progress:
+class TransferProgress:
     """A progress report during a backup or restore."""
 
     fraction: float  # 0.0 .. 1.0
@@ -47,7 +48,7 @@ class Progress:
     seconds_remaining: float | None = None
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[TransferProgress], None]
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,8 @@ class Snapshot:
     @property
     def backup(self) -> str | None:
         """The backup name from the backup-<name> tag, if any."""
-        for tag in self.tags:
-            if tag.startswith("backup-"):
-                return tag.removeprefix("backup-")
-        return None
+        backups = (tagged_backup(tag) for tag in self.tags)
+        return next((backup for backup in backups if backup is not None), None)
 
 
 @dataclass(frozen=True)

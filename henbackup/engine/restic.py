@@ -7,7 +7,7 @@ place that runs restic.
 
 Secrets: the repository location travels in RESTIC_REPOSITORY and the password as a file,
 a command or an inherited pipe, never in argv; messages built from restic's stderr are
-scrubbed of the location, the password and the target's env values.
+redacted of the location, the password and the target's env values (henbackup/redact.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +38,6 @@ from henbackup.engine.base import (
     CheckResult,
     Engine,
     ForgetResult,
-    Progress,
     ProgressCallback,
     RepositoryStats,
     RestoreResult,
@@ -46,19 +45,21 @@ from henbackup.engine.base import (
     SpawnCallback,
     StallCallback,
     Target,
+    TransferProgress,
 )
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.errors import (
     BackendUnreachable,
     EngineError,
-    JobCancelled,
     RepositoryLocked,
     RepositoryMissing,
     SnapshotNotFound,
     Stalled,
     WrongPassword,
 )
-from henbackup.process import spawn
+from henbackup.names import snapshot_tag
+from henbackup.process import spawn, stop_program
+from henbackup.redact import Redactor
 
 Version = tuple[int, int, int]
 Argv = tuple[str, ...]
@@ -163,7 +164,7 @@ def make_command(binary: str, args: Sequence[str], flags: Sequence[str]) -> Argv
 
 
 def backup_args(request: BackupRequest, skip_if_unchanged: bool = False) -> Argv:
-    args = ["backup", "--tag", f"backup-{request.backup}"]
+    args = ["backup", "--tag", snapshot_tag(request.backup)]
     if request.host:
         args += ["--host", request.host]
     for pattern in request.excludes:
@@ -178,7 +179,7 @@ def snapshots_args(
 ) -> Argv:
     args = ["snapshots"]
     if backup is not None:
-        args += ["--tag", f"backup-{backup}"]
+        args += ["--tag", snapshot_tag(backup)]
     if host:
         args += ["--host", host]
     return (*args, "--", *ids) if ids else tuple(args)
@@ -211,7 +212,7 @@ def forget_args(policy: Retention, backup: str, host: str) -> Argv:
     Grouping by host and tags only, so that a change of paths does not start a new group
     whose old snapshots would be kept forever.
     """
-    args = ["forget", "--tag", f"backup-{backup}"]
+    args = ["forget", "--tag", snapshot_tag(backup)]
     if host:
         args += ["--host", host]
     return (*args, "--group-by", "host,tags", *keep_flags(policy))
@@ -258,9 +259,6 @@ def child_env(
     return env
 
 
-_USERINFO = re.compile(r"//[^/@\s]+@")
-
-
 def secrets_of(target: Target) -> tuple[str, ...]:
     """Strings that must not appear in a message, longest first."""
     found = {target.location, target.location.rstrip("/")}
@@ -275,12 +273,6 @@ def secrets_of(target: Target) -> tuple[str, ...]:
         found.add(target.password.value)
     found.update(value for _, value in target.env if len(value) >= 8)
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return _USERINFO.sub("//***@", text)
 
 
 # --- output parsing (pure) ------------------------------------------------------------
@@ -355,8 +347,8 @@ def _total(message: Mapping[str, Any], key: str) -> int | None:
     return int(value) if isinstance(value, int | float) and value else None
 
 
-def parse_progress(message: Mapping[str, Any]) -> Progress | None:
-    """A backup or restore status line as Progress; None for any other message."""
+def parse_progress(message: Mapping[str, Any]) -> TransferProgress | None:
+    """A backup or restore status line as TransferProgress; None for any other message."""
     if message.get("message_type") != "status":
         return None
     fraction = float(message.get("percent_done") or 0.0)
@@ -366,7 +358,7 @@ def parse_progress(message: Mapping[str, Any]) -> Progress | None:
     else:
         files, size = _number(message, "files_done"), _number(message, "bytes_done")
     remaining = message.get("seconds_remaining")
-    return Progress(
+    return TransferProgress(
         fraction=min(1.0, max(0.0, fraction)),
         files_done=files,
         total_files=_total(message, "total_files"),
@@ -580,7 +572,7 @@ def _signal_name(signum: int) -> str:
 def classify_failure(
     command: str, returncode: int, messages: Sequence[str], repository: str, features: Features
 ) -> EngineError:
-    """The typed error for a failed restic run. `messages` must already be scrubbed."""
+    """The typed error for a failed restic run. `messages` must already be redacted."""
     where = f"repository {repository}"
     reason = fatal_reason(messages, returncode)
     failed = EngineError(f"restic {command} failed on {where}: {reason}")
@@ -715,33 +707,23 @@ def _end(process: subprocess.Popen[bytes], run: _Run | None, grace: float) -> No
     """SIGINT (restic removes its lock) and SIGCONT (a stopped restic can act on it), then
     SIGKILL after `grace` seconds. Reaps it if it dies within KILL_WAIT after that: one
     blocked in the kernel (a hung NFS read) may not, and must not hang us too."""
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + grace
-    while True:
-        try:
-            if run is not None:
-                run.discard_until(deadline)
-            else:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            break
-        except subprocess.TimeoutExpired:
-            break
-        except (JobCancelled, KeyboardInterrupt):
-            continue  # already stopping it
-    if process.poll() is None:
-        process.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(KILL_WAIT)
+
+    def wait_until(deadline: float) -> None:
+        if run is not None:
+            run.discard_until(deadline)
+        else:
+            process.wait(max(0.0, deadline - time.monotonic()))
+
+    stop_program(process, (signal.SIGINT, signal.SIGCONT), grace, wait_until, reap_within=KILL_WAIT)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ResticResult:
     """One finished restic run."""
 
     returncode: int
     stdout: tuple[str, ...]  # empty when lines went to a handler
-    messages: tuple[str, ...]  # stderr as scrubbed human lines
+    messages: tuple[str, ...]  # stderr as redacted human lines
     seconds: float
 
 
@@ -905,7 +887,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None = None,
         tolerate: tuple[int, ...] = (),
         locking: bool = True,
-    ) -> Outcome:
+    ) -> ResticResult:
         """Run restic (see `_run`). A locking command that failed (restic killed, its backend
         gone) may have left its lock: it is removed then, as stale (restic is gone by now)."""
         try:
@@ -924,7 +906,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None = None,
         tolerate: tuple[int, ...] = (),
         locking: bool = True,
-    ) -> Outcome:
+    ) -> ResticResult:
         """Run restic; on a lock conflict remove stale locks, then wait up to lock_wait."""
         outcome = self._execute(target, args, on_line)
         error = self._failure(target, args, outcome, tolerate)
@@ -938,7 +920,7 @@ class ResticEngine(Engine):
 
     def _retry_locked(
         self, target: Target, args: Argv, on_line: LineHandler | None, tolerate: tuple[int, ...]
-    ) -> Outcome:
+    ) -> ResticResult:
         deadline = time.monotonic() + self.lock_wait
         delay = LOCK_BACKOFF_FIRST
         native = self.features.retry_lock
@@ -962,7 +944,7 @@ class ResticEngine(Engine):
             time.sleep(min(left, WATCH_TICK))
 
     def _failure(
-        self, target: Target, args: Argv, outcome: Outcome, tolerate: tuple[int, ...]
+        self, target: Target, args: Argv, outcome: ResticResult, tolerate: tuple[int, ...]
     ) -> EngineError | None:
         if outcome.returncode == 0:
             return None
@@ -980,7 +962,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None,
         retry_lock: float = 0.0,
         limit: float | None = None,
-    ) -> Outcome:
+    ) -> ResticResult:
         """Run restic once: stdout line by line, stderr into a temporary file.
 
         `limit` is for a run that holds no lock (the unlock after an interrupt): after that
@@ -993,11 +975,11 @@ class ResticEngine(Engine):
             lines = self._follow(process, target, on_line, stderr, mask, limit)
             seconds = time.monotonic() - start
             messages = stderr_messages(_read_back(stderr))
-        secrets = secrets_of(target)
-        return Outcome(
+        redact = Redactor.of(secrets_of(target))
+        return ResticResult(
             returncode=process.returncode,
             stdout=tuple(lines),
-            messages=tuple(scrub(m, secrets) for m in messages),
+            messages=tuple(redact(m) for m in messages),
             seconds=seconds,
         )
 
@@ -1100,8 +1082,8 @@ class ResticEngine(Engine):
         reason = idle_reason(read_state(run.process.pid))
         if reason is not None:
             return f"restic is {reason}"
-        secrets = secrets_of(target)
-        messages = [scrub(m, secrets) for m in stderr_messages(_read_back(run.stderr))]
+        redact = Redactor.of(secrets_of(target))
+        messages = [redact(m) for m in stderr_messages(_read_back(run.stderr))]
         return explanation(messages) or "restic waits and moves no data (is the backend up?)"
 
     def _interrupt(

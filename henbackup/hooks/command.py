@@ -19,9 +19,9 @@ from pathlib import Path
 
 from henbackup.config.model import CommandHook
 from henbackup.hooks.outcome import SKIP_EXIT_STATUS, Attempt, Status
-from henbackup.hooks.redact import Tail
+from henbackup.hooks.output import Tail
 from henbackup.observe.events import FieldValue
-from henbackup.process import NEVER, SafePoint, spawn
+from henbackup.process import NEVER, SafePoint, spawn, stop_program
 
 Popen = subprocess.Popen[bytes]
 
@@ -154,19 +154,14 @@ class _Watch:
 
 
 def _stop_group(process: Popen, watch: _Watch | None, tail: Tail, kill_grace: float) -> None:
-    """SIGTERM the hook's process group, SIGKILL it after `kill_grace`, reap the leader."""
-    try:
-        _signal_group(process.pid, signal.SIGTERM)
+    """SIGTERM the hook's process group, SIGKILL it after `kill_grace` (stragglers too, even
+    if the leader left), reap the leader; its output is kept meanwhile."""
+
+    def wait_until(deadline: float) -> None:
         if watch is not None:
-            watch.collect(tail, time.monotonic() + kill_grace, stoppable=False)
-    finally:
-        _signal_group(process.pid, signal.SIGKILL)  # stragglers too, even if the leader left
-        process.wait()
+            watch.collect(tail, deadline, stoppable=False)
 
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
+    stop_program(process, (signal.SIGTERM,), kill_grace, wait_until, group=True)
 
 
 def _attempt(status: int, exited: bool, timeout: float, tail: Tail) -> Attempt:

@@ -27,15 +27,16 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from henbackup.config.model import HttpHook
 from henbackup.hooks.outcome import Attempt
-from henbackup.hooks.redact import Tail, redact_url
+from henbackup.hooks.output import Tail
 from henbackup.process import (
     SafePoint,
     block_signals,
-    describe_status,
+    describe_exit,
     fork_child,
     reap,
     reset_signals,
 )
+from henbackup.redact import redact_url
 
 BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
 MAX_BACKOFF = 60.0
@@ -93,7 +94,8 @@ def run_http_apart(hook: HttpHook, backoff: float, safe_point: SafePoint) -> Att
     status = reap(forked)
     attempt = pickle.loads(data) if data else None  # from our own child, through a pipe
     if not isinstance(attempt, Attempt):
-        return Attempt("failed", f"the request's process {describe_status(status)}")
+        how = describe_exit(os.waitstatus_to_exitcode(status))
+        return Attempt("failed", f"the request's process {how}")
     return attempt
 
 

@@ -15,9 +15,10 @@ from henbackup.config.model import CommandHook, Hook, Hooks
 from henbackup.errors import JobCancelled
 from henbackup.hooks import command, http
 from henbackup.hooks.outcome import Attempt, HookContext, HookOutcome, Status, Verdict
-from henbackup.hooks.redact import Redactor, clean_output, hook_secrets
+from henbackup.hooks.output import clean_output, hook_secrets
 from henbackup.observe.events import EmitFunction
 from henbackup.process import NEVER, SafePoint
+from henbackup.redact import Redactor
 
 Runner = Callable[[Hook, HookContext, EmitFunction], HookOutcome]
 

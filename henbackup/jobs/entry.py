@@ -214,7 +214,7 @@ def maintenance_job(
 
 # One-off jobs: the master forks one per henbackupctl request that is not a backup.
 # Each returns the reply's data; a HenbackupError makes a failed reply.
-OneOff = Callable[[Config, dict[str, Any], EmitFunction], dict[str, Any]]
+OneOffAction = Callable[[Config, dict[str, Any], EmitFunction], dict[str, Any]]
 
 
 def _list_snapshots(config: Config, request: dict[str, Any], emit: EmitFunction) -> dict[str, Any]:
@@ -262,7 +262,10 @@ def _restore(config: Config, request: dict[str, Any], emit: EmitFunction) -> dic
     }
 
 
-ONE_OFFS: dict[str, OneOff] = {"list-snapshots": _list_snapshots, "restore-snapshot": _restore}
+ONE_OFFS: dict[str, OneOffAction] = {
+    "list-snapshots": _list_snapshots,
+    "restore-snapshot": _restore,
+}
 
 
 def one_off_job(config: Config, request: dict[str, Any], news: Channel) -> int:

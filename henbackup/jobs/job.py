@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from henbackup.config.model import NORMAL, Priority
 from henbackup.config.units import format_duration
-from henbackup.engine.base import Engine, Progress
+from henbackup.engine.base import Engine, TransferProgress
 from henbackup.errors import HenbackupError, JobCancelled
 from henbackup.observe.events import EmitFunction, FieldValue
 
@@ -58,7 +58,7 @@ class ProgressReporter:
         self.job, self.emit, self.interval = job, emit, interval
         self._last = time.monotonic()
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: TransferProgress) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             return

@@ -29,7 +29,9 @@ from henbackup.scheduler.ticket import Ticket, mode_for
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RepositoryOutcome:
+    """What one repository's job of a backup run came to: its snapshot or its error."""
+
     repository: str
     snapshot_id: str | None = None
     error: str | None = None
@@ -42,7 +44,7 @@ class Outcome:
 @dataclass(frozen=True)
 class PipelineResult:
     status: str  # succeeded, failed, skipped (a before hook exited 75)
-    outcomes: tuple[Outcome, ...]
+    outcomes: tuple[RepositoryOutcome, ...]
     error: str | None = None
 
 
@@ -87,7 +89,7 @@ def run_backup_pipeline(
     acts on its signals: hooks and the time between repositories.
     """
     backup = config.backups[name]
-    outcomes: list[Outcome] = []
+    outcomes: list[RepositoryOutcome] = []
     repositories = [only] if only else backup.repositories
     job_priority = priority or backup.priority
 
@@ -96,7 +98,7 @@ def run_backup_pipeline(
             if safe_point is not None:
                 safe_point.check()
             job = Job("backup", repository, name, trigger, job_priority)
-            outcomes.append(_to(job, backup, config, engine, emit, scheduler))
+            outcomes.append(_back_up_to_repository(job, backup, config, engine, emit, scheduler))
         failed = [o.repository for o in outcomes if not o.ok]
         return f"failed on {', '.join(failed)}" if failed else None
 
@@ -111,22 +113,22 @@ def run_backup_pipeline(
     return PipelineResult(result.status, tuple(outcomes), result.error)
 
 
-def _stopped_by_hook(job: Job, error: str, emit: EmitFunction) -> Outcome:
+def _stopped_by_hook(job: Job, error: str, emit: EmitFunction) -> RepositoryOutcome:
     """A job a failing before hook kept from starting: it failed (its status, its metrics,
     `journalctl HENBACKUP_EVENT=job.failed` must say so), with the hook's reason."""
     message = f"{job.title}: {job.operation} failed: {error} (the run stopped)"
     emit("job.failed", message, **job.fields(), error=error)
-    return Outcome(job.repository, error=error)
+    return RepositoryOutcome(job.repository, error=error)
 
 
-def _to(
+def _back_up_to_repository(
     job: Job,
     backup: Backup,
     config: Config,
     engine: Engine,
     emit: EmitFunction,
     scheduler: Scheduler | None,
-) -> Outcome:
+) -> RepositoryOutcome:
     """Back up to one repository (then forget by the retention).
 
     Never raises but StopRequested: a job cancelled alone lets the next repository's run.
@@ -141,7 +143,7 @@ def _to(
     except StopRequested:
         raise  # nothing more runs once the whole run is stopped
     except JobCancelled:
-        return Outcome(repository, error="cancelled")
+        return RepositoryOutcome(repository, error="cancelled")
     except HenbackupError as error:
-        return Outcome(repository, error=str(error))
-    return Outcome(repository, snapshot_id=result.snapshot_id)
+        return RepositoryOutcome(repository, error=str(error))
+    return RepositoryOutcome(repository, snapshot_id=result.snapshot_id)

@@ -15,13 +15,15 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from henbackup import names
 from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
 from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
-from henbackup.master.control import Conversation, Reply, Request, reply_error
+from henbackup.master.control import Conversation, Reply, reply_error
 from henbackup.master.permissions import refusal
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
+from henbackup.protocol import ControlRequest
 from henbackup.scheduler.ticket import Ticket
 
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
@@ -31,10 +33,10 @@ BUSY_QUEUE = "another process has held the job queue's lock"
 if TYPE_CHECKING:
     from henbackup.master.supervisor import Master, Supervised
 
-Command = Callable[["Master", Request, Conversation], Reply | None]
+Command = Callable[["Master", ControlRequest, Conversation], Reply | None]
 
 
-def answer(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def answer(master: Master, request: ControlRequest, conversation: Conversation) -> Reply | None:
     """The reply to `request`, or None when `conversation` is answered later."""
     command = COMMANDS.get(request.command)
     if command is None:
@@ -67,7 +69,7 @@ def _repository_name(master: Master, name: object) -> str:
     return str(name)
 
 
-def _priority(request: Request) -> str | None:
+def _priority(request: ControlRequest) -> str | None:
     value = request.get("priority")
     if value is None:
         return None
@@ -81,17 +83,17 @@ def _priority(request: Request) -> str | None:
 # --- status and queue -------------------------------------------------------------------
 
 
-def status(master: Master, request: Request, conversation: Conversation) -> Reply:
+def status(master: Master, request: ControlRequest, conversation: Conversation) -> Reply:
     positions = _positions(master)
     master.jobs.model.set_positions(positions)
     backups = []
     for name, backup in sorted(master.config.backups.items()):
-        worker = master.children.get(f"backup:{name}")
+        worker = master.children.get(names.worker_key("backup", name))
         rows = [_row(master, RunKey(r, "backup", name)) for r in backup.repositories]
         backups.append({"name": name, **_worker(worker), "repositories": rows})
     repositories = []
     for name, repository in sorted(master.config.repositories.items()):
-        worker = master.children.get(f"repository:{name}")
+        worker = master.children.get(names.worker_key("repository", name))
         scheduled = {"check": repository.check, "prune": repository.prune}
         operations = [
             {"operation": operation, **_row(master, RunKey(name, operation))}
@@ -153,7 +155,7 @@ def _positions(master: Master) -> dict[str, int]:
     return {ticket.job_id: position for position, ticket in enumerate(waiting, start=1)}
 
 
-def queue(master: Master, request: Request, conversation: Conversation) -> Reply:
+def queue(master: Master, request: ControlRequest, conversation: Conversation) -> Reply:
     tickets = master.scheduler.peek() if master.scheduler else ()
     jobs, position = [], 0
     for ticket in tickets:
@@ -178,7 +180,7 @@ def _ticket_row(master: Master, ticket: Ticket, position: int | None) -> dict[st
     }
 
 
-def cancel(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def cancel(master: Master, request: ControlRequest, conversation: Conversation) -> Reply | None:
     """Cancel at once, or, while another process holds the queue's lock, try again from
     the loop for a few seconds (never waiting for the lock) and answer then."""
     job: str = request.get("job")
@@ -216,14 +218,14 @@ def _cancelled(job: str, ticket: Ticket | None) -> Reply:
 # --- jobs -------------------------------------------------------------------------------
 
 
-def backup(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def backup(master: Master, request: ControlRequest, conversation: Conversation) -> Reply | None:
     name = _backup_name(master, request.get("backup"))
     repository = request.get("repository")
     if repository is not None and repository not in master.config.backups[name].repositories:
         known = ", ".join(master.config.backups[name].repositories)
         raise UsageError(f"backup {name} does not go to {repository!r} (it goes to {known})")
     priority = _priority(request)
-    worker = master.children.get(f"backup:{name}")
+    worker = master.children.get(names.worker_key("backup", name))
     if worker is None or worker.channel is None:
         state = worker.child.state.value if worker else "absent"
         return reply_error("failed", f"backup {name} cannot start now: its worker is {state}")
@@ -231,12 +233,14 @@ def backup(master: Master, request: Request, conversation: Conversation) -> Repl
     run = {"type": "run", "operation": "backup", "requests": [request_id]}
     worker.channel.send({**run, "repository": repository, "priority": priority})
     if request.get("wait"):
-        master.jobs.clients.add(request_id, conversation, f"backup:{name}")
+        master.jobs.clients.add(request_id, conversation, names.worker_key("backup", name))
         return None
     return {"ok": True, "request": request_id, "accepted": "backup"}
 
 
-def list_snapshots(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def list_snapshots(
+    master: Master, request: ControlRequest, conversation: Conversation
+) -> Reply | None:
     backup = request.get("backup")
     if backup is not None:
         backup = _backup_name(master, backup)
@@ -250,7 +254,9 @@ def list_snapshots(master: Master, request: Request, conversation: Conversation)
     return master.jobs.start_one_off(master.config, job, conversation, wait=True)
 
 
-def restore_snapshot(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def restore_snapshot(
+    master: Master, request: ControlRequest, conversation: Conversation
+) -> Reply | None:
     repository = _repository_name(master, request.get("repository"))
     snapshot = str(request.get("snapshot") or "")
     if not snapshot.isalnum() or len(snapshot) < 4:
@@ -308,7 +314,9 @@ def _destination(master: Master, target: str | None, in_place: bool, name: str) 
     return made, made != os.path.normpath(target)
 
 
-def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def maintenance(
+    master: Master, request: ControlRequest, conversation: Conversation
+) -> Reply | None:
     repository = _repository_name(master, request.get("repository"))
     job = {"command": request.command, "repository": repository, "priority": _priority(request)}
     subset = request.get("read_data_subset")

@@ -40,9 +40,8 @@ MAX_CONNECTIONS = 256  # far below LimitNOFILE= (systemd/henbackup.service)
 ACCEPT_PAUSE = 1.0  # out of descriptors with no client to drop: accept again after this
 BUSY = "henbackup serves too many clients at once: try again in a moment"
 
-Request = ControlRequest
 Reply = dict[str, Any]
-Handler = Callable[[Request, "Conversation"], Reply | None]
+Handler = Callable[[ControlRequest, "Conversation"], Reply | None]
 
 
 def reply_error(code: str, message: str) -> Reply:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from henbackup import names
 from henbackup.channel import Channel, Message
 from henbackup.config.model import Config, Metrics
 from henbackup.loop import Loop
@@ -19,7 +19,7 @@ from henbackup.master.control import Conversation, Reply
 from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.status import LiveJob, StatusModel
-from henbackup.process import Forked, describe_status, fork_child, reap
+from henbackup.process import Forked, describe_exit, fork_child, reap
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
@@ -29,7 +29,7 @@ OneOffBody = Callable[[Config, dict[str, Any], Channel], int]
 
 
 @dataclass
-class OneOff:
+class OneOffProcess:
     """A job process the master started for a henbackupctl request."""
 
     request: str
@@ -47,7 +47,7 @@ class Jobs:
     one_off_body: OneOffBody | None = None
     on_change: Callable[[], None] = lambda: None  # something to show in STATUS=
     clients: Clients = field(default_factory=Clients)
-    one_offs: dict[str, OneOff] = field(default_factory=dict)
+    one_offs: dict[str, OneOffProcess] = field(default_factory=dict)
     settings: Metrics = field(default_factory=Metrics)
     metrics_server: metrics.MetricsServer | None = None
     results_unsaved: bool = False  # the last save of the results failed (and was said)
@@ -146,9 +146,9 @@ class Jobs:
             parent_end.close()
             return body_of(config, request, child_end)
 
-        forked = fork_child(f"hbjob:{request['command']}"[:15], body)
+        forked = fork_child(names.job_title(request["command"])[:15], body)
         child_end.close()
-        self.one_offs[request_id] = OneOff(request_id, forked, parent_end)
+        self.one_offs[request_id] = OneOffProcess(request_id, forked, parent_end)
         self.loop.add_reader(forked.pidfd, lambda: self._one_off_exited(request_id))
         self.loop.add_reader(parent_end.fileno(), lambda: self._one_off_news(request_id))
         if wait:
@@ -169,14 +169,14 @@ class Jobs:
         else:
             self._one_off_said(one_off, messages)
 
-    def _one_off_said(self, one_off: OneOff, messages: list[Message]) -> None:
+    def _one_off_said(self, one_off: OneOffProcess, messages: list[Message]) -> None:
         for message in messages:
             if message.get("type") == "event":
                 self.event(one_off.request, message, (one_off.request,))
             elif message.get("type") == "result":
                 one_off.result = {k: v for k, v in message.items() if k != "type"}
 
-    def _close_news(self, one_off: OneOff) -> None:
+    def _close_news(self, one_off: OneOffProcess) -> None:
         if one_off.news is not None:
             self.loop.remove_reader(one_off.news.fileno())
             one_off.news.close()
@@ -188,12 +188,12 @@ class Jobs:
         if one_off.news is not None:  # what it said last (its result) is not lost
             self._one_off_said(one_off, one_off.news.drain())
             self._close_news(one_off)
-        status = reap(one_off.forked)
-        self.process_ended(request_id, os.waitstatus_to_exitcode(status))
+        exit_code = os.waitstatus_to_exitcode(reap(one_off.forked))
+        self.process_ended(request_id, exit_code)
         died = {
             "ok": False,
             "code": "failed",
-            "error": f"the job process {describe_status(status)}",
+            "error": f"the job process {describe_exit(exit_code)}",
         }
         self.clients.finish(request_id, one_off.result or died)
         self.on_change()
@@ -215,10 +215,3 @@ class Jobs:
 def new_request_id() -> str:
     """The id of one henbackupctl request: what the master and the job processes call it."""
     return "r" + secrets.token_hex(4)
-
-
-def describe_exit(code: int) -> str:
-    """`exited with 1`, `was killed by SIGKILL`: from os.waitstatus_to_exitcode's number."""
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with {code}"

@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass
 
 
-class State(enum.Enum):
+class ChildState(enum.Enum):
     STOPPED = "stopped"
     STARTING = "starting"
     RUNNING = "running"
@@ -26,13 +26,13 @@ class State(enum.Enum):
     STOPPING = "stopping"
 
 
-ALLOWED: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.STARTING}),
-    State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.STOPPING}),
-    State.RUNNING: frozenset({State.BACKOFF, State.STOPPING}),
-    State.BACKOFF: frozenset({State.STARTING, State.FATAL, State.STOPPING}),
-    State.FATAL: frozenset({State.STOPPING}),
-    State.STOPPING: frozenset({State.STOPPED}),
+ALLOWED: dict[ChildState, frozenset[ChildState]] = {
+    ChildState.STOPPED: frozenset({ChildState.STARTING}),
+    ChildState.STARTING: frozenset({ChildState.RUNNING, ChildState.BACKOFF, ChildState.STOPPING}),
+    ChildState.RUNNING: frozenset({ChildState.BACKOFF, ChildState.STOPPING}),
+    ChildState.BACKOFF: frozenset({ChildState.STARTING, ChildState.FATAL, ChildState.STOPPING}),
+    ChildState.FATAL: frozenset({ChildState.STOPPING}),
+    ChildState.STOPPING: frozenset({ChildState.STOPPED}),
 }
 
 
@@ -59,45 +59,45 @@ class Child:
     """The supervisor's record of one child: its state and the facts that drive it."""
 
     name: str
-    state: State = State.STOPPED
+    state: ChildState = ChildState.STOPPED
     pid: int | None = None
     since: float = 0.0  # monotonic time of the last transition
     started_at: float = 0.0
     quick_failures: int = 0
     restart_at: float | None = None  # while in BACKOFF
 
-    def transition(self, new: State, now: float) -> None:
+    def transition(self, new: ChildState, now: float) -> None:
         """Move to `new`; raises InvalidTransition for an edge that is not in ALLOWED."""
         if new not in ALLOWED[self.state]:
             raise InvalidTransition(f"{self.name}: {self.state.value} → {new.value}")
         self.state, self.since = new, now
 
     def spawned(self, pid: int, now: float) -> None:
-        self.transition(State.STARTING, now)
+        self.transition(ChildState.STARTING, now)
         self.pid, self.started_at, self.restart_at = pid, now, None
 
     def ready(self, now: float) -> None:
-        self.transition(State.RUNNING, now)
+        self.transition(ChildState.RUNNING, now)
 
     def died(self, now: float, policy: Policy) -> None:
         """The child exited on its own: back off (with a growing delay) or give up."""
         self.pid = None
-        if self.state is State.STOPPING:
-            self.transition(State.STOPPED, now)
+        if self.state is ChildState.STOPPING:
+            self.transition(ChildState.STOPPED, now)
             return
         ran = now - self.started_at
         self.quick_failures = 0 if ran >= policy.stable_after else self.quick_failures
         self.quick_failures += 1
-        self.transition(State.BACKOFF, now)
+        self.transition(ChildState.BACKOFF, now)
         if self.quick_failures >= policy.max_quick_failures:
-            self.transition(State.FATAL, now)
+            self.transition(ChildState.FATAL, now)
         else:
             self.restart_at = now + policy.delay(self.quick_failures)
 
     def stop(self, now: float) -> None:
         """Ask the child to stop; a child with no process is stopped at once."""
-        if self.state in (State.STOPPED, State.STOPPING):
+        if self.state in (ChildState.STOPPED, ChildState.STOPPING):
             return
-        self.transition(State.STOPPING, now)
+        self.transition(ChildState.STOPPING, now)
         if self.pid is None:
-            self.transition(State.STOPPED, now)
+            self.transition(ChildState.STOPPED, now)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from henbackup import names
 from henbackup.channel import Channel, Message
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
@@ -33,24 +34,24 @@ from henbackup.master.control import (
     ControlServer,
     Conversation,
     Reply,
-    Request,
     bind,
     socket_from_systemd,
 )
 from henbackup.master.jobs import Jobs, OneOffBody
 from henbackup.master.specs import diff, worker_specs
-from henbackup.master.states import Child, Policy, State
+from henbackup.master.states import Child, ChildState, Policy
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
 from henbackup.observe.status import LiveJob, StatusModel
 from henbackup.process import (
     Forked,
     become_subreaper,
-    describe_status,
+    describe_exit,
     fork_child,
     reap,
     reap_orphans,
 )
+from henbackup.protocol import ControlRequest
 from henbackup.worker.spec import WorkerSpec
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class Master:
             parent_end.close()
             return self.worker_body(spec, config, child_end)
 
-        forked = fork_child(f"hb:{spec.name}", body)
+        forked = fork_child(names.worker_title(spec.name), body)
         child_end.close()
         now = self.loop.clock()
         supervised.forked, supervised.channel, supervised.last_heard = forked, parent_end, now
@@ -209,7 +210,7 @@ class Master:
 
     def _handle(self, supervised: Supervised, message: Message) -> None:
         kind, key = message.get("type"), supervised.spec.key
-        if kind == "ready" and supervised.child.state is State.STARTING:
+        if kind == "ready" and supervised.child.state is ChildState.STARTING:
             supervised.child.ready(self.loop.clock())
         elif kind == "event":
             self.jobs.event(key, message, message.get("requests", ()))
@@ -251,11 +252,15 @@ class Master:
 
     def _report_exit(self, supervised: Supervised, pid: int, status: int) -> None:
         spec, child = supervised.spec, supervised.child
-        how = "hung and was killed" if supervised.hung else describe_status(status)
+        how = (
+            "hung and was killed"
+            if supervised.hung
+            else describe_exit(os.waitstatus_to_exitcode(status))
+        )
         then = {
-            State.STOPPED: "",
-            State.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
-            State.BACKOFF: f"; restarting in {self.policy.delay(child.quick_failures):g}s",
+            ChildState.STOPPED: "",
+            ChildState.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
+            ChildState.BACKOFF: f"; restarting in {self.policy.delay(child.quick_failures):g}s",
         }[child.state]
         self.emit(
             "child.exited",
@@ -270,9 +275,9 @@ class Master:
 
     def _after_exit(self, key: str, supervised: Supervised) -> None:
         child = supervised.child
-        if child.state is State.BACKOFF and child.restart_at is not None:
+        if child.state is ChildState.BACKOFF and child.restart_at is not None:
             self.loop.call_at(child.restart_at, lambda: self._restart(key))
-        elif child.state is State.STOPPED:
+        elif child.state is ChildState.STOPPED:
             del self.children[key]
             if supervised.replacement is not None and not self.stopping:
                 self._add(supervised.replacement)
@@ -281,14 +286,14 @@ class Master:
 
     def _restart(self, key: str) -> None:
         supervised = self.children.get(key)
-        if supervised is not None and supervised.child.state is State.BACKOFF:
+        if supervised is not None and supervised.child.state is ChildState.BACKOFF:
             self._spawn(key)
 
     def _stop_child(self, key: str) -> None:
         """SIGTERM the worker (it interrupts its job cleanly); a dead one is stopped at once."""
         supervised = self.children[key]
         supervised.child.stop(self.loop.clock())
-        if supervised.child.state is State.STOPPED:
+        if supervised.child.state is ChildState.STOPPED:
             self._after_exit(key, supervised)
         elif supervised.forked is not None:
             os.kill(supervised.forked.pid, signal.SIGTERM)
@@ -307,7 +312,7 @@ class Master:
         now = self.loop.clock()
         for supervised in self.children.values():
             silent = now - supervised.last_heard
-            alive = supervised.child.state in (State.STARTING, State.RUNNING)
+            alive = supervised.child.state in (ChildState.STARTING, ChildState.RUNNING)
             if alive and silent > self.hang_timeout and supervised.forked is not None:
                 supervised.hung = True
                 os.killpg(supervised.forked.pid, signal.SIGKILL)
@@ -401,7 +406,7 @@ class Master:
                 traceback.print_exception(error, file=sys.stderr)
 
     # control requests
-    def _control_request(self, request: Request, conversation: Conversation) -> Reply | None:
+    def _control_request(self, request: ControlRequest, conversation: Conversation) -> Reply | None:
         return commands.answer(self, request, conversation)
 
     # status
@@ -416,7 +421,7 @@ class Master:
         """One line: `2 backups; running: pictures→aws 42%; queued: 1; failed: music`."""
         running = [_activity(job) for job in self.model.running()]
         queued = len(self.model.waiting())
-        fatal = [s.spec.name for s in self.children.values() if s.child.state is State.FATAL]
+        fatal = [s.spec.name for s in self.children.values() if s.child.state is ChildState.FATAL]
         parts = [self._summary()]
         if self.stopping:
             parts.append("stopping")

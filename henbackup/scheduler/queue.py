@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
+from henbackup.files import write_atomically
 from henbackup.linux import IN_ATTRIB, IN_DELETE_SELF, IN_MODIFY, Inotify
 from henbackup.process import NEVER, SafePoint
 from henbackup.scheduler import locks
@@ -93,7 +94,7 @@ class Scheduler:
         if count < 1:
             raise ValueError("max_concurrent_jobs must be at least 1")
         self._make_layout()
-        _write_atomically(self.directory / "slots", str(count).encode())
+        write_atomically(self.directory / "slots", str(count).encode())
         self.nudge()
 
     def slots(self) -> int:
@@ -423,7 +424,7 @@ class Scheduler:
             last = int(path.read_bytes())
         except (FileNotFoundError, ValueError):
             last = 0
-        _write_atomically(path, str(last + 1).encode())
+        write_atomically(path, str(last + 1).encode())
         return last + 1
 
     def _ticket_path(self, ticket: Ticket) -> Path:
@@ -622,9 +623,3 @@ def _timeout_message(timeout: float) -> str:
         f"gave up after {timeout:g}s in the queue (other jobs held every slot or the"
         " repository): raise max_concurrent_jobs or the job's timeout"
     )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

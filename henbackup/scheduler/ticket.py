@@ -15,7 +15,7 @@ from typing import Literal
 from henbackup.config.model import Priority
 
 Mode = Literal["shared", "exclusive"]
-State = Literal["waiting", "running"]
+TicketState = Literal["waiting", "running"]
 
 # SPEC: "Check and prune hold their repository exclusively; other jobs may share it."
 EXCLUSIVE_OPERATIONS = frozenset({"check", "prune"})
@@ -43,7 +43,7 @@ class Ticket:
     pid: int = 0
     start_time: int = 0  # the owner's start in clock ticks since boot (/proc/PID/stat)
     sequence: int = 0  # arrival order, host-wide
-    state: State = "waiting"
+    state: TicketState = "waiting"
     slot: int | None = None  # the slot held while running; None for immediate jobs
     queued_at: float = 0.0  # wall-clock time of arrival, for display only
 

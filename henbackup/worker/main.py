@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from henbackup import names
 from henbackup.channel import Channel, Message
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
@@ -141,7 +142,7 @@ class Worker:
 
         if self.triggers is not None:
             self.triggers.job_started(run.operation)
-        self.job, self.current = fork_child(f"hbjob:{self.spec.name}", body), run
+        self.job, self.current = fork_child(names.job_title(self.spec.name), body), run
         told.close()
         self.news = news
         self.loop.add_reader(news.fileno(), self._on_news)

@@ -8,9 +8,9 @@ the master.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from henbackup.config.model import Backup, Daemon, Repository
+from henbackup.names import WorkerKind, worker_key
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,10 @@ class WorkerSpec:
     """A worker's `definition` holds everything it depends on: a reload restarts exactly
     the workers whose definition changed."""
 
-    kind: Literal["backup", "repository"]
+    kind: WorkerKind
     name: str
     definition: tuple[Backup | Repository | Daemon, ...]
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.name}"
+        return worker_key(self.kind, self.name)

@@ -21,7 +21,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import quote
 
 from henbackup.files import write_atomically
 
@@ -58,21 +57,6 @@ class RunRecord:
         if self.changed_since is None:
             return False
         return self.last_success is None or self.changed_since >= self.last_success
-
-
-def backup_key(name: str) -> str:
-    """The record of backup `name`, relative to the state directory."""
-    return f"backups/{_safe(name)}.json"
-
-
-def maintenance_key(repository: str, operation: str) -> str:
-    """The record of a repository's scheduled `check` or `prune`."""
-    return f"repositories/{_safe(repository)}/{_safe(operation)}.json"
-
-
-def _safe(name: str) -> str:
-    """A config name as one file name: "/" and other odd characters %-encoded."""
-    return quote(name, safe="-_.@+=,~ ") if name not in ("", ".", "..") else quote(name) + "%"
 
 
 class StateStore:

@@ -14,24 +14,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from henbackup import names
 from henbackup.config.model import Backup, Repository, ScheduleEntry
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction
 from henbackup.worker.debounce import Debouncer, DebounceTimer
 from henbackup.worker.excludes import Excluder
 from henbackup.worker.schedule import Fired, ScheduleTimer
-from henbackup.worker.state import StateStore, backup_key, maintenance_key
+from henbackup.worker.state import StateStore
 from henbackup.worker.watch import Watcher
 
-# (trigger, reason, operation): what a trigger asks the worker for.
-Request = Callable[[str, str, str], None]
+# Asks the worker for a run: (trigger, reason, operation).
+RequestRun = Callable[[str, str, str], None]
 
 
 @dataclass
 class Triggers:
     loop: Loop
     store: StateStore
-    request: Request
+    request: RequestRun
     keys: dict[str, str] = field(default_factory=dict)  # each operation's run record
     timers: dict[str, ScheduleTimer] = field(default_factory=dict)  # by operation
     started: dict[str, float] = field(default_factory=dict)  # wall time of runs in progress
@@ -96,7 +97,7 @@ class Triggers:
 
 
 def backup_triggers(
-    backup: Backup, loop: Loop, state_dir: Path, emit: EmitFunction, request: Request
+    backup: Backup, loop: Loop, state_dir: Path, emit: EmitFunction, request: RequestRun
 ) -> Triggers:
     """Schedule and watch of one backup."""
     store = StateStore(
@@ -105,7 +106,7 @@ def backup_triggers(
         on_unsaved=lambda m, e: emit("status.unsaved", m, backup=backup.name, error=e),
     )
     triggers = Triggers(loop, store, request)
-    triggers.add_operation("backup", backup_key(backup.name), backup.schedule)
+    triggers.add_operation("backup", names.backup_record(backup.name), backup.schedule)
     if backup.watch is not None:
         debouncer = Debouncer(backup.watch.wait_min, backup.watch.wait_max)
         timer = DebounceTimer(loop, debouncer, lambda reason: request("watch", reason, "backup"))
@@ -127,7 +128,7 @@ def backup_triggers(
 
 
 def maintenance_triggers(
-    repository: Repository, loop: Loop, state_dir: Path, emit: EmitFunction, request: Request
+    repository: Repository, loop: Loop, state_dir: Path, emit: EmitFunction, request: RequestRun
 ) -> Triggers:
     """The check and prune schedules of one repository."""
     name = repository.name
@@ -139,5 +140,5 @@ def maintenance_triggers(
     triggers = Triggers(loop, store, request)
     for operation, settings in (("check", repository.check), ("prune", repository.prune)):
         schedule = settings.schedule if settings is not None else ()
-        triggers.add_operation(operation, maintenance_key(name, operation), schedule)
+        triggers.add_operation(operation, names.maintenance_record(name, operation), schedule)
     return triggers

@@ -26,7 +26,7 @@ from integration.backends import RestServer
 from integration.daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_command
 
 from henbackup.config.model import PasswordSource
-from henbackup.engine.base import BackupRequest, Progress, Target
+from henbackup.engine.base import BackupRequest, Target, TransferProgress
 from henbackup.engine.restic import INTERRUPT_GRACE, UNLOCK_LIMIT, ResticEngine
 from henbackup.errors import EngineError, JobCancelled, Stalled
 from henbackup.jobs.job import Job, run_job
@@ -77,7 +77,7 @@ def backup_job(
     request = BackupRequest("pictures", (str(source),), host="testhost")
     struck: list[float] = []
 
-    def progress(report: Progress) -> None:
+    def progress(report: TransferProgress) -> None:
         if not struck and report.bytes_done > 0:
             struck.append(time.monotonic())
             fault(pids[-1])
@@ -267,7 +267,7 @@ def test_a_cancel_is_acted_on_while_restic_says_nothing(
     target = Target("rest", rest_repository.location, password, upload_limit=LIMIT)
     request = BackupRequest("pictures", (str(source),), host="testhost")
 
-    def progress(report: Progress) -> None:
+    def progress(report: TransferProgress) -> None:
         if not asked and report.bytes_done > 0:
             os.kill(pids[-1], signal.SIGSTOP)
             asked.append(time.monotonic())

@@ -293,7 +293,7 @@ def test_a_worker_killed_is_restarted_with_a_growing_backoff(restic, repository,
                 "state": "backoff",
             }
             assert exited["MESSAGE"] == (
-                f"worker pictures (pid {pid}) killed by SIGKILL; restarting in {delay}"
+                f"worker pictures (pid {pid}) was killed by SIGKILL; restarting in {delay}"
             )
             pid = worker_started(daemon, "pictures", since=daemon.events.index(exited))
         daemon.wait_worker("pictures", lambda w: w["state"] == "running")

@@ -23,7 +23,7 @@ from types import FrameType
 import pytest
 
 from henbackup.config.model import PasswordSource, Retention
-from henbackup.engine.base import BackupRequest, BackupResult, Progress, Target
+from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import (
     BackendUnreachable,
@@ -549,9 +549,9 @@ def test_cancellation_leaves_the_repository_clean(repo: Repo, tmp_path: Path) ->
     big = sparse_file(tmp_path / "big" / "sparse")
     pids: list[int] = []
     engine = repo.engine_with(on_spawn=pids.append)
-    progress: list[Progress] = []
+    progress: list[TransferProgress] = []
 
-    def on_progress(report: Progress) -> None:
+    def on_progress(report: TransferProgress) -> None:
         if not progress:  # restic is busy: cancel in a moment, from a signal handler
             signal.setitimer(signal.ITIMER_REAL, 0.3)
         progress.append(report)

@@ -109,7 +109,8 @@ def test_a_killed_worker_is_restarted_alone(daemon: Daemon) -> None:
     assert exited["HENBACKUP_PID"] == str(victim)
     assert exited["HENBACKUP_STATE"] == "backoff"
     assert (
-        exited["MESSAGE"] == f"worker pictures (pid {victim}) killed by SIGKILL; restarting in 1s"
+        exited["MESSAGE"]
+        == f"worker pictures (pid {victim}) was killed by SIGKILL; restarting in 1s"
     )
     restarted = daemon.events("child.started", count=2, child="pictures")
     assert int(restarted[-1]["HENBACKUP_PID"]) != victim

@@ -1,6 +1,6 @@
 import pytest
 
-from henbackup.humanize import ago, duration, relative, size
+from henbackup.humanize import ago, duration, relative, size, size_setting
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,11 @@ def test_duration(seconds, said):
 )
 def test_size(count, said):
     assert size(count) == said
+
+
+@pytest.mark.parametrize(
+    ("count", "said"),
+    [(512, "512 B"), (51200, "50 KiB"), (1572864, "1.5 MiB"), (3 * 2**40, "3 TiB")],
+)
+def test_size_setting_is_as_short_as_the_setting(count, said):
+    assert size_setting(count) == said

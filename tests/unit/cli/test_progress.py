@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from henbackup.cli.progress import Progress, bar
+from henbackup.cli.progress import ProgressDisplay, bar
 
 MIB, GIB = 1024**2, 1024**3
 CLEAR = "\r\x1b[K"  # back to the line's start, erase to its end
@@ -95,7 +95,7 @@ def progress(percent: float) -> dict[str, object]:
 
 def test_on_a_terminal_the_bar_is_redrawn_in_place_and_cleared_before_a_step() -> None:
     stream = FakeTerminal()
-    shown = Progress(stream, terminal=True)
+    shown = ProgressDisplay(stream, terminal=True)
     shown({"kind": "job.queued", "message": "pictures→aws: backup queued"})
     shown(STARTED)
     shown(progress(25))
@@ -116,7 +116,7 @@ def test_on_a_terminal_the_bar_is_redrawn_in_place_and_cleared_before_a_step() -
 
 def test_closing_while_a_bar_is_drawn_erases_it_once() -> None:
     stream = FakeTerminal()
-    shown = Progress(stream, terminal=True)
+    shown = ProgressDisplay(stream, terminal=True)
     shown(progress(10))
     shown.close()
     shown.close()
@@ -126,7 +126,7 @@ def test_closing_while_a_bar_is_drawn_erases_it_once() -> None:
 
 def test_a_step_right_after_a_step_clears_nothing() -> None:
     stream = FakeTerminal()
-    shown = Progress(stream, terminal=True)
+    shown = ProgressDisplay(stream, terminal=True)
     shown(STARTED)
     shown({"kind": "hook.failed", "message": "hook 1 of grafana failed: timeout"})
     shown({"kind": "job.cancelled", "message": "pictures→aws: backup cancelled"})
@@ -140,7 +140,7 @@ def test_a_step_right_after_a_step_clears_nothing() -> None:
 
 def test_elsewhere_only_the_steps_are_printed() -> None:
     stream = FakeTerminal()
-    shown = Progress(stream, terminal=False)
+    shown = ProgressDisplay(stream, terminal=False)
     shown(STARTED)
     shown(progress(30))
     shown(progress(60))
@@ -153,7 +153,7 @@ def test_elsewhere_only_the_steps_are_printed() -> None:
 @pytest.mark.parametrize("terminal", [True, False])
 def test_which_events_are_steps(terminal: bool) -> None:
     stream = FakeTerminal()
-    shown = Progress(stream, terminal=terminal)
+    shown = ProgressDisplay(stream, terminal=terminal)
     for kind in ("hook.started", "trigger.fired", "job.snapshot", "child.started", None):
         shown({"kind": kind, "message": f"not a step: {kind}"})
     shown({"kind": "hook.succeeded", "message": "hook 1 of grafana succeeded"})
@@ -165,7 +165,7 @@ def test_which_events_are_steps(terminal: bool) -> None:
 def test_a_stall_is_said_under_the_frozen_bar() -> None:
     """A waiting client sees why its bar stopped moving, and the bar comes back after."""
     stream = FakeTerminal()
-    shown = Progress(stream, terminal=True)
+    shown = ProgressDisplay(stream, terminal=True)
     stalled = "pictures→aws: backup has made no progress for 1m: restic waits and moves no data"
     shown(progress(40))
     shown({"kind": "job.stalled", "message": stalled})

@@ -11,7 +11,8 @@ import pytest
 
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
-from henbackup.config.plan import describe_plan, redact_location
+from henbackup.config.plan import describe_plan
+from henbackup.redact import redact_location
 
 PARIS = ZoneInfo("Europe/Paris")
 CONFIG = """
@@ -67,7 +68,7 @@ Files
   read            {path}
 
 Repository nas
-  location        rest:https://***@nas.lan:8000/pictures
+  location        rest:https://<redacted>@nas.lan:8000/pictures
   password        in the config
   env             RESTIC_REST_USERNAME (values hidden)
   options         rest.connections (values hidden)
@@ -92,7 +93,7 @@ Backup pictures
   retention       keep_daily 7, keep_within 1m
   resources       cpu_quota 50%, memory_max 512 MiB, ionice idle
   before hook     command /usr/local/bin/dump ... (timeout 1m30s, on failure stop)
-  after hook      http POST https://***@hc-ping.com/uuid (timeout 1m, on failure stop)
+  after hook      http POST https://<redacted>@hc-ping.com/uuid (timeout 1m, on failure stop)
 
 Backup etc
   paths           /etc
@@ -145,13 +146,13 @@ def test_an_empty_config(load: Callable[..., Config]) -> None:
 @pytest.mark.parametrize(
     ("location", "redacted"),
     [
-        ("rest:https://user:pw@host:8000/repo", "rest:https://***@host:8000/repo"),
-        ("rest:http://user:p@ss:w/rd@host/", "rest:http://***@host/"),
-        ("rest:https://token@host/", "rest:https://***@host/"),
+        ("rest:https://user:pw@host:8000/repo", "rest:https://<redacted>@host:8000/repo"),
+        ("rest:http://user:p@ss:w/rd@host/", "rest:http://<redacted>@host/"),
+        ("rest:https://token@host/", "rest:https://<redacted>@host/"),
         ("s3:https://s3.example.com/bucket", "s3:https://s3.example.com/bucket"),
         ("s3:s3.amazonaws.com/bucket/path", "s3:s3.amazonaws.com/bucket/path"),
         ("sftp:user@host:/srv/restic", "sftp:user@host:/srv/restic"),
-        ("rest:https://host/path/with@sign", "rest:https://***@sign"),  # safe, not pretty
+        ("rest:https://host/path/with@sign", "rest:https://<redacted>@sign"),  # safe, not pretty
         ("/srv/restic", "/srv/restic"),
         ("rclone:remote:path", "rclone:remote:path"),
     ],

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from henbackup.config.model import PasswordSource, Retention
-from henbackup.engine.base import BackupRequest, Progress, Target
+from henbackup.engine.base import BackupRequest, Target, TransferProgress
 from henbackup.engine.restic import (
     CAT_CONFIG_ARGS,
     PROGRESS_FPS,
@@ -45,7 +45,6 @@ from henbackup.engine.restic import (
     restore_args,
     restored_roots,
     retry_cause,
-    scrub,
     secrets_of,
     snapshots_args,
     status_counters,
@@ -59,6 +58,7 @@ from henbackup.errors import (
     SnapshotNotFound,
     WrongPassword,
 )
+from henbackup.redact import Redactor
 
 V014 = Features((0, 14, 0))
 V018 = Features((0, 18, 0))
@@ -323,7 +323,7 @@ def test_child_env_lets_the_target_tune_restic() -> None:
     assert env["RESTIC_PASSWORD_COMMAND"] == "cmd"
 
 
-def test_secrets_and_scrub_hide_location_password_and_env() -> None:
+def test_secrets_and_redactor_hide_location_password_and_env() -> None:
     t = target(location=REST_LOCATION)
     secrets = secrets_of(t)
     text = (
@@ -331,10 +331,10 @@ def test_secrets_and_scrub_hide_location_password_and_env() -> None:
         f"key {SECRET_KEY}; Head http://user:s3cr3t@127.0.0.1:1/repo/config; "
         "Head http://user:***@127.0.0.1:1/repo/config"
     )
-    clean = scrub(text, secrets)
+    clean = Redactor.of(secrets)(text)
     for secret in (REST_LOCATION, SECRET_PASSWORD, SECRET_KEY, "s3cr3t", "user:"):
         assert secret not in clean
-    assert "AKIAIOSFODNN7EXAMPLE" not in scrub("AKIAIOSFODNN7EXAMPLE", secrets)
+    assert "AKIAIOSFODNN7EXAMPLE" not in Redactor.of(secrets)("AKIAIOSFODNN7EXAMPLE")
 
 
 # --- stdout parsing ----------------------------------------------------------------------
@@ -393,7 +393,7 @@ RESTORE_SKIPPED_018 = (
 
 def test_parse_progress_014_status_line() -> None:
     progress = parse_progress(json.loads(STATUS_014))
-    assert progress == Progress(
+    assert progress == TransferProgress(
         fraction=0.82,
         files_done=2002,
         total_files=2003,
@@ -406,16 +406,16 @@ def test_parse_progress_014_status_line() -> None:
 
 def test_parse_progress_absent_fields_mean_zero_or_unknown() -> None:
     start = parse_progress(json.loads(STATUS_014_START))
-    assert start == Progress(0.0, 0, 1, 0, 100000, 0.0, None)
+    assert start == TransferProgress(0.0, 0, 1, 0, 100000, 0.0, None)
     scanning = parse_progress(json.loads(STATUS_014_SCANNING))
-    assert scanning == Progress(0.0, 1, None, 0, None, 0.0, None)
+    assert scanning == TransferProgress(0.0, 1, None, 0, None, 0.0, None)
     done = parse_progress(json.loads(STATUS_014_ERRORS))
     assert done is not None and done.fraction == 1.0 and done.files_done == 2
 
 
 def test_parse_progress_018_status_line() -> None:
     progress = parse_progress(json.loads(STATUS_018))
-    assert progress == Progress(
+    assert progress == TransferProgress(
         fraction=0.126953125,
         files_done=0,
         total_files=1,
@@ -428,9 +428,9 @@ def test_parse_progress_018_status_line() -> None:
 
 def test_parse_progress_restore_lines() -> None:
     progress = parse_progress(json.loads(RESTORE_STATUS_018))
-    assert progress == Progress(0.1742174414799964, 0, 10, 15696992, 90100003, 0.0, None)
+    assert progress == TransferProgress(0.1742174414799964, 0, 10, 15696992, 90100003, 0.0, None)
     skipped = {**json.loads(RESTORE_SKIPPED_018), "message_type": "status"}
-    assert parse_progress(skipped) == Progress(0.0, 9, 3, 5, None, 0.0, None)
+    assert parse_progress(skipped) == TransferProgress(0.0, 9, 3, 5, None, 0.0, None)
 
 
 def test_parse_progress_ignores_other_messages() -> None:
@@ -735,7 +735,7 @@ INTERRUPTED_018 = (
 
 def classify(stderr: str, code: int, features: Features, location: str = "/tmp/exp/nothere"):
     secrets = secrets_of(target(location=location))
-    messages = [scrub(m, secrets) for m in stderr_messages(stderr)]
+    messages = [Redactor.of(secrets)(m) for m in stderr_messages(stderr)]
     return classify_failure("snapshots", code, messages, "r1", features)
 
 
@@ -797,7 +797,7 @@ def test_messages_never_carry_the_location() -> None:
     error = classify(INIT_EXISTS_014, 1, V014, location="/tmp/exp/c14")
     assert "/tmp/exp/c14" not in str(error)
     assert str(error) == (
-        "restic snapshots failed on repository r1: create repository at *** failed: "
+        "restic snapshots failed on repository r1: create repository at <redacted> failed: "
         "config file already exists"
     )
     unreachable = classify(REST_REFUSED_014, 1, V014, location=REST_LOCATION)

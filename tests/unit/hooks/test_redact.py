@@ -6,17 +6,10 @@ from henbackup.config.load import load_config
 from henbackup.config.model import CommandHook, HttpHook
 from henbackup.hooks.command import SAFE_PATH, environment
 from henbackup.hooks.outcome import HookContext
-from henbackup.hooks.redact import (
-    OUTPUT_LIMIT,
-    REDACTED,
-    TRUNCATED,
-    Redactor,
-    Tail,
-    clean_output,
-    hook_secrets,
-    redact_url,
-)
+from henbackup.hooks.output import OUTPUT_LIMIT, TRUNCATED, Tail, clean_output, hook_secrets
 from henbackup.hooks.run import describe
+from henbackup.redact import MARKER as REDACTED
+from henbackup.redact import Redactor, redact_url
 
 
 def test_env_values_are_secrets_unless_short_and_harmlessly_named():

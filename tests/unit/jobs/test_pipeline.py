@@ -9,7 +9,7 @@ import pytest
 from henbackup.config.load import load_config
 from henbackup.engine.base import Engine
 from henbackup.errors import StopRequested
-from henbackup.jobs.pipeline import Outcome, run_backup_pipeline
+from henbackup.jobs.pipeline import RepositoryOutcome, run_backup_pipeline
 from henbackup.process import SafePoint
 
 CONFIG = """
@@ -44,7 +44,10 @@ def test_a_before_hook_that_stops_the_run_fails_each_of_its_jobs(tmp_path, event
     result = pipeline(tmp_path, "stop", events)
     error = "before hook command false: exited with status 1"
     assert result.status == "failed"
-    assert result.outcomes == (Outcome("local", error=error), Outcome("remote", error=error))
+    assert result.outcomes == (
+        RepositoryOutcome("local", error=error),
+        RepositoryOutcome("remote", error=error),
+    )
     failed = [dict(e.fields) for e in events.recorded if e.kind == "job.failed"]
     assert [(f["HENBACKUP_REPOSITORY"], f["HENBACKUP_ERROR"]) for f in failed] == [
         ("local", error),

@@ -22,7 +22,7 @@ from henbackup.master import commands, permissions
 from henbackup.master.clients import Clients
 from henbackup.master.control import reply_error
 from henbackup.master.permissions import Peer
-from henbackup.master.states import State
+from henbackup.master.states import ChildState
 from henbackup.observe.status import RunKey, StatusModel
 from henbackup.protocol import ControlRequest, parse_request
 from henbackup.scheduler import Scheduler, Ticket, locks
@@ -85,7 +85,9 @@ class Channel:
         self.sent.append(message)
 
 
-def worker(state: State = State.RUNNING, channel: Channel | None = None, **fields: Any) -> Any:
+def worker(
+    state: ChildState = ChildState.RUNNING, channel: Channel | None = None, **fields: Any
+) -> Any:
     """A supervised worker as commands read it (supervisor.Supervised)."""
     return SimpleNamespace(
         child=SimpleNamespace(state=state),
@@ -257,7 +259,11 @@ def test_a_client_waiting_for_its_backup_is_answered_later(master: Any) -> None:
 
 @pytest.mark.parametrize(
     ("supervised", "state"),
-    [(None, "absent"), (worker(State.BACKOFF), "backoff"), (worker(State.FATAL), "fatal")],
+    [
+        (None, "absent"),
+        (worker(ChildState.BACKOFF), "backoff"),
+        (worker(ChildState.FATAL), "fatal"),
+    ],
 )
 def test_a_backup_whose_worker_cannot_take_it_fails(master: Any, supervised, state) -> None:
     if supervised is not None:
@@ -539,7 +545,7 @@ def test_list_snapshots_names_its_repositories(master: Any, fields, repositories
 )
 def test_a_stopping_master_starts_nothing_new(master: Any, command, fields) -> None:
     channel = Channel()
-    master.children["backup:pictures"] = worker(State.STOPPING, channel=channel)
+    master.children["backup:pictures"] = worker(ChildState.STOPPING, channel=channel)
     master.stopping = True
     assert ask(master, command, **fields) == STOPPING
     assert (channel.sent, master.one_offs) == ([], [])
@@ -577,7 +583,7 @@ def idle_row(repository: str, **fields: Any) -> dict[str, Any]:
 
 def test_status_shows_every_backup_and_repository(master: Any) -> None:
     master.children["backup:pictures"] = worker(running=True, next_run=1_800_000_000.0)
-    master.children["repository:aws"] = worker(State.BACKOFF)
+    master.children["repository:aws"] = worker(ChildState.BACKOFF)
     model = master.model
     pictures_aws = {"backup": "pictures", "repository": "aws", "operation": "backup"}
     model.apply("job.started", {"job": "j1", **pictures_aws}, "backup:pictures")

@@ -1,6 +1,6 @@
 import pytest
 
-from henbackup.master.states import ALLOWED, Child, InvalidTransition, Policy, State
+from henbackup.master.states import ALLOWED, Child, ChildState, InvalidTransition, Policy
 
 POLICY = Policy(stable_after=10, first_delay=1, max_delay=8, max_quick_failures=5)
 
@@ -13,8 +13,8 @@ def started(now=0.0):
 
 
 def test_every_edge_not_in_the_diagram_is_refused():
-    for source in State:
-        for target in State:
+    for source in ChildState:
+        for target in ChildState:
             child = Child("x", state=source)
             if target in ALLOWED[source]:
                 child.transition(target, 1.0)
@@ -29,13 +29,13 @@ def test_quick_crashes_back_off_exponentially_then_go_fatal():
     for _ in range(4):
         now += 1
         child.died(now, POLICY)
-        assert child.state is State.BACKOFF
+        assert child.state is ChildState.BACKOFF
         delays.append(child.restart_at - now)
         now = child.restart_at
         child.spawned(101, now)
     assert delays == [1, 2, 4, 8]
     child.died(now + 1, POLICY)
-    assert (child.state, child.restart_at, child.pid) == (State.FATAL, None, None)
+    assert (child.state, child.restart_at, child.pid) == (ChildState.FATAL, None, None)
 
 
 def test_the_delay_is_capped():
@@ -49,15 +49,15 @@ def test_a_child_that_ran_long_enough_starts_counting_again():
         child.spawned(100, n + 1.0)
     assert child.quick_failures == 4
     child.died(100.0, POLICY)  # ran 96 s: it had recovered
-    assert (child.state, child.quick_failures, child.restart_at) == (State.BACKOFF, 1, 101.0)
+    assert (child.state, child.quick_failures, child.restart_at) == (ChildState.BACKOFF, 1, 101.0)
 
 
 def test_a_stopped_child_that_exits_is_stopped_not_restarted():
     child = started()
     child.stop(5.0)
-    assert child.state is State.STOPPING
+    assert child.state is ChildState.STOPPING
     child.died(6.0, POLICY)
-    assert child.state is State.STOPPED
+    assert child.state is ChildState.STOPPED
     assert child.quick_failures == 0
 
 
@@ -65,6 +65,6 @@ def test_stopping_a_child_without_process_is_immediate():
     child = started()
     child.died(1.0, POLICY)
     child.stop(1.5)  # in backoff: nothing to wait for
-    assert child.state is State.STOPPED
+    assert child.state is ChildState.STOPPED
     child.stop(2.0)  # idempotent
-    assert child.state is State.STOPPED
+    assert child.state is ChildState.STOPPED

@@ -15,14 +15,15 @@ import pytest
 from henbackup.channel import Channel
 from henbackup.config.model import Backup, Config, Interval
 from henbackup.loop import Loop
+from henbackup.names import backup_record
 from henbackup.worker.main import RunRequest, Worker
 from henbackup.worker.schedule import RETRY_AFTER
 from henbackup.worker.spec import WorkerSpec
-from henbackup.worker.state import RunRecord, StateStore, backup_key
+from henbackup.worker.state import RunRecord, StateStore
 from henbackup.worker.triggers import Triggers, backup_triggers
 
 BACKUP = Backup("pictures", ("/nowhere",), ("local",), schedule=(Interval(3600, "1h"),))
-KEY = backup_key("pictures")
+KEY = backup_record("pictures")
 DEADLINE = 30.0  # generous: waited for, never asserted as a duration
 
 

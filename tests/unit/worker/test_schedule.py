@@ -13,6 +13,7 @@ import pytest
 
 from henbackup.config.model import Cron, Interval
 from henbackup.loop import Loop
+from henbackup.names import backup_record
 from henbackup.worker.schedule import (
     FUTURE_TOLERANCE,
     Fired,
@@ -22,7 +23,7 @@ from henbackup.worker.schedule import (
     local_zone,
     next_run,
 )
-from henbackup.worker.state import RunRecord, StateStore, backup_key
+from henbackup.worker.state import RunRecord, StateStore
 
 PARIS = ZoneInfo("Europe/Paris")
 HOUR, DAY = 3600.0, 86400.0
@@ -291,7 +292,7 @@ def test_a_suspend_over_the_due_time_fires_on_resume_once():
 
 def test_restarts_neither_double_nor_lose_a_run(tmp_path):
     store = StateStore(tmp_path, pytest.fail)
-    key = backup_key("pictures")
+    key = backup_record("pictures")
     clocks = Clocks(at("2024-05-01 02:59"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3], fired)

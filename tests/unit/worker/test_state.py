@@ -8,7 +8,8 @@ import os
 import pytest
 
 from henbackup import files
-from henbackup.worker.state import RunRecord, StateStore, backup_key, maintenance_key
+from henbackup.names import backup_record, maintenance_record
+from henbackup.worker.state import RunRecord, StateStore
 
 
 @pytest.fixture
@@ -22,12 +23,12 @@ def store(tmp_path, problems):
 
 
 def test_a_missing_record_is_empty_and_no_problem(store, problems):
-    assert store.load(backup_key("pictures")) == RunRecord()
+    assert store.load(backup_record("pictures")) == RunRecord()
     assert problems == []
 
 
 def test_records_round_trip_and_survive_a_new_store(tmp_path, store, problems):
-    key = backup_key("pictures")
+    key = backup_record("pictures")
     store.record_attempt(key, 1000.5)
     store.record_success(key, 1000.5)
     store.record_attempt(key, 2000.0)
@@ -37,22 +38,22 @@ def test_records_round_trip_and_survive_a_new_store(tmp_path, store, problems):
 
 
 def test_each_backup_and_operation_has_its_own_file(store):
-    store.save(backup_key("a"), RunRecord(1.0, 1.0))
-    store.save(maintenance_key("aws", "check"), RunRecord(2.0, 2.0))
-    store.save(maintenance_key("aws", "prune"), RunRecord(3.0, 3.0))
-    assert store.load(backup_key("a")).last_success == 1.0
-    assert store.load(maintenance_key("aws", "check")).last_success == 2.0
-    assert store.load(maintenance_key("aws", "prune")).last_success == 3.0
+    store.save(backup_record("a"), RunRecord(1.0, 1.0))
+    store.save(maintenance_record("aws", "check"), RunRecord(2.0, 2.0))
+    store.save(maintenance_record("aws", "prune"), RunRecord(3.0, 3.0))
+    assert store.load(backup_record("a")).last_success == 1.0
+    assert store.load(maintenance_record("aws", "check")).last_success == 2.0
+    assert store.load(maintenance_record("aws", "prune")).last_success == 3.0
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "", "../../etc/passwd", "x%2F", "é t"])
 def test_odd_names_stay_inside_the_state_directory(store, name):
-    for key in (backup_key(name), maintenance_key(name, "check")):
+    for key in (backup_record(name), maintenance_record(name, "check")):
         path = store.path(key).resolve()
         assert path.is_relative_to(store.directory.resolve())
         store.save(key, RunRecord(5.0, 5.0))
         assert store.load(key) == RunRecord(5.0, 5.0)
-    assert backup_key("a/b") != backup_key("a%2Fb")
+    assert backup_record("a/b") != backup_record("a%2Fb")
 
 
 @pytest.mark.parametrize(
@@ -73,7 +74,7 @@ def test_odd_names_stay_inside_the_state_directory(store, name):
     ],
 )
 def test_a_corrupt_record_counts_as_absent_and_is_reported(store, problems, content):
-    key = backup_key("pictures")
+    key = backup_record("pictures")
     store.path(key).parent.mkdir(parents=True)
     store.path(key).write_bytes(content)
     assert store.load(key) == RunRecord()
@@ -81,14 +82,14 @@ def test_a_corrupt_record_counts_as_absent_and_is_reported(store, problems, cont
 
 
 def test_an_unreadable_record_counts_as_absent_and_is_reported(store, problems):
-    key = backup_key("pictures")
+    key = backup_record("pictures")
     store.path(key).mkdir(parents=True)  # a directory where the file should be
     assert store.load(key) == RunRecord()
     assert "cannot read" in problems[0]
 
 
 def test_unknown_fields_are_ignored_and_integers_accepted(store, problems):
-    key = backup_key("p")
+    key = backup_record("p")
     store.path(key).parent.mkdir(parents=True)
     store.path(key).write_text(json.dumps({"last_success": 7, "future": {"x": 1}}))
     assert store.load(key) == RunRecord(last_success=7.0)
@@ -96,7 +97,7 @@ def test_unknown_fields_are_ignored_and_integers_accepted(store, problems):
 
 
 def test_the_write_is_atomic_and_synced(store, monkeypatch):
-    key = backup_key("p")
+    key = backup_record("p")
     store.save(key, RunRecord(1.0, 1.0))
     synced = []
     real_fsync = os.fsync
@@ -107,7 +108,7 @@ def test_the_write_is_atomic_and_synced(store, monkeypatch):
 
 
 def test_a_failed_write_leaves_the_old_record_and_no_temporary(store, monkeypatch):
-    key = backup_key("p")
+    key = backup_record("p")
     store.save(key, RunRecord(1.0, 1.0))
 
     def crash(source, target):
@@ -123,7 +124,7 @@ def test_a_failed_write_leaves_the_old_record_and_no_temporary(store, monkeypatc
 def test_a_record_that_cannot_be_saved_is_kept_in_memory_and_reported_once(tmp_path, problems):
     unsaved = []
     store = StateStore(tmp_path / "state", problems.append, lambda m, e: unsaved.append(e))
-    key = backup_key("pictures")
+    key = backup_record("pictures")
     store.path(key).mkdir(parents=True)  # neither readable nor replaceable
     assert store.record_attempt(key, 10.0) == RunRecord(last_attempt=10.0)
     assert store.record_success(key, 10.0) == RunRecord(last_success=10.0, last_attempt=10.0)
@@ -142,7 +143,7 @@ def test_a_record_that_cannot_be_saved_is_kept_in_memory_and_reported_once(tmp_p
 
 
 def test_a_record_nested_too_deeply_counts_as_absent(store, problems):
-    key = backup_key("pictures")
+    key = backup_record("pictures")
     store.path(key).parent.mkdir(parents=True)
     store.path(key).write_text("[" * 100_000)
     assert store.load(key) == RunRecord()
@@ -150,12 +151,12 @@ def test_a_record_nested_too_deeply_counts_as_absent(store, problems):
 
 
 def test_a_failure_round_trips_and_an_old_record_without_it_still_reads(tmp_path, store, problems):
-    key = backup_key("pictures")
+    key = backup_record("pictures")
     store.record_attempt(key, 1000.5)
     store.record_failure(key, 1000.5)
     again = StateStore(tmp_path / "state", problems.append)
     assert again.load(key) == RunRecord(last_attempt=1000.5, last_failure=1000.5)
-    old = backup_key("old")  # as written before last_failure existed
+    old = backup_record("old")  # as written before last_failure existed
     store.path(old).write_text('{"last_success": 5, "last_attempt": 9, "changed_since": null}')
     assert again.load(old) == RunRecord(last_success=5.0, last_attempt=9.0)
     assert problems == []

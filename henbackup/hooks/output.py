@@ -1,4 +1,4 @@
-"""Keep secrets out of hook events: bounded output, known secret values replaced.
+"""What of a hook may reach its events: bounded output, the secrets it was given redacted.
 
 The secrets of a hook are what it was given: its env values, the values of its
 Authorization-like headers, the password-ish query parameters and the password in its URL,
@@ -7,49 +7,16 @@ and every text that ${NAME} brought into it from the environment.
 
 from __future__ import annotations
 
-import re
 from base64 import b64encode
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from henbackup.config.model import CommandHook, Hook, HttpHook
+from henbackup.redact import MIN_SECRET_LENGTH, SECRET_NAME, Redactor
 
-REDACTED = "<redacted>"
 OUTPUT_LIMIT = 4096  # bytes of output kept: the end, where the error usually is
 TRUNCATED = "[…output truncated…]\n"
-
-# A name that says its value is a secret: env variables, headers, query parameters.
-SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|credential|cookie|session|sig", re.I)
-# Short values (e.g. DEBUG=1) are only secrets when their name says so.
-MIN_SECRET_LENGTH = 4
-_SECRET_QUERY = re.compile(
-    r"([?&;][^=&\s#]*(?:pass|pwd|secret|token|key|auth|sig)[^=&\s#]*=)[^&\s#;]+", re.I
-)
-
-
-@dataclass(frozen=True)
-class Redactor:
-    """Replaces known secret values with <redacted>, longest first."""
-
-    secrets: tuple[str, ...] = ()
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return _SECRET_QUERY.sub(rf"\g<1>{REDACTED}", text)
-
-    @classmethod
-    def of(cls, values: Iterable[str]) -> Redactor:
-        return cls(tuple(sorted({v for v in values if v}, key=len, reverse=True)))
-
-    def cut_fragment(self, text: str) -> str:
-        """`text` without a leading end-part of a secret (left where output was truncated)."""
-        for secret in self.secrets:
-            for size in range(len(secret) - 1, 0, -1):
-                if text.startswith(secret[-size:]):
-                    return text[size:]
-        return text
 
 
 def hook_secrets(hook: Hook) -> Redactor:
@@ -79,19 +46,6 @@ def _url_secrets(url: str) -> list[str]:
         credentials = f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
         values += [parts.password, unquote(parts.password), b64encode(credentials).decode()]
     return values
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password and password-ish query values replaced by <redacted>."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:{REDACTED}@{netloc.rpartition('@')[2]}"
-    query = "&".join(
-        f"{quote(k, safe='')}={REDACTED if SECRET_NAME.search(k) else quote(v, safe='')}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 @dataclass
