@@ -37,6 +37,13 @@ paths = ["{DATA}"]
 repositories = ["local"]
 watch = {{ wait_min = "1s", wait_max = "3s" }}
 """
+THROTTLED = """
+[backups.big]
+paths = ["/srv/big"]
+repositories = ["local"]
+schedule = ["1d"]
+upload_limit = "64K"
+"""
 FRESH_STATUS = (
     f"0 backups; idle; define a backup in {CONFIG}, "
     "then: henbackup check-config; systemctl reload henbackup"
@@ -81,6 +88,25 @@ def journal(debian: Container, *matches: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def events(debian: Container, kind: str, backup: str) -> list[dict[str, str]]:
+    return journal(debian, f"HENBACKUP_EVENT={kind}", f"HENBACKUP_BACKUP={backup}")
+
+
+def succeeded(debian: Container, backup: str) -> list[dict[str, str]]:
+    return events(debian, "job.succeeded", backup)
+
+
+def repack(package: Path, version: str, into: Path) -> None:
+    """The same package under a higher version: what `apt upgrade` would install."""
+    tree = into.with_suffix(".tree")
+    subprocess.run(["dpkg-deb", "--raw-extract", str(package), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    control.write_text(re.sub(r"(?m)^Version: .*$", f"Version: {version}", control.read_text()))
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(into)],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["rm", "-rf", str(tree)], check=True)
+
+
 def ctl_status(debian: Container) -> dict:
     return json.loads(debian.run("henbackupctl", "--json", "status").stdout)
 
@@ -90,6 +116,11 @@ def restic(debian: Container, *args: str, check: bool = True) -> subprocess.Comp
         "env", "RESTIC_PASSWORD_FILE=/etc/henbackup/secrets/local", "restic", "-r", REPOSITORY,
         *args, check=check,
     )  # fmt: skip
+
+
+def test_0_the_changelogs_version_is_henbackups_own():
+    first = (ROOT / "packaging" / "debian" / "changelog").read_text().splitlines()[0]
+    assert first.startswith(f"henbackup ({__version__}) ")
 
 
 def test_1_install_enables_and_starts_the_unit_idle_with_the_shipped_config(debian, package):
@@ -186,11 +217,45 @@ def test_7_a_restart_keeps_every_last_result(debian):
     assert [row["result"] for row in results(after)] == ["succeeded"]
 
 
-def test_8_purge_removes_the_package_and_its_state_never_the_repository(debian):
+def test_8_an_upgrade_interrupts_a_running_backup_cleanly_and_runs_it_again(debian, package):
+    """README: apt restarts the service after unpacking; a scheduled backup running then is
+    interrupted cleanly and runs again as soon as the service is back."""
+    upgrade = f"henbackup_{__version__}+upgrade_all.deb"
+    repack(package, f"{__version__}+upgrade", debian.root / "root" / upgrade)
+    debian.run("mkdir", "-p", "/srv/big")
+    debian.run("sh", "-c", "echo small > /srv/big/first.txt")
+    debian.run("tee", "-a", CONFIG, input=THROTTLED)
+    debian.run("systemctl", "reload", UNIT)
+    wait_for(lambda: succeeded(debian, "big"), 120, "big's first run (never succeeded: due now)")
+    # 1 MiB of noise at 64 KiB/s: still running while apt unpacks and restarts.
+    debian.run("sh", "-c", "head -c 1048576 /dev/urandom > /srv/big/noise")
+    debian.run("henbackupctl", "backup", "big", "--no-wait")
+    wait_for(lambda: len(events(debian, "job.started", "big")) == 2, 60, "big's second run")
+    interrupted = events(debian, "job.started", "big")[-1]["HENBACKUP_JOB"]
+    pid = show(debian, "MainPID")["MainPID"]
+    debian.run("apt-get", "install", "-y", f"/root/{upgrade}", timeout=300)
+    version = debian.run("dpkg-query", "-W", "-f=${Version}", "henbackup").stdout
+    assert version == f"{__version__}+upgrade"
+    assert show(debian, "MainPID")["MainPID"] != pid
+    (cancelled,) = events(debian, "job.cancelled", "big")
+    assert cancelled["HENBACKUP_JOB"] == interrupted
+    (again,) = [
+        fired
+        for fired in events(debian, "trigger.fired", "big")
+        if "interrupted" in fired["HENBACKUP_REASON"]
+    ]
+    assert int(again["__REALTIME_TIMESTAMP"]) > int(cancelled["__REALTIME_TIMESTAMP"])
+    wait_for(lambda: len(succeeded(debian, "big")) == 2, 180, "big's run after the upgrade")
+    assert restic(debian, "list", "locks").stdout == ""
+    listed = restic(debian, "ls", succeeded(debian, "big")[-1]["HENBACKUP_SNAPSHOT"]).stdout
+    assert "/srv/big/noise" in listed.splitlines()
+
+
+def test_9_purge_removes_the_package_and_its_state_never_the_repository(debian):
     (done, *_) = journal(debian, "HENBACKUP_EVENT=job.succeeded", "HENBACKUP_BACKUP=docs")
     snapshot = done["HENBACKUP_SNAPSHOT"]
     restore = debian.run("henbackupctl", "restore-snapshot", "local", snapshot, timeout=300)
-    (restored,) = re.findall(r"/var/lib/henbackup/restores/\S+", restore.stdout)
+    (restored,) = set(re.findall(r"/var/lib/henbackup/restores/[^/\s:]+", restore.stdout))
     files = debian.run("dpkg-query", "-L", "henbackup").stdout.splitlines()
     snapshots = restic(debian, "snapshots", "--json").stdout
     assert "/usr/bin/henbackupctl" in files and CONFIG in files
@@ -213,5 +278,5 @@ def test_8_purge_removes_the_package_and_its_state_never_the_repository(debian):
     # Never touched: the repository, what was restored, the administrator's secrets.
     assert restic(debian, "snapshots", "--json").stdout == snapshots
     assert restic(debian, "check", check=False).returncode == 0
-    assert debian.run("cat", f"{restored.rstrip('.:')}{DATA}/first.txt").stdout == "precious\n"
+    assert debian.run("cat", f"{restored}{DATA}/first.txt").stdout == "precious\n"
     assert exists("/etc/henbackup/secrets/local")
