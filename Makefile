@@ -61,6 +61,7 @@ deb: system-packages
 	mkdir -p build/deb $(DEB_SOURCE)
 	tar -c --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./.demo \
 		--exclude=./build --exclude='*.egg-info' --exclude=__pycache__ --exclude=./packaging \
+		--exclude=./.pytest_cache --exclude=./.hypothesis --exclude=./.ruff_cache \
 		. | tar -x -C $(DEB_SOURCE)
 	cp -r packaging/debian $(DEB_SOURCE)/debian
 	# Debian's own python3 and tools, whatever python3 comes first in PATH here.

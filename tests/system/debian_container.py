@@ -62,25 +62,29 @@ def base_root(package: Path) -> Path:
         return root
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    subprocess.run(
+    built = subprocess.run(
         ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", "bookworm",
          str(partial), mirror],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=900,
     )  # fmt: skip
+    if built.returncode != 0:
+        raise ContainerError(f"mmdebstrap: exit {built.returncode}\n{built.stderr[-3000:]}")
     partial.rename(root)
     return root
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str | Callable[[], str]
+) -> object:
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise ContainerError(f"after {timeout:g} s: {what}")
+            raise ContainerError(f"after {timeout:g} s: {what() if callable(what) else what}")
         time.sleep(0.2)
 
 
@@ -107,9 +111,11 @@ class Container:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        self.pid1 = wait_for(self._find_pid1, 60, f"no PID 1 in the container\n{self.log()}")
+        self.pid1 = wait_for(
+            self._find_pid1, 60, lambda: f"no PID 1 in the container\n{self.log()}"
+        )
         # PID 1 may not be systemd yet (nspawn's child, before its exec): ask until it answers.
-        wait_for(self._booted, 120, f"the container did not boot\n{self.log()}")
+        wait_for(self._booted, 120, lambda: f"the container did not boot\n{self.log()}")
         return self
 
     def _booted(self) -> bool:
@@ -159,6 +165,7 @@ class Container:
     def stop(self) -> None:
         """SIGTERM to systemd-nspawn powers the container off; killed after 60 s."""
         if self.process is None:
+            shutil.rmtree(self.root, ignore_errors=True)
             return
         if self.process.poll() is None:
             self.process.terminate()

@@ -62,8 +62,9 @@ def package() -> Path:
 
 @pytest.fixture(scope="module")
 def debian(package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    container = Container(tmp_path_factory.mktemp("debian"), package).boot()
+    container = Container(tmp_path_factory.mktemp("debian"), package)
     try:
+        container.boot()
         (container.root / "root" / package.name).write_bytes(package.read_bytes())
         yield container
     finally:
