@@ -5,11 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config gcc python3-dev \
-	python3-venv mandoc man-db systemd passwd util-linux e2fsprogs
+	python3-venv mandoc man-db systemd passwd util-linux e2fsprogs \
+	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-wheel python3-argparse-manpage python3-systemd lintian mmdebstrap \
+	systemd-container
 RESTIC_TRIXIE := .cache/restic-trixie
 DEMO := $(CURDIR)/.demo
 
-.PHONY: demo test lint bench man system-packages venv restic-trixie clean
+.PHONY: demo test lint bench man deb system-packages venv restic-trixie clean
 
 demo: venv
 	mkdir -p $(DEMO)/data $(DEMO)/state $(DEMO)/cache $(DEMO)/run
@@ -49,6 +52,23 @@ man: venv
 	sed -i '1s/"[0-9]*\\-[0-9]*\\-[0-9]*"/"$(MANDATE)"/' build/man/henbackup.8 build/man/henbackupctl.1
 	# henbackup.toml(5) is written by hand, in mdoc: copied as it is, its .Dd date included.
 	cp man/henbackup.toml.5 build/man/henbackup.toml.5
+
+# The Debian package, built the Debian way from a copy of this checkout (packaging/debian
+# as its debian/): exactly one file is left in build/deb, henbackup_VERSION_all.deb.
+DEB_SOURCE := build/deb-source/henbackup
+deb: system-packages
+	rm -rf build/deb build/deb-source
+	mkdir -p build/deb $(DEB_SOURCE)
+	tar -c --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude=./.demo \
+		--exclude=./build --exclude='*.egg-info' --exclude=__pycache__ --exclude=./packaging \
+		--exclude=./.pytest_cache --exclude=./.hypothesis --exclude=./.ruff_cache \
+		. | tar -x -C $(DEB_SOURCE)
+	cp -r packaging/debian $(DEB_SOURCE)/debian
+	# Debian's own python3 and tools, whatever python3 comes first in PATH here.
+	cd $(DEB_SOURCE) && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage --build=binary --no-sign
+	mv build/deb-source/henbackup_*_all.deb build/deb/
+	rm -rf build/deb-source
+	lintian --fail-on error,warning build/deb/henbackup_*_all.deb
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \

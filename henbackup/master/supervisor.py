@@ -434,6 +434,11 @@ class Master:
         if upcoming and not self.stopping:
             when, name = min(upcoming)
             parts.append(f"next: {name} {relative(when - time.time())}")
+        if not self.children and not self.stopping:  # a fresh install: say what to do next
+            parts.append(
+                f"define a backup in {self.config_path}, "
+                "then: henbackup check-config; systemctl reload henbackup"
+            )
         return "; ".join(parts)
 
 
