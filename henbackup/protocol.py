@@ -1,11 +1,12 @@
-"""The control protocol: every henbackupctl request, declared once, as data.
+"""The control protocol: every henbackupctl request, declared once, as data; the replies.
 
 A request is one JSON object on one line: "command" names it, its other members are the
 command's fields. REQUESTS declares each command's fields, their types and which are
 required; `parse_request` checks a decoded request against its declaration before anything
 acts on it, so that a request of the wrong shape costs one usage error (henbackupctl exit
 2) naming the field, never the daemon. henbackupctl builds its requests from the same
-declarations. A field sent as null counts as not sent.
+declarations. A field sent as null counts as not sent. A reply is a JSON object with "ok"
+(a failed one: `reply_error`). henbackupctl needs this module, never the server's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from types import MappingProxyType
 from typing import Any
 
 from henbackup.errors import UsageError
+
+DEFAULT_SOCKET = "/run/henbackup/control.sock"
+GROUP = "henbackup"  # its members may use the control socket (what each may ask: permissions)
+DENIED = f"permission denied: run as root or as a member of group {GROUP}"
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,23 @@ def build_request(command: str, options: Mapping[str, Any]) -> dict[str, Any]:
     `options` (e.g. its parsed command line); the others are not the daemon's business."""
     declared = (field.name for field in REQUESTS[command])
     return {"command": command, **{name: options[name] for name in declared if name in options}}
+
+
+# --- control replies --------------------------------------------------------------------
+
+# A reply: a JSON object with "ok"; a failed one has "code" (ERROR_CODES) and "error".
+ControlReply = dict[str, Any]
+ERROR_CODES = ("usage", "failed", "permission")  # henbackupctl exits 2, 1 and 4
+
+
+def reply_error(code: str, message: str) -> ControlReply:
+    """A failed reply; `code` is one of ERROR_CODES (henbackupctl's exit codes)."""
+    return {"ok": False, "code": code, "error": message}
+
+
+def frame(message: Mapping[str, Any]) -> bytes:
+    """One message on the wire (control socket and channels alike): JSON on one line."""
+    return json.dumps(message).encode() + b"\n"
 
 
 def _shown(name: str, limit: int = 40) -> str:

@@ -19,9 +19,10 @@ from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
 from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
-from henbackup.master.control import Conversation, Reply, Request, reply_error
+from henbackup.master.control import Conversation, Request
 from henbackup.master.permissions import refusal
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
+from henbackup.protocol import ControlReply, reply_error
 from henbackup.scheduler.ticket import Ticket
 
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
@@ -31,10 +32,10 @@ BUSY_QUEUE = "another process has held the job queue's lock"
 if TYPE_CHECKING:
     from henbackup.master.supervisor import Master, Supervised
 
-Command = Callable[["Master", Request, Conversation], Reply | None]
+Command = Callable[["Master", Request, Conversation], ControlReply | None]
 
 
-def answer(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def answer(master: Master, request: Request, conversation: Conversation) -> ControlReply | None:
     """The reply to `request`, or None when `conversation` is answered later."""
     command = COMMANDS.get(request.command)
     if command is None:
@@ -81,7 +82,7 @@ def _priority(request: Request) -> str | None:
 # --- status and queue -------------------------------------------------------------------
 
 
-def status(master: Master, request: Request, conversation: Conversation) -> Reply:
+def status(master: Master, request: Request, conversation: Conversation) -> ControlReply:
     positions = _positions(master)
     master.jobs.model.set_positions(positions)
     backups = []
@@ -153,7 +154,7 @@ def _positions(master: Master) -> dict[str, int]:
     return {ticket.job_id: position for position, ticket in enumerate(waiting, start=1)}
 
 
-def queue(master: Master, request: Request, conversation: Conversation) -> Reply:
+def queue(master: Master, request: Request, conversation: Conversation) -> ControlReply:
     tickets = master.scheduler.peek() if master.scheduler else ()
     jobs, position = [], 0
     for ticket in tickets:
@@ -178,13 +179,13 @@ def _ticket_row(master: Master, ticket: Ticket, position: int | None) -> dict[st
     }
 
 
-def cancel(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def cancel(master: Master, request: Request, conversation: Conversation) -> ControlReply | None:
     """Cancel at once, or, while another process holds the queue's lock, try again from
     the loop for a few seconds (never waiting for the lock) and answer then."""
     job: str = request.get("job")
     give_up = master.loop.clock() + CANCEL_PATIENCE
 
-    def attempt() -> Reply | None:
+    def attempt() -> ControlReply | None:
         try:
             return _cancelled(job, master.scheduler.cancel(job, wait=False))
         except QueueBusy:
@@ -203,7 +204,7 @@ def cancel(master: Master, request: Request, conversation: Conversation) -> Repl
     return attempt()
 
 
-def _cancelled(job: str, ticket: Ticket | None) -> Reply:
+def _cancelled(job: str, ticket: Ticket | None) -> ControlReply:
     if ticket is None:
         unknown = f"no job {job!r} is waiting or running (see henbackupctl queue)"
         return reply_error("usage", unknown)
@@ -216,7 +217,7 @@ def _cancelled(job: str, ticket: Ticket | None) -> Reply:
 # --- jobs -------------------------------------------------------------------------------
 
 
-def backup(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def backup(master: Master, request: Request, conversation: Conversation) -> ControlReply | None:
     name = _backup_name(master, request.get("backup"))
     repository = request.get("repository")
     if repository is not None and repository not in master.config.backups[name].repositories:
@@ -236,7 +237,9 @@ def backup(master: Master, request: Request, conversation: Conversation) -> Repl
     return {"ok": True, "request": request_id, "accepted": "backup"}
 
 
-def list_snapshots(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def list_snapshots(
+    master: Master, request: Request, conversation: Conversation
+) -> ControlReply | None:
     backup = request.get("backup")
     if backup is not None:
         backup = _backup_name(master, backup)
@@ -250,7 +253,9 @@ def list_snapshots(master: Master, request: Request, conversation: Conversation)
     return master.jobs.start_one_off(master.config, job, conversation, wait=True)
 
 
-def restore_snapshot(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def restore_snapshot(
+    master: Master, request: Request, conversation: Conversation
+) -> ControlReply | None:
     repository = _repository_name(master, request.get("repository"))
     snapshot = str(request.get("snapshot") or "")
     if not snapshot.isalnum() or len(snapshot) < 4:
@@ -308,7 +313,9 @@ def _destination(master: Master, target: str | None, in_place: bool, name: str) 
     return made, made != os.path.normpath(target)
 
 
-def maintenance(master: Master, request: Request, conversation: Conversation) -> Reply | None:
+def maintenance(
+    master: Master, request: Request, conversation: Conversation
+) -> ControlReply | None:
     repository = _repository_name(master, request.get("repository"))
     job = {"command": request.command, "repository": repository, "priority": _priority(request)}
     subset = request.get("read_data_subset")

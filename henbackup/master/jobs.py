@@ -15,11 +15,12 @@ from henbackup.channel import Channel, Message
 from henbackup.config.model import Config, Metrics
 from henbackup.loop import Loop
 from henbackup.master.clients import Clients
-from henbackup.master.control import Conversation, Reply
+from henbackup.master.control import Conversation
 from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.status import LiveJob, StatusModel
 from henbackup.process import Forked, describe_status, fork_child, reap
+from henbackup.protocol import ControlReply, reply_error
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
@@ -35,7 +36,7 @@ class OneOff:
     request: str
     forked: Forked
     news: Channel | None
-    result: Reply | None = None
+    result: ControlReply | None = None
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Jobs:
     # one-off job processes
     def start_one_off(
         self, config: Config, request: dict[str, Any], conversation: Conversation, wait: bool
-    ) -> Reply | None:
+    ) -> ControlReply | None:
         """Run `request` in a job process of its own; the reply comes when it ends, unless
         `wait` is false (then: at once, with the request's id)."""
         assert self.one_off_body is not None
@@ -190,11 +191,7 @@ class Jobs:
             self._close_news(one_off)
         status = reap(one_off.forked)
         self.process_ended(request_id, os.waitstatus_to_exitcode(status))
-        died = {
-            "ok": False,
-            "code": "failed",
-            "error": f"the job process {describe_status(status)}",
-        }
+        died = reply_error("failed", f"the job process {describe_status(status)}")
         self.clients.finish(request_id, one_off.result or died)
         self.on_change()
 

@@ -32,7 +32,6 @@ from henbackup.master import commands
 from henbackup.master.control import (
     ControlServer,
     Conversation,
-    Reply,
     Request,
     bind,
     socket_from_systemd,
@@ -51,6 +50,7 @@ from henbackup.process import (
     reap,
     reap_orphans,
 )
+from henbackup.protocol import ControlReply, reply_error
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
@@ -400,7 +400,7 @@ class Master:
                 traceback.print_exception(error, file=sys.stderr)
 
     # control requests
-    def _control_request(self, request: Request, conversation: Conversation) -> Reply | None:
+    def _control_request(self, request: Request, conversation: Conversation) -> ControlReply | None:
         return commands.answer(self, request, conversation)
 
     # status
@@ -436,8 +436,8 @@ def _activity(job: LiveJob) -> str:
     return f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
 
 
-def _reply_for_exit(code: int) -> Reply:
+def _reply_for_exit(code: int) -> ControlReply:
     """The reply to a client that waited for a worker's run, from its job process's exit."""
     if code == 0:
         return {"ok": True}
-    return {"ok": False, "code": "failed", "error": "cancelled" if code == 3 else ""}
+    return reply_error("failed", "cancelled" if code == 3 else "")

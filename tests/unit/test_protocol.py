@@ -4,6 +4,8 @@ request with every declared field."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -138,3 +140,10 @@ def test_every_request_henbackupctl_makes_has_its_declared_shape(argv: list[str]
     payload = ctl._payload(args)
     assert parse_request(payload).command == argv[0]
     assert set(payload) - {"command"} <= {field.name for field in REQUESTS[argv[0]]}
+
+
+def test_henbackupctl_does_not_import_the_server() -> None:
+    """It runs as any user, with the daemon's code nowhere near: the protocol is enough."""
+    code = "import sys, henbackup.cli.ctl; print(sorted(m for m in sys.modules if 'master' in m))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"

@@ -20,11 +20,10 @@ from henbackup.jobs import restore
 from henbackup.loop import Loop
 from henbackup.master import commands, permissions
 from henbackup.master.clients import Clients
-from henbackup.master.control import reply_error
 from henbackup.master.permissions import Peer
 from henbackup.master.states import State
 from henbackup.observe.status import RunKey, StatusModel
-from henbackup.protocol import ControlRequest, parse_request
+from henbackup.protocol import ControlRequest, parse_request, reply_error
 from henbackup.scheduler import Scheduler, Ticket, locks
 
 CONFIG = """\
