@@ -1,12 +1,22 @@
-"""The control protocol: every henbackupctl request, declared once, as data; the replies.
+"""The messages between henbackup's processes, declared once: what henbackupctl asks and
+is answered on the control socket, what a worker and its job processes tell their parent on
+their channel (henbackup/channel.py), and how a job process exits.
 
-A request is one JSON object on one line: "command" names it, its other members are the
-command's fields. REQUESTS declares each command's fields, their types and which are
-required; `parse_request` checks a decoded request against its declaration before anything
-acts on it, so that a request of the wrong shape costs one usage error (henbackupctl exit
-2) naming the field, never the daemon. henbackupctl builds its requests from the same
-declarations. A field sent as null counts as not sent. A reply is a JSON object with "ok"
-(a failed one: `reply_error`). henbackupctl needs this module, never the server's.
+Control requests. A request is one JSON object on one line: "command" names it, its other
+members are the command's fields. REQUESTS declares each command's fields, their types and
+which are required; `parse_request` checks a decoded request against its declaration
+before anything acts on it, so that a request of the wrong shape costs one usage error
+(henbackupctl exit 2) naming the field, never the daemon. henbackupctl builds its requests
+from the same declarations. A field sent as null counts as not sent. A reply is a JSON
+object with "ok" (a failed one: `reply_error`). henbackupctl needs this module, never the
+server's.
+
+Channel messages. Six frozen dataclasses, one per "type": a worker says Ready then a
+Heartbeat every few seconds, and JobState as its job process starts and ends; a job process
+tells each job and hook event (JobEvent, which its worker forwards with the requests waiting
+for it), a one-off job process its OneOffResult; the master asks a worker to StartRun.
+`decode_message` checks a received line against its declaration: a child that sends a line
+of the wrong shape costs one ProtocolError, never its parent.
 """
 
 from __future__ import annotations
@@ -14,10 +24,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from henbackup.errors import UsageError
+from henbackup.errors import HenbackupError, ProtocolError, UsageError
 
 DEFAULT_SOCKET = "/run/henbackup/control.sock"
 GROUP = "henbackup"  # its members may use the control socket (what each may ask: permissions)
@@ -43,6 +54,11 @@ TEXTS = Type(
     lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
 )
 PRIORITY = Type("a string or an integer", lambda v: isinstance(v, str) or _is_integer(v))
+INTEGER = Type("an integer", _is_integer)
+NUMBER = Type("a number", lambda v: _is_integer(v) or isinstance(v, float))
+OBJECT = Type(
+    "an object", lambda value: isinstance(value, dict) and all(isinstance(k, str) for k in value)
+)
 
 
 @dataclass(frozen=True)
@@ -101,22 +117,37 @@ def parse_request(data: object) -> ControlRequest:
     declared = REQUESTS.get(command)
     if declared is None:
         raise UsageError(f"unknown command {_shown(command)}")
+    fields = _checked(data, "command", declared, ("request", command), UsageError)
+    return ControlRequest(command, MappingProxyType(fields))
+
+
+def _checked(
+    data: dict[str, Any],
+    tag: str,
+    declared: tuple[Field, ...],
+    what: tuple[str, str],
+    error: type[HenbackupError],
+) -> dict[str, Any]:
+    """Every declared field of `data` (None when not sent), its `tag` member aside; raises
+    `error` naming the first unknown, missing or mistyped field. `what`: ("request",
+    "cancel"), ("message", "job")."""
+    (kind, name_of) = what
     names = {field.name for field in declared}
     for name in data:
-        if name != "command" and name not in names:
-            raise UsageError(f"malformed request: {command} has no field {_shown(name)}")
+        if name != tag and name not in names:
+            raise error(f"malformed {kind}: {name_of} has no field {_shown(name)}")
     fields = {}
     for field in declared:
         value = data.get(field.name)
         if value is None and field.required:
-            raise UsageError(f"malformed request: {command} needs {field.name!r}")
+            raise error(f"malformed {kind}: {name_of} needs {field.name!r}")
         if value is not None and not field.type.accepts(value):
-            raise UsageError(
-                f"malformed request: {field.name!r} of {command} must be {field.type.name},"
+            raise error(
+                f"malformed {kind}: {field.name!r} of {name_of} must be {field.type.name},"
                 f" not {_json_type(value)}"
             )
         fields[field.name] = value
-    return ControlRequest(command, MappingProxyType(fields))
+    return fields
 
 
 def decode(line: bytes) -> ControlRequest:
@@ -151,6 +182,161 @@ def reply_error(code: str, message: str) -> ControlReply:
 def frame(message: Mapping[str, Any]) -> bytes:
     """One message on the wire (control socket and channels alike): JSON on one line."""
     return json.dumps(message).encode() + b"\n"
+
+
+# --- job processes' exit codes -----------------------------------------------------------
+
+
+class JobExit(IntEnum):
+    """How a job process ends (its exit code); anything else: it crashed or was killed."""
+
+    OK = 0
+    FAILED = 1
+    CANCELLED = 3  # henbackupctl cancel, or a stop
+
+
+# --- channel messages --------------------------------------------------------------------
+
+
+class _Message:
+    """A channel message: `TYPE` is its "type" member, `SHAPE` declares the others."""
+
+    TYPE: ClassVar[str]
+    SHAPE: ClassVar[tuple[Field, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            **{field.name: getattr(self, field.name) for field in self.SHAPE},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The message in `data` (its "type" already known); raises ProtocolError."""
+        fields = _checked(data, "type", cls.SHAPE, ("message", cls.TYPE), ProtocolError)
+        given = {name: value for name, value in fields.items() if value is not None}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+_REQUESTS = Field("requests", TEXTS)  # the control requests waiting for it (their ids)
+
+
+@dataclass(frozen=True)
+class Ready(_Message):
+    """A worker is up: its first message."""
+
+    TYPE = "ready"
+
+
+@dataclass(frozen=True)
+class Heartbeat(_Message):
+    """A worker's loop is alive (sent every few seconds; silence means hung)."""
+
+    TYPE = "heartbeat"
+
+
+@dataclass(frozen=True)
+class JobState(_Message):
+    """A worker's job process started ("running") or ended ("idle", with its exit code and
+    the requests its run answers); and when the worker runs next."""
+
+    TYPE = "job"
+    SHAPE = (
+        Field("state", Type('"running" or "idle"', lambda v: v in ("running", "idle")), True),
+        Field("next_run", NUMBER),
+        Field("operation", TEXT),
+        Field("exit", INTEGER),
+        _REQUESTS,
+    )
+    state: str
+    next_run: float | None = None
+    operation: str | None = None
+    exit: int = JobExit.OK
+    requests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobEvent(_Message):
+    """A job or hook event of a job process; its worker forwards it with `requests`."""
+
+    TYPE = "event"
+    SHAPE = (
+        Field("kind", TEXT, True),
+        Field("message", TEXT, True),
+        Field("fields", OBJECT, True),
+        _REQUESTS,
+    )
+    kind: str
+    message: str
+    fields: Mapping[str, Any]
+    requests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StartRun(_Message):
+    """The master asks a worker for a run (henbackupctl backup)."""
+
+    TYPE = "run"
+    SHAPE = (
+        Field("operation", TEXT),
+        Field("repository", TEXT),
+        Field("priority", TEXT),
+        _REQUESTS,
+    )
+    operation: str = "backup"
+    repository: str | None = None
+    priority: str | None = None
+    requests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OneOffResult(_Message):
+    """A one-off job process's reply to its henbackupctl request: sent as is, with "ok"."""
+
+    TYPE = "result"
+    reply: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **self.reply}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        reply = {name: value for name, value in data.items() if name != "type"}
+        if not isinstance(reply.get("ok"), bool):
+            raise ProtocolError("malformed message: result needs 'ok', true or false")
+        if not reply["ok"] and reply.get("code") not in ERROR_CODES:
+            raise ProtocolError(
+                f"malformed message: a failed result's 'code' is one of {', '.join(ERROR_CODES)}"
+            )
+        if not isinstance(reply.get("error", ""), str | None):
+            raise ProtocolError("malformed message: 'error' of result must be a string")
+        return cls(reply)
+
+
+ChannelMessage = Ready | Heartbeat | JobState | JobEvent | StartRun | OneOffResult
+MESSAGES: dict[str, type[ChannelMessage]] = {
+    kind.TYPE: kind for kind in (Ready, Heartbeat, JobState, JobEvent, StartRun, OneOffResult)
+}
+
+
+def encode_message(message: ChannelMessage) -> bytes:
+    return frame(message.to_dict())
+
+
+def decode_message(line: bytes) -> ChannelMessage:
+    """The message on one line of JSON; raises ProtocolError with one line saying what is
+    wrong (not JSON, no or an unknown type, a field missing, unknown or mistyped)."""
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        raise ProtocolError("malformed message: expected one JSON object") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    if not isinstance(kind, str):
+        raise ProtocolError("malformed message: no type")
+    declared = MESSAGES.get(kind)
+    if declared is None:
+        raise ProtocolError(f"malformed message: unknown type {_shown(kind)}")
+    return declared.from_dict(data)
 
 
 def _shown(name: str, limit: int = 40) -> str:

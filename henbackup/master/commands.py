@@ -22,7 +22,7 @@ from henbackup.master import jobs
 from henbackup.master.control import Conversation, Request
 from henbackup.master.permissions import refusal
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
-from henbackup.protocol import ControlReply, reply_error
+from henbackup.protocol import ControlReply, StartRun, reply_error
 from henbackup.scheduler.ticket import Ticket
 
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
@@ -229,8 +229,7 @@ def backup(master: Master, request: Request, conversation: Conversation) -> Cont
         state = worker.child.state.value if worker else "absent"
         return reply_error("failed", f"backup {name} cannot start now: its worker is {state}")
     request_id = jobs.new_request_id()
-    run = {"type": "run", "operation": "backup", "requests": [request_id]}
-    worker.channel.send({**run, "repository": repository, "priority": priority})
+    worker.channel.send(StartRun("backup", repository, priority, (request_id,)))
     if request.get("wait"):
         master.jobs.clients.add(request_id, conversation, f"backup:{name}")
         return None
