@@ -8,8 +8,8 @@ which are required; `parse_request` checks a decoded request against its declara
 before anything acts on it, so that a request of the wrong shape costs one usage error
 (henbackupctl exit 2) naming the field, never the daemon. henbackupctl builds its requests
 from the same declarations. A field sent as null counts as not sent. A reply is a JSON
-object with "ok" (a failed one: `reply_error`). henbackupctl needs this module, never the
-server's.
+object with "ok" (a failed one: `reply_error`); the status reply's rows are declared here
+(StatusRow), with the JSON schema of each member: the tests check the daemon against it.
 
 Channel messages. Six frozen dataclasses, one per "type": a worker says Ready then a
 Heartbeat every few seconds, and JobState as its job process starts and ends; a job process
@@ -21,6 +21,7 @@ of the wrong shape costs one ProtocolError, never its parent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -182,6 +183,67 @@ def reply_error(code: str, message: str) -> ControlReply:
 def frame(message: Mapping[str, Any]) -> bytes:
     """One message on the wire (control socket and channels alike): JSON on one line."""
     return json.dumps(message).encode() + b"\n"
+
+
+# --- the status reply --------------------------------------------------------------------
+# `henbackupctl status --json`: {"ok", "status" (the STATUS= line), "daemon": {"pid",
+# "config"}, "backups": [{"name", WorkerStatus..., "repositories": [StatusRow...]}],
+# "repositories": [{"name", WorkerStatus..., "operations": [{"operation", StatusRow...}]}]}.
+# Each member says what its value may be as a JSON schema: the tests check replies with it.
+
+Schema = Mapping[str, Any]
+_NULL: Schema = {"type": "null"}
+_EPOCH_OR_NULL: Schema = {  # seconds, after 2001
+    "anyOf": [{"type": "number", "exclusiveMinimum": 1_000_000_000}, _NULL]
+}
+_SNAPSHOT_ID: Schema = {"type": "string", "pattern": "^([0-9a-f]{8}|[0-9a-f]{64})$"}
+JOB_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{8}$"}  # jobs/job.py new_job_id
+RESULTS = ("succeeded", "failed", "cancelled")
+
+
+def _member(schema: Schema) -> Any:
+    return dataclasses.field(metadata={"schema": schema})
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One backup→repository, or one repository operation: now, and how it last went."""
+
+    repository: str = _member({"type": "string", "minLength": 1})
+    state: str = _member({"enum": ["idle", "queued", "running"]})
+    job: str | None = _member({"anyOf": [JOB_ID, _NULL]})  # the job waiting or running
+    position: int | None = _member({"type": ["integer", "null"], "minimum": 1})  # queued
+    percent: float | None = _member({"type": ["number", "null"], "minimum": 0, "maximum": 100})
+    last_attempt: float | None = _member(_EPOCH_OR_NULL)
+    last_success: float | None = _member(_EPOCH_OR_NULL)
+    result: str | None = _member({"enum": [*RESULTS, None]})
+    duration: float | None = _member({"type": ["number", "null"], "minimum": 0})
+    error: str | None = _member({"type": ["string", "null"], "pattern": "^[^\\n]*$"})
+    snapshot: str | None = _member({"anyOf": [_SNAPSHOT_ID, _NULL]})
+    snapshots: int | None = _member({"type": ["integer", "null"], "minimum": 0})
+
+    def as_reply(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A backup's or repository's worker: its state, whether a run is in progress, and when
+    it runs next."""
+
+    worker: str | None = _member(
+        {"enum": ["stopped", "starting", "running", "backoff", "fatal", "stopping", None]}
+    )
+    run: str = _member({"enum": ["idle", "running"]})
+    next_run: float | None = _member(_EPOCH_OR_NULL)
+
+    def as_reply(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def member_schemas(declared: type[StatusRow | WorkerStatus]) -> dict[str, Schema]:
+    """Each member's name and JSON schema, in the reply's order."""
+    return {member.name: member.metadata["schema"] for member in dataclasses.fields(declared)}
 
 
 # --- job processes' exit codes -----------------------------------------------------------

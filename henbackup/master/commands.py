@@ -22,7 +22,7 @@ from henbackup.master import jobs
 from henbackup.master.control import Conversation, Request
 from henbackup.master.permissions import refusal
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
-from henbackup.protocol import ControlReply, StartRun, reply_error
+from henbackup.protocol import ControlReply, StartRun, StatusRow, WorkerStatus, reply_error
 from henbackup.scheduler.ticket import Ticket
 
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
@@ -118,9 +118,9 @@ def _worker(worker: Supervised | None) -> dict[str, Any]:
     """The worker's state (running, backoff, fatal…), whether a run is in progress, and
     when it runs next."""
     if worker is None:
-        return {"worker": None, "run": "idle", "next_run": None}
+        return WorkerStatus(None, "idle", None).as_reply()
     run = "running" if worker.running else "idle"
-    return {"worker": worker.child.state.value, "run": run, "next_run": worker.next_run}
+    return WorkerStatus(worker.child.state.value, run, worker.next_run).as_reply()
 
 
 def _row(master: Master, key: RunKey) -> dict[str, Any]:
@@ -131,20 +131,20 @@ def _row(master: Master, key: RunKey) -> dict[str, Any]:
     job: LiveJob | None = next((j for j in live if j.state == "running"), None) or (
         live[0] if live else None
     )
-    return {
-        "repository": key.repository,
-        "state": job.state if job else "idle",
-        "job": job.job if job else None,
-        "position": job.position if job else None,
-        "percent": job.percent if job else None,
-        "last_attempt": last.started if last else None,
-        "last_success": record.last_success,
-        "result": last.result if last else None,
-        "duration": last.duration if last else None,
-        "error": last.error if last else None,
-        "snapshot": last.snapshot if last else None,
-        "snapshots": record.snapshots,
-    }
+    return StatusRow(
+        repository=key.repository,
+        state=job.state if job else "idle",
+        job=job.job if job else None,
+        position=job.position if job else None,
+        percent=job.percent if job else None,
+        last_attempt=last.started if last else None,
+        last_success=record.last_success,
+        result=last.result if last else None,
+        duration=last.duration if last else None,
+        error=last.error if last else None,
+        snapshot=last.snapshot if last else None,
+        snapshots=record.snapshots,
+    ).as_reply()
 
 
 def _positions(master: Master) -> dict[str, int]:

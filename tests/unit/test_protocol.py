@@ -1,12 +1,15 @@
-"""The control requests' declared shapes: one usage line naming what is wrong, or a typed
-request with every declared field."""
+"""The messages' declared shapes: a control request of the wrong shape is one usage line
+naming what is wrong, a channel message of the wrong shape one ProtocolError; the status
+reply's rows are their declared members; the job exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
+from typing import Any
 
+import jsonschema
 import pytest
 
 from henbackup.cli import ctl
@@ -22,10 +25,13 @@ from henbackup.protocol import (
     OneOffResult,
     Ready,
     StartRun,
+    StatusRow,
+    WorkerStatus,
     build_request,
     decode,
     decode_message,
     encode_message,
+    member_schemas,
     parse_request,
 )
 
@@ -252,3 +258,55 @@ def test_henbackupctl_does_not_import_the_server() -> None:
     code = "import sys, henbackup.cli.ctl; print(sorted(m for m in sys.modules if 'master' in m))"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]"
+
+
+# --- the status reply ----------------------------------------------------------------------
+
+
+def _strict(declared: type[StatusRow | WorkerStatus]) -> dict[str, Any]:
+    members = member_schemas(declared)
+    return {
+        "type": "object",
+        "properties": members,
+        "required": list(members),
+        "additionalProperties": False,
+    }
+
+
+def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None:
+    row = StatusRow(
+        "aws", "queued", "0a1b2c3d", 2, None, 1.7e9, 1.6e9, "failed", 12.5, "no key", None, 3
+    ).as_reply()
+    assert list(row) == [
+        "repository",
+        "state",
+        "job",
+        "position",
+        "percent",
+        "last_attempt",
+        "last_success",
+        "result",
+        "duration",
+        "error",
+        "snapshot",
+        "snapshots",
+    ]
+    schema = _strict(StatusRow)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(row, schema)
+    for wrong in ({"state": "asleep"}, {"position": 0}, {"error": "two\nlines"}, {"x": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**row, **wrong}, schema)
+
+
+def test_a_worker_status_is_its_declared_members_each_with_a_valid_schema() -> None:
+    schema = _strict(WorkerStatus)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert WorkerStatus(None, "idle", None).as_reply() == {
+        "worker": None,
+        "run": "idle",
+        "next_run": None,
+    }
+    jsonschema.validate(WorkerStatus("backoff", "running", 1.8e9).as_reply(), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(WorkerStatus("dead", "idle", None).as_reply(), schema)
