@@ -206,7 +206,7 @@ class Watched:
         assert self.channel is not None
         try:
             messages = self.channel.receive(self.malformed)
-        except (OSError, ValueError):  # a line too long: the rest cannot be trusted
+        except (OSError, ValueError):  # a broken socket, or a line too long: no more to trust
             messages = None
         if messages is None:  # closed: the pidfd reports the exit
             self._close_channel()
@@ -215,11 +215,13 @@ class Watched:
 
     def _ended(self) -> None:
         self.loop.remove_reader(self.forked.pidfd)
-        if self.channel is not None:  # what it said last (its end, its result) is not lost
-            messages = self.channel.drain(self.malformed)
-            self._close_channel()
-            self.heard(messages)
-        self.exited(reap(self.forked))
+        try:
+            if self.channel is not None:  # what it said last (its end, its result) is not lost
+                messages = self.channel.drain(self.malformed)
+                self._close_channel()
+                self.heard(messages)
+        finally:  # even if hearing them failed: no child is left unreaped
+            self.exited(reap(self.forked))
 
     def _close_channel(self) -> None:
         if self.channel is not None:
