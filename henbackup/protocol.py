@@ -261,26 +261,40 @@ class JobExit(IntEnum):
 
 
 class _Message:
-    """A channel message: `TYPE` is its "type" member, `SHAPE` declares the others."""
+    """A channel message: `TYPE` is its "type" member; each dataclass field declares one
+    other member, with its JSON type (`_carrying`); one without a default is required."""
 
     TYPE: ClassVar[str]
-    SHAPE: ClassVar[tuple[Field, ...]] = ()
+
+    @classmethod
+    def shape(cls) -> tuple[Field, ...]:
+        return tuple(
+            Field(member.name, member.metadata["type"], member.default is dataclasses.MISSING)
+            for member in dataclasses.fields(cls)  # type: ignore[arg-type]
+        )
 
     def to_dict(self) -> dict[str, Any]:
+        members = dataclasses.fields(self)  # type: ignore[arg-type]
         return {
             "type": self.TYPE,
-            **{field.name: getattr(self, field.name) for field in self.SHAPE},
+            **{member.name: getattr(self, member.name) for member in members},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """The message in `data` (its "type" already known); raises ProtocolError."""
-        fields = _checked(data, "type", cls.SHAPE, ("message", cls.TYPE), ProtocolError)
+        fields = _checked(data, "type", cls.shape(), ("message", cls.TYPE), ProtocolError)
         given = {name: value for name, value in fields.items() if value is not None}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
-_REQUESTS = Field("requests", TEXTS)  # the control requests waiting for it (their ids)
+def _carrying(json_type: Type, default: Any = dataclasses.MISSING) -> Any:
+    """A message's member, whose JSON value must be of `json_type`."""
+    return dataclasses.field(default=default, metadata={"type": json_type})
+
+
+def _requests() -> Any:
+    return _carrying(TEXTS, ())  # the control requests waiting for it (their ids)
 
 
 @dataclass(frozen=True)
@@ -303,18 +317,11 @@ class JobState(_Message):
     the requests its run answers); and when the worker runs next."""
 
     TYPE = "job"
-    SHAPE = (
-        Field("state", Type('"running" or "idle"', lambda v: v in ("running", "idle")), True),
-        Field("next_run", NUMBER),
-        Field("operation", TEXT),
-        Field("exit", INTEGER),
-        _REQUESTS,
-    )
-    state: str
-    next_run: float | None = None
-    operation: str | None = None
-    exit: int = JobExit.OK
-    requests: tuple[str, ...] = ()
+    state: str = _carrying(Type('"running" or "idle"', lambda v: v in ("running", "idle")))
+    next_run: float | None = _carrying(NUMBER, None)
+    operation: str | None = _carrying(TEXT, None)
+    exit: int = _carrying(INTEGER, JobExit.OK)
+    requests: tuple[str, ...] = _requests()
 
 
 @dataclass(frozen=True)
@@ -322,16 +329,10 @@ class JobEvent(_Message):
     """A job or hook event of a job process; its worker forwards it with `requests`."""
 
     TYPE = "event"
-    SHAPE = (
-        Field("kind", TEXT, True),
-        Field("message", TEXT, True),
-        Field("fields", OBJECT, True),
-        _REQUESTS,
-    )
-    kind: str
-    message: str
-    fields: Mapping[str, Any]
-    requests: tuple[str, ...] = ()
+    kind: str = _carrying(TEXT)
+    message: str = _carrying(TEXT)
+    fields: Mapping[str, Any] = _carrying(OBJECT)
+    requests: tuple[str, ...] = _requests()
 
 
 @dataclass(frozen=True)
@@ -339,16 +340,10 @@ class StartRun(_Message):
     """The master asks a worker for a run (henbackupctl backup)."""
 
     TYPE = "run"
-    SHAPE = (
-        Field("operation", TEXT),
-        Field("repository", TEXT),
-        Field("priority", TEXT),
-        _REQUESTS,
-    )
-    operation: str = "backup"
-    repository: str | None = None
-    priority: str | None = None
-    requests: tuple[str, ...] = ()
+    operation: str = _carrying(TEXT, "backup")
+    repository: str | None = _carrying(TEXT, None)
+    priority: str | None = _carrying(TEXT, None)
+    requests: tuple[str, ...] = _requests()
 
 
 @dataclass(frozen=True)
@@ -356,7 +351,7 @@ class OneOffResult(_Message):
     """A one-off job process's reply to its henbackupctl request: sent as is, with "ok"."""
 
     TYPE = "result"
-    reply: Mapping[str, Any]
+    reply: Mapping[str, Any] = _carrying(OBJECT)  # flattened on the wire, beside "type"
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.TYPE, **self.reply}
