@@ -91,3 +91,8 @@ class QueueTimeout(HenbackupError):
 
 class UnsafeTarget(HenbackupError):
     """A restore target someone other than root could redirect (a link, a folder of theirs)."""
+
+
+class ProtocolError(HenbackupError):
+    """A message between henbackup's processes is not of its declared shape
+    (henbackup/protocol.py): it costs one error event, never the process that read it."""

@@ -3,7 +3,8 @@
 Children are forked, not exec'd: with `gc.freeze()` before the fork, a child shares almost
 all of its parent's memory. Each child gets its own process group, a recognisable name in
 /proc/PID/comm, and dies with its parent (PR_SET_PDEATHSIG). The parent watches it through
-a pidfd, which becomes readable when the child exits.
+a pidfd, which becomes readable when the child exits. `start_watched` forks one that talks
+to its parent on a channel, and watches both from the parent's loop.
 
 Programs (restic, command hooks) are spawned by `spawn`: signals blocked across the fork,
 the program dies with us, and a signal meant for us never runs our Python handlers in it.
@@ -26,7 +27,13 @@ import time
 import traceback
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from henbackup.channel import Channel, Malformed
+
+if TYPE_CHECKING:
+    from henbackup.loop import Loop
+    from henbackup.protocol import ChannelMessage
 
 from henbackup import linux
 from henbackup.errors import JobCancelled
@@ -214,6 +221,83 @@ def reap(forked: Forked) -> int:
     os.close(forked.pidfd)
     _, status = os.waitpid(forked.pid, 0)
     return status
+
+
+@dataclass
+class Watched:
+    """A child forked by `start_watched`, under watch in its parent's loop."""
+
+    loop: Loop
+    forked: Forked
+    channel: Channel | None  # the parent's end; None once the child closed its own
+    heard: Callable[[list[ChannelMessage]], None]
+    exited: Callable[[int], None]
+    malformed: Malformed
+
+    @property
+    def pid(self) -> int:
+        return self.forked.pid
+
+    def send(self, message: ChannelMessage) -> bool:
+        """Tell the child; returns False when it can no longer hear."""
+        return self.channel is not None and self.channel.send(message)
+
+    def _readable(self) -> None:
+        assert self.channel is not None
+        try:
+            messages = self.channel.receive(self.malformed)
+        except (OSError, ValueError):  # a broken socket, or a line too long: no more to trust
+            messages = None
+        if messages is None:  # closed: the pidfd reports the exit
+            self._close_channel()
+        else:
+            self.heard(messages)
+
+    def _ended(self) -> None:
+        self.loop.remove_reader(self.forked.pidfd)
+        try:
+            if self.channel is not None:  # what it said last (its end, its result) is not lost
+                messages = self.channel.drain(self.malformed)
+                self._close_channel()
+                self.heard(messages)
+        finally:  # even if hearing them failed: no child is left unreaped
+            self.exited(reap(self.forked))
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.loop.remove_reader(self.channel.fileno())
+            self.channel.close()
+            self.channel = None
+
+
+def start_watched(
+    loop: Loop,
+    comm: str,
+    body: Callable[[Channel], int],
+    heard: Callable[[list[ChannelMessage]], None],
+    exited: Callable[[int], None],
+    malformed: Malformed,
+) -> Watched:
+    """Fork a child (see `fork_child`) that runs `body(its end of a new channel)`.
+
+    The child closes every descriptor of `loop` (they are the parent's). The parent's loop
+    passes each batch of the child's messages to `heard` (also an empty one: the child is
+    alive), each line of the wrong shape to `malformed`, and at the child's exit what it
+    still said to `heard`, then its wait status to `exited` once it is reaped.
+    """
+    parent_end, child_end = Channel.pair()
+
+    def child_body() -> int:
+        loop.close(registered_too=True)
+        parent_end.close()
+        return body(child_end)
+
+    forked = fork_child(comm, child_body)
+    child_end.close()
+    watched = Watched(loop, forked, parent_end, heard, exited, malformed)
+    loop.add_reader(forked.pidfd, watched._ended)
+    loop.add_reader(parent_end.fileno(), watched._readable)
+    return watched
 
 
 def become_subreaper() -> None:

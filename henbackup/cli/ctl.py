@@ -16,15 +16,18 @@ from henbackup import __version__
 from henbackup.cli import views
 from henbackup.cli.logs import show_logs
 from henbackup.cli.progress import ProgressDisplay
-from henbackup.master.control import DENIED
-from henbackup.protocol import build_request
+from henbackup.protocol import (
+    DEFAULT_SOCKET,
+    DENIED,
+    ControlReply,
+    build_request,
+    frame,
+    reply_error,
+)
 
-DEFAULT_SOCKET = "/run/henbackup/control.sock"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
 EXIT_BY_CODE = {"failed": EXIT_FAILED, "usage": EXIT_USAGE, "permission": EXIT_DENIED}
 TIMEOUT = 30.0
-
-Reply = dict[str, Any]
 
 
 class Unreachable(Exception):
@@ -122,12 +125,12 @@ def _queue_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-Shown = Callable[[Reply, float], list[str]]
+Shown = Callable[[ControlReply, float], list[str]]
 
 
 def request(
-    path: str, payload: dict[str, Any], on_event: Callable[[Reply], None] | None = None
-) -> Reply:
+    path: str, payload: dict[str, Any], on_event: Callable[[ControlReply], None] | None = None
+) -> ControlReply:
     """Send one request; return the daemon's reply, passing the events before it to
     `on_event`. Raises Unreachable. A request that waits for a job waits as long as it runs.
 
@@ -138,13 +141,13 @@ def request(
         try:
             _connect(sock, path)
         except PermissionError:
-            return {"ok": False, "code": "permission", "error": DENIED}
+            return reply_error("permission", DENIED)
         except OSError as error:
             raise _unreachable(path, error) from None
         # A refused caller is answered without being read: its reply is there to read even
         # when sending the request hits a closed socket.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(json.dumps(payload).encode() + b"\n")
+            sock.sendall(frame(payload))
         if payload.get("wait"):
             sock.settimeout(None)
         try:
@@ -187,18 +190,18 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
     return build_request(args.command, options)
 
 
-def _accepted(reply: Reply, now: float) -> list[str]:
+def _accepted(reply: ControlReply, now: float) -> list[str]:
     """`backup requested`: what --no-wait says (`henbackupctl queue` follows it)."""
     where = f", into {views.restore_target(reply)}" if reply.get("target") else ""
     return [f"{reply['accepted']} requested{where}"]
 
 
-def _done(reply: Reply, now: float) -> list[str]:
+def _done(reply: ControlReply, now: float) -> list[str]:
     """Nothing more once its steps were shown as they came; what --no-wait got otherwise."""
     return _accepted(reply, now) if "request" in reply else []
 
 
-def _restored(reply: Reply, now: float) -> list[str]:
+def _restored(reply: ControlReply, now: float) -> list[str]:
     if "request" in reply:
         return _accepted(reply, now)
     return views.restored(reply) if reply.get("ok") else []  # why failed: its steps, stderr
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     return _show(args, reply)
 
 
-def _show(args: argparse.Namespace, reply: Reply) -> int:
+def _show(args: argparse.Namespace, reply: ControlReply) -> int:
     """Print the reply (data first, also when something failed); returns the exit code."""
     if args.json:
         print(json.dumps(reply, indent=2))

@@ -39,9 +39,8 @@ from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
 from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
 from henbackup.process import NEVER, SafePoint
+from henbackup.protocol import JobEvent, JobExit, OneOffResult, reply_error
 from henbackup.scheduler.queue import Scheduler
-
-JOB_OK, JOB_FAILED, JOB_CANCELLED = 0, 1, 3
 
 # A repository locked by a live process elsewhere (another host, an admin's restic) is
 # waited for this long before the job fails; stale locks are removed at once.
@@ -157,7 +156,7 @@ def telling(news: Channel | None) -> EmitFunction:
 
     def tee(kind: str, message: str, **fields: FieldValue) -> Event:
         if news is not None and kind.startswith(("job.", "hook.")):
-            news.send({"type": "event", "kind": kind, "message": message, "fields": fields})
+            news.send(JobEvent(kind, message, fields))
         if kind == "job.progress":
             now, job = time.monotonic(), str(fields.get("job"))
             if now - journaled.get(job, float("-inf")) < JOURNAL_PROGRESS_INTERVAL:
@@ -168,8 +167,8 @@ def telling(news: Channel | None) -> EmitFunction:
     return tee
 
 
-def backup_job(config: Config, name: str, options: RunOptions, news: Channel | None) -> int:
-    """Run backup `name`'s pipeline; returns JOB_OK, JOB_FAILED or JOB_CANCELLED."""
+def backup_job(config: Config, name: str, options: RunOptions, news: Channel | None) -> JobExit:
+    """Run backup `name`'s pipeline; returns how it ended."""
     _handle_signals()
     engine, emit = _engine(config), telling(news)
     try:
@@ -185,14 +184,14 @@ def backup_job(config: Config, name: str, options: RunOptions, news: Channel | N
             safe_point=_safe_point,
         )
     except JobCancelled:
-        return JOB_CANCELLED
-    return JOB_FAILED if result.status == "failed" else JOB_OK
+        return JobExit.CANCELLED
+    return JobExit.FAILED if result.status == "failed" else JobExit.OK
 
 
 def maintenance_job(
     config: Config, repository: str, operation: str, options: RunOptions, news: Channel | None
 ) -> int:
-    """Run a repository's `operation` (check or prune); returns a JOB_* code."""
+    """Run a repository's `operation` (check or prune); returns how it ended."""
     _handle_signals()
     settings = getattr(config.repositories[repository], operation)  # its check or prune table
     priority = options.job_priority or (settings.priority if settings else INFERIOR)
@@ -206,10 +205,10 @@ def maintenance_job(
             else:
                 run_prune(job, config, engine, emit)
     except JobCancelled:
-        return JOB_CANCELLED
+        return JobExit.CANCELLED
     except HenbackupError:
-        return JOB_FAILED
-    return JOB_OK
+        return JobExit.FAILED
+    return JobExit.OK
 
 
 # One-off jobs: the master forks one per henbackupctl request that is not a backup.
@@ -276,29 +275,29 @@ def one_off_job(config: Config, request: dict[str, Any], news: Channel) -> int:
             priority=request.get("priority"), read_data_subset=request.get("read_data_subset")
         )
         code = maintenance_job(config, request["repository"], command, options, news)
-        news.send({"type": "result", "ok": code == JOB_OK, **_failure(code)})  # why: its events
+        news.send(OneOffResult({"ok": code == JobExit.OK, **_failure(code)}))  # why: its events
         return code
     _handle_signals()
     try:
         data = ONE_OFFS[command](config, request, telling(news))
     except JobCancelled as error:
-        news.send({"type": "result", "ok": False, "code": "failed", "error": str(error)})
-        return JOB_CANCELLED
+        news.send(OneOffResult(reply_error("failed", str(error))))
+        return JobExit.CANCELLED
     except (SnapshotNotFound, UnsafeTarget) as error:
-        news.send({"type": "result", "ok": False, "code": "usage", "error": str(error)})
-        return JOB_FAILED
+        news.send(OneOffResult(reply_error("usage", str(error))))
+        return JobExit.FAILED
     except HenbackupError as error:
-        news.send({"type": "result", "ok": False, "code": "failed", "error": str(error)})
-        return JOB_FAILED
-    code = JOB_FAILED if data.get("errors") else JOB_OK
-    news.send({"type": "result", "ok": code == JOB_OK, **data, **_failure(code, data)})
+        news.send(OneOffResult(reply_error("failed", str(error))))
+        return JobExit.FAILED
+    code = JobExit.FAILED if data.get("errors") else JobExit.OK
+    news.send(OneOffResult({"ok": code == JobExit.OK, **data, **_failure(code, data)}))
     return code
 
 
 def _failure(code: int, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """The failed reply's code and reason (a job's own reason is in its job.failed event)."""
-    if code == JOB_OK:
+    if code == JobExit.OK:
         return {}
     errors = (data or {}).get("errors") or []
-    reason = "; ".join(errors) or ("cancelled" if code == JOB_CANCELLED else "")
+    reason = "; ".join(errors) or ("cancelled" if code == JobExit.CANCELLED else "")
     return {"code": "failed", "error": reason}

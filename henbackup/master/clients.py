@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from henbackup.master.control import Conversation, Reply
+from henbackup.master.control import Conversation
+from henbackup.protocol import ControlReply, reply_error
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Clients:
                 title = "→".join(str(fields[k]) for k in ("backup", "repository") if fields.get(k))
                 waiting.errors.append(f"{title or kind}: {reason}")
 
-    def finish(self, request: str, reply: Reply) -> None:
+    def finish(self, request: str, reply: ControlReply) -> None:
         """End the request's wait with `reply`, completed with its jobs and their errors."""
         waiting = self.waiting.pop(request, None)
         if waiting is None:
@@ -54,7 +55,7 @@ class Clients:
     def owner_gone(self, owner: str, reason: str) -> None:
         """The process running these requests ended without answering them."""
         for request in [r for r, w in self.waiting.items() if w.owner == owner]:
-            self.finish(request, {"ok": False, "code": "failed", "error": reason})
+            self.finish(request, reply_error("failed", reason))
 
 
 def _ended(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:

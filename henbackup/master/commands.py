@@ -20,10 +20,17 @@ from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
 from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
-from henbackup.master.control import Conversation, Reply, reply_error
+from henbackup.master.control import Conversation
 from henbackup.master.permissions import refusal
 from henbackup.observe.status import LiveJob, RunKey, RunRecord
-from henbackup.protocol import ControlRequest
+from henbackup.protocol import (
+    ControlReply,
+    ControlRequest,
+    StartRun,
+    StatusRow,
+    WorkerStatus,
+    reply_error,
+)
 from henbackup.scheduler.ticket import Ticket
 
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
@@ -33,10 +40,12 @@ BUSY_QUEUE = "another process has held the job queue's lock"
 if TYPE_CHECKING:
     from henbackup.master.supervisor import Master, Supervised
 
-Command = Callable[["Master", ControlRequest, Conversation], Reply | None]
+Command = Callable[["Master", ControlRequest, Conversation], ControlReply | None]
 
 
-def answer(master: Master, request: ControlRequest, conversation: Conversation) -> Reply | None:
+def answer(
+    master: Master, request: ControlRequest, conversation: Conversation
+) -> ControlReply | None:
     """The reply to `request`, or None when `conversation` is answered later."""
     command = COMMANDS.get(request.command)
     if command is None:
@@ -83,7 +92,7 @@ def _priority(request: ControlRequest) -> str | None:
 # --- status and queue -------------------------------------------------------------------
 
 
-def status(master: Master, request: ControlRequest, conversation: Conversation) -> Reply:
+def status(master: Master, request: ControlRequest, conversation: Conversation) -> ControlReply:
     positions = _positions(master)
     master.jobs.model.set_positions(positions)
     backups = []
@@ -119,9 +128,9 @@ def _worker(worker: Supervised | None) -> dict[str, Any]:
     """The worker's state (running, backoff, fatal…), whether a run is in progress, and
     when it runs next."""
     if worker is None:
-        return {"worker": None, "run": "idle", "next_run": None}
+        return WorkerStatus(None, "idle", None).as_reply()
     run = "running" if worker.running else "idle"
-    return {"worker": worker.child.state.value, "run": run, "next_run": worker.next_run}
+    return WorkerStatus(worker.child.state.value, run, worker.next_run).as_reply()
 
 
 def _row(master: Master, key: RunKey) -> dict[str, Any]:
@@ -132,20 +141,20 @@ def _row(master: Master, key: RunKey) -> dict[str, Any]:
     job: LiveJob | None = next((j for j in live if j.state == "running"), None) or (
         live[0] if live else None
     )
-    return {
-        "repository": key.repository,
-        "state": job.state if job else "idle",
-        "job": job.job if job else None,
-        "position": job.position if job else None,
-        "percent": job.percent if job else None,
-        "last_attempt": last.started if last else None,
-        "last_success": record.last_success,
-        "result": last.result if last else None,
-        "duration": last.duration if last else None,
-        "error": last.error if last else None,
-        "snapshot": last.snapshot if last else None,
-        "snapshots": record.snapshots,
-    }
+    return StatusRow(
+        repository=key.repository,
+        state=job.state if job else "idle",
+        job=job.job if job else None,
+        position=job.position if job else None,
+        percent=job.percent if job else None,
+        last_attempt=last.started if last else None,
+        last_success=record.last_success,
+        result=last.result if last else None,
+        duration=last.duration if last else None,
+        error=last.error if last else None,
+        snapshot=last.snapshot if last else None,
+        snapshots=record.snapshots,
+    ).as_reply()
 
 
 def _positions(master: Master) -> dict[str, int]:
@@ -155,7 +164,7 @@ def _positions(master: Master) -> dict[str, int]:
     return {ticket.job_id: position for position, ticket in enumerate(waiting, start=1)}
 
 
-def queue(master: Master, request: ControlRequest, conversation: Conversation) -> Reply:
+def queue(master: Master, request: ControlRequest, conversation: Conversation) -> ControlReply:
     tickets = master.scheduler.peek() if master.scheduler else ()
     jobs, position = [], 0
     for ticket in tickets:
@@ -180,13 +189,15 @@ def _ticket_row(master: Master, ticket: Ticket, position: int | None) -> dict[st
     }
 
 
-def cancel(master: Master, request: ControlRequest, conversation: Conversation) -> Reply | None:
+def cancel(
+    master: Master, request: ControlRequest, conversation: Conversation
+) -> ControlReply | None:
     """Cancel at once, or, while another process holds the queue's lock, try again from
     the loop for a few seconds (never waiting for the lock) and answer then."""
     job: str = request.get("job")
     give_up = master.loop.clock() + CANCEL_PATIENCE
 
-    def attempt() -> Reply | None:
+    def attempt() -> ControlReply | None:
         try:
             return _cancelled(job, master.scheduler.cancel(job, wait=False))
         except QueueBusy:
@@ -205,7 +216,7 @@ def cancel(master: Master, request: ControlRequest, conversation: Conversation) 
     return attempt()
 
 
-def _cancelled(job: str, ticket: Ticket | None) -> Reply:
+def _cancelled(job: str, ticket: Ticket | None) -> ControlReply:
     if ticket is None:
         unknown = f"no job {job!r} is waiting or running (see henbackupctl queue)"
         return reply_error("usage", unknown)
@@ -218,7 +229,9 @@ def _cancelled(job: str, ticket: Ticket | None) -> Reply:
 # --- jobs -------------------------------------------------------------------------------
 
 
-def backup(master: Master, request: ControlRequest, conversation: Conversation) -> Reply | None:
+def backup(
+    master: Master, request: ControlRequest, conversation: Conversation
+) -> ControlReply | None:
     name = _backup_name(master, request.get("backup"))
     repository = request.get("repository")
     if repository is not None and repository not in master.config.backups[name].repositories:
@@ -230,8 +243,7 @@ def backup(master: Master, request: ControlRequest, conversation: Conversation) 
         state = worker.child.state.value if worker else "absent"
         return reply_error("failed", f"backup {name} cannot start now: its worker is {state}")
     request_id = jobs.new_request_id()
-    run = {"type": "run", "operation": "backup", "requests": [request_id]}
-    worker.channel.send({**run, "repository": repository, "priority": priority})
+    worker.channel.send(StartRun("backup", repository, priority, (request_id,)))
     if request.get("wait"):
         master.jobs.clients.add(request_id, conversation, names.worker_key("backup", name))
         return None
@@ -240,7 +252,7 @@ def backup(master: Master, request: ControlRequest, conversation: Conversation) 
 
 def list_snapshots(
     master: Master, request: ControlRequest, conversation: Conversation
-) -> Reply | None:
+) -> ControlReply | None:
     backup = request.get("backup")
     if backup is not None:
         backup = _backup_name(master, backup)
@@ -256,7 +268,7 @@ def list_snapshots(
 
 def restore_snapshot(
     master: Master, request: ControlRequest, conversation: Conversation
-) -> Reply | None:
+) -> ControlReply | None:
     repository = _repository_name(master, request.get("repository"))
     snapshot = str(request.get("snapshot") or "")
     if not snapshot.isalnum() or len(snapshot) < 4:
@@ -316,7 +328,7 @@ def _destination(master: Master, target: str | None, in_place: bool, name: str) 
 
 def maintenance(
     master: Master, request: ControlRequest, conversation: Conversation
-) -> Reply | None:
+) -> ControlReply | None:
     repository = _repository_name(master, request.get("repository"))
     job = {"command": request.command, "repository": repository, "priority": _priority(request)}
     subset = request.get("read_data_subset")

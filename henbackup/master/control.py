@@ -18,18 +18,24 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from henbackup.errors import ConfigError, Problem, UsageError
 from henbackup.loop import Loop, Timer
-from henbackup.master.permissions import DENIED, GROUP, Peer, Privilege, peer_of
-from henbackup.protocol import ControlRequest, decode
+from henbackup.master.permissions import Peer, Privilege, peer_of
+from henbackup.protocol import (
+    DENIED,
+    GROUP,
+    ControlReply,
+    ControlRequest,
+    decode,
+    frame,
+    reply_error,
+)
 from systemd import daemon
 
 MAX_REQUEST = 64 * 1024
@@ -40,13 +46,7 @@ MAX_CONNECTIONS = 256  # far below LimitNOFILE= (systemd/henbackup.service)
 ACCEPT_PAUSE = 1.0  # out of descriptors with no client to drop: accept again after this
 BUSY = "henbackup serves too many clients at once: try again in a moment"
 
-Reply = dict[str, Any]
-Handler = Callable[[ControlRequest, "Conversation"], Reply | None]
-
-
-def reply_error(code: str, message: str) -> Reply:
-    """A failed reply; `code` is one of usage, failed, permission (henbackupctl's exit codes)."""
-    return {"ok": False, "code": code, "error": message}
+Handler = Callable[[ControlRequest, "Conversation"], ControlReply | None]
 
 
 def socket_from_systemd() -> socket.socket | None:
@@ -87,7 +87,7 @@ def bind(path: Path) -> socket.socket:
 class Conversation:
     """One client's connection, from its request to the last line of the answer.
 
-    A handler that answers at once returns its Reply. One that answers later returns None
+    A handler that answers at once returns its reply. One that answers later returns None
     and keeps the Conversation: `send` events while the client waits, then `finish`. If the
     client goes away first, `closed` becomes true and every `on_close` callback is called.
     """
@@ -103,17 +103,17 @@ class Conversation:
     finishing: bool = False
     writing: bool = False
 
-    def send(self, message: Reply) -> None:
+    def send(self, message: ControlReply) -> None:
         """Queue one line for the client; a client that stopped reading is dropped."""
         if self.closed:
             return
-        self.output += json.dumps(message).encode() + b"\n"
+        self.output += frame(message)
         if len(self.output) > MAX_BACKLOG:
             self.close()
             return
         self._flush()
 
-    def finish(self, reply: Reply) -> None:
+    def finish(self, reply: ControlReply) -> None:
         """Send the final reply, then close once the client has taken it."""
         if self.closed or self.finishing:
             return
@@ -231,7 +231,7 @@ class ControlServer:
             oldest.close()
         return oldest is not None
 
-    def _answer(self, line: bytes, conversation: Conversation) -> Reply | None:
+    def _answer(self, line: bytes, conversation: Conversation) -> ControlReply | None:
         try:
             request = decode(line)
         except UsageError as error:
@@ -242,7 +242,7 @@ class ControlServer:
             self.loop.report_error(f"control request {request.command}", error)
             return reply_error("failed", f"internal error ({type(error).__name__}): see the logs")
 
-    def _answer_with(self, fd: int, reply: Reply | None) -> None:
+    def _answer_with(self, fd: int, reply: ControlReply | None) -> None:
         # The request is read: from now on the connection is only written to.
         conversation = self.reading.pop(fd)
         self.loop.remove_reader(fd)

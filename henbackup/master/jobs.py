@@ -7,19 +7,20 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from henbackup import names
-from henbackup.channel import Channel, Message
+from henbackup.channel import Channel
 from henbackup.config.model import Config, Metrics
 from henbackup.loop import Loop
 from henbackup.master.clients import Clients
-from henbackup.master.control import Conversation, Reply
+from henbackup.master.control import Conversation
 from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.status import LiveJob, StatusModel
-from henbackup.process import Forked, describe_exit, fork_child, reap
+from henbackup.process import Watched, describe_exit, start_watched
+from henbackup.protocol import ChannelMessage, ControlReply, JobEvent, OneOffResult, reply_error
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
@@ -33,9 +34,8 @@ class OneOffProcess:
     """A job process the master started for a henbackupctl request."""
 
     request: str
-    forked: Forked
-    news: Channel | None
-    result: Reply | None = None
+    process: Watched
+    result: ControlReply | None = None
 
 
 @dataclass
@@ -53,11 +53,11 @@ class Jobs:
     results_unsaved: bool = False  # the last save of the results failed (and was said)
 
     # events
-    def event(self, owner: str, message: Message, requests: Any) -> None:
+    def event(self, owner: str, event: JobEvent) -> None:
         """A job or hook event from the job process of `owner` (a worker's key or a
-        one-off's request id), for the clients waiting on `requests`."""
-        kind, fields = str(message.get("kind")), message.get("fields") or {}
-        self.clients.event(requests, kind, str(message.get("message", "")), fields)
+        one-off's request id), for the clients waiting on its requests."""
+        kind, fields = event.kind, event.fields
+        self.clients.event(event.requests, kind, event.message, fields)
         if self.model.apply(kind, fields, owner) is not None:
             self._results_changed()
         elif kind in ("job.queued", "job.started"):
@@ -134,67 +134,40 @@ class Jobs:
     # one-off job processes
     def start_one_off(
         self, config: Config, request: dict[str, Any], conversation: Conversation, wait: bool
-    ) -> Reply | None:
+    ) -> ControlReply | None:
         """Run `request` in a job process of its own; the reply comes when it ends, unless
         `wait` is false (then: at once, with the request's id)."""
         assert self.one_off_body is not None
         request_id, body_of = new_request_id(), self.one_off_body
-        parent_end, child_end = Channel.pair()
-
-        def body() -> int:
-            self.loop.close(registered_too=True)
-            parent_end.close()
-            return body_of(config, request, child_end)
-
-        forked = fork_child(names.job_title(request["command"])[:15], body)
-        child_end.close()
-        self.one_offs[request_id] = OneOffProcess(request_id, forked, parent_end)
-        self.loop.add_reader(forked.pidfd, lambda: self._one_off_exited(request_id))
-        self.loop.add_reader(parent_end.fileno(), lambda: self._one_off_news(request_id))
+        process = start_watched(
+            self.loop,
+            names.job_title(request["command"])[:15],
+            lambda channel: body_of(config, request, channel),
+            heard=lambda messages: self._one_off_said(request_id, messages),
+            exited=lambda status: self._one_off_exited(request_id, status),
+            malformed=lambda error: self.loop.report_error(f"job process {request_id}", error),
+        )
+        self.one_offs[request_id] = OneOffProcess(request_id, process)
         if wait:
             self.clients.add(request_id, conversation, request_id)
             return None
         accepted = {"request": request_id, "accepted": request["command"]}
         return {"ok": True, **accepted, "target": request.get("target")}
 
-    def _one_off_news(self, request_id: str) -> None:
+    def _one_off_said(self, request_id: str, messages: list[ChannelMessage]) -> None:
         one_off = self.one_offs[request_id]
-        assert one_off.news is not None
-        try:
-            messages = one_off.news.receive()
-        except (OSError, ValueError):
-            messages = None
-        if messages is None:
-            self._close_news(one_off)
-        else:
-            self._one_off_said(one_off, messages)
-
-    def _one_off_said(self, one_off: OneOffProcess, messages: list[Message]) -> None:
         for message in messages:
-            if message.get("type") == "event":
-                self.event(one_off.request, message, (one_off.request,))
-            elif message.get("type") == "result":
-                one_off.result = {k: v for k, v in message.items() if k != "type"}
+            if isinstance(message, JobEvent):
+                self.event(request_id, replace(message, requests=(request_id,)))
+            elif isinstance(message, OneOffResult):
+                one_off.result = dict(message.reply)
 
-    def _close_news(self, one_off: OneOffProcess) -> None:
-        if one_off.news is not None:
-            self.loop.remove_reader(one_off.news.fileno())
-            one_off.news.close()
-            one_off.news = None
-
-    def _one_off_exited(self, request_id: str) -> None:
+    def _one_off_exited(self, request_id: str, status: int) -> None:
         one_off = self.one_offs.pop(request_id)
-        self.loop.remove_reader(one_off.forked.pidfd)
-        if one_off.news is not None:  # what it said last (its result) is not lost
-            self._one_off_said(one_off, one_off.news.drain())
-            self._close_news(one_off)
-        exit_code = os.waitstatus_to_exitcode(reap(one_off.forked))
-        self.process_ended(request_id, exit_code)
-        died = {
-            "ok": False,
-            "code": "failed",
-            "error": f"the job process {describe_exit(exit_code)}",
-        }
+        self.process_ended(request_id, os.waitstatus_to_exitcode(status))
+        died = reply_error(
+            "failed", f"the job process {describe_exit(os.waitstatus_to_exitcode(status))}"
+        )
         self.clients.finish(request_id, one_off.result or died)
         self.on_change()
 
@@ -202,9 +175,9 @@ class Jobs:
         """SIGTERM to stop them cleanly; SIGKILL to their whole process group at the end."""
         for one_off in self.one_offs.values():
             if group:
-                os.killpg(one_off.forked.pid, signum)
+                os.killpg(one_off.process.pid, signum)
             else:
-                os.kill(one_off.forked.pid, signum)
+                os.kill(one_off.process.pid, signum)
 
     def close(self) -> None:
         if self.metrics_server is not None:

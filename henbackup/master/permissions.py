@@ -19,8 +19,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-GROUP = "henbackup"
-DENIED = f"permission denied: run as root or as a member of group {GROUP}"
+from henbackup.protocol import DENIED, GROUP
+
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; not named by Python
 
 

@@ -23,20 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from henbackup import names
-from henbackup.channel import Channel, Message
+from henbackup.channel import Channel
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.humanize import relative
 from henbackup.loop import Loop
 from henbackup.master import commands
-from henbackup.master.control import (
-    ControlServer,
-    Conversation,
-    Reply,
-    bind,
-    socket_from_systemd,
-)
+from henbackup.master.control import ControlServer, Conversation, bind, socket_from_systemd
 from henbackup.master.jobs import Jobs, OneOffBody
 from henbackup.master.specs import diff, worker_specs
 from henbackup.master.states import Child, ChildState, Policy
@@ -44,14 +38,22 @@ from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
 from henbackup.observe.status import LiveJob, StatusModel
 from henbackup.process import (
-    Forked,
+    Watched,
     become_subreaper,
     describe_exit,
-    fork_child,
-    reap,
     reap_orphans,
+    start_watched,
 )
-from henbackup.protocol import ControlRequest
+from henbackup.protocol import (
+    ChannelMessage,
+    ControlReply,
+    ControlRequest,
+    JobEvent,
+    JobExit,
+    JobState,
+    Ready,
+    reply_error,
+)
 from henbackup.worker.spec import WorkerSpec
 
 if TYPE_CHECKING:
@@ -74,13 +76,17 @@ def _seconds(name: str, default: float) -> float:
 class Supervised:
     spec: WorkerSpec
     child: Child
-    forked: Forked | None = None
-    channel: Channel | None = None
+    process: Watched | None = None
     last_heard: float = 0.0
     running: bool = False  # a run (hooks and jobs) is in progress in its job process
     next_run: float | None = None  # epoch seconds of its next scheduled run
     replacement: WorkerSpec | None = None  # a changed definition, started once this one stops
     hung: bool = False
+
+    @property
+    def channel(self) -> Channel | None:
+        """To tell the worker (None while it is not there to hear)."""
+        return self.process.channel if self.process is not None else None
 
 
 @dataclass
@@ -167,62 +173,47 @@ class Master:
 
     def _spawn(self, key: str) -> None:
         supervised = self.children[key]
-        parent_end, child_end = Channel.pair()
         config, spec = self.config, supervised.spec
-
-        def body() -> int:
-            self.loop.close(registered_too=True)
-            parent_end.close()
-            return self.worker_body(spec, config, child_end)
-
-        forked = fork_child(names.worker_title(spec.name), body)
-        child_end.close()
+        process = start_watched(
+            self.loop,
+            names.worker_title(spec.name),
+            lambda channel: self.worker_body(spec, config, channel),
+            heard=lambda messages: self._heard(key, messages),
+            exited=lambda status: self._exited(key, status),
+            malformed=lambda error: self.loop.report_error(f"worker {spec.name}", error),
+        )
         now = self.loop.clock()
-        supervised.forked, supervised.channel, supervised.last_heard = forked, parent_end, now
+        supervised.process, supervised.last_heard = process, now
         supervised.hung, supervised.running = False, False
-        supervised.child.spawned(forked.pid, now)
-        self.loop.add_reader(forked.pidfd, lambda: self._exited(key))
-        self.loop.add_reader(parent_end.fileno(), lambda: self._heard(key))
+        supervised.child.spawned(process.pid, now)
         self.emit(
             "child.started",
-            f"worker {spec.name} started (pid {forked.pid})",
+            f"worker {spec.name} started (pid {process.pid})",
             child=spec.name,
             child_kind=spec.kind,
-            pid=forked.pid,
+            pid=process.pid,
             **{spec.kind: spec.name},
         )
 
-    def _heard(self, key: str) -> None:
+    def _heard(self, key: str, messages: list[ChannelMessage]) -> None:
         supervised = self.children[key]
-        assert supervised.channel is not None
-        try:
-            messages = supervised.channel.receive()
-        except (OSError, ValueError):
-            messages = None
-        if messages is None:  # closed: the pidfd reports the exit
-            self.loop.remove_reader(supervised.channel.fileno())
-            supervised.channel.close()
-            supervised.channel = None
-            return
         supervised.last_heard = self.loop.clock()
         for message in messages:
             self._handle(supervised, message)
 
-    def _handle(self, supervised: Supervised, message: Message) -> None:
-        kind, key = message.get("type"), supervised.spec.key
-        if kind == "ready" and supervised.child.state is ChildState.STARTING:
+    def _handle(self, supervised: Supervised, message: ChannelMessage) -> None:
+        key = supervised.spec.key
+        if isinstance(message, Ready) and supervised.child.state is ChildState.STARTING:
             supervised.child.ready(self.loop.clock())
-        elif kind == "event":
-            self.jobs.event(key, message, message.get("requests", ()))
-        elif kind == "job":
-            next_run = message.get("next_run")
-            supervised.next_run = float(next_run) if next_run is not None else None
-            supervised.running = message.get("state") == "running"
-            if message.get("state") == "idle":  # its job process ended
-                self.jobs.process_ended(key, int(message.get("exit", 0)))
-                for request in message.get("requests", ()):
-                    reply = _reply_for_exit(int(message.get("exit", 0)))
-                    self.jobs.clients.finish(request, reply)
+        elif isinstance(message, JobEvent):
+            self.jobs.event(key, message)
+        elif isinstance(message, JobState):
+            supervised.next_run = message.next_run
+            supervised.running = message.state == "running"
+            if message.state == "idle":  # its job process ended
+                self.jobs.process_ended(key, message.exit)
+                for request in message.requests:
+                    self.jobs.clients.finish(request, _reply_for_exit(message.exit))
         self._update_status()
 
     def _after_job_process(self) -> None:
@@ -231,19 +222,13 @@ class Master:
             self.loop.stop()
         self._update_status()
 
-    def _exited(self, key: str) -> None:
+    def _exited(self, key: str, status: int) -> None:
         supervised = self.children[key]
-        assert supervised.forked is not None
-        pid = supervised.forked.pid
-        self.loop.remove_reader(supervised.forked.pidfd)
-        status = reap(supervised.forked)
-        supervised.forked = None
+        assert supervised.process is not None
+        pid = supervised.process.pid
+        supervised.process = None
         self.jobs.process_ended(key, os.waitstatus_to_exitcode(status))  # its job died too
         self.jobs.clients.owner_gone(key, f"the worker of {supervised.spec.name} stopped")
-        if supervised.channel is not None:
-            self.loop.remove_reader(supervised.channel.fileno())
-            supervised.channel.close()
-            supervised.channel = None
         now = self.loop.clock()
         supervised.child.died(now, self.policy)
         self._report_exit(supervised, pid, status)
@@ -295,14 +280,14 @@ class Master:
         supervised.child.stop(self.loop.clock())
         if supervised.child.state is ChildState.STOPPED:
             self._after_exit(key, supervised)
-        elif supervised.forked is not None:
-            os.kill(supervised.forked.pid, signal.SIGTERM)
+        elif supervised.process is not None:
+            os.kill(supervised.process.pid, signal.SIGTERM)
 
     def _reap_orphans(self) -> None:
         """Reap what was orphaned below us (a restic whose job process was killed): a zombie
         restic would keep its repository lock looking live."""
-        tracked = {s.forked.pid for s in self.children.values() if s.forked is not None}
-        reap_orphans(tracked | {o.forked.pid for o in self.jobs.one_offs.values()})
+        tracked = {s.process.pid for s in self.children.values() if s.process is not None}
+        reap_orphans(tracked | {o.process.pid for o in self.jobs.one_offs.values()})
 
     def _reap_orphans_regularly(self) -> None:
         self._reap_orphans()
@@ -313,9 +298,9 @@ class Master:
         for supervised in self.children.values():
             silent = now - supervised.last_heard
             alive = supervised.child.state in (ChildState.STARTING, ChildState.RUNNING)
-            if alive and silent > self.hang_timeout and supervised.forked is not None:
+            if alive and silent > self.hang_timeout and supervised.process is not None:
                 supervised.hung = True
-                os.killpg(supervised.forked.pid, signal.SIGKILL)
+                os.killpg(supervised.process.pid, signal.SIGKILL)
         self.loop.call_later(min(self.hang_timeout / 4, 10.0), self._check_heartbeats)
 
     # signals
@@ -384,8 +369,8 @@ class Master:
 
     def _kill_remaining(self) -> None:
         for supervised in self.children.values():
-            if supervised.forked is not None:
-                os.killpg(supervised.forked.pid, signal.SIGKILL)
+            if supervised.process is not None:
+                os.killpg(supervised.process.pid, signal.SIGKILL)
         self.jobs.signal_one_offs(signal.SIGKILL, group=True)
 
     def _internal_error(self, source: str, error: Exception) -> None:
@@ -406,7 +391,9 @@ class Master:
                 traceback.print_exception(error, file=sys.stderr)
 
     # control requests
-    def _control_request(self, request: ControlRequest, conversation: Conversation) -> Reply | None:
+    def _control_request(
+        self, request: ControlRequest, conversation: Conversation
+    ) -> ControlReply | None:
         return commands.answer(self, request, conversation)
 
     # status
@@ -447,8 +434,8 @@ def _activity(job: LiveJob) -> str:
     return f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
 
 
-def _reply_for_exit(code: int) -> Reply:
+def _reply_for_exit(code: int) -> ControlReply:
     """The reply to a client that waited for a worker's run, from its job process's exit."""
-    if code == 0:
+    if code == JobExit.OK:
         return {"ok": True}
-    return {"ok": False, "code": "failed", "error": "cancelled" if code == 3 else ""}
+    return reply_error("failed", "cancelled" if code == JobExit.CANCELLED else "")

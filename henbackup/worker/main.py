@@ -13,13 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from henbackup import names
-from henbackup.channel import Channel, Message
+from henbackup.channel import Channel
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.jobs import entry
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction, Emitter
-from henbackup.process import Forked, fork_child, reap
+from henbackup.process import Watched, start_watched
+from henbackup.protocol import (
+    ChannelMessage,
+    Heartbeat,
+    JobEvent,
+    JobExit,
+    JobState,
+    Ready,
+    StartRun,
+)
 from henbackup.scheduler.queue import Scheduler
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
@@ -67,8 +76,7 @@ class Worker:
         self.scheduler = scheduler
         self.triggers = triggers(self) if triggers else None
         self.current: RunRequest | None = None
-        self.job: Forked | None = None
-        self.news: Channel | None = None  # from the job process
+        self.job: Watched | None = None  # the job process, telling its events
         self.pending: list[RunRequest] = []  # runs asked by hand during a run, in order
         self.stopping = False
 
@@ -78,7 +86,7 @@ class Worker:
         self.loop.on_signal(signal.SIGINT, self.shutdown)
         self.loop.add_reader(self.channel.fileno(), self._on_messages)
         self._heartbeat()
-        self.channel.send({"type": "ready"})
+        self.channel.send(Ready())
         if self.triggers is not None:
             self.triggers.start()
             self._send_state("idle")
@@ -86,26 +94,36 @@ class Worker:
         return 0
 
     def _heartbeat(self) -> None:
-        self.channel.send({"type": "heartbeat"})
+        self.channel.send(Heartbeat())
         self.loop.call_later(HEARTBEAT_INTERVAL, self._heartbeat)
 
     def _on_messages(self) -> None:
-        messages = self.channel.receive()
+        messages = self.channel.receive(lambda error: self._malformed("the master", error))
         if messages is None:  # the master is gone: nothing left to report to
             self.shutdown()
             return
         for message in messages:
-            if message.get("type") == "run":
+            if isinstance(message, StartRun):
                 self.request(
                     RunRequest(
                         "manual",
                         "asked through the control socket",
-                        str(message.get("operation", "backup")),
-                        message.get("repository"),
-                        message.get("priority"),
-                        tuple(message.get("requests", ())),
+                        message.operation,
+                        message.repository,
+                        message.priority,
+                        message.requests,
                     )
                 )
+
+    def _malformed(self, source: str, error: Exception) -> None:
+        """A message of the wrong shape: said, and skipped."""
+        self.emit(
+            "daemon.error",
+            f"{self.spec.name}: a message from {source} was skipped: {error}",
+            source=f"worker {self.spec.name}",
+            error=str(error),
+            **{self.spec.kind: self.spec.name},
+        )
 
     def request(self, run: RunRequest) -> None:
         """A trigger fired: start a run now, or (asked by hand) once the current one ends.
@@ -133,52 +151,28 @@ class Worker:
         self.pending.append(run)
 
     def _start(self, run: RunRequest) -> None:
-        news, told = Channel.pair()
-
-        def body() -> int:
-            self.loop.close(registered_too=True)  # the channel, inotify, timers: the worker's
-            news.close()
-            return self.job_body(self.config, self.spec, run, told)
-
         if self.triggers is not None:
             self.triggers.job_started(run.operation)
-        self.job, self.current = fork_child(names.job_title(self.spec.name), body), run
-        told.close()
-        self.news = news
-        self.loop.add_reader(news.fileno(), self._on_news)
-        self.loop.add_reader(self.job.pidfd, self._job_exited)
+        self.current = run
+        self.job = start_watched(  # the child closes the loop's fds: channel, inotify, timers
+            self.loop,
+            names.job_title(self.spec.name),
+            lambda news: self.job_body(self.config, self.spec, run, news),
+            heard=self._forward,
+            exited=self._job_exited,
+            malformed=lambda error: self._malformed("its job process", error),
+        )
         self._send_state("running", operation=run.operation)
 
-    def _on_news(self) -> None:
+    def _forward(self, messages: list[ChannelMessage]) -> None:
         """The job process's events: forwarded to the master, with who waits for them."""
-        assert self.news is not None
-        try:
-            messages = self.news.receive()
-        except (OSError, ValueError):
-            messages = None
-        if messages is None:
-            self._close_news()
-            return
-        self._forward(messages)
-
-    def _forward(self, messages: list[Message]) -> None:
         assert self.current is not None
         for message in messages:
-            self.channel.send({**message, "requests": list(self.current.requests)})
+            if isinstance(message, JobEvent):
+                self.channel.send(replace(message, requests=self.current.requests))
 
-    def _close_news(self) -> None:
-        if self.news is not None:
-            self.loop.remove_reader(self.news.fileno())
-            self.news.close()
-            self.news = None
-
-    def _job_exited(self) -> None:
+    def _job_exited(self, status: int) -> None:
         assert self.job is not None and self.current is not None
-        self.loop.remove_reader(self.job.pidfd)
-        if self.news is not None:  # what it said last (its end, its result) is not lost
-            self._forward(self.news.drain())
-        self._close_news()
-        status = reap(self.job)
         self.job = None
         if self.scheduler is not None:
             self.scheduler.nudge()  # if it died holding its slot, the next job may start
@@ -186,16 +180,23 @@ class Worker:
         finished, self.current = self.current, None
         assert finished is not None
         if self.triggers is not None:
-            self.triggers.job_finished(finished.operation, code == 0, stopping=self.stopping)
-        self._send_state("idle", exit=code, requests=list(finished.requests))
+            ok = code == JobExit.OK
+            self.triggers.job_finished(finished.operation, ok, stopping=self.stopping)
+        self._send_state("idle", exit=code, requests=finished.requests)
         if self.stopping:
             self.loop.stop()
         elif self.pending:
             self._start(self.pending.pop(0))
 
-    def _send_state(self, state: str, **details: object) -> None:
+    def _send_state(
+        self,
+        state: str,
+        operation: str | None = None,
+        exit: int = JobExit.OK,
+        requests: tuple[str, ...] = (),
+    ) -> None:
         next_run = self.triggers.next_run() if self.triggers else None
-        self.channel.send({"type": "job", "state": state, "next_run": next_run, **details})
+        self.channel.send(JobState(state, next_run, operation, exit, requests))
 
     def shutdown(self) -> None:
         """Stop: interrupt the running job cleanly (it stops restic), then leave the loop."""

@@ -1,10 +1,12 @@
 """JSON schemas of `henbackupctl --json`: the stable contract of its machine-readable output.
 
-Derived from the code that builds each reply: henbackup/master/commands.py (status, queue,
-cancel, the checks that answer at once), henbackup/master/clients.py (the end of every job a
-waiting client gets, under "jobs"), henbackup/master/supervisor.py (a one-off request that
-does not wait), henbackup/jobs/entry.py and henbackup/jobs/snapshots.py (list-snapshots and
-restore-snapshot), henbackup/master/control.py (failed replies).
+The status rows are declared once, in henbackup/protocol.py (StatusRow, WorkerStatus, each
+member with its schema). The rest is derived from the code that builds each reply:
+henbackup/master/commands.py (status, queue, cancel, the checks that answer at once),
+henbackup/master/clients.py (the end of every job a waiting client gets, under "jobs"),
+henbackup/master/jobs.py (a one-off request that does not wait), henbackup/jobs/entry.py
+and henbackup/jobs/snapshots.py (list-snapshots and restore-snapshot),
+henbackup/protocol.py (failed replies: reply_error).
 
 Strict where the shape is known: every key required, nothing else allowed. `validate`
 raises jsonschema's ValidationError with the path of the first mismatch.
@@ -16,6 +18,8 @@ from typing import Any
 
 import jsonschema
 
+from henbackup.protocol import ERROR_CODES, JOB_ID, RESULTS, StatusRow, WorkerStatus, member_schemas
+
 Schema = dict[str, Any]
 
 NULLABLE_STRING: Schema = {"type": ["string", "null"]}
@@ -23,15 +27,12 @@ NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 NULLABLE_COUNT: Schema = {"type": ["integer", "null"], "minimum": 0}
 EPOCH: Schema = {"type": "number", "exclusiveMinimum": 1_000_000_000}  # seconds, after 2001
 NULLABLE_EPOCH: Schema = {"anyOf": [EPOCH, {"type": "null"}]}
-JOB_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{8}$"}  # jobs/job.py new_job_id
 REQUEST_ID: Schema = {"type": "string", "pattern": "^r[0-9a-f]{8}$"}  # jobs.new_request_id
 FULL_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 SHORT_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{8}$"}
 SNAPSHOT_ID: Schema = {"type": "string", "pattern": "^([0-9a-f]{8}|[0-9a-f]{64})$"}
 NAME: Schema = {"type": "string", "minLength": 1}
-RESULTS = ["succeeded", "failed", "cancelled"]
 OPERATIONS = ["backup", "restore", "check", "prune", "forget", "snapshots", "init"]
-ERROR_CODES = ["usage", "failed", "permission"]
 PRIORITY_LABEL: Schema = {
     "type": "string",
     "pattern": "^(immediate|next|superior|normal|inferior|on-idle|-?[0-9]+)$",
@@ -51,7 +52,7 @@ def _object(properties: dict[str, Schema], optional: tuple[str, ...] = ()) -> Sc
 # clients.py `_ended`: one finished job of a request the client waited for.
 ENDED_JOB = _object(
     {
-        "result": {"enum": RESULTS},
+        "result": {"enum": list(RESULTS)},
         "job": JOB_ID,
         "operation": {"enum": OPERATIONS},
         "backup": NULLABLE_STRING,
@@ -63,9 +64,9 @@ ENDED_JOB = _object(
 )
 ENDED_JOBS: Schema = {"type": "array", "items": ENDED_JOB}
 
-# control.py `reply_error`: what every refused request gets (exit 2, 1 or 4).
+# protocol.py `reply_error`: what every refused request gets (exit 2, 1 or 4).
 ERROR_REPLY = _object(
-    {"ok": {"const": False}, "code": {"enum": ERROR_CODES}, "error": {"type": "string"}}
+    {"ok": {"const": False}, "code": {"enum": list(ERROR_CODES)}, "error": {"type": "string"}}
 )
 USAGE_ERROR = {
     **ERROR_REPLY,
@@ -74,31 +75,14 @@ USAGE_ERROR = {
 
 # The failed end of a waited-for request: a reason, and the jobs that ended meanwhile.
 _FAILURE_KEYS: dict[str, Schema] = {
-    "code": {"enum": ERROR_CODES},
+    "code": {"enum": list(ERROR_CODES)},
     "error": {"type": "string", "minLength": 1},
 }
 
 # --- status (commands.status, _worker, _row) ------------------------------------------------
 
-STATUS_ROW: dict[str, Schema] = {
-    "repository": NAME,
-    "state": {"enum": ["idle", "queued", "running"]},
-    "job": {"anyOf": [JOB_ID, {"type": "null"}]},
-    "position": {"type": ["integer", "null"], "minimum": 1},
-    "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-    "last_attempt": NULLABLE_EPOCH,
-    "last_success": NULLABLE_EPOCH,
-    "result": {"enum": [*RESULTS, None]},
-    "duration": {"type": ["number", "null"], "minimum": 0},
-    "error": {"type": ["string", "null"], "pattern": "^[^\\n]*$"},
-    "snapshot": {"anyOf": [SNAPSHOT_ID, {"type": "null"}]},
-    "snapshots": NULLABLE_COUNT,
-}
-WORKER: dict[str, Schema] = {
-    "worker": {"enum": ["stopped", "starting", "running", "backoff", "fatal", "stopping", None]},
-    "run": {"enum": ["idle", "running"]},
-    "next_run": NULLABLE_EPOCH,
-}
+STATUS_ROW = member_schemas(StatusRow)  # the status-row contract: declared in protocol.py
+WORKER = member_schemas(WorkerStatus)
 STATUS = _object(
     {
         "ok": {"const": True},
@@ -186,7 +170,7 @@ WAITED = _object(
 BACKUP_ACCEPTED = _object(
     {"ok": {"const": True}, "request": REQUEST_ID, "accepted": {"const": "backup"}}
 )
-# supervisor.start_one_off without waiting: restore-snapshot, check, prune.
+# jobs.start_one_off without waiting: restore-snapshot, check, prune.
 ONE_OFF_ACCEPTED = _object(
     {
         "ok": {"const": True},

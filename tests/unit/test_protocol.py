@@ -1,16 +1,39 @@
-"""The control requests' declared shapes: one usage line naming what is wrong, or a typed
-request with every declared field."""
+"""The messages' declared shapes: a control request of the wrong shape is one usage line
+naming what is wrong, a channel message of the wrong shape one ProtocolError; the status
+reply's rows are their declared members; the job exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from typing import Any
 
+import jsonschema
 import pytest
 
 from henbackup.cli import ctl
-from henbackup.errors import UsageError
+from henbackup.errors import ProtocolError, UsageError
 from henbackup.master.commands import COMMANDS
-from henbackup.protocol import REQUESTS, build_request, decode, parse_request
+from henbackup.protocol import (
+    REQUESTS,
+    ChannelMessage,
+    Heartbeat,
+    JobEvent,
+    JobExit,
+    JobState,
+    OneOffResult,
+    Ready,
+    StartRun,
+    StatusRow,
+    WorkerStatus,
+    build_request,
+    decode,
+    decode_message,
+    encode_message,
+    member_schemas,
+    parse_request,
+)
 
 
 def test_every_command_the_master_answers_is_declared_and_no_other() -> None:
@@ -138,3 +161,152 @@ def test_every_request_henbackupctl_makes_has_its_declared_shape(argv: list[str]
     payload = ctl._payload(args)
     assert parse_request(payload).command == argv[0]
     assert set(payload) - {"command"} <= {field.name for field in REQUESTS[argv[0]]}
+
+
+# --- channel messages ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Ready(),
+        Heartbeat(),
+        JobState("running", 1_700_000_000.5, "backup"),
+        JobState("idle", None, exit=JobExit.CANCELLED, requests=("r1", "r2")),
+        JobState("idle", exit=-9),  # killed by SIGKILL
+        JobEvent("job.progress", "pictures→aws 42%", {"job": "0a1b2c3d", "percent": 42.0}),
+        JobEvent("hook.failed", "ping failed", {}, ("r1",)),
+        StartRun("backup", "aws", "-3", ("r1",)),
+        StartRun(),
+        OneOffResult({"ok": True, "snapshots": [], "errors": []}),
+        OneOffResult({"ok": False, "code": "usage", "error": "no snapshot 'x'"}),
+    ],
+)
+def test_every_channel_message_decodes_to_what_was_encoded(message: ChannelMessage) -> None:
+    line = encode_message(message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode_message(line) == message
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"not json", "malformed message: expected one JSON object"),
+        (b"\xff\xfe", "malformed message: expected one JSON object"),
+        (b"[" * 100_000, "malformed message: expected one JSON object"),
+        (b'["ready"]', "malformed message: no type"),
+        (b'{"kind": "job.started"}', "malformed message: no type"),
+        (b'{"type": 1}', "malformed message: no type"),
+        (b'{"type": "reboot"}', "malformed message: unknown type 'reboot'"),
+        (b'{"type": "ready", "pid": 3}', "malformed message: ready has no field 'pid'"),
+        (b'{"type": "job"}', "malformed message: job needs 'state'"),
+        (
+            b'{"type": "job", "state": "stopped"}',
+            'malformed message: \'state\' of job must be "running" or "idle", not a string',
+        ),
+        (
+            b'{"type": "job", "state": "idle", "exit": "3"}',
+            "malformed message: 'exit' of job must be an integer, not a string",
+        ),
+        (
+            b'{"type": "job", "state": "idle", "next_run": true}',
+            "malformed message: 'next_run' of job must be a number, not a boolean",
+        ),
+        (
+            b'{"type": "job", "state": "idle", "requests": "r1"}',
+            "malformed message: 'requests' of job must be a list of strings, not a string",
+        ),
+        (
+            b'{"type": "event", "kind": "job.started", "message": "m"}',
+            "malformed message: event needs 'fields'",
+        ),
+        (
+            b'{"type": "event", "kind": "job.started", "message": "m", "fields": []}',
+            "malformed message: 'fields' of event must be an object, not an array",
+        ),
+        (
+            b'{"type": "run", "priority": 3}',
+            "malformed message: 'priority' of run must be a string, not a number",
+        ),
+        (b'{"type": "result"}', "malformed message: result needs 'ok', true or false"),
+        (
+            b'{"type": "result", "ok": false, "code": "oops"}',
+            "malformed message: a failed result's 'code' is one of usage, failed, permission",
+        ),
+        (
+            b'{"type": "result", "ok": true, "error": 3}',
+            "malformed message: 'error' of result must be a string",
+        ),
+    ],
+)
+def test_a_malformed_channel_message_is_one_protocol_error(line: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        decode_message(line)
+    assert str(raised.value) == error
+
+
+def test_job_exit_codes_are_the_ones_the_processes_exit_with() -> None:
+    assert [(code.name, int(code)) for code in JobExit] == [
+        ("OK", 0),
+        ("FAILED", 1),
+        ("CANCELLED", 3),
+    ]
+
+
+def test_henbackupctl_does_not_import_the_server() -> None:
+    """It runs as any user, with the daemon's code nowhere near: the protocol is enough."""
+    code = "import sys, henbackup.cli.ctl; print(sorted(m for m in sys.modules if 'master' in m))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
+
+
+# --- the status reply ----------------------------------------------------------------------
+
+
+def _strict(declared: type[StatusRow | WorkerStatus]) -> dict[str, Any]:
+    members = member_schemas(declared)
+    return {
+        "type": "object",
+        "properties": members,
+        "required": list(members),
+        "additionalProperties": False,
+    }
+
+
+def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None:
+    row = StatusRow(
+        "aws", "queued", "0a1b2c3d", 2, None, 1.7e9, 1.6e9, "failed", 12.5, "no key", None, 3
+    ).as_reply()
+    assert list(row) == [
+        "repository",
+        "state",
+        "job",
+        "position",
+        "percent",
+        "last_attempt",
+        "last_success",
+        "result",
+        "duration",
+        "error",
+        "snapshot",
+        "snapshots",
+    ]
+    schema = _strict(StatusRow)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(row, schema)
+    for wrong in ({"state": "asleep"}, {"position": 0}, {"error": "two\nlines"}, {"x": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**row, **wrong}, schema)
+
+
+def test_a_worker_status_is_its_declared_members_each_with_a_valid_schema() -> None:
+    schema = _strict(WorkerStatus)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert WorkerStatus(None, "idle", None).as_reply() == {
+        "worker": None,
+        "run": "idle",
+        "next_run": None,
+    }
+    jsonschema.validate(WorkerStatus("backoff", "running", 1.8e9).as_reply(), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(WorkerStatus("dead", "idle", None).as_reply(), schema)

@@ -20,11 +20,10 @@ from henbackup.jobs import restore
 from henbackup.loop import Loop
 from henbackup.master import commands, permissions
 from henbackup.master.clients import Clients
-from henbackup.master.control import reply_error
 from henbackup.master.permissions import Peer
 from henbackup.master.states import ChildState
 from henbackup.observe.status import RunKey, StatusModel
-from henbackup.protocol import ControlRequest, parse_request
+from henbackup.protocol import ControlRequest, StartRun, parse_request, reply_error
 from henbackup.scheduler import Scheduler, Ticket, locks
 
 CONFIG = """\
@@ -225,15 +224,7 @@ def test_a_backup_goes_to_its_worker(master: Any) -> None:
     reply = ask(master, "backup", backup="pictures", repository="aws", priority="next")
     assert reply == {"ok": True, "request": reply["request"], "accepted": "backup"}
     assert re.fullmatch(r"r[0-9a-f]{8}", reply["request"])
-    assert channel.sent == [
-        {
-            "type": "run",
-            "operation": "backup",
-            "requests": [reply["request"]],
-            "repository": "aws",
-            "priority": "next",
-        }
-    ]
+    assert channel.sent == [StartRun("backup", "aws", "next", (reply["request"],))]
     assert master.clients.waiting == {}
     assert master.one_offs == []
 
@@ -242,7 +233,7 @@ def test_a_backup_with_an_integer_priority_sends_it_as_text(master: Any) -> None
     channel = Channel()
     master.children["backup:pictures"] = worker(channel=channel)
     ask(master, "backup", backup="pictures", priority=-3)
-    assert (channel.sent[0]["repository"], channel.sent[0]["priority"]) == (None, "-3")
+    assert (channel.sent[0].repository, channel.sent[0].priority) == (None, "-3")
 
 
 def test_a_client_waiting_for_its_backup_is_answered_later(master: Any) -> None:
@@ -252,7 +243,7 @@ def test_a_client_waiting_for_its_backup_is_answered_later(master: Any) -> None:
     request = {"command": "backup", "backup": "pictures", "wait": True}
     assert answer(master, request, conversation) is None
     (sent,) = channel.sent
-    (request_id,) = sent["requests"]
+    (request_id,) = sent.requests
     waiting = master.clients.waiting[request_id]
     assert (waiting.conversation, waiting.owner) == (conversation, "backup:pictures")
 

@@ -1,15 +1,23 @@
-"""The master's loop goes on after an internal error, and says so in the journal."""
+"""The master's loop goes on after an internal error, or a malformed message from a worker,
+and says so in the journal."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from henbackup.channel import Channel
 from henbackup.config.load import load_config
+from henbackup.master.states import ChildState
 from henbackup.master.supervisor import Master
 from henbackup.observe.events import ERR
+from henbackup.protocol import Ready
+from henbackup.worker.spec import WorkerSpec
 
 CONFIG = """\
 [repositories.local]
@@ -61,4 +69,39 @@ def test_with_no_way_to_write_an_event_the_traceback_goes_to_stderr(
     master.loop.call_later(0, bug)
     master.loop.run_once()
     assert capsys.readouterr().err.endswith("KeyError: 'backup:gone'\n")
+    master.loop.close()
+
+
+def test_a_malformed_message_from_a_worker_is_one_error_event_and_the_rest_is_heard(
+    tmp_path: Path, events: Any
+) -> None:
+    """A worker (a bug in it) sends a line of the wrong shape: the master says so once, in
+    daemon.error, and goes on with what the worker says next (here: that it is ready)."""
+
+    def worker_body(spec: WorkerSpec, config: Any, channel: Channel) -> int:
+        channel.sock.sendall(b'{"type": "job", "state": "asleep"}\n')
+        channel.send(Ready())
+        channel.sock.settimeout(30)
+        channel.sock.recv(1)  # until the master closes its end
+        return 0
+
+    master = make_master(tmp_path, events)
+    master.worker_body = worker_body
+    master._add(WorkerSpec("repository", "local", ()))
+    supervised = master.children["repository:local"]
+    deadline = time.monotonic() + 30
+    while supervised.child.state is not ChildState.RUNNING:
+        assert time.monotonic() < deadline, "the worker's Ready was never heard"
+        master.loop.run_once()
+    errors = [event for event in events.recorded if event.kind == "daemon.error"]
+    assert [dict(event.fields)["HENBACKUP_ERROR"] for event in errors] == [
+        'ProtocolError: malformed message: \'state\' of job must be "running" or "idle",'
+        " not a string"
+    ]
+    assert dict(errors[0].fields)["HENBACKUP_SOURCE"] == "worker local"
+    assert supervised.process is not None
+    os.killpg(supervised.process.pid, signal.SIGKILL)
+    while "repository:local" in master.children and supervised.process is not None:
+        assert time.monotonic() < deadline, "the worker was never reaped"
+        master.loop.run_once()
     master.loop.close()

@@ -1,0 +1,145 @@
+"""One child forked with a channel and watched from its parent's loop (process.start_watched),
+as the master forks its workers and one-off jobs, and a worker its job processes: real forks,
+a real socketpair, a real pidfd."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from henbackup.channel import Channel
+from henbackup.loop import Loop
+from henbackup.process import Watched, start_watched
+from henbackup.protocol import ChannelMessage, Heartbeat, JobEvent, JobState, OneOffResult, Ready
+
+DEADLINE = 30.0
+
+
+class Parent:
+    """What the parent's callbacks were given, in order."""
+
+    def __init__(self) -> None:
+        self.loop = Loop()
+        self.heard: list[ChannelMessage] = []
+        self.malformed: list[str] = []
+        self.status: int | None = None
+
+    def start(self, body: Any, comm: str = "hbtest") -> Watched:
+        return start_watched(
+            self.loop,
+            comm,
+            body,
+            heard=self.heard.extend,
+            exited=self.exited,
+            malformed=lambda error: self.malformed.append(str(error)),
+        )
+
+    def exited(self, status: int) -> None:
+        assert self.status is None, "exited twice"
+        self.status = status
+
+    def until_exited(self) -> int:
+        deadline = time.monotonic() + DEADLINE
+        while self.status is None:
+            assert time.monotonic() < deadline, "the child was never reaped"
+            self.loop.call_later(0.5, lambda: None)  # a wait that hears nothing ends too
+            self.loop.run_once()
+        return os.waitstatus_to_exitcode(self.status)
+
+
+def test_the_child_runs_named_in_its_own_group_and_its_last_words_are_heard_before_its_exit():
+    parent = Parent()
+    inherited = os.pipe()  # registered with the parent's loop: the child must not keep it
+    parent.loop.add_reader(inherited[0], lambda: None)
+
+    def body(channel: Channel) -> int:
+        with open("/proc/self/comm") as comm:
+            name = comm.read().strip()
+        try:
+            os.fstat(inherited[0])
+            kept = True
+        except OSError:
+            kept = False
+        group = os.getpgid(0) == os.getpid()
+        channel.send(Ready())
+        channel.send(JobEvent("job.x", "said", {"comm": name, "group": group, "kept": kept}))
+        channel.send(OneOffResult({"ok": True}))  # its last words, then it exits at once
+        return 5
+
+    watched = parent.start(body, comm="hbjob:a-long-name-cut")
+    assert watched.pid > 0
+    assert parent.until_exited() == 5
+    said = {"comm": "hbjob:a-long-na", "group": True, "kept": False}
+    assert parent.heard == [Ready(), JobEvent("job.x", "said", said), OneOffResult({"ok": True})]
+    assert parent.malformed == []
+    assert watched.channel is None  # closed once the child was reaped
+    assert watched.send(Heartbeat()) is False
+    for fd in inherited:
+        os.close(fd)
+
+
+def test_a_malformed_line_costs_one_error_and_the_lines_around_it_are_heard():
+    parent = Parent()
+
+    def body(channel: Channel) -> int:
+        channel.send(Heartbeat())
+        channel.sock.sendall(b'{"type": "job", "state": "asleep"}\n{"type": "job"}\nnot json\n')
+        channel.send(JobState("idle", exit=3, requests=("r1",)))
+        return 0
+
+    parent.start(body)
+    assert parent.until_exited() == 0
+    assert parent.heard == [Heartbeat(), JobState("idle", exit=3, requests=("r1",))]
+    assert parent.malformed == [
+        'malformed message: \'state\' of job must be "running" or "idle", not a string',
+        "malformed message: job needs 'state'",
+        "malformed message: expected one JSON object",
+    ]
+
+
+def test_the_parent_tells_the_child_and_the_child_answers():
+    parent = Parent()
+
+    def body(channel: Channel) -> int:
+        channel.sock.settimeout(DEADLINE)
+        received = None
+        while not received:
+            received = channel.receive(lambda error: None)
+        channel.send(JobEvent("job.echo", "heard", {"asked": received[0].kind}))
+        return 0
+
+    watched = parent.start(body)
+    assert watched.send(JobEvent("job.ask", "tell me", {}))
+    assert parent.until_exited() == 0
+    assert parent.heard == [JobEvent("job.echo", "heard", {"asked": "job.ask"})]
+
+
+def test_a_child_that_crashes_is_reaped_with_its_status():
+    parent = Parent()
+
+    def body(channel: Channel) -> int:
+        raise RuntimeError("a bug in the child")
+
+    parent.start(body)
+    assert parent.until_exited() == 70  # process.EXIT_CRASHED
+    assert parent.heard == []
+
+
+def test_a_child_is_reaped_even_when_hearing_its_last_words_fails():
+    """A bug in the parent's handler of what the child said last costs that callback (the
+    master's loop reports it), never a zombie left behind."""
+    parent = Parent()
+    failures: list[str] = []
+    parent.loop.on_error = lambda source, error: failures.append(str(error))
+
+    def body(channel: Channel) -> int:
+        channel.send(Heartbeat())
+        return 4
+
+    def heard(messages: list[ChannelMessage]) -> None:
+        raise KeyError("a bug")  # each time: at the child's exit too
+
+    start_watched(parent.loop, "hbtest", body, heard, parent.exited, parent.malformed.append)
+    assert parent.until_exited() == 4
+    assert failures and set(failures) == {"'a bug'"}

@@ -1,0 +1,53 @@
+"""What a worker's job process says reaches the master, with the requests waiting for it; a
+line of the wrong shape from the job process costs one daemon.error, never the worker. Real
+worker loop, real forked job process and channels; the job's body is a stand-in that says
+what a job process never would."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import pytest
+
+from henbackup.channel import Channel
+from henbackup.config.model import Config
+from henbackup.protocol import ChannelMessage, JobEvent, JobState
+from henbackup.worker.main import RunRequest, Worker
+from henbackup.worker.spec import WorkerSpec
+
+DEADLINE = 30.0  # generous: waited for, never asserted as a duration
+
+
+def garbled(config: Config, spec: WorkerSpec, run: RunRequest, news: Channel) -> int:
+    news.sock.sendall(b'{"type": "event", "kind": "job.started"}\n')
+    news.send(JobEvent("job.started", "pictures: backup started", {"job": "0a1b2c3d"}))
+    return 0
+
+
+def test_a_job_process_s_events_go_up_and_a_malformed_line_is_one_error(events: Any) -> None:
+    channel, master = Channel.pair()
+    worker = Worker(
+        WorkerSpec("backup", "pictures", ()), cast(Config, None), channel, events, garbled
+    )
+    worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))
+    deadline = time.monotonic() + DEADLINE
+    while worker.job is not None:
+        assert time.monotonic() < deadline, "the job process never ended"
+        worker.loop.run_once()
+    heard: list[ChannelMessage] = []
+    master.sock.settimeout(DEADLINE)
+    while not any(isinstance(m, JobState) and m.state == "idle" for m in heard):
+        heard += master.receive(pytest.fail) or []
+    assert heard == [
+        JobState("running", None, "backup"),
+        JobEvent("job.started", "pictures: backup started", {"job": "0a1b2c3d"}, ("r1",)),
+        JobState("idle", None, None, 0, ("r1",)),
+    ]
+    errors = [event for event in events.recorded if event.kind == "daemon.error"]
+    assert [dict(event.fields)["HENBACKUP_ERROR"] for event in errors] == [
+        "malformed message: event needs 'message'"
+    ]
+    worker.loop.close()
+    master.close()
+    channel.close()
