@@ -21,7 +21,7 @@ from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
 from henbackup.master.control import Conversation, Reply, Request, reply_error
 from henbackup.master.permissions import refusal
-from henbackup.observe.status import LiveJob, RunKey, RunRecord
+from henbackup.observe.status import LiveJob, RunHistory, RunKey
 from henbackup.scheduler.ticket import Ticket
 
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
@@ -125,7 +125,7 @@ def _worker(worker: Supervised | None) -> dict[str, Any]:
 def _row(master: Master, key: RunKey) -> dict[str, Any]:
     """One backup→repository (or repository operation): now, and how it last went."""
     live = master.jobs.model.jobs_of(key)
-    record = master.jobs.model.records.get(key, RunRecord())
+    record = master.jobs.model.records.get(key, RunHistory())
     last = record.last
     job: LiveJob | None = next((j for j in live if j.state == "running"), None) or (
         live[0] if live else None

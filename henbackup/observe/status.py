@@ -47,8 +47,8 @@ class LastRun:
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """Everything known of one RunKey's runs since the state directory was created."""
+class RunHistory:
+    """The history of one RunKey's runs since the state directory was created."""
 
     last: LastRun | None = None
     last_success: float | None = None  # when the last successful run started
@@ -86,7 +86,7 @@ class StatusModel:
     def __init__(self, path: Path | None = None) -> None:
         """`path`: where finished results are kept (None: in memory only)."""
         self.path = path
-        self.records: dict[RunKey, RunRecord] = {}
+        self.records: dict[RunKey, RunHistory] = {}
         self.problems: list[str] = []  # what could not be read of the kept results
         if path is not None:
             self.records, self.problems = _load(path)
@@ -132,7 +132,7 @@ class StatusModel:
         )
 
     def _record(self, job: LiveJob, result: str, fields: Mapping[str, Any]) -> None:
-        old = self.records.get(job.key, RunRecord())
+        old = self.records.get(job.key, RunHistory())
         started = job.since if job.state == "running" else time.time()
         duration = _float(fields.get("duration_sec"))
         last = LastRun(
@@ -154,7 +154,7 @@ class StatusModel:
         if snapshots is not None and job.key.backup:
             counted = replace(job.key, operation="backup")
             self.records[counted] = replace(
-                self.records.get(counted, RunRecord()), snapshots=snapshots
+                self.records.get(counted, RunHistory()), snapshots=snapshots
             )
 
     def owner_gone(self, owner: str) -> list[LiveJob]:
@@ -186,7 +186,7 @@ class StatusModel:
         data = [{"key": asdict(key), **_record_json(record)} for key, record in self.items()]
         write_atomically(self.path, (json.dumps(data, indent=1) + "\n").encode())
 
-    def items(self) -> Iterable[tuple[RunKey, RunRecord]]:
+    def items(self) -> Iterable[tuple[RunKey, RunHistory]]:
         return sorted(self.records.items())
 
 
@@ -199,13 +199,13 @@ def _progress(fields: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _record_json(record: RunRecord) -> dict[str, Any]:
+def _record_json(record: RunHistory) -> dict[str, Any]:
     data = asdict(record)
     data["runs"] = dict(record.runs)
     return data
 
 
-def _load(path: Path) -> tuple[dict[RunKey, RunRecord], list[str]]:
+def _load(path: Path) -> tuple[dict[RunKey, RunHistory], list[str]]:
     """The kept results, and what could not be read of them (one line each): a file that
     cannot be read counts as no results, an entry that makes no sense as no entry."""
     try:
@@ -228,11 +228,11 @@ def _load(path: Path) -> tuple[dict[RunKey, RunRecord], list[str]]:
     return records, []
 
 
-def _entry(item: object) -> tuple[RunKey, RunRecord]:
+def _entry(item: object) -> tuple[RunKey, RunHistory]:
     """One kept result; raises ValueError unless every member is one of its own, typed."""
     entry = _checked(item, _ENTRY, required=("key",))
     last = entry.get("last")
-    return RunKey(**_checked(entry["key"], _KEY, required=("repository", "operation"))), RunRecord(
+    return RunKey(**_checked(entry["key"], _KEY, required=("repository", "operation"))), RunHistory(
         last=LastRun(**_checked(last, _LAST, required=("started", "result"))) if last else None,
         last_success=entry.get("last_success"),
         runs=dict(entry.get("runs", {})),

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from henbackup.observe import metrics, status
-from henbackup.observe.status import LastRun, LiveJob, RunKey, RunRecord, StatusModel
+from henbackup.observe.status import LastRun, LiveJob, RunHistory, RunKey, StatusModel
 
 PICTURES_AWS = {"backup": "pictures", "repository": "aws", "operation": "backup"}
 KEY = RunKey("aws", "backup", "pictures")
@@ -134,7 +134,7 @@ def test_success_records_the_run_and_ends_the_live_job(model: StatusModel, clock
     )
     assert model.live == {}
     assert model.records == {
-        KEY: RunRecord(
+        KEY: RunHistory(
             last=LastRun(1000.0, "succeeded", 60.5, None, "abcd1234", "j1"),
             last_success=1000.0,
             runs={"succeeded": 1},
@@ -156,7 +156,7 @@ def test_a_failure_keeps_the_last_success_and_counts_by_result(
         "job.failed", job("j2", duration_sec="10", error="repository locked", bytes_added=5), OWNER
     )
     assert ended is not None and ended.job == "j2"
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=LastRun(2000.0, "failed", 10.0, "repository locked", None, "j2"),
         last_success=1000.0,
         runs={"succeeded": 1, "failed": 1},
@@ -177,7 +177,7 @@ def test_a_job_cancelled_while_queued_counts_from_its_cancellation(
     ended = model.apply("job.cancelled", job(error="cancelled"), OWNER)
     assert ended == LiveJob("j1", KEY, OWNER, "queued", 1000.0, position=1)
     assert model.live == {}
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=LastRun(1500.0, "cancelled", None, "cancelled", None, "j1"),
         last_success=None,
         runs={"cancelled": 1},
@@ -188,7 +188,7 @@ def test_the_end_of_a_job_never_seen_is_recorded_from_now(model: StatusModel, cl
     clock.now = 3000.0
     ended = model.apply("job.succeeded", job("j7", trigger="startup"), "backup:pictures")
     assert ended == LiveJob("j7", KEY, OWNER, "running", 3000.0, trigger="startup")
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=LastRun(3000.0, "succeeded", job="j7"), last_success=3000.0, runs={"succeeded": 1}
     )
 
@@ -245,13 +245,13 @@ def test_a_forget_sets_the_snapshot_count_of_its_backup(model: StatusModel, cloc
     model.apply("job.started", forget, OWNER)
     model.apply("job.succeeded", {**forget, "snapshots": "5", "duration_sec": 1}, OWNER)
     forget_key = RunKey("aws", "forget", "pictures")
-    assert model.records[forget_key] == RunRecord(
+    assert model.records[forget_key] == RunHistory(
         last=LastRun(1100.0, "succeeded", 1.0, job="f1"),
         last_success=1100.0,
         runs={"succeeded": 1},
         snapshots=None,
     )
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=backup_record.last,
         last_success=backup_record.last_success,
         runs={"succeeded": 1},
@@ -262,7 +262,7 @@ def test_a_forget_sets_the_snapshot_count_of_its_backup(model: StatusModel, cloc
 def test_a_forget_before_any_backup_creates_the_backups_count(model: StatusModel) -> None:
     forget = {"job": "f1", "backup": "music", "repository": "aws", "operation": "forget"}
     model.apply("job.succeeded", {**forget, "snapshots": 0}, "backup:music")
-    assert model.records[RunKey("aws", "backup", "music")] == RunRecord(snapshots=0)
+    assert model.records[RunKey("aws", "backup", "music")] == RunHistory(snapshots=0)
 
 
 def test_a_repository_jobs_snapshot_count_is_ignored(model: StatusModel) -> None:
@@ -440,7 +440,7 @@ def test_an_entry_that_makes_no_sense_is_ignored_and_the_others_kept(tmp_path, e
     good = {"key": {"repository": "nas", "operation": "check"}, "last_success": 5.0}
     path.write_text(json.dumps([entry, good]))
     model = StatusModel(path)
-    assert model.records == {RunKey("nas", "check"): RunRecord(last_success=5.0)}
+    assert model.records == {RunKey("nas", "check"): RunHistory(last_success=5.0)}
     assert model.problems == [f"{path}: 1 of 2 kept job results make no sense: ignored"]
     metrics.render(model)  # and what is kept can be shown
     model.save()
