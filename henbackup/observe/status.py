@@ -1,7 +1,13 @@
 """The daemon's one status model: what runs, what waits, how every run last ended.
 
 Fed by the job events that job processes send up to the master, read by STATUS=,
-`henbackupctl status` and the metrics alike. The results of finished runs are kept in a
+`henbackupctl status`, `henbackupctl queue` and the metrics alike, without any lock: the
+queue's order comes from the events too (job.queued carries the ticket's arrival number,
+job.started and job.queued the job process's pid). A job process that dies without a word
+(SIGKILL) has its jobs forgotten by `owner_gone` when the master reaps it, so that no row
+runs or waits forever. Tickets of processes outside this daemon (a `henbackup backup` run
+by hand) send no event here: the caller reads them from the queue's files, and `queue()`
+places them among the daemon's own. The results of finished runs are kept in a
 small JSON file in the state directory, so that a restart does not forget when a backup
 last succeeded; live jobs are not kept (a restart ends them). What cannot be read of that
 file (not JSON, nested too deeply, an entry of the wrong shape) counts as absent, and the
@@ -20,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from henbackup.files import write_atomically
+from henbackup.humanize import relative
+from henbackup.scheduler.ticket import Ticket
 
 RESULTS = ("succeeded", "failed", "cancelled")
 ENDINGS = {f"job.{result}": result for result in RESULTS}
@@ -67,12 +75,22 @@ class LiveJob:
     state: str  # queued, running
     since: float  # epoch seconds of its latest change of state
     trigger: str = ""
-    priority: int = 0
-    position: int | None = None
+    priority: int = 0  # Priority.effective
+    position: int | None = None  # in the queue's order, 1 next (set by `queue()`, not kept)
     percent: float | None = None
     bytes_done: int | None = None
     total_bytes: int | None = None
     seconds_remaining: float | None = None
+    pid: int = 0  # its job process (0: not said)
+    queued_at: float | None = None  # when it entered the host-wide queue
+    sequence: int | None = None  # its arrival number in the host-wide queue
+    ticket: str = ""  # the queue ticket it runs under, when not its own (a backup's forget)
+    stalled: bool = False  # said to make no progress (job.stalled) since its last progress
+
+    @property
+    def ticket_id(self) -> str:
+        """What the queue calls it (and `henbackupctl cancel` takes)."""
+        return self.ticket or self.job
 
     @property
     def title(self) -> str:
@@ -80,6 +98,17 @@ class LiveJob:
         if self.key.backup:
             return f"{self.key.backup}→{self.key.repository}"
         return f"{self.key.operation} {self.key.repository}"
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker as the master last told the model (its own loop's news, no lock)."""
+
+    name: str
+    kind: str  # backup, repository
+    state: str  # master/states.State's value: starting, running, backoff, fatal…
+    running: bool = False  # a run (hooks and jobs) is in progress in its job process
+    next_run: float | None = None  # epoch seconds of its next scheduled run
 
 
 class StatusModel:
@@ -91,6 +120,34 @@ class StatusModel:
         if path is not None:
             self.records, self.problems = _load(path)
         self.live: dict[str, LiveJob] = {}
+        self.workers: dict[str, WorkerView] = {}  # by key: `backup:NAME`, `repository:NAME`
+        self.stopping = False
+
+    def daemon_changed(self, workers: Iterable[tuple[str, WorkerView]], stopping: bool) -> None:
+        """The master's workers and whether it stops, after any change of theirs."""
+        self.workers, self.stopping = dict(workers), stopping
+
+    def status_line(self) -> str:
+        """One line (STATUS=, the top of `henbackupctl status`):
+        `2 backups; running: pictures→aws 42%; queued: 1; failed: music; next: …`."""
+        workers = self.workers.values()
+        backups = sum(1 for worker in workers if worker.kind == "backup")
+        running = [_activity(job) for job in self.running()]
+        queued = len(self.waiting())
+        fatal = [worker.name for worker in workers if worker.state == "fatal"]
+        parts = [f"{backups} backup{'s' if backups != 1 else ''}"]
+        if self.stopping:
+            parts.append("stopping")
+        parts.append(f"running: {', '.join(running)}" if running else "idle")
+        if queued:
+            parts.append(f"queued: {queued}")
+        if fatal:
+            parts.append(f"failed: {', '.join(fatal)}")
+        upcoming = [(worker.next_run, worker.name) for worker in workers if worker.next_run]
+        if upcoming and not self.stopping:
+            when, name = min(upcoming)
+            parts.append(f"next: {name} {relative(when - time.time())}")
+        return "; ".join(parts)
 
     def apply(self, kind: str, fields: Mapping[str, Any], owner: str) -> LiveJob | None:
         """Take in one job event; returns the job it ended, if it ended one."""
@@ -110,16 +167,25 @@ class StatusModel:
         state = "queued" if kind == "job.queued" else "running"
         job = self.live.get(job_id)
         if job is None or job.state != state or kind == "job.queued":
-            job = self._live(job_id, key, owner, state, fields)
+            job = self._live(job_id, key, owner, state, fields, job)
         elif kind == "job.progress":
-            job = replace(job, **_progress(fields))
-        # else a warning or a stall on its way: the run keeps its start and its progress
+            job = replace(job, stalled=False, **_progress(fields))
+        elif kind == "job.stalled":  # the run keeps its start and its progress
+            job = replace(job, stalled=True)
+        # else a warning on its way: nothing changes
         self.live[job_id] = job
         return None
 
     def _live(
-        self, job_id: str, key: RunKey, owner: str, state: str, fields: Mapping[str, Any]
+        self,
+        job_id: str,
+        key: RunKey,
+        owner: str,
+        state: str,
+        fields: Mapping[str, Any],
+        before: LiveJob | None = None,
     ) -> LiveJob:
+        """A job in `state` from now; what its queued self knew of its ticket stays."""
         return LiveJob(
             job_id,
             key,
@@ -129,6 +195,10 @@ class StatusModel:
             trigger=str(fields.get("trigger") or ""),
             priority=_int(fields.get("priority")) or 0,
             position=_int(fields.get("position")) if state == "queued" else None,
+            pid=_int(fields.get("pid")) or (before.pid if before else 0),
+            queued_at=_float(fields.get("queued_at")) or (before.queued_at if before else None),
+            sequence=_int(fields.get("sequence")) or (before.sequence if before else None),
+            ticket=str(fields.get("ticket") or ""),
         )
 
     def _record(self, job: LiveJob, result: str, fields: Mapping[str, Any]) -> None:
@@ -164,11 +234,21 @@ class StatusModel:
             del self.live[job.job]
         return gone
 
-    def set_positions(self, positions: Mapping[str, int]) -> None:
-        """Queue positions as the scheduler sees them now (job id → 1, 2, …)."""
-        for job_id, job in self.live.items():
-            if job.state == "queued":
-                self.live[job_id] = replace(job, position=positions.get(job_id, job.position))
+    def queue(self, outsiders: Iterable[Ticket] = ()) -> list[LiveJob]:
+        """The host-wide queue as the events tell it: running jobs in arrival order, then
+        waiting ones in the order they will run, each with its position (1 runs next).
+
+        `outsiders`: the living tickets read from the queue's files; those of jobs this
+        model does not know (processes outside the daemon, or a job whose first event is
+        still on its way) take their places among the daemon's own."""
+        known = {job.ticket_id for job in self.live.values()}
+        jobs = [*self.live.values(), *(_outsider(t) for t in outsiders if t.job_id not in known)]
+        running = sorted((j for j in jobs if j.state == "running"), key=_arrival)
+        waiting = sorted((j for j in jobs if j.state == "queued"), key=_turn)
+        return [
+            *(replace(job, position=None) for job in running),
+            *(replace(job, position=place) for place, job in enumerate(waiting, start=1)),
+        ]
 
     def running(self) -> list[LiveJob]:
         return [job for job in self.live.values() if job.state == "running"]
@@ -188,6 +268,38 @@ class StatusModel:
 
     def items(self) -> Iterable[tuple[RunKey, RunHistory]]:
         return sorted(self.records.items())
+
+
+def _activity(job: LiveJob) -> str:
+    """`pictures→aws-ireland 42%`, `check aws-ireland`, `… 42% (stalled)`."""
+    activity = f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
+    return f"{activity} (stalled)" if job.stalled else activity
+
+
+def _arrival(job: LiveJob) -> tuple[float, int]:
+    return (job.queued_at or job.since, job.sequence or 0)
+
+
+def _turn(job: LiveJob) -> tuple[int, float, float]:
+    """The queue's order (scheduler.ticket.order_key): greater priority first, then the
+    first to arrive; Priority.effective orders as the priority does."""
+    sequence = math.inf if job.sequence is None else job.sequence
+    return (-job.priority, sequence, job.queued_at or job.since)
+
+
+def _outsider(ticket: Ticket) -> LiveJob:
+    """A ticket of the queue's files as a live job of nobody's here."""
+    return LiveJob(
+        ticket.job_id,
+        RunKey(ticket.repository, ticket.operation, ticket.backup or ""),
+        "",
+        "queued" if ticket.state == "waiting" else "running",
+        ticket.queued_at,
+        priority=ticket.priority.effective,
+        pid=ticket.pid,
+        queued_at=ticket.queued_at,
+        sequence=ticket.sequence,
+    )
 
 
 def _progress(fields: Mapping[str, Any]) -> dict[str, Any]:

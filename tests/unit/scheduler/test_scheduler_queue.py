@@ -99,19 +99,20 @@ def test_blocking_wait_gives_up_after_its_timeout_and_leaves_the_queue(scheduler
     holder.release()
 
 
-def test_acquire_reports_the_position_when_it_has_to_wait(scheduler):
+def test_acquire_reports_the_position_and_the_stamped_ticket_when_it_has_to_wait(scheduler):
     holder = scheduler.submit(ticket("holder")).grant
-    positions = []
-    with (
-        pytest.raises(QueueTimeout),
-        scheduler.acquire(ticket("w"), timeout=0.01, on_queued=positions.append),
-    ):
+    told = []
+
+    def queued(position, stamped):
+        told.append((position, stamped.job_id, stamped.sequence, stamped.queued_at > 0))
+
+    with pytest.raises(QueueTimeout), scheduler.acquire(ticket("w"), 0.01, queued):
         pass
-    assert positions == [1]
+    assert told == [(1, "w", holder.ticket.sequence + 1, True)]
     holder.release()
-    with scheduler.acquire(ticket("w2"), on_queued=positions.append) as grant:
+    with scheduler.acquire(ticket("w2"), on_queued=queued) as grant:
         assert grant.ticket.state == "running"
-    assert positions == [1]
+    assert len(told) == 1  # granted at once: not queued
 
 
 def test_raising_the_slot_count_lets_a_waiter_start(scheduler):
