@@ -85,7 +85,7 @@ class LiveJob:
     queued_at: float | None = None  # when it entered the host-wide queue
     sequence: int | None = None  # its arrival number in the host-wide queue
     ticket: str = ""  # the queue ticket it runs under, when not its own (a backup's forget)
-    stalled: bool = False  # said to make no progress (job.stalled) since its last progress
+    stalled: bool = False  # said to make no progress (job.stalled), and has not moved since
 
     @property
     def ticket_id(self) -> str:
@@ -168,8 +168,9 @@ class StatusModel:
         job = self.live.get(job_id)
         if job is None or job.state != state or kind == "job.queued":
             job = self._live(job_id, key, owner, state, fields, job)
-        elif kind == "job.progress":
-            job = replace(job, stalled=False, **_progress(fields))
+        elif kind == "job.progress":  # a stalled run reports too: stalled until it moves
+            progress = _progress(fields)
+            job = replace(job, stalled=job.stalled and not _moved(job, progress), **progress)
         elif kind == "job.stalled":  # the run keeps its start and its progress
             job = replace(job, stalled=True)
         # else a warning on its way: nothing changes
@@ -300,6 +301,13 @@ def _outsider(ticket: Ticket) -> LiveJob:
         queued_at=ticket.queued_at,
         sequence=ticket.sequence,
     )
+
+
+def _moved(job: LiveJob, progress: Mapping[str, Any]) -> bool:
+    """Whether `progress` got further than the job had got (what restic reports: a restic
+    that read ahead and now only uploads reports no more until its end)."""
+    further = [(progress["bytes_done"], job.bytes_done), (progress["percent"], job.percent)]
+    return any(now is not None and (then is None or now > then) for now, then in further)
 
 
 def _progress(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -305,11 +305,15 @@ def test_a_forget_shows_in_the_queue_under_its_backups_ticket(model: StatusModel
 
 
 def test_a_stall_is_shown_until_the_run_makes_progress_again(model: StatusModel) -> None:
+    """A stalled restic goes on printing its status: a report that moved no byte is no
+    progress."""
     model.apply("job.started", job(), OWNER)
-    model.apply("job.progress", job(percent=42), OWNER)
+    model.apply("job.progress", job(percent=42, bytes_done=420), OWNER)
     model.apply("job.stalled", job(stalled_sec=600.0, error="restic says nothing"), OWNER)
     assert model.status_line() == "0 backups; running: pictures→aws 42% (stalled)"
-    model.apply("job.progress", job(percent=43), OWNER)
+    model.apply("job.progress", job(percent=42, bytes_done=420), OWNER)
+    assert model.status_line() == "0 backups; running: pictures→aws 42% (stalled)"
+    model.apply("job.progress", job(percent=43, bytes_done=430), OWNER)
     assert model.status_line() == "0 backups; running: pictures→aws 43%"
 
 
