@@ -76,7 +76,7 @@ class LiveJob:
     since: float  # epoch seconds of its latest change of state
     trigger: str = ""
     priority: int = 0  # Priority.effective
-    position: int | None = None  # in the queue's order, 1 next (set by `queue()`, not kept)
+    position: int | None = None  # as job.queued told it; `queue()` gives the one of now
     percent: float | None = None
     bytes_done: int | None = None
     total_bytes: int | None = None
