@@ -408,7 +408,7 @@ class Scheduler:
             os.close(fd)
         try:
             return Ticket.from_json(raw)
-        except (ValueError, TypeError, KeyError, RecursionError):
+        except (ValueError, TypeError, KeyError, RecursionError, OverflowError):  # int(Infinity)
             if tidy:
                 Path(path).unlink(missing_ok=True)
             return None

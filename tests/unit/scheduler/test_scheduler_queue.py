@@ -12,7 +12,7 @@ import shutil
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from henbackup.config.model import Priority
@@ -307,12 +307,14 @@ ODD_TICKETS = st.one_of(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(raw=ODD_TICKETS)
+@example(raw=b'{"job_id": null, "repository": null, "priority": [false, Infinity]}')
 def test_a_ticket_file_of_any_shape_is_skipped_never_raised(scheduler, raw):
     """Ticket files are the queue's own, but read from disk: their shape is checked."""
     holder = scheduler.submit(ticket("a"))
     odd = scheduler.directory / "tickets" / "odd"
     odd.write_bytes(raw)
     try:
+        assert [t.job_id for t in scheduler.tickets()] in (["a"], ["a", "odd"])
         assert [t.job_id for t in scheduler.peek()] in (["a"], ["a", "odd"])
         assert [t.job_id for t in scheduler.queue()] in (["a"], ["a", "odd"])
         assert scheduler.cancel("odd", wait=False) in (None, *scheduler.queue())
