@@ -194,10 +194,11 @@ class Scheduler:
     def tickets(self) -> tuple[Ticket, ...]:
         """The living tickets in queue order, read as the files are: never takes the lock,
         never changes anything (a ticket rewritten at that very moment is left out, dead
-        ones are skipped). Empty when the directory is gone."""
+        ones are skipped). Empty when the directory is gone or cannot be read: the daemon's
+        own jobs are known from their events anyway."""
         try:
             return _in_queue_order(t for t in self._read_tickets(tidy=False) if _alive(t))
-        except FileNotFoundError:
+        except OSError:
             return ()
 
     def peek(self) -> tuple[Ticket, ...]:

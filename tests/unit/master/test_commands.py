@@ -857,6 +857,22 @@ def test_status_and_queue_are_read_from_the_model_and_change_nothing_in_the_queu
     assert path.read_bytes() == ticket.to_json()
 
 
+def test_status_and_queue_answer_when_the_queue_cannot_be_read(master: Any) -> None:
+    """The daemon's own jobs are known from their events: a queue directory that is not
+    one costs the tickets of outsiders only."""
+    tickets = master.scheduler.directory / "tickets"
+    tickets.rmdir()
+    tickets.write_text("")  # scandir: NotADirectoryError
+    master.model.apply(
+        "job.started",
+        {"job": "j1", "backup": "pictures", "repository": "aws", "operation": "backup"},
+        "backup:pictures",
+    )
+    assert [row["job"] for row in ask(master, "queue")["jobs"]] == ["j1"]
+    (_, pictures) = ask(master, "status")["backups"]
+    assert [row["state"] for row in pictures["repositories"]] == ["idle", "running"]
+
+
 def test_commands_need_no_supervisor() -> None:
     """master/supervisor.py imports the commands; they must not import it back."""
     tree = ast.parse(Path(commands.__file__).read_text())
