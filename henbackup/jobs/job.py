@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -30,9 +31,11 @@ class Job:
     trigger: str = "manual"  # watch, schedule, manual, startup
     priority: Priority = NORMAL
     id: str = field(default_factory=new_job_id)
+    ticket: str | None = None  # the queue ticket it runs under, when not its own (a forget)
 
     def fields(self) -> dict[str, FieldValue]:
         """The event fields that identify this job."""
+        ticket = {"ticket": self.ticket} if self.ticket else {}
         return {
             "job": self.id,
             "operation": self.operation,
@@ -40,6 +43,7 @@ class Job:
             "repository": self.repository,
             "trigger": self.trigger,
             "priority": self.priority.effective,
+            **ticket,
         }
 
     @property
@@ -109,7 +113,7 @@ def run_job(
     returned; re-raises what it raised.
     """
     started = time.monotonic()
-    emit("job.started", f"{job.title}: {job.operation} started", **job.fields())
+    emit("job.started", f"{job.title}: {job.operation} started", **job.fields(), pid=os.getpid())
     try:
         result = _reporting_stalls(engine, StallReporter(job, emit), work)
     except JobCancelled:

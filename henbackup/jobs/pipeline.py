@@ -58,9 +58,10 @@ def queued(job: Job, scheduler: Scheduler | None, emit: EmitFunction) -> Iterato
         job.id, job.repository, job.priority, mode_for(job.operation), job.operation, job.backup
     )
 
-    def on_queued(position: int) -> None:
+    def on_queued(position: int, stamped: Ticket) -> None:
         message = f"{job.title}: {job.operation} queued, position {position}"
-        emit("job.queued", message, **job.fields(), position=position)
+        place = {"sequence": stamped.sequence, "queued_at": stamped.queued_at}
+        emit("job.queued", message, **job.fields(), position=position, pid=stamped.pid, **place)
 
     with contextlib.ExitStack() as held:
         try:
@@ -138,7 +139,9 @@ def _back_up_to_repository(
         with queued(job, scheduler, emit):
             result = run_backup(job, config, engine, emit)
             if backup.retention is not None:
-                forget = Job("forget", repository, backup.name, job.trigger, job.priority)
+                forget = Job(
+                    "forget", repository, backup.name, job.trigger, job.priority, ticket=job.id
+                )
                 run_forget(forget, config, engine, emit)
     except StopRequested:
         raise  # nothing more runs once the whole run is stopped

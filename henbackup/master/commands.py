@@ -4,7 +4,9 @@ Requests arrive with their shape checked (henbackup/protocol.py); names and opti
 checked here, so that a mistake is a usage error (exit 2) at once, not a failed job later.
 A backup goes to its worker (which keeps its schedule's records); everything else runs in a
 one-off job process of the master's. All of it goes through the host-wide queue, which the
-master reads and changes without ever waiting for its lock.
+master changes without ever waiting for its lock. `status` and `queue` are answered from
+the one status model (observe/status.py) without any lock: only the tickets of processes
+outside the daemon are read from the queue's files, as they are, changing nothing.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from henbackup import names
+from henbackup.config.model import Priority
 from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
 from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
 from henbackup.master.control import Conversation
 from henbackup.master.permissions import refusal
-from henbackup.observe.status import LiveJob, RunKey, RunRecord
+from henbackup.master.states import Child
+from henbackup.observe.status import LiveJob, RunHistory, RunKey, StatusModel, WorkerView
 from henbackup.protocol import (
     ControlReply,
     ControlRequest,
@@ -33,14 +38,48 @@ from henbackup.protocol import (
 )
 from henbackup.scheduler.ticket import Ticket
 
+if TYPE_CHECKING:
+    from henbackup.channel import Channel
+    from henbackup.config.model import Config
+    from henbackup.loop import Loop
+    from henbackup.scheduler.queue import Scheduler
+
 CANCEL_PATIENCE = 5.0  # seconds a cancel tries again while another process holds the queue
 CANCEL_RETRY = 0.05
 BUSY_QUEUE = "another process has held the job queue's lock"
 
-if TYPE_CHECKING:
-    from henbackup.master.supervisor import Master, Supervised
 
-Command = Callable[["Master", ControlRequest, Conversation], ControlReply | None]
+class Worker(Protocol):
+    """What a command needs of a worker the master supervises: its channel and state."""
+
+    @property
+    def channel(self) -> Channel | None: ...
+    @property
+    def child(self) -> Child: ...
+
+
+class Master(Protocol):
+    """What a command needs of the master (master/supervisor.py's Master), and no more."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def config_path(self) -> Path: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def loop(self) -> Loop: ...
+    @property
+    def scheduler(self) -> Scheduler | None: ...
+    @property
+    def jobs(self) -> jobs.Jobs: ...
+    @property
+    def children(self) -> Mapping[str, Worker]: ...
+
+
+Command = Callable[[Master, ControlRequest, Conversation], ControlReply | None]
 
 
 def answer(
@@ -93,50 +132,55 @@ def _priority(request: ControlRequest) -> str | None:
 
 
 def status(master: Master, request: ControlRequest, conversation: Conversation) -> ControlReply:
-    positions = _positions(master)
-    master.jobs.model.set_positions(positions)
+    model = master.jobs.model
+    positions = {job.job: job.position for job in model.queue(_outsiders(master))}
     backups = []
     for name, backup in sorted(master.config.backups.items()):
-        worker = master.children.get(names.worker_key("backup", name))
-        rows = [_row(master, RunKey(r, "backup", name)) for r in backup.repositories]
+        rows = [_row(model, RunKey(r, "backup", name), positions) for r in backup.repositories]
+        worker = model.workers.get(names.worker_key("backup", name))
         backups.append({"name": name, **_worker(worker), "repositories": rows})
     repositories = []
     for name, repository in sorted(master.config.repositories.items()):
-        worker = master.children.get(names.worker_key("repository", name))
         scheduled = {"check": repository.check, "prune": repository.prune}
         operations = [
-            {"operation": operation, **_row(master, RunKey(name, operation))}
+            {"operation": operation, **_row(model, RunKey(name, operation), positions)}
             for operation, settings in scheduled.items()
-            if settings is not None or _known(master, RunKey(name, operation))
+            if settings is not None or _known(model, RunKey(name, operation))
         ]
+        worker = model.workers.get(names.worker_key("repository", name))
         repositories.append({"name": name, **_worker(worker), "operations": operations})
     return {
         "ok": True,
-        "status": master.status_line(),
+        "status": model.status_line(),
         "daemon": {"pid": os.getpid(), "config": str(master.config_path)},
         "backups": backups,
         "repositories": repositories,
     }
 
 
-def _known(master: Master, key: RunKey) -> bool:
+def _outsiders(master: Master) -> tuple[Ticket, ...]:
+    """The living tickets in the queue's files, read as they are: no lock, no change."""
+    return master.scheduler.tickets() if master.scheduler else ()
+
+
+def _known(model: StatusModel, key: RunKey) -> bool:
     """Whether an operation asked by hand has run, or waits or runs now."""
-    return key in master.jobs.model.records or bool(master.jobs.model.jobs_of(key))
+    return key in model.records or bool(model.jobs_of(key))
 
 
-def _worker(worker: Supervised | None) -> dict[str, Any]:
+def _worker(worker: WorkerView | None) -> dict[str, Any]:
     """The worker's state (running, backoff, fatal…), whether a run is in progress, and
     when it runs next."""
     if worker is None:
         return WorkerStatus(None, "idle", None).as_reply()
     run = "running" if worker.running else "idle"
-    return WorkerStatus(worker.child.state.value, run, worker.next_run).as_reply()
+    return WorkerStatus(worker.state, run, worker.next_run).as_reply()
 
 
-def _row(master: Master, key: RunKey) -> dict[str, Any]:
+def _row(model: StatusModel, key: RunKey, positions: Mapping[str, int | None]) -> dict[str, Any]:
     """One backup→repository (or repository operation): now, and how it last went."""
-    live = master.jobs.model.jobs_of(key)
-    record = master.jobs.model.records.get(key, RunRecord())
+    live = model.jobs_of(key)
+    record = model.records.get(key, RunHistory())
     last = record.last
     job: LiveJob | None = next((j for j in live if j.state == "running"), None) or (
         live[0] if live else None
@@ -145,7 +189,7 @@ def _row(master: Master, key: RunKey) -> dict[str, Any]:
         repository=key.repository,
         state=job.state if job else "idle",
         job=job.job if job else None,
-        position=job.position if job else None,
+        position=positions.get(job.job) if job else None,
         percent=job.percent if job else None,
         last_attempt=last.started if last else None,
         last_success=record.last_success,
@@ -157,36 +201,33 @@ def _row(master: Master, key: RunKey) -> dict[str, Any]:
     ).as_reply()
 
 
-def _positions(master: Master) -> dict[str, int]:
-    if master.scheduler is None:
-        return {}
-    waiting = [t for t in master.scheduler.peek() if t.state == "waiting"]
-    return {ticket.job_id: position for position, ticket in enumerate(waiting, start=1)}
-
-
 def queue(master: Master, request: ControlRequest, conversation: Conversation) -> ControlReply:
-    tickets = master.scheduler.peek() if master.scheduler else ()
-    jobs, position = [], 0
-    for ticket in tickets:
-        position += ticket.state == "waiting"
-        jobs.append(_ticket_row(master, ticket, position if ticket.state == "waiting" else None))
-    return {"ok": True, "jobs": jobs}
-
-
-def _ticket_row(master: Master, ticket: Ticket, position: int | None) -> dict[str, Any]:
-    live = master.jobs.model.live.get(ticket.job_id)
     return {
-        "job": ticket.job_id,
-        "state": ticket.state,
-        "position": position,
-        "operation": ticket.operation,
-        "backup": ticket.backup,
-        "repository": ticket.repository,
-        "priority": ticket.priority.label,
-        "pid": ticket.pid,
-        "queued_at": ticket.queued_at,
-        "percent": live.percent if live else None,
+        "ok": True,
+        "jobs": [_queue_row(job) for job in master.jobs.model.queue(_outsiders(master))],
     }
+
+
+def _queue_row(job: LiveJob) -> dict[str, Any]:
+    return {
+        "job": job.ticket_id,
+        "state": "waiting" if job.state == "queued" else "running",
+        "position": job.position,
+        "operation": job.key.operation,
+        "backup": job.key.backup or None,
+        "repository": job.key.repository,
+        "priority": _priority_label(job.priority),
+        "pid": job.pid,
+        "queued_at": job.queued_at or job.since,
+        "percent": job.percent,
+    }
+
+
+def _priority_label(effective: int) -> str:
+    """How the config spells a priority (`next`, `superior`, `-3`), from Priority.effective."""
+    special = (Priority.ON_IDLE_BAND, Priority.NEXT_BAND, Priority.IMMEDIATE_BAND)
+    by_effective = {Priority(band).effective: Priority(band) for band in special}
+    return by_effective.get(effective, Priority.ordinary(effective)).label
 
 
 def cancel(

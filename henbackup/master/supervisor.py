@@ -15,7 +15,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from henbackup.channel import Channel
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
-from henbackup.humanize import relative
 from henbackup.loop import Loop
 from henbackup.master import commands
 from henbackup.master.control import ControlServer, Conversation, bind, socket_from_systemd
@@ -36,7 +34,7 @@ from henbackup.master.specs import diff, worker_specs
 from henbackup.master.states import Child, ChildState, Policy
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
-from henbackup.observe.status import LiveJob, StatusModel
+from henbackup.observe.status import StatusModel, WorkerView
 from henbackup.process import (
     Watched,
     become_subreaper,
@@ -273,6 +271,7 @@ class Master:
         supervised = self.children.get(key)
         if supervised is not None and supervised.child.state is ChildState.BACKOFF:
             self._spawn(key)
+            self._update_status()
 
     def _stop_child(self, key: str) -> None:
         """SIGTERM the worker (it interrupts its job cleanly); a dead one is stopped at once."""
@@ -402,36 +401,16 @@ class Master:
         return f"{backups} backup{'s' if backups != 1 else ''}"
 
     def _update_status(self) -> None:
-        self.notifier.status(self.status_line())
-
-    def status_line(self) -> str:
-        """One line: `2 backups; running: pictures→aws 42%; queued: 1; failed: music`."""
-        running = [_activity(job) for job in self.model.running()]
-        queued = len(self.model.waiting())
-        fatal = [s.spec.name for s in self.children.values() if s.child.state is ChildState.FATAL]
-        parts = [self._summary()]
-        if self.stopping:
-            parts.append("stopping")
-        parts.append(f"running: {', '.join(running)}" if running else "idle")
-        if queued:
-            parts.append(f"queued: {queued}")
-        if fatal:
-            parts.append(f"failed: {', '.join(fatal)}")
-        upcoming = [(s.next_run, s.spec.name) for s in self.children.values() if s.next_run]
-        if upcoming and not self.stopping:
-            when, name = min(upcoming)
-            parts.append(f"next: {name} {relative(when - time.time())}")
-        if not self.children and not self.stopping:  # a fresh install: say what to do next
-            parts.append(
-                f"define a backup in {self.config_path}, "
-                "then: henbackup check-config; systemctl reload henbackup"
-            )
-        return "; ".join(parts)
+        """Tell the model how the workers are (status reads them there), and systemd."""
+        workers = ((key, _view(supervised)) for key, supervised in self.children.items())
+        self.model.daemon_changed(workers, self.stopping, self.config_path)
+        self.notifier.status(self.model.status_line())
 
 
-def _activity(job: LiveJob) -> str:
-    """`pictures→aws-ireland 42%`, `check aws-ireland`."""
-    return f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
+def _view(supervised: Supervised) -> WorkerView:
+    spec = supervised.spec
+    state = supervised.child.state.value
+    return WorkerView(spec.name, spec.kind, state, supervised.running, supervised.next_run)
 
 
 def _reply_for_exit(code: int) -> ControlReply:

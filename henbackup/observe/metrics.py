@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from henbackup.files import write_atomically
 from henbackup.loop import Loop, Timer
-from henbackup.observe.status import RunKey, RunRecord, StatusModel
+from henbackup.observe.status import RunHistory, RunKey, StatusModel
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEAD = 8 * 1024
@@ -126,7 +126,7 @@ def _samples(model: StatusModel, up: bool) -> dict[Family, list[Sample]]:
     return samples
 
 
-def _record_samples(key: RunKey, record: RunRecord) -> Iterable[tuple[Family, Sample]]:
+def _record_samples(key: RunKey, record: RunHistory) -> Iterable[tuple[Family, Sample]]:
     """What one record contributes, family by family."""
     pair = (key.backup, key.repository)
     triple = (*pair, key.operation)

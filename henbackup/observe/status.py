@@ -1,7 +1,13 @@
 """The daemon's one status model: what runs, what waits, how every run last ended.
 
 Fed by the job events that job processes send up to the master, read by STATUS=,
-`henbackupctl status` and the metrics alike. The results of finished runs are kept in a
+`henbackupctl status`, `henbackupctl queue` and the metrics alike, without any lock: the
+queue's order comes from the events too (job.queued carries the ticket's arrival number,
+job.started and job.queued the job process's pid). A job process that dies without a word
+(SIGKILL) has its jobs forgotten by `owner_gone` when the master reaps it, so that no row
+runs or waits forever. Tickets of processes outside this daemon (a `henbackup backup` run
+by hand) send no event here: the caller reads them from the queue's files, and `queue()`
+places them among the daemon's own. The results of finished runs are kept in a
 small JSON file in the state directory, so that a restart does not forget when a backup
 last succeeded; live jobs are not kept (a restart ends them). What cannot be read of that
 file (not JSON, nested too deeply, an entry of the wrong shape) counts as absent, and the
@@ -20,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from henbackup.files import write_atomically
+from henbackup.humanize import relative
+from henbackup.scheduler.ticket import Ticket
 
 RESULTS = ("succeeded", "failed", "cancelled")
 ENDINGS = {f"job.{result}": result for result in RESULTS}
@@ -47,8 +55,8 @@ class LastRun:
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """Everything known of one RunKey's runs since the state directory was created."""
+class RunHistory:
+    """The history of one RunKey's runs since the state directory was created."""
 
     last: LastRun | None = None
     last_success: float | None = None  # when the last successful run started
@@ -67,12 +75,22 @@ class LiveJob:
     state: str  # queued, running
     since: float  # epoch seconds of its latest change of state
     trigger: str = ""
-    priority: int = 0
-    position: int | None = None
+    priority: int = 0  # Priority.effective
+    position: int | None = None  # as job.queued told it; `queue()` gives the one of now
     percent: float | None = None
     bytes_done: int | None = None
     total_bytes: int | None = None
     seconds_remaining: float | None = None
+    pid: int = 0  # its job process (0: not said)
+    queued_at: float | None = None  # when it entered the host-wide queue
+    sequence: int | None = None  # its arrival number in the host-wide queue
+    ticket: str = ""  # the queue ticket it runs under, when not its own (a backup's forget)
+    stalled: bool = False  # said to make no progress (job.stalled), and has not moved since
+
+    @property
+    def ticket_id(self) -> str:
+        """What the queue calls it (and `henbackupctl cancel` takes)."""
+        return self.ticket or self.job
 
     @property
     def title(self) -> str:
@@ -82,15 +100,66 @@ class LiveJob:
         return f"{self.key.operation} {self.key.repository}"
 
 
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker as the master last told the model (its own loop's news, no lock)."""
+
+    name: str
+    kind: str  # backup, repository
+    state: str  # master/states.State's value: starting, running, backoff, fatal…
+    running: bool = False  # a run (hooks and jobs) is in progress in its job process
+    next_run: float | None = None  # epoch seconds of its next scheduled run
+
+
 class StatusModel:
     def __init__(self, path: Path | None = None) -> None:
         """`path`: where finished results are kept (None: in memory only)."""
         self.path = path
-        self.records: dict[RunKey, RunRecord] = {}
+        self.records: dict[RunKey, RunHistory] = {}
         self.problems: list[str] = []  # what could not be read of the kept results
         if path is not None:
             self.records, self.problems = _load(path)
         self.live: dict[str, LiveJob] = {}
+        self.workers: dict[str, WorkerView] = {}  # by key: `backup:NAME`, `repository:NAME`
+        self.stopping = False
+        self.config_path: Path | None = None  # named in the hint when no backup is defined
+
+    def daemon_changed(
+        self,
+        workers: Iterable[tuple[str, WorkerView]],
+        stopping: bool,
+        config_path: Path | None = None,
+    ) -> None:
+        """The master's workers and whether it stops, after any change of theirs."""
+        self.workers, self.stopping = dict(workers), stopping
+        self.config_path = config_path
+
+    def status_line(self) -> str:
+        """One line (STATUS=, the top of `henbackupctl status`):
+        `2 backups; running: pictures→aws 42%; queued: 1; failed: music; next: …`."""
+        workers = self.workers.values()
+        backups = sum(1 for worker in workers if worker.kind == "backup")
+        running = [_activity(job) for job in self.running()]
+        queued = len(self.waiting())
+        fatal = [worker.name for worker in workers if worker.state == "fatal"]
+        parts = [f"{backups} backup{'s' if backups != 1 else ''}"]
+        if self.stopping:
+            parts.append("stopping")
+        parts.append(f"running: {', '.join(running)}" if running else "idle")
+        if queued:
+            parts.append(f"queued: {queued}")
+        if fatal:
+            parts.append(f"failed: {', '.join(fatal)}")
+        upcoming = [(worker.next_run, worker.name) for worker in workers if worker.next_run]
+        if upcoming and not self.stopping:
+            when, name = min(upcoming)
+            parts.append(f"next: {name} {relative(when - time.time())}")
+        if not self.workers and not self.stopping and self.config_path is not None:
+            parts.append(  # a fresh install: say what to do next
+                f"define a backup in {self.config_path}, "
+                "then: henbackup check-config; systemctl reload henbackup"
+            )
+        return "; ".join(parts)
 
     def apply(self, kind: str, fields: Mapping[str, Any], owner: str) -> LiveJob | None:
         """Take in one job event; returns the job it ended, if it ended one."""
@@ -110,16 +179,26 @@ class StatusModel:
         state = "queued" if kind == "job.queued" else "running"
         job = self.live.get(job_id)
         if job is None or job.state != state or kind == "job.queued":
-            job = self._live(job_id, key, owner, state, fields)
-        elif kind == "job.progress":
-            job = replace(job, **_progress(fields))
-        # else a warning or a stall on its way: the run keeps its start and its progress
+            job = self._live(job_id, key, owner, state, fields, job)
+        elif kind == "job.progress":  # a stalled run reports too: stalled until it moves
+            progress = _progress(fields)
+            job = replace(job, stalled=job.stalled and not _moved(job, progress), **progress)
+        elif kind == "job.stalled":  # the run keeps its start and its progress
+            job = replace(job, stalled=True)
+        # else a warning on its way: nothing changes
         self.live[job_id] = job
         return None
 
     def _live(
-        self, job_id: str, key: RunKey, owner: str, state: str, fields: Mapping[str, Any]
+        self,
+        job_id: str,
+        key: RunKey,
+        owner: str,
+        state: str,
+        fields: Mapping[str, Any],
+        before: LiveJob | None = None,
     ) -> LiveJob:
+        """A job in `state` from now; what its queued self knew of its ticket stays."""
         return LiveJob(
             job_id,
             key,
@@ -129,10 +208,14 @@ class StatusModel:
             trigger=str(fields.get("trigger") or ""),
             priority=_int(fields.get("priority")) or 0,
             position=_int(fields.get("position")) if state == "queued" else None,
+            pid=_int(fields.get("pid")) or (before.pid if before else 0),
+            queued_at=_float(fields.get("queued_at")) or (before.queued_at if before else None),
+            sequence=_int(fields.get("sequence")) or (before.sequence if before else None),
+            ticket=str(fields.get("ticket") or ""),
         )
 
     def _record(self, job: LiveJob, result: str, fields: Mapping[str, Any]) -> None:
-        old = self.records.get(job.key, RunRecord())
+        old = self.records.get(job.key, RunHistory())
         started = job.since if job.state == "running" else time.time()
         duration = _float(fields.get("duration_sec"))
         last = LastRun(
@@ -154,7 +237,7 @@ class StatusModel:
         if snapshots is not None and job.key.backup:
             counted = replace(job.key, operation="backup")
             self.records[counted] = replace(
-                self.records.get(counted, RunRecord()), snapshots=snapshots
+                self.records.get(counted, RunHistory()), snapshots=snapshots
             )
 
     def owner_gone(self, owner: str) -> list[LiveJob]:
@@ -164,11 +247,21 @@ class StatusModel:
             del self.live[job.job]
         return gone
 
-    def set_positions(self, positions: Mapping[str, int]) -> None:
-        """Queue positions as the scheduler sees them now (job id → 1, 2, …)."""
-        for job_id, job in self.live.items():
-            if job.state == "queued":
-                self.live[job_id] = replace(job, position=positions.get(job_id, job.position))
+    def queue(self, outsiders: Iterable[Ticket] = ()) -> list[LiveJob]:
+        """The host-wide queue as the events tell it: running jobs in arrival order, then
+        waiting ones in the order they will run, each with its position (1 runs next).
+
+        `outsiders`: the living tickets read from the queue's files; those of jobs this
+        model does not know (processes outside the daemon, or a job whose first event is
+        still on its way) take their places among the daemon's own."""
+        known = {job.ticket_id for job in self.live.values()}
+        jobs = [*self.live.values(), *(_outsider(t) for t in outsiders if t.job_id not in known)]
+        running = sorted((j for j in jobs if j.state == "running"), key=_arrival)
+        waiting = sorted((j for j in jobs if j.state == "queued"), key=_turn)
+        return [
+            *(replace(job, position=None) for job in running),
+            *(replace(job, position=place) for place, job in enumerate(waiting, start=1)),
+        ]
 
     def running(self) -> list[LiveJob]:
         return [job for job in self.live.values() if job.state == "running"]
@@ -186,8 +279,47 @@ class StatusModel:
         data = [{"key": asdict(key), **_record_json(record)} for key, record in self.items()]
         write_atomically(self.path, (json.dumps(data, indent=1) + "\n").encode())
 
-    def items(self) -> Iterable[tuple[RunKey, RunRecord]]:
+    def items(self) -> Iterable[tuple[RunKey, RunHistory]]:
         return sorted(self.records.items())
+
+
+def _activity(job: LiveJob) -> str:
+    """`pictures→aws-ireland 42%`, `check aws-ireland`, `… 42% (stalled)`."""
+    activity = f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
+    return f"{activity} (stalled)" if job.stalled else activity
+
+
+def _arrival(job: LiveJob) -> tuple[float, int]:
+    return (job.queued_at or job.since, job.sequence or 0)
+
+
+def _turn(job: LiveJob) -> tuple[int, float, float]:
+    """The queue's order (scheduler.ticket.order_key): greater priority first, then the
+    first to arrive; Priority.effective orders as the priority does."""
+    sequence = math.inf if job.sequence is None else job.sequence
+    return (-job.priority, sequence, job.queued_at or job.since)
+
+
+def _outsider(ticket: Ticket) -> LiveJob:
+    """A ticket of the queue's files as a live job of nobody's here."""
+    return LiveJob(
+        ticket.job_id,
+        RunKey(ticket.repository, ticket.operation, ticket.backup or ""),
+        "",
+        "queued" if ticket.state == "waiting" else "running",
+        ticket.queued_at,
+        priority=ticket.priority.effective,
+        pid=ticket.pid,
+        queued_at=ticket.queued_at,
+        sequence=ticket.sequence,
+    )
+
+
+def _moved(job: LiveJob, progress: Mapping[str, Any]) -> bool:
+    """Whether `progress` got further than the job had got (what restic reports: a restic
+    that read ahead and now only uploads reports no more until its end)."""
+    further = [(progress["bytes_done"], job.bytes_done), (progress["percent"], job.percent)]
+    return any(now is not None and (then is None or now > then) for now, then in further)
 
 
 def _progress(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,13 +331,13 @@ def _progress(fields: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _record_json(record: RunRecord) -> dict[str, Any]:
+def _record_json(record: RunHistory) -> dict[str, Any]:
     data = asdict(record)
     data["runs"] = dict(record.runs)
     return data
 
 
-def _load(path: Path) -> tuple[dict[RunKey, RunRecord], list[str]]:
+def _load(path: Path) -> tuple[dict[RunKey, RunHistory], list[str]]:
     """The kept results, and what could not be read of them (one line each): a file that
     cannot be read counts as no results, an entry that makes no sense as no entry."""
     try:
@@ -228,11 +360,11 @@ def _load(path: Path) -> tuple[dict[RunKey, RunRecord], list[str]]:
     return records, []
 
 
-def _entry(item: object) -> tuple[RunKey, RunRecord]:
+def _entry(item: object) -> tuple[RunKey, RunHistory]:
     """One kept result; raises ValueError unless every member is one of its own, typed."""
     entry = _checked(item, _ENTRY, required=("key",))
     last = entry.get("last")
-    return RunKey(**_checked(entry["key"], _KEY, required=("repository", "operation"))), RunRecord(
+    return RunKey(**_checked(entry["key"], _KEY, required=("repository", "operation"))), RunHistory(
         last=LastRun(**_checked(last, _LAST, required=("started", "result"))) if last else None,
         last_success=entry.get("last_success"),
         runs=dict(entry.get("runs", {})),

@@ -26,9 +26,11 @@ and repository locks are free the moment the holder dies; only the wake-up waits
 nudge.
 
 The master's loop never waits for the queue lock (a job process, even a frozen one, may
-hold it): it reads the queue with `peek()`, cancels with `cancel(wait=False)`, and sets the
-slots and nudges without the lock at all. If the directory is removed under it, the master
-sees an empty queue and makes the directory again at its next nudge or reload.
+hold it): it knows its own jobs from their events (observe/status.py) and reads the
+tickets of others with `tickets()`, without the lock; it cancels with `cancel(wait=False)`,
+and sets the slots and nudges without the lock at all. If the directory is removed under
+it, the master sees an empty queue and makes the directory again at its next nudge or
+reload.
 """
 
 from __future__ import annotations
@@ -133,18 +135,19 @@ class Scheduler:
         self,
         ticket: Ticket,
         timeout: float | None = None,
-        on_queued: Callable[[int], None] | None = None,
+        on_queued: Callable[[int, Ticket], None] | None = None,
     ) -> Iterator[Grant]:
         """Wait for the job's turn (blocking), hold its slot and repository for the block.
 
-        `on_queued(position)` is called once if the job has to wait. Raises QueueTimeout
+        `on_queued(position, ticket)` is called once if the job has to wait, with its
+        ticket as stamped (arrival number, time). Raises QueueTimeout
         after `timeout` seconds, JobCancelled if the ticket is cancelled while waiting;
         either way the ticket has left the queue.
         """
         waiter = self.submit(ticket)
         if waiter.grant is None and on_queued is not None:
             try:
-                on_queued(waiter.position() or 1)
+                on_queued(waiter.position() or 1, waiter.ticket)
             except BaseException:
                 waiter.cancel()
                 raise
@@ -188,6 +191,16 @@ class Scheduler:
         """
         with locks.locked(self._lock):
             return _in_queue_order(self._tidy())
+
+    def tickets(self) -> tuple[Ticket, ...]:
+        """The living tickets in queue order, read as the files are: never takes the lock,
+        never changes anything (a ticket rewritten at that very moment is left out, dead
+        ones are skipped). Empty when the directory is gone or cannot be read: the daemon's
+        own jobs are known from their events anyway."""
+        try:
+            return _in_queue_order(t for t in self._read_tickets(tidy=False) if _alive(t))
+        except OSError:
+            return ()
 
     def peek(self) -> tuple[Ticket, ...]:
         """What `queue()` returns, without ever waiting for the lock (for the master's loop):
@@ -397,7 +410,7 @@ class Scheduler:
             os.close(fd)
         try:
             return Ticket.from_json(raw)
-        except (ValueError, TypeError, KeyError, RecursionError):
+        except (ValueError, TypeError, KeyError, RecursionError, OverflowError):  # int(Infinity)
             if tidy:
                 Path(path).unlink(missing_ok=True)
             return None

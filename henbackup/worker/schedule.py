@@ -8,7 +8,7 @@
   at the entry's next regular time if that comes first, so a broken backup never runs in a
   tight loop, nor at every start of a daemon in a crash loop.
 - After an interrupted attempt (henbackup stopped during it: no end recorded, see
-  RunRecord.unfinished): due now, as a missed run is. It is not the backup's failure.
+  ScheduleRecord.unfinished): due now, as a missed run is. It is not the backup's failure.
 - A record from the future means the wall clock went back since it was written. Up to
   FUTURE_TOLERANCE back, the run did happen: count from it (no double run). Further back,
   the clock that wrote it was wrong: count from now (no wait of years).
@@ -39,7 +39,7 @@ from henbackup import linux
 from henbackup.config.cron import CronSpec, parse_cron
 from henbackup.config.model import Cron, Interval, ScheduleEntry
 from henbackup.loop import Loop, Timer
-from henbackup.worker.state import RunRecord
+from henbackup.worker.state import ScheduleRecord
 
 RETRY_AFTER = 600.0  # a failed run is retried after 10 minutes (or its next regular time)
 FUTURE_TOLERANCE = 86400.0  # how far back a clock may be set and the record still trusted
@@ -177,13 +177,13 @@ class ScheduleTimer:
         self.zone = zone or local_zone()
         self.retry_after = retry_after
         self.next: NextRun | None = None  # what the alarm waits for; None: disarmed
-        self._record = RunRecord()
+        self._record = ScheduleRecord()
         self._first_arm = True
         self._startup = False  # the first due time was already past when the worker began
         factory = make_alarm or (lambda wake: TimerfdAlarm(loop, wake))
         self._alarm = factory(self._wake)
 
-    def arm(self, record: RunRecord) -> NextRun | None:
+    def arm(self, record: ScheduleRecord) -> NextRun | None:
         """Wait for the run after `record`; returns it (None for an empty schedule).
 
         The first arm decides the trigger name: due already then is "startup" (missed while

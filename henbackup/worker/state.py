@@ -1,7 +1,8 @@
 """What must survive a restart: when each backup (and each repository's check and prune)
 last succeeded, was last attempted and last failed, and since when a watched backup has
 changes not yet backed up, as wall-clock epoch seconds. An attempt after the last success
-with no failure recorded for it never ended: henbackup stopped during it (RunRecord.unfinished).
+with no failure recorded for it never ended: henbackup stopped during it
+(ScheduleRecord.unfinished).
 
 One small JSON file per backup or maintenance operation under the state directory, so each
 worker writes only its own file. Written atomically: a temporary file in the same
@@ -28,7 +29,9 @@ _FIELDS = ("last_success", "last_attempt", "changed_since", "last_failure")
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class ScheduleRecord:
+    """What a worker's schedule goes by for one backup (or repository operation)."""
+
     last_success: float | None = None  # epoch seconds
     last_attempt: float | None = None  # the start of the latest run, however it ended
     changed_since: float | None = None  # the first change seen by the watch, not yet saved
@@ -60,7 +63,7 @@ class RunRecord:
 
 
 class StateStore:
-    """Reads and writes RunRecords under `directory` (the daemon's $STATE_DIRECTORY)."""
+    """Reads and writes ScheduleRecords under `directory` (the daemon's $STATE_DIRECTORY)."""
 
     def __init__(
         self,
@@ -74,59 +77,59 @@ class StateStore:
         self.directory = Path(directory)
         self.on_problem = on_problem
         self.on_unsaved = on_unsaved
-        self._known: dict[str, RunRecord] = {}  # what this process recorded, saved or not
+        self._known: dict[str, ScheduleRecord] = {}  # what this process recorded, saved or not
         self._unsaved: set[str] = set()
 
     def path(self, key: str) -> Path:
         return self.directory / key
 
-    def load(self, key: str) -> RunRecord:
+    def load(self, key: str) -> ScheduleRecord:
         """The record: as recorded by this store, else as stored (empty when missing,
         unreadable or corrupt; read once)."""
         if key not in self._known:
             self._known[key] = self._read(key)
         return self._known[key]
 
-    def _read(self, key: str) -> RunRecord:
+    def _read(self, key: str) -> ScheduleRecord:
         path = self.path(key)
         try:
             text = path.read_bytes().decode()
         except FileNotFoundError:
-            return RunRecord()
+            return ScheduleRecord()
         except (OSError, UnicodeDecodeError) as error:
             self.on_problem(f"{path}: cannot read the run record ({error}); treating it as absent")
-            return RunRecord()
+            return ScheduleRecord()
         try:
             return _parse(text)
         except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply
             self.on_problem(f"{path}: corrupt run record ({error}); treating it as absent")
-            return RunRecord()
+            return ScheduleRecord()
 
-    def save(self, key: str, record: RunRecord) -> None:
+    def save(self, key: str, record: ScheduleRecord) -> None:
         """Replace the stored record atomically; raises OSError when it cannot."""
         data = {name: getattr(record, name) for name in _FIELDS}
         write_atomically(self.path(key), (json.dumps(data) + "\n").encode())
 
-    def record_attempt(self, key: str, when: float) -> RunRecord:
+    def record_attempt(self, key: str, when: float) -> ScheduleRecord:
         """Note that a run starts at `when`; returns the record."""
         return self._keep(key, replace(self.load(key), last_attempt=when))
 
-    def record_change(self, key: str, when: float) -> RunRecord:
+    def record_change(self, key: str, when: float) -> ScheduleRecord:
         """Note that the watch saw a change at `when` (kept until a run saves it)."""
         return self._keep(key, replace(self.load(key), changed_since=when))
 
-    def record_failure(self, key: str, when: float) -> RunRecord:
+    def record_failure(self, key: str, when: float) -> ScheduleRecord:
         """Note that the run started at `when` failed; returns the record."""
         return self._keep(key, replace(self.load(key), last_failure=when))
 
-    def record_success(self, key: str, when: float) -> RunRecord:
+    def record_success(self, key: str, when: float) -> ScheduleRecord:
         """Note that the run started at `when` succeeded; returns the record.
 
         `when` is the run's start: what changed during the run may not be in it.
         """
         return self._keep(key, replace(self.load(key), last_success=when))
 
-    def _keep(self, key: str, record: RunRecord) -> RunRecord:
+    def _keep(self, key: str, record: ScheduleRecord) -> ScheduleRecord:
         """Remember `record`, and save it if the disk lets us (never raises)."""
         self._known[key] = record
         try:
@@ -145,7 +148,7 @@ class StateStore:
         return record
 
 
-def _parse(text: str) -> RunRecord:
+def _parse(text: str) -> ScheduleRecord:
     """The record in `text`; raises ValueError saying what is wrong."""
     data = json.loads(text)  # json.JSONDecodeError is a ValueError
     if not isinstance(data, dict):
@@ -156,7 +159,7 @@ def _parse(text: str) -> RunRecord:
         if value is not None and not _seconds(value):
             raise ValueError(f"{name} is not a number of seconds: {value!r}")
         values[name] = None if value is None else float(value)
-    return RunRecord(**values)
+    return ScheduleRecord(**values)
 
 
 def _seconds(value: object) -> bool:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from henbackup.config.model import Priority
@@ -31,6 +33,7 @@ def test_success_reports_the_outcome_fields():
         "repository": "aws",
         "trigger": "watch",
         "priority": 10,
+        "pid": os.getpid(),  # its job process: the queue shows it
     }
     assert (k2, m2) == ("job.succeeded", "pictures→aws: backup succeeded: 7 files")
     assert f2["files_new"] == 7

@@ -3,10 +3,12 @@ real config, status model, scheduler and clients, and a start_one_off that only 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +24,7 @@ from henbackup.master import commands, permissions
 from henbackup.master.clients import Clients
 from henbackup.master.permissions import Peer
 from henbackup.master.states import ChildState
-from henbackup.observe.status import RunKey, StatusModel
+from henbackup.observe.status import RunKey, StatusModel, WorkerView
 from henbackup.protocol import ControlRequest, StartRun, parse_request, reply_error
 from henbackup.scheduler import Scheduler, Ticket, locks
 
@@ -122,8 +124,17 @@ def master(tmp_path: Path) -> Any:
         loop=Loop(),
         state_dir=tmp_path / "state",
         one_offs=one_offs,
-        status_line=lambda: "2 backups; idle",
     )
+
+
+def tell_model(master: Any) -> None:
+    """As the supervisor does after every change: its workers, as the model reads them."""
+    views = []
+    for key, supervised in master.children.items():
+        kind, name = key.split(":", 1)
+        state = supervised.child.state.value
+        views.append((key, WorkerView(name, kind, state, supervised.running, supervised.next_run)))
+    master.model.daemon_changed(views, master.stopping)
 
 
 def answer(master: Any, request: dict[str, Any], conversation: Any) -> Any:
@@ -544,7 +555,10 @@ def test_a_stopping_master_starts_nothing_new(master: Any, command, fields) -> N
 
 def test_a_stopping_master_still_answers_status_and_queue(master: Any) -> None:
     master.stopping = True
-    master.status_line = lambda: "2 backups; stopping; idle"
+    master.children = {
+        f"backup:{name}": worker(ChildState.STOPPING) for name in ("music", "pictures")
+    }
+    tell_model(master)
     reply = ask(master, "status")
     assert (reply["ok"], reply["status"]) == (True, "2 backups; stopping; idle")
     assert [b["name"] for b in reply["backups"]] == ["music", "pictures"]
@@ -575,6 +589,7 @@ def idle_row(repository: str, **fields: Any) -> dict[str, Any]:
 def test_status_shows_every_backup_and_repository(master: Any) -> None:
     master.children["backup:pictures"] = worker(running=True, next_run=1_800_000_000.0)
     master.children["repository:aws"] = worker(ChildState.BACKOFF)
+    tell_model(master)
     model = master.model
     pictures_aws = {"backup": "pictures", "repository": "aws", "operation": "backup"}
     model.apply("job.started", {"job": "j1", **pictures_aws}, "backup:pictures")
@@ -593,9 +608,10 @@ def test_status_shows_every_backup_and_repository(master: Any) -> None:
     finally:
         waiting.cancel()
         holder.grant.release()
+    assert reply["status"].startswith("1 backup; running: pictures→aws 42%; queued: 1; next: ")
     assert reply == {
         "ok": True,
-        "status": "2 backups; idle",
+        "status": model.status_line(),
         "daemon": {"pid": os.getpid(), "config": str(master.config_path)},
         "backups": [
             {
@@ -653,17 +669,23 @@ def test_queue_lists_running_then_waiting_jobs_with_positions(master: Any) -> No
     low = scheduler.submit(Ticket("j1", "nas", Priority.ordinary(-3), backup="music"))
     check = Ticket("c1", "aws", Priority(Priority.NEXT_BAND), "exclusive", "check")
     first = scheduler.submit(check)
+    tickets = {t.job_id: t for t in scheduler.queue()}
+    # Events as the job processes send them; c1's process is outside the daemon: no event.
+    pid = os.getpid()
     j0 = {"job": "j0", "backup": "pictures", "repository": "aws", "operation": "backup"}
-    master.model.apply("job.started", j0, "backup:pictures")
+    master.model.apply("job.started", {**j0, "pid": pid}, "backup:pictures")
     master.model.apply("job.progress", {**j0, "percent": "12.5"}, "backup:pictures")
+    j1 = {"job": "j1", "backup": "music", "repository": "nas", "operation": "backup"}
+    stamped = {"pid": pid, "sequence": tickets["j1"].sequence, "priority": -3}
+    queued = {**j1, **stamped, "queued_at": tickets["j1"].queued_at, "position": 1}
+    master.model.apply("job.queued", queued, "backup:music")
     try:
         reply = ask(master, "queue")
-        tickets = {t.job_id: t for t in scheduler.queue()}
+        again = ask(master, "queue")
     finally:
         first.cancel()
         low.cancel()
         running.grant.release()
-    pid = os.getpid()
     assert reply == {
         "ok": True,
         "jobs": [
@@ -676,7 +698,7 @@ def test_queue_lists_running_then_waiting_jobs_with_positions(master: Any) -> No
                 "repository": "aws",
                 "priority": "normal",
                 "pid": pid,
-                "queued_at": tickets["j0"].queued_at,
+                "queued_at": master.model.live["j0"].since,  # granted at once: its start
                 "percent": 12.5,
             },
             {
@@ -706,6 +728,7 @@ def test_queue_lists_running_then_waiting_jobs_with_positions(master: Any) -> No
         ],
     }
     assert all(ticket.queued_at > 0 for ticket in tickets.values())
+    assert again == reply  # the model is read, not changed
 
 
 # --- cancel -----------------------------------------------------------------------------
@@ -802,6 +825,58 @@ def test_status_and_queue_answer_while_another_process_holds_the_queue(
 ) -> None:
     assert ask(master, "queue") == {"ok": True, "jobs": []}
     assert ask(master, "status")["ok"] is True
+
+
+def test_status_and_queue_are_read_from_the_model_and_change_nothing_in_the_queue(
+    master: Any,
+) -> None:
+    """A dead process's ticket is skipped, not dropped: dropping it is a change of the
+    queue, for the processes that hold its lock (the next job to arrive or leave)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    ticket = Ticket("dead", "aws", Priority.ordinary(0), pid=gone.pid, start_time=1, sequence=1)
+    path = master.scheduler.directory / "tickets" / "dead"
+    path.write_bytes(ticket.to_json())
+    master.model.apply(
+        "job.queued",
+        {"job": "j2", "backup": "pictures", "repository": "local", "operation": "backup"}
+        | {"pid": os.getpid(), "sequence": 2, "queued_at": 5.0, "position": 2},
+        "backup:pictures",
+    )
+    (row,) = ask(master, "queue")["jobs"]
+    assert (row["job"], row["state"], row["position"], row["queued_at"]) == (
+        "j2",
+        "waiting",
+        1,
+        5.0,
+    )
+    (_, pictures) = ask(master, "status")["backups"]
+    local = pictures["repositories"][0]
+    assert (local["repository"], local["state"], local["position"]) == ("local", "queued", 1)
+    assert path.read_bytes() == ticket.to_json()
+
+
+def test_status_and_queue_answer_when_the_queue_cannot_be_read(master: Any) -> None:
+    """The daemon's own jobs are known from their events: a queue directory that is not
+    one costs the tickets of outsiders only."""
+    tickets = master.scheduler.directory / "tickets"
+    tickets.rmdir()
+    tickets.write_text("")  # scandir: NotADirectoryError
+    master.model.apply(
+        "job.started",
+        {"job": "j1", "backup": "pictures", "repository": "aws", "operation": "backup"},
+        "backup:pictures",
+    )
+    assert [row["job"] for row in ask(master, "queue")["jobs"]] == ["j1"]
+    (_, pictures) = ask(master, "status")["backups"]
+    assert [row["state"] for row in pictures["repositories"]] == ["idle", "running"]
+
+
+def test_commands_need_no_supervisor() -> None:
+    """master/supervisor.py imports the commands; they must not import it back."""
+    tree = ast.parse(Path(commands.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "henbackup.master.supervisor" not in imported
 
 
 @pytest.mark.timeout(20)

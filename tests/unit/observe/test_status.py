@@ -8,8 +8,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from henbackup.config.model import Priority
 from henbackup.observe import metrics, status
-from henbackup.observe.status import LastRun, LiveJob, RunKey, RunRecord, StatusModel
+from henbackup.observe.status import (
+    LastRun,
+    LiveJob,
+    RunHistory,
+    RunKey,
+    StatusModel,
+    WorkerView,
+)
+from henbackup.scheduler.ticket import Ticket
 
 PICTURES_AWS = {"backup": "pictures", "repository": "aws", "operation": "backup"}
 KEY = RunKey("aws", "backup", "pictures")
@@ -105,7 +114,15 @@ def test_a_warning_or_stall_mid_run_keeps_its_start_and_progress(
     clock.now = 1090.0
     model.apply(kind, job(error="no progress for 1m"), OWNER)
     assert model.live["j1"] == LiveJob(
-        "j1", KEY, OWNER, "running", 1000.0, trigger="schedule", percent=40.0, bytes_done=400
+        "j1",
+        KEY,
+        OWNER,
+        "running",
+        1000.0,
+        trigger="schedule",
+        percent=40.0,
+        bytes_done=400,
+        stalled=kind == "job.stalled",
     )
     clock.now = 1100.0
     model.apply("job.succeeded", job(duration_sec="100"), OWNER)
@@ -134,7 +151,7 @@ def test_success_records_the_run_and_ends_the_live_job(model: StatusModel, clock
     )
     assert model.live == {}
     assert model.records == {
-        KEY: RunRecord(
+        KEY: RunHistory(
             last=LastRun(1000.0, "succeeded", 60.5, None, "abcd1234", "j1"),
             last_success=1000.0,
             runs={"succeeded": 1},
@@ -156,7 +173,7 @@ def test_a_failure_keeps_the_last_success_and_counts_by_result(
         "job.failed", job("j2", duration_sec="10", error="repository locked", bytes_added=5), OWNER
     )
     assert ended is not None and ended.job == "j2"
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=LastRun(2000.0, "failed", 10.0, "repository locked", None, "j2"),
         last_success=1000.0,
         runs={"succeeded": 1, "failed": 1},
@@ -177,7 +194,7 @@ def test_a_job_cancelled_while_queued_counts_from_its_cancellation(
     ended = model.apply("job.cancelled", job(error="cancelled"), OWNER)
     assert ended == LiveJob("j1", KEY, OWNER, "queued", 1000.0, position=1)
     assert model.live == {}
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=LastRun(1500.0, "cancelled", None, "cancelled", None, "j1"),
         last_success=None,
         runs={"cancelled": 1},
@@ -188,7 +205,7 @@ def test_the_end_of_a_job_never_seen_is_recorded_from_now(model: StatusModel, cl
     clock.now = 3000.0
     ended = model.apply("job.succeeded", job("j7", trigger="startup"), "backup:pictures")
     assert ended == LiveJob("j7", KEY, OWNER, "running", 3000.0, trigger="startup")
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=LastRun(3000.0, "succeeded", job="j7"), last_success=3000.0, runs={"succeeded": 1}
     )
 
@@ -225,15 +242,103 @@ def test_owner_gone_forgets_and_returns_that_owners_jobs_only(model: StatusModel
     assert model.owner_gone("nobody") == []
 
 
-def test_set_positions_moves_queued_jobs_only(model: StatusModel) -> None:
-    model.apply("job.queued", job("a", position=1), OWNER)
-    model.apply("job.queued", job("b", position=2), OWNER)
-    model.apply("job.queued", job("c"), OWNER)
-    model.apply("job.started", job("d"), OWNER)
-    model.set_positions({"b": 1, "c": 2, "d": 7})
-    positions = {job_id: live.position for job_id, live in model.live.items()}
-    assert positions == {"a": 1, "b": 1, "c": 2, "d": None}  # a: not told, keeps its own
-    assert [j.state for j in model.live.values()] == ["queued", "queued", "queued", "running"]
+def queued(job_id: str, sequence: int, priority: int = 0, **fields: object) -> dict:
+    """A job.queued event's fields as a job process sends them."""
+    stamped = {"pid": 4000 + sequence, "sequence": sequence, "queued_at": 100.0 + sequence}
+    return job(job_id, priority=priority, position=1, **stamped, **fields)
+
+
+def test_the_queue_is_in_the_order_of_priorities_then_arrivals(model: StatusModel) -> None:
+    """Whatever order the events come in (from several processes), and whatever position
+    each job was told when it arrived."""
+    model.apply("job.queued", queued("late", 7), OWNER)
+    model.apply("job.queued", queued("early", 5), OWNER)
+    model.apply("job.queued", queued("next", 9, priority=2**31 - 2), "r1")
+    model.apply("job.started", job("run", pid=77), OWNER)
+    rows = [(j.job, j.state, j.position, j.pid, j.queued_at) for j in model.queue()]
+    assert rows == [
+        ("run", "running", None, 77, None),
+        ("next", "queued", 1, 4009, 109.0),
+        ("early", "queued", 2, 4005, 105.0),
+        ("late", "queued", 3, 4007, 107.0),
+    ]
+    assert [j.position for j in model.live.values()] == [1, 1, 1, None]  # read, not changed
+
+
+def test_a_started_job_keeps_what_its_ticket_said(model: StatusModel, clock: Clock) -> None:
+    model.apply("job.queued", queued("j1", 3), OWNER)
+    clock.now = 1050.0
+    model.apply("job.started", job("j1", pid=4003), OWNER)
+    started = model.live["j1"]
+    assert (started.state, started.since, started.pid) == ("running", 1050.0, 4003)
+    assert (started.queued_at, started.sequence) == (103.0, 3)
+
+
+def test_tickets_of_processes_outside_the_daemon_take_their_places(model: StatusModel) -> None:
+    """A `henbackup backup` run by hand sends the master no event: its tickets come from the
+    queue's files, and those of jobs the model knows are not shown twice."""
+    model.apply("job.queued", queued("mine", 5), OWNER)
+    outsiders = [
+        Ticket("held", "nas", Priority.ordinary(0), pid=9, sequence=1, state="running"),
+        Ticket("before", "nas", Priority.ordinary(0), pid=9, sequence=4, queued_at=104.0),
+        Ticket("mine", "aws", Priority.ordinary(0), pid=4005, sequence=5, queued_at=105.0),
+        Ticket(
+            "after", "nas", Priority.ordinary(0), sequence=6, backup="music", operation="backup"
+        ),
+    ]
+    rows = [(j.job, j.position, j.owner, j.key) for j in model.queue(outsiders)]
+    assert rows == [
+        ("held", None, "", RunKey("nas", "backup")),
+        ("before", 1, "", RunKey("nas", "backup")),
+        ("mine", 2, OWNER, KEY),
+        ("after", 3, "", RunKey("nas", "backup", "music")),
+    ]
+
+
+def test_a_forget_shows_in_the_queue_under_its_backups_ticket(model: StatusModel) -> None:
+    """It runs under the backup's ticket: the id `henbackupctl cancel` takes."""
+    model.apply("job.started", job("b1"), OWNER)
+    model.apply("job.succeeded", job("b1"), OWNER)
+    model.apply("job.started", job("f1", operation="forget", ticket="b1"), OWNER)
+    (forget,) = model.queue([Ticket("b1", "aws", Priority.ordinary(0), state="running")])
+    assert (forget.job, forget.ticket_id, forget.key.operation) == ("f1", "b1", "forget")
+
+
+def test_a_stall_is_shown_until_the_run_makes_progress_again(model: StatusModel) -> None:
+    """A stalled restic goes on printing its status: a report that moved no byte is no
+    progress."""
+    model.apply("job.started", job(), OWNER)
+    model.apply("job.progress", job(percent=42, bytes_done=420), OWNER)
+    model.apply("job.stalled", job(stalled_sec=600.0, error="restic says nothing"), OWNER)
+    assert model.status_line() == "0 backups; running: pictures→aws 42% (stalled)"
+    model.apply("job.progress", job(percent=42, bytes_done=420), OWNER)
+    assert model.status_line() == "0 backups; running: pictures→aws 42% (stalled)"
+    model.apply("job.progress", job(percent=43, bytes_done=430), OWNER)
+    assert model.status_line() == "0 backups; running: pictures→aws 43%"
+
+
+def test_the_status_line_says_what_runs_waits_failed_and_comes_next(
+    model: StatusModel, clock: Clock
+) -> None:
+    model.daemon_changed(
+        [
+            ("backup:pictures", WorkerView("pictures", "backup", "running", True, 1000.0 + 3600)),
+            ("backup:music", WorkerView("music", "backup", "fatal")),
+            ("repository:aws", WorkerView("aws", "repository", "running", False, 1000.0 + 60)),
+        ],
+        stopping=False,
+    )
+    assert model.status_line() == "2 backups; idle; failed: music; next: aws in 1 min"
+    model.apply("job.started", job(), OWNER)
+    model.apply("job.queued", queued("j2", 1), OWNER)
+    model.apply("job.started", {"job": "c1", "repository": "aws", "operation": "check"}, "r1")
+    assert model.status_line() == (
+        "2 backups; running: pictures→aws, check aws; queued: 1; failed: music; next: aws in 1 min"
+    )
+    model.daemon_changed(model.workers.items(), stopping=True)
+    assert model.status_line() == (
+        "2 backups; stopping; running: pictures→aws, check aws; queued: 1; failed: music"
+    )
 
 
 def test_a_forget_sets_the_snapshot_count_of_its_backup(model: StatusModel, clock: Clock) -> None:
@@ -245,13 +350,13 @@ def test_a_forget_sets_the_snapshot_count_of_its_backup(model: StatusModel, cloc
     model.apply("job.started", forget, OWNER)
     model.apply("job.succeeded", {**forget, "snapshots": "5", "duration_sec": 1}, OWNER)
     forget_key = RunKey("aws", "forget", "pictures")
-    assert model.records[forget_key] == RunRecord(
+    assert model.records[forget_key] == RunHistory(
         last=LastRun(1100.0, "succeeded", 1.0, job="f1"),
         last_success=1100.0,
         runs={"succeeded": 1},
         snapshots=None,
     )
-    assert model.records[KEY] == RunRecord(
+    assert model.records[KEY] == RunHistory(
         last=backup_record.last,
         last_success=backup_record.last_success,
         runs={"succeeded": 1},
@@ -262,7 +367,7 @@ def test_a_forget_sets_the_snapshot_count_of_its_backup(model: StatusModel, cloc
 def test_a_forget_before_any_backup_creates_the_backups_count(model: StatusModel) -> None:
     forget = {"job": "f1", "backup": "music", "repository": "aws", "operation": "forget"}
     model.apply("job.succeeded", {**forget, "snapshots": 0}, "backup:music")
-    assert model.records[RunKey("aws", "backup", "music")] == RunRecord(snapshots=0)
+    assert model.records[RunKey("aws", "backup", "music")] == RunHistory(snapshots=0)
 
 
 def test_a_repository_jobs_snapshot_count_is_ignored(model: StatusModel) -> None:
@@ -440,7 +545,7 @@ def test_an_entry_that_makes_no_sense_is_ignored_and_the_others_kept(tmp_path, e
     good = {"key": {"repository": "nas", "operation": "check"}, "last_success": 5.0}
     path.write_text(json.dumps([entry, good]))
     model = StatusModel(path)
-    assert model.records == {RunKey("nas", "check"): RunRecord(last_success=5.0)}
+    assert model.records == {RunKey("nas", "check"): RunHistory(last_success=5.0)}
     assert model.problems == [f"{path}: 1 of 2 kept job results make no sense: ignored"]
     metrics.render(model)  # and what is kept can be shown
     model.save()

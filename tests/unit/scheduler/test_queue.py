@@ -12,7 +12,7 @@ import shutil
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from henbackup.config.model import Priority
@@ -99,19 +99,20 @@ def test_blocking_wait_gives_up_after_its_timeout_and_leaves_the_queue(scheduler
     holder.release()
 
 
-def test_acquire_reports_the_position_when_it_has_to_wait(scheduler):
+def test_acquire_reports_the_position_and_the_stamped_ticket_when_it_has_to_wait(scheduler):
     holder = scheduler.submit(ticket("holder")).grant
-    positions = []
-    with (
-        pytest.raises(QueueTimeout),
-        scheduler.acquire(ticket("w"), timeout=0.01, on_queued=positions.append),
-    ):
+    told = []
+
+    def queued(position, stamped):
+        told.append((position, stamped.job_id, stamped.sequence, stamped.queued_at > 0))
+
+    with pytest.raises(QueueTimeout), scheduler.acquire(ticket("w"), 0.01, queued):
         pass
-    assert positions == [1]
+    assert told == [(1, "w", holder.ticket.sequence + 1, True)]
     holder.release()
-    with scheduler.acquire(ticket("w2"), on_queued=positions.append) as grant:
+    with scheduler.acquire(ticket("w2"), on_queued=queued) as grant:
         assert grant.ticket.state == "running"
-    assert positions == [1]
+    assert len(told) == 1  # granted at once: not queued
 
 
 def test_raising_the_slot_count_lets_a_waiter_start(scheduler):
@@ -306,12 +307,14 @@ ODD_TICKETS = st.one_of(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(raw=ODD_TICKETS)
+@example(raw=b'{"job_id": null, "repository": null, "priority": [false, Infinity]}')
 def test_a_ticket_file_of_any_shape_is_skipped_never_raised(scheduler, raw):
     """Ticket files are the queue's own, but read from disk: their shape is checked."""
     holder = scheduler.submit(ticket("a"))
     odd = scheduler.directory / "tickets" / "odd"
     odd.write_bytes(raw)
     try:
+        assert [t.job_id for t in scheduler.tickets()] in (["a"], ["a", "odd"])
         assert [t.job_id for t in scheduler.peek()] in (["a"], ["a", "odd"])
         assert [t.job_id for t in scheduler.queue()] in (["a"], ["a", "odd"])
         assert scheduler.cancel("odd", wait=False) in (None, *scheduler.queue())

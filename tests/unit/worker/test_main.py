@@ -19,7 +19,7 @@ from henbackup.names import backup_record
 from henbackup.worker.main import RunRequest, Worker
 from henbackup.worker.schedule import RETRY_AFTER
 from henbackup.worker.spec import WorkerSpec
-from henbackup.worker.state import RunRecord, StateStore
+from henbackup.worker.state import ScheduleRecord, StateStore
 from henbackup.worker.triggers import Triggers, backup_triggers
 
 BACKUP = Backup("pictures", ("/nowhere",), ("local",), schedule=(Interval(3600, "1h"),))
@@ -37,14 +37,14 @@ def triggers_on(state: Path, asked: list[tuple[str, str, str]] | None = None) ->
     return backup_triggers(BACKUP, Loop(), state, ignore, lambda *a: request(a))
 
 
-def record(state: Path) -> RunRecord:
+def record(state: Path) -> ScheduleRecord:
     return StateStore(state, pytest.fail).load(KEY)
 
 
 def succeeded_once(state: Path) -> float:
     """A run that succeeded two hours ago: the next regular one is overdue; returns its start."""
     success = time.time() - 7200
-    StateStore(state, pytest.fail).save(KEY, RunRecord(success, success))
+    StateStore(state, pytest.fail).save(KEY, ScheduleRecord(success, success))
     return success
 
 

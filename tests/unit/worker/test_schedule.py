@@ -23,7 +23,7 @@ from henbackup.worker.schedule import (
     local_zone,
     next_run,
 )
-from henbackup.worker.state import RunRecord, StateStore
+from henbackup.worker.state import ScheduleRecord, StateStore
 
 PARIS = ZoneInfo("Europe/Paris")
 HOUR, DAY = 3600.0, 86400.0
@@ -203,9 +203,9 @@ def make_timer(clocks: Clocks, entries, fired: list[Fired]) -> ScheduleTimer:
     )
 
 
-def run_once_done(clocks: Clocks, timer: ScheduleTimer, record: RunRecord) -> RunRecord:
+def run_once_done(clocks: Clocks, timer: ScheduleTimer, record: ScheduleRecord) -> ScheduleRecord:
     """The worker's part: a run starts now, succeeds, and the timer is re-armed."""
-    record = RunRecord(last_success=clocks.wall, last_attempt=clocks.wall)
+    record = ScheduleRecord(last_success=clocks.wall, last_attempt=clocks.wall)
     timer.arm(record)
     return record
 
@@ -214,7 +214,7 @@ def test_a_run_missed_while_down_fires_once_at_startup():
     clocks = Clocks(at("2024-05-09 12:00"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3], fired)
-    timer.arm(RunRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00")))
+    timer.arm(ScheduleRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00")))
     clocks.pass_time(1)
     assert [f.trigger for f in fired] == ["startup"]
     assert "missed while the daemon was down" in fired[0].reason
@@ -226,7 +226,7 @@ def test_a_regular_due_time_fires_as_schedule_and_then_the_next():
     clocks = Clocks(at("2024-05-01 12:00"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3], fired)
-    record = RunRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00"))
+    record = ScheduleRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00"))
     assert local(timer.arm(record).when) == "2024-05-02 03:00:00 CEST"
     clocks.pass_time(15 * HOUR)
     assert [(f.trigger, local(f.due)) for f in fired] == [("schedule", "2024-05-02 03:00:00 CEST")]
@@ -239,7 +239,7 @@ def test_a_regular_due_time_fires_as_schedule_and_then_the_next():
 def test_never_run_fires_at_startup_with_the_reason():
     clocks = Clocks(at("2024-05-01 12:00"))
     fired: list[Fired] = []
-    make_timer(clocks, [DAILY], fired).arm(RunRecord())
+    make_timer(clocks, [DAILY], fired).arm(ScheduleRecord())
     clocks.pass_time(0)
     assert fired[0].trigger == "startup"
     assert fired[0].reason == "every 1d, never succeeded"
@@ -249,8 +249,8 @@ def test_a_re_arm_before_the_startup_run_makes_it_a_schedule_run():
     clocks = Clocks(at("2024-05-09 12:00"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [Interval(HOUR, "1h")], fired)
-    timer.arm(RunRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00")))
-    timer.arm(RunRecord(clocks.wall, clocks.wall))  # a watch run came first and succeeded
+    timer.arm(ScheduleRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00")))
+    timer.arm(ScheduleRecord(clocks.wall, clocks.wall))  # a watch run came first and succeeded
     clocks.pass_time(HOUR)
     assert [(f.trigger, f.reason) for f in fired] == [("schedule", "every 1h")]
 
@@ -259,7 +259,7 @@ def test_a_clock_set_back_while_waiting_re_arms_without_running():
     clocks = Clocks(at("2024-05-01 12:00"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3], fired)
-    timer.arm(RunRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00")))
+    timer.arm(ScheduleRecord(at("2024-05-01 03:00"), at("2024-05-01 03:00")))
     clocks.pass_time(14 * HOUR)  # 02:00
     clocks.set_wall(clocks.wall - 5 * HOUR)  # back to 21:00 the day before
     assert fired == []
@@ -274,7 +274,7 @@ def test_a_clock_set_forward_past_many_occurrences_fires_once():
     clocks = Clocks(at("2024-05-01 11:59"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [Cron("*/5 * * * *")], fired)
-    timer.arm(RunRecord(at("2024-05-01 11:58"), at("2024-05-01 11:58")))
+    timer.arm(ScheduleRecord(at("2024-05-01 11:58"), at("2024-05-01 11:58")))
     clocks.set_wall(clocks.wall + 3 * HOUR)
     assert len(fired) == 1 and fired[0].trigger == "schedule"
     clocks.pass_time(60)
@@ -285,7 +285,7 @@ def test_a_suspend_over_the_due_time_fires_on_resume_once():
     clocks = Clocks(at("2024-05-01 22:00"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3, Interval(HOUR, "1h")], fired)
-    timer.arm(RunRecord(at("2024-05-01 21:30"), at("2024-05-01 21:30")))
+    timer.arm(ScheduleRecord(at("2024-05-01 21:30"), at("2024-05-01 21:30")))
     clocks.pass_time(10 * HOUR, asleep=True)
     assert len(fired) == 1
 
@@ -320,7 +320,7 @@ def test_a_restart_after_a_failed_run_retries_after_the_delay():
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3], fired)
     failed = at("2024-05-01 03:00")
-    record = RunRecord(at("2024-04-30 03:00"), last_attempt=failed, last_failure=failed)
+    record = ScheduleRecord(at("2024-04-30 03:00"), last_attempt=failed, last_failure=failed)
     assert timer.arm(record).when == at("2024-05-01 03:10")
     clocks.pass_time(540)
     assert fired[0].trigger == "schedule" and "retrying after a failed run" in fired[0].reason
@@ -333,7 +333,7 @@ def test_a_restart_after_an_interrupted_run_runs_it_at_once():
     fired: list[Fired] = []
     timer = make_timer(clocks, [AT_3], fired)
     interrupted = at("2024-05-01 03:00")
-    record = RunRecord(last_success=at("2024-04-30 03:00"), last_attempt=interrupted)
+    record = ScheduleRecord(last_success=at("2024-04-30 03:00"), last_attempt=interrupted)
     assert timer.arm(record).when == interrupted
     clocks.pass_time(0)
     assert [(f.trigger, f.reason, f.due) for f in fired] == [
@@ -344,7 +344,7 @@ def test_a_restart_after_an_interrupted_run_runs_it_at_once():
 def test_an_interrupted_first_run_runs_at_once_at_the_next_start():
     clocks = Clocks(at("2024-05-01 12:00"))
     fired: list[Fired] = []
-    make_timer(clocks, [DAILY], fired).arm(RunRecord(last_attempt=clocks.wall - 5))
+    make_timer(clocks, [DAILY], fired).arm(ScheduleRecord(last_attempt=clocks.wall - 5))
     clocks.pass_time(0)
     assert [(f.trigger, f.reason) for f in fired] == [
         ("startup", "every 1d, its last run was interrupted")
@@ -364,7 +364,7 @@ def test_cancel_and_close_stop_the_timer():
     clocks = Clocks(at("2024-05-01 12:00"))
     fired: list[Fired] = []
     timer = make_timer(clocks, [DAILY], fired)
-    timer.arm(RunRecord(clocks.wall, clocks.wall))
+    timer.arm(ScheduleRecord(clocks.wall, clocks.wall))
     timer.cancel()
     clocks.pass_time(2 * DAY)
     assert fired == [] and timer.next is None
@@ -376,7 +376,7 @@ def test_cancel_and_close_stop_the_timer():
 def test_an_empty_schedule_arms_nothing():
     clocks = Clocks(at("2024-05-01 12:00"))
     timer = make_timer(clocks, [], [])
-    assert timer.arm(RunRecord()) is None
+    assert timer.arm(ScheduleRecord()) is None
 
 
 # LoopAlarm: the loop's monotonic clock
@@ -401,7 +401,7 @@ def test_loop_alarm_rechecks_the_wall_clock_when_its_deadline_comes():
         zone=PARIS,
         make_alarm=lambda wake: LoopAlarm(loop, wake, lambda: wall[0]),
     )
-    timer.arm(RunRecord(wall[0], wall[0]))
+    timer.arm(ScheduleRecord(wall[0], wall[0]))
     mono.now += HOUR
     wall[0] += HOUR - 600  # the wall clock was set back 10 minutes meanwhile
     loop.run_once()
