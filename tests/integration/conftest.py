@@ -36,3 +36,10 @@ def repository(
     copy = tmp_path / "repository"
     shutil.copytree(template, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def _templates() -> dict[str, Path]:
+    """One initialised empty repository per restic binary (`init` takes seconds; a copy,
+    milliseconds)."""
+    return {}

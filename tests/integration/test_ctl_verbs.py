@@ -1,311 +1,62 @@
-"""henbackupctl's verbs end to end (SPEC "henbackupctl", "Metrics"): the real client
-(`python -m henbackup.cli.ctl`) against `henbackup run` as a subprocess, real restic, local
-repositories, real files.
+"""henbackupctl's verbs end to end (status, backup, list-snapshots, check, prune, metrics,
+--json, secrets): the real client (`python -m henbackup.cli.ctl`) against `henbackup run` as a
+subprocess, real restic, local repositories, real files.
 
-Three daemons are shared by several tests each (module-scoped scenarios), so that each
-behaviour is asserted on its own while restic runs as little as a 2-core machine allows:
-
-- `two_repositories`: backups pictures → [wrong, local] and docs → [local], where `wrong` is
-  a real repository configured with a password that is not its own; status, backup,
-  list-snapshots, check, prune, metrics (textfile and HTTP), --json schemas, secrets.
-- `busy`: one slow backup (a big random file, upload_limit) holding the only slot while
-  others wait: queue, status while running, cancel of a waiting and of a running job.
-- restore (one daemon per restic version): every way to restore, compared byte for byte
-  and mode for mode with the source tree.
+One daemon is shared by every test here (a module-scoped scenario), so that each behaviour is
+asserted on its own while restic runs as little as a 2-core machine allows:
+`two_repositories`: backups pictures → [wrong, local] and docs → [local], where `wrong` is a
+real repository configured with a password that is not its own. The queue's story is in
+test_ctl_queue.py, restores in test_ctl_restore.py.
 
 Everything waits on the daemon's events with deadlines (daemon_helpers.Daemon); nothing
-sleeps a fixed time to synchronise. Which restic: only restore depends on restic's own
-behaviour (what it writes back), so it runs on 0.14 and 0.18; the rest runs on 0.14.
+sleeps a fixed time to synchronise. Only restore depends on restic's own behaviour, so this
+runs on restic 0.14.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
-import stat
-import subprocess
-import sys
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import ctl_schemas
 import pytest
+from ctl_helpers import (
+    AGO,
+    HOST,
+    JOB_TIMEOUT,
+    ONE_RESTIC,
+    PASSWORD,
+    TOOK,
+    WRONG_PASSWORD,
+    WRONG_PASSWORD_ERROR,
+    Client,
+    Completed,
+    cells_match,
+    columns,
+    ctl,
+    free_port,
+    get_metrics,
+    henbackupctl,
+    lines,
+    make_tree,
+    new_repository,
+    parse_metrics,
+    reply,
+    restic_snapshots,
+    said,
+    status_row,
+    unreachable_message,
+    value,
+    write_config,
+)
 from daemon_helpers import Daemon, describe, matches, when
-from prometheus_client.parser import text_string_to_metric_families
 
 from henbackup.humanize import size
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ONE_RESTIC = pytest.mark.parametrize("restic", ["restic-0.14"], indirect=True)
-
-PASSWORD = "ctl-verbs Zq9#local-SECRET-7731"  # the repositories' real password
-WRONG_PASSWORD = "ctl-verbs Wr0ng#SECRET-4410"  # what the config says for `wrong`
-HOST = "testhost"
-WRONG_PASSWORD_ERROR = "wrong password for repository wrong: check its password setting"
-CLIENT_TIMEOUT = 120
-FRESH_INSTEAD = "restore into a fresh directory with --target DIR instead"
-JOB_TIMEOUT = 60.0
-
-Completed = subprocess.CompletedProcess[str]
-
-
-# --- set-up ---------------------------------------------------------------------------------
-
-
-def restic_run(restic: str, repository: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": PASSWORD}
-    return subprocess.run(
-        [restic, "--no-cache", *args], env=env, capture_output=True, check=True, timeout=120
-    )
-
-
-def restic_time(text: str) -> datetime:
-    """restic's RFC 3339 time, nanoseconds cut to what datetime holds."""
-    return datetime.fromisoformat(re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", text))
-
-
-def restic_snapshots(restic: str, repository: Path) -> list[dict[str, Any]]:
-    """restic's own list, newest first."""
-    found = json.loads(restic_run(restic, repository, "snapshots", "--json").stdout)
-    return sorted(found, key=lambda s: restic_time(s["time"]), reverse=True)
-
-
-@pytest.fixture(scope="session")
-def _templates() -> dict[str, Path]:
-    """One initialised empty repository per restic binary (`init` takes seconds; a copy,
-    milliseconds)."""
-    return {}
-
-
-def new_repository(
-    restic: str, where: Path, templates: dict[str, Path], factory: pytest.TempPathFactory
-) -> Path:
-    """A fresh repository at `where` whose password is PASSWORD."""
-    template = templates.get(restic)
-    if template is None:
-        template = factory.mktemp("ctl-template") / "repository"
-        restic_run(restic, template, "init")
-        templates[restic] = template
-    shutil.copytree(template, where)
-    return where
-
-
-def make_tree(root: Path, big: int = 0) -> Path:
-    """Files of every kind and mode a backup meets; with `big`, also big.bin of that many
-    random bytes."""
-    (root / "album" / "2024").mkdir(parents=True)
-    (root / "notes.txt").write_text("first line\nsecond line\n")
-    (root / "album" / "cat.jpg").write_bytes(os.urandom(30_000))
-    (root / "album" / "2024" / "beach.jpg").write_bytes(os.urandom(70_000))
-    (root / "album" / "2024" / "été à Nîmes.txt").write_text("non-ASCII name\n")
-    (root / "empty").touch()
-    script = root / "run.sh"
-    script.write_text("#!/bin/sh\necho hello\n")
-    script.chmod(0o750)
-    private = root / "private"
-    private.mkdir()
-    (private / "id.key").write_bytes(os.urandom(300))
-    (private / "id.key").chmod(0o600)
-    private.chmod(0o700)
-    (root / "album" / "2024").chmod(0o755)
-    (root / "latest.jpg").symlink_to("album/cat.jpg")
-    if big:
-        (root / "big.bin").write_bytes(os.urandom(big))
-    return root
-
-
-Entry = tuple[str, int, bytes | str | None]
-
-
-def tree_state(root: Path) -> dict[str, Entry]:
-    """Every entry under `root` (itself as "."): kind, permission bits, content (a file's
-    bytes, a link's target)."""
-    entries: dict[str, Entry] = {".": ("dir", stat.S_IMODE(root.lstat().st_mode), None)}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        name = str(path.relative_to(root))
-        if stat.S_ISLNK(st.st_mode):
-            entries[name] = ("link", 0, os.readlink(path))
-        elif stat.S_ISDIR(st.st_mode):
-            entries[name] = ("dir", stat.S_IMODE(st.st_mode), None)
-        else:
-            entries[name] = ("file", stat.S_IMODE(st.st_mode), path.read_bytes())
-    return entries
-
-
-def regular_files(root: Path) -> tuple[int, int]:
-    """How many regular files are under `root`, and their bytes."""
-    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
-    return len(files), sum(p.stat().st_size for p in files)
-
-
-def restored(target: str | Path, source: Path) -> Path:
-    """Where restic put `source` under `target` (it keeps absolute paths)."""
-    return Path(target) / source.relative_to(source.anchor)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def toml(value: object) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(toml(v) for v in value) + "]"
-    return json.dumps(value)
-
-
-def write_config(
-    base: Path,
-    restic: str,
-    repositories: dict[str, tuple[Path, str]],
-    backups: dict[str, dict[str, object]],
-    metrics: dict[str, str] | None = None,
-) -> Path:
-    lines = ["[daemon]", f"restic = {toml(restic)}", f"hostname = {toml(HOST)}"]
-    if metrics:
-        lines += ["", "[metrics]", *(f"{k} = {toml(v)}" for k, v in metrics.items())]
-    for name, (location, password) in repositories.items():
-        lines += ["", f"[repositories.{name}]", f"location = {toml(str(location))}"]
-        lines.append(f"password = {toml(password)}")
-    for name, settings in backups.items():
-        lines += ["", f"[backups.{name}]", *(f"{k} = {toml(v)}" for k, v in settings.items())]
-    config = base / "henbackup.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
-# --- the client -----------------------------------------------------------------------------
-
-
-def client_argv(daemon_socket: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "henbackup.cli.ctl", "--socket", str(daemon_socket), *args]
-
-
-def henbackupctl(daemon_socket: Path, *args: str) -> Completed:
-    """Run the real client where no daemon runs (nothing to read meanwhile)."""
-    return subprocess.run(
-        client_argv(daemon_socket, *args),
-        capture_output=True,
-        text=True,
-        timeout=CLIENT_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-class Client:
-    """The real client, started now; its stdin is not a terminal, so it prints its job's
-    steps, not progress bars. Output goes to files: no pipe to fill up."""
-
-    def __init__(self, daemon_socket: Path, *args: str, cwd: Path | None = None) -> None:
-        self.args = list(args)
-        # closed by result(): the client outlives this call
-        self.out = tempfile.TemporaryFile()  # noqa: SIM115
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115
-        self.process = subprocess.Popen(
-            client_argv(daemon_socket, *args),
-            stdin=subprocess.DEVNULL,
-            stdout=self.out,
-            stderr=self.err,
-            cwd=cwd,
-        )
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def result(self, daemon: Daemon, timeout: float = CLIENT_TIMEOUT) -> Completed:
-        """Wait for the client to exit, reading the daemon's events meanwhile (the daemon
-        must never block on a full stderr pipe), and all it said before the answer."""
-        daemon.pump_until(lambda: not self.running(), timeout, step=0.05)
-        if self.running():
-            self.process.kill()
-        code = self.process.wait()
-        daemon.pump(0)
-        texts = []
-        for file in (self.out, self.err):
-            file.seek(0)
-            texts.append(file.read().decode())
-            file.close()
-        return subprocess.CompletedProcess(self.args, code, texts[0], texts[1])
-
-
-def ctl(daemon: Daemon, *args: str, cwd: Path | None = None) -> Completed:
-    """Run the real client against the running daemon, until it exits."""
-    return Client(daemon.socket, *args, cwd=cwd).result(daemon)
-
-
-def said(call: Completed) -> str:
-    """A client call, for assertion messages."""
-    return f"exit {call.returncode}\nstdout:\n{call.stdout}\nstderr:\n{call.stderr}"
-
-
-def lines(text: str) -> list[str]:
-    return text.splitlines()
-
-
-def reply(call: Completed) -> Any:
-    """The --json document on stdout (exactly one)."""
-    return json.loads(call.stdout)
-
-
-def columns(line: str) -> list[str]:
-    """A table row's cells (views.table: two spaces or more between columns)."""
-    return re.split(r" {2,}", line.strip())
-
-
-AGO = r"(just now|[0-9]+ (s|min) ago)"
-TOOK = r"[0-9]+\.[0-9] s|[0-9]+ s|[0-9]+ min [0-9]+ s"
-
-
-def cells_match(row: list[str], patterns: list[str]) -> bool:
-    return len(row) == len(patterns) and all(
-        re.fullmatch(p, c) for p, c in zip(patterns, row, strict=True)
-    )
-
-
-def unreachable_message(daemon_socket: Path) -> str:
-    where = re.escape(str(daemon_socket))
-    return (
-        rf"henbackupctl: cannot reach the daemon at {where}: [^\n]+ "
-        r"\(is henbackup\.service running\?\)\n"
-    )
-
-
-# --- metrics --------------------------------------------------------------------------------
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse_metrics(text: str) -> tuple[Samples, dict[str, str]]:
-    """Every sample by (name, sorted labels), and every family's type, as Prometheus reads
-    them."""
-    samples: Samples = {}
-    types: dict[str, str] = {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples, types
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
-
-
-def get_metrics(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        assert answer.status == 200
-        assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        return answer.read().decode()
 
 
 # --- scenario: two repositories, one with the wrong password ---------------------------------
@@ -479,12 +230,6 @@ def _event(s: Scenario, mark: str, kind: str, **fields: str) -> dict[str, str]:
     return found[0]
 
 
-def _row(status: dict[str, Any], backup: str, repository: str) -> dict[str, Any]:
-    (entry,) = [b for b in status["backups"] if b["name"] == backup]
-    (row,) = [r for r in entry["repositories"] if r["repository"] == repository]
-    return row
-
-
 @ONE_RESTIC
 def test_the_daemon_stopped_cleanly(two_repositories: Scenario) -> None:
     s = two_repositories
@@ -526,8 +271,8 @@ def test_status_before_any_run(two_repositories: Scenario) -> None:
         ("docs", "running", "idle", None),
         ("pictures", "running", "idle", None),
     ]
-    assert _row(status, "pictures", "wrong") == {"repository": "wrong", **idle}
-    assert _row(status, "pictures", "local") == {"repository": "local", **idle}
+    assert status_row(status, "pictures", "wrong") == {"repository": "wrong", **idle}
+    assert status_row(status, "pictures", "local") == {"repository": "local", **idle}
     assert status["repositories"] == [
         {"name": n, "worker": None, "run": "idle", "next_run": None, "operations": []}
         for n in ("local", "wrong")
@@ -569,7 +314,7 @@ def test_status_after_a_success_and_a_failure(two_repositories: Scenario) -> Non
     failed_start = _event(s, "backup", "job.started", backup="pictures", repository="wrong")
     done = _event(s, "backup", "job.succeeded", backup="pictures", repository="local")
 
-    good = _row(status, "pictures", "local")
+    good = status_row(status, "pictures", "local")
     assert {k: good[k] for k in ("state", "job", "position", "percent", "result", "error")} == {
         "state": "idle",
         "job": None,
@@ -586,7 +331,7 @@ def test_status_after_a_success_and_a_failure(two_repositories: Scenario) -> Non
     assert oldest_pictures["id"].startswith(good["snapshot"])
     assert good["snapshots"] == 1
 
-    bad = _row(status, "pictures", "wrong")
+    bad = status_row(status, "pictures", "wrong")
     assert {k: bad[k] for k in ("state", "result", "error", "last_success", "snapshot")} == {
         "state": "idle",
         "result": "failed",
@@ -638,8 +383,8 @@ def test_status_lists_the_repositories_checked_and_pruned_by_hand(
         ["(check)", "wrong", "idle"],
     ]
     assert rows[5][-1] == f"failed: {WRONG_PASSWORD_ERROR}"
-    assert _row(status, "docs", "local")["snapshots"] == 2
-    assert _row(status, "pictures", "local")["snapshots"] == 2
+    assert status_row(status, "docs", "local")["snapshots"] == 2
+    assert status_row(status, "pictures", "local")["snapshots"] == 2
 
 
 @ONE_RESTIC
@@ -965,7 +710,9 @@ def test_metrics_textfile_and_http_tell_the_runs(two_repositories: Scenario) -> 
         http, "henbackup_last_success_timestamp_seconds", backup="pictures", repository="local"
     )
     assert stamp is not None and abs(stamp - when(latest)) < 2.0
-    assert stamp == _row(reply(s.calls["status-end-json"]), "pictures", "local")["last_success"]
+    assert (
+        stamp == status_row(reply(s.calls["status-end-json"]), "pictures", "local")["last_success"]
+    )
     assert (
         value(
             http, "henbackup_last_success_timestamp_seconds", backup="pictures", repository="wrong"
@@ -1055,447 +802,3 @@ def test_no_password_anywhere(two_repositories: Scenario) -> None:
     for secret in (PASSWORD, WRONG_PASSWORD, "SECRET-7731", "SECRET-4410"):
         leaks = [where for where, text in said_anywhere.items() if secret in text]
         assert leaks == [], f"{secret!r} in {leaks}"
-
-
-# --- scenario: one slow backup holding the only slot, others waiting --------------------------
-
-
-@dataclass
-class Busy:
-    daemon: Daemon
-    repository: Path
-    port: int
-    textfile: Path
-    calls: dict[str, Completed] = field(default_factory=dict)
-    notes: dict[str, Any] = field(default_factory=dict)
-    stop_code: int | None = None
-
-    def ctl(self, name: str, *args: str) -> Completed:
-        self.calls[name] = ctl(self.daemon, *args)
-        return self.calls[name]
-
-
-def _gauges(text: str) -> tuple[float | None, float | None]:
-    samples, _ = parse_metrics(text)
-    return value(samples, "henbackup_jobs_running"), value(samples, "henbackup_jobs_waiting")
-
-
-@pytest.fixture(scope="module")
-def busy(
-    restic: str, tmp_path_factory: pytest.TempPathFactory, _templates: dict[str, Path]
-) -> Busy:
-    base = tmp_path_factory.mktemp("ctl-busy")
-    repository = new_repository(restic, base / "local", _templates, tmp_path_factory)
-    # ~12 s at 2 MiB/s: time enough to look at the queue and cancel; restic, interrupted,
-    # still finishes the pack uploads in flight (a few seconds at this rate)
-    pictures = make_tree(base / "pictures", big=24 << 20)
-    docs = make_tree(base / "docs")
-    port = free_port()
-    textfile = base / "henbackup.prom"
-    config = write_config(
-        base,
-        restic,
-        {"local": (repository, PASSWORD)},
-        {
-            "pictures": {
-                "paths": [str(pictures)],
-                "repositories": ["local"],
-                "upload_limit": "2M",
-            },
-            "docs": {"paths": [str(docs)], "repositories": ["local"]},
-        },
-        {"textfile": str(textfile), "listen": f"127.0.0.1:{port}"},
-    )
-    busy = Busy(Daemon(config, base), repository, port, textfile)
-    busy.daemon.start()
-    try:
-        _play_busy(busy, repository)
-    finally:
-        busy.stop_code = busy.daemon.stop()
-    busy.notes["locks"] = restic_run(restic, repository, "list", "locks", "--no-lock").stdout
-    return busy
-
-
-def _play_busy(b: Busy, repository: Path) -> None:
-    daemon = b.daemon
-    daemon.wait_for("daemon.started")
-    slow = Client(daemon.socket, "backup", "pictures")
-    clients = [slow]
-    try:
-        started = daemon.wait_for("job.started", operation="backup", backup="pictures")
-        b.notes["pictures_job"] = job = started["HENBACKUP_JOB"]
-        # restic is at work once its lock is in the repository
-        assert daemon.pump_until(lambda: any((repository / "locks").iterdir()), 20, step=0.05)
-        queued = Client(daemon.socket, "backup", "docs")
-        clients.append(queued)
-        daemon.wait_for("job.queued", backup="docs")
-        b.ctl("check-no-wait-json", "--json", "check", "local", "--priority", "next", "--no-wait")
-        check = daemon.wait_for("job.queued", operation="check")
-        b.notes["check_job"] = check["HENBACKUP_JOB"]
-
-        b.ctl("queue", "queue")
-        b.ctl("queue-json", "--json", "queue")
-        b.ctl("status-json", "--json", "status")
-        # the HTTP metrics are rendered live; the textfile gets a moment to follow them
-        daemon.pump_until(lambda: _gauges(get_metrics(b.port)) == (1, 2), 5, step=0.1)
-        b.notes["http_busy"] = get_metrics(b.port)
-        daemon.pump_until(lambda: _gauges(b.textfile.read_text()) == (1, 2), 2, step=0.1)
-        b.notes["textfile_busy"] = b.textfile.read_text()
-
-        b.ctl("cancel-waiting", "cancel", b.notes["check_job"])
-        daemon.wait_for("job.cancelled", job=b.notes["check_job"])
-        b.notes["still_running"] = slow.running() and not daemon.find("job.succeeded", job=job)
-        b.ctl("cancel-running-json", "--json", "cancel", job)
-        b.notes["cancelled"] = daemon.wait_for("job.cancelled", timeout=45, job=job)
-        b.notes["slow"] = slow.result(daemon)
-        b.notes["queued"] = queued.result(daemon)
-        b.notes["docs_done"] = daemon.wait_for("job.succeeded", backup="docs")
-        b.ctl("cancel-again", "cancel", job)
-        b.ctl("cancel-unknown", "cancel", "deadbeef")
-        b.ctl("queue-after", "queue")
-    finally:
-        for client in clients:
-            if client.running():
-                client.process.kill()
-
-
-@ONE_RESTIC
-def test_queue_lists_the_running_job_then_the_waiting_ones_in_order(busy: Busy) -> None:
-    call = busy.calls["queue-json"]
-    assert (call.returncode, call.stderr) == (0, ""), said(call)
-    answer = reply(call)
-    ctl_schemas.validate(answer, ctl_schemas.QUEUE)
-    picked = [
-        {
-            k: job[k]
-            for k in ("job", "state", "position", "operation", "backup", "repository", "priority")
-        }
-        for job in answer["jobs"]
-    ]
-    docs_job = busy.daemon.wait_for("job.queued", backup="docs")["HENBACKUP_JOB"]
-    assert picked == [
-        {
-            "job": busy.notes["pictures_job"],
-            "state": "running",
-            "position": None,
-            "operation": "backup",
-            "backup": "pictures",
-            "repository": "local",
-            "priority": "normal",
-        },
-        {
-            "job": busy.notes["check_job"],
-            "state": "waiting",
-            "position": 1,
-            "operation": "check",
-            "backup": None,
-            "repository": "local",
-            "priority": "next",
-        },
-        {
-            "job": docs_job,
-            "state": "waiting",
-            "position": 2,
-            "operation": "backup",
-            "backup": "docs",
-            "repository": "local",
-            "priority": "normal",
-        },
-    ]
-    human = lines(busy.calls["queue"].stdout)
-    assert columns(human[0]) == [
-        "POS", "JOB", "STATE", "OPERATION", "BACKUP", "REPOSITORY", "PRIORITY", "SINCE"
-    ]  # fmt: skip
-    rows = [columns(line) for line in human[1:]]
-    assert cells_match(
-        rows[0],
-        ["-", busy.notes["pictures_job"], r"running( [0-9.]+%)?", "backup", "pictures", "local",
-         "normal", AGO],
-    ), human  # fmt: skip
-    assert cells_match(
-        rows[1], ["1", busy.notes["check_job"], "waiting", "check", "-", "local", "next", AGO]
-    ), human
-    assert cells_match(
-        rows[2], ["2", docs_job, "waiting", "backup", "docs", "local", "normal", AGO]
-    ), human
-    after = busy.calls["queue-after"]
-    assert (after.returncode, after.stdout) == (0, "no job is waiting or running\n")
-
-
-@ONE_RESTIC
-def test_status_shows_the_running_and_the_queued_job(busy: Busy) -> None:
-    status = reply(busy.calls["status-json"])
-    ctl_schemas.validate(status, ctl_schemas.STATUS)
-    running = _row(status, "pictures", "local")
-    assert (running["state"], running["job"], running["position"]) == (
-        "running",
-        busy.notes["pictures_job"],
-        None,
-    )
-    queued = _row(status, "docs", "local")
-    assert (queued["state"], queued["position"]) == ("queued", 2)
-    assert status["status"].startswith("2 backups; running: pictures→local")
-    assert status["status"].endswith("; queued: 2")
-
-
-@ONE_RESTIC
-def test_status_shows_a_waiting_check_of_a_repository(busy: Busy) -> None:
-    """`local` has no check schedule and was never checked: its check, asked by hand and
-    waiting in the queue, is still one of the repository's operations in status."""
-    status = reply(busy.calls["status-json"])
-    (local,) = [r for r in status["repositories"] if r["name"] == "local"]
-    waiting = [(o["operation"], o["state"], o["job"]) for o in local["operations"]]
-    assert waiting == [("check", "queued", busy.notes["check_job"])], local
-
-
-@ONE_RESTIC
-def test_cancel_a_waiting_job(busy: Busy) -> None:
-    call = busy.calls["cancel-waiting"]
-    job = busy.notes["check_job"]
-    assert (call.returncode, call.stderr) == (0, ""), said(call)
-    assert call.stdout == f"job {job}: cancel requested (it was waiting)\n"
-    ctl_schemas.validate(reply(busy.calls["check-no-wait-json"]), ctl_schemas.ONE_OFF_ACCEPTED)
-    assert busy.daemon.find("job.started", job=job) == []
-
-
-@ONE_RESTIC
-def test_cancel_the_running_job(busy: Busy) -> None:
-    """Exit 0 and a job.cancelled event for that job; restic is stopped cleanly (no lock
-    left); the client that waited for the backup exits 1 and says it was cancelled; the
-    next job in the queue then runs."""
-    job = busy.notes["pictures_job"]
-    assert busy.notes["still_running"], "the slow backup ended before it could be cancelled"
-    call = busy.calls["cancel-running-json"]
-    assert (call.returncode, call.stderr) == (0, ""), said(call)
-    answer = reply(call)
-    ctl_schemas.validate(answer, ctl_schemas.CANCEL)
-    assert answer == {"ok": True, "job": job, "was": "running"}
-    cancelled = busy.notes["cancelled"]
-    assert (cancelled["HENBACKUP_BACKUP"], cancelled["HENBACKUP_REPOSITORY"]) == (
-        "pictures",
-        "local",
-    )
-    assert busy.daemon.find("job.succeeded", job=job) == []
-    assert busy.daemon.find("job.failed", job=job) == []
-    assert busy.notes["locks"] == b""
-    assert busy.stop_code == 0, busy.daemon.report()
-    assert busy.daemon.noise == [], busy.daemon.report()
-
-    slow = busy.notes["slow"]
-    assert slow.returncode == 1, said(slow)
-    assert lines(slow.stdout) == [
-        "pictures→local: backup started",
-        "pictures→local: backup cancelled",
-    ]
-    assert slow.stderr == "henbackupctl: pictures→local: cancelled\n"
-
-
-@ONE_RESTIC
-def test_a_waiting_backup_shows_it_was_queued(busy: Busy) -> None:
-    queued = busy.notes["queued"]
-    assert (queued.returncode, queued.stderr) == (0, ""), said(queued)
-    snapshot = busy.notes["docs_done"]["HENBACKUP_SNAPSHOT"]
-    assert lines(queued.stdout) == [
-        "docs→local: backup queued, position 1",
-        "docs→local: backup started",
-        f"docs→local: backup succeeded: snapshot {snapshot}",
-    ]
-
-
-@ONE_RESTIC
-def test_cancel_of_an_unknown_job_is_exit_2(busy: Busy) -> None:
-    for name, job in (("cancel-again", busy.notes["pictures_job"]), ("cancel-unknown", "deadbeef")):
-        call = busy.calls[name]
-        assert (call.returncode, call.stdout) == (2, ""), said(call)
-        assert call.stderr == (
-            f"henbackupctl: no job '{job}' is waiting or running (see henbackupctl queue)\n"
-        )
-
-
-@ONE_RESTIC
-def test_metrics_count_running_and_waiting_jobs(busy: Busy) -> None:
-    """One job running, two waiting: the HTTP metrics say so, and so must the textfile
-    (node_exporter serves it as it is, for as long as the job runs)."""
-    assert _gauges(busy.notes["http_busy"]) == (1, 2)
-    assert _gauges(busy.notes["textfile_busy"]) == (1, 2), "the textfile lags behind"
-
-
-# --- restore: byte for byte, on both restic versions ------------------------------------------
-
-
-def test_restore_snapshot_gives_back_the_exact_tree(
-    restic: str,
-    tmp_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    _templates: dict[str, Path],
-) -> None:
-    repository = new_repository(restic, tmp_path / "local", _templates, tmp_path_factory)
-    data = make_tree(tmp_path / "pictures")
-    source = tree_state(data)
-    files, total = regular_files(data)
-    config = write_config(
-        tmp_path,
-        restic,
-        {"local": (repository, PASSWORD)},
-        {"pictures": {"paths": [str(data)], "repositories": ["local"]}},
-    )
-    daemon = Daemon(config, tmp_path / "daemon")
-    with daemon:
-        daemon.wait_for("daemon.started")
-        backup = ctl(daemon, "backup", "pictures")
-        assert backup.returncode == 0, said(backup)
-        (snapshot,) = restic_snapshots(restic, repository)
-        short, full = snapshot["short_id"], snapshot["id"]
-
-        # no --target: a new directory under the state directory, printed
-        default = ctl(daemon, "restore-snapshot", "local", short)
-        assert (default.returncode, default.stderr) == (0, ""), said(default)
-        *steps, summary = lines(default.stdout)
-        match = re.fullmatch(
-            rf"restored snapshot {short} of pictures into (/\S+): {files} files, "
-            rf"{re.escape(size(total))}",
-            summary,
-        )
-        assert match, default.stdout
-        target = Path(match[1])
-        assert target.parent == daemon.state / "restores"
-        assert target.name.startswith(f"local-{short}-")
-        assert steps == [
-            "pictures→local: restore started",
-            f"pictures→local: restore succeeded: snapshot {short} into {target}",
-        ]
-        assert tree_state(restored(target, data)) == source
-
-        # --target DIR that does not exist (a full id), --json: DIR is made 0700, restored into
-        made = tmp_path / "restored"
-        js = ctl(daemon, "--json", "restore-snapshot", "local", full, "--target", str(made))
-        assert (js.returncode, js.stderr) == (0, ""), said(js)
-        answer = reply(js)
-        ctl_schemas.validate(answer, ctl_schemas.RESTORED)
-        assert made.stat().st_mode & 0o7777 == 0o700
-        done = daemon.wait_for("job.succeeded", operation="restore", target=str(made))
-        assert {k: v for k, v in answer.items() if k != "jobs"} == {
-            "ok": True,
-            "job": done["HENBACKUP_JOB"],
-            "snapshot": full,
-            "backup": "pictures",
-            "target": str(made),
-            "target_existed": False,
-            "files_restored": files,
-            "bytes_restored": total,
-        }
-        assert [(j["job"], j["result"], j["operation"]) for j in answer["jobs"]] == [
-            (done["HENBACKUP_JOB"], "succeeded", "restore")
-        ]
-        assert tree_state(restored(made, data)) == source
-
-        # --include PATH: that subtree only; a relative --target is the client's; one that
-        # exists gets a new directory inside (it may hold links); --no-wait prints where
-        cwd = tmp_path / "cwd"
-        album, here = data / "album", cwd / "here"
-        here.mkdir(parents=True)
-        no_wait = ctl(
-            daemon, "restore-snapshot", "local", short, "--target", "here",
-            "--include", str(album), "--no-wait", cwd=cwd,
-        )  # fmt: skip
-        assert (no_wait.returncode, no_wait.stderr) == (0, ""), said(no_wait)
-        match = re.fullmatch(
-            rf"restore-snapshot requested, into ({re.escape(str(here))}/local-{short}-\S+)"
-            rf" \(new: {re.escape(str(here))} exists\)\n",
-            no_wait.stdout,
-        )
-        assert match, no_wait.stdout
-        done = daemon.wait_for("job.succeeded", timeout=JOB_TIMEOUT, target=match[1])
-        album_files, album_bytes = regular_files(album)
-        assert (done["HENBACKUP_FILES_RESTORED"], done["HENBACKUP_BYTES_RESTORED"]) == (
-            str(album_files),
-            str(album_bytes),
-        )
-        assert sorted(p.name for p in restored(Path(match[1]), data).iterdir()) == ["album"]
-        assert tree_state(restored(Path(match[1]), album)) == tree_state(album)
-
-        stop = daemon.stop()
-    assert stop == 0, daemon.report()
-    assert daemon.noise == [], daemon.report()
-    failed = daemon.find("job.failed")
-    assert failed == [], describe(failed)
-
-
-def test_in_place_restores_over_the_original_paths_only_where_root_alone_may_write(
-    restic: str,
-    tmp_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    _templates: dict[str, Path],
-) -> None:
-    """--in-place, as root: refused (exit 2, one line, nothing changed) while the tree holds
-    a link restic could follow or a directory someone else may change; then the snapshot
-    comes back byte for byte over the changed tree, its link as a link. What was added since
-    the snapshot stays (restic deletes nothing)."""
-    repository = new_repository(restic, tmp_path / "local", _templates, tmp_path_factory)
-    srv = make_tree(tmp_path / "srv")
-    source = tree_state(srv)
-    files, total = regular_files(srv)
-    config = write_config(
-        tmp_path,
-        restic,
-        {"local": (repository, PASSWORD)},
-        {"pictures": {"paths": [str(srv)], "repositories": ["local"]}},
-    )
-    daemon = Daemon(config, tmp_path / "daemon")
-    with daemon:
-        daemon.wait_for("daemon.started")
-        assert ctl(daemon, "backup", "pictures").returncode == 0
-        (snapshot,) = restic_snapshots(restic, repository)
-        short = snapshot["short_id"]
-
-        (srv / "notes.txt").write_text("changed since the snapshot, and longer than it was\n")
-        (srv / "album" / "cat.jpg").chmod(0o666)
-        (srv / "added.txt").write_text("new since the snapshot\n")
-        uploads = srv / "album" / "uploads"
-        refusals = {
-            "a link": (srv / "latest.jpg", "is a symbolic link, which restic could follow"),
-            "a folder of uid 1000": (
-                uploads,
-                "can be changed by uid 1000, who could plant a link while restic writes",
-            ),
-        }
-        for what, (path, why) in refusals.items():
-            if what == "a folder of uid 1000":
-                (srv / "latest.jpg").unlink()  # lost since the snapshot
-                uploads.mkdir()
-                os.chown(uploads, 1000, 1000)
-            changed = tree_state(srv)
-            refused = ctl(daemon, "restore-snapshot", "local", short, "--in-place")
-            error = f"--in-place: {path} {why}: {FRESH_INSTEAD}"
-            assert (refused.returncode, refused.stderr) == (2, f"henbackupctl: {error}\n"), what
-            assert lines(refused.stdout) == [
-                "pictures→local: restore started",
-                f"pictures→local: restore failed: {error}",
-            ]
-            daemon.wait_for("job.failed", operation="restore", error=error)
-            assert tree_state(srv) == changed, what
-
-        # --include narrows what is looked at (her folder is elsewhere) and what is written
-        notes = srv / "notes.txt"
-        narrowed = ctl(
-            daemon, "restore-snapshot", "local", short, "--in-place", "--include", str(notes)
-        )
-        assert (narrowed.returncode, narrowed.stderr) == (0, ""), said(narrowed)
-        assert notes.read_bytes() == source["notes.txt"][2]
-        assert (srv / "album" / "cat.jpg").stat().st_mode & 0o777 == 0o666  # not restored
-
-        uploads.rmdir()
-        done = ctl(daemon, "restore-snapshot", "local", short, "--in-place")
-        assert (done.returncode, done.stderr) == (0, ""), said(done)
-        now_files, now_bytes = regular_files(srv)  # counted on disk, as restic 0.14 says none
-        assert (now_files, now_bytes - total) == (files + 1, len("new since the snapshot\n"))
-        assert lines(done.stdout)[-1] == (
-            f"restored snapshot {short} of pictures into /: {now_files} files, {size(now_bytes)}"
-        )
-        mode = stat.S_IMODE((srv / "added.txt").stat().st_mode)
-        added = source | {"added.txt": ("file", mode, b"new since the snapshot\n")}
-        assert tree_state(srv) == added
-        assert (srv / "latest.jpg").is_symlink()
-        stop = daemon.stop()
-    assert stop == 0, daemon.report()
-    assert daemon.noise == [], daemon.report()
