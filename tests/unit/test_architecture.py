@@ -14,6 +14,7 @@ import henbackup
 
 PACKAGE = Path(henbackup.__file__).parent
 
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

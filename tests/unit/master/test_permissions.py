@@ -1,0 +1,87 @@
+"""Who may do what: the command → privilege table, as the master applies it to the
+caller's credentials (a member of group henbackup, root, anyone else)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from henbackup.master import commands, permissions
+from henbackup.master.permissions import Peer
+from henbackup.protocol import ControlRequest
+
+from .stand_in import MEMBER, MEMBER_GID, OUTSIDER, Channel, Conversation, answer, worker
+
+# --- who may do what --------------------------------------------------------------------
+
+OPERATOR_MAY = "status, queue, list-snapshots, backup, check, cancel"
+
+
+@pytest.fixture
+def group_henbackup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group henbackup exists, with MEMBER_GID."""
+
+    def getgrnam(name: str) -> Any:
+        if name != "henbackup":
+            raise KeyError(name)
+        return SimpleNamespace(gr_gid=MEMBER_GID)
+
+    monkeypatch.setattr(permissions, "grp", SimpleNamespace(getgrnam=getgrnam))
+
+
+def test_the_table_names_every_command_the_master_answers() -> None:
+    assert set(permissions.REQUIRED) == set(commands.COMMANDS)
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234"}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234", "target": "/tmp"}),
+        ("restore-snapshot", {"repository": "aws", "snapshot": "abcd1234", "in_place": True}),
+        ("prune", {"repository": "aws"}),
+    ],
+)
+def test_a_member_may_not_read_contents_write_or_destroy(
+    master: Any, command: str, fields: dict[str, Any]
+) -> None:
+    """The peer's credentials decide (a request claiming more is refused for its shape)."""
+    reply = answer(master, {"command": command, **fields}, Conversation(MEMBER))
+    assert reply == {
+        "ok": False,
+        "code": "permission",
+        "error": f"permission denied: only root may {command} (group henbackup may {OPERATOR_MAY})",
+    }
+    assert master.one_offs == []
+    assert not (master.state_dir / "restores").exists()
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize("peer", [MEMBER, Peer(4, 1002, MEMBER_GID, frozenset())])
+def test_a_member_may_watch_and_operate(master: Any, peer: Peer) -> None:
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    asked = {
+        "status": {},
+        "queue": {},
+        "list-snapshots": {"repository": "aws"},
+        "backup": {"backup": "pictures"},
+        "check": {"repository": "aws"},
+    }
+    for command, fields in asked.items():
+        reply = answer(master, {"command": command, **fields}, Conversation(peer))
+        assert reply is None or reply.get("code") != "permission", (command, reply)
+    assert [job["command"] for job, _, _ in master.one_offs] == ["list-snapshots", "check"]
+    assert len(channel.sent) == 1
+    cancel = {"command": "cancel", "job": "j1"}
+    assert answer(master, cancel, Conversation(peer))["code"] == "usage"  # no such job
+
+
+@pytest.mark.usefixtures("group_henbackup")
+@pytest.mark.parametrize("command", sorted(permissions.REQUIRED))
+def test_an_outsider_may_do_nothing(master: Any, command: str) -> None:
+    reply = commands.answer(master, ControlRequest(command, {}), Conversation(OUTSIDER))
+    assert reply == {"ok": False, "code": "permission", "error": permissions.DENIED}
