@@ -17,6 +17,8 @@ from henbackup.engine.restic import ResticEngine
 from henbackup.errors import ConfigError, Problem
 from henbackup.jobs.entry import one_off_job, telling
 from henbackup.jobs.pipeline import run_backup_pipeline
+from henbackup.limits.cgroups import detect
+from henbackup.limits.place import host_report, placed
 from henbackup.master.supervisor import Master
 from henbackup.observe.events import Emitter
 from henbackup.observe.status import StatusModel
@@ -105,6 +107,9 @@ def check_config(args: argparse.Namespace) -> int:
     for exposure in exposures(config):
         print(exposure, file=sys.stderr)
     print(describe_plan(config, datetime.now().astimezone()))
+    report = host_report(config, detect())
+    if report:
+        print(f"\n{report}")
     return EXIT_OK
 
 
@@ -119,7 +124,8 @@ def backup(args: argparse.Namespace) -> int:
         config.daemon.restic, cache_dir=cache, stall_timeout=config.daemon.stall_timeout
     )
     scheduler = Scheduler(Dirs.from_environment().scheduler)
-    result = run_backup_pipeline(config, args.name, engine, telling(None), scheduler=scheduler)
+    with placed(args.name, config.backups[args.name].resources, telling(None)) as emit:
+        result = run_backup_pipeline(config, args.name, engine, emit, scheduler=scheduler)
     if result.status == "skipped":
         print(f"{args.name}: skipped by a before hook")
     for outcome in result.outcomes:

@@ -76,7 +76,7 @@ _PASSWORD_KEYS = ("password", "password_file", "password_command", "password_cre
 _REPOSITORY_KEYS = (
     "location",
     *_PASSWORD_KEYS,
-    *("env", "options", "upload_limit", "download_limit", "check", "prune"),
+    *("env", "options", "upload_limit", "download_limit", "check", "prune", "resources"),
 )
 _BACKUP_KEYS = (
     *("paths", "repositories", "excludes", "schedule", "watch", "priority"),
@@ -356,6 +356,7 @@ def _repository(name: str, value: Any, at: At) -> Repository | None:
         "download_limit": at.get(table, "download_limit", _rate),
         "check": at.get(table, "check", _maintenance(is_check=True)),
         "prune": at.get(table, "prune", _maintenance(is_check=False)),
+        "resources": at.get(table, "resources", _resources) or Resources(),
     }
     if location is None or password is None:
         return None

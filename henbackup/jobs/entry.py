@@ -37,6 +37,7 @@ from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import queued, run_backup_pipeline
 from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
+from henbackup.limits.place import placed
 from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
 from henbackup.process import NEVER, SafePoint
 from henbackup.scheduler.queue import Scheduler
@@ -171,19 +172,20 @@ def telling(news: Channel | None) -> EmitFunction:
 def backup_job(config: Config, name: str, options: RunOptions, news: Channel | None) -> int:
     """Run backup `name`'s pipeline; returns JOB_OK, JOB_FAILED or JOB_CANCELLED."""
     _handle_signals()
-    engine, emit = _engine(config), telling(news)
+    engine = _engine(config)
     try:
-        result = run_backup_pipeline(
-            config,
-            name,
-            engine,
-            emit,
-            options.trigger,
-            host_scheduler(),
-            only=options.repository,
-            priority=options.job_priority,
-            safe_point=_safe_point,
-        )
+        with placed(name, config.backups[name].resources, telling(news)) as emit:
+            result = run_backup_pipeline(
+                config,
+                name,
+                engine,
+                emit,
+                options.trigger,
+                host_scheduler(),
+                only=options.repository,
+                priority=options.job_priority,
+                safe_point=_safe_point,
+            )
     except JobCancelled:
         return JOB_CANCELLED
     return JOB_FAILED if result.status == "failed" else JOB_OK
@@ -197,9 +199,12 @@ def maintenance_job(
     settings = getattr(config.repositories[repository], operation)  # its check or prune table
     priority = options.job_priority or (settings.priority if settings else INFERIOR)
     job = Job(operation, repository, None, options.trigger, priority)
-    engine, emit = _engine(config), telling(news)
+    engine, resources = _engine(config), config.repositories[repository].resources
     try:
-        with queued(job, host_scheduler(), emit):
+        with (
+            placed(repository, resources, telling(news)) as emit,
+            queued(job, host_scheduler(), emit),
+        ):
             if operation == "check":
                 subset = options.read_data_subset or getattr(settings, "read_data_subset", None)
                 run_check(job, config, engine, emit, subset)

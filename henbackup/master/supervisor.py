@@ -27,6 +27,8 @@ from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.humanize import relative
+from henbackup.limits.cgroups import detect, prepare_v2
+from henbackup.limits.place import config_problems
 from henbackup.loop import Loop
 from henbackup.master import commands
 from henbackup.master.control import (
@@ -126,6 +128,7 @@ class Master:
         self.jobs.configure(self.config.metrics)
         if self.scheduler is not None:
             self.scheduler.set_slots(self.config.daemon.max_concurrent_jobs)
+        unprepared = prepare_v2()  # before any fork: every child starts in our leaf
         for spec in worker_specs(self.config).values():
             self._add(spec)
         self.emit(
@@ -134,6 +137,7 @@ class Master:
             pid=os.getpid(),
             config=str(self.config_path),
         )
+        self._warn_limits(unprepared)
         for problem in self.model.problems:  # what could not be read of the kept results
             self.emit("status.unreadable", problem, error=problem)
         self.notifier.ready()
@@ -356,6 +360,18 @@ class Master:
             removed=" ".join(change.removed),
             config=str(self.config_path),
         )
+        self._warn_limits()
+
+    def _warn_limits(self, unprepared: str | None = None) -> None:
+        """One warning per limit of the config this host cannot apply."""
+        for owner, key, reason in config_problems(self.config, detect()):
+            self.emit(
+                "limits.unavailable",
+                f"{owner}: {key} cannot be applied: {unprepared or reason}",
+                backup=owner,
+                key=key,
+                error=unprepared or reason,
+            )
 
     def stop(self) -> None:
         """SIGTERM: no new job, running ones interrupted cleanly, children reaped, exit 0."""

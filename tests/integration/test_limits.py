@@ -1,0 +1,126 @@
+"""Resources on this host's real cgroup v1 hierarchies (as root), with real restic.
+
+`henbackup backup` (outside systemd, as `make demo` runs it) places restic in a leaf of the
+cpu, memory and cpuacct hierarchies, with its nice and ionice set before it execs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PASSWORD = "limits-password"
+LIMITED = Path("/sys/fs/cgroup/memory")
+
+
+def config_text(restic: str, data: Path, repo: Path, resources: str, extra: str = "") -> str:
+    return f"""
+[daemon]
+restic = "{restic}"
+hostname = "testhost"
+
+[repositories.r]
+location = "{repo}"
+password = "{PASSWORD}"
+
+[backups.pictures]
+paths = ["{data}"]
+repositories = ["r"]
+resources = {{ {resources} }}
+{extra}
+"""
+
+
+def start_backup(tmp_path: Path, text: str) -> subprocess.Popen[str]:
+    config = tmp_path / "henbackup.toml"
+    config.write_text(text)
+    env = {**os.environ, "HENBACKUP_EVENTS": "stderr", "CACHE_DIRECTORY": str(tmp_path / "c")}
+    env["RUNTIME_DIRECTORY"] = str(tmp_path / "run")
+    argv = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config)]
+    return subprocess.Popen(
+        [*argv, "backup", "pictures"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def random_data(tmp_path: Path, size: int) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "noise.bin").write_bytes(os.urandom(size))
+    return data
+
+
+def events_of(stderr: str) -> list[dict[str, str]]:
+    """The events on stderr, journal fields without their HENBACKUP_ prefix."""
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return [{k.removeprefix("HENBACKUP_").lower(): v for k, v in e.items()} for e in lines]
+
+
+def test_memory_max_kills_restic_and_the_job_says_which_limit(restic, tmp_path):
+    data = random_data(tmp_path, 64 << 20)
+    text = config_text(restic, data, tmp_path / "repo", 'memory_max = "8M"')
+    process = start_backup(tmp_path, text)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    failed = [e for e in events_of(stderr) if e.get("event") == "job.failed"]
+    reason = "restic was killed by the memory limit of pictures (memory_max = 8M)"
+    assert [e["error"] for e in failed] == [reason], stderr
+    assert failed[0]["limits"] == "memory_max=8M"
+    assert int(failed[0]["memory_peak"]) >= 7 << 20  # it really ran to the limit
+    assert not list(LIMITED.glob(f"**/job-{process.pid}"))  # the leaf is gone
+
+
+def restic_child(parent: int, timeout: float = 60) -> int:
+    """The pid of `restic backup` once our backup process started it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1]
+            if comm == "restic" and b"backup" in argv and int(fields.split()[1]) == parent:
+                return int(entry.name)
+        time.sleep(0.05)
+    raise AssertionError("restic never started")
+
+
+def test_nice_ionice_and_cgroups_are_seen_in_proc_of_the_running_restic(restic, tmp_path):
+    data = random_data(tmp_path, 4 << 20)
+    resources = 'nice = 13, ionice = "best-effort", cpu_weight = 20, cpu_quota = "50%"'
+    text = config_text(restic, data, tmp_path / "repo", resources, 'upload_limit = "256K"')
+    process = start_backup(tmp_path, text)
+    try:
+        pid = restic_child(process.pid)
+        time.sleep(1)  # its Go runtime has started its threads
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+        assert len(threads) > 1
+        for task in threads:  # every thread: nice was set before exec, not after
+            stat = (task / "stat").read_text()
+            assert int(stat.rsplit(")", 1)[1].split()[16]) == 13
+        said = subprocess.run(["ionice", "-p", str(pid)], capture_output=True, text=True)
+        assert said.stdout.strip() == "best-effort: prio 6"  # (13 + 20) / 5
+        cgroup = (Path(f"/proc/{pid}/cgroup")).read_text()
+        leaf = f"/job-{process.pid}"
+        cpu_line = next(line for line in cgroup.splitlines() if line.split(":")[1] == "cpu")
+        assert cpu_line.endswith(leaf)
+        cpu_dir = Path("/sys/fs/cgroup/cpu") / cpu_line.split(":", 2)[2].lstrip("/")
+        assert (cpu_dir / "cpu.shares").read_text().strip() == "204"
+        assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"GOMAXPROCS=1" in environ
+    finally:
+        _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    succeeded = [e for e in events_of(stderr) if e.get("event") == "job.succeeded"]
+    assert float(succeeded[0]["cpu_sec"]) > 0
+    assert not cpu_dir.exists()
