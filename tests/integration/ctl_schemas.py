@@ -93,6 +93,9 @@ STATUS_ROW: dict[str, Schema] = {
     "error": {"type": ["string", "null"], "pattern": "^[^\\n]*$"},
     "snapshot": {"anyOf": [SNAPSHOT_ID, {"type": "null"}]},
     "snapshots": NULLABLE_COUNT,
+    "limits": {"type": ["string", "null"]},  # the resources of the last run
+    "cpu_sec": {"type": ["number", "null"], "minimum": 0},  # what its programs used
+    "memory_peak": NULLABLE_COUNT,
 }
 WORKER: dict[str, Schema] = {
     "worker": {"enum": ["stopped", "starting", "running", "backoff", "fatal", "stopping", None]},
