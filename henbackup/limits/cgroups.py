@@ -200,6 +200,13 @@ class Leaf:
             written_bytes=io.get("Write"),
         )
 
+    def reset_peak(self) -> None:
+        """Start the peak memory afresh for the next job (cgroup v1; v2's memory.peak
+        counts from the leaf's creation)."""
+        if self.layout == "v1" and "memory" in self.dirs:
+            with contextlib.suppress(OSError):
+                (self.dirs["memory"] / "memory.max_usage_in_bytes").write_text("0")
+
     def remove(self) -> None:
         """Remove the leaf's directories (its processes have exited)."""
         for directory in self.dirs.values():

@@ -127,8 +127,9 @@ class Placement:
         def annotated(kind: str, message: str, **fields: FieldValue) -> Event:
             job = str(fields.get("job"))
             if kind == "job.started" and self.leaf is not None:
+                self.leaf.reset_peak()
                 self._started[job] = (self.leaf.usage(), self.leaf.oom_kills())
-            if kind.startswith("job."):
+            if kind == "job.started" or kind in ENDINGS:
                 fields["limits"] = describe(self.resources)
             if kind in ENDINGS and job in self._started:
                 message, fields = self._ended(kind, message, fields, *self._started.pop(job))

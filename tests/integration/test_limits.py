@@ -6,10 +6,17 @@ cpu, memory and cpuacct hierarchies, with its nice and ionice set before it exec
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from integration.daemon_helpers import Daemon
+
+from henbackup.config.model import Resources
+from henbackup.limits.cgroups import detect
+from henbackup.limits.place import problems
 
 PASSWORD = "limits-password"
 LIMITED = Path("/sys/fs/cgroup/memory")
@@ -97,7 +104,12 @@ def restic_child(parent: int, timeout: float = 60) -> int:
 def test_nice_ionice_and_cgroups_are_seen_in_proc_of_the_running_restic(restic, tmp_path):
     data = random_data(tmp_path, 4 << 20)
     resources = 'nice = 13, ionice = "best-effort", cpu_weight = 20, cpu_quota = "50%"'
-    text = config_text(restic, data, tmp_path / "repo", resources, 'upload_limit = "256K"')
+    seen = tmp_path / "hook-saw"
+    hook = (
+        'upload_limit = "256K"\n[[backups.pictures.hooks.before]]\ntype = "command"\n'
+        f'command = ["sh", "-c", "cat /proc/self/cgroup /proc/self/stat > {seen}"]\n'
+    )
+    text = config_text(restic, data, tmp_path / "repo", resources, hook)
     process = start_backup(tmp_path, text)
     try:
         pid = restic_child(process.pid)
@@ -118,9 +130,34 @@ def test_nice_ionice_and_cgroups_are_seen_in_proc_of_the_running_restic(restic, 
         assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "50000"
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"GOMAXPROCS=1" in environ
+        hook_saw = seen.read_text().splitlines()  # the before hook ran under them too
+        assert f"{cpu_line.split(':')[0]}:cpu:{cpu_line.split(':', 2)[2]}" in hook_saw
+        assert int(hook_saw[-1].rsplit(")", 1)[1].split()[16]) == 13
     finally:
         _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     succeeded = [e for e in events_of(stderr) if e.get("event") == "job.succeeded"]
     assert float(succeeded[0]["cpu_sec"]) > 0
     assert not cpu_dir.exists()
+
+
+def test_a_limit_this_host_cannot_apply_is_said_once_at_start_and_after_a_reload(restic, tmp_path):
+    # This host's (and CI's) I/O schedulers offer no blkio weight: io_weight cannot hold.
+    reason = problems(Resources(io_weight=20), detect())["io_weight"]
+    data = random_data(tmp_path, 1 << 10)
+    config = tmp_path / "henbackup.toml"
+    config.write_text(config_text(restic, data, tmp_path / "repo", "io_weight = 20, nice = 5"))
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.wait_for("daemon.started")
+        warning = daemon.wait_for("limits.unavailable")
+        assert warning["MESSAGE"] == f"pictures: io_weight cannot be applied: {reason}"
+        assert warning["PRIORITY"] == "4"
+        assert (warning["HENBACKUP_BACKUP"], warning["HENBACKUP_KEY"]) == ("pictures", "io_weight")
+        assert warning["HENBACKUP_ERROR"] == reason
+        daemon.collect(1.0)
+        assert len(daemon.find("limits.unavailable")) == 1  # once; nice holds: not a word
+        since = len(daemon.events)
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_for("config.reloaded", since=since)
+        again = daemon.wait_for("limits.unavailable", since=since)
+        assert again["HENBACKUP_ERROR"] == reason
