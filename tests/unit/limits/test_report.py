@@ -1,8 +1,10 @@
 """What check-config and the start-up warnings say about a host's cgroups."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from henbackup.config.load import load_config
+from henbackup.config.plan import describe_plan
 from henbackup.limits.cgroups import Host
 from henbackup.limits.place import config_problems, host_report
 
@@ -50,3 +52,9 @@ def test_without_cgroups_only_nice_and_ionice_hold(tmp_path):
         ("r", "io_weight"),
         ("r", "memory_max"),
     ]
+
+
+def test_the_plan_shows_a_repositorys_resources(tmp_path):
+    plan = describe_plan(config(tmp_path), datetime(2026, 1, 1, tzinfo=UTC))
+    repository = plan[plan.index("Repository r") :].split("\n\n")[0]
+    assert "  resources       io_weight 10, memory_max 512 MiB" in repository.splitlines()
