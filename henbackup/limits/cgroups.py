@@ -1,6 +1,7 @@
 """The cgroup trees of this host: which one a job can use, its leaves, what they measure.
 
-cgroup v2 (unified): with Delegate=yes the service owns its cgroup D. The master moves
+cgroup v2 (unified): with Delegate=yes the service owns its cgroup D (systemd marks it with
+the xattr trusted.delegate; a cgroup without it is left alone). The master moves
 itself (and so every process it forks) into the leaf D/daemon and enables the controllers
 in D/cgroup.subtree_control (a cgroup with processes of its own cannot hand controllers to
 its children); each job run then gets a leaf D/job-<pid> beside it. cgroup v1 (hybrid):
@@ -81,9 +82,9 @@ def _detect_v2(root: Path, path: str | None) -> Host:
     if path is None:
         return Host("none", missing=dict.fromkeys(V2_CONTROLLERS, "not in a cgroup"))
     here = _inside(root, path)
-    base = here.parent if here.name == DAEMON_LEAF else here
-    if not os.access(base / "cgroup.subtree_control", os.W_OK):
-        why = f"cgroup {path} is not delegated to us (Delegate=yes, run by systemd as root)"
+    base = here.parent
+    if here.name != DAEMON_LEAF or not os.access(base / "cgroup.subtree_control", os.W_OK):
+        why = f"cgroup {path} is not delegated to henbackup (run by systemd, Delegate=yes)"
         return Host("none", missing=dict.fromkeys(V2_CONTROLLERS, why))
     enabled = _words(base / "cgroup.subtree_control")
     missing = {
@@ -127,6 +128,8 @@ def prepare_v2(root: Path = ROOT, proc: Path = PROC_SELF_CGROUP) -> str | None:
     here = _inside(root, path)
     if here.name == DAEMON_LEAF:
         return None  # done by an earlier start of this process tree
+    if not _delegated(here):  # a login session's scope, say: not ours to rearrange
+        return f"cgroup {path} is not delegated to henbackup (run by systemd, Delegate=yes)"
     try:
         leaf = here / DAEMON_LEAF
         leaf.mkdir(exist_ok=True)
@@ -140,6 +143,14 @@ def prepare_v2(root: Path = ROOT, proc: Path = PROC_SELF_CGROUP) -> str | None:
     except OSError as exc:
         return f"cannot use cgroup {path}: {exc.strerror}"
     return None
+
+
+def _delegated(path: Path) -> bool:
+    """systemd marks a cgroup it delegates (Delegate=yes) with trusted.delegate = 1."""
+    try:
+        return os.getxattr(path, "trusted.delegate") == b"1"
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ def tree(tmp_path: Path) -> Path:
     (service / "cgroup.controllers").write_text("cpu io memory pids\n")
     (service / "cgroup.subtree_control").write_text("")
     (service / "cgroup.procs").write_text("4242\n")
+    os.setxattr(service, "trusted.delegate", b"1")  # as systemd marks it for Delegate=yes
     return root
 
 
@@ -59,11 +60,19 @@ def test_a_controller_not_handed_down_is_a_problem_with_its_reason(tree, tmp_pat
     }
 
 
-def test_a_cgroup_that_is_not_ours_to_write(tree, tmp_path):
-    (tree / "user.slice").mkdir()
-    host = cgroups.detect(tree, proc_file(tmp_path, "user.slice"))
+def test_a_cgroup_that_is_not_delegated_is_left_alone(tree, tmp_path):
+    scope = tree / "user.slice" / "session-3.scope"  # henbackup run by hand, as root
+    scope.mkdir(parents=True)
+    (scope / "cgroup.procs").write_text("17\n")
+    proc = proc_file(tmp_path, "user.slice/session-3.scope")
+    reason = (
+        "cgroup /user.slice/session-3.scope is not delegated to henbackup "
+        "(run by systemd, Delegate=yes)"
+    )
+    assert cgroups.prepare_v2(tree, proc) == reason
+    assert sorted(p.name for p in scope.iterdir()) == ["cgroup.procs"]  # untouched
+    host = cgroups.detect(tree, proc)
     assert host.layout == "none"
-    reason = "cgroup /user.slice is not delegated to us (Delegate=yes, run by systemd as root)"
     assert problems(Resources(memory_max=1 << 20), host) == {"memory_max": reason}
 
 
