@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from integration.daemon_helpers import Daemon
+from integration.daemon_helpers import Daemon, henbackupctl, ok
 
 from henbackup.config.model import Resources
 from henbackup.limits.cgroups import detect
@@ -161,3 +161,27 @@ def test_a_limit_this_host_cannot_apply_is_said_once_at_start_and_after_a_reload
         daemon.wait_for("config.reloaded", since=since)
         again = daemon.wait_for("limits.unavailable", since=since)
         assert again["HENBACKUP_ERROR"] == reason
+
+
+def test_status_and_metrics_show_the_limits_and_what_the_run_used(restic, tmp_path):
+    data = random_data(tmp_path, 4 << 20)
+    textfile = tmp_path / "henbackup.prom"
+    metrics = f'[metrics]\ntextfile = "{textfile}"\n'
+    config = tmp_path / "henbackup.toml"
+    text = config_text(restic, data, tmp_path / "repo", 'memory_max = "1G", nice = 5')
+    config.write_text(metrics + text)
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.wait_for("daemon.started")
+        ok(henbackupctl(daemon, "backup", "pictures"))
+        done = daemon.wait_for("job.succeeded", timeout=120, backup="pictures")
+        assert done["HENBACKUP_LIMITS"] == "memory_max=1G nice=5"
+        status = json.loads(ok(henbackupctl(daemon, "--json", "status")))
+        (row,) = next(b for b in status["backups"] if b["name"] == "pictures")["repositories"]
+        assert row["limits"] == "memory_max=1G nice=5"
+        assert row["cpu_sec"] > 0  # restic's CPU time, from its cgroup
+        assert row["memory_peak"] > 1 << 20
+        labels = '{backup="pictures",repository="r",operation="backup"}'
+        daemon.pump_until(lambda: textfile.exists() and labels in textfile.read_text(), 30)
+        exposed = textfile.read_text()
+        assert f"henbackup_last_run_cpu_seconds{labels} " in exposed
+        assert f"henbackup_last_run_memory_peak_bytes{labels} " in exposed
