@@ -233,31 +233,32 @@ def make_leaf(
     Returns the leaf (None if none could be made) and, for each key whose files could not
     be written, why.
     """
-    failed: dict[str, str] = {}
     if host.layout == "none":
-        return None, failed
-    dirs = {c: base / name for c, base in host.bases.items()}
+        return None, {}
     made: dict[str, Path] = {}
-    for controller, directory in dirs.items():
+    unmade: dict[str, str] = {}  # controller → why its directory could not be made
+    for controller, base in host.bases.items():
         try:
-            directory.mkdir(exist_ok=True)
+            (base / name).mkdir(exist_ok=True)
         except OSError as exc:
-            failed[controller] = f"cannot create {directory}: {exc.strerror}"
+            unmade[controller] = f"cannot create {base / name}: {exc.strerror}"
             continue
-        made[controller] = directory
+        made[controller] = base / name
     leaf = Leaf(host.layout, made)
+    failed: dict[str, str] = {}
     for key, files in values.items():
         for file, value in files.items():
-            reason = _write(leaf, file, value)
+            reason = _write(leaf, file, value, unmade)
             if reason:
                 failed[key] = reason
     return (leaf if made else None), failed
 
 
-def _write(leaf: Leaf, file: str, value: str) -> str | None:
-    directory = leaf.dirs.get("" if leaf.layout == "v2" else file.split(".")[0])
+def _write(leaf: Leaf, file: str, value: str, unmade: Mapping[str, str]) -> str | None:
+    controller = "" if leaf.layout == "v2" else file.split(".")[0]
+    directory = leaf.dirs.get(controller)
     if directory is None:
-        return f"no {file.split('.')[0]} controller here"
+        return unmade.get(controller, f"no {file.split('.')[0]} controller here")
     path = directory / file
     if file == "blkio.weight" and not path.exists():
         path = directory / "blkio.bfq.weight"

@@ -132,3 +132,13 @@ def test_usage_and_the_memory_kill_reason(tree):
         "written_bytes": 0,
         "error": reason,
     }
+
+
+def test_a_value_the_kernel_refuses_is_named_by_its_key(tree, tmp_path):
+    (tree / SERVICE / "cgroup.subtree_control").write_text("cpu io memory\n")
+    host = cgroups.detect(tree, proc_file(tmp_path, f"{SERVICE}/daemon"))
+    (tree / SERVICE / "job-5" / "memory.max").mkdir(parents=True)  # stands in for EINVAL
+    leaf, failed = cgroups.make_leaf(host, "job-5", {"memory_max": {"memory.max": "1"}})
+    assert leaf is not None
+    path = tree / SERVICE / "job-5" / "memory.max"
+    assert failed == {"memory_max": f"cannot write '1' to {path}: Is a directory"}
