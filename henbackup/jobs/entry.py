@@ -202,7 +202,7 @@ def maintenance_job(
     engine, resources = _engine(config), config.repositories[repository].resources
     try:
         with (
-            placed(repository, resources, telling(news)) as emit,
+            placed(repository, resources, telling(news), "repository") as emit,
             queued(job, host_scheduler(), emit),
         ):
             if operation == "check":

@@ -60,15 +60,24 @@ def problems(resources: Resources, host: Host) -> dict[str, str]:
     return found
 
 
-def config_problems(config: Config, host: Host) -> list[tuple[str, str, str]]:
-    """(backup or repository, key, reason) for every limit of `config` this host cannot
-    apply."""
-    owners = [*config.backups.values(), *config.repositories.values()]
+def config_problems(config: Config, host: Host) -> list[tuple[str, str, str, str]]:
+    """(backup or repository, its name, key, reason) for every limit of `config` this host
+    cannot apply."""
+    owners = [
+        *(("backup", backup) for backup in config.backups.values()),
+        *(("repository", repository) for repository in config.repositories.values()),
+    ]
     return [
-        (owner.name, key, reason)
-        for owner in owners
+        (kind, owner.name, key, reason)
+        for kind, owner in owners
         for key, reason in problems(owner.resources, host).items()
     ]
+
+
+def say_unavailable(emit: EmitFunction, kind: str, owner: str, key: str, reason: str) -> None:
+    """The limits.unavailable warning: `kind` is backup or repository, the event's field."""
+    fields: dict[str, FieldValue] = {kind: owner, "key": key, "error": reason}
+    emit("limits.unavailable", f"{owner}: {key} cannot be applied: {reason}", **fields)
 
 
 def honoured(resources: Resources, host: Host) -> str:
@@ -165,9 +174,12 @@ def _delta(now: float | None, before: float | None) -> float | None:
 
 
 @contextlib.contextmanager
-def placed(owner: str, resources: Resources, emit: EmitFunction) -> Iterator[EmitFunction]:
-    """Run the body with this process's programs under `resources`; yields the emit
-    function its jobs use. The leaf is removed at the end."""
+def placed(
+    owner: str, resources: Resources, emit: EmitFunction, kind: str = "backup"
+) -> Iterator[EmitFunction]:
+    """Run the body with this process's programs under the `resources` of `owner` (a
+    backup, or a repository for its check and prune); yields the emit function its jobs
+    use. The leaf is removed at the end."""
     if resources == Resources():
         yield emit
         return
@@ -176,13 +188,7 @@ def placed(owner: str, resources: Resources, emit: EmitFunction) -> Iterator[Emi
     wanted = {k: v for k, v in values.items() if k not in problems(resources, host)}
     leaf, failed = cgroups.make_leaf(host, f"job-{os.getpid()}", wanted) if wanted else (None, {})
     for key, reason in failed.items():  # rare: the start-time check passed
-        emit(
-            "limits.unavailable",
-            f"{owner}: {key} cannot be applied: {reason}",
-            backup=owner,
-            key=key,
-            error=reason,
-        )
+        say_unavailable(emit, kind, owner, key, reason)
     placement = Placement(owner, resources, leaf)
     procs = mapping.gomaxprocs(resources)
     if procs is not None and "cpu_quota" in wanted and "GOMAXPROCS" not in os.environ:

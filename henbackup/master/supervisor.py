@@ -28,7 +28,7 @@ from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.humanize import relative
 from henbackup.limits.cgroups import detect, prepare_v2
-from henbackup.limits.place import config_problems
+from henbackup.limits.place import config_problems, say_unavailable
 from henbackup.loop import Loop
 from henbackup.master import commands
 from henbackup.master.control import (
@@ -364,14 +364,8 @@ class Master:
 
     def _warn_limits(self, unprepared: str | None = None) -> None:
         """One warning per limit of the config this host cannot apply."""
-        for owner, key, reason in config_problems(self.config, detect()):
-            self.emit(
-                "limits.unavailable",
-                f"{owner}: {key} cannot be applied: {unprepared or reason}",
-                backup=owner,
-                key=key,
-                error=unprepared or reason,
-            )
+        for kind, owner, key, reason in config_problems(self.config, detect()):
+            say_unavailable(self.emit, kind, owner, key, unprepared or reason)
 
     def stop(self) -> None:
         """SIGTERM: no new job, running ones interrupted cleanly, children reaped, exit 0."""

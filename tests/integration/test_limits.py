@@ -22,7 +22,9 @@ PASSWORD = "limits-password"
 LIMITED = Path("/sys/fs/cgroup/memory")
 
 
-def config_text(restic: str, data: Path, repo: Path, resources: str, extra: str = "") -> str:
+def config_text(
+    restic: str, data: Path, repo: Path, resources: str, extra: str = "", repo_extra: str = ""
+) -> str:
     return f"""
 [daemon]
 restic = "{restic}"
@@ -31,6 +33,7 @@ hostname = "testhost"
 [repositories.r]
 location = "{repo}"
 password = "{PASSWORD}"
+{repo_extra}
 
 [backups.pictures]
 paths = ["{data}"]
@@ -146,21 +149,32 @@ def test_a_limit_this_host_cannot_apply_is_said_once_at_start_and_after_a_reload
     reason = problems(Resources(io_weight=20), detect())["io_weight"]
     data = random_data(tmp_path, 1 << 10)
     config = tmp_path / "henbackup.toml"
-    config.write_text(config_text(restic, data, tmp_path / "repo", "io_weight = 20, nice = 5"))
+    repository = "resources = { io_weight = 10, memory_max = '1G' }"
+    text = config_text(restic, data, tmp_path / "repo", "io_weight = 20, nice = 5", "", repository)
+    config.write_text(text)
     with Daemon(config, tmp_path / "daemon") as daemon:
         daemon.wait_for("daemon.started")
-        warning = daemon.wait_for("limits.unavailable")
+        warning = daemon.wait_for("limits.unavailable", backup="pictures")
         assert warning["MESSAGE"] == f"pictures: io_weight cannot be applied: {reason}"
         assert warning["PRIORITY"] == "4"
-        assert (warning["HENBACKUP_BACKUP"], warning["HENBACKUP_KEY"]) == ("pictures", "io_weight")
+        assert warning["HENBACKUP_KEY"] == "io_weight"
         assert warning["HENBACKUP_ERROR"] == reason
+        of_repository = daemon.wait_for("limits.unavailable", repository="r")
+        assert (of_repository["HENBACKUP_KEY"], of_repository["HENBACKUP_ERROR"]) == (
+            "io_weight",
+            reason,
+        )
         daemon.collect(1.0)
-        assert len(daemon.find("limits.unavailable")) == 1  # once; nice holds: not a word
+        assert len(daemon.find("limits.unavailable")) == 2  # once each; the others hold
         since = len(daemon.events)
         os.kill(daemon.pid, signal.SIGHUP)
         daemon.wait_for("config.reloaded", since=since)
-        again = daemon.wait_for("limits.unavailable", since=since)
-        assert again["HENBACKUP_ERROR"] == reason
+        daemon.collect(1.0)
+        again = daemon.find("limits.unavailable", since=since)
+        assert sorted(e["MESSAGE"] for e in again) == [
+            f"pictures: io_weight cannot be applied: {reason}",
+            f"r: io_weight cannot be applied: {reason}",
+        ]
 
 
 def test_status_and_metrics_show_the_limits_and_what_the_run_used(restic, tmp_path):
@@ -185,3 +199,19 @@ def test_status_and_metrics_show_the_limits_and_what_the_run_used(restic, tmp_pa
         exposed = textfile.read_text()
         assert f"henbackup_last_run_cpu_seconds{labels} " in exposed
         assert f"henbackup_last_run_memory_peak_bytes{labels} " in exposed
+
+
+def test_a_repositorys_check_runs_under_the_repositorys_resources(restic, tmp_path):
+    data = random_data(tmp_path, 1 << 10)
+    repo = tmp_path / "repo"
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
+    subprocess.run([restic, "init"], env=env, capture_output=True, check=True)
+    config = tmp_path / "henbackup.toml"
+    repository = "resources = { memory_max = '1G', nice = 7 }"
+    config.write_text(config_text(restic, data, repo, "nice = 5", "", repository))
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.wait_for("daemon.started")
+        ok(henbackupctl(daemon, "check", "r"))
+        done = daemon.wait_for("job.succeeded", timeout=120, operation="check")
+        assert done["HENBACKUP_LIMITS"] == "memory_max=1G nice=7"
+        assert float(done["HENBACKUP_CPU_SEC"]) > 0

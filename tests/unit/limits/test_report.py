@@ -30,8 +30,8 @@ def config(tmp_path: Path):
 
 def test_every_limit_this_host_cannot_apply_is_named_with_its_owner_and_reason(tmp_path):
     assert config_problems(config(tmp_path), V1) == [
-        ("pictures", "io_weight", NO_BLKIO),
-        ("r", "io_weight", NO_BLKIO),
+        ("backup", "pictures", "io_weight", NO_BLKIO),
+        ("repository", "r", "io_weight", NO_BLKIO),
     ]
 
 
@@ -46,7 +46,7 @@ def test_check_config_says_how_each_limit_is_honoured(tmp_path):
 def test_without_cgroups_only_nice_and_ionice_hold(tmp_path):
     why = "no cgroup hierarchy at /sys/fs/cgroup"
     none = Host("none", missing={"cpu": why, "io": why, "memory": why})
-    assert [(o, k) for o, k, _ in config_problems(config(tmp_path), none)] == [
+    assert [(o, k) for _, o, k, _ in config_problems(config(tmp_path), none)] == [
         ("pictures", "cpu_weight"),
         ("pictures", "io_weight"),
         ("r", "io_weight"),
