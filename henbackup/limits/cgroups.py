@@ -225,6 +225,21 @@ class Leaf:
                 directory.rmdir()
 
 
+def sweep(host: Host) -> list[Path]:
+    """Remove the leaves of job processes that are gone without removing theirs (killed);
+    returns the removed directories. A leaf still holding a process stays."""
+    removed = []
+    for base in set(host.bases.values()):
+        for leaf in base.glob("job-*"):
+            pid = leaf.name.removeprefix("job-")
+            if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                continue
+            with contextlib.suppress(OSError):
+                leaf.rmdir()
+                removed.append(leaf)
+    return removed
+
+
 def make_leaf(
     host: Host, name: str, values: Mapping[str, Mapping[str, str]]
 ) -> tuple[Leaf | None, dict[str, str]]:

@@ -27,7 +27,7 @@ from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.humanize import relative
-from henbackup.limits.cgroups import detect, prepare_v2
+from henbackup.limits.cgroups import detect, prepare_v2, sweep
 from henbackup.limits.place import config_problems, say_unavailable
 from henbackup.loop import Loop
 from henbackup.master import commands
@@ -129,6 +129,7 @@ class Master:
         if self.scheduler is not None:
             self.scheduler.set_slots(self.config.daemon.max_concurrent_jobs)
         unprepared = prepare_v2()  # before any fork: every child starts in our leaf
+        sweep(detect())  # the leaves of job processes killed before they removed theirs
         for spec in worker_specs(self.config).values():
             self._add(spec)
         self.emit(

@@ -7,6 +7,7 @@ where. The files and values written are exactly those the kernel would get.
 """
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,16 @@ def test_a_value_the_kernel_refuses_is_named_by_its_key(tree, tmp_path):
     assert leaf is not None
     path = tree / SERVICE / "job-5" / "memory.max"
     assert failed == {"memory_max": f"cannot write '1' to {path}: Is a directory"}
+
+
+def test_the_leaves_of_killed_job_processes_are_swept(tree, tmp_path):
+    (tree / SERVICE / "cgroup.subtree_control").write_text("cpu io memory\n")
+    host = cgroups.detect(tree, proc_file(tmp_path, f"{SERVICE}/daemon"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no process has now
+    for pid in (gone.pid, os.getpid()):
+        (tree / SERVICE / f"job-{pid}").mkdir()
+    (tree / SERVICE / "daemon").mkdir()
+    assert cgroups.sweep(host) == [tree / SERVICE / f"job-{gone.pid}"]
+    left = sorted(p.name for p in (tree / SERVICE).iterdir() if p.is_dir())
+    assert left == ["daemon", f"job-{os.getpid()}"]
