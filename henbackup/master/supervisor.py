@@ -28,6 +28,7 @@ from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.humanize import relative
 from henbackup.limits.cgroups import detect, prepare_v2, sweep
+from henbackup.limits.mapping import CGROUP_KEYS
 from henbackup.limits.place import config_problems, say_unavailable
 from henbackup.loop import Loop
 from henbackup.master import commands
@@ -364,9 +365,12 @@ class Master:
         self._warn_limits()
 
     def _warn_limits(self, unprepared: str | None = None) -> None:
-        """One warning per limit of the config this host cannot apply."""
+        """One warning per limit of the config this host cannot apply; `unprepared`: why
+        the cgroup v2 setup at start failed, the reason of every cgroup limit then."""
         for kind, owner, key, reason in config_problems(self.config, detect()):
-            say_unavailable(self.emit, kind, owner, key, unprepared or reason)
+            if unprepared and key in CGROUP_KEYS:
+                reason = unprepared
+            say_unavailable(self.emit, kind, owner, key, reason)
 
     def stop(self) -> None:
         """SIGTERM: no new job, running ones interrupted cleanly, children reaped, exit 0."""
