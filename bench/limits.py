@@ -63,7 +63,7 @@ def busy_in_leaf(host: cgroups.Host, weight: int) -> tuple[subprocess.Popen[byte
     leaf, failed = cgroups.make_leaf(host, f"job-bench-{weight}", values)
     assert leaf is not None and not failed, failed
     busy = [sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"]
-    set_program_setup(Placement("bench", resources, leaf).enter_program)
+    set_program_setup(Placement("bench", resources, lambda *_, **__: None, leaf).enter_program)
     try:
         process, mask = spawn(busy, signal.SIGKILL, stdout=subprocess.DEVNULL)
     finally:

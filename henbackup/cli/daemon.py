@@ -124,13 +124,13 @@ def backup(args: argparse.Namespace) -> int:
         config.daemon.restic, cache_dir=cache, stall_timeout=config.daemon.stall_timeout
     )
     scheduler = Scheduler(Dirs.from_environment().scheduler)
-    with placed(args.name, config.backups[args.name].resources, telling(None)) as emit:
-        result = run_backup_pipeline(config, args.name, engine, emit, scheduler=scheduler)
+    with placed(args.name, config.backups[args.name].resources, telling(None)) as placement:
+        result = run_backup_pipeline(config, args.name, engine, placement.emit, scheduler=scheduler)
     if result.status == "skipped":
         print(f"{args.name}: skipped by a before hook")
     for outcome in result.outcomes:
         if not outcome.ok:
-            said = f"FAILED: {outcome.error}"
+            said = f"FAILED: {placement.explain(outcome.error)}"
         else:
             said = f"snapshot {outcome.snapshot_id or '(nothing changed)'}"
         print(f"{args.name} → {outcome.repository}: {said}")

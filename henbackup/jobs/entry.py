@@ -174,12 +174,12 @@ def backup_job(config: Config, name: str, options: RunOptions, news: Channel | N
     _handle_signals()
     engine = _engine(config)
     try:
-        with placed(name, config.backups[name].resources, telling(news)) as emit:
+        with placed(name, config.backups[name].resources, telling(news)) as placement:
             result = run_backup_pipeline(
                 config,
                 name,
                 engine,
-                emit,
+                placement.emit,
                 options.trigger,
                 host_scheduler(),
                 only=options.repository,
@@ -200,16 +200,16 @@ def maintenance_job(
     priority = options.job_priority or (settings.priority if settings else INFERIOR)
     job = Job(operation, repository, None, options.trigger, priority)
     engine, resources = _engine(config), config.repositories[repository].resources
+    subset = options.read_data_subset or getattr(settings, "read_data_subset", None)
     try:
         with (
-            placed(repository, resources, telling(news), "repository") as emit,
-            queued(job, host_scheduler(), emit),
+            placed(repository, resources, telling(news), "repository") as placement,
+            queued(job, host_scheduler(), placement.emit),
         ):
             if operation == "check":
-                subset = options.read_data_subset or getattr(settings, "read_data_subset", None)
-                run_check(job, config, engine, emit, subset)
+                run_check(job, config, engine, placement.emit, subset)
             else:
-                run_prune(job, config, engine, emit)
+                run_prune(job, config, engine, placement.emit)
     except JobCancelled:
         return JOB_CANCELLED
     except HenbackupError:

@@ -113,8 +113,10 @@ class Placement:
 
     owner: str  # the backup (or repository) whose limits these are
     resources: Resources
+    send: EmitFunction  # where the job events go, once `emit` has added to them
     leaf: Leaf | None = None
     _started: dict[str, tuple[Usage, int]] = field(default_factory=dict)
+    _reasons: dict[str, str] = field(default_factory=dict)  # engine's error → the limit's
 
     def enter_program(self) -> None:
         """In a program's child, before exec: the leaf, nice, ionice. What fails was said
@@ -130,21 +132,20 @@ class Placement:
             if value is not None:
                 nice.set_ioprio(value)
 
-    def annotate(self, emit: EmitFunction) -> EmitFunction:
-        """`emit`, with the limits and usage added to job events, and the memory reason."""
-
-        def annotated(kind: str, message: str, **fields: FieldValue) -> Event:
-            job = str(fields.get("job"))
-            if kind == "job.started" and self.leaf is not None:
-                self.leaf.reset_peak()
-                self._started[job] = (self.leaf.usage(), self.leaf.oom_kills())
-            if kind == "job.started" or kind in ENDINGS:
-                fields["limits"] = describe(self.resources)
-            if kind in ENDINGS and job in self._started:
-                message, fields = self._ended(kind, message, fields, *self._started.pop(job))
-            return emit(kind, message, **fields)
-
-        return annotated
+    def emit(self, kind: str, message: str, **fields: FieldValue) -> Event:
+        """The jobs' emit function: job events gain the limits and, at their end, the usage
+        and the memory limit's reason."""
+        if self.resources == Resources():
+            return self.send(kind, message, **fields)
+        job = str(fields.get("job"))
+        if kind == "job.started" and self.leaf is not None:
+            self.leaf.reset_peak()
+            self._started[job] = (self.leaf.usage(), self.leaf.oom_kills())
+        if kind == "job.started" or kind in ENDINGS:
+            fields["limits"] = describe(self.resources)
+        if kind in ENDINGS and job in self._started:
+            message, fields = self._ended(kind, message, fields, *self._started.pop(job))
+        return self.send(kind, message, **fields)
 
     def _ended(
         self, kind: str, message: str, fields: dict[str, FieldValue], before: Usage, kills: int
@@ -163,8 +164,13 @@ class Placement:
                 f"(memory_max = {short_size(self.resources.memory_max or 0)})"
             )
             message = message.partition(" failed: ")[0] + " failed: " + reason
+            self._reasons[str(fields.get("error"))] = reason
             fields["error"] = reason
         return message, fields
+
+    def explain(self, error: str | None) -> str | None:
+        """A job's error as its job.failed event told it (the memory limit's reason)."""
+        return self._reasons.get(error, error) if error else error
 
 
 def _delta(now: float | None, before: float | None) -> float | None:
@@ -176,12 +182,12 @@ def _delta(now: float | None, before: float | None) -> float | None:
 @contextlib.contextmanager
 def placed(
     owner: str, resources: Resources, emit: EmitFunction, kind: str = "backup"
-) -> Iterator[EmitFunction]:
+) -> Iterator[Placement]:
     """Run the body with this process's programs under the `resources` of `owner` (a
-    backup, or a repository for its check and prune); yields the emit function its jobs
-    use. The leaf is removed at the end."""
+    backup, or a repository for its check and prune); yields the Placement, whose `emit`
+    the jobs use. The leaf is removed at the end."""
     if resources == Resources():
-        yield emit
+        yield Placement(owner, resources, emit)
         return
     host = cgroups.detect()
     values = mapping.v2_values(resources) if host.layout == "v2" else mapping.v1_values(resources)
@@ -189,13 +195,13 @@ def placed(
     leaf, failed = cgroups.make_leaf(host, f"job-{os.getpid()}", wanted) if wanted else (None, {})
     for key, reason in failed.items():  # rare: the start-time check passed
         say_unavailable(emit, kind, owner, key, reason)
-    placement = Placement(owner, resources, leaf)
+    placement = Placement(owner, resources, emit, leaf)
     procs = mapping.gomaxprocs(resources)
     if procs is not None and "cpu_quota" in wanted and "GOMAXPROCS" not in os.environ:
         os.environ["GOMAXPROCS"] = str(procs)
     set_program_setup(placement.enter_program)
     try:
-        yield placement.annotate(emit)
+        yield placement
     finally:
         set_program_setup(None)
         if leaf is not None:

@@ -75,10 +75,11 @@ def test_memory_max_kills_restic_and_the_job_says_which_limit(restic, tmp_path):
     data = random_data(tmp_path, 64 << 20)
     text = config_text(restic, data, tmp_path / "repo", 'memory_max = "8M"')
     process = start_backup(tmp_path, text)
-    _, stderr = process.communicate(timeout=300)
+    stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr
-    failed = [e for e in events_of(stderr) if e.get("event") == "job.failed"]
     reason = "restic was killed by the memory limit of pictures (memory_max = 8M)"
+    assert stdout == f"pictures → r: FAILED: {reason}\n"
+    failed = [e for e in events_of(stderr) if e.get("event") == "job.failed"]
     assert [e["error"] for e in failed] == [reason], stderr
     assert failed[0]["limits"] == "memory_max=8M"
     assert int(failed[0]["memory_peak"]) >= 7 << 20  # it really ran to the limit

@@ -110,17 +110,17 @@ def test_usage_and_the_memory_kill_reason(tree):
     (directory / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
     (directory / "io.stat").write_text("8:0 rbytes=100 wbytes=20 rios=1 wios=1\n8:16 rbytes=5\n")
     (directory / "memory.peak").write_text("5000000\n")
-    placement = Placement("pictures", Resources(memory_max=256 << 20), leaf)
     seen = []
 
-    def emit(kind, message, **fields):
+    def send(kind, message, **fields):
         seen.append((kind, message, fields))
 
-    annotated = placement.annotate(emit)
-    annotated("job.started", "pictures→r: backup started", job="j1")
+    placement = Placement("pictures", Resources(memory_max=256 << 20), send, leaf)
+    placement.emit("job.started", "pictures→r: backup started", job="j1")
     (directory / "cpu.stat").write_text("usage_usec 4000000\n")
     (directory / "memory.events").write_text("oom 1\noom_kill 1\n")
-    annotated("job.failed", "pictures→r: backup failed: restic killed by SIGKILL", job="j1")
+    killed = "restic killed by SIGKILL"
+    placement.emit("job.failed", f"pictures→r: backup failed: {killed}", job="j1", error=killed)
     _, message, fields = seen[-1]
     reason = "restic was killed by the memory limit of pictures (memory_max = 256M)"
     assert message == f"pictures→r: backup failed: {reason}"
@@ -133,6 +133,8 @@ def test_usage_and_the_memory_kill_reason(tree):
         "written_bytes": 0,
         "error": reason,
     }
+    assert placement.explain(killed) == reason  # what `henbackup backup` prints
+    assert placement.explain("other") == "other"
 
 
 def test_a_value_the_kernel_refuses_is_named_by_its_key(tree, tmp_path):
