@@ -4,12 +4,13 @@
   on a small data set) started through the same path as restic (process.spawn, entering
   their run's leaf before exec), pinned to one core, with cpu_weight 100 and 20; the ratio
   of the CPU time each got, against 100/20 (goal: within 15 %).
-- upload_limit: a backup of 16 MiB of random data to a REST repository on 127.0.0.1
+- upload_limit: a backup of 32 MiB of random data to a REST repository on 127.0.0.1
   (rclone serve restic) with upload_limit = 2M, through ResticEngine, and by bare restic
   with the same --limit-upload as the baseline in the same run (goal: within 5 % of 2M).
 - host budget: two backups at once under [daemon] upload_limit = "2M", max_concurrent_jobs
   = 2, each with the limit target_for gives it; their total rate (goal: never above 2M).
-Rates are bytes stored in the repository over the wall time of the backup.
+Rates are bytes stored in the repository per second: sustained (sampled while the upload
+runs, from 3 s in) and over the whole backup.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.table import Table
@@ -45,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from integration.backends import RestServer
 
 LIMIT = 2 << 20
-DATA = 16 << 20
+DATA = 32 << 20
 BUSY_SECONDS = 6.0
+SAMPLE = 0.5  # seconds between two looks at the repository's size
+SETTLE = 3.0  # restic has started and spent its limiter's first burst
 PASSWORD = "bench password"
 
 
@@ -87,7 +92,8 @@ def cpu_weight_row() -> tuple[object, ...]:
             leaf.remove()
     heavy, light = (a - b for a, b in zip(after, before, strict=True))
     ratio, goal = heavy / light, 100 / 20
-    return ("cpu_weight 100 vs 20", "CPU-time ratio", ratio, goal, abs(ratio / goal - 1) <= 0.15)
+    holds = abs(ratio / goal - 1) <= 0.15
+    return ("cpu_weight 100 vs 20", "CPU-time ratio", ratio, ratio, goal, holds)
 
 
 def repository_bytes(path: Path) -> int:
@@ -125,21 +131,61 @@ class Rest:
         return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@dataclass(frozen=True)
+class Rates:
+    sustained: float  # bytes/s between the samples from SETTLE on, while the upload runs
+    whole: float  # bytes/s over the whole backup, start-up and restic's first burst in
+
+
+def measure_rates(running: Callable[[], bool], stored: Callable[[], int]) -> Rates:
+    """Sample `stored()` while `running()`: the sustained rate and the whole run's."""
+    start, first = time.perf_counter(), stored()
+    samples: list[tuple[float, int]] = []
+    while running():
+        time.sleep(SAMPLE)
+        now = time.perf_counter()
+        if now - start >= SETTLE:
+            samples.append((now, stored()))
+    end = time.perf_counter()
+    (t1, b1), (t2, b2) = samples[0], samples[-1]
+    return Rates((b2 - b1) / (t2 - t1), (stored() - first) / (end - start))
+
+
+def still_running(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: process.poll() is None
+
+
+def engine_backup(rest: Rest, target: Target, data: Path) -> subprocess.Popen[bytes]:
+    """ResticEngine's backup in a child process, so that this one can sample meanwhile."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from henbackup.engine.base import BackupRequest, Target\n"
+        "from henbackup.config.model import PasswordSource\n"
+        "from henbackup.engine.restic import ResticEngine\n"
+        "binary, cache, location, password, limit, data = sys.argv[1:]\n"
+        "target = Target('engine', location, PasswordSource('file', password),"
+        " upload_limit=int(limit))\n"
+        "request = BackupRequest('bench', (data,), host='bench')\n"
+        "ResticEngine(binary, cache_dir=Path(cache)).backup(target, request)\n"
+    )
+    password = str(rest.password_file)
+    argv = [rest.binary, str(rest.work / "cache"), target.location, password, str(LIMIT)]
+    return subprocess.Popen([sys.executable, "-c", code, *argv, str(data)])
+
+
 def upload_rows(rest: Rest, data: Path) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
-    request = BackupRequest("bench", (str(data),), host="bench")
     for way in ("bare restic", "ResticEngine"):
         name = way.split()[0].lower()
         target = rest.fresh(name, LIMIT)
-        before = rest.stored(name)
-        start = time.perf_counter()
-        if way == "bare restic":
-            assert rest.bare(target, data).wait() == 0
-        else:
-            ResticEngine(rest.binary, cache_dir=rest.work / "cache").backup(target, request)
-        rate = (rest.stored(name) - before) / (time.perf_counter() - start)
-        ok = abs(rate / LIMIT - 1) <= 0.05
-        rows.append((f"upload_limit = 2M, {way}", "MiB/s", rate / 2**20, LIMIT / 2**20, ok))
+        process = (
+            rest.bare(target, data) if way == "bare restic" else engine_backup(rest, target, data)
+        )
+        rates = measure_rates(still_running(process), lambda name=name: rest.stored(name))
+        assert process.wait() == 0
+        ok = abs(rates.sustained / LIMIT - 1) <= 0.05
+        mib = (rates.sustained / 2**20, rates.whole / 2**20, LIMIT / 2**20)
+        rows.append((f"upload_limit = 2M, {way}", "MiB/s", *mib, ok))
     return rows
 
 
@@ -154,24 +200,18 @@ def budget_row(rest: Rest, data: Path) -> tuple[object, ...]:
         f'[backups.b]\npaths = ["{data}"]\nrepositories = ["one", "two"]\nupload_limit = "5M"\n'
     )
     config = load_config(config_file)
-    targets = [
-        target_for(config, config.repositories[name], config.backups["b"])
-        for name in ("one", "two")
-    ]
+    backup = config.backups["b"]
+    targets = [target_for(config, config.repositories[name], backup) for name in ("one", "two")]
     for target in targets:
         rest.fresh(target.name, None)
-    before = rest.stored("one") + rest.stored("two")
-    start = time.perf_counter()
     running = [rest.bare(target, data) for target in targets]
-    assert [p.wait() for p in running] == [0, 0]
-    rate = (rest.stored("one") + rest.stored("two") - before) / (time.perf_counter() - start)
-    return (
-        "budget 2M, two jobs at once",
-        "MiB/s total",
-        rate / 2**20,
-        LIMIT / 2**20,
-        rate <= LIMIT,
+    rates = measure_rates(
+        lambda: all(p.poll() is None for p in running),  # while both run at once
+        lambda: rest.stored("one") + rest.stored("two"),
     )
+    assert [p.wait() for p in running] == [0, 0]
+    mib = (rates.sustained / 2**20, rates.whole / 2**20, LIMIT / 2**20)
+    return ("budget 2M, two jobs at once", "MiB/s total", *mib, rates.sustained <= LIMIT)
 
 
 def run() -> Table:
@@ -190,10 +230,11 @@ def run() -> Table:
             rest.server.kill()
     return Table(
         "Limits: cpu_weight, upload_limit and the host budget (cgroup v1, restic 0.14, REST)",
-        ("what", "unit", "measured", "goal", "holds"),
+        ("what", "unit", "sustained", "whole run", "goal", "holds"),
         tuple(rows),
         (
             "goal: CPU ratio within 15 % of 5; a rate within 5 % of 2 MiB/s; a total never above.",
-            "restic's limiter is a token bucket: a short backup can read a few % above its limit.",
+            "sustained: from 3 s in, while uploading; whole run: start-up and restic's first"
+            " burst (its limiter is a token bucket) in.",
         ),
     )
