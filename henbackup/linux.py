@@ -2,7 +2,8 @@
 
 The standard library lacks these few Linux calls: prctl (the process name, death signal and
 subreaper), inotify (watching the backed-up trees and the queue's ticket files), statfs (the
-file system type) and timerfd (a wall-clock alarm). Nothing else in henbackup imports ctypes.
+file system type), timerfd (a wall-clock alarm) and ioprio_set (ionice, which has no libc
+wrapper). Nothing else in henbackup imports ctypes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import struct
 from collections.abc import Iterator
 
@@ -146,3 +148,21 @@ def timerfd_settime(fd: int, flags: int, value: float) -> None:
     whole = int(value)
     spec = _Itimerspec(_Timespec(0, 0), _Timespec(whole, int((value - whole) * 1e9)))
     _checked(_libc.timerfd_settime(fd, flags, ctypes.byref(spec), None), "timerfd_settime")
+
+
+# ioprio_set(2): no libc wrapper, so the raw syscall, whose number depends on the machine
+IOPRIO_WHO_PROCESS = 1
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "armv7l": 314, "armv6l": 314, "i686": 289}
+
+
+def ioprio_supported() -> bool:
+    return platform.machine() in _IOPRIO_SET
+
+
+def ioprio_set(value: int) -> None:
+    """ioprio_set(IOPRIO_WHO_PROCESS, self, value); raises OSError."""
+    number = _IOPRIO_SET.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"ioprio_set is unknown on {platform.machine()}")
+    if _libc.syscall(number, IOPRIO_WHO_PROCESS, 0, value) != 0:
+        _checked(-1, "ioprio_set")

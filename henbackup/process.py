@@ -74,11 +74,23 @@ def reset_signals(mask: set[signal.Signals]) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+_program_setup: Callable[[], None] | None = None
+
+
+def set_program_setup(setup: Callable[[], None] | None) -> None:
+    """Run `setup` in the child of every program `spawn` starts from now on, before it
+    execs (limits/: the job's cgroup, nice and ionice); None: no more."""
+    global _program_setup
+    _program_setup = setup
+
+
 def _before_exec(parent_pid: int, mask: set[signal.Signals], death_signal: int) -> None:
     """preexec_fn, run with every signal blocked (see `spawn`)."""
     linux.set_death_signal(death_signal)
     if os.getppid() != parent_pid:  # we died before prctl took effect
         os._exit(1)
+    if _program_setup is not None:
+        _program_setup()
     reset_signals(mask)
 
 

@@ -221,6 +221,9 @@ class StatusRow:
     error: str | None = _member({"type": ["string", "null"], "pattern": "^[^\\n]*$"})
     snapshot: str | None = _member({"anyOf": [_SNAPSHOT_ID, _NULL]})
     snapshots: int | None = _member({"type": ["integer", "null"], "minimum": 0})
+    limits: str | None = _member({"type": ["string", "null"]})  # the last run's resources
+    cpu_sec: float | None = _member({"type": ["number", "null"], "minimum": 0})  # it used
+    memory_peak: int | None = _member({"type": ["integer", "null"], "minimum": 0})
 
     def as_reply(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

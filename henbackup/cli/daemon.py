@@ -20,6 +20,8 @@ from henbackup.engine.restic import ResticEngine
 from henbackup.errors import ConfigError, Problem
 from henbackup.jobs.entry import one_off_job, telling
 from henbackup.jobs.pipeline import run_backup_pipeline
+from henbackup.limits.cgroups import detect
+from henbackup.limits.place import host_report, placed
 from henbackup.master.supervisor import Master
 from henbackup.observe.events import Emitter
 from henbackup.observe.status import StatusModel
@@ -115,6 +117,9 @@ def check_config(args: argparse.Namespace) -> int:
     for exposure in exposures(config):
         print(exposure, file=sys.stderr)
     print(describe_plan(config, datetime.now().astimezone()))
+    report = host_report(config, detect())
+    if report:
+        print(f"\n{report}")
     return EXIT_OK
 
 
@@ -134,12 +139,13 @@ def backup(args: argparse.Namespace) -> int:
         config.daemon.restic, cache_dir=cache, stall_timeout=config.daemon.stall_timeout
     )
     scheduler = Scheduler(Dirs.from_environment().scheduler)
-    result = run_backup_pipeline(config, args.name, engine, telling(None), scheduler=scheduler)
+    with placed(args.name, config.backups[args.name].resources, telling(None)) as placement:
+        result = run_backup_pipeline(config, args.name, engine, placement.emit, scheduler=scheduler)
     if result.status == "skipped":
         print(f"{args.name}: skipped by a before hook")
     for outcome in result.outcomes:
         if not outcome.ok:
-            said = f"FAILED: {outcome.error}"
+            said = f"FAILED: {placement.explain(outcome.error)}"
         else:
             said = f"snapshot {outcome.snapshot_id or '(nothing changed)'}"
         print(f"{args.name} → {outcome.repository}: {said}")

@@ -177,6 +177,7 @@ class Repository:
     download_limit: int | None = None
     check: Maintenance | None = None
     prune: Maintenance | None = None
+    resources: Resources = Resources()  # for its check and prune jobs
 
 
 @dataclass(frozen=True)

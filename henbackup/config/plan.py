@@ -96,6 +96,8 @@ def _repository(repository: Repository, now: datetime) -> str:
         rows += _maintenance("check", repository.check, now)
     if repository.prune:
         rows += _maintenance("prune", repository.prune, now)
+    if repository.resources != Resources():
+        rows.append(("resources", _resources(repository.resources)))
     return _block(f"Repository {repository.name}", rows)
 
 

@@ -233,6 +233,41 @@ _env = Key(
     convert.env_table,
     default={},
 )
+_WEIGHT = _integer(1, 10000)
+RESOURCES = Table(
+    "backups.NAME.resources",
+    "[backups.NAME.resources]",
+    (
+        Key(
+            "cpu_weight",
+            "CPUWeight= of the job.",
+            20,
+            _integer(1, 10000),
+            convert.integer(1, 10000),
+        ),
+        Key(
+            "io_weight", "IOWeight= of the job.", 20, _integer(1, 10000), convert.integer(1, 10000)
+        ),
+        Key(
+            "cpu_quota",
+            'CPUQuota= of the job, of one CPU: "50%".',
+            "50%",
+            _string(f"{_NUMBER}%"),
+            convert.percent,
+        ),
+        Key("memory_max", "MemoryMax= of the job (K, M, G, T: x1024).", "1G", _SIZE, convert.size),
+        Key("nice", "The niceness of restic.", 10, _integer(-20, 19), convert.integer(-20, 19)),
+        Key(
+            "ionice",
+            "The I/O scheduling class of restic.",
+            "idle",
+            _choice(*IONICE),
+            convert.choice(IONICE),
+        ),
+    ),
+)
+
+
 PASSWORD_KEYS = ("password", "password_file", "password_command", "password_credential")
 REPOSITORY = Table(
     "repositories.NAME",
@@ -281,6 +316,14 @@ REPOSITORY = Table(
         _download_limit,
         Key("check", "Scheduled restic check.", {"schedule": ["1w"]}, {}, table=CHECK),
         Key("prune", "Scheduled forget --prune.", {"schedule": ["1w"]}, {}, table=PRUNE),
+        Key(
+            "resources",
+            "Limits of its check and prune jobs.",
+            {"nice": 10},
+            {},
+            default={},
+            table=RESOURCES,
+        ),
     ),
     exactly_one=PASSWORD_KEYS,
 )
@@ -329,39 +372,6 @@ RETENTION = Table(
             "1m",
             _string("([0-9]+y)?([0-9]+m)?([0-9]+d)?([0-9]+h)?", minLength=1),
             convert.restic_duration,
-        ),
-    ),
-)
-_WEIGHT = _integer(1, 10000)
-RESOURCES = Table(
-    "backups.NAME.resources",
-    "[backups.NAME.resources]",
-    (
-        Key(
-            "cpu_weight",
-            "CPUWeight= of the job.",
-            20,
-            _integer(1, 10000),
-            convert.integer(1, 10000),
-        ),
-        Key(
-            "io_weight", "IOWeight= of the job.", 20, _integer(1, 10000), convert.integer(1, 10000)
-        ),
-        Key(
-            "cpu_quota",
-            'CPUQuota= of the job, of one CPU: "50%".',
-            "50%",
-            _string(f"{_NUMBER}%"),
-            convert.percent,
-        ),
-        Key("memory_max", "MemoryMax= of the job (K, M, G, T: x1024).", "1G", _SIZE, convert.size),
-        Key("nice", "The niceness of restic.", 10, _integer(-20, 19), convert.integer(-20, 19)),
-        Key(
-            "ionice",
-            "The I/O scheduling class of restic.",
-            "idle",
-            _choice(*IONICE),
-            convert.choice(IONICE),
         ),
     ),
 )

@@ -179,6 +179,7 @@ def _repository(name: str, value: Any, at: At) -> Repository | None:
     password = _password(table, at)
     maintenance = {"check": _record(schema.CHECK, Maintenance)}
     maintenance["prune"] = _record(schema.PRUNE, Maintenance)
+    maintenance["resources"] = _record(schema.RESOURCES, Resources)
     optional = _values(table, at, keys, maintenance, skip=("location", *keys.exactly_one))
     if location is None or password is None:
         return None

@@ -37,6 +37,7 @@ from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import queued, run_backup_pipeline
 from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
+from henbackup.limits.place import placed
 from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
 from henbackup.process import NEVER, SafePoint
 from henbackup.protocol import JobEvent, JobExit, OneOffResult, reply_error
@@ -170,19 +171,20 @@ def telling(news: Channel | None) -> EmitFunction:
 def backup_job(config: Config, name: str, options: RunOptions, news: Channel | None) -> JobExit:
     """Run backup `name`'s pipeline; returns how it ended."""
     _handle_signals()
-    engine, emit = _engine(config), telling(news)
+    engine = _engine(config)
     try:
-        result = run_backup_pipeline(
-            config,
-            name,
-            engine,
-            emit,
-            options.trigger,
-            host_scheduler(),
-            only=options.repository,
-            priority=options.job_priority,
-            safe_point=_safe_point,
-        )
+        with placed(name, config.backups[name].resources, telling(news)) as placement:
+            result = run_backup_pipeline(
+                config,
+                name,
+                engine,
+                placement.emit,
+                options.trigger,
+                host_scheduler(),
+                only=options.repository,
+                priority=options.job_priority,
+                safe_point=_safe_point,
+            )
     except JobCancelled:
         return JobExit.CANCELLED
     return JobExit.FAILED if result.status == "failed" else JobExit.OK
@@ -196,14 +198,17 @@ def maintenance_job(
     settings = getattr(config.repositories[repository], operation)  # its check or prune table
     priority = options.job_priority or (settings.priority if settings else INFERIOR)
     job = Job(operation, repository, None, options.trigger, priority)
-    engine, emit = _engine(config), telling(news)
+    engine, resources = _engine(config), config.repositories[repository].resources
+    subset = options.read_data_subset or getattr(settings, "read_data_subset", None)
     try:
-        with queued(job, host_scheduler(), emit):
+        with (
+            placed(repository, resources, telling(news), "repository") as placement,
+            queued(job, host_scheduler(), placement.emit),
+        ):
             if operation == "check":
-                subset = options.read_data_subset or getattr(settings, "read_data_subset", None)
-                run_check(job, config, engine, emit, subset)
+                run_check(job, config, engine, placement.emit, subset)
             else:
-                run_prune(job, config, engine, emit)
+                run_prune(job, config, engine, placement.emit)
     except JobCancelled:
         return JobExit.CANCELLED
     except HenbackupError:

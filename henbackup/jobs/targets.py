@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from henbackup.config.model import Backup, Config, Repository
 from henbackup.engine.base import Target
-
-
-def effective_limit(job: int | None, default: int | None, cap: int | None) -> int | None:
-    """The job's own limit (else the daemon default), never above the repository's cap."""
-    wanted = job if job is not None else default
-    if wanted is None:
-        return cap
-    return wanted if cap is None else min(wanted, cap)
+from henbackup.limits.budget import job_limit, share
 
 
 def target_for(config: Config, repository: Repository, backup: Backup | None = None) -> Target:
@@ -23,12 +16,14 @@ def target_for(config: Config, repository: Repository, backup: Backup | None = N
         password=repository.password,
         env=repository.env,
         options=repository.options,
-        upload_limit=effective_limit(
-            backup.upload_limit if backup else None, daemon.upload_limit, repository.upload_limit
+        upload_limit=job_limit(
+            backup.upload_limit if backup else None,
+            share(daemon.upload_limit, daemon.max_concurrent_jobs),
+            repository.upload_limit,
         ),
-        download_limit=effective_limit(
+        download_limit=job_limit(
             backup.download_limit if backup else None,
-            daemon.download_limit,
+            share(daemon.download_limit, daemon.max_concurrent_jobs),
             repository.download_limit,
         ),
     )

@@ -198,6 +198,9 @@ def _row(model: StatusModel, key: RunKey, positions: Mapping[str, int | None]) -
         error=last.error if last else None,
         snapshot=last.snapshot if last else None,
         snapshots=record.snapshots,
+        limits=last.limits if last else None,
+        cpu_sec=last.cpu_sec if last else None,
+        memory_peak=last.memory_peak if last else None,
     ).as_reply()
 
 

@@ -26,6 +26,9 @@ from henbackup.channel import Channel
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
+from henbackup.limits.cgroups import detect, prepare_v2, sweep
+from henbackup.limits.mapping import CGROUP_KEYS
+from henbackup.limits.place import config_problems, say_unavailable
 from henbackup.loop import Loop
 from henbackup.master import commands
 from henbackup.master.control import ControlServer, Conversation, bind, socket_from_systemd
@@ -132,6 +135,8 @@ class Master:
         self.jobs.configure(self.config.metrics)
         if self.scheduler is not None:
             self.scheduler.set_slots(self.config.daemon.max_concurrent_jobs)
+        unprepared = prepare_v2()  # before any fork: every child starts in our leaf
+        sweep(detect())  # the leaves of job processes killed before they removed theirs
         for spec in worker_specs(self.config).values():
             self._add(spec)
         self.emit(
@@ -140,6 +145,7 @@ class Master:
             pid=os.getpid(),
             config=str(self.config_path),
         )
+        self._warn_limits(unprepared)
         for problem in self.model.problems:  # what could not be read of the kept results
             self.emit("status.unreadable", problem, error=problem)
         self.notifier.ready()
@@ -346,6 +352,15 @@ class Master:
             removed=" ".join(change.removed),
             config=str(self.config_path),
         )
+        self._warn_limits()
+
+    def _warn_limits(self, unprepared: str | None = None) -> None:
+        """One warning per limit of the config this host cannot apply; `unprepared`: why
+        the cgroup v2 setup at start failed, the reason of every cgroup limit then."""
+        for kind, owner, key, reason in config_problems(self.config, detect()):
+            if unprepared and key in CGROUP_KEYS:
+                reason = unprepared
+            say_unavailable(self.emit, kind, owner, key, reason)
 
     def stop(self) -> None:
         """SIGTERM: no new job, running ones interrupted cleanly, children reaped, exit 0."""

@@ -46,6 +46,7 @@ MESSAGE_IDS: dict[str, str] = {
     "status.unsaved": "981fef94cf3b4798aa4434b0823180aa",
     "status.unreadable": "d85b8908d3ee42b48b4324805c46f0ad",
     "daemon.error": "067f09bde23d48dc9500efbb2bee7fe8",
+    "limits.unavailable": "5b1c0e7f3d8a4e52a6f1c9d04b7e2a31",
 }
 
 # syslog levels
@@ -62,6 +63,7 @@ _PRIORITIES = {
     "metrics.failed": WARNING,
     "status.unsaved": WARNING,
     "status.unreadable": WARNING,
+    "limits.unavailable": WARNING,
     "watch.overflow": NOTICE,
     "daemon.started": NOTICE,
     "daemon.stopping": NOTICE,

@@ -84,6 +84,18 @@ SNAPSHOTS = Family(
     "How many snapshots the backup has in the repository.",
     ("backup", "repository"),
 )
+LAST_CPU = Family(
+    "henbackup_last_run_cpu_seconds",
+    "gauge",
+    "CPU time the last run's programs used, for a backup or repository with resources.",
+    ("backup", "repository", "operation"),
+)
+LAST_MEMORY_PEAK = Family(
+    "henbackup_last_run_memory_peak_bytes",
+    "gauge",
+    "Peak memory of the last run's programs, for a backup or repository with resources.",
+    ("backup", "repository", "operation"),
+)
 JOBS_RUNNING = Family("henbackup_jobs_running", "gauge", "Jobs running now.")
 JOBS_WAITING = Family("henbackup_jobs_waiting", "gauge", "Jobs waiting in the queue.")
 UP = Family("henbackup_up", "gauge", "1 while the daemon runs.")
@@ -92,6 +104,8 @@ FAMILIES = (
     LAST_SUCCESS,
     LAST_DURATION,
     LAST_SUCCEEDED,
+    LAST_CPU,
+    LAST_MEMORY_PEAK,
     RUNS,
     BYTES_ADDED,
     SNAPSHOTS,
@@ -134,6 +148,10 @@ def _record_samples(key: RunKey, record: RunHistory) -> Iterable[tuple[Family, S
         if record.last.duration is not None:
             yield LAST_DURATION, (triple, record.last.duration)
         yield LAST_SUCCEEDED, (triple, 1 if record.last.result == "succeeded" else 0)
+        if record.last.cpu_sec is not None:
+            yield LAST_CPU, (triple, record.last.cpu_sec)
+        if record.last.memory_peak is not None:
+            yield LAST_MEMORY_PEAK, (triple, record.last.memory_peak)
     for result, count in record.runs.items():
         yield RUNS, ((*triple, result), count)
     if key.operation != "backup":

@@ -52,6 +52,9 @@ class LastRun:
     error: str | None = None
     snapshot: str | None = None
     job: str = ""
+    limits: str | None = None  # the resources it ran under (limits/place.py)
+    cpu_sec: float | None = None  # what its programs used, where the cgroup measures it
+    memory_peak: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,9 @@ class StatusModel:
             fields.get("error") or None,
             fields.get("snapshot") or None,
             job.job,
+            fields.get("limits") or None,
+            _float(fields.get("cpu_sec")),
+            _int(fields.get("memory_peak")),
         )
         self.records[job.key] = replace(
             old,
@@ -407,6 +413,9 @@ _LAST = {
     "error": _optional(_is_text),
     "snapshot": _optional(_is_text),
     "job": _is_text,
+    "limits": _optional(_is_text),
+    "cpu_sec": _optional(_is_seconds),
+    "memory_peak": _optional(_is_count),
 }
 _ENTRY = {
     "key": lambda value: isinstance(value, dict),

@@ -275,7 +275,21 @@ def _strict(declared: type[StatusRow | WorkerStatus]) -> dict[str, Any]:
 
 def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None:
     row = StatusRow(
-        "aws", "queued", "0a1b2c3d", 2, None, 1.7e9, 1.6e9, "failed", 12.5, "no key", None, 3
+        "aws",
+        "queued",
+        "0a1b2c3d",
+        2,
+        None,
+        1.7e9,
+        1.6e9,
+        "failed",
+        12.5,
+        "no key",
+        None,
+        3,
+        "nice=10",
+        1.5,
+        2**20,
     ).as_reply()
     assert list(row) == [
         "repository",
@@ -290,11 +304,20 @@ def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None
         "error",
         "snapshot",
         "snapshots",
+        "limits",
+        "cpu_sec",
+        "memory_peak",
     ]
     schema = _strict(StatusRow)
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(row, schema)
-    for wrong in ({"state": "asleep"}, {"position": 0}, {"error": "two\nlines"}, {"x": 1}):
+    for wrong in (
+        {"state": "asleep"},
+        {"position": 0},
+        {"error": "two\nlines"},
+        {"cpu_sec": -1},
+        {"x": 1},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**row, **wrong}, schema)
 

@@ -277,6 +277,9 @@ def idle_row(repository: str, **fields: Any) -> dict[str, Any]:
         "error": None,
         "snapshot": None,
         "snapshots": None,
+        "limits": None,
+        "cpu_sec": None,
+        "memory_peak": None,
     }
     return {**row, **fields}
 

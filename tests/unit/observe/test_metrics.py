@@ -18,6 +18,8 @@ FAMILY_NAMES = [
     "henbackup_last_success_timestamp_seconds",
     "henbackup_last_run_duration_seconds",
     "henbackup_last_run_success",
+    "henbackup_last_run_cpu_seconds",
+    "henbackup_last_run_memory_peak_bytes",
     "henbackup_runs",  # the parser names a counter family without its samples' _total
     "henbackup_bytes_added",
     "henbackup_snapshots",
@@ -53,7 +55,8 @@ def model(monkeypatch):
         backup(model, "j1", "job.succeeded", **succeeded)
         now[0] += 3600
         backup(model, "j2", "job.started")
-        backup(model, "j2", "job.failed", duration_sec=3.25, error="repository locked")
+        used = {"limits": "memory_max=8M", "cpu_sec": 1.5, "memory_peak": 8388608}
+        backup(model, "j2", "job.failed", duration_sec=3.25, error="repository locked", **used)
         check = {"job": "j3", "operation": "check", "repository": "aws-ireland", "duration_sec": 40}
         model.apply("job.succeeded", check, "worker:aws-ireland")
         backup(model, "j4", "job.queued", backup="documents", trigger="watch")
@@ -84,6 +87,14 @@ def test_the_families_and_samples_of_a_busy_model(model):
             ("henbackup_last_run_success", check, 1.0),
             ("henbackup_last_run_success", pictures_backup, 0.0),
         ],
+    )
+    assert got["henbackup_last_run_cpu_seconds"] == (
+        "gauge",
+        [("henbackup_last_run_cpu_seconds", pictures_backup, 1.5)],
+    )
+    assert got["henbackup_last_run_memory_peak_bytes"] == (
+        "gauge",
+        [("henbackup_last_run_memory_peak_bytes", pictures_backup, 8388608.0)],
     )
     assert got["henbackup_runs"] == (
         "counter",
