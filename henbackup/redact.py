@@ -38,7 +38,10 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
-            text = text.replace(secret, MARKER)
+            if len(secret) >= MIN_SECRET_LENGTH:
+                text = text.replace(secret, MARKER)
+            else:  # "p" inside "open" is no leak, and hiding it would garble every message
+                text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", MARKER, text)
         text = _SECRET_QUERY.sub(rf"\g<1>{MARKER}", text)
         return _USERINFO.sub(f"//{MARKER}@", text)
 

@@ -210,9 +210,10 @@ def reaped(pid: int) -> bool:
 # --- init, backup, snapshots ----------------------------------------------------------
 
 
-def test_ensure_initialized_creates_once(restic: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("password", [PASSWORD, "p"])  # "p" is in restic's "open config"
+def test_ensure_initialized_creates_once(restic: str, tmp_path: Path, password: str) -> None:
     engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
-    target = Target("t", str(tmp_path / "new" / "repo"), PasswordSource("password", PASSWORD))
+    target = Target("t", str(tmp_path / "new" / "repo"), PasswordSource("password", password))
     assert engine.ensure_initialized(target) is True
     assert (tmp_path / "new" / "repo" / "config").is_file()
     assert engine.ensure_initialized(target) is False

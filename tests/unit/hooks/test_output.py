@@ -46,14 +46,6 @@ def test_url_passwords_and_password_ish_query_values_are_redacted():
     assert redact("echo: user:pa55 x1") == f"echo: user:{REDACTED} {REDACTED}"
 
 
-def test_password_ish_query_values_are_redacted_in_any_output():
-    assert Redactor()("GET /x?a=1&access_token=zzz9 ok") == f"GET /x?a=1&access_token={REDACTED} ok"
-
-
-def test_longer_secrets_are_replaced_first():
-    assert Redactor.of(["abc", "abcdef"])("abcdef abc") == f"{REDACTED} {REDACTED}"
-
-
 def test_tail_keeps_the_end_and_notes_the_cut():
     tail = Tail(limit=10)
     tail.add(b"0123456789")
