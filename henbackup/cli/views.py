@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from henbackup.humanize import ago, duration, relative, size
+from henbackup.protocol import ControlReply
 
-Reply = dict[str, Any]
+Row = dict[str, Any]  # one entry of a reply: a backup, a status row, a queued job
 
 
 def table(rows: Sequence[Sequence[object]]) -> list[str]:
@@ -33,7 +34,7 @@ def _next(epoch: float | None, now: float) -> str:
     return "-" if epoch is None else relative(epoch - now)
 
 
-def _worker(entry: Reply, row: Reply) -> Reply:
+def _worker(entry: Row, row: Row) -> Row:
     """The row, its state saying so when its worker is not running (backoff, fatal): then
     nothing runs on time, and that matters more than the row's own state."""
     worker = entry.get("worker")
@@ -42,7 +43,7 @@ def _worker(entry: Reply, row: Reply) -> Reply:
     return {**row, "state": f"worker {worker}"}
 
 
-def _state(row: Reply) -> str:
+def _state(row: Row) -> str:
     """`idle`, `queued (2)`, `running 42%`, `worker fatal`."""
     state = row["state"]
     if state == "queued" and row.get("position"):
@@ -52,12 +53,12 @@ def _state(row: Reply) -> str:
     return state
 
 
-def _result(row: Reply) -> str:
+def _result(row: Row) -> str:
     result = row.get("result") or "-"
     return f"{result}: {row['error']}" if result == "failed" and row.get("error") else result
 
 
-def status(reply: Reply, now: float) -> list[str]:
+def status(reply: ControlReply, now: float) -> list[str]:
     """The STATUS= line, then one row per backup→repository and per repository operation."""
     rows: list[tuple[object, ...]] = [
         ("BACKUP", "REPOSITORY", "STATE", "LAST RUN", "TOOK", "LAST SUCCESS", "NEXT RUN", "RESULT")
@@ -72,7 +73,7 @@ def status(reply: Reply, now: float) -> list[str]:
     return [reply["status"], "", *table(rows)]
 
 
-def _status_row(name: str, row: Reply, next_run: float | None, now: float) -> tuple[object, ...]:
+def _status_row(name: str, row: Row, next_run: float | None, now: float) -> tuple[object, ...]:
     took = "-" if row.get("duration") is None else duration(row["duration"])
     return (
         name,
@@ -86,7 +87,7 @@ def _status_row(name: str, row: Reply, next_run: float | None, now: float) -> tu
     )
 
 
-def snapshots(reply: Reply, now: float) -> list[str]:
+def snapshots(reply: ControlReply, now: float) -> list[str]:
     """Newest first: id, age, backup, repository, host, size added, paths."""
     rows: list[tuple[object, ...]] = [
         ("ID", "TIME", "BACKUP", "REPOSITORY", "HOST", "ADDED", "PATHS")
@@ -110,7 +111,7 @@ def snapshots(reply: Reply, now: float) -> list[str]:
     return table(rows)
 
 
-def queue(reply: Reply, now: float) -> list[str]:
+def queue(reply: ControlReply, now: float) -> list[str]:
     """Running jobs, then waiting ones in the order they will run."""
     rows: list[tuple[object, ...]] = [
         ("POS", "JOB", "STATE", "OPERATION", "BACKUP", "REPOSITORY", "PRIORITY", "SINCE")
@@ -134,7 +135,7 @@ def queue(reply: Reply, now: float) -> list[str]:
     return table(rows) if len(rows) > 1 else ["no job is waiting or running"]
 
 
-def restored(reply: Reply) -> list[str]:
+def restored(reply: ControlReply) -> list[str]:
     """Where a restore went, and how much."""
     backup = f" of {reply['backup']}" if reply.get("backup") else ""
     return [
@@ -143,7 +144,7 @@ def restored(reply: Reply) -> list[str]:
     ]
 
 
-def restore_target(reply: Reply) -> str:
+def restore_target(reply: ControlReply) -> str:
     """The restore's directory, and why it is a new one when the --target given existed."""
     target = str(reply["target"])
     if not reply.get("target_existed"):
