@@ -1,4 +1,4 @@
-"""`henbackupctl`: the client of the running daemon (SPEC "henbackupctl")."""
+"""`henbackupctl`: the client of the running daemon (henbackupctl(1))."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--version", action="version", version=f"henbackupctl {__version__}")
-    # --json is global (SPEC), and accepted after the command too, where people type it.
+    # --json is global (henbackupctl(1)), and accepted after the command too, where people type it.
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

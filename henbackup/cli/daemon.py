@@ -1,4 +1,4 @@
-"""`henbackup`: the daemon and its offline tools (SPEC "henbackup")."""
+"""`henbackup`: the daemon and its offline tools (henbackup(8))."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`henbackupctl logs`: henbackup's events, read from the journal (SPEC "Events (journald)").
+"""`henbackupctl logs`: henbackup's events, read from the journal (henbackup(8), EVENTS).
 
 The formatting functions (`format_line`, `format_json`) are pure: they take one entry as
 `systemd.journal.Reader` returns it (`__REALTIME_TIMESTAMP` a datetime, `PRIORITY` an int,
@@ -23,7 +23,7 @@ from systemd import journal
 IDENTIFIER = "henbackup"
 PREFIX = "HENBACKUP_"
 FOLLOW_LINES = 10  # what -f shows before following, like `journalctl -f`
-KIND_WIDTH = 15  # the longest kind in the SPEC ("daemon.stopping"): messages line up
+KIND_WIDTH = 15  # the longest kind in henbackup(8) ("daemon.stopping"): messages line up
 INFO = 6  # syslog's default level, for an entry without PRIORITY
 FILTERS = {
     "backup": "HENBACKUP_BACKUP",

@@ -1,4 +1,4 @@
-"""Where henbackup keeps its files, as systemd's directory settings tell it (SPEC defaults)."""
+"""Where henbackup keeps its files, as systemd's directory settings say (henbackup(8), FILES)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class Dirs:
 
 
 def config_path(cli_value: str | None, env: Mapping[str, str] = os.environ) -> Path:
-    """The main config file: --config, else $HENBACKUP_CONFIG, else the SPEC default."""
+    """The main config file: --config, else $HENBACKUP_CONFIG, else /etc/henbackup's."""
     if cli_value:
         return Path(cli_value)
     return Path(env["HENBACKUP_CONFIG"]) if env.get("HENBACKUP_CONFIG") else DEFAULT_CONFIG

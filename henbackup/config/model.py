@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-# Named priorities of SPEC "Jobs, priorities, concurrency"; integers are allowed too.
+# Named priorities of henbackup.toml(5), PRIORITIES; integers are allowed too.
 PRIORITY_VALUES: dict[str, int] = {"superior": 10, "normal": 0, "inferior": -10}
 
 

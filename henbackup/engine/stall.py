@@ -1,4 +1,4 @@
-"""Stall watch: how long a running tool has made no progress (SPEC `stall_timeout`).
+"""Stall watch: how long a running tool has made no progress (henbackup.toml(5), `stall_timeout`).
 
 Progress is bytes moved: every byte the process read or wrote (/proc/PID/io rchar and wchar
 count files, pipes and sockets alike), less its own output to us, which goes on while it is

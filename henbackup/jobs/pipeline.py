@@ -1,4 +1,4 @@
-"""What one trigger of a backup does (SPEC "Jobs, priorities, concurrency").
+"""What one trigger of a backup does (henbackup.toml(5), TRIGGERS).
 
 The `before` hooks once; then one job per repository, each waiting for its own turn in the
 host-wide queue (a failing repository does not stop the others), with retention after a

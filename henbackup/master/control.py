@@ -1,4 +1,4 @@
-"""The control socket: henbackupctl's way in (SPEC "henbackupctl").
+"""The control socket: henbackupctl's way in (henbackupctl(1)).
 
 A unix stream socket in the runtime directory (or handed over by systemd socket activation),
 mode 0660, group `henbackup` when that group exists. One request per connection: a JSON

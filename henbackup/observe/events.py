@@ -1,4 +1,4 @@
-"""Structured events (SPEC "Events"): one journal entry each, or one JSON line on stderr.
+"""Structured events (henbackup(8), EVENTS): one journal entry each, or one JSON line on stderr.
 
 `emit("job.succeeded", "pictures → aws: snapshot 1a2b", backup="pictures", ...)` sends
 MESSAGE, PRIORITY, MESSAGE_ID, SYSLOG_IDENTIFIER=henbackup, HENBACKUP_EVENT and one

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC "Metrics"): the status model in text exposition format 0.0.4.
+"""Prometheus metrics (henbackup.toml(5)): the status model in text exposition format 0.0.4.
 
 Served two ways, both optional ([metrics] in the configuration): a file for node_exporter's
 textfile collector, and a tiny HTTP server on the master's loop answering `GET /metrics`.

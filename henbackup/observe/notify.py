@@ -1,4 +1,4 @@
-"""sd_notify: READY, RELOADING, STOPPING, STATUS and the watchdog (SPEC "systemd").
+"""sd_notify: READY, RELOADING, STOPPING, STATUS and the watchdog (henbackup(8)).
 
 Outside systemd (no NOTIFY_SOCKET) every call does nothing. libsystemd's sd_notify (through
 systemd-python) is used rather than the `sdnotify` package, which encodes messages as

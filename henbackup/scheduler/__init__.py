@@ -1,4 +1,4 @@
-"""The host-wide job queue shared by every henbackup process (SPEC "Jobs, priorities...")."""
+"""The host-wide job queue shared by every henbackup process (henbackup.toml(5), PRIORITIES)."""
 
 from henbackup.scheduler.queue import Grant, Scheduler, Waiter
 from henbackup.scheduler.ticket import Mode, Ticket, mode_for

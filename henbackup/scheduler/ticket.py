@@ -17,7 +17,7 @@ from henbackup.config.model import Priority
 Mode = Literal["shared", "exclusive"]
 TicketState = Literal["waiting", "running"]
 
-# SPEC: "Check and prune hold their repository exclusively; other jobs may share it."
+# henbackup.toml(5), PRIORITIES: check and prune hold their repository alone; others share it.
 EXCLUSIVE_OPERATIONS = frozenset({"check", "prune"})
 
 
@@ -123,7 +123,7 @@ def plan(
     """Which waiting tickets may start now, and which were found dead.
 
     `waiting` must be in queue order (`in_order`). Returns (starting, dead), both in queue
-    order. Rules (SPEC "Jobs, priorities, concurrency"):
+    order. Rules (henbackup.toml(5), PRIORITIES):
     - a ticket needs a free slot unless it is immediate, and its repository lock in its mode;
     - a ticket never overtakes one ahead of it on the same repository when either is
       exclusive (a waiting check blocks new backups there, and backups ahead block it);

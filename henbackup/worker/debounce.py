@@ -1,4 +1,4 @@
-"""When a watched backup should start: SPEC "Triggers", `watch = { wait_min, wait_max }`.
+"""When a watched backup should start: henbackup.toml(5) TRIGGERS, `watch = { wait_min, wait_max }`.
 
 After the first change the backup waits until nothing changed for `wait_min`, and never longer
 than `wait_max` after that first change. Changes seen while a backup runs leave exactly one

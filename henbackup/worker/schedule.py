@@ -1,4 +1,4 @@
-"""When a scheduled backup (or check, or prune) runs next: SPEC "Triggers", `schedule`.
+"""When a scheduled backup (or check, or prune) runs next: henbackup.toml(5) TRIGGERS, `schedule`.
 
 - An interval entry ("1d") is due one interval after the last success; a cron entry at its
   first occurrence after the last success, in local time (DST: see config/cron.py). The

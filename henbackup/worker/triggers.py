@@ -1,4 +1,4 @@
-"""What makes a worker start runs (SPEC "Triggers"), composed from the pieces beside it.
+"""What makes a worker start runs (henbackup.toml(5), TRIGGERS), composed from the pieces beside it.
 
 A backup's worker has its schedule (intervals and cron, counted from the last success kept
 in the state directory) and its watch (inotify, debounced). A maintained repository's

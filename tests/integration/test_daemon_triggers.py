@@ -1,4 +1,4 @@
-"""The daemon's triggers end to end (SPEC "Triggers"): `henbackup run` as a subprocess, real
+"""The daemon's triggers end to end (henbackup.toml(5)): `henbackup run` as a subprocess, real
 restic, local repositories, real inotify, the real state directory.
 
 Issue 4's "done when": pictures are backed up a few seconds after files change and at least

@@ -3,7 +3,7 @@ restic, a real local repository, the real henbackupctl.
 
 "With max_concurrent_jobs = 1, a 'grafana' backup with priority superior queued behind three
 'pictures' jobs runs next; a restore asked with `next` jumps ahead of both; a dying job never
-leaves the queue stuck." (SPEC "Jobs, priorities, concurrency")
+leaves the queue stuck." (henbackup.toml(5), PRIORITIES)
 
 Nothing rests on timing luck. Where jobs must wait, a blocker holds the only slot: a real
 process of the test's that takes a ticket in the daemon's host-wide queue

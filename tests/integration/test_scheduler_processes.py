@@ -164,7 +164,7 @@ PRIORITIES = st.one_of(
 )
 def test_start_order_is_exactly_the_specified_order(tmp_path_factory, jobs):
     """Jobs arrive in a random order behind a holder of the only slot; when it leaves,
-    they start in exactly the order of SPEC: priority, then first come first served."""
+    they start in exactly the order of henbackup.toml(5): priority, then first come first served."""
     directory = tmp_path_factory.mktemp("queue")
     scheduler = Scheduler(directory)
     scheduler.set_slots(1)

@@ -1,4 +1,4 @@
-"""Who may talk to the daemon (SPEC "henbackupctl", exit 4): root and group `henbackup` only.
+"""Who may talk to the daemon (henbackupctl(1), exit 4): root and group `henbackup` only.
 
 Real accounts (useradd, groupadd) on the host, the real unit under the harness's user
 manager, and henbackupctl run as those accounts through setpriv inside the namespace.
@@ -160,7 +160,7 @@ def test_with_its_directory_reachable_the_socket_mode_refuses_with_exit_4(
 ) -> None:
     """The runtime directory 0755 (a drop-in), the socket as bound: its mode (0660, group
     henbackup) refuses an outsider before the daemon hears of it, and that too is exit 4
-    with the daemon's own words (SPEC: 3 is "not reachable", 4 "permission denied")."""
+    with the daemon's own words (henbackupctl(1): 3 is "not reachable", 4 "permission denied")."""
     outsider, member = accounts.add_user(), accounts.add_user()
     accounts.join(member)
     runtime_directory_mode(daemon, "0755")

@@ -32,7 +32,7 @@ JOURNAL_GROUP = 999  # any gid stands for systemd-journal here: only the file mo
 
 
 def event(kind: str, message: str, priority: int = 6, **fields: str) -> dict[str, str]:
-    """The fields of one journal entry as the daemon writes it (SPEC "Events")."""
+    """The fields of one journal entry as the daemon writes it (henbackup(8), EVENTS)."""
     extra = {f"HENBACKUP_{name.upper()}": value for name, value in fields.items()}
     return {
         "MESSAGE": message,

@@ -1,4 +1,4 @@
-"""The debounce rule of SPEC "Triggers" against explicit times, and simulated at random."""
+"""The debounce rule of henbackup.toml(5) TRIGGERS against given times, and simulated at random."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_a_follow_up_still_waits_for_quiet_after_the_finish():
     assert debouncer.due() == 130.0
 
 
-# A simulated worker: fires at due(), runs take the given durations; checks SPEC's promises.
+# A simulated worker: fires at due(), runs take the given durations; checks the man page's promises.
 @settings(max_examples=500, deadline=None)
 @given(
     wait_min=st.integers(0, 10),
