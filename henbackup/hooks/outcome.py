@@ -40,6 +40,16 @@ class HookContext:
         """The event fields that identify the run and the phase."""
         return {"job": self.job, "backup": self.backup, "trigger": self.trigger, "hook": self.phase}
 
+    def document(self) -> dict[str, str | None]:
+        """The run as an HTTP hook's JSON body (`body = "json"`): every key, null if unknown."""
+        return {
+            "backup": self.backup,
+            "hook": self.phase,
+            "job": self.job,
+            "trigger": self.trigger,
+            "error": self.error,
+        }
+
 
 @dataclass(frozen=True)
 class Attempt:
