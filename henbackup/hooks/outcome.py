@@ -24,6 +24,7 @@ class HookContext:
     job: str | None = None  # the id of the run (or of its first job), for events
     trigger: str | None = None
     error: str | None = None  # failure hooks: why the run failed (secret-free)
+    host: str | None = None  # the daemon's hostname (restic --host)
 
     def environment(self) -> dict[str, str]:
         """HENBACKUP_* variables given to command hooks."""
@@ -33,6 +34,7 @@ class HookContext:
             "HENBACKUP_JOB": self.job,
             "HENBACKUP_TRIGGER": self.trigger,
             "HENBACKUP_ERROR": self.error,
+            "HENBACKUP_HOST": self.host,
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -48,6 +50,7 @@ class HookContext:
             "job": self.job,
             "trigger": self.trigger,
             "error": self.error,
+            "host": self.host,
         }
 
 

@@ -103,7 +103,7 @@ def run_backup_pipeline(
         reasons = [f"{o.repository}: {o.error}" for o in outcomes if o.error is not None]
         return "; ".join(reasons) or None
 
-    context = HookContext(backup=name, phase="before", trigger=trigger)
+    context = HookContext(name, "before", trigger=trigger, host=config.daemon.hostname)
     runner = functools.partial(run_hook, safe_point=safe_point)
     result = run_with_hooks(backup.hooks, context, emit, jobs, runner)
     if result.before.stop:

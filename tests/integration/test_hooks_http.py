@@ -111,7 +111,7 @@ def fields(event):
 
 
 def test_body_json_sends_the_runs_fields_as_a_json_object(server, events):
-    context = HookContext("grafana", "failure", job="j1", trigger="manual", error="nas: no space")
+    context = HookContext("grafana", "failure", "j1", "manual", "nas: no space", "rpi01")
     outcome = run_hook(HttpHook(server.url + "/echo", body="json"), context, events)
     assert outcome.status == "succeeded"
     request = server.requests[-1]
@@ -122,6 +122,7 @@ def test_body_json_sends_the_runs_fields_as_a_json_object(server, events):
         "job": "j1",
         "trigger": "manual",
         "error": "nas: no space",
+        "host": "rpi01",
     }
 
 
@@ -137,6 +138,7 @@ def test_body_json_keeps_a_content_type_given_and_says_null_for_what_is_unknown(
         "job": None,
         "trigger": None,
         "error": None,
+        "host": None,
     }
 
 

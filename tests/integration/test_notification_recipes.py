@@ -11,7 +11,6 @@ import email
 import email.policy
 import json
 import os
-import socket
 import socketserver
 import subprocess
 import sys
@@ -27,6 +26,7 @@ SENDMAIL = Path("/usr/sbin/sendmail")
 PASSWORD = "recipe password"
 HC_UUID = "0f1e2d3c-uuid"
 NTFY_TOPIC = "backups-topic"
+HOST = "recipe-host"
 
 
 class Recorder(ThreadingHTTPServer):
@@ -152,7 +152,7 @@ def recipes_for(tmp_path: Path, restic: str, server_url: str, location: Path) ->
         assert old in text, old
         text = text.replace(old, new)
     config = tmp_path / "henbackup.toml"
-    config.write_text(f'[daemon]\nrestic = "{restic}"\n\n{text}')
+    config.write_text(f'[daemon]\nrestic = "{restic}"\nhostname = "{HOST}"\n\n{text}')
     return config
 
 
@@ -193,7 +193,7 @@ def test_a_failed_run_pings_healthchecks_posts_to_ntfy_and_mails_the_reason(
     assert "password" in reason
     hooks = [e for e in events if e["HENBACKUP_EVENT"].startswith("hook.")]
     assert {e["HENBACKUP_EVENT"] for e in hooks} == {"hook.started", "hook.succeeded"}
-    run = {"backup": "home", "job": None, "trigger": "manual", "error": reason}
+    run = {"backup": "home", "job": None, "trigger": "manual", "error": reason, "host": HOST}
 
     start, fail, ntfy = http_server.requests
     assert (start["method"], start["path"], start["body"]) == ("POST", f"/hc/{HC_UUID}/start", "")
@@ -212,7 +212,7 @@ def test_a_failed_run_pings_healthchecks_posts_to_ntfy_and_mails_the_reason(
     assert recipients == ["root"]
     mail = email.message_from_bytes(raw, policy=email.policy.default)
     assert mail["To"] == "root"
-    assert mail["Subject"] == f"henbackup: home failed on {socket.gethostname()}"
+    assert mail["Subject"] == f"henbackup: home failed on {HOST}"
     assert mail.get_content().replace("\r\n", "\n") == reason + "\n"  # CRLF on the wire
 
 
