@@ -26,7 +26,7 @@ from henbackup.config.model import (
 )
 from henbackup.config.units import format_duration as _duration
 from henbackup.humanize import size_setting
-from henbackup.redact import redact_location
+from henbackup.redact import Redactor, redact_location
 
 _LABEL_WIDTH = 16  # the longest label, "download_limit", and two spaces
 _PASSWORD_KINDS = {"password": "in the config", "file": "file {}", "command": "from a command"}
@@ -117,13 +117,14 @@ def _resources(resources: Resources) -> str:
 
 
 def _hook(hook: Hook) -> str:
-    """The hook without anything secret: program name, or method and URL without userinfo
-    or query."""
+    """The hook without anything secret: program name, or method and URL without userinfo,
+    query or what a ${NAME} brought in."""
     if isinstance(hook, CommandHook):
         what = f"command {hook.command[0]}" + (" ..." if len(hook.command) > 1 else "")
     else:
         url = re.split(r"[?#]", redact_location(hook.url))[0]  # a query may hold a token
         what = f"http {hook.method} {url}"
+    what = Redactor.of(hook.secrets)(what)
     return f"{what} (timeout {_duration(hook.timeout)}, on failure {hook.on_failure})"
 
 

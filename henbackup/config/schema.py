@@ -420,7 +420,13 @@ HTTP_HOOK = Table(
             _string_table("[!#$%&'*+.^_`|~0-9A-Za-z-]+"),
             convert.header_table,
         ),
-        Key("body", "The request body.", '{"status": "start"}', _string(), convert.body),
+        Key(
+            "body",
+            'The request body; "json" sends the run\'s fields as a JSON object.',
+            "json",
+            _string(),
+            convert.body,
+        ),
         _timeout,
         Key(
             "retries",

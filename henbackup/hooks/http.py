@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
+import json
 import os
 import pickle
 import select
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from henbackup.config.model import HttpHook
-from henbackup.hooks.outcome import Attempt
+from henbackup.hooks.outcome import Attempt, HookContext
 from henbackup.hooks.output import Tail
 from henbackup.process import (
     SafePoint,
@@ -41,11 +42,23 @@ from henbackup.redact import redact_url
 BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
 MAX_BACKOFF = 60.0
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx: the server may recover
+JSON_BODY = "json"  # body = "json": the run's fields (HookContext.document) as a JSON object
 
 
 def describe(hook: HttpHook) -> str:
     """How events name the hook: method and URL, its secrets redacted."""
     return f"{hook.method} {redact_url(hook.url)}"
+
+
+def for_run(hook: HttpHook, context: HookContext) -> HttpHook:
+    """`hook` as its run sends it: `body = "json"` becomes the run's fields as JSON, with a
+    JSON Content-Type unless the hook gives one."""
+    if hook.body != JSON_BODY:
+        return hook
+    headers = hook.headers
+    if not any(name.lower() == "content-type" for name, _ in headers):
+        headers += (("Content-Type", "application/json"),)
+    return replace(hook, body=json.dumps(context.document()), headers=headers)
 
 
 def run_http(hook: HttpHook, backoff: float = BACKOFF) -> Attempt:

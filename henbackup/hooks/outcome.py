@@ -24,6 +24,7 @@ class HookContext:
     job: str | None = None  # the id of the run (or of its first job), for events
     trigger: str | None = None
     error: str | None = None  # failure hooks: why the run failed (secret-free)
+    host: str | None = None  # the daemon's hostname (restic --host)
 
     def environment(self) -> dict[str, str]:
         """HENBACKUP_* variables given to command hooks."""
@@ -33,12 +34,24 @@ class HookContext:
             "HENBACKUP_JOB": self.job,
             "HENBACKUP_TRIGGER": self.trigger,
             "HENBACKUP_ERROR": self.error,
+            "HENBACKUP_HOST": self.host,
         }
         return {name: value for name, value in values.items() if value is not None}
 
     def fields(self) -> dict[str, FieldValue]:
         """The event fields that identify the run and the phase."""
         return {"job": self.job, "backup": self.backup, "trigger": self.trigger, "hook": self.phase}
+
+    def document(self) -> dict[str, str | None]:
+        """The run as an HTTP hook's JSON body (`body = "json"`): every key, null if unknown."""
+        return {
+            "backup": self.backup,
+            "hook": self.phase,
+            "job": self.job,
+            "trigger": self.trigger,
+            "error": self.error,
+            "host": self.host,
+        }
 
 
 @dataclass(frozen=True)

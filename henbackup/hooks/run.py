@@ -73,6 +73,7 @@ def _attempt(
     if isinstance(hook, CommandHook):
         env = command.environment(hook, context.environment())
         return command.run_command(hook, env, kill_grace, safe_point or NEVER)
+    hook = http.for_run(hook, context)
     if safe_point is None:
         return http.run_http(hook, backoff)
     return http.run_http_apart(hook, backoff, safe_point)

@@ -100,10 +100,10 @@ def run_backup_pipeline(
                 safe_point.check()
             job = Job("backup", repository, name, trigger, job_priority)
             outcomes.append(_back_up_to_repository(job, backup, config, engine, emit, scheduler))
-        failed = [o.repository for o in outcomes if not o.ok]
-        return f"failed on {', '.join(failed)}" if failed else None
+        reasons = [f"{o.repository}: {o.error}" for o in outcomes if o.error is not None]
+        return "; ".join(reasons) or None
 
-    context = HookContext(backup=name, phase="before", trigger=trigger)
+    context = HookContext(name, "before", trigger=trigger, host=config.daemon.hostname)
     runner = functools.partial(run_hook, safe_point=safe_point)
     result = run_with_hooks(backup.hooks, context, emit, jobs, runner)
     if result.before.stop:

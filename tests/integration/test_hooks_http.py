@@ -110,6 +110,38 @@ def fields(event):
     return dict(event.fields)
 
 
+def test_body_json_sends_the_runs_fields_as_a_json_object(server, events):
+    context = HookContext("grafana", "failure", "j1", "manual", "nas: no space", "rpi01")
+    outcome = run_hook(HttpHook(server.url + "/echo", body="json"), context, events)
+    assert outcome.status == "succeeded"
+    request = server.requests[-1]
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert json.loads(request["body"]) == {
+        "backup": "grafana",
+        "hook": "failure",
+        "job": "j1",
+        "trigger": "manual",
+        "error": "nas: no space",
+        "host": "rpi01",
+    }
+
+
+def test_body_json_keeps_a_content_type_given_and_says_null_for_what_is_unknown(server, events):
+    hook = HttpHook(server.url + "/echo", body="json", headers=(("content-type", "text/plain"),))
+    run_hook(hook, HookContext("grafana", "before"), events)
+    request = server.requests[-1]
+    content_types = [v for k, v in request["headers"].items() if k.lower() == "content-type"]
+    assert content_types == ["text/plain"]
+    assert json.loads(request["body"]) == {
+        "backup": "grafana",
+        "hook": "before",
+        "job": None,
+        "trigger": None,
+        "error": None,
+        "host": None,
+    }
+
+
 def test_a_2xx_answer_succeeds_with_method_headers_and_body(server, events):
     hook = HttpHook(server.url + "/echo", method="POST", headers=(("X-Run", "1"),), body="{}")
     outcome = run_hook(hook, CONTEXT, events)

@@ -351,3 +351,17 @@ def test_every_example_of_the_examples_section_loads(validator, tmp_path):
     grafana = configs[1].backups["grafana"]  # hourly, after an HTTP request for a dump
     assert [type(hook) for hook in grafana.hooks.before] == [HttpHook]
     assert grafana.hooks.before[0].retries == 3
+
+
+def test_the_notification_recipes_are_those_of_etc_notifications_toml():
+    """NOTIFICATIONS shows the hooks that test_notification_recipes.py runs (less timeouts)."""
+    etc = tomllib.loads((ROOT / "etc" / "notifications.toml").read_text(encoding="utf-8"))
+    shown: dict[str, list] = {}
+    for block in examples(source_sections()["NOTIFICATIONS"]):
+        for phase, hooks in tomllib.loads(block)["backups"]["home"]["hooks"].items():
+            shown.setdefault(phase, []).extend(hooks)
+    untimed = {
+        phase: [{key: value for key, value in hook.items() if key != "timeout"} for hook in hooks]
+        for phase, hooks in etc["backups"]["home"]["hooks"].items()
+    }
+    assert shown == untimed

@@ -124,6 +124,26 @@ def test_the_whole_plan(write_config: Callable[..., Path]) -> None:
     assert "user:pw" not in plan
 
 
+def test_a_secret_a_variable_brings_into_a_hook_url_is_hidden(load: Callable[..., Config]) -> None:
+    ping = """
+    [repositories.local]
+    location = "/srv/restic"
+    password_file = "/etc/henbackup/local"
+
+    [backups.etc]
+    paths = ["/etc"]
+    repositories = ["local"]
+
+    [[backups.etc.hooks.before]]
+    type = "http"
+    url = "https://hc-ping.com/${HC_UUID}/start"
+    """
+    config = load(ping, env={"HC_UUID": "0f1e2d3c-4b5a-6978"})
+    plan = describe_plan(config, datetime(2024, 4, 1, tzinfo=PARIS))
+    assert "0f1e2d3c" not in plan
+    assert "  before hook     http POST https://hc-ping.com/<redacted>/start (" in plan
+
+
 def test_next_runs_follow_now(load: Callable[..., Config]) -> None:
     config = load(CONFIG)
     plan = describe_plan(config, datetime(2024, 4, 1, 3, tzinfo=PARIS))

@@ -98,14 +98,15 @@ def test_every_key_has_a_doc_line_and_an_example_valid_to_the_converter_and_the_
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda path: path.name)
 def test_the_example_configs_load_and_match_the_json_schema(path, validator):
     deferred: list[Problem] = []
-    env = {"HENBACKUP_DEMO": "/srv/demo"}
+    env = {"HENBACKUP_DEMO": "/srv/demo", "HC_UUID": "uuid", "NTFY_TOPIC": "topic"}
     config = load_config(path, env=env, hostname="test-host", deferred=deferred)
     assert config.backups
     assert errors(validator, path.read_text(encoding="utf-8")) == []
 
 
 def test_there_are_example_configs():
-    assert [path.name for path in EXAMPLE_CONFIGS] == ["demo.toml", "henbackup.toml"]
+    names = [path.name for path in EXAMPLE_CONFIGS]
+    assert names == ["demo.toml", "henbackup.toml", "notifications.toml"]
 
 
 VALID = """

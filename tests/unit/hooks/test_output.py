@@ -74,14 +74,15 @@ def test_output_that_fits_is_only_decoded_and_redacted():
 def test_command_environment_is_minimal_then_context_then_the_hooks_own():
     os_secret = "AWS_SECRET_ACCESS_KEY"
     hook = CommandHook(("x",), env=(("PATH", "/opt/bin"), ("A", "1")))
-    context = HookContext("grafana", "failure", job="j1", trigger="schedule", error="boom")
+    context = HookContext("grafana", "failure", "j1", "schedule", "boom", host="rpi01")
     env = environment(hook, context.environment())
     assert env["PATH"] == "/opt/bin" and env["A"] == "1" and env["LANG"] == "C.UTF-8"
     assert env["HENBACKUP_BACKUP"] == "grafana" and env["HENBACKUP_HOOK"] == "failure"
     assert env["HENBACKUP_ERROR"] == "boom" and env["HENBACKUP_TRIGGER"] == "schedule"
+    assert env["HENBACKUP_HOST"] == "rpi01"
     assert os_secret not in env
     assert set(env) == {"PATH", "LANG", "HOME", "A"} | {
-        f"HENBACKUP_{n}" for n in ("BACKUP", "HOOK", "JOB", "TRIGGER", "ERROR")
+        f"HENBACKUP_{n}" for n in ("BACKUP", "HOOK", "JOB", "TRIGGER", "ERROR", "HOST")
     }
     assert environment(CommandHook(("x",)), {})["PATH"] == SAFE_PATH
 
