@@ -10,9 +10,10 @@ APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config gcc pytho
 	python3-wheel python3-argparse-manpage python3-systemd lintian mmdebstrap \
 	systemd-container
 RESTIC_TRIXIE := .cache/restic-trixie
+PROMTOOL := .cache/promtool
 DEMO := $(CURDIR)/.demo
 
-.PHONY: demo test lint bench man deb system-packages venv restic-trixie clean
+.PHONY: demo test lint bench man deb system-packages venv restic-trixie promtool clean
 
 demo: venv
 	mkdir -p $(DEMO)/data $(DEMO)/state $(DEMO)/cache $(DEMO)/run
@@ -23,7 +24,7 @@ demo: venv
 	HENBACKUP_DEMO=$(DEMO) STATE_DIRECTORY=$(DEMO)/state CACHE_DIRECTORY=$(DEMO)/cache \
 		RUNTIME_DIRECTORY=$(DEMO)/run $(BIN)/henbackup --config etc/demo.toml run
 
-test: venv restic-trixie
+test: venv restic-trixie promtool
 	$(BIN)/ruff check henbackup tests bench
 	$(BIN)/ruff format --check henbackup tests bench
 	$(BIN)/python -m pytest -p no:cacheprovider
@@ -89,6 +90,9 @@ venv: system-packages $(BIN)/henbackup
 
 restic-trixie: system-packages
 	scripts/fetch-restic-trixie $(RESTIC_TRIXIE)
+
+promtool: system-packages
+	scripts/fetch-promtool $(PROMTOOL)
 
 clean:
 	rm -rf $(VENV) .cache .demo build *.egg-info

@@ -58,10 +58,14 @@ class Jobs:
         one-off's request id), for the clients waiting on its requests."""
         kind, fields = event.kind, event.fields
         self.clients.event(event.requests, kind, event.message, fields)
+        stalled = self._stalled()
         if self.model.apply(kind, fields, owner) is not None:
             self._results_changed()
-        elif kind in ("job.queued", "job.started"):
-            self.write_metrics()  # henbackup_jobs_running and _waiting changed
+        elif kind in ("job.queued", "job.started") or self._stalled() != stalled:
+            self.write_metrics()  # henbackup_jobs_running, _waiting or _job_stalled changed
+
+    def _stalled(self) -> set[str]:
+        return {job.job for job in self.model.running() if job.stalled}
 
     def process_ended(self, owner: str, exit_code: int) -> None:
         """A job process is gone: a job it never ended failed, and the journal says why."""

@@ -219,6 +219,8 @@ class Master:
                 for request in message.requests:
                     self.jobs.clients.finish(request, _reply_for_exit(message.exit))
         self._update_status()
+        if isinstance(message, JobState):
+            self.jobs.write_metrics()  # its next run, in the textfile too
 
     def _after_job_process(self) -> None:
         """A one-off job process ended: the last one lets a stopping master go."""

@@ -98,6 +98,19 @@ LAST_MEMORY_PEAK = Family(
 )
 JOBS_RUNNING = Family("henbackup_jobs_running", "gauge", "Jobs running now.")
 JOBS_WAITING = Family("henbackup_jobs_waiting", "gauge", "Jobs waiting in the queue.")
+NEXT_RUN = Family(
+    "henbackup_next_run_timestamp_seconds",
+    "gauge",
+    "When the next scheduled run of a backup (or a repository's check or prune) is due, in "
+    "seconds since the epoch; absent while a run is in progress.",
+    ("backup", "repository"),
+)
+JOB_STALLED = Family(
+    "henbackup_job_stalled",
+    "gauge",
+    "For each running job: 1 when it was said to make no progress and has not moved since.",
+    ("backup", "repository", "operation"),
+)
 UP = Family("henbackup_up", "gauge", "1 while the daemon runs.")
 
 FAMILIES = (
@@ -111,6 +124,8 @@ FAMILIES = (
     SNAPSHOTS,
     JOBS_RUNNING,
     JOBS_WAITING,
+    NEXT_RUN,
+    JOB_STALLED,
     UP,
 )
 
@@ -136,8 +151,28 @@ def _samples(model: StatusModel, up: bool) -> dict[Family, list[Sample]]:
             samples[family].append(sample)
     samples[JOBS_RUNNING] = [((), len(model.running()))]
     samples[JOBS_WAITING] = [((), len(model.waiting()))]
+    samples[NEXT_RUN] = list(_next_runs(model))
+    samples[JOB_STALLED] = _stalls(model)
     samples[UP] = [((), int(up))]
     return samples
+
+
+def _next_runs(model: StatusModel) -> Iterable[Sample]:
+    """A worker's next scheduled run, while none is in progress: a time in the past is then
+    a run that is late (a run in progress would show its own start, which is not late)."""
+    for worker in model.workers.values():
+        if worker.next_run is not None and not worker.running:
+            names = (worker.name, "") if worker.kind == "backup" else ("", worker.name)
+            yield names, worker.next_run
+
+
+def _stalls(model: StatusModel) -> list[Sample]:
+    """One sample per running job's key (two jobs of one key are stalled if either is)."""
+    stalled: dict[Labels, int] = {}
+    for job in model.running():
+        labels = (job.key.backup, job.key.repository, job.key.operation)
+        stalled[labels] = max(stalled.get(labels, 0), int(job.stalled))
+    return list(stalled.items())
 
 
 def _record_samples(key: RunKey, record: RunHistory) -> Iterable[tuple[Family, Sample]]:

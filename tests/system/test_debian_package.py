@@ -124,6 +124,15 @@ def test_0_the_changelogs_version_is_henbackups_own():
     assert first.startswith(f"henbackup ({__version__}) ")
 
 
+def test_0_the_monitoring_examples_are_in_the_package(package):
+    """README "Many hosts": the alert rules, their tests and the dashboard, side by side."""
+    listing = subprocess.run(["dpkg-deb", "--contents", str(package)], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    examples = "./usr/share/doc/henbackup/examples/"
+    shipped = re.findall(rf" {re.escape(examples)}(\S+)$", listing, re.MULTILINE)
+    assert sorted(shipped) == ["henbackup.json", "henbackup.rules.test.yml", "henbackup.rules.yml"]
+
+
 def test_1_install_enables_and_starts_the_unit_idle_with_the_shipped_config(debian, package):
     # Offline (the container has a loopback only): every dependency is in the base root.
     debian.run("apt-get", "install", "-y", f"/root/{package.name}")

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from henbackup.loop import Loop
 from henbackup.observe import metrics
 from henbackup.observe.metrics import MetricsServer, answer, render, write_textfile
-from henbackup.observe.status import StatusModel
+from henbackup.observe.status import StatusModel, WorkerView
 
 FAMILY_NAMES = [
     "henbackup_last_success_timestamp_seconds",
@@ -25,6 +25,8 @@ FAMILY_NAMES = [
     "henbackup_snapshots",
     "henbackup_jobs_running",
     "henbackup_jobs_waiting",
+    "henbackup_next_run_timestamp_seconds",
+    "henbackup_job_stalled",
     "henbackup_up",
 ]
 
@@ -139,6 +141,33 @@ def test_an_empty_model_is_up_with_no_jobs():
         "henbackup_jobs_waiting": [("henbackup_jobs_waiting", {}, 0.0)],
         "henbackup_up": [("henbackup_up", {}, 1.0)],
     }
+
+
+def test_next_runs_of_idle_workers_and_the_stall_of_running_jobs(model):
+    workers = [
+        ("backup:pictures", WorkerView("pictures", "backup", "running", False, 1_700_007_200.0)),
+        ("backup:mail", WorkerView("mail", "backup", "running", True, 1_700_003_600.0)),
+        ("backup:manual", WorkerView("manual", "backup", "running", False, None)),
+        ("repository:aws", WorkerView("aws", "repository", "running", False, 1_700_086_400.0)),
+    ]
+    model.daemon_changed(workers, stopping=False)
+    backup(model, "j6", "job.started", backup="music", operation="forget")
+    backup(model, "j6", "job.stalled", backup="music", operation="forget", stalled_sec=600)
+    got = parse(render(model))
+    next_run = "henbackup_next_run_timestamp_seconds"
+    assert got[next_run] == (  # mail runs now: its next run is not late, it is absent
+        "gauge",
+        [
+            (next_run, {"backup": "", "repository": "aws"}, 1_700_086_400.0),
+            (next_run, {"backup": "pictures", "repository": ""}, 1_700_007_200.0),
+        ],
+    )
+    mail = {"backup": "mail", "repository": "aws-ireland", "operation": "backup"}
+    music = {"backup": "music", "repository": "aws-ireland", "operation": "forget"}
+    stalled = "henbackup_job_stalled"
+    assert got[stalled] == ("gauge", [(stalled, mail, 0.0), (stalled, music, 1.0)])
+    backup(model, "j6", "job.progress", backup="music", operation="forget", bytes_done=10)
+    assert parse(render(model))[stalled][1][1] == (stalled, music, 0.0)
 
 
 def test_label_values_are_escaped_and_read_back_whole():
