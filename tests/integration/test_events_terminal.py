@@ -4,15 +4,20 @@ here, so one version is enough."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from daemon_helpers import _FOREIGN
 
 RESTIC = shutil.which("restic")
 PASSWORD = "terminal test password"
@@ -144,3 +149,64 @@ def test_the_variable_forces_a_sink_and_a_bad_one_is_named(tmp_path: Path) -> No
         2,
         "henbackup: HENBACKUP_EVENTS='xml' is not one of json, text, journal (or use --events)\n",
     )
+
+
+def test_the_demo_on_a_terminal_master_workers_and_jobs_print_readable_lines(
+    tmp_path: Path,
+) -> None:
+    """`make demo`'s command (etc/demo.toml, `henbackup run`) with stderr on a pty."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "hello.txt").write_text("hello from henbackup\n")
+    dirs = {name: tmp_path / name for name in ("state", "cache", "run")}
+    for directory in dirs.values():
+        directory.mkdir()
+    env = environment(
+        tmp_path,
+        TERM="dumb",
+        HENBACKUP_DEMO=str(tmp_path),
+        STATE_DIRECTORY=str(dirs["state"]),
+        CACHE_DIRECTORY=str(dirs["cache"]),
+        RUNTIME_DIRECTORY=str(dirs["run"]),
+    )
+    for name in _FOREIGN:
+        env.pop(name, None)
+    demo = Path(__file__).parents[2] / "etc" / "demo.toml"
+    leader, follower = os.openpty()
+    os.set_blocking(leader, False)
+    shown = b""
+
+    def has(pattern: str) -> bool:
+        nonlocal shown
+        # Nothing more for now (BlockingIOError), or every writer is gone (EIO).
+        with contextlib.suppress(OSError):
+            while chunk := os.read(leader, 65536):
+                shown += chunk
+        text = shown.decode(errors="replace").replace("\r\n", "\n")
+        return any(re.fullmatch(pattern, line) for line in text.splitlines())
+
+    command = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(demo), "run"]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower, env=env
+    )
+    os.close(follower)
+    try:
+        stamp = r"20\d\d-\d\d-\d\d \d\d:\d\d:\d\d "
+        wait_until(lambda: has(stamp + r"notice  henbackup started: .+"), 60, shown)
+        succeeded = stamp + r"info    demo→demo-local: backup succeeded: snapshot [0-9a-f]{8}"
+        wait_until(lambda: has(succeeded), 120, shown)  # from a job process
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        wait_until(lambda: has(stamp + r"notice  henbackup stopping"), 10, shown)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(leader)
+    assert b'{"' not in shown, shown  # not one JSON line
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, shown: bytes) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, shown.decode(errors="replace")
+        time.sleep(0.1)
