@@ -42,7 +42,8 @@ def backup(
     harness: SystemdHarness, tmp_path: Path, *options: str
 ) -> subprocess.CompletedProcess[str]:
     """`henbackup [OPTIONS] backup docs` inside the namespace, stdout and stderr on pipes."""
-    command = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(write_config(tmp_path))]
+    config = write_config(tmp_path)
+    command = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config)]
     return harness.run(
         [*command, *options, "backup", "docs"],
         env={"CACHE_DIRECTORY": str(tmp_path / "cache")},
