@@ -20,7 +20,7 @@ demo: venv
 	test -e $(DEMO)/data/hello.txt || { cp -r README.md etc $(DEMO)/data/ && \
 		echo "hello from henbackup" > $(DEMO)/data/hello.txt; }
 	@echo "henbackup runs on etc/demo.toml: a backup now, then one a few seconds after any"
-	@echo "change in .demo/data. Ctrl-C stops it. Events follow, one JSON object per line."
+	@echo "change in .demo/data. Ctrl-C stops it. Events follow, one line each."
 	HENBACKUP_DEMO=$(DEMO) STATE_DIRECTORY=$(DEMO)/state CACHE_DIRECTORY=$(DEMO)/cache \
 		RUNTIME_DIRECTORY=$(DEMO)/run $(BIN)/henbackup --config etc/demo.toml run
 

@@ -23,7 +23,7 @@ from henbackup.jobs.pipeline import run_backup_pipeline
 from henbackup.limits.cgroups import detect
 from henbackup.limits.place import host_report, placed
 from henbackup.master.supervisor import Master
-from henbackup.observe.events import Emitter
+from henbackup.observe.events import SINK_VARIABLE, SINKS, Emitter, wanted_sink
 from henbackup.observe.status import StatusModel
 from henbackup.scheduler.queue import Scheduler
 from henbackup.worker.main import worker_main
@@ -37,14 +37,21 @@ def get_parser() -> argparse.ArgumentParser:
         prog="henbackup",
         description="henbackup supervises restic so that backups happen by themselves: it "
         "reads a TOML configuration, runs each backup to each of its repositories, and reports "
-        "every step as a structured event in the journal (or as JSON lines on standard error "
-        "outside systemd).",
+        "every step as a structured event in the journal (outside systemd on standard error: "
+        "one readable line per event on a terminal, JSON lines on a pipe or a file).",
     )
     parser.add_argument(
         "--config",
         metavar="FILE",
         help="main configuration file (default: $HENBACKUP_CONFIG or "
         "/etc/henbackup/henbackup.toml, plus conf.d/*.toml beside it)",
+    )
+    parser.add_argument(
+        "--events",
+        choices=SINKS,
+        help="where events go, whatever standard error is: json (one JSON object per line on "
+        "stderr), text (one readable line per event on stderr) or journal (default: the "
+        "journal under systemd, text on a terminal, json otherwise; or $HENBACKUP_EVENTS)",
     )
     parser.add_argument("--version", action="version", version=f"henbackup {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -162,6 +169,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
+    if args.events:  # through the environment, so that forked workers and jobs follow it
+        os.environ[SINK_VARIABLE] = args.events
+    try:
+        wanted_sink()
+    except ValueError as error:
+        print(f"henbackup: {error} (or use --events)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
     except ConfigError as error:

@@ -32,13 +32,22 @@ FILTERS = {
 }
 JOURNAL_DIRS = (Path("/run/log/journal"), Path("/var/log/journal"))
 HINT = "run as root or as a member of systemd-journal or adm"
+NO_JOURNAL = (
+    "no journal on this machine: no journal files in /run/log/journal or /var/log/journal "
+    "(systemd-journald does not run here, as in many containers; henbackup then writes its "
+    "events on its standard error)"
+)
+NO_ENTRIES = (
+    "no henbackup events in the journal yet: is the daemon running? (systemctl status henbackup)"
+)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 Entry = Mapping[str, Any]
 
 
 class JournalUnreadable(Exception):
-    """The journal cannot be opened, or this user may not read henbackup's part of it."""
+    """The journal cannot be opened, or this user may not read henbackup's part of it; the
+    message says which, and what to do."""
 
 
 # -- formatting (pure) ----------------------------------------------------------------------
@@ -111,6 +120,7 @@ def show_logs(args: argparse.Namespace) -> int:
 
     `args` has backup, repository, job, lines, follow and json. Returns 0 (also for nothing
     matching, Ctrl-C and a closed stdout), 1 when the journal cannot be read, 2 for -n < 0.
+    When henbackup has no entry at all, stderr says so.
     """
     lines = FOLLOW_LINES if args.follow and args.lines is None else args.lines
     if lines is not None and lines < 0:
@@ -123,11 +133,13 @@ def show_logs(args: argparse.Namespace) -> int:
         reader = open_reader(args)
         # Watch before reading: an entry written while the backlog prints still wakes us.
         poller = _poller(reader) if args.follow else None
-        _print_all(_backlog(reader, lines), write)
+        shown = _print_all(_backlog(reader, lines), write)
+        if not shown and lines != 0 and not _filtered(args):
+            print(f"henbackupctl: {NO_ENTRIES}", file=sys.stderr)
         if poller is not None:
             _follow(reader, poller, write)
     except JournalUnreadable as error:
-        print(f"henbackupctl: cannot read the journal: {error} ({HINT})", file=sys.stderr)
+        print(f"henbackupctl: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # Ctrl-C is how -f ends: not an error
         pass
@@ -135,6 +147,10 @@ def show_logs(args: argparse.Namespace) -> int:
         # Python flushes stdout again at exit and would complain: point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
+
+
+def _filtered(args: argparse.Namespace) -> bool:
+    return any(getattr(args, option) is not None for option in FILTERS)
 
 
 def _end_on_ctrl_c() -> None:
@@ -154,7 +170,7 @@ def open_reader(args: argparse.Namespace) -> journal.Reader:
     try:
         reader = journal.Reader()
     except OSError as error:
-        raise JournalUnreadable(error.strerror or str(error)) from None
+        raise JournalUnreadable(f"cannot read the journal: {error.strerror or error}") from None
     _check_readable(reader)
     # Matches on distinct fields are ANDed by journald: -b X -r Y means both.
     reader.add_match(SYSLOG_IDENTIFIER=IDENTIFIER)
@@ -169,6 +185,7 @@ def _check_readable(reader: journal.Reader) -> None:
 
     sd_journal_open skips what it may not open without an error, so an unprivileged user
     would silently see nothing. The daemon, a system service, logs to system*.journal.
+    Only a denied file blames permissions: without journal files there is no journal.
     """
     for top in JOURNAL_DIRS:
         try:
@@ -176,13 +193,17 @@ def _check_readable(reader: journal.Reader) -> None:
         except FileNotFoundError:
             continue
         except PermissionError:
-            raise JournalUnreadable(f"permission denied: {top}") from None
+            raise _denied(top) from None
         for machine in machines:
             for path in (machine, *sorted(machine.glob("system*.journal"))):
                 if not os.access(path, os.R_OK):
-                    raise JournalUnreadable(f"permission denied: {path}")
+                    raise _denied(path)
     if not (reader.has_runtime_files() or reader.has_persistent_files()):
-        raise JournalUnreadable("no journal files found")
+        raise JournalUnreadable(NO_JOURNAL)
+
+
+def _denied(path: Path) -> JournalUnreadable:
+    return JournalUnreadable(f"cannot read the journal: permission denied: {path} ({HINT})")
 
 
 def _backlog(reader: journal.Reader, lines: int | None) -> Iterator[Entry]:
@@ -220,8 +241,13 @@ def _follow(reader: journal.Reader, poller: select.poll, write: Callable[[Entry]
         _print_all(reader, write)
 
 
-def _print_all(entries: Iterator[Entry] | journal.Reader, write: Callable[[Entry], str]) -> None:
-    """Print each entry as `write` formats it, then flush: -f output must not sit in a buffer."""
+def _print_all(entries: Iterator[Entry] | journal.Reader, write: Callable[[Entry], str]) -> int:
+    """Print each entry as `write` formats it, then flush: -f output must not sit in a buffer.
+
+    Returns how many were printed."""
+    count = 0
     for entry in entries:
         print(write(entry))
+        count += 1
     sys.stdout.flush()
+    return count

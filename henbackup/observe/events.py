@@ -1,4 +1,5 @@
-"""Structured events (henbackup(8), EVENTS): one journal entry each, or one JSON line on stderr.
+"""Structured events (henbackup(8), EVENTS): one journal entry each, or one line on stderr
+(JSON for pipes and files, readable text on a terminal).
 
 `emit("job.succeeded", "pictures → aws: snapshot 1a2b", backup="pictures", ...)` sends
 MESSAGE, PRIORITY, MESSAGE_ID, SYSLOG_IDENTIFIER=henbackup, HENBACKUP_EVENT and one
@@ -11,8 +12,10 @@ import json
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TextIO
 
 from systemd import journal
@@ -51,6 +54,10 @@ MESSAGE_IDS: dict[str, str] = {
 
 # syslog levels
 ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6
+LEVEL_NAMES = {ERR: "error", WARNING: "warning", NOTICE: "notice", INFO: "info"}
+LEVEL_WIDTH = 7  # "warning": messages line up
+# SGR colours of the level's name on a terminal: red, yellow, bold; info stays plain.
+LEVEL_COLOURS = {ERR: "31", WARNING: "33", NOTICE: "1"}
 _PRIORITIES = {
     "config.invalid": ERR,
     "daemon.error": ERR,
@@ -136,17 +143,90 @@ def _journal_connected(stream: TextIO) -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
+def text_line(event: Event, moment: datetime, colour: bool = False) -> str:
+    """One readable line: `2026-12-02 05:03:12 error   pictures→aws: backup failed: …`.
+
+    The backup→repository the event is about leads the message unless it already does.
+    Control characters (a file name's ESC, a restic error's newlines) cannot reach the terminal.
+    """
+    fields = dict(event.fields)
+    backup, repository = fields.get("HENBACKUP_BACKUP"), fields.get("HENBACKUP_REPOSITORY")
+    where = "→".join(name for name in (backup, repository) if name)
+    message = event.message
+    if where and not message.startswith(where):
+        message = f"{where}: {message}"
+    level = LEVEL_NAMES.get(event.priority, "info")
+    padding = " " * (LEVEL_WIDTH - len(level))
+    if colour and event.priority in LEVEL_COLOURS:
+        level = f"\x1b[{LEVEL_COLOURS[event.priority]}m{level}\x1b[0m"
+    return f"{moment:%Y-%m-%d %H:%M:%S} {level}{padding} {_printable(message)}"
+
+
+def _printable(text: str) -> str:
+    """`text` on one line: newlines become spaces, other control characters `\\xNN`."""
+    flat = text.replace("\r", " ").replace("\n", " ")
+    return "".join(
+        char.encode("unicode_escape").decode() if unicodedata.category(char) == "Cc" else char
+        for char in flat
+    )
+
+
+SINKS = ("json", "text", "journal")
+SINK_VARIABLE = "HENBACKUP_EVENTS"  # `henbackup --events` sets it, so that children follow
+OLD_SINK_NAMES = {"stderr": "json"}  # what HENBACKUP_EVENTS accepted before "text" existed
+
+
+def wanted_sink() -> str | None:
+    """The sink HENBACKUP_EVENTS forces, None when unset; raises ValueError if unknown."""
+    wanted = os.environ.get(SINK_VARIABLE, "")
+    if not wanted:
+        return None
+    wanted = OLD_SINK_NAMES.get(wanted, wanted)
+    if wanted not in SINKS:
+        raise ValueError(f"{SINK_VARIABLE}={wanted!r} is not one of {', '.join(SINKS)}")
+    return wanted
+
+
+def choose_sink(stream: TextIO) -> str:
+    """HENBACKUP_EVENTS when it names a sink; else the journal when `stream` is systemd's
+    journal stream, text on a terminal, JSON lines on a pipe or a file."""
+    try:
+        wanted = wanted_sink()
+    except ValueError:  # the command line checks it; a child must not die of it
+        wanted = None
+    if wanted is not None:
+        return wanted
+    if _journal_connected(stream):
+        return "journal"
+    return "text" if _is_terminal(stream) else "json"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):  # closed
+        return False
+
+
+def colour_supported(stream: TextIO) -> bool:
+    """Colour on a terminal only, unless NO_COLOR is set (no-color.org) or TERM is dumb."""
+    term = os.environ.get("TERM", "")
+    return _is_terminal(stream) and not os.environ.get("NO_COLOR") and term not in ("", "dumb")
+
+
 class Emitter:
-    """Sends events to journald when running under systemd, else JSON lines to `stream`."""
+    """Sends events to journald when running under systemd, else lines to `stream`: readable
+    text on a terminal, JSON lines otherwise (`choose_sink`; `use_journal` forces it)."""
 
     def __init__(self, stream: TextIO | None = None, use_journal: bool | None = None) -> None:
         self.stream = stream or sys.stderr
-        wanted = os.environ.get("HENBACKUP_EVENTS")  # "journal" or "stderr" forces a sink
-        if use_journal is None:
-            use_journal = wanted == "journal" or (
-                wanted != "stderr" and _journal_connected(self.stream)
-            )
-        self.use_journal = use_journal
+        sink = choose_sink(self.stream)
+        if use_journal is not None:  # what a test asks for
+            sink = "journal" if use_journal else "json"
+        self.use_journal = sink == "journal"
+        # Without a journal (or when it fails), text only where people read it.
+        self.text = sink == "text" or (sink == "journal" and _is_terminal(self.stream))
+        self.colour = self.text and colour_supported(self.stream)
 
     def __call__(self, kind: str, message: str, **fields: FieldValue) -> Event:
         event = make_event(kind, message, **fields)
@@ -164,6 +244,11 @@ class Emitter:
         return True
 
     def _to_stream(self, event: Event) -> None:
+        if self.text:
+            line = text_line(event, datetime.now().astimezone(), self.colour)
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            return
         # The same shape as `journalctl -o json`: strings, the time in microseconds.
         record = {"__REALTIME_TIMESTAMP": str(time.time_ns() // 1000)}
         record.update(event.journal_fields())

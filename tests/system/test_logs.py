@@ -220,12 +220,69 @@ def test_json_of_an_entry_without_an_event(
     assert produced[1]["event"] == "job.started"
 
 
-def test_nothing_matching_prints_nothing(systemd_harness: SystemdHarness) -> None:
+NO_ENTRIES = (
+    "henbackupctl: no henbackup events in the journal yet: is the daemon running? "
+    "(systemctl status henbackup)\n"
+)
+
+
+def test_a_journal_without_henbackup_entries_says_so(systemd_harness: SystemdHarness) -> None:
     send(systemd_harness, [STRANGER])
     systemd_harness.wait_journal({"SYSLOG_IDENTIFIER": STRANGER["SYSLOG_IDENTIFIER"]})
     for args in (["logs"], ["--json", "logs"], ["logs", "-n", "5"]):
         done = ctl(systemd_harness, *args)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", NO_ENTRIES)
+    # Asked for nothing, or for what does not match: nothing to say.
+    quiet = (["logs", "-n", "0"], ["logs", "-b", "pictures"], ["--json", "logs", "--job", "j1"])
+    for args in quiet:
+        done = ctl(systemd_harness, *args)
         assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_a_journal_without_henbackup_entries_says_so_then_follows(
+    systemd_harness: SystemdHarness,
+) -> None:
+    send(systemd_harness, [STRANGER])
+    systemd_harness.wait_journal({"SYSLOG_IDENTIFIER": STRANGER["SYSLOG_IDENTIFIER"]})
+    with following(systemd_harness) as follower:
+        follower.wait_said(NO_ENTRIES)  # the backlog is read: what comes now is followed
+        send(systemd_harness, [OURS[4]])
+        (new,) = systemd_harness.wait_journal({"HENBACKUP_EVENT": "job.failed"})
+        assert follower.wait_lines(1) == [line(new)]
+        assert follower.stop(signal.SIGINT) == (0, NO_ENTRIES)
+
+
+# -- no journal on this machine ------------------------------------------------------------
+
+NO_JOURNAL = (
+    "henbackupctl: no journal on this machine: no journal files in /run/log/journal or "
+    "/var/log/journal (systemd-journald does not run here, as in many containers; henbackup "
+    "then writes its events on its standard error)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [
+        "",  # neither directory exists
+        "mkdir /var/log/journal /run/log/journal",  # journald never ran (Storage=auto, as here)
+    ],
+)
+def test_without_a_journal_root_is_told_there_is_none_not_blamed(machine: str) -> None:
+    # A machine without a journal: a private mount namespace (unshare -m) with empty tmpfs
+    # over /run/log and /var/log, so the real sd_journal_open finds nothing there. As root,
+    # which used to be told to "run as root".
+    shell = (
+        "mount -t tmpfs tmpfs /run/log && mount -t tmpfs tmpfs /var/log && "
+        f'{machine or "true"} && exec "$0" logs'
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell, HENBACKUPCTL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", NO_JOURNAL)
 
 
 # -- who may read --------------------------------------------------------------------------
@@ -297,6 +354,7 @@ class Follower:
         assert self.process.stdout is not None
         os.set_blocking(self.process.stdout.fileno(), False)
         self.output = b""
+        self.said = b""  # stderr, read while it runs only by `wait_said`
 
     def lines(self) -> list[str]:
         """Every complete line printed so far."""
@@ -305,6 +363,20 @@ class Follower:
             while chunk := os.read(self.process.stdout.fileno(), 65536):
                 self.output += chunk
         return self.output.decode().split("\n")[:-1]
+
+    def wait_said(self, text: str) -> None:
+        """Poll until stderr holds `text` (the rest is read by `ended`)."""
+        assert self.process.stderr is not None
+        os.set_blocking(self.process.stderr.fileno(), False)
+
+        def said() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(self.process.stderr.fileno(), 65536):
+                    self.said += chunk
+            return text in self.said.decode()
+
+        self.harness.wait_for(said, 10, lambda: f"{text!r} on stderr, got {self.said!r}")
+        os.set_blocking(self.process.stderr.fileno(), True)
 
     def wait_lines(self, count: int) -> list[str]:
         """Poll until at least `count` lines were printed; returns them all."""
@@ -323,7 +395,7 @@ class Follower:
         """Wait for the process to end by itself; returns its exit status and stderr."""
         assert self.process.stderr is not None
         status = self.process.wait(timeout=10)
-        return status, self.process.stderr.read().decode()
+        return status, (self.said + self.process.stderr.read()).decode()
 
     def kill(self) -> None:
         """Make sure nothing is left running in the namespace (the harness checks)."""

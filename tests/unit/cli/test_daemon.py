@@ -225,3 +225,17 @@ def test_a_reader_that_left_costs_no_traceback() -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (1, "")
+
+
+@pytest.mark.parametrize("sink", ["json", "text", "journal"])
+def test_events_reaches_the_forked_processes_through_the_environment(monkeypatch, capsys, sink):
+    monkeypatch.setenv("HENBACKUP_EVENTS", "xml")  # the option wins over a bad variable
+    assert main(["--events", sink, "schema"]) == 0
+    assert os.environ["HENBACKUP_EVENTS"] == sink
+
+
+def test_events_takes_only_the_three_sinks(capsys):
+    with pytest.raises(SystemExit) as ended:
+        main(["--events", "stderr", "schema"])
+    assert ended.value.code == 2
+    assert "--events: invalid choice: 'stderr' (choose from " in capsys.readouterr().err
