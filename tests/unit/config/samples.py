@@ -48,7 +48,7 @@ CREDENTIALS = (
 NO_SPACES = '(an interval has no spaces: "1h30m")'
 UNSET = "is not set: set it in the service's environment or remove the reference"
 
-SPEC_EXAMPLE = """
+FULL_EXAMPLE = """
 [daemon]                      # every key optional
 hostname = "rpi01"            # restic --host; default: the system hostname
 max_concurrent_jobs = 1       # scheduler slots shared by all jobs

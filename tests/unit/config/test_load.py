@@ -34,7 +34,7 @@ from .samples import (
     BASE,
     LISTEN,
     REPOSITORY,
-    SPEC_EXAMPLE,
+    FULL_EXAMPLE,
     UNSET,
     Load,
     Problems,
@@ -44,8 +44,8 @@ from .samples import (
 # ----------------------------------------------------------------------- whole configs
 
 
-def test_the_spec_example(load: Load) -> None:
-    config = load(SPEC_EXAMPLE, env={"AWS_KEY": "AKIA", "AWS_SECRET": "s3cr3t"})
+def test_the_full_example(load: Load) -> None:
+    config = load(FULL_EXAMPLE, env={"AWS_KEY": "AKIA", "AWS_SECRET": "s3cr3t"})
     assert config.daemon == Daemon("rpi01", 1, 51200, 204800, "restic")
     assert config.metrics == Metrics(
         Path("/var/lib/prometheus/node-exporter/henbackup.prom"), ("127.0.0.1", 9811)
