@@ -14,6 +14,7 @@ from typing import Any
 
 from henbackup import __version__
 from henbackup.cli import views
+from henbackup.cli.completion import complete_main
 from henbackup.cli.logs import show_logs
 from henbackup.cli.progress import ProgressDisplay
 from henbackup.protocol import (
@@ -221,6 +222,9 @@ SHOW: dict[str, Shown] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--complete"]:  # what the shell completion asks (not in --help)
+        return complete_main(argv[1:])
     args = get_parser().parse_args(argv)
     if args.command == "logs":
         return show_logs(args)

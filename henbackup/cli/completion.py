@@ -1,0 +1,214 @@
+"""Shell completion of henbackup and henbackupctl.
+
+The scripts are generated from the argparse parsers by shtab at build time (`python3 -m
+henbackup.cli.completion DIR` writes DIR/bash/* and DIR/zsh/*): verbs and options come
+from the parsers; an argument is completed by what its metavar names (BACKUP, REPOSITORY,
+JOB_ID, SNAPSHOT, FILE, DIR). Names are asked at TAB time from `henbackupctl --complete
+KIND`, which answers from the running daemon when its socket answers within a second or
+two, else from the configuration. It prints names, one a line, or nothing: never an error
+on the user's command line, and it exits 0 either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from henbackup.config.dirs import config_path
+from henbackup.protocol import DEFAULT_SOCKET, build_request, frame
+
+KINDS = ("backups", "repositories", "jobs", "snapshots")
+QUICK = 1.0  # seconds for status and queue, which the daemon answers at once
+SLOW = 3.0  # list-snapshots runs restic: what it lists by then, or nothing
+
+# metavar -> what completes it: one of KINDS, or the shell's own files or directories.
+BY_METAVAR = {
+    "BACKUP": "backups",
+    "REPOSITORY": "repositories",
+    "JOB_ID": "jobs",
+    "SNAPSHOT": "snapshots",
+    "FILE": "file",
+    "DIR": "directory",
+    "SOCKET": "file",  # --socket, which has no metavar
+}
+
+
+def names(kind: str, socket_path: str, config: str | None, repository: str | None) -> list[str]:
+    """The names of `kind`: from the daemon, else from the configuration (--config given:
+    from it only, as `henbackup --config FILE backup` will read it)."""
+    if config is None:
+        found = _from_daemon(kind, socket_path, repository)
+        if found is not None:
+            return found
+    return _from_config(kind, config)
+
+
+def _from_daemon(kind: str, socket_path: str, repository: str | None) -> list[str] | None:
+    if kind in ("backups", "repositories"):
+        reply = _ask(socket_path, build_request("status", {}), QUICK)
+        rows = reply.get(kind) if reply else None
+        return [row["name"] for row in rows] if isinstance(rows, list) else None
+    if kind == "jobs":
+        reply = _ask(socket_path, build_request("queue", {}), QUICK)
+        jobs = reply.get("jobs") if reply else None
+        return [job["job"] for job in jobs] if isinstance(jobs, list) else None
+    request = build_request("list-snapshots", {"repository": repository})
+    reply = _ask(socket_path, request, SLOW)
+    rows = reply.get("snapshots") if reply else None
+    return [row["short_id"] for row in rows] if isinstance(rows, list) else []
+
+
+def _ask(path: str, payload: dict[str, Any], budget: float) -> dict[str, Any] | None:
+    """The daemon's reply, or None when it does not give one within `budget` seconds."""
+    deadline = time.monotonic() + budget
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.settimeout(budget)
+            sock.connect(path)
+            sock.sendall(frame(payload))
+            received = b""
+            while True:
+                lines = received.split(b"\n")
+                for line in lines[:-1]:
+                    message = json.loads(line)
+                    if "event" not in message:  # events come before the reply
+                        return message if message.get("ok") else None
+                received = lines[-1]
+                sock.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                received += chunk
+        except (OSError, ValueError):
+            return None
+
+
+def _from_config(kind: str, config: str | None) -> list[str]:
+    if kind not in ("backups", "repositories"):
+        return []  # jobs and snapshots only the daemon knows
+    from henbackup.config.load import load_config  # only when the daemon did not answer
+
+    loaded = load_config(config_path(config))
+    return sorted(loaded.backups if kind == "backups" else loaded.repositories)
+
+
+def complete_main(argv: list[str]) -> int:
+    """`henbackupctl --complete KIND [--socket S] [--config F] [--repository R]`."""
+    parser = argparse.ArgumentParser(prog="henbackupctl --complete", add_help=False)
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--socket", default=os.environ.get("HENBACKUP_SOCKET", DEFAULT_SOCKET))
+    parser.add_argument("--config")
+    parser.add_argument("--repository")
+    try:
+        args = parser.parse_args(argv)
+        found = names(args.kind, args.socket, args.config, args.repository)
+    except (Exception, SystemExit):  # a TAB press shows names or nothing
+        return 0
+    print("\n".join(name for name in found if name.isprintable() and " " not in name))
+    return 0
+
+
+# The shell functions the generated scripts call for dynamic names. They pass on what the
+# line says: --socket (henbackupctl), --config (henbackup), the repository before SNAPSHOT.
+BASH = r"""
+_henbackup_option() {  # the value of option $1 on the line so far
+  local i
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    if [[ ${COMP_WORDS[i]} == "$1" ]]; then
+      [[ ${COMP_WORDS[i+1]} == = ]] && echo "${COMP_WORDS[i+2]}" || echo "${COMP_WORDS[i+1]}"
+    fi
+  done
+}
+_henbackup_names() {  # $1: kind, $2: the word being completed
+  local -a options=()
+  local socket config
+  socket=$(_henbackup_option --socket)
+  config=$(_henbackup_option --config)
+  [[ -n $socket ]] && options+=(--socket "$socket")
+  [[ -n $config ]] && options+=(--config "$config")
+  [[ $1 == snapshots ]] && options+=(--repository "${COMP_WORDS[COMP_CWORD-1]}")
+  local IFS=$'\n'
+  compgen -W "$(henbackupctl --complete "$1" "${options[@]}" 2>/dev/null)" -- "$2"
+}
+_henbackup_backups() { _henbackup_names backups "$1"; }
+_henbackup_repositories() { _henbackup_names repositories "$1"; }
+_henbackup_jobs() { _henbackup_names jobs "$1"; }
+_henbackup_snapshots() { _henbackup_names snapshots "$1"; }
+"""
+
+ZSH = r"""
+_henbackup_names() {  # $1: kind
+  local -a found options
+  local i
+  for ((i = 2; i < CURRENT; i++)); do
+    case ${words[i]} in
+      --socket|--config) options+=(${words[i]} ${words[i+1]}) ;;
+    esac
+  done
+  [[ $1 == snapshots ]] && options+=(--repository ${words[CURRENT-1]})
+  found=(${(f)"$(henbackupctl --complete $1 $options 2>/dev/null)"})
+  compadd -a found
+}
+_henbackup_backups() { _henbackup_names backups; }
+_henbackup_repositories() { _henbackup_names repositories; }
+_henbackup_jobs() { _henbackup_names jobs; }
+_henbackup_snapshots() { _henbackup_names snapshots; }
+"""
+
+
+# shtab 1.5.5 (Debian 12's) offers only the first of a positional's choices (the first
+# verb): all of them, one a line, as its compgen reads them (later shtabs have no such line).
+CHOICES_FIX = (
+    'current_action_choices="${!current_action_choices_var}"',
+    'current_action_choices_var="${current_action}_choices[@]"\n'
+    "  current_action_choices=$(printf '%s\\n' \"${!current_action_choices_var}\")",
+)
+
+
+def _mark(parser: argparse.ArgumentParser) -> None:
+    """Tell shtab how each argument completes, by its metavar, in every subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _mark(subparser)
+            continue
+        kind = BY_METAVAR.get(action.metavar or action.dest.upper())
+        if kind in ("file", "directory"):
+            action.complete = kind  # type: ignore[attr-defined]
+        elif kind is not None:
+            function = f"_henbackup_{kind}"
+            action.complete = {"bash": function, "zsh": function}  # type: ignore[attr-defined]
+
+
+def scripts() -> dict[str, str]:
+    """Each script by its installed path under bash/ and zsh/."""
+    import shtab  # a build dependency only: the scripts are static files
+
+    from henbackup.cli import ctl, daemon
+
+    written = {}
+    for module in (daemon, ctl):
+        parser = module.get_parser()
+        _mark(parser)
+        name = parser.prog
+        bash = shtab.complete(parser, "bash", preamble={"bash": BASH})
+        written[f"bash/{name}"] = bash.replace(*CHOICES_FIX)
+        written[f"zsh/_{name}"] = shtab.complete(parser, "zsh", preamble={"zsh": ZSH})
+    return written
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    for name, text in scripts().items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

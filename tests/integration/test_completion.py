@@ -1,0 +1,188 @@
+"""Shell completion, in real bash with Debian's bash-completion: the scripts the package
+installs (generated as debian/rules does), found by bash-completion's own loader by the
+command's name, completing verbs, options and names; names from the running daemon, else
+from the configuration; a socket that does not answer costs a second, never a hang nor a
+message on the user's line.
+
+A TAB press is what bash does on one: COMP_WORDS, COMP_CWORD and the completion function
+bash-completion registered for the command, then COMPREPLY."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from daemon_helpers import PASSWORD, Daemon, henbackupctl, ok, restic_command
+
+from henbackup.cli.completion import SLOW
+
+pytestmark = pytest.mark.integration
+
+BASH_COMPLETION = "/usr/share/bash-completion/bash_completion"
+SESSION = (
+    "source {bash_completion}\n"
+    "COMP_LINE={line}\n"
+    "COMP_POINT=${{#COMP_LINE}}\n"
+    'read -ra COMP_WORDS <<< "$COMP_LINE"\n'
+    '[[ $COMP_LINE == *" " ]] && COMP_WORDS+=("")\n'
+    "COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))\n"
+    "__load_completion {program} || exit 9\n"
+    "function=$(complete -p {program} | sed -E 's/.* -F ([^ ]+) .*/\\1/')\n"
+    '"$function" {program} "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"\n'
+    "printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+)
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scripts as the package builds them; bash-completion's user directory holds them
+    under completions/, named after the command, as /usr/share/bash-completion does."""
+    out = tmp_path_factory.mktemp("completion")
+    subprocess.run([sys.executable, "-m", "henbackup.cli.completion", str(out)], check=True)
+    (out / "completions").symlink_to(out / "bash")
+    return out
+
+
+def tab(scripts: Path, line: str, **env: str) -> tuple[list[str], str]:
+    """The candidates bash offers for `line` (TAB at its end), and its stderr."""
+    program = line.split()[0]
+    session = SESSION.format(
+        bash_completion=BASH_COMPLETION, line=shlex.quote(line), program=program
+    )
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HENBACKUP_")},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # henbackupctl
+        "BASH_COMPLETION_USER_DIR": str(scripts),
+        **env,
+    }
+    done = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", session],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return sorted(filter(None, done.stdout.split("\n"))), done.stderr
+
+
+def write_config(base: Path, repositories: dict[str, Path], backups: dict[str, str]) -> Path:
+    """Backups by name, each to the repository named beside it."""
+    lines = []
+    for name, location in repositories.items():
+        lines += [f"[repositories.{name}]", f'location = "{location}"', f'password = "{PASSWORD}"']
+    for name, repository in backups.items():
+        lines += [f"[backups.{name}]", f'paths = ["{base}"]', f'repositories = ["{repository}"]']
+    config = base / "henbackup.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    repositories = {"local": tmp_path / "r1", "usb-disk": tmp_path / "r2"}
+    return write_config(tmp_path, repositories, {"pictures": "local", "docs": "usb-disk"})
+
+
+def test_verbs_and_options(scripts: Path) -> None:
+    assert tab(scripts, "henbackupctl ba") == (["backup"], "")
+    assert tab(scripts, "henbackupctl l")[0] == ["list-snapshots", "logs"]
+    assert tab(scripts, "henbackupctl backup --")[0] == sorted(
+        ["--help", "--json", "--repository", "--priority", "--no-wait"]
+    )
+    assert tab(scripts, "henbackup ")[0] == ["backup", "check-config", "run", "schema"]
+    assert tab(scripts, "henbackup --c")[0] == ["--config"]
+
+
+def test_names_from_the_config_when_no_daemon_runs(
+    scripts: Path, config: Path, tmp_path: Path
+) -> None:
+    nobody = {"HENBACKUP_CONFIG": str(config), "HENBACKUP_SOCKET": str(tmp_path / "none.sock")}
+    assert tab(scripts, "henbackupctl backup ", **nobody) == (["docs", "pictures"], "")
+    assert tab(scripts, "henbackupctl backup p", **nobody)[0] == ["pictures"]
+    assert tab(scripts, "henbackupctl check ", **nobody)[0] == ["local", "usb-disk"]
+    assert tab(scripts, "henbackupctl backup docs --repository u", **nobody)[0] == ["usb-disk"]
+    assert tab(scripts, "henbackupctl logs -b ", **nobody)[0] == ["docs", "pictures"]
+    # henbackup's own --config on the line, as `henbackup backup` will read it
+    line = f"henbackup --config {config} backup "
+    assert tab(scripts, line, HENBACKUP_SOCKET=str(tmp_path / "none.sock")) == (
+        ["docs", "pictures"],
+        "",
+    )
+
+
+def test_a_socket_that_never_answers_falls_back_to_the_config_quickly(
+    scripts: Path, config: Path, tmp_path: Path
+) -> None:
+    """A daemon that is stuck (it listens, the kernel accepts, nobody reads)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
+        stuck.bind(str(tmp_path / "stuck.sock"))
+        stuck.listen(8)
+        started = time.monotonic()
+        found = tab(
+            scripts,
+            "henbackupctl cancel ",  # jobs: only the daemon knows them
+            HENBACKUP_CONFIG=str(config),
+            HENBACKUP_SOCKET=str(tmp_path / "stuck.sock"),
+        )
+        assert found == ([], "")
+        found = tab(
+            scripts,
+            f"henbackupctl --socket {tmp_path / 'stuck.sock'} backup ",
+            HENBACKUP_CONFIG=str(config),
+        )
+        assert found == (["docs", "pictures"], "")
+        # each asks for at most QUICK seconds; generous for a busy machine
+        assert time.monotonic() - started < 4 * SLOW
+
+
+def test_nothing_to_say_prints_nothing(scripts: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[backups.x\n")
+    env = {"HENBACKUP_CONFIG": str(broken), "HENBACKUP_SOCKET": str(tmp_path / "none.sock")}
+    assert tab(scripts, "henbackupctl backup ", **env) == ([], "")
+    done = subprocess.run(
+        [sys.executable, "-m", "henbackup.cli.ctl", "--complete", "backups"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+@pytest.mark.slow
+def test_names_from_the_running_daemon(scripts: Path, tmp_path: Path) -> None:
+    """The daemon's names win over a configuration file that says otherwise; snapshots of
+    the repository before the cursor come from it too. restic does not matter here: Debian
+    12's only."""
+    restic = shutil.which("restic")
+    assert restic is not None
+    repository = tmp_path / "repository"
+    restic_command(restic, repository, "init")
+    (tmp_path / "daemon").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "hello.txt").write_text("hello\n")
+    config = write_config(tmp_path / "daemon", {"main": repository}, {"home": "main"})
+    text = config.read_text().replace(f'["{tmp_path / "daemon"}"]', f'["{tmp_path / "data"}"]')
+    config.write_text(f'[daemon]\nrestic = "{restic}"\n\n{text}')
+    other = write_config(tmp_path, {"elsewhere": tmp_path / "x"}, {"not-running": "elsewhere"})
+    with Daemon(config, tmp_path / "base") as daemon:
+        daemon.start()
+        daemon.wait_worker("home", lambda worker: worker["state"] == "running")
+        at = {"HENBACKUP_SOCKET": str(daemon.socket), "HENBACKUP_CONFIG": str(other)}
+        assert tab(scripts, "henbackupctl backup ", **at) == (["home"], "")
+        assert tab(scripts, "henbackupctl prune ", **at)[0] == ["main"]
+        ok(henbackupctl(daemon, "backup", "home"))
+        listed = json.loads(ok(henbackupctl(daemon, "--json", "list-snapshots")))
+        snapshots = sorted(row["short_id"] for row in listed["snapshots"])
+        assert len(snapshots) == 1
+        assert tab(scripts, "henbackupctl restore-snapshot main ", **at) == (snapshots, "")
