@@ -183,6 +183,26 @@ def test_3_a_backup_through_henbackupctl_is_in_the_journal_with_its_snapshot(deb
     assert PASSWORD not in everything and "correct horse" not in everything
 
 
+TAB = """source /usr/share/bash-completion/completions/henbackupctl
+read -ra COMP_WORDS <<< "$0"; [[ $0 == *" " ]] && COMP_WORDS+=("")
+COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+_shtab_henbackupctl; printf '%s\\n' "${COMPREPLY[@]}"
+"""
+
+
+def test_3_the_installed_bash_completion_completes_verbs_and_names(debian):
+    def tab(line: str, **where: str) -> list[str]:
+        return debian.run("env", *where.values(), "bash", "-c", TAB, line).stdout.split()
+
+    assert tab("henbackupctl ba") == ["backup"]
+    assert tab("henbackupctl backup ") == ["docs"]
+    assert tab("henbackupctl check ") == ["local"]
+    # no daemon at that socket: from the configuration
+    assert tab("henbackupctl backup ", socket="HENBACKUP_SOCKET=/run/nobody.sock") == ["docs"]
+    for name in ("bash-completion/completions/henbackup", "zsh/vendor-completions/_henbackup"):
+        debian.run("test", "-s", f"/usr/share/{name}")
+
+
 def test_4_a_changed_file_is_backed_up_by_itself(debian):
     debian.run("sh", "-c", f"echo new > {DATA}/second.txt")
 
