@@ -8,7 +8,7 @@ APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config gcc pytho
 	python3-venv mandoc man-db systemd passwd util-linux e2fsprogs msmtp-mta \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-wheel python3-argparse-manpage python3-systemd lintian mmdebstrap \
-	systemd-container python3-shtab bash-completion
+	systemd-container python3-shtab bash-completion zsh
 RESTIC_TRIXIE := .cache/restic-trixie
 PROMTOOL := .cache/promtool
 DEMO := $(CURDIR)/.demo

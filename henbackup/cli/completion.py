@@ -172,12 +172,15 @@ CHOICES_FIX = (
 
 
 def _mark(parser: argparse.ArgumentParser) -> None:
-    """Tell shtab how each argument completes, by its metavar, in every subcommand."""
+    """Tell shtab how each argument completes, by its metavar, in every subcommand (and
+    expand `%(default)s` in the help, which zsh shows and shtab 1.5.5 leaves as it is)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for subparser in action.choices.values():
                 _mark(subparser)
             continue
+        if action.help and "%(" in action.help:
+            action.help = parser._get_formatter()._expand_help(action)
         kind = BY_METAVAR.get(action.metavar or action.dest.upper())
         if kind in ("file", "directory"):
             action.complete = kind  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@ from the configuration; a socket that does not answer costs a second, never a ha
 message on the user's line.
 
 A TAB press is what bash does on one: COMP_WORDS, COMP_CWORD and the completion function
-bash-completion registered for the command, then COMPREPLY."""
+bash-completion registered for the command, then COMPREPLY. zsh gets real key presses on a
+pseudo-terminal (ZSH_DRIVER)."""
 
 from __future__ import annotations
 
@@ -186,3 +187,51 @@ def test_names_from_the_running_daemon(scripts: Path, tmp_path: Path) -> None:
         snapshots = sorted(row["short_id"] for row in listed["snapshots"])
         assert len(snapshots) == 1
         assert tab(scripts, "henbackupctl restore-snapshot main ", **at) == (snapshots, "")
+
+
+# zsh completes only inside its line editor: an interactive zsh on a pseudo-terminal (zpty)
+# gets each line then TAB, and ^T writes the line as completion left it (then clears it).
+ZSH_DRIVER = """\
+zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z 'fpath=($COMPLETIONS $fpath); autoload -Uz compinit; compinit -u -D'
+zpty -w z 'show() { print -r -- "$BUFFER" >> $OUT; BUFFER= }; zle -N show; bindkey "^T" show'
+for line in "$@"; do zpty -w -n z "$line"$'\\t\\x14'; done
+zpty -w z exit
+while zpty -r z chunk; do :; done
+"""
+
+
+def test_zsh_completes_verbs_options_and_names(scripts: Path, config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lines"
+    lines = [
+        "henbackupctl ba",
+        "henbackupctl backup p",
+        "henbackupctl check u",
+        "henbackupctl backup --rep",
+        "henbackupctl backup docs --repository u",
+        f"henbackup --config {config} backup d",
+    ]
+    done = subprocess.run(
+        ["zsh", "-f", "-c", ZSH_DRIVER, "zsh", *lines],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "COMPLETIONS": str(scripts / "zsh"),
+            "OUT": str(out),
+            "HENBACKUP_CONFIG": str(config),
+            "HENBACKUP_SOCKET": str(tmp_path / "none.sock"),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().splitlines() == [
+        "henbackupctl backup ",
+        "henbackupctl backup pictures ",
+        "henbackupctl check usb-disk ",
+        "henbackupctl backup --repository ",
+        "henbackupctl backup docs --repository usb-disk ",
+        f"henbackup --config {config} backup docs ",
+    ]
