@@ -162,31 +162,46 @@ def test_nothing_to_say_prints_nothing(scripts: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_names_from_the_running_daemon(scripts: Path, tmp_path: Path) -> None:
-    """The daemon's names win over a configuration file that says otherwise; snapshots of
-    the repository before the cursor come from it too. restic does not matter here: Debian
-    12's only."""
+    """The daemon's names win over a configuration file that says otherwise; its queue's
+    jobs, and the snapshots of the repository before the cursor, come from it too. restic
+    does not matter here: Debian 12's only."""
     restic = shutil.which("restic")
     assert restic is not None
     repository = tmp_path / "repository"
     restic_command(restic, repository, "init")
-    (tmp_path / "daemon").mkdir()
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "hello.txt").write_text("hello\n")
-    config = write_config(tmp_path / "daemon", {"main": repository}, {"home": "main"})
-    text = config.read_text().replace(f'["{tmp_path / "daemon"}"]', f'["{tmp_path / "data"}"]')
-    config.write_text(f'[daemon]\nrestic = "{restic}"\n\n{text}')
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "random.bin").write_bytes(os.urandom(16 << 20))
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f'[daemon]\nrestic = "{restic}"\n'
+        f'[repositories.main]\nlocation = "{repository}"\npassword = "{PASSWORD}"\n'
+        f'[backups.home]\npaths = ["{tmp_path / "data"}"]\nrepositories = ["main"]\n'
+        f'[backups.slow]\npaths = ["{tmp_path / "big"}"]\nrepositories = ["main"]\n'
+        'upload_limit = "256K"\n'  # its job runs a minute: long enough to be seen queued
+    )
     other = write_config(tmp_path, {"elsewhere": tmp_path / "x"}, {"not-running": "elsewhere"})
     with Daemon(config, tmp_path / "base") as daemon:
         daemon.start()
         daemon.wait_worker("home", lambda worker: worker["state"] == "running")
         at = {"HENBACKUP_SOCKET": str(daemon.socket), "HENBACKUP_CONFIG": str(other)}
-        assert tab(scripts, "henbackupctl backup ", **at) == (["home"], "")
+        assert tab(scripts, "henbackupctl backup ", **at) == (["home", "slow"], "")
         assert tab(scripts, "henbackupctl prune ", **at)[0] == ["main"]
         ok(henbackupctl(daemon, "backup", "home"))
         listed = json.loads(ok(henbackupctl(daemon, "--json", "list-snapshots")))
         snapshots = sorted(row["short_id"] for row in listed["snapshots"])
         assert len(snapshots) == 1
         assert tab(scripts, "henbackupctl restore-snapshot main ", **at) == (snapshots, "")
+        ok(henbackupctl(daemon, "backup", "slow", "--no-wait"))
+
+        def queued() -> list[str]:
+            jobs = json.loads(ok(henbackupctl(daemon, "--json", "queue")))["jobs"]
+            return [job["job"] for job in jobs]
+
+        assert daemon.pump_until(lambda: queued() != [], timeout=60), daemon.report()
+        assert tab(scripts, "henbackupctl cancel ", **at) == (queued(), "")
+        ok(henbackupctl(daemon, "cancel", queued()[0]))
 
 
 # zsh completes only inside its line editor: an interactive zsh on a pseudo-terminal (zpty)
