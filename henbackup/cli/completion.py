@@ -50,18 +50,22 @@ def names(kind: str, socket_path: str, config: str | None, repository: str | Non
 
 
 def _from_daemon(kind: str, socket_path: str, repository: str | None) -> list[str] | None:
+    """None when the daemon does not answer (or says no); snapshots: [] then, as the
+    configuration knows none."""
     if kind in ("backups", "repositories"):
-        reply = _ask(socket_path, build_request("status", {}), QUICK)
-        rows = reply.get(kind) if reply else None
-        return [row["name"] for row in rows] if isinstance(rows, list) else None
+        return _strings(_ask(socket_path, build_request("status", {}), QUICK), kind, "name")
     if kind == "jobs":
-        reply = _ask(socket_path, build_request("queue", {}), QUICK)
-        jobs = reply.get("jobs") if reply else None
-        return [job["job"] for job in jobs] if isinstance(jobs, list) else None
+        return _strings(_ask(socket_path, build_request("queue", {}), QUICK), "jobs", "job")
     request = build_request("list-snapshots", {"repository": repository})
-    reply = _ask(socket_path, request, SLOW)
-    rows = reply.get("snapshots") if reply else None
-    return [row["short_id"] for row in rows] if isinstance(rows, list) else []
+    return _strings(_ask(socket_path, request, SLOW), "snapshots", "short_id") or []
+
+
+def _strings(reply: dict[str, Any] | None, rows: str, key: str) -> list[str] | None:
+    """reply[rows][*][key], those that are strings; None without such a list."""
+    found = reply.get(rows) if reply else None
+    if not isinstance(found, list):
+        return None
+    return [row[key] for row in found if isinstance(row, dict) and isinstance(row.get(key), str)]
 
 
 def _ask(path: str, payload: dict[str, Any], budget: float) -> dict[str, Any] | None:
@@ -110,7 +114,9 @@ def complete_main(argv: list[str]) -> int:
         found = names(args.kind, args.socket, args.config, args.repository)
     except (Exception, SystemExit):  # a TAB press shows names or nothing
         return 0
-    print("\n".join(name for name in found if name.isprintable() and " " not in name))
+    for name in found:
+        if name.isprintable() and " " not in name:  # one a line, one word each
+            print(name)
     return 0
 
 
