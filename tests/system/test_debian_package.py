@@ -125,12 +125,18 @@ def test_0_the_changelogs_version_is_henbackups_own():
 
 
 def test_0_the_monitoring_examples_are_in_the_package(package):
-    """README "Many hosts": the alert rules, their tests and the dashboard, side by side."""
+    """README "Many hosts" and "Notifications": the alert rules, their tests, the dashboard
+    and the notification recipes, side by side."""
     listing = subprocess.run(["dpkg-deb", "--contents", str(package)], capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
     examples = "./usr/share/doc/henbackup/examples/"
     shipped = re.findall(rf" {re.escape(examples)}(\S+)$", listing, re.MULTILINE)
-    assert sorted(shipped) == ["henbackup.json", "henbackup.rules.test.yml", "henbackup.rules.yml"]
+    assert sorted(shipped) == [
+        "henbackup.json",
+        "henbackup.rules.test.yml",
+        "henbackup.rules.yml",
+        "notifications.toml",
+    ]
 
 
 def test_1_install_enables_and_starts_the_unit_idle_with_the_shipped_config(debian, package):
