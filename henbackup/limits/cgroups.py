@@ -284,14 +284,18 @@ def _write(leaf: Leaf, file: str, value: str, unmade: Mapping[str, str]) -> str 
     return None
 
 
+def _lines(path: Path) -> list[str]:
+    """The file's lines; none when it cannot be read (it goes with its leaf)."""
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        return []
+
+
 def _keyed(path: Path) -> dict[str, int]:
     """`key value` lines (cpu.stat, memory.events, memory.oom_control)."""
     found: dict[str, int] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
+    for line in _lines(path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             found[parts[0]] = int(parts[1])
@@ -309,11 +313,7 @@ def _number(path: Path) -> int | None:
 def _io_stat(path: Path) -> dict[str, int]:
     """io.stat: `8:0 rbytes=1 wbytes=2 …` per device, summed."""
     total: dict[str, int] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return total
-    for line in lines:
+    for line in _lines(path):
         for pair in line.split()[1:]:
             key, _, value = pair.partition("=")
             if value.isdigit():
@@ -324,11 +324,7 @@ def _io_stat(path: Path) -> dict[str, int]:
 def _blkio_bytes(path: Path) -> dict[str, int]:
     """blkio's io_service_bytes: `8:0 Read 123` per device, summed by operation."""
     total: dict[str, int] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return total
-    for line in lines:
+    for line in _lines(path):
         parts = line.split()
         if len(parts) == 3 and parts[2].isdigit():
             total[parts[1]] = total.get(parts[1], 0) + int(parts[2])
