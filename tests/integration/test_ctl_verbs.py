@@ -266,6 +266,9 @@ def test_status_before_any_run(two_repositories: Scenario) -> None:
         "error": None,
         "snapshot": None,
         "snapshots": None,
+        "limits": None,
+        "cpu_sec": None,
+        "memory_peak": None,
     }
     assert [(b["name"], b["worker"], b["run"], b["next_run"]) for b in status["backups"]] == [
         ("docs", "running", "idle", None),
