@@ -47,7 +47,7 @@ def scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The scripts as the package builds them; bash-completion's user directory holds them
     under completions/, named after the command, as /usr/share/bash-completion does."""
     out = tmp_path_factory.mktemp("completion")
-    subprocess.run([sys.executable, "-m", "henbackup.cli.completion", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "henbackup.cli.completion_scripts", str(out)], check=True)
     (out / "completions").symlink_to(out / "bash")
     return out
 
