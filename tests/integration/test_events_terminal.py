@@ -88,7 +88,7 @@ def test_on_a_terminal_one_readable_line_per_event(tmp_path: Path) -> None:
     started, *progress, succeeded = shown.splitlines()  # progress: as fast as restic is
     assert re.fullmatch(LINE.format(level="info", message="backup started"), started)
     for line in progress:
-        assert re.fullmatch(LINE.format(level="info", message=r"backup \d+%"), line)
+        assert re.fullmatch(LINE.format(level="info", message=r"backup \d+(\.\d)?%"), line)
     done = LINE.format(level="info", message="backup succeeded: snapshot [0-9a-f]{8}")
     assert re.fullmatch(done, succeeded)
     assert PASSWORD not in shown

@@ -127,10 +127,11 @@ def test_the_unit_runs_the_venv_and_reaches_ready(
     units = root / "etc/systemd/system"
     systemd_harness.unit_dir.joinpath(f"{UNIT}.d").mkdir(parents=True)
     shutil.copy(units / f"{UNIT}.d/venv.conf", systemd_harness.unit_dir / f"{UNIT}.d")
-    # Only for the test: the moved config path, and a cache the service can see.
+    # Only for the test: the moved config path, a cache the service can see, the checkout.
     systemd_harness.unit_dir.joinpath(f"{UNIT}.d/test.conf").write_text(
         f'[Service]\nEnvironment="HENBACKUP_CONFIG={installed.config}"\n'
         f'Environment="CACHE_DIRECTORY={root / "cache"}"\n'
+        f"BindPaths={ROOT}\n"  # the checkout may live under /tmp, which PrivateTmp= hides
     )
     systemd_harness.install_unit(UNIT, (units / UNIT).read_text())
     systemd_harness.systemctl("start", UNIT)
