@@ -93,6 +93,8 @@ class Daemon:
 
     # lifecycle
     def start(self) -> Daemon:
+        # A second master would be left running (and holding the socket) by stop().
+        assert self.process is None or self.process.poll() is not None, "already started"
         with self.stdout_path.open("wb") as stdout:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(self.config), "run"],

@@ -183,7 +183,6 @@ def test_names_from_the_running_daemon(scripts: Path, tmp_path: Path) -> None:
     )
     other = write_config(tmp_path, {"elsewhere": tmp_path / "x"}, {"not-running": "elsewhere"})
     with Daemon(config, tmp_path / "base") as daemon:
-        daemon.start()
         daemon.wait_worker("home", lambda worker: worker["state"] == "running")
         at = {"HENBACKUP_SOCKET": str(daemon.socket), "HENBACKUP_CONFIG": str(other)}
         assert tab(scripts, "henbackupctl backup ", **at) == (["home", "slow"], "")
