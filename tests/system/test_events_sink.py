@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_service import backup as backup_table
+from test_service import repository
 from user_manager import SystemdHarness
 
 RESTIC = shutil.which("restic")  # the engine does not matter here
@@ -21,20 +23,8 @@ def write_config(tmp_path: Path) -> Path:
     data.mkdir()
     (data / "a.txt").write_text("hello\n")
     config = tmp_path / "henbackup.toml"
-    config.write_text(
-        f"""
-        [daemon]
-        restic = "{RESTIC}"
-
-        [repositories.local]
-        location = "{tmp_path / "repository"}"
-        password = "a journal test password"
-
-        [backups.docs]
-        paths = ["{data}"]
-        repositories = ["local"]
-        """
-    )
+    daemon = f'[daemon]\nrestic = "{RESTIC}"\n'
+    config.write_text(daemon + repository("local", tmp_path) + backup_table("docs", data, "local"))
     return config
 
 
