@@ -48,6 +48,7 @@ from henbackup.engine.base import (
     TransferProgress,
 )
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
+from henbackup.engine.versions import version_text
 from henbackup.errors import (
     BackendUnreachable,
     EngineError,
@@ -785,16 +786,10 @@ class ResticEngine(Engine):
 
     @property
     def features(self) -> Features:
-        """Asked once from `restic version`. Raises EngineError if restic cannot run."""
+        """From `restic version`, asked once per binary (engine/versions.py). Raises
+        EngineError if restic cannot run."""
         if self._features is None:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
-            try:
-                done = subprocess.run(
-                    [self.binary, "version"], capture_output=True, text=True, env=env, timeout=60
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise EngineError(f"cannot run restic ({self.binary}): {exc}") from None
-            self._features = Features(parse_version(done.stdout))
+            self._features = Features(parse_version(version_text(self.binary, self.cache_dir)))
         return self._features
 
     # -- the Engine contract --

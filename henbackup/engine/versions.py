@@ -1,0 +1,71 @@
+"""`restic version`, asked once per binary rather than once per job.
+
+Each job runs in a process of its own (forked by a worker, or `henbackup backup` by hand),
+so the answer is kept in a small JSON file in the cache directory, keyed by the binary's
+path and identity (device, inode, size, mtime): an upgraded or replaced binary is asked
+again. What cannot be read of that file counts as absent; a file that cannot be written
+only costs the next job another `restic version`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from henbackup.errors import EngineError
+from henbackup.files import write_atomically
+
+CACHE_FILE = "henbackup-restic-versions.json"
+
+# The answers this process already has, by path and identity.
+_known: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def version_text(binary: str, cache_dir: Path | None) -> str:
+    """What `restic version` prints for `binary`. Raises EngineError if it cannot run."""
+    path = shutil.which(binary) or binary
+    try:
+        found = os.stat(path)
+    except OSError as error:
+        raise EngineError(f"cannot run restic ({binary}): {error.strerror or error}") from None
+    identity = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+    if (path, identity) in _known:
+        return _known[(path, identity)]
+    cache = cache_dir / CACHE_FILE if cache_dir is not None else None
+    kept = _read(cache) if cache is not None else {}
+    entry = kept.get(path)
+    if isinstance(entry, dict) and entry.get("identity") == list(identity):
+        text = entry.get("version")
+        if isinstance(text, str):
+            _known[(path, identity)] = text
+            return text
+    text = _ask(path)
+    _known[(path, identity)] = text
+    if cache is not None:
+        kept[path] = {"identity": list(identity), "version": text}
+        with contextlib.suppress(OSError):  # the next job asks again
+            write_atomically(cache, (json.dumps(kept, indent=1) + "\n").encode(), 0o644)
+    return text
+
+
+def _ask(path: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    try:
+        done = subprocess.run(
+            [path, "version"], capture_output=True, text=True, env=env, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"cannot run restic ({path}): {exc}") from None
+    return done.stdout
+
+
+def _read(cache: Path) -> dict[str, object]:
+    try:
+        kept = json.loads(cache.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
