@@ -9,7 +9,7 @@ from pathlib import Path
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.engine.base import BackupRequest, BackupResult, Engine, Target
-from henbackup.errors import EngineError, RepositoryLocked
+from henbackup.errors import EngineError, RepositoryLocked, RepositoryMissing
 from henbackup.humanize import duration
 from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.jobs.targets import target_for
@@ -32,16 +32,36 @@ def run_backup(job: Job, config: Config, engine: Engine, emit: EmitFunction) -> 
     )
 
     def work() -> tuple[BackupResult, int | None]:
-        ensure_repository(engine, target, Dirs.from_environment().repositories)
-        result = engine.backup(target, request, ProgressReporter(job, emit))
+        result, created = _back_up(job, engine, target, request, emit)
         for warning in result.warnings:
             emit("job.warning", f"{job.title}: {warning}", **job.fields(), error=warning)
-        # With a retention, the forget that follows counts what is kept.
-        count = None if backup.retention else _count(engine, target, request)
+        # Counted without asking the repository: a new one holds what this backup made;
+        # else the status model adds this snapshot to what it knows (observe/status.py).
+        count = (1 if result.snapshot_id else 0) if created else None
         return result, count
 
     result, _ = run_job(job, emit, work, _outcome, engine)
     return result
+
+
+def _back_up(
+    job: Job, engine: Engine, target: Target, request: BackupRequest, emit: EmitFunction
+) -> tuple[BackupResult, bool]:
+    """The backup, and whether this job created the repository for it.
+
+    The repository is not probed first (each restic run opens it again, and pays the key
+    derivation): a missing one is the backup's own failure, then created and the backup
+    run again.
+    """
+    try:
+        return engine.backup(target, request, ProgressReporter(job, emit)), False
+    except RepositoryMissing:
+        pass
+    created = ensure_repository(engine, target, Dirs.from_environment().repositories)
+    if created:
+        message = f"{job.title}: repository {target.name} did not exist: initialised"
+        emit("repository.initialized", message, **job.fields())
+    return engine.backup(target, request, ProgressReporter(job, emit)), created
 
 
 def ensure_repository(engine: Engine, target: Target, lock_dir: Path) -> bool:
@@ -69,14 +89,6 @@ def ensure_repository(engine: Engine, target: Target, lock_dir: Path) -> bool:
         return engine.ensure_initialized(target)
     finally:
         os.close(fd)
-
-
-def _count(engine: Engine, target: Target, request: BackupRequest) -> int | None:
-    """How many snapshots the backup has in the repository (for metrics), None if unknown."""
-    try:
-        return len(engine.snapshots(target, request.backup, request.host))
-    except EngineError:
-        return None
 
 
 def _outcome(done: tuple[BackupResult, int | None]) -> tuple[str, dict[str, FieldValue]]:

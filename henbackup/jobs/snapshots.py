@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from henbackup.config.model import Config
 from henbackup.engine.base import Engine, Snapshot
 from henbackup.jobs.job import Job, run_job
@@ -35,4 +38,27 @@ def snapshot_row(snapshot: Snapshot, repository: str) -> dict[str, object]:
         "paths": list(snapshot.paths),
         "tags": list(snapshot.tags),
         "bytes_added": snapshot.bytes_added,
+    }
+
+
+def snapshot_counts(
+    config: Config, request: Mapping[str, Any], reply: Mapping[str, Any]
+) -> dict[tuple[str, str], int]:
+    """How many snapshots each backup made on this host has in each repository, by
+    (repository, backup), as a list-snapshots `reply` to `request` tells (the metric
+    henbackup_snapshots). Only what it listed whole counts: not a repository that failed,
+    nor other backups than the one asked for."""
+    failed = {str(error).split(": ", 1)[0] for error in reply.get("errors") or ()}
+    found: dict[tuple[str, str], int] = {}
+    for row in reply.get("snapshots") or ():
+        if isinstance(row, dict) and row.get("host") == config.daemon.hostname:
+            key = (str(row.get("repository")), str(row.get("backup")))
+            found[key] = found.get(key, 0) + 1
+    asked = request.get("backup")
+    return {
+        (repository, backup.name): found.get((repository, backup.name), 0)
+        for backup in config.backups.values()
+        if asked in (None, backup.name)
+        for repository in backup.repositories
+        if repository in request.get("repositories", ()) and repository not in failed
     }

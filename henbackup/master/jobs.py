@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from henbackup import names
 from henbackup.channel import Channel
 from henbackup.config.model import Config, Metrics
+from henbackup.jobs.snapshots import snapshot_counts
 from henbackup.loop import Loop
 from henbackup.master.clients import Clients
 from henbackup.master.control import Conversation
@@ -36,6 +37,7 @@ class OneOffProcess:
     request: str
     process: Watched
     result: ControlReply | None = None
+    recount: Callable[[ControlReply], None] | None = None  # takes in what a listing counted
 
 
 @dataclass
@@ -152,6 +154,10 @@ class Jobs:
             malformed=lambda error: self.loop.report_error(f"job process {request_id}", error),
         )
         self.one_offs[request_id] = OneOffProcess(request_id, process)
+        if request["command"] == "list-snapshots":  # the snapshot counts, reconciled
+            self.one_offs[request_id].recount = lambda reply: self.model.recount(
+                snapshot_counts(config, request, reply)
+            )
         if wait:
             self.clients.add(request_id, conversation, request_id)
             return None
@@ -165,6 +171,9 @@ class Jobs:
                 self.event(request_id, replace(message, requests=(request_id,)))
             elif isinstance(message, OneOffResult):
                 one_off.result = dict(message.reply)
+                if one_off.recount is not None and one_off.result.get("ok"):
+                    one_off.recount(one_off.result)
+                    self._results_changed()
 
     def _one_off_exited(self, request_id: str, status: int) -> None:
         one_off = self.one_offs.pop(request_id)

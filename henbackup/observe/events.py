@@ -42,6 +42,7 @@ MESSAGE_IDS: dict[str, str] = {
     "job.stalled": "fcb477c7315a49c1b8965fcc0b89b268",
     "job.failed": "a9e817b7809241c1a667ca60a3b1e22f",
     "job.cancelled": "a288b95b444940e3ae722c37556e07dd",
+    "repository.initialized": "9dd063aa276c43aca7c9d413d74a7b55",
     "hook.started": "74d55b3aeaa4496a92aee99e9e445b58",
     "hook.succeeded": "642f3a6f6ef444f18e846e459a1cdf54",
     "hook.failed": "a38b0636ddbf415b9f1e26240eac29b4",
@@ -72,6 +73,7 @@ _PRIORITIES = {
     "status.unreadable": WARNING,
     "limits.unavailable": WARNING,
     "watch.overflow": NOTICE,
+    "repository.initialized": NOTICE,
     "daemon.started": NOTICE,
     "daemon.stopping": NOTICE,
 }

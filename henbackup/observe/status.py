@@ -239,12 +239,20 @@ class StatusModel:
             runs={**old.runs, result: old.runs.get(result, 0) + 1},
             bytes_added=old.bytes_added + (_int(fields.get("bytes_added")) or 0),
         )
-        snapshots = _int(fields.get("snapshots"))  # counted by a backup, or by its forget
+        snapshots = _int(fields.get("snapshots"))  # counted by a forget, or a new repository's
+        counted = replace(job.key, operation="backup")
+        known = self.records.get(counted, RunHistory()).snapshots
+        if snapshots is None and job.key.operation == "backup" and known is not None:
+            snapshots = known + 1 if result == "succeeded" and fields.get("snapshot") else None
         if snapshots is not None and job.key.backup:
-            counted = replace(job.key, operation="backup")
-            self.records[counted] = replace(
-                self.records.get(counted, RunHistory()), snapshots=snapshots
-            )
+            self.recount({(counted.repository, counted.backup): snapshots})
+
+    def recount(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """How many snapshots backups have in repositories, by (repository, backup), as a
+        listing or a retention counted them."""
+        for (repository, backup), count in counts.items():
+            key = RunKey(repository, "backup", backup)
+            self.records[key] = replace(self.records.get(key, RunHistory()), snapshots=count)
 
     def owner_gone(self, owner: str) -> list[LiveJob]:
         """Forget the live jobs of a process that ended; returns those it never ended."""

@@ -370,6 +370,21 @@ def test_a_forget_before_any_backup_creates_the_backups_count(model: StatusModel
     assert model.records[RunKey("aws", "backup", "music")] == RunHistory(snapshots=0)
 
 
+def test_a_backup_adds_its_new_snapshot_to_the_known_count(model: StatusModel) -> None:
+    # The backup job does not list the repository to count (one restic run per job): the
+    # model adds each new snapshot to the count a forget, a listing or a new repository gave.
+    model.apply("job.succeeded", job("b0", snapshot="s0"), OWNER)
+    assert model.records[KEY].snapshots is None  # never counted: stays unknown
+    model.recount({("aws", "pictures"): 4})
+    model.apply("job.succeeded", job("b1", snapshot="s1"), OWNER)
+    assert model.records[KEY].snapshots == 5
+    model.apply("job.succeeded", job("b2"), OWNER)  # nothing changed: no new snapshot
+    model.apply("job.failed", job("b3", error="no"), OWNER)
+    assert model.records[KEY].snapshots == 5
+    model.apply("job.succeeded", job("b4", snapshot="s2", snapshots="1"), OWNER)  # a new one
+    assert model.records[KEY].snapshots == 1
+
+
 def test_a_repository_jobs_snapshot_count_is_ignored(model: StatusModel) -> None:
     prune = {"job": "p1", "repository": "aws", "operation": "prune", "snapshots": 4}
     model.apply("job.succeeded", prune, "repository:aws")

@@ -1,0 +1,106 @@
+"""One repository opening per backup (issue 18): `henbackup backup` end to end on the real
+restic, counting the restic runs a job makes. The restic binary the config names is a
+wrapper script that logs its subcommand and then runs the real restic: a fake only to
+observe, every run is restic's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PASSWORD = "one opening"
+
+
+class Setup:
+    def __init__(self, restic: str, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.log = tmp_path / "restic-runs.log"
+        self.wrapper = tmp_path / "bin" / "restic"
+        self.wrapper.parent.mkdir()
+        self.wrapper.write_text(f'#!/bin/sh\necho "$1" >> {self.log}\nexec {restic} "$@"\n')
+        self.wrapper.chmod(0o755)
+        self.repository = tmp_path / "repository"
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "a.txt").write_text("hello\n")
+        self.config = tmp_path / "henbackup.toml"
+        self.config.write_text(
+            f'[daemon]\nrestic = "{self.wrapper}"\nhostname = "testhost"\n\n'
+            f'[repositories.local]\nlocation = "{self.repository}"\npassword = "{PASSWORD}"\n\n'
+            f'[backups.docs]\npaths = ["{data}"]\nrepositories = ["local"]\n'
+        )
+
+    def backup(self) -> tuple[list[str], list[dict[str, str]]]:
+        """`henbackup backup docs`: the restic subcommands it ran, and its events."""
+        self.log.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "HENBACKUP_EVENTS": "stderr",
+            "CACHE_DIRECTORY": str(self.tmp / "cache"),
+            "RUNTIME_DIRECTORY": str(self.tmp / "run"),
+        }
+        command = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(self.config)]
+        done = subprocess.run(
+            [*command, "backup", "docs"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        events = [json.loads(line) for line in done.stderr.splitlines()]
+        return self.log.read_text().split(), events
+
+
+def snapshot_count(restic: str, repository: Path) -> int:
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repository), "RESTIC_PASSWORD": PASSWORD}
+    done = subprocess.run([restic, "snapshots", "--json"], env=env, capture_output=True, check=True)
+    return len(json.loads(done.stdout))
+
+
+def test_an_incremental_backup_runs_restic_once(restic: str, tmp_path: Path) -> None:
+    setup = Setup(restic, tmp_path)
+    runs, _ = setup.backup()  # the first: the repository is new, restic's version unknown
+    assert runs[0] == "version" and runs.count("version") == 1
+    runs, events = setup.backup()
+    assert runs == ["backup"]  # no version, no cat config, no snapshots to count
+    (succeeded,) = (e for e in events if e["HENBACKUP_EVENT"] == "job.succeeded")
+    assert "HENBACKUP_SNAPSHOTS" not in succeeded  # the daemon's status model adds it up
+    assert not [e for e in events if e["HENBACKUP_EVENT"] == "repository.initialized"]
+
+
+def test_a_deleted_repository_is_initialised_once_and_backed_up_to(
+    restic: str, tmp_path: Path
+) -> None:
+    setup = Setup(restic, tmp_path)
+    setup.backup()
+    shutil.rmtree(setup.repository)
+    runs, events = setup.backup()
+    # The backup meets the missing repository; it is created (the probe under the host-wide
+    # lock sees whether another job created it meanwhile) and the backup runs again.
+    assert runs == ["backup", "cat", "init", "backup"]
+    (initialised,) = (e for e in events if e["HENBACKUP_EVENT"] == "repository.initialized")
+    assert initialised["HENBACKUP_REPOSITORY"] == "local"
+    assert initialised["HENBACKUP_BACKUP"] == "docs"
+    assert initialised["PRIORITY"] == "5"
+    failed = [e for e in events if e["HENBACKUP_EVENT"] == "job.failed"]
+    assert failed == []
+    (succeeded,) = (e for e in events if e["HENBACKUP_EVENT"] == "job.succeeded")
+    assert succeeded["HENBACKUP_SNAPSHOTS"] == "1"  # a new repository holds this one only
+    assert succeeded["HENBACKUP_JOB"] == initialised["HENBACKUP_JOB"]
+    assert snapshot_count(restic, setup.repository) == 1
+
+
+def test_an_upgraded_restic_is_asked_its_version_again(restic: str, tmp_path: Path) -> None:
+    setup = Setup(restic, tmp_path)
+    setup.backup()
+    assert setup.backup()[0] == ["backup"]
+    stat = setup.wrapper.stat()  # another binary in its place: another size and mtime
+    setup.wrapper.write_text(setup.wrapper.read_text() + "# upgraded\n")
+    os.utime(setup.wrapper, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert setup.backup()[0] == ["version", "backup"]
+    assert setup.backup()[0] == ["backup"]
