@@ -14,8 +14,6 @@ from typing import Any
 
 from henbackup import __version__
 from henbackup.cli import views
-from henbackup.cli.completion import complete_main
-from henbackup.cli.logs import show_logs
 from henbackup.cli.progress import ProgressDisplay
 from henbackup.protocol import (
     DEFAULT_SOCKET,
@@ -223,10 +221,16 @@ SHOW: dict[str, Shown] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Completion and logs (which reads the journal) are imported when asked for only: every
+    # other command starts without them.
     if argv[:1] == ["--complete"]:  # what the shell completion asks (not in --help)
+        from henbackup.cli.completion import complete_main
+
         return complete_main(argv[1:])
     args = get_parser().parse_args(argv)
     if args.command == "logs":
+        from henbackup.cli.logs import show_logs
+
         return show_logs(args)
     progress = None
     if args.command in PROGRESS and not args.json:

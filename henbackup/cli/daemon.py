@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 from henbackup import __version__
 from henbackup.config.dirs import Dirs, config_path
-from henbackup.config.load import load_config
-from henbackup.config.model import Config
-from henbackup.config.plan import describe_plan
-from henbackup.config.schema import json_schema
-from henbackup.config.secrets import exposures
-from henbackup.engine.restic import ResticEngine
 from henbackup.errors import ConfigError, Problem
-from henbackup.jobs.entry import one_off_job, telling
-from henbackup.jobs.pipeline import run_backup_pipeline
-from henbackup.limits.cgroups import detect
-from henbackup.limits.place import host_report, placed
-from henbackup.master.supervisor import Master
-from henbackup.observe.events import SINK_VARIABLE, SINKS, Emitter, wanted_sink
-from henbackup.observe.status import StatusModel
-from henbackup.scheduler.queue import Scheduler
-from henbackup.worker.main import worker_main
+from henbackup.observe.events import SINK_VARIABLE, SINKS, wanted_sink
+
+if TYPE_CHECKING:
+    from henbackup.config.model import Config
+
+# Each command imports what it needs when it runs, so that `henbackup backup` (and
+# `--version`, and completion) does not pay for the daemon's modules at start; `run` still
+# imports everything before it forks its workers, which then share those pages.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -86,10 +78,21 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from henbackup.config.load import load_config
+
     return load_config(config_path(args.config))
 
 
 def run(args: argparse.Namespace) -> int:
+    from henbackup.config.load import load_config
+    from henbackup.config.secrets import exposures
+    from henbackup.jobs.entry import one_off_job
+    from henbackup.master.supervisor import Master
+    from henbackup.observe.events import Emitter
+    from henbackup.observe.status import StatusModel
+    from henbackup.scheduler.queue import Scheduler
+    from henbackup.worker.main import worker_main
+
     path = config_path(args.config)
     dirs = Dirs.from_environment()
     config, emit = load_config(path), Emitter()
@@ -117,6 +120,14 @@ def run(args: argparse.Namespace) -> int:
 
 def check_config(args: argparse.Namespace) -> int:
     """The plan on stdout; on stderr, what only the service can check and exposed secrets."""
+    from datetime import datetime
+
+    from henbackup.config.load import load_config
+    from henbackup.config.plan import describe_plan
+    from henbackup.config.secrets import exposures
+    from henbackup.limits.cgroups import detect
+    from henbackup.limits.place import host_report
+
     deferred: list[Problem] = []
     config = load_config(config_path(args.config), deferred=deferred)
     for problem in deferred:
@@ -131,11 +142,21 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def schema(args: argparse.Namespace) -> int:
+    import json
+
+    from henbackup.config.schema import json_schema
+
     print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
 def backup(args: argparse.Namespace) -> int:
+    from henbackup.engine.restic import ResticEngine
+    from henbackup.jobs.entry import telling
+    from henbackup.jobs.pipeline import run_backup_pipeline
+    from henbackup.limits.place import placed
+    from henbackup.scheduler.queue import Scheduler
+
     config = _load(args)
     if args.name not in config.backups:
         known = ", ".join(sorted(config.backups)) or "none"

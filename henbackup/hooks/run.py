@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from henbackup.config.model import CommandHook, Hook, Hooks
 from henbackup.errors import JobCancelled
-from henbackup.hooks import command, http
+from henbackup.hooks import command
 from henbackup.hooks.outcome import Attempt, HookContext, HookOutcome, Status, Verdict
 from henbackup.hooks.output import clean_output, hook_secrets
 from henbackup.observe.events import EmitFunction
@@ -31,15 +31,18 @@ _CONSEQUENCES = {
 
 def describe(hook: Hook) -> str:
     """How events name `hook`, without secrets."""
-    named = command.describe(hook) if isinstance(hook, CommandHook) else http.describe(hook)
-    return hook_secrets(hook)(named)
+    if isinstance(hook, CommandHook):
+        return hook_secrets(hook)(command.describe(hook))
+    from henbackup.hooks import http  # with ssl and urllib: loaded by the HTTP hooks only
+
+    return hook_secrets(hook)(http.describe(hook))
 
 
 def run_hook(
     hook: Hook,
     context: HookContext,
     emit: EmitFunction,
-    backoff: float = http.BACKOFF,
+    backoff: float | None = None,  # between HTTP retries; None: http.BACKOFF
     kill_grace: float = command.KILL_GRACE,
     safe_point: SafePoint | None = None,
 ) -> HookOutcome:
@@ -66,13 +69,16 @@ def run_hook(
 def _attempt(
     hook: Hook,
     context: HookContext,
-    backoff: float,
+    backoff: float | None,
     kill_grace: float,
     safe_point: SafePoint | None,
 ) -> Attempt:
     if isinstance(hook, CommandHook):
         env = command.environment(hook, context.environment())
         return command.run_command(hook, env, kill_grace, safe_point or NEVER)
+    from henbackup.hooks import http
+
+    backoff = http.BACKOFF if backoff is None else backoff
     hook = http.for_run(hook, context)
     if safe_point is None:
         return http.run_http(hook, backoff)

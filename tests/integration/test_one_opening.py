@@ -35,7 +35,8 @@ class Setup:
         )
 
     def backup(self) -> tuple[list[str], list[dict[str, str]]]:
-        """`henbackup backup docs`: the restic subcommands it ran, and its events."""
+        """`henbackup backup docs`: the restic subcommands it ran, and its events (what it
+        imported in `self.imported`)."""
         self.log.unlink(missing_ok=True)
         env = {
             **os.environ,
@@ -43,7 +44,8 @@ class Setup:
             "CACHE_DIRECTORY": str(self.tmp / "cache"),
             "RUNTIME_DIRECTORY": str(self.tmp / "run"),
         }
-        command = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(self.config)]
+        command = [sys.executable, "-X", "importtime", "-m", "henbackup.cli.daemon"]
+        command += ["--config", str(self.config)]
         done = subprocess.run(
             [*command, "backup", "docs"],
             capture_output=True,
@@ -52,7 +54,9 @@ class Setup:
             timeout=120,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        events = [json.loads(line) for line in done.stderr.splitlines()]
+        lines = done.stderr.splitlines()
+        events = [json.loads(line) for line in lines if not line.startswith("import time:")]
+        self.imported = {line.split("|")[-1].strip() for line in lines if "import time:" in line}
         return self.log.read_text().split(), events
 
 
@@ -71,6 +75,10 @@ def test_an_incremental_backup_runs_restic_once(restic: str, tmp_path: Path) -> 
     (succeeded,) = (e for e in events if e["HENBACKUP_EVENT"] == "job.succeeded")
     assert "HENBACKUP_SNAPSHOTS" not in succeeded  # the daemon's status model adds it up
     assert not [e for e in events if e["HENBACKUP_EVENT"] == "repository.initialized"]
+    # Nor does it load what only the daemon needs.
+    assert "henbackup.jobs.pipeline" in setup.imported
+    daemon = ("henbackup.master", "henbackup.worker", "henbackup.hooks.http", "http.client")
+    assert sorted(m for m in setup.imported if m.startswith(daemon)) == []
 
 
 def test_a_deleted_repository_is_initialised_once_and_backed_up_to(
