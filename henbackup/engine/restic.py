@@ -762,6 +762,18 @@ _NO_UNLOCK_AFTER = (
 )
 
 
+def _ask_version(path: str) -> str:
+    """What `restic version` prints. Raises EngineError if restic cannot run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    try:
+        done = subprocess.run(
+            [path, "version"], capture_output=True, text=True, env=env, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"cannot run restic ({path}): {exc}") from None
+    return done.stdout
+
+
 class ResticEngine(Engine):
     """The Engine on a restic binary. Blocking; meant for a job process."""
 
@@ -789,7 +801,8 @@ class ResticEngine(Engine):
         """From `restic version`, asked once per binary (engine/versions.py). Raises
         EngineError if restic cannot run."""
         if self._features is None:
-            self._features = Features(parse_version(version_text(self.binary, self.cache_dir)))
+            text = version_text(self.binary, self.cache_dir, _ask_version)
+            self._features = Features(parse_version(text))
         return self._features
 
     # -- the Engine contract --

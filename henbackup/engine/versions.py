@@ -1,4 +1,4 @@
-"""`restic version`, asked once per binary rather than once per job.
+"""An engine's version, asked once per binary rather than once per job.
 
 Each job runs in a process of its own (forked by a worker, or `henbackup backup` by hand),
 so the answer is kept in a small JSON file in the cache directory, keyed by the binary's
@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from henbackup.errors import EngineError
@@ -25,8 +25,9 @@ CACHE_FILE = "henbackup-restic-versions.json"
 _known: dict[tuple[str, tuple[int, ...]], str] = {}
 
 
-def version_text(binary: str, cache_dir: Path | None) -> str:
-    """What `restic version` prints for `binary`. Raises EngineError if it cannot run."""
+def version_text(binary: str, cache_dir: Path | None, ask: Callable[[str], str]) -> str:
+    """What `ask(path)` (the engine's version command, restic.py) says of `binary`, kept
+    from an earlier call when the binary is the same. Raises EngineError if it cannot run."""
     path = shutil.which(binary) or binary
     try:
         found = os.stat(path)
@@ -43,24 +44,13 @@ def version_text(binary: str, cache_dir: Path | None) -> str:
         if isinstance(text, str):
             _known[(path, identity)] = text
             return text
-    text = _ask(path)
+    text = ask(path)
     _known[(path, identity)] = text
     if cache is not None:
         kept[path] = {"identity": list(identity), "version": text}
         with contextlib.suppress(OSError):  # the next job asks again
             write_atomically(cache, (json.dumps(kept, indent=1) + "\n").encode(), 0o644)
     return text
-
-
-def _ask(path: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
-    try:
-        done = subprocess.run(
-            [path, "version"], capture_output=True, text=True, env=env, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EngineError(f"cannot run restic ({path}): {exc}") from None
-    return done.stdout
 
 
 def _read(cache: Path) -> dict[str, object]:

@@ -332,7 +332,9 @@ def test_status_after_a_success_and_a_failure(two_repositories: Scenario) -> Non
     assert good["snapshot"] == done["HENBACKUP_SNAPSHOT"]
     oldest_pictures = [x for x in s.notes["restic"] if x["tags"] == ["backup-pictures"]][-1]
     assert oldest_pictures["id"].startswith(good["snapshot"])
-    assert good["snapshots"] == 1
+    # The repository existed before: a backup adds its snapshot to a count it does not have
+    # (it lists nothing to count); the listing later counts them (see the status at the end).
+    assert good["snapshots"] is None
 
     bad = status_row(status, "pictures", "wrong")
     assert {k: bad[k] for k in ("state", "result", "error", "last_success", "snapshot")} == {
