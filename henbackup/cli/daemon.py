@@ -14,6 +14,7 @@ from henbackup.config.dirs import Dirs, config_path
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.config.plan import describe_plan
+from henbackup.config.provider_keys import provider_report
 from henbackup.config.schema import json_schema
 from henbackup.config.secrets import exposures
 from henbackup.engine.restic import ResticEngine
@@ -121,8 +122,11 @@ def check_config(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config), deferred=deferred)
     for problem in deferred:
         print(Problem(problem.file, problem.key, f"note: {problem.message}"), file=sys.stderr)
-    for exposure in exposures(config):
-        print(exposure, file=sys.stderr)
+    providers = provider_report(config)
+    if providers.problems:
+        raise ConfigError(providers.problems)
+    for line in [*providers.notes, *exposures(config), *providers.warnings]:
+        print(line, file=sys.stderr)
     print(describe_plan(config, datetime.now().astimezone()))
     report = host_report(config, detect())
     if report:
