@@ -42,6 +42,16 @@ def _variable_names(
     """The variables the repository gives restic; None when its env_file cannot be seen."""
     names = {name for name, _ in repository.env}
     names |= {name for name, _ in repository.env_credentials}
+    if "CREDENTIALS_DIRECTORY" in env:  # the service's, or given: its files must be there
+        for variable, path in repository.env_credentials:
+            if not os.path.isfile(path):
+                credential = os.path.basename(path)
+                message = (
+                    f"the credential {credential} is not loaded: add"
+                    f" LoadCredential={credential}:PATH to henbackup.service (a drop-in)"
+                )
+                key = f"{repository.key}.env_credentials.{variable}"
+                report.problems.append(Problem(repository.file, key, message))
     path = repository.env_file
     if path is None:
         return names

@@ -138,3 +138,20 @@ def test_the_plan_names_each_credential_file_never_a_value(load):
     plan = describe_plan(config, datetime(2024, 3, 31, tzinfo=UTC))
     credential = f"{CREDENTIALS['CREDENTIALS_DIRECTORY']}/ovh-id"
     assert f"  env_credentials AWS_ACCESS_KEY_ID from {credential}\n" in plan
+
+
+def test_a_credential_the_unit_does_not_load_fails_check_config(
+    write_config, tmp_path, capsys, monkeypatch
+):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "b2-id").write_text("id\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    keys = 'env_credentials = { B2_ACCOUNT_ID = "b2-id", B2_ACCOUNT_KEY = "b2-key" }'
+    text = S3.format(keys=keys).replace("s3:s3.gra.io.cloud.ovh.net/bucket/host", "b2:bucket:h")
+    code, path, out, err = _check(write_config, text, capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"{path}: repositories.ovh.env_credentials.B2_ACCOUNT_KEY: the credential b2-key is not"
+        " loaded: add LoadCredential=b2-key:PATH to henbackup.service (a drop-in)\n"
+    )
