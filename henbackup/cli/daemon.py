@@ -124,6 +124,7 @@ def check_config(args: argparse.Namespace) -> int:
 
     from henbackup.config.load import load_config
     from henbackup.config.plan import describe_plan
+    from henbackup.config.provider_keys import provider_report
     from henbackup.config.secrets import exposures
     from henbackup.limits.cgroups import detect
     from henbackup.limits.place import host_report
@@ -132,8 +133,11 @@ def check_config(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config), deferred=deferred)
     for problem in deferred:
         print(Problem(problem.file, problem.key, f"note: {problem.message}"), file=sys.stderr)
-    for exposure in exposures(config):
-        print(exposure, file=sys.stderr)
+    providers = provider_report(config)
+    if providers.problems:
+        raise ConfigError(providers.problems)
+    for line in [*providers.notes, *exposures(config), *providers.warnings]:
+        print(line, file=sys.stderr)
     print(describe_plan(config, datetime.now().astimezone()))
     report = host_report(config, detect())
     if report:

@@ -180,6 +180,12 @@ def credential(value: Any, at: At) -> str:
     return f"{directory.rstrip('/')}/{name}"
 
 
+def credential_table(value: Any, at: At) -> tuple[tuple[str, str], ...]:
+    """Environment variable names to the files of the systemd credentials they name."""
+    files = ((name, at.key(name).attempt(text, credential)) for name, text in env_table(value, at))
+    return tuple((name, file) for name, file in files if file is not None)
+
+
 def subset(value: Any, at: At) -> str:
     """restic's --read-data-subset: "5%", "1/10" or a size such as "500M"."""
     expect(value, str, "a string")

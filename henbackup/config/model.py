@@ -172,12 +172,19 @@ class Repository:
     location: str = field(repr=False)  # may embed credentials (rest:https://user:pw@...)
     password: PasswordSource
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # Provider keys kept out of the config: KEY=value lines, and variables each read from
+    # a systemd credential (name, file). Read by the job process only, as restic starts.
+    env_file: str | None = None
+    env_credentials: tuple[tuple[str, str], ...] = ()
     options: tuple[str, ...] = ()
     upload_limit: int | None = None
     download_limit: int | None = None
     check: Maintenance | None = None
     prune: Maintenance | None = None
     resources: Resources = Resources()  # for its check and prune jobs
+    # Where it is defined (config file, key path), for check-config's messages.
+    file: str = field(default="", compare=False)
+    key: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

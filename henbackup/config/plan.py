@@ -88,6 +88,11 @@ def _repository(repository: Repository, now: datetime) -> str:
     ]
     if repository.env:
         rows.append(("env", ", ".join(name for name, _ in repository.env) + " (values hidden)"))
+    if repository.env_file:
+        rows.append(("env_file", f"{repository.env_file} (read as restic starts)"))
+    if repository.env_credentials:
+        credentials = (f"{name} from {path}" for name, path in repository.env_credentials)
+        rows.append(("env_credentials", ", ".join(credentials)))
     if repository.options:
         names = (option.partition("=")[0] for option in repository.options)
         rows.append(("options", ", ".join(names) + " (values hidden)"))

@@ -78,11 +78,11 @@ def _array(items: JSON, **more: Any) -> JSON:
     return {"type": "array", "items": items, **more}
 
 
-def _string_table(name_pattern: str) -> JSON:
+def _string_table(name_pattern: str, values: JSON | None = None) -> JSON:
     return {
         "type": "object",
         "propertyNames": {"pattern": f"^{name_pattern}$"},
-        "additionalProperties": {"type": "string"},
+        "additionalProperties": values or {"type": "string"},
     }
 
 
@@ -110,6 +110,7 @@ _PRIORITY_NAME = "|".join(_any_case(name) for name in _PRIORITY_NAMES)
 _PRIORITY = {"anyOf": [_integer(), _string(f"\\s*({_PRIORITY_NAME})\\s*|\\s*[+-]?[0-9]+\\s*")]}
 _SCHEDULE = _array(_TEXT)
 _ENV = _string_table("[A-Za-z_][A-Za-z0-9_]*")
+_CREDENTIAL_NAME = _string("[^/]+")
 
 
 # ------------------------------------------------------------------------------ tables
@@ -300,10 +301,25 @@ REPOSITORY = Table(
             "password_credential",
             "The name of a systemd credential holding the password (LoadCredential=).",
             "nas",
-            _string("[^/]+"),
+            _CREDENTIAL_NAME,
             convert.credential,
         ),
         _env,
+        Key(
+            "env_file",
+            "A root-only file of KEY=value lines for restic (provider keys), read as it starts.",
+            "/etc/henbackup/secrets/ovh.env",
+            _PATH,
+            convert.absolute_path,
+        ),
+        Key(
+            "env_credentials",
+            "Variables for restic, each read from the systemd credential it names.",
+            {"AWS_SECRET_ACCESS_KEY": "ovh-secret-key"},
+            _string_table("[A-Za-z_][A-Za-z0-9_]*", _CREDENTIAL_NAME),
+            convert.credential_table,
+            default={},
+        ),
         Key(
             "options",
             "restic -o options, such as s3.storage-class=STANDARD_IA.",

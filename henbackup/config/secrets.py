@@ -52,12 +52,23 @@ def exposures(config: Config) -> list[Exposure]:
                 )
                 found.append(Exposure(source.file, source.key, message))
         elif source.kind == "file":
-            who = _who_else(Path(source.value), SECRET_BITS)
-            if who:
-                fix = f"chown root:root {source.value} && chmod 0600 {source.value}"
-                message = f"{source.value} can be read or changed by {who}: {fix}"
-                found.append(Exposure(source.file, source.key, message))
+            found += _secret_file(source.value, source.file, source.key)
+        if repository.env_file:
+            key = f"{repository.key}.env_file"
+            found += _secret_file(repository.env_file, repository.file, key)
+        for variable, path in repository.env_credentials:
+            key = f"{repository.key}.env_credentials.{variable}"
+            found += _secret_file(path, repository.file, key)
     return found
+
+
+def _secret_file(path: str, file: str, key: str) -> list[Exposure]:
+    """The exposure of a file of secrets, if anyone but root may read or change it."""
+    who = _who_else(Path(path), SECRET_BITS)
+    if not who:
+        return []
+    fix = f"chown root:root {path} && chmod 0600 {path}"
+    return [Exposure(file, key, f"{path} can be read or changed by {who}: {fix}")]
 
 
 def _who_else(path: Path, bits: int) -> str | None:

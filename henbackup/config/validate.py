@@ -181,9 +181,16 @@ def _repository(name: str, value: Any, at: At) -> Repository | None:
     maintenance["prune"] = _record(schema.PRUNE, Maintenance)
     maintenance["resources"] = _record(schema.RESOURCES, Resources)
     optional = _values(table, at, keys, maintenance, skip=("location", *keys.exactly_one))
+    in_env = {variable for variable, _ in optional["env"] or ()}
+    for variable, _ in optional["env_credentials"] or ():
+        if variable in in_env:
+            where = at.key("env_credentials").key(variable)
+            where.problem("is also set in env: set each variable in one of them")
     if location is None or password is None:
         return None
-    return Repository(name=name, location=location, password=password, **optional)
+    return Repository(
+        name=name, location=location, password=password, file=at.file, key=at.path, **optional
+    )
 
 
 # ----------------------------------------------------------------------------- backups

@@ -30,6 +30,8 @@ class Target:
     location: str = field(repr=False)
     password: PasswordSource
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    env_file: str | None = None  # KEY=value lines, read as restic starts (secret_env.py)
+    env_credentials: tuple[tuple[str, str], ...] = ()  # (variable, credential file)
     options: tuple[str, ...] = ()
     upload_limit: int | None = None  # bytes per second
     download_limit: int | None = None

@@ -47,6 +47,7 @@ from henbackup.engine.base import (
     Target,
     TransferProgress,
 )
+from henbackup.engine.secret_env import with_secret_env
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.engine.versions import version_text
 from henbackup.errors import (
@@ -976,6 +977,7 @@ class ResticEngine(Engine):
         `limit` is for a run that holds no lock (the unlock after an interrupt): after that
         many seconds it is killed and EngineError raised.
         """
+        target = with_secret_env(target)  # provider keys: read now, for restic only
         argv = make_command(self.binary, args, global_flags(target, self.cache_dir, retry_lock))
         with tempfile.TemporaryFile() as stderr:
             start = time.monotonic()

@@ -15,6 +15,8 @@ def target_for(config: Config, repository: Repository, backup: Backup | None = N
         location=repository.location,
         password=repository.password,
         env=repository.env,
+        env_file=repository.env_file,
+        env_credentials=repository.env_credentials,
         options=repository.options,
         upload_limit=job_limit(
             backup.upload_limit if backup else None,

@@ -132,10 +132,12 @@ def test_0_the_monitoring_examples_are_in_the_package(package):
     examples = "./usr/share/doc/henbackup/examples/"
     shipped = re.findall(rf" {re.escape(examples)}(\S+)$", listing, re.MULTILINE)
     assert sorted(shipped) == [
+        "henbackup-credentials.conf",
         "henbackup.json",
         "henbackup.rules.test.yml",
         "henbackup.rules.yml",
         "notifications.toml",
+        "providers.toml",
     ]
 
 

@@ -38,6 +38,7 @@ prune = { priority = "on-idle" }
 [repositories.local]
 location = "/srv/restic"
 password_file = "/etc/henbackup/local"
+env_file = "/etc/henbackup/local.env"
 
 [backups.pictures]
 paths = ["/home/me/Pictures", "/home/me/Videos"]
@@ -81,6 +82,7 @@ Repository nas
 Repository local
   location        /srv/restic
   password        file /etc/henbackup/local
+  env_file        /etc/henbackup/local.env (read as restic starts)
 
 Backup pictures
   paths           /home/me/Pictures, /home/me/Videos

@@ -106,7 +106,7 @@ def test_the_example_configs_load_and_match_the_json_schema(path, validator):
 
 def test_there_are_example_configs():
     names = [path.name for path in EXAMPLE_CONFIGS]
-    assert names == ["demo.toml", "henbackup.toml", "notifications.toml"]
+    assert names == ["demo.toml", "henbackup.toml", "notifications.toml", "providers.toml"]
 
 
 VALID = """

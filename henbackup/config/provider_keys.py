@@ -1,0 +1,69 @@
+"""check-config's look at each repository's provider keys: its env_file can be read and is
+well formed, and restic's backend (engine/restic_backends.py) finds the variables it needs
+among those of env, env_file and env_credentials. Only names are used: no value is shown.
+The daemon never reads an env_file: its job processes do, as restic starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from henbackup.config.convert import CREDENTIALS_PLACEHOLDER
+from henbackup.config.model import Config, Repository
+from henbackup.engine.restic_backends import missing_variables
+from henbackup.engine.secret_env import read_env_file
+from henbackup.errors import EngineError, Problem
+
+
+@dataclass(frozen=True)
+class ProviderReport:
+    problems: list[Problem] = field(default_factory=list)  # check-config fails
+    notes: list[Problem] = field(default_factory=list)  # what only root or the service sees
+    warnings: list[Problem] = field(default_factory=list)  # variables restic may lack
+
+
+def provider_report(config: Config, env: Mapping[str, str] = os.environ) -> ProviderReport:
+    """What check-config says of the provider keys of every repository of `config`; `env`
+    tells whether CREDENTIALS_DIRECTORY is set (else credentials are the service's)."""
+    report = ProviderReport()
+    for repository in config.repositories.values():
+        names = _variable_names(repository, env, report)
+        if names is not None:
+            for line in missing_variables(repository.location, names):
+                report.warnings.append(Problem(repository.file, repository.key, f"warning: {line}"))
+    return report
+
+
+def _variable_names(
+    repository: Repository, env: Mapping[str, str], report: ProviderReport
+) -> set[str] | None:
+    """The variables the repository gives restic; None when its env_file cannot be seen."""
+    names = {name for name, _ in repository.env}
+    names |= {name for name, _ in repository.env_credentials}
+    if "CREDENTIALS_DIRECTORY" in env:  # the service's, or given: its files must be there
+        for variable, path in repository.env_credentials:
+            if not os.path.isfile(path):
+                credential = os.path.basename(path)
+                message = (
+                    f"the credential {credential} is not loaded: add"
+                    f" LoadCredential={credential}:PATH to henbackup.service (a drop-in)"
+                )
+                key = f"{repository.key}.env_credentials.{variable}"
+                report.problems.append(Problem(repository.file, key, message))
+    path = repository.env_file
+    if path is None:
+        return names
+    key = f"{repository.key}.env_file"
+    if path.startswith(CREDENTIALS_PLACEHOLDER + "/") and "CREDENTIALS_DIRECTORY" not in env:
+        return None  # a credential of the service's: its note is already printed
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        message = "note: cannot be read as this user: run check-config as root to check it"
+        report.notes.append(Problem(repository.file, key, message))
+        return None
+    try:
+        return names | set(read_env_file(path))
+    except EngineError as error:
+        report.problems.append(Problem(repository.file, key, str(error)))
+        return None
