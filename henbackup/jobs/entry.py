@@ -34,7 +34,7 @@ from henbackup.errors import (
 )
 from henbackup.jobs.job import Job
 from henbackup.jobs.maintenance import run_check, run_prune
-from henbackup.jobs.pipeline import queued, run_backup_pipeline
+from henbackup.jobs.pipeline import Admitted, backup_jobs, queued, run_backup_pipeline
 from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
 from henbackup.limits.place import placed
@@ -168,8 +168,27 @@ def telling(news: Channel | None) -> EmitFunction:
     return tee
 
 
-def backup_job(config: Config, name: str, options: RunOptions, news: Channel | None) -> JobExit:
-    """Run backup `name`'s pipeline; returns how it ended."""
+def run_jobs(
+    config: Config, kind: str, name: str, operation: str, options: RunOptions
+) -> tuple[Job, ...]:
+    """The jobs of one run a worker queues: backup `name`'s, one per repository (`kind`
+    "backup"), or repository `name`'s check or prune (`operation`)."""
+    if kind == "backup":
+        return backup_jobs(config, name, options.trigger, options.repository, options.job_priority)
+    settings = getattr(config.repositories[name], operation)  # its check or prune table
+    priority = options.job_priority or (settings.priority if settings else INFERIOR)
+    return (Job(operation, name, None, options.trigger, priority),)
+
+
+def backup_job(
+    config: Config,
+    name: str,
+    options: RunOptions,
+    news: Channel | None,
+    admitted: Admitted | None = None,
+) -> JobExit:
+    """Run backup `name`'s pipeline (`admitted`: as its worker queued it); returns how it
+    ended."""
     _handle_signals()
     engine = _engine(config)
     try:
@@ -184,6 +203,7 @@ def backup_job(config: Config, name: str, options: RunOptions, news: Channel | N
                 only=options.repository,
                 priority=options.job_priority,
                 safe_point=_safe_point,
+                admitted=admitted,
             )
     except JobCancelled:
         return JobExit.CANCELLED
@@ -191,19 +211,26 @@ def backup_job(config: Config, name: str, options: RunOptions, news: Channel | N
 
 
 def maintenance_job(
-    config: Config, repository: str, operation: str, options: RunOptions, news: Channel | None
+    config: Config,
+    repository: str,
+    operation: str,
+    options: RunOptions,
+    news: Channel | None,
+    admitted: Admitted | None = None,
 ) -> int:
-    """Run a repository's `operation` (check or prune); returns how it ended."""
+    """Run a repository's `operation` (check or prune; `admitted`: as its worker queued
+    it); returns how it ended."""
     _handle_signals()
-    settings = getattr(config.repositories[repository], operation)  # its check or prune table
-    priority = options.job_priority or (settings.priority if settings else INFERIOR)
-    job = Job(operation, repository, None, options.trigger, priority)
+    if admitted is None:
+        admitted = Admitted(run_jobs(config, "repository", repository, operation, options))
+    (job,) = admitted.jobs
+    settings = getattr(config.repositories[repository], operation)
     engine, resources = _engine(config), config.repositories[repository].resources
     subset = options.read_data_subset or getattr(settings, "read_data_subset", None)
     try:
         with (
             placed(repository, resources, telling(news), "repository") as placement,
-            queued(job, host_scheduler(), placement.emit),
+            queued(job, host_scheduler(), placement.emit, admitted.grant),
         ):
             if operation == "check":
                 run_check(job, config, engine, placement.emit, subset)

@@ -1,8 +1,12 @@
 """What one trigger of a backup does (henbackup.toml(5), TRIGGERS).
 
-The `before` hooks once; then one job per repository, each waiting for its own turn in the
-host-wide queue (a failing repository does not stop the others), with retention after a
-successful backup; then the `after` hooks, or the `failure` hooks when anything failed. A
+The worker waits for the first repository's turn in the host-wide queue and only then forks
+the job process, handing it the grant (`Admitted`). So the `before` hooks run once the slot
+is held, just before the first repository's backup (a database dump is fresh); then one job
+per repository (a failing repository does not stop the others), with retention after a
+successful backup; then the `after` hooks, or the `failure` hooks when anything failed. The
+run keeps its place from one repository to the next (`Place`): the next repository's ticket
+replaces the one that ran, with its arrival number, in one turn of the queue's lock. A
 before hook that stops the run fails every job it kept from starting (a job.failed each,
 naming the hook), so that status, metrics and the journal count the run as failed.
 """
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from henbackup.config.model import Backup, Config, Priority
 from henbackup.engine.base import Engine
@@ -24,7 +28,7 @@ from henbackup.jobs.forget import run_forget
 from henbackup.jobs.job import Job
 from henbackup.observe.events import EmitFunction
 from henbackup.process import SafePoint
-from henbackup.scheduler.queue import Scheduler
+from henbackup.scheduler.queue import Grant, Scheduler
 from henbackup.scheduler.ticket import Ticket, mode_for
 
 
@@ -48,28 +52,105 @@ class PipelineResult:
     error: str | None = None
 
 
-@contextlib.contextmanager
-def queued(job: Job, scheduler: Scheduler | None, emit: EmitFunction) -> Iterator[None]:
-    """Hold the job's place (a slot, its repository) in the host-wide queue for the block."""
-    if scheduler is None:
-        yield
-        return
-    ticket = Ticket(
-        job.id, job.repository, job.priority, mode_for(job.operation), job.operation, job.backup
+@dataclass(frozen=True)
+class Admitted:
+    """What a worker hands the job process it forked at its run's turn: the run's jobs (in
+    order; their ids already told in events), the grant of the first one left to run, and
+    the repositories whose jobs were cancelled while they waited in the worker."""
+
+    jobs: tuple[Job, ...]
+    grant: Grant | None = None
+    cancelled: tuple[str, ...] = field(default=())
+
+
+def ticket_for(job: Job, sequence: int = 0) -> Ticket:
+    """The queue ticket of `job`; `sequence`: the arrival it keeps (0: a new one)."""
+    return Ticket(
+        job.id,
+        job.repository,
+        job.priority,
+        mode_for(job.operation),
+        job.operation,
+        job.backup,
+        sequence=sequence,
     )
 
-    def on_queued(position: int, stamped: Ticket) -> None:
-        message = f"{job.title}: {job.operation} queued, position {position}"
-        place = {"sequence": stamped.sequence, "queued_at": stamped.queued_at}
-        emit("job.queued", message, **job.fields(), position=position, pid=stamped.pid, **place)
 
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(scheduler.acquire(ticket, on_queued=on_queued))
-        except JobCancelled:  # cancelled (or the daemon stopping) while it waited
-            emit("job.cancelled", f"{job.title}: {job.operation} cancelled", **job.fields())
-            raise
+def announce_queued(job: Job, position: int, stamped: Ticket, emit: EmitFunction) -> None:
+    """The job.queued event of `job`, waiting at `position` with its ticket as stamped."""
+    message = f"{job.title}: {job.operation} queued, position {position}"
+    place = {"sequence": stamped.sequence, "queued_at": stamped.queued_at}
+    emit("job.queued", message, **job.fields(), position=position, pid=stamped.pid, **place)
+
+
+def announce_cancelled(job: Job, emit: EmitFunction) -> None:
+    emit("job.cancelled", f"{job.title}: {job.operation} cancelled", **job.fields())
+
+
+class Place:
+    """A run's place in the host-wide queue, kept from one job to the next.
+
+    Starts with the grant its worker handed over (made this process's own here), if any.
+    Each job's block runs under a grant that stays held after it: the next job's ticket
+    replaces it (same arrival number, one turn of the lock), so that the run keeps its
+    place; `release()` when the run has no more jobs.
+    """
+
+    def __init__(self, scheduler: Scheduler | None, emit: EmitFunction, grant: Grant | None):
+        self.scheduler, self.emit, self.grant = scheduler, emit, grant
+        self.sequence = grant.ticket.sequence if grant is not None else 0
+        self._cancelled_early = grant is not None and grant.adopt()
+
+    @contextlib.contextmanager
+    def queued(self, job: Job) -> Iterator[None]:
+        """Hold `job`'s turn (a slot, its repository) for the block; raises JobCancelled
+        (after its job.cancelled) when it is cancelled while it waits."""
+        if self.scheduler is None:
+            yield
+            return
+        if self.grant is not None and self.grant.ticket.job_id == job.id:
+            if self._cancelled_early:
+                announce_cancelled(job, self.emit)
+                raise JobCancelled(f"job {job.id} was cancelled before it started")
+        else:
+            self.grant = self._wait(job, self.scheduler)
         yield
+
+    def _wait(self, job: Job, scheduler: Scheduler) -> Grant:
+        replacing, self.grant = self.grant, None
+        waiter = scheduler.submit(ticket_for(job, self.sequence), replacing=replacing)
+        self.sequence = self.sequence or waiter.ticket.sequence
+        try:
+            if waiter.grant is None:
+                announce_queued(job, waiter.position() or 1, waiter.ticket, self.emit)
+            return waiter.wait()
+        except JobCancelled:  # cancelled (or the daemon stopping) while it waited
+            waiter.cancel()
+            announce_cancelled(job, self.emit)
+            raise
+        except BaseException:
+            waiter.cancel()
+            raise
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        if self.grant is not None:
+            self.grant.release()
+            self.grant = None
+
+
+@contextlib.contextmanager
+def queued(
+    job: Job, scheduler: Scheduler | None, emit: EmitFunction, grant: Grant | None = None
+) -> Iterator[None]:
+    """Hold the job's place (a slot, its repository) in the host-wide queue for the block;
+    `grant`: the one its worker handed over, instead of waiting."""
+    place = Place(scheduler, emit, grant)
+    try:
+        with place.queued(job):
+            yield
+    finally:
+        place.release()
 
 
 def run_backup_pipeline(
@@ -82,36 +163,60 @@ def run_backup_pipeline(
     only: str | None = None,
     priority: Priority | None = None,
     safe_point: SafePoint | None = None,
+    admitted: Admitted | None = None,
 ) -> PipelineResult:
     """Hooks around one backup job per repository; returns every repository's outcome.
 
     `only` restricts the run to one of the backup's repositories; `priority` overrides the
     configured one (both for runs asked by hand). `safe_point` is where the job process
-    acts on its signals: hooks and the time between repositories.
+    acts on its signals: hooks and the time between repositories. `admitted`: the run as
+    its worker queued it (the jobs, the first one's grant, those cancelled meanwhile).
     """
     backup = config.backups[name]
-    outcomes: list[RepositoryOutcome] = []
-    repositories = [only] if only else backup.repositories
-    job_priority = priority or backup.priority
+    if admitted is None:
+        admitted = Admitted(backup_jobs(config, name, trigger, only, priority))
+    outcomes = [RepositoryOutcome(r, error="cancelled") for r in admitted.cancelled]
+    left = admitted.jobs[len(admitted.cancelled) :]
+    place = Place(scheduler, emit, admitted.grant)
 
     def jobs() -> str | None:
-        for repository in repositories:
-            if safe_point is not None:
-                safe_point.check()
-            job = Job("backup", repository, name, trigger, job_priority)
-            outcomes.append(_back_up_to_repository(job, backup, config, engine, emit, scheduler))
+        try:
+            for job in left:
+                if safe_point is not None:
+                    safe_point.check()
+                outcomes.append(_back_up_to_repository(job, backup, config, engine, emit, place))
+        finally:
+            place.release()
         reasons = [f"{o.repository}: {o.error}" for o in outcomes if o.error is not None]
         return "; ".join(reasons) or None
 
     context = HookContext(name, "before", trigger=trigger, host=config.daemon.hostname)
     runner = functools.partial(run_hook, safe_point=safe_point)
-    result = run_with_hooks(backup.hooks, context, emit, jobs, runner)
+    try:
+        result = run_with_hooks(backup.hooks, context, emit, jobs, runner)
+    finally:
+        place.release()  # a before hook that stopped the run: the slot is not kept
     if result.before.stop:
         error = f"before hook {result.before.error}"
-        for repository in repositories:
-            job = Job("backup", repository, name, trigger, job_priority)
+        for job in left:
             outcomes.append(_stopped_by_hook(job, error, emit))
     return PipelineResult(result.status, tuple(outcomes), result.error)
+
+
+def backup_jobs(
+    config: Config,
+    name: str,
+    trigger: str,
+    only: str | None = None,
+    priority: Priority | None = None,
+) -> tuple[Job, ...]:
+    """The jobs of one run of backup `name`: one per repository (`only`: that one)."""
+    backup = config.backups[name]
+    repositories = [only] if only else backup.repositories
+    return tuple(
+        Job("backup", repository, name, trigger, priority or backup.priority)
+        for repository in repositories
+    )
 
 
 def _stopped_by_hook(job: Job, error: str, emit: EmitFunction) -> RepositoryOutcome:
@@ -128,15 +233,15 @@ def _back_up_to_repository(
     config: Config,
     engine: Engine,
     emit: EmitFunction,
-    scheduler: Scheduler | None,
+    place: Place,
 ) -> RepositoryOutcome:
-    """Back up to one repository (then forget by the retention).
+    """Back up to one repository (then forget by the retention), at its turn in `place`.
 
     Never raises but StopRequested: a job cancelled alone lets the next repository's run.
     """
     repository = job.repository
     try:
-        with queued(job, scheduler, emit):
+        with place.queued(job):
             result = run_backup(job, config, engine, emit)
             if backup.retention is not None:
                 forget = Job(

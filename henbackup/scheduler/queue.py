@@ -4,6 +4,7 @@ Layout of the directory ($RUNTIME_DIRECTORY/scheduler):
 
     lock              flock'ed around every change of the queue
     tickets/JOB_ID    one JSON ticket per waiting or running job
+    wake/JOB_ID       a FIFO its waiter reads: "w" its turn may have come, "n" a nudge
     sequence          the last arrival number given out
     slots             max_concurrent_jobs, set by the master
     slot-N            flock'ed LOCK_EX by the job holding slot N, for its whole life
@@ -13,17 +14,26 @@ Layout of the directory ($RUNTIME_DIRECTORY/scheduler):
 
 Who may run is decided by `plan()` over the tickets and the kernel's view of the locks, by
 whichever process changes the queue (a job arriving, releasing, leaving): it takes its own
-turn if it is its turn, and touches the ticket file of every other job whose turn it is.
-A waiter sleeps on inotify: an IN_ATTRIB on its ticket means "your turn may have come",
-its deletion means "you were cancelled".
+turn if it is its turn, and writes "w" into the wake FIFO of every other job whose turn it
+is (or whose ticket it withdrew: the waiter then finds its ticket gone, "you were
+cancelled"). A waiter sleeps on its FIFO (opened read-write: it never sees an end of file),
+so waiting costs one file descriptor, not an inotify instance (fs.inotify.max_user_instances
+is 128 per user by default, and the watches of the backups need them).
 
-A job killed with SIGKILL cannot say it is leaving, and a lock released by the kernel makes
-no inotify event. So whoever reaps job processes (the master) calls `nudge()` after each
-death: every waiter sees the nudge file change, and the first to take the queue lock
-re-plans (dropping the dead ticket, waking the next job). The others see it done and
-go back to sleep. No process polls, and correctness never rests on a clean-up pass: slots
-and repository locks are free the moment the holder dies; only the wake-up waits for the
-nudge.
+A job killed with SIGKILL cannot say it is leaving, and a lock released by the kernel wakes
+nobody. So whoever reaps job processes (the master, a worker) calls `nudge()` after each
+death: it marks the nudge file and writes "n" into every FIFO, and the first waiter to take
+the queue lock re-plans (dropping the dead ticket, waking the next job). The others see it
+done and go back to sleep. No process polls, and correctness never rests on a clean-up
+pass: slots and repository locks are free the moment the holder dies; only the wake-up
+waits for the nudge.
+
+A worker waits for its job's turn in its own loop (`request`) and forks the job process only
+then, handing it the Grant (`Grant.handed_to_child`: the flocks are inherited across fork,
+the worker closes its copies); the job process takes the ticket as its own (`Grant.adopt`).
+A backup's next repository keeps its place: its ticket replaces the running one in a single
+turn of the lock (`submit(..., replacing=grant)`), with the same arrival number, so no job
+that came later, nor one of lower priority, takes the slot in between.
 
 The master's loop never waits for the queue lock (a job process, even a frozen one, may
 hold it): it knows its own jobs from their events (observe/status.py) and reads the
@@ -46,12 +56,11 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
 from henbackup.files import write_atomically
-from henbackup.linux import IN_ATTRIB, IN_DELETE_SELF, IN_MODIFY, Inotify
 from henbackup.process import NEVER, SafePoint
 from henbackup.scheduler import locks
 from henbackup.scheduler.procs import alive, start_time
@@ -62,6 +71,8 @@ if TYPE_CHECKING:
 
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LOCK_MODES = {"shared": locks.SHARED, "exclusive": locks.EXCLUSIVE}
+_TURN, _NUDGE = b"w", b"n"  # what a wake FIFO is told
+T = TypeVar("T")
 
 
 class Scheduler:
@@ -77,12 +88,14 @@ class Scheduler:
         self._tickets = self.directory / "tickets"
         self._cancelled = self.directory / "cancelled"
         self._lock = self.directory / "lock"
+        self._wake = self.directory / "wake"
         self._nudge = self.directory / "nudge"
         self._make_layout()
 
     def _make_layout(self) -> None:
         self._tickets.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._cancelled.mkdir(mode=0o700, exist_ok=True)
+        self._wake.mkdir(mode=0o700, exist_ok=True)
         self._nudge.touch(mode=0o600, exist_ok=True)
 
     # -- public API --------------------------------------------------------------------
@@ -106,29 +119,40 @@ class Scheduler:
         except (FileNotFoundError, ValueError):
             return 1
 
-    def submit(self, ticket: Ticket) -> Waiter:
+    def submit(self, ticket: Ticket, replacing: Grant | None = None) -> Waiter:
         """Enter the queue; returns a Waiter, already granted when the job may start at once.
 
-        Raises ValueError when `ticket.job_id` is not a plain name or is already queued.
+        A ticket with a `sequence` keeps that arrival (a backup's next repository keeps its
+        first one's place); without, it gets the next one. `replacing`: a grant of this
+        process released in the same turn of the lock, so that nothing that waits behind
+        this ticket takes its slot in between. Raises ValueError when `ticket.job_id` is not
+        a plain name or is already queued, OSError when the queue cannot be written (then
+        `replacing` is released anyway).
         """
         if not _JOB_ID.fullmatch(ticket.job_id):
+            if replacing is not None:
+                replacing.release()
             raise ValueError(f"job id {ticket.job_id!r} is not a plain name")
-        inotify = Inotify()
+        wake_fd = -1
         try:
             with locks.locked(self._lock):
+                if replacing is not None:
+                    self._let_go(replacing)
                 stamped = self._enter(ticket)
                 try:
-                    path = str(self._ticket_path(stamped))
-                    watch = inotify.add_watch(path, IN_ATTRIB | IN_DELETE_SELF)
-                    inotify.add_watch(str(self._nudge), IN_MODIFY)
+                    wake_fd = self._open_wake(stamped)
                     grant = self._dispatch(stamped)
                 except BaseException:  # e.g. a full disk
                     self._drop(stamped)
+                    self._dispatch(None)
                     raise
         except BaseException:
-            inotify.close()
+            if replacing is not None:
+                replacing.close_locks()
+            if wake_fd >= 0:
+                os.close(wake_fd)
             raise
-        return Waiter(self, stamped, inotify, watch, grant)
+        return Waiter(self, stamped, wake_fd, grant)
 
     @contextlib.contextmanager
     def acquire(
@@ -299,17 +323,32 @@ class Scheduler:
             os.write(fd, b".")
         finally:
             os.close(fd)
+        with contextlib.suppress(OSError), os.scandir(self._wake) as entries:
+            for entry in entries:
+                _poke(entry.path, _NUDGE)
+
+    def forget_own(self, job_id: str) -> None:
+        """Drop ticket `job_id` if this process still owns it (a worker whose job process
+        died before it took its grant over: the ticket would otherwise look alive for as
+        long as the worker lives)."""
+        if not _JOB_ID.fullmatch(job_id):
+            return
+        with locks.locked(self._lock):
+            ticket = self._read(self._tickets / job_id)
+            if ticket is not None and ticket.pid == os.getpid():
+                self._drop(ticket)
+                self._dispatch(None)
 
     # -- under the queue lock ------------------------------------------------------------
 
     def _enter(self, ticket: Ticket) -> Ticket:
-        """Stamp `ticket` with its owner and arrival, and write its file."""
+        """Stamp `ticket` with its owner and arrival (unless it keeps one), write its file."""
         started = start_time(os.getpid())
         stamped = replace(
             ticket,
             pid=os.getpid(),
             start_time=started or 0,
-            sequence=self._next_sequence(),
+            sequence=ticket.sequence or self._next_sequence(),
             state="waiting",
             slot=None,
             queued_at=time.time(),
@@ -341,7 +380,7 @@ class Scheduler:
             if own is not None and (ticket.job_id, ticket.sequence) == (own.job_id, own.sequence):
                 grant = self._take(ticket)
             else:
-                self._wake(ticket)
+                self._wake_up(ticket)
         return grant
 
     def _take(self, ticket: Ticket) -> Grant | None:
@@ -363,15 +402,29 @@ class Scheduler:
                 os.close(slot_fd)
             return None
         running = ticket.running(slot)
-        # Rewritten in place, not renamed over: the waiter's inotify watch is on this inode.
-        with open(self._ticket_path(ticket), "wb") as file:
-            file.write(running.to_json())
+        self._rewrite(running)
         return Grant(self, running, slot_fd, repository_fd)
 
+    def _rewrite(self, ticket: Ticket) -> None:
+        with open(self._ticket_path(ticket), "wb") as file:
+            file.write(ticket.to_json())
+
     def _release(self, grant: Grant) -> None:
+        self._let_go(grant)
+        self._dispatch(None)
+
+    def _let_go(self, grant: Grant) -> None:
+        """Under the lock: `grant`'s ticket leaves, its locks are closed (no re-plan yet)."""
+        grant.released = True
         self._drop(grant.ticket)
         grant.close_locks()
-        self._dispatch(None)
+
+    def _open_wake(self, ticket: Ticket) -> int:
+        """Make `ticket`'s wake FIFO; returns its fd, opened read-write (never an EOF)."""
+        path = self._wake / ticket.job_id
+        path.unlink(missing_ok=True)
+        os.mkfifo(path, 0o600)
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
     def _withdraw(self, ticket: Ticket) -> None:
         self._drop(ticket)
@@ -418,10 +471,12 @@ class Scheduler:
     def _drop(self, ticket: Ticket) -> None:
         self._ticket_path(ticket).unlink(missing_ok=True)
         (self._cancelled / ticket.job_id).unlink(missing_ok=True)
+        if ticket.state == "waiting":  # withdrawn: its waiter finds it gone
+            self._wake_up(ticket)
+            (self._wake / ticket.job_id).unlink(missing_ok=True)
 
-    def _wake(self, ticket: Ticket) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self._ticket_path(ticket))  # IN_ATTRIB for its waiter
+    def _wake_up(self, ticket: Ticket) -> None:
+        _poke(self._wake / ticket.job_id, _TURN)
 
     def _clear_nudge(self) -> None:
         if self.nudged():
@@ -455,7 +510,8 @@ class Grant:
 
     A context manager. Only the process that was granted holds it: its lock fds are
     close-on-exec, and a fork()ed child closes its copies at once (see `_forget_in_child`),
-    so a child that outlives the job never pins the slot.
+    so a child that outlives the job never pins the slot; but the child forked by
+    `handed_to_child` takes it over.
     """
 
     def __init__(
@@ -465,6 +521,7 @@ class Grant:
         self._scheduler = scheduler
         self._fds = [fd for fd in (repository_fd, slot_fd) if fd is not None]
         self.released = False
+        self._bequeathed = False  # kept by the child of the fork under way
         _HELD.add(self)
 
     def release(self) -> None:
@@ -482,6 +539,33 @@ class Grant:
         while self._fds:
             os.close(self._fds.pop())
 
+    def handed_to_child(self, start: Callable[[], T]) -> T:
+        """Run `start()`, which forks the process that takes this grant over; returns what
+        it returns. This process then closes its copies of the locks (the child's copies
+        hold them); the child calls `adopt()`. If `start` raises, the grant stays here."""
+        self._bequeathed = True
+        try:
+            child = start()
+        finally:
+            self._bequeathed = False
+        self.released = True
+        self.close_locks()
+        return child
+
+    def adopt(self) -> bool:
+        """In the child of `handed_to_child`: make the ticket this process's own (its pid:
+        liveness, `henbackupctl cancel`'s SIGUSR1); returns whether the job was asked to
+        cancel before that (the signal then went to the parent)."""
+        scheduler = self._scheduler
+        with locks.locked(scheduler._lock):
+            if not scheduler._ticket_path(self.ticket).exists():
+                return True  # dropped by someone who thought it dead: nothing to run it
+            self.ticket = replace(
+                self.ticket, pid=os.getpid(), start_time=start_time(os.getpid()) or 0
+            )
+            scheduler._rewrite(self.ticket)
+            return (scheduler._cancelled / self.ticket.job_id).exists()
+
     def __enter__(self) -> Grant:
         return self
 
@@ -493,27 +577,21 @@ class Waiter:
     """A ticket in the queue, waiting for its turn: blocking (`wait`) or from a loop (`poll`)."""
 
     def __init__(
-        self,
-        scheduler: Scheduler,
-        ticket: Ticket,
-        inotify: Inotify,
-        ticket_watch: int,
-        grant: Grant | None,
+        self, scheduler: Scheduler, ticket: Ticket, wake_fd: int, grant: Grant | None
     ) -> None:
         self.ticket = ticket
         self.grant = grant
         self.on_close: Callable[[], None] | None = None
         self._scheduler = scheduler
-        self._inotify = inotify
-        self._ticket_watch = ticket_watch
+        self._wake_fd = wake_fd
         self._handed_over = False
         self._closed = False
         if grant is not None:
             self.close()
 
     def fileno(self) -> int:
-        """The inotify fd: readable when the queue may have changed for this ticket."""
-        return self._inotify.fileno()
+        """The wake FIFO: readable when the queue may have changed for this ticket."""
+        return self._wake_fd
 
     def poll(self) -> Grant | None:
         """Take the turn if it has come; returns the Grant or None (never blocks for long).
@@ -522,9 +600,9 @@ class Waiter:
         """
         if self.grant is not None or self._closed:
             return self.grant
-        events = self._inotify.drain()
-        mine = self._ticket_watch in events
-        if not (mine or (events and self._scheduler.nudged())):
+        told = self._drain()
+        mine = _TURN in told
+        if not (mine or (told and self._scheduler.nudged())):
             return None
         with locks.locked(self._scheduler._lock):
             if not self._scheduler._ticket_path(self.ticket).exists():
@@ -597,14 +675,24 @@ class Waiter:
         """1 when this job runs next; None once running or gone."""
         return self._scheduler.position(self.ticket.job_id)
 
+    def _drain(self) -> bytes:
+        told = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._wake_fd, 512):
+                told += chunk
+        return told
+
     def close(self) -> None:
-        """Stop watching (the ticket itself stays as it is)."""
+        """Stop waiting (the ticket itself stays as it is)."""
         if self._closed:
             return
         self._closed = True
         if self.on_close is not None:
             self.on_close()
-        self._inotify.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            with contextlib.suppress(OSError):
+                (self._scheduler._wake / self.ticket.job_id).unlink()
 
 
 _HELD: weakref.WeakSet[Grant] = weakref.WeakSet()
@@ -613,11 +701,31 @@ _HELD: weakref.WeakSet[Grant] = weakref.WeakSet()
 def _forget_in_child() -> None:
     """After fork(), in the child: the parent's grants are not ours; close our copies only."""
     for grant in list(_HELD):
+        if grant._bequeathed:  # the child of `handed_to_child`: ours now
+            grant._bequeathed = False
+            continue
         grant.released = True
         grant.close_locks()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _poke(path: str | Path, told: bytes) -> None:
+    """Write `told` into the wake FIFO at `path`, never waiting: nothing there, no reader,
+    a full pipe (a wake-up is pending anyway) or a file that is no FIFO are left alone."""
+    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, told)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _in_queue_order(living: Iterable[Ticket]) -> tuple[Ticket, ...]:

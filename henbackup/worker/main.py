@@ -3,6 +3,13 @@
 The worker never runs restic itself: each run is a forked job process, so the loop stays
 free for heartbeats, triggers and SIGTERM while a backup takes hours. A trigger that comes
 while a run is in progress leaves exactly one follow-up run.
+
+A run waits for its turn in the host-wide queue here, as a ticket and a FIFO in this loop
+(scheduler/queue.py), not as a process: the job process is forked when the slot is granted,
+and takes the grant over (200 backups due at once cost 200 tickets, and as many job
+processes as there are slots). A job process that cannot be forked fails the run's jobs
+with a job.failed each; one that dies before it took its ticket over leaves no ticket
+behind (`Scheduler.forget_own`).
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ from henbackup import names
 from henbackup.channel import Channel
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
+from henbackup.errors import HenbackupError
 from henbackup.jobs import entry
+from henbackup.jobs.job import Job
+from henbackup.jobs.pipeline import Admitted, announce_cancelled, announce_queued, ticket_for
 from henbackup.loop import Loop
-from henbackup.observe.events import EmitFunction, Emitter
+from henbackup.observe.events import EmitFunction, Emitter, FieldValue
 from henbackup.process import Watched, start_watched
 from henbackup.protocol import (
     ChannelMessage,
@@ -29,7 +39,7 @@ from henbackup.protocol import (
     Ready,
     StartRun,
 )
-from henbackup.scheduler.queue import Scheduler
+from henbackup.scheduler.queue import Grant, Scheduler, Waiter
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
 
@@ -55,7 +65,8 @@ class RunRequest:
 
 
 # Runs in the job process, telling its progress on the channel; returns its exit code.
-JobBody = Callable[[Config, WorkerSpec, RunRequest, Channel], int]
+# Admitted: the run as the worker queued it (None without a queue).
+JobBody = Callable[[Config, WorkerSpec, RunRequest, Channel, Admitted | None], int]
 
 
 class Worker:
@@ -75,7 +86,11 @@ class Worker:
         self.loop = loop or Loop()
         self.scheduler = scheduler
         self.triggers = triggers(self) if triggers else None
-        self.current: RunRequest | None = None
+        self.current: RunRequest | None = None  # the run in progress: queued or running
+        self.jobs: tuple[Job, ...] = ()  # its jobs, when it goes through the queue
+        self.cancelled: tuple[str, ...] = ()  # repositories whose job was cancelled waiting
+        self.waiter: Waiter | None = None  # while its next job waits for its turn
+        self.granted: Grant | None = None  # the grant handed to the job process
         self.job: Watched | None = None  # the job process, telling its events
         self.pending: list[RunRequest] = []  # runs asked by hand during a run, in order
         self.stopping = False
@@ -84,6 +99,10 @@ class Worker:
         """Serve until SIGTERM (or the master going away); returns the exit code."""
         self.loop.on_signal(signal.SIGTERM, self.shutdown)
         self.loop.on_signal(signal.SIGINT, self.shutdown)
+        # `henbackupctl cancel` signals a running ticket's owner: until the job process
+        # adopts its grant, that is this worker. Ignored here; the job process finds the
+        # cancel marked in the queue when it adopts the ticket.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         self.loop.add_reader(self.channel.fileno(), self._on_messages)
         self._heartbeat()
         self.channel.send(Ready())
@@ -131,7 +150,7 @@ class Worker:
         A schedule or watch trigger during a run is dropped without an event: the triggers
         re-arm when the run ends, and a change seen meanwhile gets its own run then.
         """
-        if self.stopping or (self.job is not None and run.trigger != "manual"):
+        if self.stopping or (self.current is not None and run.trigger != "manual"):
             return
         self.emit(
             "trigger.fired",
@@ -141,7 +160,7 @@ class Worker:
             operation=run.operation,
             **{self.spec.kind: self.spec.name},
         )
-        if self.job is None:
+        if self.current is None:
             self._start(run)
             return
         for index, waiting in enumerate(self.pending):
@@ -154,15 +173,84 @@ class Worker:
         if self.triggers is not None:
             self.triggers.job_started(run.operation)
         self.current = run
+        self._send_state("running", operation=run.operation)
+        self.jobs, self.cancelled, self.granted = self._jobs_of(run), (), None
+        if self.scheduler is None or not self.jobs:
+            self._fork(run, None)
+        else:
+            self._queue_next(self.scheduler)
+
+    def _jobs_of(self, run: RunRequest) -> tuple[Job, ...]:
+        """The run's jobs; () when they cannot be named here (the job process then says
+        why, as it fails)."""
+        options = entry.RunOptions(run.trigger, run.repository, run.priority)
+        try:
+            return entry.run_jobs(
+                self.config, self.spec.kind, self.spec.name, run.operation, options
+            )
+        except (HenbackupError, KeyError, AttributeError):
+            return ()
+
+    def _queue_next(self, scheduler: Scheduler) -> None:
+        """Queue the run's first job not cancelled; its turn forks the job process."""
+        job = self.jobs[len(self.cancelled)]
+        try:
+            waiter = scheduler.request(
+                self.loop, ticket_for(job), self._granted, self._cancelled_waiting
+            )
+        except (OSError, ValueError) as error:  # a full disk, a removed directory
+            self._failed_to_start(f"it could not enter the job queue: {error}")
+            return
+        self.waiter = waiter
+        if waiter.grant is None:
+            announce_queued(job, waiter.position() or 1, waiter.ticket, self._tell)
+
+    def _cancelled_waiting(self) -> None:
+        """`henbackupctl cancel` withdrew the waiting job: the next repository's goes on."""
+        job = self.jobs[len(self.cancelled)]
+        self.waiter = None
+        announce_cancelled(job, self._tell)
+        self.cancelled += (job.repository,)
+        if len(self.cancelled) == len(self.jobs) or self.scheduler is None:
+            self._run_ended(JobExit.CANCELLED)
+        else:
+            self._queue_next(self.scheduler)
+
+    def _granted(self, grant: Grant) -> None:
+        """The run's turn: fork its job process, which takes the grant over."""
+        assert self.current is not None
+        self.waiter = None
+        run, admitted = self.current, Admitted(self.jobs, grant, self.cancelled)
+        try:
+            grant.handed_to_child(lambda: self._fork(run, admitted))
+        except OSError as error:  # EAGAIN, ENOMEM, EMFILE: no process, and no silence
+            grant.release()
+            self._failed_to_start(f"its job process could not start: {error}")
+            return
+        self.granted = grant
+
+    def _fork(self, run: RunRequest, admitted: Admitted | None) -> None:
         self.job = start_watched(  # the child closes the loop's fds: channel, inotify, timers
             self.loop,
             names.job_title(self.spec.name),
-            lambda news: self.job_body(self.config, self.spec, run, news),
+            lambda news: self.job_body(self.config, self.spec, run, news, admitted),
             heard=self._forward,
             exited=self._job_exited,
             malformed=lambda error: self._malformed("its job process", error),
         )
-        self._send_state("running", operation=run.operation)
+
+    def _failed_to_start(self, error: str) -> None:
+        """The run could not start: each of its jobs left failed (a job.failed each)."""
+        for job in self.jobs[len(self.cancelled) :]:
+            message = f"{job.title}: {job.operation} failed: {error}"
+            self._tell("job.failed", message, **job.fields(), error=error)
+        self._run_ended(JobExit.FAILED)
+
+    def _tell(self, kind: str, message: str, **fields: FieldValue) -> None:
+        """A job event of the worker's own: to the journal, and to the master."""
+        self.emit(kind, message, **fields)
+        requests = self.current.requests if self.current is not None else ()
+        self.channel.send(JobEvent(kind, message, fields, requests))
 
     def _forward(self, messages: list[ChannelMessage]) -> None:
         """The job process's events: forwarded to the master, with who waits for them."""
@@ -175,10 +263,15 @@ class Worker:
         assert self.job is not None and self.current is not None
         self.job = None
         if self.scheduler is not None:
+            if self.granted is not None:  # died before it took its ticket over?
+                self.scheduler.forget_own(self.granted.ticket.job_id)
             self.scheduler.nudge()  # if it died holding its slot, the next job may start
-        code = os.waitstatus_to_exitcode(status)
+        self._run_ended(os.waitstatus_to_exitcode(status))
+
+    def _run_ended(self, code: int) -> None:
         finished, self.current = self.current, None
         assert finished is not None
+        self.jobs, self.cancelled, self.granted = (), (), None
         if self.triggers is not None:
             ok = code == JobExit.OK
             self.triggers.job_finished(finished.operation, ok, stopping=self.stopping)
@@ -202,18 +295,27 @@ class Worker:
         """Stop: interrupt the running job cleanly (it stops restic), then leave the loop."""
         self.stopping = True
         self.pending.clear()  # the master answers their requests: the worker is stopping
-        if self.job is None:
-            self.loop.stop()
-        else:
+        if self.job is not None:
             os.kill(self.job.pid, signal.SIGTERM)
+        elif self.waiter is not None:
+            waiter, self.waiter = self.waiter, None
+            told = waiter.grant is None  # else granted at once: never announced
+            waiter.cancel()
+            if told:
+                announce_cancelled(self.jobs[len(self.cancelled)], self._tell)
+            self._run_ended(JobExit.CANCELLED)
+        elif self.current is None:
+            self.loop.stop()
 
 
-def run_job_body(config: Config, spec: WorkerSpec, run: RunRequest, news: Channel) -> int:
+def run_job_body(
+    config: Config, spec: WorkerSpec, run: RunRequest, news: Channel, admitted: Admitted | None
+) -> int:
     """The job process: the backup pipeline, or a repository's check or prune."""
     options = entry.RunOptions(run.trigger, run.repository, run.priority)
     if spec.kind == "backup":
-        return entry.backup_job(config, spec.name, options, news)
-    return entry.maintenance_job(config, spec.name, run.operation, options, news)
+        return entry.backup_job(config, spec.name, options, news, admitted)
+    return entry.maintenance_job(config, spec.name, run.operation, options, news, admitted)
 
 
 def worker_main(spec: WorkerSpec, config: Config, channel: Channel) -> int:

@@ -5,9 +5,11 @@ Every directory under each path is watched, except those restic's --exclude skip
 scanned. Changes are counted per read and handed to `on_change(count)`. The kernel dropping
 events (IN_Q_OVERFLOW) calls `on_overflow()` and rescans the tree, so no directory stays
 unwatched. Running out of watches (fs.inotify.max_user_watches) or inotify instances
-releases every watch and calls `on_watch_limit(message)` with how to raise the limit; the
-watcher then stays off until `start()` is called again. A path that disappears is waited
-for from its nearest existing parent and watched again when it comes back.
+(EMFILE: fs.inotify.max_user_instances, or this process's descriptors) releases every watch
+and calls `on_watch_limit(message)` with how to raise the limit, once: the watcher tries
+again every `retry_after` seconds, and says so again only after a start that worked. A path
+that disappears is waited for from its nearest existing parent and watched again when it
+comes back.
 
 Why not pyinotify's WatchManager and Notifier: measured by bench/bench_watch.py, they cost
 ~400 bytes and ~22 µs per watch and ~30 µs per event, far above the issue's budget (150
@@ -72,6 +74,7 @@ _FREE = -1  # parent of a slot without a watch
 _REBUILD_SLACK = 1 << 18  # see _maybe_rebuild
 _MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
 _NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
+RETRY_AFTER = 60.0  # seconds between two attempts to set up a watch that hit a limit
 
 ChangeCallback = Callable[[int], None]
 
@@ -101,6 +104,7 @@ class Watcher:
         on_change: ChangeCallback,
         on_overflow: Callable[[], None],
         on_watch_limit: Callable[[str], None],
+        retry_after: float = RETRY_AFTER,
     ) -> None:
         self.excluder = excluder
         self.loop = loop
@@ -110,6 +114,9 @@ class Watcher:
         self._paths = [_Path(os.fsencode(p)) for p in _outermost(paths)]
         self._inotify: Inotify | None = None
         self._resume: Timer | None = None  # while paused (see _pause)
+        self.retry_after = retry_after
+        self._retry: Timer | None = None  # while off after a limit: the next attempt
+        self._limited = False  # the limit was said, and no start worked since
         self._reset_tables()
 
     # lifecycle
@@ -124,8 +131,12 @@ class Watcher:
         return self._live
 
     def start(self) -> None:
-        """Open inotify and watch every path. Running out of watches calls on_watch_limit
-        and leaves the watcher off; calling start() again retries."""
+        """Open inotify and watch every path. Running out of watches or instances calls
+        on_watch_limit (once until a start works) and leaves the watcher off until its next
+        attempt, `retry_after` seconds later (or start() called again)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self.active:
             return
         try:
@@ -134,6 +145,8 @@ class Watcher:
                 self._establish(watched)
         except _LimitReached as limit:
             self._give_up(str(limit))
+            return
+        self._limited = False
 
     def close(self) -> None:
         """Release every watch (closing the fd does it at once)."""
@@ -162,7 +175,10 @@ class Watcher:
 
     def _give_up(self, message: str) -> None:
         self.close()
-        self.on_watch_limit(message)
+        self._retry = self.loop.call_later(self.retry_after, self.start)
+        if not self._limited:
+            self._limited = True
+            self.on_watch_limit(message)
 
     def _reset_tables(self) -> None:
         for watched in self._paths:
@@ -584,7 +600,7 @@ def _limit_message(setting: str, what: str, path: bytes) -> str:
     where = f" while watching {os.fsdecode(path)}" if path else ""
     return (
         f"out of inotify {what} (fs.inotify.{setting} = {current}){where}: changes are not "
-        f"watched, backups follow their schedule only. Raise the limit with "
-        f"`sysctl fs.inotify.{setting}={wanted}` (and a file in /etc/sysctl.d/ to keep it), "
-        f"then restart henbackup"
+        f"watched, backups follow their schedule only; tried again every "
+        f"{RETRY_AFTER:g}s. Raise the limit with "
+        f"`sysctl fs.inotify.{setting}={wanted}` (and a file in /etc/sysctl.d/ to keep it)"
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -59,10 +60,12 @@ def write_config(
     tmp_path: Path,
     restic: str,
     repository: Path,
-    backups: dict[str, dict[str, str]],
+    backups: dict[str, dict[str, Any]],
+    more_repositories: dict[str, Path] | None = None,
 ) -> Path:
-    """max_concurrent_jobs = 1; one repository, `local`; these backups to it, each with its
-    one path and no trigger (manual only: nothing runs at start)."""
+    """max_concurrent_jobs = 1; one repository, `local` (and `more_repositories`); these
+    backups to it (or to their `repositories`), each with its one path and no trigger
+    (manual only: nothing runs at start)."""
     lines = [
         "[daemon]",
         f"restic = {json.dumps(restic)}",
@@ -73,10 +76,17 @@ def write_config(
         f"location = {json.dumps(str(repository))}",
         f"password = {json.dumps(PASSWORD)}",
     ]
+    for name, location in (more_repositories or {}).items():
+        lines += ["", f"[repositories.{name}]", f"location = {json.dumps(str(location))}"]
+        lines += [f"password = {json.dumps(PASSWORD)}"]
     for name, settings in backups.items():
-        lines += ["", f"[backups.{name}]", 'repositories = ["local"]']
-        lines += [f"paths = [{json.dumps(settings['path'])}]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items() if k != "path"]
+        lines += ["", f"[backups.{name}]", f"paths = [{json.dumps(settings['path'])}]"]
+        lines += [f"repositories = {json.dumps(settings.get('repositories', ['local']))}"]
+        lines += [
+            f"{k} = {json.dumps(v)}"
+            for k, v in settings.items()
+            if k not in ("path", "repositories")
+        ]
     config = tmp_path / "henbackup.toml"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -386,3 +396,59 @@ def test_a_waiting_job_cancelled_never_starts_and_the_next_one_runs(restic, repo
     assert [e["HENBACKUP_JOB"] for e in daemon.find("job.started")] == [runs]
     assert daemon.find("job.failed") == [], daemon.report()
     assert [s["tags"] for s in restic_json(restic, repository, "snapshots")] == [["backup-second"]]
+
+
+def job_processes(daemon: Daemon) -> list[psutil.Process]:
+    """The daemon's job processes (named hbjob:NAME), of workers and of the master."""
+    found = []
+    for process in daemon._descendants():
+        with contextlib.suppress(psutil.Error):
+            if process.name().startswith("hbjob:"):
+                found.append(process)
+    return found
+
+
+@ONE_RESTIC
+def test_a_backup_keeps_its_place_across_its_repositories_and_waits_as_a_ticket(
+    restic, repository, tmp_path
+):
+    """Behind the blocker: pictures (normal, to two repositories), then documents (normal)
+    and music (inferior), asked later. Nothing waits as a process: the queued events come
+    from the workers, and no job process exists until the slot is granted. Once pictures'
+    first repository ran, its second one runs next: neither documents, which came later,
+    nor music, of lower priority, takes the slot in between."""
+    second = tmp_path / "second"
+    shutil.copytree(repository, second)
+    backups: dict[str, dict[str, Any]] = {
+        "pictures": {
+            "path": str(make_data(tmp_path / "pictures")),
+            "repositories": ["local", "second"],
+        },
+        "documents": {"path": str(make_data(tmp_path / "documents"))},
+        "music": {"path": str(make_data(tmp_path / "music")), "priority": "inferior"},
+    }
+    config = write_config(tmp_path, restic, repository, backups, {"second": second})
+    daemon = Daemon(config, tmp_path)
+    with daemon, holding_the_slot(daemon) as blocker:
+        queued = [request(daemon, "backup", name, backup=name) for name in backups]
+        wait_queue(daemon, lambda jobs: len(waiting(jobs)) == 3)
+        assert job_processes(daemon) == []  # waiting jobs are tickets of their workers
+        workers = {w.pid for w in psutil.Process(daemon.pid).children()}
+        assert {int(event["HENBACKUP_PID"]) for event in queued} <= workers
+
+        blocker.release()
+        for name in backups:
+            daemon.wait_for("job.succeeded", timeout=90, backup=name, repository="local")
+        daemon.wait_for("job.succeeded", timeout=90, backup="pictures", repository="second")
+        started = daemon.find("job.started")
+        assert [(e["HENBACKUP_BACKUP"], e["HENBACKUP_REPOSITORY"]) for e in started] == [
+            ("pictures", "local"),
+            ("pictures", "second"),
+            ("documents", "local"),
+            ("music", "local"),
+        ], daemon.report()
+        assert started[0]["HENBACKUP_JOB"] == queued[0]["HENBACKUP_JOB"]
+        assert daemon.find("job.failed") == [], daemon.report()
+        assert wait_queue(daemon, lambda jobs: jobs == []) == []
+        clean_exit(daemon)
+    assert [s["tags"] for s in restic_json(restic, second, "snapshots")] == [["backup-pictures"]]

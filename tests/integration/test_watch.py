@@ -438,3 +438,60 @@ def test_tables_are_rebuilt_after_much_churn(watched, monkeypatch):
     assert len(harness.watcher._name) < 30
     assert harness.watcher.watch_count == 2
     assert harness.changed_after(lambda: touch(root / "stays/f"))
+
+
+RETRY_SCRIPT = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[2])
+from henbackup.linux import Inotify
+from henbackup.loop import Loop
+from henbackup.worker.excludes import Excluder
+from henbackup.worker.watch import Watcher
+root, report, loop = sys.argv[1], {"changes": 0, "limits": []}, Loop()
+held = []  # every instance the namespace allows: the watcher's start meets EMFILE
+while True:
+    try:
+        held.append(Inotify())
+    except OSError:
+        break
+def changed(n): report["changes"] += n
+watcher = Watcher([root], Excluder(), loop, changed, lambda: None, report["limits"].append,
+                  retry_after=0.2)
+watcher.start()
+report["after_start"] = watcher.active
+def turn():
+    guard = loop.call_later(0.05, lambda: None); loop.run_once(); guard.cancel()
+for _ in range(10):  # a few failed attempts: said once
+    turn()
+held.pop().close()  # one instance comes free
+deadline = time.monotonic() + 30
+while not watcher.active and time.monotonic() < deadline:
+    turn()
+report["retried"] = watcher.active
+open(os.path.join(root, "new"), "w").close()
+while report["changes"] == 0 and time.monotonic() < deadline:
+    turn()
+print(json.dumps(report))
+"""
+
+
+def test_a_watch_that_met_the_instance_limit_is_tried_again_and_said_once(tmp_path):
+    # fs.inotify.max_user_instances (here user.max_inotify_instances of a private user
+    # namespace, so nothing outside is affected) is full when the watch starts: it says so
+    # once, tries again, and watches as soon as an instance comes free.
+    root = tmp_path / "root"
+    root.mkdir()
+    shell = 'echo 4 > /proc/sys/user/max_inotify_instances && exec "$0" "$@"'
+    done = subprocess.run(
+        [*UNSHARE, "sh", "-c", shell, sys.executable, "-c", RETRY_SCRIPT, str(root), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["after_start"] is False
+    [message] = report["limits"]
+    assert "fs.inotify.max_user_instances" in message and "tried again" in message
+    assert report["retried"] is True
+    assert report["changes"] >= 1

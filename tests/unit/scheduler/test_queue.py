@@ -10,6 +10,7 @@ import os
 import select
 import shutil
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -321,3 +322,82 @@ def test_a_ticket_file_of_any_shape_is_skipped_never_raised(scheduler, raw):
     finally:
         odd.unlink(missing_ok=True)
         holder.grant.release()
+
+
+def inotify_instances() -> int:
+    """The inotify instances this process holds (fs.inotify.max_user_instances counts them)."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify" for fd in _fds())
+
+
+def _fds() -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own fd, closed by now
+            continue
+        found.append(fd)
+    return found
+
+
+def test_waiting_costs_no_inotify_instance(scheduler):
+    holder = scheduler.submit(ticket("holder")).grant
+    before = inotify_instances()
+    waiters = [scheduler.submit(ticket(f"w{i}")) for i in range(20)]
+    assert inotify_instances() == before
+    holder.release()
+    assert turn_of(waiters[0]).ticket.job_id == "w0"
+    for waiter in waiters[1:]:
+        waiter.cancel()
+    waiters[0].grant.release()
+
+
+def test_a_next_ticket_replacing_a_grant_keeps_the_place_and_the_slot(scheduler):
+    first = scheduler.submit(ticket("first", repository="a")).grant
+    later = scheduler.submit(ticket("later", repository="b"))  # same priority, came later
+    lower = scheduler.submit(ticket("lower", Priority.ordinary(-5), repository="c"))
+    assert later.grant is None and lower.grant is None
+    kept = replace(ticket("second", repository="b"), sequence=first.ticket.sequence)
+    second = scheduler.submit(kept, replacing=first)
+    assert first.released
+    assert second.grant is not None and second.grant.ticket.sequence == first.ticket.sequence
+    assert [t.job_id for t in scheduler.queue()] == ["second", "later", "lower"]
+    second.grant.release()
+    assert turn_of(later).ticket.job_id == "later"
+    later.grant.release()
+    assert turn_of(lower).ticket.job_id == "lower"
+    lower.grant.release()
+
+
+def test_a_grant_handed_to_a_forked_child_is_held_by_the_child_alone(scheduler):
+    grant = scheduler.submit(ticket("handed")).grant
+    waiter = scheduler.submit(ticket("next"))
+    read_end, write_end = os.pipe()
+    adopted_read, adopted_write = os.pipe()
+
+    def fork() -> int:
+        pid = os.fork()
+        if pid == 0:  # the job process: takes the ticket over, holds the slot until told
+            os.close(write_end)
+            cancelled = grant.adopt()
+            os.write(adopted_write, b"c" if cancelled else b"a")
+            os.read(read_end, 1)
+            grant.release()
+            os._exit(0)
+        return pid
+
+    pid = grant.handed_to_child(fork)
+    os.close(read_end)
+    os.close(adopted_write)
+    try:
+        assert os.read(adopted_read, 1) == b"a"
+        assert grant.released  # this process's copies are closed...
+        (running, _) = scheduler.queue()
+        assert (running.job_id, running.pid, running.state) == ("handed", pid, "running")
+        assert waiter.poll() is None  # ...and the child's still hold the slot
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        os.close(adopted_read)
+    assert turn_of(waiter).ticket.job_id == "next"
+    waiter.grant.release()

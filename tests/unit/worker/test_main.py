@@ -58,13 +58,17 @@ def a_restart(state: Path) -> tuple[Triggers, list[tuple[str, str, str]]]:
     return triggers, asked
 
 
-def sleeps(config: Config, spec: WorkerSpec, run: RunRequest, news: Channel) -> int:
+def sleeps(
+    config: Config, spec: WorkerSpec, run: RunRequest, news: Channel, admitted: object
+) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     time.sleep(DEADLINE)
     return 0
 
 
-def fails(config: Config, spec: WorkerSpec, run: RunRequest, news: Channel) -> int:
+def fails(
+    config: Config, spec: WorkerSpec, run: RunRequest, news: Channel, admitted: object
+) -> int:
     return 1
 
 

@@ -19,7 +19,9 @@ from henbackup.worker.spec import WorkerSpec
 DEADLINE = 30.0  # generous: waited for, never asserted as a duration
 
 
-def garbled(config: Config, spec: WorkerSpec, run: RunRequest, news: Channel) -> int:
+def garbled(
+    config: Config, spec: WorkerSpec, run: RunRequest, news: Channel, admitted: object
+) -> int:
     news.sock.sendall(b'{"type": "event", "kind": "job.started"}\n')
     news.send(JobEvent("job.started", "pictures: backup started", {"job": "0a1b2c3d"}))
     return 0
