@@ -18,7 +18,7 @@ from henbackup.master.clients import Clients
 from henbackup.master.control import Conversation
 from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
-from henbackup.observe.status import LiveJob, StatusModel
+from henbackup.observe.status import ENDINGS, LiveJob, StatusModel
 from henbackup.process import Watched, describe_exit, start_watched
 from henbackup.protocol import ChannelMessage, ControlReply, JobEvent, OneOffResult, reply_error
 
@@ -51,6 +51,8 @@ class Jobs:
     settings: Metrics = field(default_factory=Metrics)
     metrics_server: metrics.MetricsServer | None = None
     results_unsaved: bool = False  # the last save of the results failed (and was said)
+    after_event: Callable[[], None] = lambda: None  # the queue may have changed (preemption)
+    resume_paused: Callable[[str], None] = lambda ticket: None  # a paused job is cancelled
 
     # events
     def event(self, owner: str, event: JobEvent) -> None:
@@ -63,6 +65,8 @@ class Jobs:
             self._results_changed()
         elif kind in ("job.queued", "job.started") or self._stalled() != stalled:
             self.write_metrics()  # henbackup_jobs_running, _waiting or _job_stalled changed
+        if kind in ("job.queued", "job.started", *ENDINGS):
+            self.after_event()
 
     def _stalled(self) -> set[str]:
         return {job.job for job in self.model.running() if job.stalled}
@@ -74,6 +78,7 @@ class Jobs:
             self._emit_lost(job, how)
         if self.scheduler is not None:
             self.scheduler.nudge()  # if it died holding its slot, the next job may start
+        self.after_event()
 
     def _emit_lost(self, job: LiveJob, how: str) -> None:
         error = f"its process {how} before the job ended"
