@@ -19,7 +19,7 @@ import signal
 from pathlib import Path
 from typing import Literal
 
-from henbackup.limits.cgroups import ROOT, own_cgroups
+from henbackup.limits.cgroups import ROOT, Host, own_cgroups
 
 How = Literal["freezer", "SIGSTOP"]
 JOB_LEAF_PREFIX = "job-"
@@ -77,7 +77,10 @@ def pause(marks: Path, job_pid: int) -> How | None:
     (the freezer if any of them was frozen so), or None when it runs none now. Never raises
     for a program that ended."""
     marks.mkdir(mode=0o700, exist_ok=True)
-    (marks / str(job_pid)).touch(mode=0o600)
+    mark = marks / str(job_pid)
+    stopped = _stopped(mark)
+    if not mark.exists():
+        mark.touch(mode=0o600)  # marked first: its stall watch never counts the pause
     how: How | None = None
     for child in children(job_pid):
         file = freezer_of(child)
@@ -86,9 +89,43 @@ def pause(marks: Path, job_pid: int) -> How | None:
                 _freeze(file, True)
                 how = "freezer"
                 continue
+        if child not in stopped:  # named before it stops: a master that dies leaves a trace
+            stopped.add(child)
+            mark.write_text("".join(f"{pid}\n" for pid in sorted(stopped)))
         if _signal_program(job_pid, child, signal.SIGSTOP):
             how = how or "SIGSTOP"
     return how
+
+
+def _stopped(mark: Path) -> set[int]:
+    """The programs a mark says were stopped (what a master that died left stopped)."""
+    try:
+        return {int(word) for word in mark.read_text().split() if word.isdigit()}
+    except OSError:
+        return set()
+
+
+def resume_leftovers(marks: Path, host: Host) -> None:
+    """At the master's start: what a master that died left paused goes on (and can end):
+    the programs its marks name get SIGCONT, the job leaves of job processes that are gone
+    are thawed, and the marks go."""
+    with contextlib.suppress(OSError):
+        for mark in marks.iterdir():
+            for pid in _stopped(mark):  # a reused pid gets a harmless SIGCONT
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGCONT)  # restic and what it started (rclone, ssh)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)  # a program in its job process's group
+            mark.unlink(missing_ok=True)
+    for base in {host.bases.get("freezer"), host.bases.get("")} - {None}:
+        assert base is not None
+        for leaf in base.glob(f"{JOB_LEAF_PREFIX}*"):
+            pid = leaf.name.removeprefix(JOB_LEAF_PREFIX)
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                for name in ("cgroup.freeze", "freezer.state"):
+                    if (leaf / name).exists():
+                        with contextlib.suppress(OSError):
+                            _freeze(leaf / name, False)
 
 
 def resume(marks: Path, job_pid: int) -> None:

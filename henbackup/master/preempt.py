@@ -213,15 +213,19 @@ class Preemption:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # A job that has waited long enough is looked at again when the queue changes (an
+        # event): only the waits still running and the pauses need a timer.
         dues = [
-            (job.queued_at or job.since) + self.after - now
+            due
             for job in queue
-            if job.state == "queued" and needs_slot(job)
+            if job.state == "queued"
+            and needs_slot(job)
+            and (due := (job.queued_at or job.since) + self.after - now) > 0
         ]
         if self.pauses:
             dues.append(REPAUSE_INTERVAL)
         if dues and self.marks is not None:
-            self._timer = self.loop.call_later(max(min(dues), 0.05), self.review)
+            self._timer = self.loop.call_later(min(dues) + 0.01, self.review)
 
     def _pause(self, victim: LiveJob, waiting: LiveJob, now: float) -> None:
         assert self.marks is not None

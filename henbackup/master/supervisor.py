@@ -28,6 +28,7 @@ from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.limits.cgroups import detect, prepare_v2, sweep
 from henbackup.limits.mapping import CGROUP_KEYS
+from henbackup.limits.pause import resume_leftovers
 from henbackup.limits.place import config_problems, say_unavailable
 from henbackup.loop import Loop
 from henbackup.master import commands
@@ -150,7 +151,10 @@ class Master:
         self.jobs.configure(self.config.metrics)
         self._configure_preemption()
         unprepared = prepare_v2()  # before any fork: every child starts in our leaf
-        sweep(detect())  # the leaves of job processes killed before they removed theirs
+        host = detect()
+        if self.scheduler is not None:  # a master that died may have left programs paused
+            resume_leftovers(self.scheduler.directory / PAUSE_MARKS, host)
+        sweep(host)  # the leaves of job processes killed before they removed theirs
         for spec in worker_specs(self.config).values():
             self._add(spec)
         self.emit(

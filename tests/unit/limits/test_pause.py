@@ -4,6 +4,8 @@ tests/integration/test_preemption.py, on this host's cgroup v1 freezer)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from henbackup.engine.stall import read_state
-from henbackup.limits.pause import children, freezer_of, marked, pause, resume
+from henbackup.limits.cgroups import Host
+from henbackup.limits.pause import children, freezer_of, marked, pause, resume, resume_leftovers
 
 JOB_PROCESS = (
     "import subprocess, sys\n"
@@ -33,7 +36,7 @@ def job_process() -> Iterator[tuple[int, int]]:
     assert process.stdout is not None
     program = int(process.stdout.readline())
     yield process.pid, program
-    process.communicate(timeout=10)
+    process.communicate(timeout=10) if process.poll() is None else process.wait()
 
 
 def state_becomes(pid: int, wanted: str) -> bool:
@@ -66,3 +69,21 @@ def test_a_job_process_running_no_program_has_nothing_to_pause(tmp_path: Path) -
         assert marked(tmp_path / "paused", process.pid)  # its next program is paused then
         resume(tmp_path / "paused", process.pid)
         process.communicate(b"\n", timeout=10)
+
+
+def test_what_a_master_that_died_left_stopped_goes_on_at_the_next_start(
+    job_process: tuple[int, int], tmp_path: Path
+) -> None:
+    """The job process dies with its master (SIGKILL): its stopped restic would stay
+    stopped, holding its repository lock, for ever."""
+    job, program = job_process
+    marks = tmp_path / "paused"
+    assert pause(marks, job) == "SIGSTOP"
+    os.kill(job, signal.SIGKILL)
+    assert state_becomes(program, "T")
+    resume_leftovers(marks, Host("none"))
+    try:
+        assert state_becomes(program, "S")
+        assert list(marks.iterdir()) == []
+    finally:
+        os.kill(program, signal.SIGKILL)

@@ -242,3 +242,17 @@ def test_the_master_pauses_lends_a_slot_takes_it_back_and_resumes(tmp_path: Path
         assert not list((tmp_path / "paused").iterdir())
     finally:
         process.communicate(timeout=10)
+
+
+def test_a_wait_that_pauses_nothing_sets_no_timer(tmp_path: Path) -> None:
+    """Equal priorities past preempt_after: looked at again on the next job event, not
+    every few milliseconds."""
+    model = StatusModel()
+    preemption = Preemption(Loop(), lambda *a, **k: None, model, [].append, tuple, tmp_path)
+    model.apply("job.started", {"job": "p1", "repository": "r", "pid": 1}, "backup:p")
+    model.apply("job.queued", {"job": "m1", "repository": "r", "queued_at": time.time() - 60}, "m")
+    preemption.configure(1, 5.0, frozenset())
+    assert preemption.pauses == {} and preemption._timer is None
+    model.apply("job.queued", {"job": "g1", "repository": "r", "queued_at": time.time()}, "g")
+    preemption.review()
+    assert preemption._timer is not None  # when g1 has waited 5 s
