@@ -210,7 +210,7 @@ class StatusRow:
     """One backup→repository, or one repository operation: now, and how it last went."""
 
     repository: str = _member({"type": "string", "minLength": 1})
-    state: str = _member({"enum": ["idle", "queued", "running"]})
+    state: str = _member({"enum": ["idle", "queued", "running", "paused"]})
     job: str | None = _member({"anyOf": [JOB_ID, _NULL]})  # the job waiting or running
     position: int | None = _member({"type": ["integer", "null"], "minimum": 1})  # queued
     percent: float | None = _member({"type": ["number", "null"], "minimum": 0, "maximum": 100})

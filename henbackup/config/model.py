@@ -52,6 +52,8 @@ NORMAL = Priority.ordinary(0)
 # [daemon] stall_timeout's default: a job with no progress for this long is ended.
 STALL_TIMEOUT = 600.0
 INFERIOR = Priority.ordinary(-10)
+# [daemon] preempt_after's default: a few seconds, so that a short job is rarely paused.
+PREEMPT_AFTER = 5.0
 IMMEDIATE = Priority(Priority.IMMEDIATE_BAND)
 
 
@@ -211,6 +213,7 @@ class Daemon:
     download_limit: int | None = None
     restic: str = "restic"
     stall_timeout: float = STALL_TIMEOUT  # seconds
+    preempt_after: float = PREEMPT_AFTER  # seconds a superior job waits before preempting
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,14 @@ DAEMON = Table(
             convert.positive_duration,
             default="10m",
         ),
+        Key(
+            "preempt_after",
+            "A job of higher priority that waited this long for a slot pauses the lowest.",
+            "30s",
+            _DURATION,
+            convert.positive_duration,
+            default="5s",
+        ),
     ),
 )
 METRICS = Table(

@@ -787,6 +787,7 @@ class ResticEngine(Engine):
         checkpoint: Checkpoint | None = None,
         stall_timeout: float = STALL_TIMEOUT,
         on_stall: StallCallback | None = None,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.binary = binary
         self.cache_dir = cache_dir
@@ -795,6 +796,7 @@ class ResticEngine(Engine):
         self.checkpoint = checkpoint or (lambda: None)
         self.stall_timeout = stall_timeout  # restic is ended after this long without progress
         self.on_stall = on_stall
+        self.paused = paused  # restic is paused on purpose (preemption): no stall meanwhile
         self._features: Features | None = None
 
     @property
@@ -1077,7 +1079,7 @@ class ResticEngine(Engine):
             if run.exited:
                 return
             now = time.monotonic()
-            verdict = watch.look(now, run.moved_bytes())
+            verdict = watch.look(now, run.moved_bytes(), self.paused())
             if verdict == "expired":
                 raise Stalled(
                     f"no progress for {format_duration(watch.timeout)}: {self._idle(run, target)}"

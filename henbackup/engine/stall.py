@@ -4,7 +4,8 @@ Progress is bytes moved: every byte the process read or wrote (/proc/PID/io rcha
 count files, pipes and sockets alike), less its own output to us, which goes on while it is
 stuck (restic prints a status line twice a second). The engine adds what it reads in the
 tool's own words (a status line whose counters moved). Time counts only while this process
-watches: if it was frozen too (a paused job's cgroup), that time is no stall of the tool.
+watches: if it was frozen too (a paused job's cgroup), that time is no stall of the tool;
+nor while the master has paused the tool (preemption, limits/pause.py).
 """
 
 from __future__ import annotations
@@ -82,12 +83,15 @@ class StallWatch:
         """Progress seen another way (the tool's own counters moved)."""
         self.last, self.quiet, self.reported = now, 0.0, False
 
-    def look(self, now: float, moved_bytes: int | None) -> Verdict | None:
+    def look(self, now: float, moved_bytes: int | None, paused: bool = False) -> Verdict | None:
         """Account the time since the last look, given the byte count now (None: unknown,
-        which is never a stall). Returns "stalled" once per stall when it has lasted
-        `warn_after`, then "expired" when it has lasted `timeout`, else None."""
+        which is never a stall) and whether the tool was paused on purpose (that time does
+        not count). Returns "stalled" once per stall when it has lasted `warn_after`, then
+        "expired" when it has lasted `timeout`, else None."""
         step = min(max(now - self.last, 0.0), MAX_STEP)
         self.last = now
+        if paused:
+            return None
         if moved_bytes is None:
             self.moved(now)
             return None

@@ -37,11 +37,12 @@ from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import Admitted, backup_jobs, queued, run_backup_pipeline
 from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
+from henbackup.limits import pause
 from henbackup.limits.place import placed
 from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
 from henbackup.process import NEVER, SafePoint
 from henbackup.protocol import JobEvent, JobExit, OneOffResult, reply_error
-from henbackup.scheduler.queue import Scheduler
+from henbackup.scheduler.queue import PAUSE_MARKS, Scheduler
 
 # A repository locked by a live process elsewhere (another host, an admin's restic) is
 # waited for this long before the job fails; stale locks are removed at once.
@@ -134,13 +135,15 @@ def _handle_signals() -> None:
 
 
 def _engine(config: Config) -> ResticEngine:
-    cache = Dirs.from_environment().cache
+    dirs = Dirs.from_environment()
+    marks = dirs.scheduler / PAUSE_MARKS
     return ResticEngine(
         config.daemon.restic,
-        cache_dir=cache,
+        cache_dir=dirs.cache,
         lock_wait=LOCK_WAIT,
         checkpoint=checkpoint,
         stall_timeout=config.daemon.stall_timeout,
+        paused=lambda: pause.marked(marks, os.getpid()),  # by the master: not a stall
     )
 
 

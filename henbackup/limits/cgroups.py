@@ -21,7 +21,8 @@ ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 DAEMON_LEAF = "daemon"
 V2_CONTROLLERS = ("cpu", "io", "memory")
-V1_HIERARCHIES = ("cpu", "blkio", "memory", "cpuacct")  # cpuacct: CPU time, no limit
+# cpuacct: CPU time, no limit; freezer: to pause a job's programs (limits/pause.py)
+V1_HIERARCHIES = ("cpu", "blkio", "memory", "cpuacct", "freezer")
 BLKIO_WEIGHT_FILES = ("blkio.weight", "blkio.bfq.weight")  # CFQ's, else BFQ's
 
 Layout = Literal["v2", "v1", "none"]

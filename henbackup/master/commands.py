@@ -187,7 +187,7 @@ def _row(model: StatusModel, key: RunKey, positions: Mapping[str, int | None]) -
     )
     return StatusRow(
         repository=key.repository,
-        state=job.state if job else "idle",
+        state=("paused" if job.paused else job.state) if job else "idle",
         job=job.job if job else None,
         position=positions.get(job.job) if job else None,
         percent=job.percent if job else None,
@@ -243,12 +243,14 @@ def cancel(
 
     def attempt() -> ControlReply | None:
         try:
-            return _cancelled(job, master.scheduler.cancel(job, wait=False))
+            reply = _cancelled(job, master.scheduler.cancel(job, wait=False))
         except QueueBusy:
             if master.loop.clock() >= give_up:
                 return reply_error("failed", f"{BUSY_QUEUE} for {CANCEL_PATIENCE:g}s: try again")
-        master.loop.call_later(CANCEL_RETRY, again)
-        return None
+            master.loop.call_later(CANCEL_RETRY, again)
+            return None
+        master.jobs.resume_paused(job)  # a paused job must run to act on its cancel
+        return reply
 
     def again() -> None:
         reply = attempt()

@@ -19,7 +19,7 @@ from henbackup.master.clients import Clients
 from henbackup.master.control import Conversation
 from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
-from henbackup.observe.status import LiveJob, StatusModel
+from henbackup.observe.status import ENDINGS, LiveJob, StatusModel
 from henbackup.process import Watched, describe_exit, start_watched
 from henbackup.protocol import ChannelMessage, ControlReply, JobEvent, OneOffResult, reply_error
 
@@ -53,6 +53,8 @@ class Jobs:
     settings: Metrics = field(default_factory=Metrics)
     metrics_server: metrics.MetricsServer | None = None
     results_unsaved: bool = False  # the last save of the results failed (and was said)
+    after_event: Callable[[], None] = lambda: None  # the queue may have changed (preemption)
+    resume_paused: Callable[[str], None] = lambda ticket: None  # a paused job is cancelled
 
     # events
     def event(self, owner: str, event: JobEvent) -> None:
@@ -65,6 +67,8 @@ class Jobs:
             self._results_changed()
         elif kind in ("job.queued", "job.started") or self._stalled() != stalled:
             self.write_metrics()  # henbackup_jobs_running, _waiting or _job_stalled changed
+        if kind in ("job.queued", "job.started", *ENDINGS):
+            self.after_event()
 
     def _stalled(self) -> set[str]:
         return {job.job for job in self.model.running() if job.stalled}
@@ -76,6 +80,7 @@ class Jobs:
             self._emit_lost(job, how)
         if self.scheduler is not None:
             self.scheduler.nudge()  # if it died holding its slot, the next job may start
+        self.after_event()
 
     def _emit_lost(self, job: LiveJob, how: str) -> None:
         error = f"its process {how} before the job ended"

@@ -28,11 +28,13 @@ from henbackup.config.model import Config
 from henbackup.errors import ConfigError
 from henbackup.limits.cgroups import detect, prepare_v2, sweep
 from henbackup.limits.mapping import CGROUP_KEYS
+from henbackup.limits.pause import resume_leftovers
 from henbackup.limits.place import config_problems, say_unavailable
 from henbackup.loop import Loop
 from henbackup.master import commands
 from henbackup.master.control import ControlServer, Conversation, bind, socket_from_systemd
 from henbackup.master.jobs import Jobs, OneOffBody
+from henbackup.master.preempt import Preemption
 from henbackup.master.specs import diff, worker_specs
 from henbackup.master.states import Child, ChildState, Policy
 from henbackup.observe.events import EmitFunction
@@ -55,6 +57,7 @@ from henbackup.protocol import (
     Ready,
     reply_error,
 )
+from henbackup.scheduler.queue import PAUSE_MARKS
 from henbackup.worker.spec import WorkerSpec
 
 if TYPE_CHECKING:
@@ -110,6 +113,7 @@ class Master:
     stopping: bool = False
     control: ControlServer | None = None
     jobs: Jobs = field(init=False)
+    preemption: Preemption = field(init=False)
 
     def __post_init__(self) -> None:
         self.loop.on_error = self._internal_error
@@ -121,6 +125,18 @@ class Master:
             self.one_off_body,
             on_change=self._after_job_process,
         )
+        scheduler = self.scheduler
+        self.preemption = Preemption(
+            self.loop,
+            self.emit,
+            self.model,
+            set_slots=scheduler.set_slots if scheduler else lambda _: None,
+            outsiders=scheduler.tickets if scheduler else tuple,
+            marks=scheduler.directory / PAUSE_MARKS if scheduler else None,
+            on_change=self._update_status,
+        )
+        self.jobs.after_event = self.preemption.review
+        self.jobs.resume_paused = self.preemption.resume_cancelled
 
     # running
     def run(self) -> int:
@@ -133,10 +149,12 @@ class Master:
         self._reap_orphans_regularly()
         self._open_control()
         self.jobs.configure(self.config.metrics)
-        if self.scheduler is not None:
-            self.scheduler.set_slots(self.config.daemon.max_concurrent_jobs)
+        self._configure_preemption()
         unprepared = prepare_v2()  # before any fork: every child starts in our leaf
-        sweep(detect())  # the leaves of job processes killed before they removed theirs
+        host = detect()
+        if self.scheduler is not None:  # a master that died may have left programs paused
+            resume_leftovers(self.scheduler.directory / PAUSE_MARKS, host)
+        sweep(host)  # the leaves of job processes killed before they removed theirs
         for spec in worker_specs(self.config).values():
             self._add(spec)
         self.emit(
@@ -335,8 +353,7 @@ class Master:
         new = worker_specs(config)
         change = diff(old, new)
         self.config = config
-        if self.scheduler is not None:
-            self.scheduler.set_slots(config.daemon.max_concurrent_jobs)
+        self._configure_preemption()
         for key in change.removed:
             self._stop_child(key)
         for key in change.changed:
@@ -356,6 +373,12 @@ class Master:
         )
         self._warn_limits()
 
+    def _configure_preemption(self) -> None:
+        """The slots (max_concurrent_jobs, plus those paused jobs lend) and preempt_after."""
+        daemon = self.config.daemon
+        forgetting = frozenset(n for n, b in self.config.backups.items() if b.retention)
+        self.preemption.configure(daemon.max_concurrent_jobs, daemon.preempt_after, forgetting)
+
     def _warn_limits(self, unprepared: str | None = None) -> None:
         """One warning per limit of the config this host cannot apply; `unprepared`: why
         the cgroup v2 setup at start failed, the reason of every cgroup limit then."""
@@ -371,6 +394,7 @@ class Master:
         self.stopping = True
         self.notifier.stopping()
         self.emit("daemon.stopping", "henbackup stopping", pid=os.getpid())
+        self.preemption.resume_all()  # a paused restic could not stop cleanly
         for key in list(self.children):
             self._stop_child(key)
         self.jobs.signal_one_offs(signal.SIGTERM)

@@ -40,6 +40,8 @@ MESSAGE_IDS: dict[str, str] = {
     "job.succeeded": "46f20b6b5f294b549fbcca0d0183a6c3",
     "job.warning": "954a95c88fd548df850a04931685d363",
     "job.stalled": "fcb477c7315a49c1b8965fcc0b89b268",
+    "job.paused": "868ec3a94db7474bbf52b91942a176b0",
+    "job.resumed": "dfd0ca63c15b49e889ba82e320f1c90f",
     "job.failed": "a9e817b7809241c1a667ca60a3b1e22f",
     "job.cancelled": "a288b95b444940e3ae722c37556e07dd",
     "repository.initialized": "9dd063aa276c43aca7c9d413d74a7b55",
@@ -74,6 +76,7 @@ _PRIORITIES = {
     "limits.unavailable": WARNING,
     "watch.overflow": NOTICE,
     "repository.initialized": NOTICE,
+    "job.paused": NOTICE,
     "daemon.started": NOTICE,
     "daemon.stopping": NOTICE,
 }

@@ -89,6 +89,7 @@ class LiveJob:
     sequence: int | None = None  # its arrival number in the host-wide queue
     ticket: str = ""  # the queue ticket it runs under, when not its own (a backup's forget)
     stalled: bool = False  # said to make no progress (job.stalled), and has not moved since
+    paused: bool = False  # preempted (job.paused), until job.resumed
 
     @property
     def ticket_id(self) -> str:
@@ -188,6 +189,8 @@ class StatusModel:
             job = replace(job, stalled=job.stalled and not _moved(job, progress), **progress)
         elif kind == "job.stalled":  # the run keeps its start and its progress
             job = replace(job, stalled=True)
+        elif kind in ("job.paused", "job.resumed"):
+            job = replace(job, paused=kind == "job.paused")
         # else a warning on its way: nothing changes
         self.live[job_id] = job
         return None
@@ -298,8 +301,10 @@ class StatusModel:
 
 
 def _activity(job: LiveJob) -> str:
-    """`pictures→aws-ireland 42%`, `check aws-ireland`, `… 42% (stalled)`."""
+    """`pictures→aws-ireland 42%`, `check aws-ireland`, `… 42% (stalled)`, `… (paused)`."""
     activity = f"{job.title} {job.percent:g}%" if job.percent is not None else job.title
+    if job.paused:
+        return f"{activity} (paused)"
     return f"{activity} (stalled)" if job.stalled else activity
 
 

@@ -11,6 +11,8 @@ Layout of the directory ($RUNTIME_DIRECTORY/scheduler):
     repository-NAME   flock'ed LOCK_SH by jobs using the repository, LOCK_EX by check/prune
     nudge             appended to by the master when it reaps a child
     cancelled/JOB_ID  a running job asked to stop (its process is then sent SIGUSR1)
+    paused/PID        the programs of job process PID are paused by the master (preemption:
+                      limits/pause.py); `slots` then lends their slot to the job they yield to
 
 Who may run is decided by `plan()` over the tickets and the kernel's view of the locks, by
 whichever process changes the queue (a job arriving, releasing, leaving): it takes its own
@@ -73,6 +75,7 @@ _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LOCK_MODES = {"shared": locks.SHARED, "exclusive": locks.EXCLUSIVE}
 _TURN, _NUDGE = b"w", b"n"  # what a wake FIFO is told
 T = TypeVar("T")
+PAUSE_MARKS = "paused"  # the directory of the paused job processes' marks
 
 
 class Scheduler:

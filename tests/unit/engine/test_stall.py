@@ -122,3 +122,13 @@ def test_time_while_the_watcher_itself_was_frozen_does_not_count(gap: float) -> 
 def test_a_stall_is_reported_before_it_expires_even_when_a_look_comes_late() -> None:
     watch = StallWatch(timeout=3.0, last=0.0)
     assert looks(watch, [(0, 0), (1, 0), (4, 0), (5, 0)]) == [None, None, "stalled", "expired"]
+
+
+def test_time_while_the_tool_is_paused_on_purpose_does_not_count() -> None:
+    """Preemption pauses restic for as long as a superior job runs: no stall, nor a stall
+    that expires the moment it goes on; the quiet time before the pause still counts."""
+    watch = StallWatch(timeout=4.0, last=0.0)
+    assert looks(watch, [(0, 0), (1, 0)]) == [None, None]
+    assert [watch.look(t, 0, paused=True) for t in range(2, 60)] == [None] * 58
+    assert watch.quiet == 1.0
+    assert looks(watch, [(60, 0), (61, 0), (62, 0)]) == ["stalled", None, "expired"]

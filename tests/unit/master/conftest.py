@@ -31,6 +31,7 @@ def master(tmp_path: Path) -> Any:
         return None if wait else {"ok": True, "request": "r00000001", "accepted": job["command"]}
 
     model, clients = StatusModel(), Clients()
+    resumed: list[str] = []  # the tickets cancelled, for a paused job to resume
     return SimpleNamespace(
         config=config,
         config_path=config_path,
@@ -38,7 +39,10 @@ def master(tmp_path: Path) -> Any:
         stopping=False,
         model=model,
         clients=clients,
-        jobs=SimpleNamespace(model=model, clients=clients, start_one_off=start_one_off),
+        jobs=SimpleNamespace(
+            model=model, clients=clients, start_one_off=start_one_off, resume_paused=resumed.append
+        ),
+        resumed=resumed,
         scheduler=Scheduler(tmp_path / "s"),
         loop=Loop(),
         state_dir=tmp_path / "state",

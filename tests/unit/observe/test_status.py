@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -127,6 +128,24 @@ def test_a_warning_or_stall_mid_run_keeps_its_start_and_progress(
     clock.now = 1100.0
     model.apply("job.succeeded", job(duration_sec="100"), OWNER)
     assert model.records[KEY].last.started == 1000.0
+
+
+def test_a_paused_job_runs_on_shows_paused_and_keeps_its_start_until_resumed(
+    model: StatusModel, clock: Clock
+) -> None:
+    model.daemon_changed([("backup:pictures", WorkerView("pictures", "backup", "running"))], False)
+    model.apply("job.started", job(trigger="schedule"), OWNER)
+    model.apply("job.progress", job(percent="40", bytes_done="400"), OWNER)
+    clock.now = 1030.0
+    model.apply("job.paused", job(paused_for="j2", paused_how="SIGSTOP"), OWNER)
+    paused = LiveJob(
+        "j1", KEY, OWNER, "running", 1000.0, "schedule", percent=40.0, bytes_done=400, paused=True
+    )
+    assert model.live == {"j1": paused}
+    assert model.status_line() == "1 backup; running: pictures→aws 40% (paused)"
+    model.apply("job.resumed", job(paused_sec="20"), OWNER)
+    assert model.live == {"j1": replace(paused, paused=False)}
+    assert model.status_line() == "1 backup; running: pictures→aws 40%"
 
 
 def test_progress_of_a_job_never_seen_makes_it_running_from_now(

@@ -1,0 +1,153 @@
+"""Pausing a job's programs (preemption): the cgroup freezer where its leaf has one, else
+SIGSTOP to each program's process group.
+
+Only the programs are paused (restic, a command hook), never the job process itself: it may
+hold the queue's lock, and a frozen holder would stop the whole host's queue. Its programs
+are its children; each leads a process group of its own (process.spawn). A program in one
+of our job leaves (`job-PID`, see cgroups.py) is frozen with its leaf: a program it starts
+meanwhile enters the frozen leaf and is frozen too. One outside any job leaf (a job without
+resources, or no cgroup here) is stopped; pausing again stops the ones started since.
+A paused job process is marked (a file named by its pid in the marks directory) so that
+its stall watch does not count the pause as no progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Literal
+
+from henbackup.limits.cgroups import ROOT, Host, own_cgroups
+
+How = Literal["freezer", "SIGSTOP"]
+JOB_LEAF_PREFIX = "job-"
+
+
+def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc/*/stat)."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text.rpartition(")")[2].split()  # the name in parentheses may hold anything
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
+
+
+def freezer_of(pid: int, root: Path = ROOT) -> Path | None:
+    """The freezer file of `pid`'s job leaf (v2 cgroup.freeze, v1 freezer.state), or None
+    when it is in no job leaf with a freezer (the daemon's own cgroup is never frozen)."""
+    try:
+        own = own_cgroups(Path(f"/proc/{pid}/cgroup").read_text())
+    except OSError:
+        return None
+    places = [(root / "freezer", own.get("freezer"), "freezer.state")]
+    places.append((root, own.get(""), "cgroup.freeze"))
+    for base, path, name in places:
+        if path is None or not Path(path).name.startswith(JOB_LEAF_PREFIX):
+            continue
+        file = base / path.lstrip("/") / name
+        if file.exists():
+            return file
+    return None
+
+
+def _freeze(file: Path, frozen: bool) -> None:
+    if file.name == "cgroup.freeze":
+        file.write_text("1" if frozen else "0")
+    else:
+        file.write_text("FROZEN" if frozen else "THAWED")
+
+
+def marked(marks: Path, job_pid: int) -> bool:
+    """Whether the programs of job process `job_pid` are paused by the master (its stall
+    watch does not count that time: a program someone else stopped is a stall)."""
+    return (marks / str(job_pid)).exists()
+
+
+def pause(marks: Path, job_pid: int) -> How | None:
+    """Pause the programs of job process `job_pid`, marked in `marks` first; returns how
+    (the freezer if any of them was frozen so), or None when it runs none now. Never raises
+    for a program that ended."""
+    marks.mkdir(mode=0o700, exist_ok=True)
+    mark = marks / str(job_pid)
+    stopped = _stopped(mark)
+    if not mark.exists():
+        mark.touch(mode=0o600)  # marked first: its stall watch never counts the pause
+    how: How | None = None
+    for child in children(job_pid):
+        file = freezer_of(child)
+        if file is not None:
+            with contextlib.suppress(OSError):
+                _freeze(file, True)
+                how = "freezer"
+                continue
+        if child not in stopped:  # named before it stops: a master that dies leaves a trace
+            stopped.add(child)
+            mark.write_text("".join(f"{pid}\n" for pid in sorted(stopped)))
+        if _signal_program(job_pid, child, signal.SIGSTOP):
+            how = how or "SIGSTOP"
+    return how
+
+
+def _stopped(mark: Path) -> set[int]:
+    """The programs a mark says were stopped (what a master that died left stopped)."""
+    try:
+        return {int(word) for word in mark.read_text().split() if word.isdigit()}
+    except OSError:
+        return set()
+
+
+def resume_leftovers(marks: Path, host: Host) -> None:
+    """At the master's start: what a master that died left paused goes on (and can end):
+    the programs its marks name get SIGCONT, the job leaves of job processes that are gone
+    are thawed, and the marks go."""
+    with contextlib.suppress(OSError):
+        for mark in marks.iterdir():
+            for pid in _stopped(mark):  # a reused pid gets a harmless SIGCONT
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGCONT)  # restic and what it started (rclone, ssh)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)  # a program in its job process's group
+            mark.unlink(missing_ok=True)
+    for base in {host.bases.get("freezer"), host.bases.get("")} - {None}:
+        assert base is not None
+        for leaf in base.glob(f"{JOB_LEAF_PREFIX}*"):
+            pid = leaf.name.removeprefix(JOB_LEAF_PREFIX)
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                for name in ("cgroup.freeze", "freezer.state"):
+                    if (leaf / name).exists():
+                        with contextlib.suppress(OSError):
+                            _freeze(leaf / name, False)
+
+
+def resume(marks: Path, job_pid: int) -> None:
+    """Resume what `pause` paused (and any program of it stopped since), then unmark it."""
+    for child in children(job_pid):
+        file = freezer_of(child)
+        if file is not None:
+            with contextlib.suppress(OSError):
+                _freeze(file, False)
+        _signal_program(job_pid, child, signal.SIGCONT)  # also one stopped before it froze
+    (marks / str(job_pid)).unlink(missing_ok=True)
+
+
+def _signal_program(job_pid: int, child: int, signum: int) -> bool:
+    """`signum` to `child`'s process group, or to it alone if it shares the job process's
+    group (never to the job process); returns whether it was sent."""
+    try:
+        group = os.getpgid(child)
+        if group == child and group != os.getpgid(job_pid):
+            os.killpg(group, signum)
+        else:
+            os.kill(child, signum)
+    except ProcessLookupError:  # it ended meanwhile
+        return False
+    return True

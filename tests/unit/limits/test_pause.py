@@ -1,0 +1,89 @@
+"""Pausing a job's programs with SIGSTOP, on real processes: a stand-in job process with a
+program in a session of its own, as process.spawn starts restic (the freezer path runs in
+tests/integration/test_preemption.py, on this host's cgroup v1 freezer)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from henbackup.engine.stall import read_state
+from henbackup.limits.cgroups import Host
+from henbackup.limits.pause import children, freezer_of, marked, pause, resume, resume_leftovers
+
+JOB_PROCESS = (
+    "import subprocess, sys\n"
+    "program = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+    "print(program.pid, flush=True)\n"
+    "sys.stdin.read()\n"
+    "program.kill()\n"
+)
+
+
+@pytest.fixture
+def job_process() -> Iterator[tuple[int, int]]:
+    """(the job process's pid, its program's pid)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", JOB_PROCESS], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    program = int(process.stdout.readline())
+    yield process.pid, program
+    process.communicate(timeout=10) if process.poll() is None else process.wait()
+
+
+def state_becomes(pid: int, wanted: str) -> bool:
+    deadline = time.monotonic() + 10
+    while read_state(pid) != wanted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return read_state(pid) == wanted
+
+
+def test_the_program_is_stopped_not_the_job_process_and_goes_on_when_resumed(
+    job_process: tuple[int, int], tmp_path: Path
+) -> None:
+    job, program = job_process
+    marks = tmp_path / "paused"
+    assert children(job) == [program]
+    assert freezer_of(program) is None  # in no job leaf: SIGSTOP
+    assert not marked(marks, job)
+    assert pause(marks, job) == "SIGSTOP"
+    assert marked(marks, job)
+    assert state_becomes(program, "T")
+    assert read_state(job) in ("S", "R")  # it may hold the queue's lock: never stopped
+    resume(marks, job)
+    assert not marked(marks, job)
+    assert state_becomes(program, "S")
+
+
+def test_a_job_process_running_no_program_has_nothing_to_pause(tmp_path: Path) -> None:
+    with subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE) as process:
+        assert pause(tmp_path / "paused", process.pid) is None
+        assert marked(tmp_path / "paused", process.pid)  # its next program is paused then
+        resume(tmp_path / "paused", process.pid)
+        process.communicate(b"\n", timeout=10)
+
+
+def test_what_a_master_that_died_left_stopped_goes_on_at_the_next_start(
+    job_process: tuple[int, int], tmp_path: Path
+) -> None:
+    """The job process dies with its master (SIGKILL): its stopped restic would stay
+    stopped, holding its repository lock, for ever."""
+    job, program = job_process
+    marks = tmp_path / "paused"
+    assert pause(marks, job) == "SIGSTOP"
+    os.kill(job, signal.SIGKILL)
+    assert state_becomes(program, "T")
+    resume_leftovers(marks, Host("none"))
+    try:
+        assert state_becomes(program, "S")
+        assert list(marks.iterdir()) == []
+    finally:
+        os.kill(program, signal.SIGKILL)
