@@ -205,6 +205,11 @@ def _member(schema: Schema) -> Any:
     return dataclasses.field(metadata={"schema": schema})
 
 
+def _running(schema: Schema) -> Any:
+    """A member only a running job has (None otherwise)."""
+    return dataclasses.field(default=None, metadata={"schema": schema})
+
+
 @dataclass(frozen=True)
 class StatusRow:
     """One backup→repository, or one repository operation: now, and how it last went."""
@@ -224,6 +229,13 @@ class StatusRow:
     limits: str | None = _member({"type": ["string", "null"]})  # the last run's resources
     cpu_sec: float | None = _member({"type": ["number", "null"], "minimum": 0})  # it used
     memory_peak: int | None = _member({"type": ["integer", "null"], "minimum": 0})
+    # A running job's transfer: bytes read (or restored) of the total, bytes sent to the
+    # repository and the rate achieved lately (bytes per second), seconds left (jobs/job.py).
+    bytes_done: int | None = _running({"type": ["integer", "null"], "minimum": 0})
+    total_bytes: int | None = _running({"type": ["integer", "null"], "minimum": 0})
+    bytes_sent: int | None = _running({"type": ["integer", "null"], "minimum": 0})
+    send_rate: float | None = _running({"type": ["number", "null"], "minimum": 0})
+    seconds_remaining: float | None = _running({"type": ["number", "null"], "minimum": 0})
 
     def as_reply(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from henbackup.cli.progress import transfer
 from henbackup.humanize import ago, duration, relative, size
 from henbackup.protocol import ControlReply
 
@@ -49,7 +50,7 @@ def _state(row: Row) -> str:
     if state == "queued" and row.get("position"):
         return f"queued ({row['position']})"
     if state == "running" and row.get("percent") is not None:
-        return f"running {row['percent']:g}%"
+        return ", ".join([f"running {row['percent']:g}%", *transfer(row)])
     return state
 
 

@@ -39,7 +39,13 @@ class Target:
 
 @dataclass(frozen=True)
 class TransferProgress:
-    """A progress report during a backup or restore."""
+    """A progress report during a backup or restore.
+
+    `bytes_done` is what the tool has read (a backup) or written (a restore). A backup's
+    tool may read far ahead of its upload (a bandwidth limit): then `bytes_sent` and
+    `send_rate` say what really left, `fraction` counts what is sent and `seconds_remaining`
+    is the later of reading's and sending's (engine/transfer.py).
+    """
 
     fraction: float  # 0.0 .. 1.0
     files_done: int
@@ -48,6 +54,8 @@ class TransferProgress:
     total_bytes: int | None
     seconds_elapsed: float
     seconds_remaining: float | None = None
+    bytes_sent: int | None = None  # to the repository so far (None: not measured)
+    send_rate: float | None = None  # bytes per second sent over the last seconds
 
 
 ProgressCallback = Callable[[TransferProgress], None]

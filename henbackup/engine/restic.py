@@ -48,7 +48,15 @@ from henbackup.engine.base import (
     TransferProgress,
 )
 from henbackup.engine.secret_env import with_secret_env
-from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
+from henbackup.engine.stall import (
+    OpenFile,
+    StallWatch,
+    idle_reason,
+    open_files,
+    read_io,
+    read_state,
+)
+from henbackup.engine.transfer import Upload, UploadTracker
 from henbackup.engine.versions import version_text
 from henbackup.errors import (
     BackendUnreachable,
@@ -76,6 +84,8 @@ INTERRUPT_GRACE = 5.0
 UNLOCK_LIMIT = 5.0
 # After SIGKILL, how long to wait for the exit (a process blocked in the kernel may not die).
 KILL_WAIT = 5.0
+# restic writes each pack to a temporary file of this name, then sends it from there.
+TEMP_PACK = "restic-temp-pack-"
 # How often a running restic's progress is looked at (at least).
 WATCH_TICK = 1.0
 # Backoff between attempts on a locked repository when restic has no --retry-lock.
@@ -367,8 +377,36 @@ def parse_progress(message: Mapping[str, Any]) -> TransferProgress | None:
         bytes_done=size,
         total_bytes=_total(message, "total_bytes"),
         seconds_elapsed=float(message.get("seconds_elapsed") or 0.0),
-        seconds_remaining=float(remaining) if isinstance(remaining, int | float) else None,
+        seconds_remaining=(
+            max(0.0, float(remaining)) if isinstance(remaining, int | float) else None
+        ),
     )
+
+
+def upload_of(written: int, packs: Sequence[OpenFile], dropped: int = 0) -> Upload:
+    """What restic has sent and is sending, from what it wrote (less its output to us), its
+    open temporary packs and the bytes of those it closed unsent (`dropped_since`).
+
+    Each pack is written to its file as restic reads, read back and written again as it is
+    sent (to a socket, a pipe or a local repository) at the backend's pace, then closed: so
+    `written` holds every pack closed after sending twice, the others once, and of those
+    being sent (read back, not to the end yet) what is sent. Only packs being sent count as
+    unsent: restic 0.18 keeps a written pack open that it never sends."""
+    pending = sum(pack.size for pack in packs)
+    being_sent = [pack for pack in packs if pack.position < pack.size]
+    sending = sum(pack.position for pack in being_sent)
+    return Upload(
+        sent=max(0, (written - pending - dropped + sending) // 2),
+        unsent=sum(pack.size - pack.position for pack in being_sent),
+    )
+
+
+def dropped_since(before: Sequence[OpenFile], now: Sequence[OpenFile], grown: int) -> int:
+    """Bytes of packs closed unsent between two looks: gone, never seen being sent, and
+    more than restic wrote meanwhile (sending them would have written them whole)."""
+    still = {pack.inode for pack in now}
+    gone = sum(p.size for p in before if p.inode not in still and p.position >= p.size)
+    return max(0, gone - grown)
 
 
 def limit_warnings(messages: Sequence[str]) -> tuple[str, ...]:
@@ -655,6 +693,9 @@ class _Run:
         self.exited = False
         self.output = 0  # bytes read from stdout
         self._partial = [b""]  # the line being read, in pieces
+        self.packs: list[OpenFile] = []  # its temporary packs at the last look
+        self.written = 0  # what it had written then, less its output to us
+        self.dropped = 0  # bytes of packs it closed unsent
 
     def read(self, timeout: float) -> list[str]:
         """The lines restic printed within `timeout`; once it exited, all the rest."""
@@ -686,12 +727,20 @@ class _Run:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def moved_bytes(self) -> int | None:
-        """Bytes restic read and wrote, less its output to us (read stdout, stderr file)."""
-        total = read_io(self.process.pid)
-        if total is None:
-            return None
-        return total - self.output - os.fstat(self.stderr.fileno()).st_size
+    def look(self) -> tuple[int | None, Upload | None]:
+        """One look at /proc: the bytes restic read and wrote, less its output to us (read
+        stdout, stderr file), for the stall watch; and its upload so far (None: unknown)."""
+        counters = read_io(self.process.pid)
+        if counters is None:
+            return None, None
+        output = self.output + os.fstat(self.stderr.fileno()).st_size
+        packs = open_files(self.process.pid, TEMP_PACK)
+        if packs is None:
+            return counters.moved - output, None
+        written = counters.wchar - output
+        self.dropped += dropped_since(self.packs, packs, written - self.written)
+        self.packs, self.written = packs, written
+        return counters.moved - output, upload_of(written, packs, self.dropped)
 
     def discard_until(self, deadline: float) -> bool:
         """Read and drop its output (restic must never block writing) until it exits or
@@ -733,10 +782,17 @@ LineHandler = Callable[[str], None]
 
 
 class _Stream:
-    """Follows JSON lines of backup/restore: forwards progress, keeps the summary."""
+    """Follows JSON lines of backup/restore: forwards progress, keeps the summary. With
+    `upload` (a backup), progress counts what restic sent as `upload()` last measured it."""
 
-    def __init__(self, on_progress: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        on_progress: ProgressCallback | None,
+        upload: Callable[[], Upload | None] | None = None,
+    ) -> None:
         self.on_progress = on_progress
+        self.upload = upload
+        self.tracker = UploadTracker()
         self.summary: dict[str, Any] | None = None
 
     def feed(self, line: str) -> None:
@@ -747,6 +803,8 @@ class _Stream:
             self.summary = message
         elif self.on_progress is not None:
             progress = parse_progress(message)
+            if progress is not None and self.upload is not None:
+                progress = self.tracker.apply(progress, self.upload(), time.monotonic())
             if progress is not None:
                 self.on_progress(progress)
 
@@ -797,6 +855,7 @@ class ResticEngine(Engine):
         self.stall_timeout = stall_timeout  # restic is ended after this long without progress
         self.on_stall = on_stall
         self.paused = paused  # restic is paused on purpose (preemption): no stall meanwhile
+        self.upload: Upload | None = None  # of the running restic, as last measured
         self._features: Features | None = None
 
     @property
@@ -830,7 +889,7 @@ class ResticEngine(Engine):
     ) -> BackupResult:
         # Absolute paths: restic stores the tree as given, and restores (--include) use it.
         request = replace(request, paths=tuple(os.path.abspath(p) for p in request.paths))
-        stream = _Stream(on_progress)
+        stream = _Stream(on_progress, lambda: self.upload)
         args = backup_args(request, self.features.skip_if_unchanged)
         # Exit 3: some source files could not be read, the snapshot exists anyway.
         outcome = self._call(target, args, on_line=stream.feed, tolerate=(3,))
@@ -1067,9 +1126,12 @@ class ResticEngine(Engine):
         watch = StallWatch(self.stall_timeout, now)
         deadline = None if limit is None else now + limit
         counters = None
+        self.upload = None
         while not run.exited:
             lines = run.read(WATCH_TICK)
             self.checkpoint()
+            moved, upload = run.look() if not run.exited else (None, None)
+            self.upload = upload or self.upload
             for line in lines:
                 on_line(line)
                 seen = status_counters(line)
@@ -1079,7 +1141,7 @@ class ResticEngine(Engine):
             if run.exited:
                 return
             now = time.monotonic()
-            verdict = watch.look(now, run.moved_bytes(), self.paused())
+            verdict = watch.look(now, moved, self.paused())
             if verdict == "expired":
                 raise Stalled(
                     f"no progress for {format_duration(watch.timeout)}: {self._idle(run, target)}"

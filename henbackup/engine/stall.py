@@ -6,10 +6,15 @@ stuck (restic prints a status line twice a second). The engine adds what it read
 tool's own words (a status line whose counters moved). Time counts only while this process
 watches: if it was frozen too (a paused job's cgroup), that time is no stall of the tool;
 nor while the master has paused the tool (preemption, limits/pause.py).
+
+The same look at /proc serves the progress that counts what the tool sent (`open_files`,
+and the engine's arithmetic in engine/transfer.py): /proc is read once per look.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,23 +35,62 @@ _STUCK_STATES = {
 }
 
 
-def parse_io(text: str) -> int | None:
-    """rchar + wchar of a /proc/PID/io text; None if either is missing."""
+@dataclass(frozen=True)
+class IoCounters:
+    """Bytes a process has read and written so far, by any means (files, pipes, sockets)."""
+
+    rchar: int
+    wchar: int
+
+    @property
+    def moved(self) -> int:
+        return self.rchar + self.wchar
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """A file a process has open: its size now and where the process is in it."""
+
+    size: int
+    position: int
+    inode: int = 0
+
+
+def parse_io(text: str) -> IoCounters | None:
+    """rchar and wchar of a /proc/PID/io text; None if either is missing."""
     counters = {}
     for line in text.splitlines():
         name, _, value = line.partition(":")
         if name in ("rchar", "wchar") and value.strip().isdigit():
             counters[name] = int(value)
-    return counters["rchar"] + counters["wchar"] if len(counters) == 2 else None
+    return IoCounters(**counters) if len(counters) == 2 else None
 
 
-def read_io(pid: int) -> int | None:
-    """Bytes process `pid` has read and written so far; None if the kernel will not say."""
+def read_io(pid: int) -> IoCounters | None:
+    """What process `pid` has read and written so far; None if the kernel will not say."""
     try:
         with open(f"/proc/{pid}/io") as file:
             return parse_io(file.read())
     except OSError:
         return None
+
+
+def open_files(pid: int, name_part: str) -> list[OpenFile] | None:
+    """The files process `pid` has open whose path holds `name_part` (deleted ones too);
+    None if the kernel will not say. A file closed meanwhile is left out."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    found = []
+    for fd in fds:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if name_part in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                status = os.stat(f"/proc/{pid}/fd/{fd}")
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    position = int(info.readline().split()[1])  # "pos:\t1234"
+                found.append(OpenFile(status.st_size, position, status.st_ino))
+    return found
 
 
 def read_state(pid: int) -> str | None:

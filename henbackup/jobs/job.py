@@ -79,6 +79,8 @@ class ProgressReporter:
             total_files=progress.total_files,
             seconds_elapsed=round(progress.seconds_elapsed, 1),
             seconds_remaining=progress.seconds_remaining,
+            bytes_sent=progress.bytes_sent,
+            send_rate=None if progress.send_rate is None else round(progress.send_rate),
         )
 
 

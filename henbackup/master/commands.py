@@ -201,7 +201,19 @@ def _row(model: StatusModel, key: RunKey, positions: Mapping[str, int | None]) -
         limits=last.limits if last else None,
         cpu_sec=last.cpu_sec if last else None,
         memory_peak=last.memory_peak if last else None,
+        **(_transfer(job) if job else {}),
     ).as_reply()
+
+
+def _transfer(job: LiveJob) -> dict[str, Any]:
+    """What a running job has read, sent and has left, as its last progress said."""
+    return {
+        "bytes_done": job.bytes_done,
+        "total_bytes": job.total_bytes,
+        "bytes_sent": job.bytes_sent,
+        "send_rate": job.send_rate,
+        "seconds_remaining": job.seconds_remaining,
+    }
 
 
 def queue(master: Master, request: ControlRequest, conversation: Conversation) -> ControlReply:

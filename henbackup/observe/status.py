@@ -81,9 +81,11 @@ class LiveJob:
     priority: int = 0  # Priority.effective
     position: int | None = None  # as job.queued told it; `queue()` gives the one of now
     percent: float | None = None
-    bytes_done: int | None = None
+    bytes_done: int | None = None  # read (a backup) or written (a restore)
     total_bytes: int | None = None
     seconds_remaining: float | None = None
+    bytes_sent: int | None = None  # a backup's upload so far
+    send_rate: float | None = None  # bytes per second, over the last seconds
     pid: int = 0  # its job process (0: not said)
     queued_at: float | None = None  # when it entered the host-wide queue
     sequence: int | None = None  # its arrival number in the host-wide queue
@@ -336,8 +338,12 @@ def _outsider(ticket: Ticket) -> LiveJob:
 
 def _moved(job: LiveJob, progress: Mapping[str, Any]) -> bool:
     """Whether `progress` got further than the job had got (what restic reports: a restic
-    that read ahead and now only uploads reports no more until its end)."""
-    further = [(progress["bytes_done"], job.bytes_done), (progress["percent"], job.percent)]
+    that read ahead and now only uploads reports no more until its end: what it sent does)."""
+    further = [
+        (progress["bytes_done"], job.bytes_done),
+        (progress["bytes_sent"], job.bytes_sent),
+        (progress["percent"], job.percent),
+    ]
     return any(now is not None and (then is None or now > then) for now, then in further)
 
 
@@ -347,6 +353,8 @@ def _progress(fields: Mapping[str, Any]) -> dict[str, Any]:
         "bytes_done": _int(fields.get("bytes_done")),
         "total_bytes": _int(fields.get("total_bytes")),
         "seconds_remaining": _float(fields.get("seconds_remaining")),
+        "bytes_sent": _int(fields.get("bytes_sent")),
+        "send_rate": _float(fields.get("send_rate")),
     }
 
 

@@ -307,6 +307,11 @@ def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None
         "limits",
         "cpu_sec",
         "memory_peak",
+        "bytes_done",
+        "total_bytes",
+        "bytes_sent",
+        "send_rate",
+        "seconds_remaining",
     ]
     schema = _strict(StatusRow)
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -316,6 +321,7 @@ def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None
         {"position": 0},
         {"error": "two\nlines"},
         {"cpu_sec": -1},
+        {"bytes_sent": -1},
         {"x": 1},
     ):
         with pytest.raises(jsonschema.ValidationError):

@@ -68,6 +68,27 @@ def test_the_bar_is_24_wide_and_its_percent_3_wide_and_bounded(event, shown) -> 
     assert bar(event) == shown
 
 
+def test_a_backup_bar_shows_what_was_read_and_sent_and_the_rate_achieved() -> None:
+    # restic read everything at once, the upload goes at 150 KiB/s: the rate is the sent one
+    event = {
+        "backup": "pictures",
+        "repository": "aws",
+        "percent": 30,
+        "bytes_done": 3 * GIB,
+        "total_bytes": 3 * GIB,
+        "seconds_elapsed": 10,  # 300 MiB/s read on average: not what the upload achieves
+        "bytes_sent": 900 * MIB,
+        "send_rate": 150 * 1024,
+        "seconds_remaining": 14700,
+    }
+    assert bar(event) == (
+        "pictures→aws  [#######-----------------]   30%  3.00 GiB/3.00 GiB read  "
+        "900.0 MiB sent  150.0 KiB/s  ETA 4 h 5 min"
+    )
+    no_rate_yet = {**event, "send_rate": None, "seconds_remaining": None}
+    assert bar(no_rate_yet).endswith("   30%  3.00 GiB/3.00 GiB read  900.0 MiB sent")
+
+
 @pytest.mark.parametrize(
     ("extra", "tail"),
     [

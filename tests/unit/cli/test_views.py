@@ -131,6 +131,22 @@ def test_status_is_the_status_line_then_one_row_per_run() -> None:
     ]
 
 
+def test_a_running_row_shows_what_was_read_and_sent_the_rate_and_the_time_left() -> None:
+    running = row(
+        "aws",
+        state="running",
+        percent=30.0,
+        bytes_done=3 * 1024**3,
+        total_bytes=3 * 1024**3,
+        bytes_sent=900 * 1024**2,
+        send_rate=150 * 1024.0,
+        seconds_remaining=14700.0,
+    )
+    reply = {**STATUS, "backups": [{**STATUS["backups"][0], "repositories": [running]}]}
+    state = "running 30%, 3.00 GiB/3.00 GiB read, 900.0 MiB sent, 150.0 KiB/s, ETA 4 h 5 min"
+    assert views.status(reply, NOW)[3].startswith(f"pictures  aws         {state}  ")
+
+
 def test_status_of_a_daemon_without_anything_is_its_header() -> None:
     reply = {"ok": True, "status": "0 backups; idle", "backups": [], "repositories": []}
     assert views.status(reply, NOW) == [

@@ -13,6 +13,7 @@ from henbackup.engine.stall import (
     MAX_STEP,
     PROGRESS_BYTES,
     STALL_WARNING,
+    IoCounters,
     StallWatch,
     idle_reason,
     parse_io,
@@ -28,7 +29,8 @@ PROC_IO = (
 
 
 def test_parse_io_adds_bytes_read_and_written() -> None:
-    assert parse_io(PROC_IO) == 7144448 + 4100906
+    assert parse_io(PROC_IO) == IoCounters(rchar=7144448, wchar=4100906)
+    assert parse_io(PROC_IO).moved == 7144448 + 4100906  # type: ignore[union-attr]
     assert parse_io("rchar: 12\n") is None
     assert parse_io("") is None
 
@@ -36,7 +38,7 @@ def test_parse_io_adds_bytes_read_and_written() -> None:
 def test_read_io_and_state_of_a_live_process_then_of_none() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
-        assert isinstance(read_io(child.pid), int)
+        assert isinstance(read_io(child.pid), IoCounters)
         deadline = time.monotonic() + 10
         while read_state(child.pid) != "S" and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -280,6 +280,11 @@ def idle_row(repository: str, **fields: Any) -> dict[str, Any]:
         "limits": None,
         "cpu_sec": None,
         "memory_peak": None,
+        "bytes_done": None,
+        "total_bytes": None,
+        "bytes_sent": None,
+        "send_rate": None,
+        "seconds_remaining": None,
     }
     return {**row, **fields}
 
@@ -291,7 +296,15 @@ def test_status_shows_every_backup_and_repository(master: Any) -> None:
     model = master.model
     pictures_aws = {"backup": "pictures", "repository": "aws", "operation": "backup"}
     model.apply("job.started", {"job": "j1", **pictures_aws}, "backup:pictures")
-    model.apply("job.progress", {"job": "j1", **pictures_aws, "percent": 42}, "backup:pictures")
+    transfer = {
+        "bytes_done": 2**30,
+        "total_bytes": 2**31,
+        "bytes_sent": 2**20,
+        "send_rate": 150_000,
+        "seconds_remaining": 600,
+    }
+    progress = {"job": "j1", **pictures_aws, "percent": 42, **transfer}
+    model.apply("job.progress", progress, "backup:pictures")
     pictures_local = {**pictures_aws, "repository": "local"}
     model.apply("job.queued", {"job": "j2", **pictures_local, "position": 5}, "backup:pictures")
     master.scheduler.set_slots(1)
@@ -326,7 +339,7 @@ def test_status_shows_every_backup_and_repository(master: Any) -> None:
                 "next_run": 1_800_000_000.0,
                 "repositories": [
                     idle_row("local", state="queued", job="j2", position=1),
-                    idle_row("aws", state="running", job="j1", percent=42.0),
+                    idle_row("aws", state="running", job="j1", percent=42.0, **transfer),
                 ],
             },
         ],

@@ -1,0 +1,99 @@
+"""Progress that tells the truth under a bandwidth limit, on real restic (both versions).
+
+restic reads a few MiB at once and says 100 %, while its upload, limited to LIMIT bytes per
+second to a real REST server (`rclone serve restic` on 127.0.0.1), goes on for seconds:
+the job.progress events say what was read and what was sent, the rate really achieved,
+and a percent that is not 100 before the upload is done; the last one agrees with restic's
+summary.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from integration import backends
+from integration.backends import RestServer
+from integration.daemon_helpers import PASSWORD
+
+from henbackup.config.model import PasswordSource
+from henbackup.engine.base import BackupRequest, BackupResult, Target
+from henbackup.engine.restic import ResticEngine
+from henbackup.jobs.job import Job, ProgressReporter, run_job
+from henbackup.observe.events import EmitFunction, Event, FieldValue
+
+pytestmark = pytest.mark.integration
+rest_repository = backends.rest_repository  # the fixture
+
+LIMIT = 256 << 10  # upload bytes/s
+SOURCE = 3 << 20  # random bytes: ~12 s at LIMIT, read in well under a second
+PACK_SLACK = 64 << 10  # what restic sends besides the data: headers, the tree, the index
+
+
+def backup(restic: str, server: RestServer, tmp_path: Path, events: EmitFunction):
+    """One throttled backup job; its progress events with when each came, the result and
+    when it ended (monotonic)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(SOURCE))
+    engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
+    target = Target(
+        "rest", server.location, PasswordSource("password", PASSWORD), upload_limit=LIMIT
+    )
+    request = BackupRequest("pictures", (str(source),), host="testhost")
+    progress: list[tuple[float, dict[str, str]]] = []
+
+    def emit(kind: str, message: str, **fields: FieldValue) -> Event:
+        event = events(kind, message, **fields)
+        if kind == "job.progress":
+            progress.append((time.monotonic(), dict(event.fields)))
+        return event
+
+    job = Job("backup", "rest", "pictures")
+    reporter = ProgressReporter(job, emit)
+    result: BackupResult = run_job(
+        job, emit, lambda: engine.backup(target, request, reporter), engine=engine
+    )
+    return progress, result, time.monotonic()
+
+
+def number(fields: dict[str, str], name: str) -> float:
+    return float(fields[f"HENBACKUP_{name.upper()}"])
+
+
+def test_a_throttled_upload_shows_what_was_read_and_sent_and_its_real_pace(
+    restic: str, rest_repository: RestServer, tmp_path: Path, events: EmitFunction
+) -> None:
+    progress, result, ended = backup(restic, rest_repository, tmp_path, events)
+    assert len(progress) >= 4, progress  # ~12 s of upload, one event a second
+    read = [number(fields, "bytes_done") for _, fields in progress]
+    sent = [number(fields, "bytes_sent") for _, fields in progress]
+    percent = [number(fields, "percent") for _, fields in progress]
+    assert sent == sorted(sent) and sent[-1] > sent[0], sent
+
+    # restic read everything long before it was sent: today's "100 %" is the upload's
+    ahead = [i for i, done in enumerate(read) if done == SOURCE and sent[i] < SOURCE / 2]
+    assert ahead, list(zip(read, sent, strict=True))
+    assert all(percent[i] < 60 for i in ahead), (percent, sent)
+    assert all(p < 100 for p, s in zip(percent, sent, strict=True) if s < 0.9 * SOURCE)
+
+    # sent grows at about the limit (never much faster; a busy machine may make it slower)
+    (first_at, _), (last_at, last) = progress[0], progress[-1]
+    pace = (sent[-1] - sent[0]) / (last_at - first_at)
+    assert LIMIT / 4 < pace < LIMIT * 1.5, pace
+    rates = [
+        number(fields, "send_rate") for _, fields in progress if "HENBACKUP_SEND_RATE" in fields
+    ]
+    assert rates and all(rate < LIMIT * 2 for rate in rates), rates
+    assert any(rate > LIMIT / 4 for rate in rates), rates
+
+    # the last progress before the summary agrees with it
+    assert read[-1] == result.bytes_processed == SOURCE
+    assert result.bytes_added >= SOURCE
+    assert sent[-1] <= result.bytes_added + PACK_SLACK, (sent, result)
+    unsent = max(0, result.bytes_added - sent[-1])
+    assert unsent <= LIMIT * 1.5 * (ended - last_at) + PACK_SLACK, (unsent, ended - last_at)
+    eta = number(last, "seconds_remaining")
+    assert eta <= unsent / (LIMIT / 4) + 2, (eta, unsent)
