@@ -354,11 +354,10 @@ class Daemon:
 Times = dict[tuple[str, str], list[float]]  # (tool, case) -> seconds, one per round
 
 
-def measure(tools: list[Tool], data: Path, count: int) -> tuple[Times, dict[str, str]]:
+def measure(tools: list[Tool], data: Path, count: int, failed: dict[str, str]) -> Times:
     """`count` rounds; each round runs every case for every tool, in a rotated order.
-    A tool that fails is left out from then on; returns times and what failed."""
+    A tool that fails is added to `failed` and left out from then on."""
     times: Times = {}
-    failed: dict[str, str] = {}
     for number in range(count):
         order = tools[number % len(tools) :] + tools[: number % len(tools)]
         for tool in order:
@@ -375,7 +374,7 @@ def measure(tools: list[Tool], data: Path, count: int) -> tuple[Times, dict[str,
                     failed[tool.name] = str(error)
     for tool in tools:
         shutil.rmtree(tool.repo, ignore_errors=True)
-    return times, failed
+    return times
 
 
 @dataclass(frozen=True)
@@ -443,14 +442,19 @@ def run_group(
 ) -> list[tuple[object, ...]]:
     with tempfile.TemporaryDirectory(prefix="bench-whole-job-", dir=ROOT / ".cache") as scratch:
         tools = make(Path(scratch))
+        failed: dict[str, str] = {}
         started: list[Tool] = []
         try:
             for tool in tools:
                 if tool.start is not None:
                     tool.fresh()
-                    tool.start()
+                    try:
+                        tool.start()
+                    except ToolFailed as error:
+                        failed[tool.name] = str(error)
+                        continue
                 started.append(tool)
-            times, failed = measure(tools, data, count)
+            times = measure(tools, data, count, failed)
         finally:
             for tool in started:
                 if tool.stop is not None:
@@ -487,6 +491,7 @@ def run() -> Table:
             *notes,
             "baselines: bare restic with henbackup's options; bare borg create for borgmatic.",
             "runrestic cannot pass --tag/--host/--skip-if-unchanged; crestic passes the same.",
+            "borgmatic runs `borg --version` and a `borg create --dry-run --list` before create.",
         ),
         value_column="median ratio",
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from bench import __main__ as bench_main
 from bench.table import Goal, Table, number, summary
-from bench.whole_job import Ratios
+from bench.whole_job import CASES, Ratios, Tool, rows_for
 
 
 def test_goal_text_of_older_modules_is_read_and_a_verdict_after_it_dropped() -> None:
@@ -120,3 +121,31 @@ def test_bench_prints_a_summary_and_fails_when_a_module_did_not_run(
     assert "fake_broken  did not run: RuntimeError: no restic here" in out
     assert "fake_good    too slow" in out
     assert "2 of 4 goals met; 1 bench module(s) did not run." in out
+
+
+def test_whole_job_rows_carry_issue_18s_goals_and_a_failed_tool_is_shown_failed() -> None:
+    tools = [
+        Tool(name, Path("/nonexistent"), Path("/nonexistent"))
+        for name in ("bare restic", "henbackup daemon", "henbackup one-shot")
+    ]
+    times = {
+        (name, case): [1.0, 2.0] for name in ("bare restic", "henbackup daemon") for case in CASES
+    }
+    times["henbackup daemon", "unchanged incremental"] = [1.05, 2.6]
+    rows = rows_for("restic 9", tools, times, {"henbackup one-shot": "henbackup exited 1: boom"})
+    by_name = {row[0]: row for row in rows}
+    daemon = by_name["henbackup daemon: unchanged incremental (restic 9)"]
+    assert daemon[1:3] == ("1.18x", "1.05x")
+    assert str(daemon[5]) == "<= 1.1x"
+    assert by_name["henbackup one-shot: first backup (restic 9)"][1] == "failed"
+    assert "  (restic 9) henbackup exited 1: boom" in by_name
+    table = Table(
+        "t",
+        ("job", "median ratio", "min ratio", "median s", "median +s", "goal"),
+        tuple(rows),
+        value_column="median ratio",
+    )
+    verdicts = {c.what: c.met for c in table.checks()}
+    assert verdicts["henbackup daemon: unchanged incremental (restic 9)"] == "MISSED"
+    assert verdicts["henbackup daemon: first backup (restic 9)"] == "met"
+    assert verdicts["henbackup one-shot: first backup (restic 9)"] == "?"
