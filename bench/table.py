@@ -69,9 +69,10 @@ class Goal:
 
     @classmethod
     def parse(cls, text: str) -> Goal | None:
-        """ "<= 1.5", "<= 3 MiB", "== 1" as a Goal; None for "" or text of another shape.
-        A verdict written after it by an older module ("<= 10 ms met") is dropped."""
-        found = GOAL_TEXT.match(text)
+        """A goal's text as a Goal: "<= 1.5", "<= 3 MiB", "== 1" (also with \u2264 and \u2265);
+        None for "" or text of another shape. A verdict an older module wrote after it
+        ("<= 10 ms met") is dropped."""
+        found = GOAL_TEXT.match(text.replace("\u2264", "<=").replace("\u2265", ">="))
         if not found:
             return None
         op, limit, unit = found.groups()

@@ -17,6 +17,7 @@ def test_goal_text_of_older_modules_is_read_and_a_verdict_after_it_dropped() -> 
     assert Goal.parse("<= 1.5") == Goal(1.5)
     assert Goal.parse("<= 10 ms met") == Goal(10, "<=", "ms")
     assert Goal.parse("== 1") == Goal(1, "==")
+    assert Goal.parse("\u2264 2 MiB") == Goal(2, "<=", "MiB")
     assert Goal.parse("") is None
     assert Goal.parse("fast") is None
     assert str(Goal(1.10, unit="x")) == "<= 1.1x"
