@@ -54,17 +54,19 @@ def number(value: object) -> float | None:
 
 @dataclass(frozen=True)
 class Goal:
-    """What a row must hold: `value <op> limit`, in `unit` (shown, never converted); the
-    value is in the table's value column unless `column` names another header."""
+    """What a row must hold: `value <op> limit`, or with op "~" `value` within `within`
+    (a fraction) of `limit`; in `unit` (shown, never converted). The value is in the
+    table's value column unless `column` names another header."""
 
     limit: float
     op: str = "<="
     unit: str = ""
     column: str | None = None
+    within: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.op not in COMPARISONS:
-            known = ", ".join(COMPARISONS)
+        if self.op not in (*COMPARISONS, "~"):
+            known = ", ".join((*COMPARISONS, "~"))
             raise ValueError(f"goal: unknown comparison {self.op!r}; use one of {known}")
 
     @classmethod
@@ -80,10 +82,14 @@ class Goal:
         return cls(float(limit), op, unit)
 
     def met(self, value: float) -> bool:
+        if self.op == "~":
+            return abs(value / self.limit - 1) <= self.within
         return COMPARISONS[self.op](value, self.limit)
 
     def __str__(self) -> str:
         space = "" if self.unit in ("", "x", "%") else " "
+        if self.op == "~":
+            return f"{self.limit:g}{space}{self.unit} \u00b1 {self.within:.0%}"
         return f"{self.op} {self.limit:g}{space}{self.unit}"
 
 

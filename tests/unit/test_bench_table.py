@@ -22,6 +22,12 @@ def test_goal_text_of_older_modules_is_read_and_a_verdict_after_it_dropped() -> 
     assert Goal.parse("fast") is None
     assert str(Goal(1.10, unit="x")) == "<= 1.1x"
     assert str(Goal(3, unit="MiB")) == "<= 3 MiB"
+    assert str(Goal(2, "~", "MiB/s", within=0.05)) == "2 MiB/s \u00b1 5%"
+
+
+def test_a_goal_within_a_tolerance_is_met_on_both_sides_and_missed_outside() -> None:
+    goal = Goal(5, "~", within=0.15)
+    assert [goal.met(v) for v in (4.3, 5.7, 4.2, 5.8)] == [True, True, False, False]
 
 
 def test_an_unknown_comparison_is_refused() -> None:
