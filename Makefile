@@ -10,10 +10,15 @@ APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config gcc pytho
 	python3-wheel python3-argparse-manpage python3-systemd lintian mmdebstrap \
 	systemd-container python3-shtab bash-completion zsh
 RESTIC_TRIXIE := .cache/restic-trixie
+# What only `make bench` needs: the peers it measures henbackup against, each in its own
+# venv (pinned, so that runs compare like with like), and Debian's borg for borgmatic.
+BENCH_APT_PACKAGES := borgbackup
+BENCH_PEERS := .cache/bench-peers
+BENCH_PEER_PACKAGES := runrestic==0.5.31 crestic==1.1.0 borgmatic==2.1.10
 PROMTOOL := .cache/promtool
 DEMO := $(CURDIR)/.demo
 
-.PHONY: demo test lint bench man deb system-packages venv restic-trixie promtool clean
+.PHONY: demo test lint bench bench-peers man deb system-packages venv restic-trixie promtool clean
 
 demo: venv
 	mkdir -p $(DEMO)/data $(DEMO)/state $(DEMO)/cache $(DEMO)/run
@@ -33,8 +38,16 @@ lint: venv
 	$(BIN)/ruff check --fix henbackup tests bench
 	$(BIN)/ruff format henbackup tests bench
 
-bench: venv restic-trixie
+bench: venv restic-trixie bench-peers
 	$(BIN)/python -m bench
+
+bench-peers:
+	$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(BENCH_APT_PACKAGES)"
+	for spec in $(BENCH_PEER_PACKAGES); do venv=$(BENCH_PEERS)/$${spec%%==*}; \
+		grep -qsx "$$spec" $$venv/installed || \
+		{ $(PYTHON) -m venv --clear $$venv && $$venv/bin/pip install -q "$$spec" && \
+		  echo "$$spec" > $$venv/installed; } || exit 1; \
+	done
 
 # Man pages: henbackup(8) and henbackupctl(1) from the argparse parsers, plus hand-written parts.
 MANDATE := $(shell date -u +"%B %-d, %Y")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.table import Table
+from bench.table import Goal, Table
 
 ROOT = Path(__file__).resolve().parent.parent
 REPETITIONS = 3
@@ -224,7 +224,8 @@ def _setup_rows(work: Path) -> list[tuple[object, ...]]:
         per_watch = [
             statistics.median(r["bytes"] / r["watches"] for r in runs) for runs in (ours, base)
         ]
-        goal_time, goal_bytes = ("<= 1.5", "<= 150") if size == 100_000 else ("", "")
+        big = size == 100_000
+        goal_time, goal_bytes = (Goal(1.5, unit="s"), Goal(150, unit="B")) if big else ("", "")
         rows.append((f"set-up {size:,} dirs (s)", *seconds, _ratio(*seconds), goal_time))
         rows.append((f"memory {size:,} dirs (B/watch)", *map(round, per_watch), "", goal_bytes))
         rows[-1] = (*rows[-1][:3], _ratio(*per_watch), goal_bytes)
@@ -249,21 +250,22 @@ def run() -> Table:
             (storm_root / "storm").mkdir()
         ours, base = storms["henbackup"], storms["pyinotify"]
         rows.append((f"storm {STORM_FILES:,} files: triggers", ours["triggers"], base["triggers"]))
-        rows[-1] = (*rows[-1], "", "== 1")
+        rows[-1] = (*rows[-1], "", Goal(1, "=="))
         rows.append(
             (
                 f"storm {STORM_FILES:,} files: CPU (s)",
                 ours["cpu"],
                 base["cpu"],
                 _ratio(ours["cpu"], base["cpu"]),
-                "<= 2",
+                Goal(2, unit="x", column="ratio"),
             )
         )
         rows.append(("storm: queue overflows", ours["overflows"], base["overflows"], "", ""))
         late = _child("latency", str(storm_root))["late"]
         rows.append(("trigger late after wait_min, median (ms)", 1000 * statistics.median(late)))
-        rows[-1] = (*rows[-1], "-", "", "<= 100")
-        rows.append(("trigger late after wait_min, max (ms)", 1000 * max(late), "-", "", "<= 100"))
+        rows[-1] = (*rows[-1], "-", "", Goal(100, unit="ms"))
+        late_max = 1000 * max(late)
+        rows.append(("trigger late after wait_min, max (ms)", late_max, "-", "", rows[-1][-1]))
     return Table(
         "watch: set-up, memory, a storm of changes, trigger latency",
         ("case", "henbackup", "bare pyinotify", "ratio", "goal"),
