@@ -133,7 +133,7 @@ class Master:
             set_slots=scheduler.set_slots if scheduler else lambda _: None,
             outsiders=scheduler.tickets if scheduler else tuple,
             marks=scheduler.directory / PAUSE_MARKS if scheduler else None,
-            on_change=self._update_status,
+            on_change=self._paused_or_resumed,
         )
         self.jobs.after_event = self.preemption.review
         self.jobs.resume_paused = self.preemption.resume_cancelled
@@ -239,6 +239,10 @@ class Master:
         self._update_status()
         if isinstance(message, JobState):
             self.jobs.write_metrics()  # its next run, in the textfile too
+
+    def _paused_or_resumed(self) -> None:
+        self._update_status()
+        self.jobs.write_metrics()  # henbackup_job_paused
 
     def _after_job_process(self) -> None:
         """A one-off job process ended: the last one lets a stopping master go."""

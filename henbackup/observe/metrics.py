@@ -111,6 +111,12 @@ JOB_STALLED = Family(
     "For each running job: 1 when it was said to make no progress and has not moved since.",
     ("backup", "repository", "operation"),
 )
+JOB_PAUSED = Family(
+    "henbackup_job_paused",
+    "gauge",
+    "For each running job: 1 while it is paused for a job of higher priority (preemption).",
+    ("backup", "repository", "operation"),
+)
 UP = Family("henbackup_up", "gauge", "1 while the daemon runs.")
 
 FAMILIES = (
@@ -126,6 +132,7 @@ FAMILIES = (
     JOBS_WAITING,
     NEXT_RUN,
     JOB_STALLED,
+    JOB_PAUSED,
     UP,
 )
 
@@ -153,6 +160,7 @@ def _samples(model: StatusModel, up: bool) -> dict[Family, list[Sample]]:
     samples[JOBS_WAITING] = [((), len(model.waiting()))]
     samples[NEXT_RUN] = list(_next_runs(model))
     samples[JOB_STALLED] = _stalls(model)
+    samples[JOB_PAUSED] = _stalls(model, paused=True)
     samples[UP] = [((), int(up))]
     return samples
 
@@ -166,12 +174,13 @@ def _next_runs(model: StatusModel) -> Iterable[Sample]:
             yield names, worker.next_run
 
 
-def _stalls(model: StatusModel) -> list[Sample]:
-    """One sample per running job's key (two jobs of one key are stalled if either is)."""
+def _stalls(model: StatusModel, paused: bool = False) -> list[Sample]:
+    """One sample per running job's key (two jobs of one key are stalled if either is);
+    with `paused`, whether it is paused rather than stalled."""
     stalled: dict[Labels, int] = {}
     for job in model.running():
         labels = (job.key.backup, job.key.repository, job.key.operation)
-        stalled[labels] = max(stalled.get(labels, 0), int(job.stalled))
+        stalled[labels] = max(stalled.get(labels, 0), int(job.paused if paused else job.stalled))
     return list(stalled.items())
 
 

@@ -481,6 +481,7 @@ def test_cancelling_a_running_job_marks_it_and_signals_its_process(master: Any) 
         assert ask(master, "cancel", job="j0") == {"ok": True, "job": "j0", "was": "running"}
         assert received == [signal.SIGUSR1]  # the ticket's pid: this process
         assert master.scheduler.cancel_requested(os.getpid()) == "j0"
+        assert master.resumed == ["j0"]  # if paused (preempted), it goes on to act on it
     finally:
         holder.grant.release()
         signal.signal(signal.SIGUSR1, previous)

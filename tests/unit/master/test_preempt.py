@@ -244,6 +244,22 @@ def test_the_master_pauses_lends_a_slot_takes_it_back_and_resumes(tmp_path: Path
         process.communicate(timeout=10)
 
 
+def test_a_cancelled_paused_job_goes_on_to_act_on_its_cancel(tmp_path: Path) -> None:
+    """A frozen restic could not stop cleanly: the paused job resumes at once."""
+    model, events = StatusModel(), []
+    preemption = Preemption(
+        Loop(), lambda kind, _, **f: events.append((kind, f["job"])), model, [].append, tuple
+    )
+    preemption.marks = tmp_path / "paused"
+    model.apply("job.started", {"job": "p1", "repository": "r", "pid": 1}, "backup:p")
+    preemption.pauses["p1"] = Pause("p1", 2**22 + 1, 0, "g1", time.time())  # no such pid
+    preemption.marks.mkdir()
+    preemption.resume_cancelled("other")
+    assert list(preemption.pauses) == ["p1"] and events == []
+    preemption.resume_cancelled("p1")
+    assert preemption.pauses == {} and events == [("job.resumed", "p1")]
+
+
 def test_a_wait_that_pauses_nothing_sets_no_timer(tmp_path: Path) -> None:
     """Equal priorities past preempt_after: looked at again on the next job event, not
     every few milliseconds."""

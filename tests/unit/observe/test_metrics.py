@@ -27,6 +27,7 @@ FAMILY_NAMES = [
     "henbackup_jobs_waiting",
     "henbackup_next_run_timestamp_seconds",
     "henbackup_job_stalled",
+    "henbackup_job_paused",
     "henbackup_up",
 ]
 
@@ -168,6 +169,12 @@ def test_next_runs_of_idle_workers_and_the_stall_of_running_jobs(model):
     assert got[stalled] == ("gauge", [(stalled, mail, 0.0), (stalled, music, 1.0)])
     backup(model, "j6", "job.progress", backup="music", operation="forget", bytes_done=10)
     assert parse(render(model))[stalled][1][1] == (stalled, music, 0.0)
+    paused = "henbackup_job_paused"
+    assert got[paused] == ("gauge", [(paused, mail, 0.0), (paused, music, 0.0)])
+    backup(model, "j6", "job.paused", backup="music", operation="forget", paused_for="j9")
+    assert parse(render(model))[paused][1][1] == (paused, music, 1.0)
+    backup(model, "j6", "job.resumed", backup="music", operation="forget", paused_sec=3)
+    assert parse(render(model))[paused][1][1] == (paused, music, 0.0)
 
 
 def test_label_values_are_escaped_and_read_back_whole():
