@@ -518,7 +518,7 @@ _CREDENTIALS = {
 }
 # After this many refused attempts, restic's retries are ended.
 REFUSED_RETRIES = 3
-# When restic kept no word from ssh or rclone (0.14 may exit before it forwards their
+# When restic kept no word from ssh or rclone (it may exit before it forwards their
 # stderr), what its own line means and what to do.
 _SILENT_HELPER = {
     "unable to start the sftp session": "ssh opened no SFTP session: check that the server "
@@ -1173,9 +1173,6 @@ class ResticEngine(Engine):
         while not run.exited:
             lines = run.read(WATCH_TICK)
             self.checkpoint()
-            refused = self._refused_retries(run, target, retries)
-            if refused is not None:
-                raise refused
             for line in lines:
                 on_line(line)
                 seen = status_counters(line)
@@ -1184,6 +1181,9 @@ class ResticEngine(Engine):
                     watch.moved(time.monotonic())
             if run.exited:
                 return
+            refused = self._refused_retries(run, target, retries)
+            if refused is not None:
+                raise refused
             now = time.monotonic()
             verdict = watch.look(now, run.moved_bytes())
             if verdict == "expired":
@@ -1200,8 +1200,11 @@ class ResticEngine(Engine):
     ) -> AccessRefused | None:
         """AccessRefused once restic retried REFUSED_RETRIES refused attempts (0.17+ retries
         a wrong key for 15 minutes); `retries` keeps the retry lines seen so far."""
+        new = [m for m in run.new_messages() if _RETRYING.match(m)]
+        if not new:
+            return None
         redact = Redactor.of(secrets_of(target))
-        retries += [redact(m) for m in run.new_messages() if _RETRYING.match(m)]
+        retries += [redact(m) for m in new]
         return refused_retries(retries, target.name, scheme_of(target.location))
 
     def _idle(self, run: _Run, target: Target) -> str:
