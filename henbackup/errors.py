@@ -56,6 +56,11 @@ class BackendUnreachable(EngineError):
     """The storage backend could not be reached (network, credentials, server down)."""
 
 
+class AccessRefused(BackendUnreachable):
+    """The backend answered but refused the credentials (keys, user, password, ssh key), or
+    the server is not the one known_hosts knows: waiting or retrying will not help."""
+
+
 class RepositoryLocked(EngineError):
     """Another live process holds a conflicting lock on the repository."""
 

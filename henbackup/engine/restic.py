@@ -59,6 +59,7 @@ from henbackup.engine.stall import (
 from henbackup.engine.transfer import Upload, UploadTracker
 from henbackup.engine.versions import version_text
 from henbackup.errors import (
+    AccessRefused,
     BackendUnreachable,
     EngineError,
     RepositoryLocked,
@@ -523,11 +524,48 @@ _UNREACHABLE = (
     "server misbehaving",
     "unable to start the sftp session",
     "ssh: connect to host",
-    "401 unauthorized",
-    "403 forbidden",
-    "invalidaccesskeyid",
-    "signaturedoesnotmatch",
+    "error talking http to rclone",
 )
+# The backend answered and refused who we are: retrying cannot help (restic 0.17+ still
+# retries some for 15 minutes). Each needle starts the part of the line that is quoted.
+_REFUSED = (
+    "the aws access key id you provided does not exist",  # S3 InvalidAccessKeyId
+    "invalidaccesskeyid",
+    "the request signature we calculated does not match",  # S3: wrong secret key
+    "signaturedoesnotmatch",
+    "access denied",  # S3 AccessDenied: the key may not do this
+    "401 unauthorized",  # REST: wrong user or password
+    "403 forbidden",
+    "permission denied (",  # ssh: "Permission denied (publickey)."
+    "unable to authenticate",  # rclone's ssh
+)
+_HOST_KEY = (
+    "host key verification failed",  # ssh
+    "remote host identification has changed",
+    "knownhosts: key mismatch",  # rclone's ssh
+    "knownhosts: key is unknown",
+)
+# What to check when a backend refuses access, by the scheme of the location.
+_CREDENTIALS = {
+    "s3": "its AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    "rest": "the user and password in its location",
+    "sftp": "the user and key its ssh logs in with (option sftp.command or ~/.ssh/config)",
+    "rclone": "the remote in rclone's config file (RCLONE_CONFIG)",
+    "b2": "its B2_ACCOUNT_ID and B2_ACCOUNT_KEY",
+    "azure": "its AZURE_ACCOUNT_NAME and AZURE_ACCOUNT_KEY",
+    "gs": "its GOOGLE_PROJECT_ID and GOOGLE_APPLICATION_CREDENTIALS",
+    "swift": "its OS_* (or ST_*) variables",
+}
+# After this many refused attempts, restic's retries are ended.
+REFUSED_RETRIES = 3
+# When restic kept no word from ssh or rclone (it may exit before it forwards their
+# stderr), what its own line means and what to do.
+_SILENT_HELPER = {
+    "unable to start the sftp session": "ssh opened no SFTP session: check that the server "
+    "is up and accepts the user, key and host key its ssh uses",
+    "error talking http to rclone": "rclone could not open the remote: check the remote in "
+    "rclone's config file (RCLONE_CONFIG) and that its server is up",
+}
 _MISSING = (
     "repository does not exist",
     "unable to open config file",
@@ -542,6 +580,47 @@ _RETRYING = re.compile(r"^.*? returned error, retrying after [^:]*: ")
 # followed by one stack per goroutine, from "goroutine 1 [running]:" on.
 _CRASH = re.compile(r"^(panic: |fatal error: |SIG[A-Z0-9]+: )")
 _STACK = re.compile(r"^goroutine \d+ \[")
+
+
+def scheme_of(location: str) -> str:
+    """The backend of a restic location ("s3", "sftp", "rest"...); "" for a local path."""
+    match = re.match(r"([a-z0-9]+):", location)
+    return match[1] if match else ""
+
+
+def _quoted(lines: Sequence[str], needles: Sequence[str]) -> str | None:
+    """The first line holding a needle, from that needle on, on one line."""
+    for line in lines:
+        low = line.lower()
+        for needle in needles:
+            if needle in low:
+                return _one_line(line[low.index(needle) :])
+    return None
+
+
+def refusal(lines: Sequence[str], repository: str, scheme: str) -> AccessRefused | None:
+    """AccessRefused if a line says the backend refused the credentials or that the server
+    is not the one known_hosts knows; None otherwise."""
+    where = f"repository {repository}"
+    if _first(lines, _HOST_KEY) is not None:
+        return AccessRefused(
+            f"{where}: the server's host key is not one that known_hosts holds: "
+            "make sure it is the right server, then update known_hosts"
+        )
+    refused = _quoted(lines, _REFUSED)
+    if refused is None:
+        return None
+    what = _CREDENTIALS.get(scheme, "its credentials")
+    return AccessRefused(f"{where} refused access ({refused}): check {what}")
+
+
+def refused_retries(messages: Sequence[str], repository: str, scheme: str) -> AccessRefused | None:
+    """AccessRefused once restic has retried REFUSED_RETRIES attempts the backend refused."""
+    causes = [retry_cause(line) for line in messages if _RETRYING.match(line)]
+    refused = [cause for cause in causes if refusal([cause], repository, scheme)]
+    if len(refused) < REFUSED_RETRIES:
+        return None
+    return refusal(refused[-1:], repository, scheme)
 
 
 def _first(lines: Sequence[str], needles: Sequence[str]) -> str | None:
@@ -609,10 +688,24 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _unreachable(line: str) -> str:
+    """Why a backend is unreachable: the line, or what it means if ssh or rclone said nothing."""
+    for needle, meaning in _SILENT_HELPER.items():
+        if needle in line.lower():
+            return f"{meaning} ({_quoted([line], [needle])})"
+    return _one_line(line)
+
+
 def classify_failure(
-    command: str, returncode: int, messages: Sequence[str], repository: str, features: Features
+    command: str,
+    returncode: int,
+    messages: Sequence[str],
+    repository: str,
+    features: Features,
+    scheme: str = "",
 ) -> EngineError:
-    """The typed error for a failed restic run. `messages` must already be redacted."""
+    """The typed error for a failed restic run on a repository of backend `scheme` (see
+    scheme_of). `messages` must already be redacted."""
     where = f"repository {repository}"
     reason = fatal_reason(messages, returncode)
     failed = EngineError(f"restic {command} failed on {where}: {reason}")
@@ -627,9 +720,12 @@ def classify_failure(
         detail = _one_line((locked or "").removeprefix("unable to create lock in backend: "))
         return RepositoryLocked(f"{where} is locked by another process: {detail}".rstrip(": "))
     if not (codes and returncode == 10):
+        refused = refusal(lines, repository, scheme)
+        if refused is not None:
+            return refused
         unreachable = _first(lines, _UNREACHABLE)
         if unreachable:
-            return BackendUnreachable(f"{where} is unreachable: {_one_line(unreachable)}")
+            return BackendUnreachable(f"{where} is unreachable: {_unreachable(unreachable)}")
     if (codes and returncode == 10) or _first(lines, _MISSING):
         return RepositoryMissing(f"no restic repository at the location of {where}")
     if _first(lines, ("no matching id found",)):
@@ -696,6 +792,7 @@ class _Run:
         self.packs: list[OpenFile] = []  # its temporary packs at the last look
         self.written = 0  # what it had written then, less its output to us
         self.dropped = 0  # bytes of packs it closed unsent
+        self.stderr_seen = 0  # bytes of stderr already passed on by new_messages
 
     def read(self, timeout: float) -> list[str]:
         """The lines restic printed within `timeout`; once it exited, all the rest."""
@@ -741,6 +838,16 @@ class _Run:
         self.dropped += dropped_since(self.packs, packs, written - self.written)
         self.packs, self.written = packs, written
         return counters.moved - output, upload_of(written, packs, self.dropped)
+
+    def new_messages(self) -> list[str]:
+        """restic's whole stderr lines since the last call (of its last STDERR_TAIL bytes)."""
+        fd = self.stderr.fileno()
+        size = os.fstat(fd).st_size
+        start = max(self.stderr_seen, size - STDERR_TAIL)
+        data = os.pread(fd, size - start, start)
+        whole = data.rfind(b"\n") + 1
+        self.stderr_seen = start + whole
+        return stderr_messages(data[:whole].decode(errors="replace"))
 
     def discard_until(self, deadline: float) -> bool:
         """Read and drop its output (restic must never block writing) until it exits or
@@ -1019,7 +1126,12 @@ class ResticEngine(Engine):
         if outcome.returncode == 0:
             return None
         error = classify_failure(
-            args[0], outcome.returncode, outcome.messages, target.name, self.features
+            args[0],
+            outcome.returncode,
+            outcome.messages,
+            target.name,
+            self.features,
+            scheme_of(target.location),
         )
         if outcome.returncode in tolerate and type(error) is EngineError:
             return None
@@ -1105,9 +1217,11 @@ class ResticEngine(Engine):
             self.checkpoint()
             self._watch(run, target, collected.append if on_line is None else on_line, limit)
             process.wait()
-        except BaseException:  # JobCancelled, a stall, KeyboardInterrupt, a failing callback...
+        except BaseException as exc:  # JobCancelled, a stall, KeyboardInterrupt, a callback...
+            # A refused restic holds no lock, and an unlock would be refused too.
+            cleanup = limit is None and not isinstance(exc, AccessRefused)
             try:
-                self._interrupt(process, run, target, cleanup=limit is None)
+                self._interrupt(process, run, target, cleanup=cleanup)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
@@ -1127,6 +1241,7 @@ class ResticEngine(Engine):
         deadline = None if limit is None else now + limit
         counters = None
         self.upload = None
+        retries: list[str] = []  # restic's "retrying" lines so far
         while not run.exited:
             lines = run.read(WATCH_TICK)
             self.checkpoint()
@@ -1140,6 +1255,9 @@ class ResticEngine(Engine):
                     watch.moved(time.monotonic())
             if run.exited:
                 return
+            refused = self._refused_retries(run, target, retries)
+            if refused is not None:
+                raise refused
             now = time.monotonic()
             verdict = watch.look(now, moved, self.paused())
             if verdict == "expired":
@@ -1150,6 +1268,18 @@ class ResticEngine(Engine):
                 self.on_stall(watch.quiet, self._idle(run, target))
             if deadline is not None and now >= deadline:
                 raise EngineError(f"restic did not end within {format_duration(limit or 0)}")
+
+    def _refused_retries(
+        self, run: _Run, target: Target, retries: list[str]
+    ) -> AccessRefused | None:
+        """AccessRefused once restic retried REFUSED_RETRIES refused attempts (0.17+ retries
+        a wrong key for 15 minutes); `retries` keeps the retry lines seen so far."""
+        new = [m for m in run.new_messages() if _RETRYING.match(m)]
+        if not new:
+            return None
+        redact = Redactor.of(secrets_of(target))
+        retries += [redact(m) for m in new]
+        return refused_retries(retries, target.name, scheme_of(target.location))
 
     def _idle(self, run: _Run, target: Target) -> str:
         """What restic is doing while it makes no progress, in one line."""
