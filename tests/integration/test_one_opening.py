@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ctl_helpers import status_row
+from daemon_helpers import Daemon, henbackupctl, ok
+
 PASSWORD = "one opening"
 
 
@@ -112,3 +115,29 @@ def test_an_upgraded_restic_is_asked_its_version_again(restic: str, tmp_path: Pa
     os.utime(setup.wrapper, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert setup.backup()[0] == ["version", "backup"]
     assert setup.backup()[0] == ["backup"]
+
+
+def test_through_the_daemon_a_job_runs_restic_once_and_a_listing_recounts(
+    restic: str, tmp_path: Path
+) -> None:
+    setup = Setup(restic, tmp_path)
+    with Daemon(setup.config, tmp_path / "daemon") as daemon:
+        daemon.wait_for("daemon.started")
+        ok(henbackupctl(daemon, "backup", "docs"))  # creates the repository: it holds 1
+        assert status_row(daemon.status(), "docs", "local")["snapshots"] == 1
+        setup.log.unlink()
+        ok(henbackupctl(daemon, "backup", "docs"))
+        assert setup.log.read_text().split() == ["backup"]
+        made = snapshot_count(restic, setup.repository)  # 0.17+ may skip an unchanged one
+        assert status_row(daemon.status(), "docs", "local")["snapshots"] == made
+        # A snapshot the daemon did not make (by hand, same tag and host): the count is
+        # behind until a listing counts again.
+        env = {**os.environ, "RESTIC_REPOSITORY": str(setup.repository)}
+        env["RESTIC_PASSWORD"] = PASSWORD
+        data = str(setup.tmp / "data")
+        by_hand = [restic, "backup", "--tag", "backup-docs", "--host", "testhost", data]
+        subprocess.run(by_hand, env=env, capture_output=True, check=True)
+        assert status_row(daemon.status(), "docs", "local")["snapshots"] == made
+        ok(henbackupctl(daemon, "list-snapshots"))
+        assert status_row(daemon.status(), "docs", "local")["snapshots"] == made + 1
+        assert snapshot_count(restic, setup.repository) == made + 1
