@@ -191,7 +191,13 @@ def _daemon_drain(restic: str) -> Drain:
             drain.idle_slot = _median_idle(starts, ends)
         finally:
             daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=120)
+            deadline = time.monotonic() + 120
+            while daemon.poll() is None and time.monotonic() < deadline:
+                _, partial = _events(stream, partial)  # a full pipe would hold its stop
+                time.sleep(0.1)
+            if daemon.poll() is None:
+                daemon.kill()
+            daemon.wait()
     return drain
 
 

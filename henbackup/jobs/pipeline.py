@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from henbackup.config.model import Backup, Config, Priority
 from henbackup.engine.base import Engine
@@ -60,7 +60,7 @@ class Admitted:
 
     jobs: tuple[Job, ...]
     grant: Grant | None = None
-    cancelled: tuple[str, ...] = field(default=())
+    cancelled: tuple[str, ...] = ()
 
 
 def ticket_for(job: Job, sequence: int = 0) -> Ticket:

@@ -480,6 +480,10 @@ class Scheduler:
 
     def _wake_up(self, ticket: Ticket) -> None:
         _poke(self._wake / ticket.job_id, _TURN)
+        # A waiter of the previous version (a `henbackup backup` started before an upgrade)
+        # sleeps on inotify: an IN_ATTRIB on its ticket. (It also wakes at every nudge.)
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._ticket_path(ticket))
 
     def _clear_nudge(self) -> None:
         if self.nudged():

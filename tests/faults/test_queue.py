@@ -107,3 +107,35 @@ def test_a_job_process_dead_before_it_took_its_grant_leaves_no_ticket(tmp_path, 
     assert heard[-1] == JobState("idle", None, None, 70, ("r1",))
     assert scheduler.queue() == ()
     assert scheduler.submit(Ticket("next", "a", Priority.ordinary(0))).grant is not None
+
+
+def test_a_worker_stopped_while_its_run_waits_leaves_the_queue_and_says_so(tmp_path, events):
+    scheduler = Scheduler(tmp_path / "scheduler")
+    scheduler.set_slots(1)
+    holder = scheduler.submit(Ticket("holder", "elsewhere", Priority.ordinary(0))).grant
+    assert holder is not None
+    channel, master = Channel.pair()
+    worker = Worker(
+        WorkerSpec("backup", "pictures", ()),
+        two_repositories(tmp_path),
+        channel,
+        events,
+        never_runs,
+        scheduler=scheduler,
+    )
+    worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))
+    assert worker.waiter is not None and worker.job is None  # a ticket, not a process
+    worker.loop.call_later(0.1, worker.shutdown)
+    worker.loop.run()  # returns once the worker stopped
+    heard: list[ChannelMessage] = []
+    master.sock.settimeout(DEADLINE)
+    while not any(isinstance(m, JobState) and m.state == "idle" for m in heard):
+        heard += master.receive(pytest.fail) or []
+    told = [(m.kind, m.fields["repository"]) for m in heard if isinstance(m, JobEvent)]
+    assert told == [("job.queued", "a"), ("job.cancelled", "a")]
+    assert heard[-1] == JobState("idle", None, None, JobExit.CANCELLED, ("r1",))
+    assert [t.job_id for t in scheduler.queue()] == ["holder"]
+    holder.release()
+    worker.loop.close()
+    master.close()
+    channel.close()
