@@ -1,10 +1,11 @@
 """Forking supervised children: the master's workers, and a worker's job processes.
 
-Children are forked, not exec'd: with `gc.freeze()` before the fork, a child shares almost
-all of its parent's memory. Each child gets its own process group, a recognisable name in
-/proc/PID/comm, and dies with its parent (PR_SET_PDEATHSIG). The parent watches it through
-a pidfd, which becomes readable when the child exits. `start_watched` forks one that talks
-to its parent on a channel, and watches both from the parent's loop.
+Children are forked, not exec'd: with `gc.freeze()` before the fork (never undone), a child
+shares almost all of its parent's memory. Each child gets its own process group, a
+recognisable name in /proc/PID/comm, and dies with its parent (PR_SET_PDEATHSIG). The
+parent watches it through a pidfd, which becomes readable when the child exits.
+`start_watched` forks one that talks to its parent on a channel, and watches both from the
+parent's loop.
 
 Programs (restic, command hooks) are spawned by `spawn`: signals blocked across the fork,
 the program dies with us, and a signal meant for us never runs our Python handlers in it.
@@ -191,6 +192,21 @@ class Forked:
     pidfd: int  # readable once the child has exited; reap with os.waitpid(pid, 0)
 
 
+def freeze_for_fork() -> None:
+    """Collect what is garbage now, then freeze what is left, for good.
+
+    A garbage collection writes into every object it looks at: a page the parent shared
+    with its children would become a private copy in each of them. Frozen objects are never
+    looked at again, in the parent or in a child. They stay frozen in the parent too: once
+    unfrozen, its next full collection would write into all of them (a megabytes-large
+    private copy in every worker). What is frozen and later becomes cyclic garbage is not
+    freed (objects without cycles are, as always); the collection before freezing keeps
+    that to what lives at a fork.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def fork_child(comm: str, body: Callable[[], int], close_in_child: Iterable[int] = ()) -> Forked:
     """Fork a child that runs `body()` and exits with its return value.
 
@@ -199,11 +215,10 @@ def fork_child(comm: str, body: Callable[[], int], close_in_child: Iterable[int]
     and exits EXIT_CRASHED; nothing ever returns into the parent's code.
     """
     parent_pid = os.getpid()
-    gc.freeze()  # keep the parent's objects out of the child's collections: pages stay shared
+    freeze_for_fork()
     pid = os.fork()
     if pid == 0:
         _child(parent_pid, comm, body, close_in_child)
-    gc.unfreeze()
     return Forked(pid, os.pidfd_open(pid))
 
 

@@ -238,7 +238,7 @@ class StatusRow:
     seconds_remaining: float | None = _running({"type": ["number", "null"], "minimum": 0})
 
     def as_reply(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dict(vars(self))  # plain values in order (asdict: deep, 10 times slower)
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ class WorkerStatus:
     next_run: float | None = _member(_EPOCH_OR_NULL)
 
     def as_reply(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dict(vars(self))  # plain values in order (asdict: deep, 10 times slower)
 
 
 def member_schemas(declared: type[StatusRow | WorkerStatus]) -> dict[str, Schema]:

@@ -51,6 +51,7 @@ from henbackup.protocol import (
     ChannelMessage,
     ControlReply,
     ControlRequest,
+    Heartbeat,
     JobEvent,
     JobExit,
     JobState,
@@ -225,6 +226,8 @@ class Master:
 
     def _handle(self, supervised: Supervised, message: ChannelMessage) -> None:
         key = supervised.spec.key
+        if isinstance(message, Heartbeat):  # alive (last_heard says so): nothing else changed
+            return
         if isinstance(message, Ready) and supervised.child.state is ChildState.STARTING:
             supervised.child.ready(self.loop.clock())
         elif isinstance(message, JobEvent):
@@ -236,7 +239,7 @@ class Master:
                 self.jobs.process_ended(key, message.exit)
                 for request in message.requests:
                     self.jobs.clients.finish(request, _reply_for_exit(message.exit))
-        self._update_status()
+        self._update_status(supervised)
         if isinstance(message, JobState):
             self.jobs.write_metrics()  # its next run, in the textfile too
 
@@ -445,10 +448,16 @@ class Master:
         backups = sum(1 for s in self.children.values() if s.spec.kind == "backup")
         return f"{backups} backup{'s' if backups != 1 else ''}"
 
-    def _update_status(self) -> None:
-        """Tell the model how the workers are (status reads them there), and systemd."""
-        workers = ((key, _view(supervised)) for key, supervised in self.children.items())
-        self.model.daemon_changed(workers, self.stopping, self.config_path)
+    def _update_status(self, changed: Supervised | None = None) -> None:
+        """Tell the model how the workers are (status reads them there), and systemd.
+
+        `changed`: only that worker changed (its news), so only its view is made again: a
+        thousand workers' news must not cost a thousand views each."""
+        if changed is not None:
+            self.model.worker_changed(changed.spec.key, _view(changed))
+        else:
+            workers = ((key, _view(supervised)) for key, supervised in self.children.items())
+            self.model.daemon_changed(workers, self.stopping, self.config_path)
         self.notifier.status(self.model.status_line())
 
 

@@ -140,6 +140,10 @@ class StatusModel:
         self.workers, self.stopping = dict(workers), stopping
         self.config_path = config_path
 
+    def worker_changed(self, key: str, view: WorkerView) -> None:
+        """One worker's news (its state, its run, its next run), the others unchanged."""
+        self.workers[key] = view
+
     def status_line(self) -> str:
         """One line (STATUS=, the top of `henbackupctl status`):
         `2 backups; running: pictures→aws 42%; queued: 1; failed: music; next: …`."""

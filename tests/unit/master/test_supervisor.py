@@ -13,10 +13,10 @@ import pytest
 
 from henbackup.channel import Channel
 from henbackup.config.load import load_config
-from henbackup.master.states import ChildState
-from henbackup.master.supervisor import Master
+from henbackup.master.states import Child, ChildState
+from henbackup.master.supervisor import Master, Supervised
 from henbackup.observe.events import ERR
-from henbackup.protocol import Ready
+from henbackup.protocol import Heartbeat, JobState, Ready
 from henbackup.worker.spec import WorkerSpec
 
 CONFIG = """\
@@ -104,4 +104,25 @@ def test_a_malformed_message_from_a_worker_is_one_error_event_and_the_rest_is_he
     while "repository:local" in master.children and supervised.process is not None:
         assert time.monotonic() < deadline, "the worker was never reaped"
         master.loop.run_once()
+    master.loop.close()
+
+
+def test_a_workers_news_remakes_its_own_view_only(tmp_path: Path, events: Any) -> None:
+    """At 1,000 workers, each heartbeat or state of one must not remake a thousand views
+    (the master's status at scale): the others' views stay the very same objects."""
+    master = make_master(tmp_path, events)
+    for name in ("one", "two"):
+        spec = WorkerSpec("repository", name, ())
+        master.children[spec.key] = Supervised(spec, Child(spec.key))
+    master._update_status()
+    one, two = master.children["repository:one"], master.children["repository:two"]
+    before = dict(master.model.workers)
+    master._handle(one, Heartbeat())
+    assert all(master.model.workers[key] is view for key, view in before.items())
+    master._handle(one, JobState("running", next_run=1234.0, operation="check"))
+    assert master.model.workers["repository:two"] is before["repository:two"]
+    assert (one.running, master.model.workers["repository:one"].running) == (True, True)
+    assert master.model.workers["repository:one"].next_run == 1234.0
+    assert master.model.status_line().startswith("0 backups; idle; next: one ")
+    assert two.running is False
     master.loop.close()
