@@ -4,11 +4,12 @@ restic reads a few MiB at once and says 100 %, while its upload, limited to LIMI
 second to a real REST server (`rclone serve restic` on 127.0.0.1), goes on for seconds:
 the job.progress events say what was read and what was sent, the rate really achieved,
 and a percent that is not 100 before the upload is done; the last one agrees with restic's
-summary.
+summary. Through the real daemon, `henbackupctl status` says the same while it runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from integration import backends
 from integration.backends import RestServer
-from integration.daemon_helpers import PASSWORD
+from integration.daemon_helpers import PASSWORD, Daemon, henbackupctl
 
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, BackupResult, Target
@@ -32,12 +33,17 @@ SOURCE = 3 << 20  # random bytes: ~12 s at LIMIT, read in well under a second
 PACK_SLACK = 64 << 10  # what restic sends besides the data: headers, the tree, the index
 
 
-def backup(restic: str, server: RestServer, tmp_path: Path, events: EmitFunction):
-    """One throttled backup job; its progress events with when each came, the result and
-    when it ended (monotonic)."""
+def make_source(tmp_path: Path) -> Path:
     source = tmp_path / "source"
     source.mkdir()
     (source / "big.bin").write_bytes(os.urandom(SOURCE))
+    return source
+
+
+def backup(restic: str, server: RestServer, tmp_path: Path, events: EmitFunction):
+    """One throttled backup job; its progress events with when each came, the result and
+    when it ended (monotonic)."""
+    source = make_source(tmp_path)
     engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
     target = Target(
         "rest", server.location, PasswordSource("password", PASSWORD), upload_limit=LIMIT
@@ -97,3 +103,38 @@ def test_a_throttled_upload_shows_what_was_read_and_sent_and_its_real_pace(
     assert unsent <= LIMIT * 1.5 * (ended - last_at) + PACK_SLACK, (unsent, ended - last_at)
     eta = number(last, "seconds_remaining")
     assert eta <= unsent / (LIMIT / 4) + 2, (eta, unsent)
+
+
+def test_status_shows_what_a_throttled_backup_read_and_sent_while_it_runs(
+    restic: str, rest_repository: RestServer, tmp_path: Path
+) -> None:
+    source = make_source(tmp_path)
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        f"[daemon]\nrestic = {json.dumps(restic)}\nhostname = 'testhost'\n\n"
+        f"[repositories.rest]\nlocation = {json.dumps(rest_repository.location)}\n"
+        f"password = {json.dumps(PASSWORD)}\nupload_limit = '{LIMIT >> 10}K'\n\n"
+        f"[backups.pictures]\npaths = [{json.dumps(str(source))}]\nrepositories = ['rest']\n"
+    )
+    rows: list[dict] = []
+
+    def read_all_sent_some() -> bool:
+        call = henbackupctl(daemon, "--json", "status")
+        assert call.returncode == 0, call.stderr
+        (row,) = json.loads(call.stdout)["backups"][0]["repositories"]
+        rows.append(row)
+        return row["bytes_done"] == SOURCE and 0 < (row["bytes_sent"] or 0) < SOURCE / 2
+
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.wait_for("daemon.started")
+        assert henbackupctl(daemon, "backup", "pictures", "--no-wait").returncode == 0
+        job = daemon.wait_for("job.started", backup="pictures")["HENBACKUP_JOB"]
+        assert daemon.pump_until(read_all_sent_some, 60), rows
+        shown = henbackupctl(daemon, "status").stdout.splitlines()
+        daemon.wait_for("job.succeeded", timeout=120, job=job)
+    row = rows[-1]
+    assert (row["state"], row["job"], row["total_bytes"]) == ("running", job, SOURCE)
+    assert row["percent"] < 50, row  # restic's own said 100
+    assert row["send_rate"] is None or row["send_rate"] < LIMIT * 2, row
+    (line,) = [line for line in shown if line.startswith("pictures  rest")]
+    assert ", 3.00 MiB/3.00 MiB read, " in line and " sent" in line, shown
