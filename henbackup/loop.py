@@ -168,6 +168,26 @@ class Loop:
             return None
         return max(self._timers[0].when - self.clock(), 0.0)
 
+    def abandon(self) -> None:
+        """In a freshly forked child: close every descriptor of this loop (none of them is
+        the child's) and the signal wake-up, leaving its Python objects as they are.
+
+        Freeing them (what `close` does) would write into memory the child shares with its
+        parent: with a thousand workers registered, a private copy of much of the master's
+        loop in every worker. They stay until the child leaves with os._exit, which frees
+        nothing (so the selector never closes its descriptor a second time).
+        """
+        wakeup = self._wakeup or ()
+        for fd in [*self._selector.get_map(), *self._resting]:
+            if fd not in wakeup:
+                os.close(fd)
+        for signum in self._signal_callbacks:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        for fd in wakeup:
+            os.close(fd)
+        os.close(self._selector.fileno())
+
     def close(self, registered_too: bool = False) -> None:
         """Release the selector and the signal wake-up; with `registered_too`, also close
         every descriptor registered with the loop (in a freshly forked child: none of them

@@ -307,15 +307,16 @@ def start_watched(
 ) -> Watched:
     """Fork a child (see `fork_child`) that runs `body(its end of a new channel)`.
 
-    The child closes every descriptor of `loop` (they are the parent's). The parent's loop
-    passes each batch of the child's messages to `heard` (also an empty one: the child is
-    alive), each line of the wrong shape to `malformed`, and at the child's exit what it
-    still said to `heard`, then its wait status to `exited` once it is reaped.
+    The child closes every descriptor of `loop` (they are the parent's: `Loop.abandon`).
+    The parent's loop passes each batch of the child's messages to `heard` (also an empty
+    one: the child is alive), each line of the wrong shape to `malformed`, and at the
+    child's exit what it still said to `heard`, then its wait status to `exited` once it is
+    reaped.
     """
     parent_end, child_end = Channel.pair()
 
     def child_body() -> int:
-        loop.close(registered_too=True)
+        loop.abandon()
         parent_end.close()
         return body(child_end)
 

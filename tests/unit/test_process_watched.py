@@ -143,3 +143,32 @@ def test_a_child_is_reaped_even_when_hearing_its_last_words_fails():
     start_watched(parent.loop, "hbtest", body, heard, parent.exited, parent.malformed.append)
     assert parent.until_exited() == 4
     assert failures and set(failures) == {"'a bug'"}
+
+
+def test_the_child_closes_the_parents_descriptors_and_frees_none_of_its_loop():
+    """Freeing the parent's loop in the child would write into the pages they share (at
+    1,000 workers, much of the master's loop copied into each): its descriptors are closed,
+    its objects left as they are."""
+    parent = Parent()
+    inherited = [os.pipe() for _ in range(3)]
+    for read_end, _ in inherited:
+        parent.loop.add_reader(read_end, lambda: None)
+    keys = dict(parent.loop._selector.get_map())
+
+    def body(channel: Channel) -> int:
+        closed = []
+        for read_end, _ in inherited:
+            try:
+                os.fstat(read_end)
+            except OSError:
+                closed.append(read_end)
+        kept = parent.loop._selector.get_map()
+        same = kept is not None and all(kept.get(fd) is key for fd, key in keys.items())
+        channel.send(JobEvent("job.x", "said", {"closed": len(closed), "same": same}))
+        return 0
+
+    parent.start(body)
+    assert parent.until_exited() == 0
+    (said,) = [message for message in parent.heard if isinstance(message, JobEvent)]
+    assert said.fields == {"closed": 3, "same": True}
+    parent.loop.close()

@@ -1,0 +1,212 @@
+"""The daemon at scale: private memory per idle backup, READY time, and status time.
+
+A real daemon with 1, 10, 100 and 1,000 schedule-only backups (each its own source
+directory, one shared local repository, every backup just succeeded so nothing runs), at
+rest. Private memory is Private_Clean + Private_Dirty of /proc/PID/smaps_rollup: what the
+process does not share with any other (the forked workers share the master's pages until
+one of them writes). READY time is from the start of the process to its sd_notify READY=1
+(on our own notify socket). Status time is at the largest count: the master's answer on
+the control socket (request to last byte), and the whole `henbackupctl status --json`.
+
+Goals (issue 18): at most 2 MiB per idle backup (1,000 backups in 1 GiB of a Raspberry Pi),
+status within 50 ms at 1,000 backups. `BENCH_SCALE_COUNTS=1,10` runs fewer counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.table import Table
+from henbackup import names
+
+COUNTS = tuple(int(n) for n in os.environ.get("BENCH_SCALE_COUNTS", "1,10,100,1000").split(","))
+SETTLE = 3.0  # seconds after READY=1 for every worker's first messages
+PATIENCE = 600.0  # seconds a daemon may take to be ready, or to stop
+STATUS_ROUNDS = 7
+MIB = 1024 * 1024
+GOAL_PER_BACKUP = 2.0  # MiB
+GOAL_TOTAL_1000 = 1024.0  # MiB: 1,000 backups in 1 GiB
+GOAL_STATUS = 0.050  # seconds
+
+
+def _setup(tmp: Path, count: int) -> Path:
+    """The config of `count` backups, and their run records: each just succeeded."""
+    text = f'[repositories.local]\nlocation = "{tmp / "repo"}"\npassword_file = "{tmp / "pw"}"\n'
+    (tmp / "pw").write_text("bench\n")
+    records = tmp / "state" / names.backup_record("b0").rsplit("/", 1)[0]
+    records.mkdir(parents=True)
+    now = time.time()
+    for n in range(count):
+        source = tmp / "sources" / f"b{n}"
+        source.mkdir(parents=True)
+        text += f'[backups.b{n}]\npaths = ["{source}"]\nrepositories = ["local"]\n'
+        text += 'schedule = ["1d"]\n'
+        record = {"last_success": now, "last_attempt": now}
+        (tmp / "state" / names.backup_record(f"b{n}")).write_text(json.dumps(record))
+    config = tmp / "henbackup.toml"
+    config.write_text(text)
+    config.chmod(0o600)
+    return config
+
+
+def _environment(tmp: Path, notify: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HENBACKUP_EVENTS": "json",
+        "NOTIFY_SOCKET": str(notify),
+        "RUNTIME_DIRECTORY": str(tmp / "run"),
+        "STATE_DIRECTORY": str(tmp / "state"),
+        "CACHE_DIRECTORY": str(tmp / "cache"),
+    }
+
+
+def _wait_ready(notify: socket.socket, daemon: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {daemon.returncode} before READY=1")
+        notify.settimeout(1.0)
+        try:
+            if b"READY=1" in notify.recv(65536).split(b"\n"):
+                return
+        except TimeoutError:
+            continue
+    raise RuntimeError(f"no READY=1 within {PATIENCE:g} s")
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as file:
+        return [int(child) for child in file.read().split()]
+
+
+def private_mib(pid: int) -> float:
+    """Private_Clean + Private_Dirty of the process, in MiB."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as file:
+        for line in file:
+            key, *value = line.split()
+            if key in ("Private_Clean:", "Private_Dirty:"):
+                total += int(value[0])
+    return total * 1024 / MIB
+
+
+def _ask(path: Path, command: str) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(60)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+def _status_times(tmp: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Median seconds of the master's status answer, and of a whole henbackupctl status."""
+    path = tmp / "run" / "control.sock"
+    answers = []
+    for _ in range(STATUS_ROUNDS):
+        start = time.perf_counter()
+        reply = _ask(path, "status")
+        answers.append(time.perf_counter() - start)
+        assert json.loads(reply)["ok"], reply[:200]
+    commands = []
+    ctl = [sys.executable, "-m", "henbackup.cli.ctl", "--socket", str(path), "--json", "status"]
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run(ctl, env=env, check=True, stdout=subprocess.DEVNULL)
+        commands.append(time.perf_counter() - start)
+    return statistics.median(answers), statistics.median(commands)
+
+
+def measure(count: int, status: bool) -> dict[str, float]:
+    """Start a daemon of `count` idle backups; its READY time, its memory at rest and (with
+    `status`) its status times; stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
+        tmp = Path(name)
+        config = _setup(tmp, count)
+        notify_path = tmp / "notify"
+        env = _environment(tmp, notify_path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(notify_path))
+            argv = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config), "run"]
+            start = time.monotonic()
+            daemon = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+            try:
+                _wait_ready(notify, daemon)
+                result = {"ready": time.monotonic() - start}
+                notify.close()  # unread, its queue would fill and block the master's sd_notify
+                notify_path.unlink()
+                time.sleep(SETTLE)
+                workers = _children(daemon.pid)
+                if len(workers) != count:
+                    raise RuntimeError(f"{len(workers)} workers at rest, not {count}")
+                private = [private_mib(worker) for worker in workers]
+                result["per_backup"] = statistics.mean(private)
+                result["worst"] = max(private)
+                result["total"] = sum(private) + private_mib(daemon.pid)
+                if status:
+                    result["answer"], result["command"] = _status_times(tmp, env)
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(timeout=PATIENCE)
+    return result
+
+
+def _met(value: float, goal: float) -> str:
+    return "yes" if value <= goal else "NO"
+
+
+def run() -> Table:
+    rows: list[tuple[object, ...]] = []
+    for count in COUNTS:
+        result = measure(count, status=count == max(COUNTS))
+        per_backup = result["per_backup"]
+        rows.append(
+            (
+                "private memory per idle backup (MiB, mean of workers)",
+                count,
+                per_backup,
+                f"<= {GOAL_PER_BACKUP:g}",
+                _met(per_backup, GOAL_PER_BACKUP),
+            )
+        )
+        rows.append(("  the worst worker (MiB)", count, result["worst"], "", ""))
+        if count == 1000:
+            total = result["total"]
+            rows.append(
+                ("  master + workers (MiB)", count, total, "<= 1024", _met(total, GOAL_TOTAL_1000))
+            )
+        rows.append(("READY=1 after start (s)", count, result["ready"], "none set", "-"))
+        if "answer" in result:
+            for label, key in (
+                ("status: the master's answer (s)", "answer"),
+                ("status: henbackupctl status --json (s)", "command"),
+            ):
+                seconds = result[key]
+                rows.append((label, count, seconds, "<= 0.05", _met(seconds, GOAL_STATUS)))
+    return Table(
+        title="scale: idle schedule-only backups, one worker each",
+        headers=("measure", "backups", "value", "goal", "met"),
+        rows=tuple(rows),
+        notes=(
+            "private: Private_Clean + Private_Dirty (smaps_rollup), after READY=1 and "
+            f"{SETTLE:g} s at rest; status: median of {STATUS_ROUNDS} answers, of 3 commands",
+        ),
+    )
+
+
+if __name__ == "__main__":
+    print(run().render())
