@@ -156,7 +156,7 @@ def schema(args: argparse.Namespace) -> int:
 
 def backup(args: argparse.Namespace) -> int:
     from henbackup.engine.restic import ResticEngine
-    from henbackup.jobs.entry import telling
+    from henbackup.jobs.job import telling
     from henbackup.jobs.pipeline import run_backup_pipeline
     from henbackup.limits.place import placed
     from henbackup.scheduler.queue import Scheduler
