@@ -87,6 +87,8 @@ def test_an_incremental_backup_runs_restic_once(restic: str, tmp_path: Path) -> 
     forked = ("henbackup.channel", "henbackup.protocol", "henbackup.jobs.entry")
     assert sorted(m for m in setup.imported if m in forked) == []
     assert not [m for m in setup.imported if m.startswith("systemd")]
+    # Nor what a valid config and a job id never use (platform's regexes, difflib's hints).
+    assert not {"platform", "difflib", "secrets"} & setup.imported
 
 
 def test_a_deleted_repository_is_initialised_once_and_backed_up_to(
