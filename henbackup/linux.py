@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 from collections.abc import Iterator
 
@@ -155,14 +154,19 @@ IOPRIO_WHO_PROCESS = 1
 _IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "armv7l": 314, "armv6l": 314, "i686": 289}
 
 
+def _machine() -> str:
+    """platform.machine() on Linux, without importing platform (its regexes) on every start."""
+    return os.uname().machine
+
+
 def ioprio_supported() -> bool:
-    return platform.machine() in _IOPRIO_SET
+    return _machine() in _IOPRIO_SET
 
 
 def ioprio_set(value: int) -> None:
     """ioprio_set(IOPRIO_WHO_PROCESS, self, value); raises OSError."""
-    number = _IOPRIO_SET.get(platform.machine())
+    number = _IOPRIO_SET.get(_machine())
     if number is None:
-        raise OSError(errno.ENOSYS, f"ioprio_set is unknown on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"ioprio_set is unknown on {_machine()}")
     if _libc.syscall(number, IOPRIO_WHO_PROCESS, 0, value) != 0:
         _checked(-1, "ioprio_set")

@@ -30,9 +30,8 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from henbackup.channel import Channel, Malformed
-
 if TYPE_CHECKING:
+    from henbackup.channel import Channel, Malformed
     from henbackup.loop import Loop
     from henbackup.protocol import ChannelMessage
 
@@ -313,6 +312,8 @@ def start_watched(
     child's exit what it still said to `heard`, then its wait status to `exited` once it is
     reaped.
     """
+    from henbackup.channel import Channel  # only forking processes talk: not `henbackup backup`
+
     parent_end, child_end = Channel.pair()
 
     def child_body() -> int:

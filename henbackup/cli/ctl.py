@@ -10,10 +10,10 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from henbackup import __version__
-from henbackup.cli import views
+from henbackup.cli import exit_now, views
 from henbackup.cli.progress import ProgressDisplay
 from henbackup.protocol import (
     DEFAULT_SOCKET,
@@ -262,5 +262,10 @@ def _show(args: argparse.Namespace, reply: ControlReply) -> int:
     return EXIT_BY_CODE.get(reply.get("code", ""), EXIT_FAILED)
 
 
+def command() -> NoReturn:
+    """The `henbackupctl` program (its console script): main(), then exit at once."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from henbackup import __version__
+from henbackup.cli import exit_now
 from henbackup.config.dirs import Dirs, config_path
 from henbackup.errors import ConfigError, Problem
 from henbackup.observe.events import SINK_VARIABLE, SINKS, wanted_sink
@@ -156,7 +157,7 @@ def schema(args: argparse.Namespace) -> int:
 
 def backup(args: argparse.Namespace) -> int:
     from henbackup.engine.restic import ResticEngine
-    from henbackup.jobs.entry import telling
+    from henbackup.jobs.job import telling
     from henbackup.jobs.pipeline import run_backup_pipeline
     from henbackup.limits.place import placed
     from henbackup.scheduler.queue import Scheduler
@@ -214,5 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def command() -> NoReturn:
+    """The `henbackup` program (its console script): main(), then exit at once."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

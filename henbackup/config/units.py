@@ -20,19 +20,18 @@ _DURATION_UNITS: tuple[tuple[str, float], ...] = (
     ("ms", 0.001),
 )
 # One optional group per unit, largest first; `m(?!s)` keeps "500ms" from reading as minutes.
-_DURATION_RE = re.compile(
-    "".join(
-        rf"(?:(?P<{unit}>[0-9]{{1,15}}){unit}{'(?!s)' if unit == 'm' else ''})?"
-        for unit, _ in _DURATION_UNITS
-    )
+# The patterns here are compiled at their first use (re's cache), not at every start.
+_DURATION_RE = "".join(
+    rf"(?:(?P<{unit}>[0-9]{{1,15}}){unit}{'(?!s)' if unit == 'm' else ''})?"
+    for unit, _ in _DURATION_UNITS
 )
 _DURATION_HINT = 'use a number and a unit (ms, s, m, h, d, w), largest first, e.g. "1h30m"'
 
 _BINARY_FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # Bounded digits: a huge number is a typo, and must not overflow float or int conversion.
 _NUMBER = r"([0-9]{1,15}(?:\.[0-9]{1,9})?|\.[0-9]{1,9})"
-_QUANTITY_RE = re.compile(_NUMBER + "([KMGT]?)", re.IGNORECASE)
-_PERCENT_RE = re.compile(_NUMBER + "%")
+_QUANTITY_RE = "(?i)" + _NUMBER + "([KMGT]?)"
+_PERCENT_RE = _NUMBER + "%"
 
 _SPECIAL_PRIORITIES = {
     "immediate": Priority(Priority.IMMEDIATE_BAND),
@@ -40,11 +39,11 @@ _SPECIAL_PRIORITIES = {
     "on-idle": Priority(Priority.ON_IDLE_BAND),
 }
 _PRIORITY_HINT = "use immediate, next, superior, normal, inferior, on-idle or an integer"
-_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
+_INT_RE = r"[+-]?[0-9]{1,18}"
 
 _LISTEN_HINT = 'use HOST:PORT, e.g. "127.0.0.1:9811" or "[::1]:9811"'
-_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
-_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(%[A-Za-z0-9_.-]+)?")
+_HOST_RE = r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"
+_IPV6_RE = r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(%[A-Za-z0-9_.-]+)?"
 
 
 def parse_duration(s: object) -> float:
@@ -52,7 +51,7 @@ def parse_duration(s: object) -> float:
 
     Units are ms, s, m, h, d (24 h) and w (7 d), each at most once, largest first.
     """
-    match = _DURATION_RE.fullmatch(s) if isinstance(s, str) and s else None
+    match = re.fullmatch(_DURATION_RE, s) if isinstance(s, str) and s else None
     if match is None:
         raise ValueError(f"not a duration: {_DURATION_HINT}")
     return sum(int(match[unit]) * factor for unit, factor in _DURATION_UNITS if match[unit])
@@ -80,7 +79,7 @@ def _parse_quantity(v: object, suffixes: str, what: str) -> int:
     if isinstance(v, int):
         number = v
     else:
-        match = _QUANTITY_RE.fullmatch(v)
+        match = re.fullmatch(_QUANTITY_RE, v)
         if match is None or match[2].upper() not in ("", *suffixes):
             raise ValueError(f"not a {what}: {hint}")
         number = int(float(match[1]) * _BINARY_FACTORS[match[2].upper()])
@@ -111,7 +110,7 @@ def parse_priority(v: object) -> Priority:
         return _SPECIAL_PRIORITIES[name]
     if name in PRIORITY_VALUES:
         return Priority.ordinary(PRIORITY_VALUES[name])
-    if _INT_RE.fullmatch(name):
+    if re.fullmatch(_INT_RE, name):
         return Priority.ordinary(int(name))
     raise ValueError(f"not a priority: {_PRIORITY_HINT}")
 
@@ -119,7 +118,7 @@ def parse_priority(v: object) -> Priority:
 def parse_percent(s: object) -> float:
     """The fraction in a percentage: "50%" -> 0.5, "250%" -> 2.5; raises ValueError unless
     it is more than 0."""
-    match = _PERCENT_RE.fullmatch(s) if isinstance(s, str) else None
+    match = re.fullmatch(_PERCENT_RE, s) if isinstance(s, str) else None
     if match is None:
         raise ValueError('not a percentage: use a string such as "50%"')
     fraction = float(match[1]) / 100
@@ -128,8 +127,8 @@ def parse_percent(s: object) -> float:
     return fraction
 
 
-_SUBSET_FRACTION_RE = re.compile(r"([0-9]{1,18})/([0-9]{1,18})")
-_SUBSET_SIZE_RE = re.compile(r"[0-9]{1,18}[KMGT]?", re.IGNORECASE)
+_SUBSET_FRACTION_RE = r"([0-9]{1,18})/([0-9]{1,18})"
+_SUBSET_SIZE_RE = r"(?i)[0-9]{1,18}[KMGT]?"
 SUBSET_HINT = 'use a percentage ("5%"), a fraction ("1/10") or a size ("500M")'
 
 
@@ -141,10 +140,10 @@ def parse_subset(s: object) -> str:
     if s.endswith("%"):
         if parse_percent(s) > 1:
             raise ValueError("too large: use at most 100%")
-    elif match := _SUBSET_FRACTION_RE.fullmatch(s):
+    elif match := re.fullmatch(_SUBSET_FRACTION_RE, s):
         if not 1 <= int(match[1]) <= int(match[2]):
             raise ValueError(f"not a fraction n/m with 1 <= n <= m: {SUBSET_HINT}")
-    elif not _SUBSET_SIZE_RE.fullmatch(s) or int(s.rstrip("KMGTkmgt")) == 0:
+    elif not re.fullmatch(_SUBSET_SIZE_RE, s) or int(s.rstrip("KMGTkmgt")) == 0:
         raise ValueError(f"not a data subset: {SUBSET_HINT}")
     return s
 
@@ -157,13 +156,13 @@ def parse_listen(s: object) -> tuple[str, int]:
         raise ValueError(f"not an address: {_LISTEN_HINT}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        if not _IPV6_RE.fullmatch(host):
+        if not re.fullmatch(_IPV6_RE, host):
             raise ValueError(
                 f"not an address: put an IPv6 address between the brackets, {_LISTEN_HINT}"
             )
     elif ":" in host:
         raise ValueError(f"not an address: an IPv6 address needs brackets, {_LISTEN_HINT}")
-    elif not _HOST_RE.fullmatch(host):
+    elif not re.fullmatch(_HOST_RE, host):
         raise ValueError(f"not an address: the host is not a name or an IP address, {_LISTEN_HINT}")
     if not 1 <= int(port) <= 65535:
         raise ValueError("not an address: the port must be between 1 and 65535")

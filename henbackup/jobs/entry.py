@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -32,23 +31,21 @@ from henbackup.errors import (
     StopRequested,
     UnsafeTarget,
 )
-from henbackup.jobs.job import Job
+from henbackup.jobs.job import Job, telling
 from henbackup.jobs.maintenance import run_check, run_prune
 from henbackup.jobs.pipeline import Admitted, backup_jobs, queued, run_backup_pipeline
 from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
 from henbackup.limits import pause
 from henbackup.limits.place import placed
-from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
+from henbackup.observe.events import EmitFunction
 from henbackup.process import NEVER, SafePoint
-from henbackup.protocol import JobEvent, JobExit, OneOffResult, reply_error
+from henbackup.protocol import JobExit, OneOffResult, reply_error
 from henbackup.scheduler.queue import PAUSE_MARKS, Scheduler
 
 # A repository locked by a live process elsewhere (another host, an admin's restic) is
 # waited for this long before the job fails; stale locks are removed at once.
 LOCK_WAIT = 30 * 60.0
-# job.progress comes every second, for progress bars; the journal keeps one in this many.
-JOURNAL_PROGRESS_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -150,25 +147,6 @@ def _engine(config: Config) -> ResticEngine:
 def host_scheduler() -> Scheduler:
     """The queue every job of this host goes through."""
     return Scheduler(Dirs.from_environment().scheduler, _safe_point)
-
-
-def telling(news: Channel | None) -> EmitFunction:
-    """Events to the journal (job.progress thinned out), and job and hook events to the
-    parent on `news`."""
-    emit = Emitter()
-    journaled: dict[str, float] = {}  # job id → when its progress was last journaled
-
-    def tee(kind: str, message: str, **fields: FieldValue) -> Event:
-        if news is not None and kind.startswith(("job.", "hook.")):
-            news.send(JobEvent(kind, message, fields))
-        if kind == "job.progress":
-            now, job = time.monotonic(), str(fields.get("job"))
-            if now - journaled.get(job, float("-inf")) < JOURNAL_PROGRESS_INTERVAL:
-                return make_event(kind, message, **fields)  # not journaled
-            journaled[job] = now
-        return emit(kind, message, **fields)
-
-    return tee
 
 
 def run_jobs(

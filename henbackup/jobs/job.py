@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from henbackup.config.model import NORMAL, Priority
 from henbackup.config.units import format_duration
 from henbackup.engine.base import Engine, TransferProgress
 from henbackup.errors import HenbackupError, JobCancelled
-from henbackup.observe.events import EmitFunction, FieldValue
+from henbackup.observe.events import EmitFunction, Emitter, Event, FieldValue, make_event
+
+if TYPE_CHECKING:
+    from henbackup.channel import Channel
 
 T = TypeVar("T")
+# job.progress comes every second, for progress bars; the journal keeps one in this many.
+JOURNAL_PROGRESS_INTERVAL = 5.0
 
 
 def new_job_id() -> str:
     """Short, unique enough on one host, and easy to type for `henbackupctl cancel`."""
-    return secrets.token_hex(4)
+    return os.urandom(4).hex()  # what secrets.token_hex(4) does, without importing hmac
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class Job:
 class ProgressReporter:
     """Turns engine progress into job.progress events, at most one per `interval` seconds.
 
-    Often enough for a progress bar; the journal gets fewer (see `entry.telling`).
+    Often enough for a progress bar; the journal gets fewer (see `telling`).
     """
 
     def __init__(self, job: Job, emit: EmitFunction, interval: float = 1.0) -> None:
@@ -149,3 +153,24 @@ def _reporting_stalls(engine: Engine | None, reporter: StallReporter, work: Call
         return work()
     finally:
         engine.on_stall = previous
+
+
+def telling(news: Channel | None) -> EmitFunction:
+    """Events to the journal (job.progress thinned out), and job and hook events to the
+    parent on `news`."""
+    if news is not None:  # a job process: `henbackup backup` has no parent to tell
+        from henbackup.protocol import JobEvent
+    emit = Emitter()
+    journaled: dict[str, float] = {}  # job id → when its progress was last journaled
+
+    def tee(kind: str, message: str, **fields: FieldValue) -> Event:
+        if news is not None and kind.startswith(("job.", "hook.")):
+            news.send(JobEvent(kind, message, fields))
+        if kind == "job.progress":
+            now, job = time.monotonic(), str(fields.get("job"))
+            if now - journaled.get(job, float("-inf")) < JOURNAL_PROGRESS_INTERVAL:
+                return make_event(kind, message, **fields)  # not journaled
+            journaled[job] = now
+        return emit(kind, message, **fields)
+
+    return tee

@@ -82,6 +82,13 @@ def test_an_incremental_backup_runs_restic_once(restic: str, tmp_path: Path) -> 
     assert "henbackup.jobs.pipeline" in setup.imported
     daemon = ("henbackup.master", "henbackup.worker", "henbackup.hooks.http", "http.client")
     assert sorted(m for m in setup.imported if m.startswith(daemon)) == []
+    # Nor what only a forked job process needs (its channel, the messages, the one-off
+    # jobs), nor the journal's client when events go to stderr.
+    forked = ("henbackup.channel", "henbackup.protocol", "henbackup.jobs.entry")
+    assert sorted(m for m in setup.imported if m in forked) == []
+    assert not [m for m in setup.imported if m.startswith("systemd")]
+    # Nor what a valid config and a job id never use (platform's regexes, difflib's hints).
+    assert not {"platform", "difflib", "secrets"} & setup.imported
 
 
 def test_a_deleted_repository_is_initialised_once_and_backed_up_to(
