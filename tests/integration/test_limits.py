@@ -43,6 +43,11 @@ resources = {{ {resources} }}
 """
 
 
+def init_repository(restic: str, repo: Path) -> None:
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
+    subprocess.run([restic, "init"], env=env, capture_output=True, check=True)
+
+
 def start_backup(tmp_path: Path, text: str) -> subprocess.Popen[str]:
     config = tmp_path / "henbackup.toml"
     config.write_text(text)
@@ -113,6 +118,9 @@ def test_nice_ionice_and_cgroups_are_seen_in_proc_of_the_running_restic(restic, 
         'upload_limit = "256K"\n[[backups.pictures.hooks.before]]\ntype = "command"\n'
         f'command = ["sh", "-c", "cat /proc/self/cgroup /proc/self/stat > {seen}"]\n'
     )
+    # A repository that exists: the first `restic backup` is the one that runs (to a
+    # missing one, a first backup fails at once and the job initialises it).
+    init_repository(restic, tmp_path / "repo")
     text = config_text(restic, data, tmp_path / "repo", resources, hook)
     process = start_backup(tmp_path, text)
     try:
@@ -205,8 +213,7 @@ def test_status_and_metrics_show_the_limits_and_what_the_run_used(restic, tmp_pa
 def test_a_repositorys_check_runs_under_the_repositorys_resources(restic, tmp_path):
     data = random_data(tmp_path, 1 << 10)
     repo = tmp_path / "repo"
-    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": PASSWORD}
-    subprocess.run([restic, "init"], env=env, capture_output=True, check=True)
+    init_repository(restic, repo)
     config = tmp_path / "henbackup.toml"
     repository = "resources = { memory_max = '1G', nice = 7 }"
     config.write_text(config_text(restic, data, repo, "nice = 5", "", repository))
