@@ -4,7 +4,8 @@
 signals blocked until it is under watch, follows one of its output streams line by line
 while the other goes to a temporary file, calls the checkpoint at least every WATCH_TICK,
 ends a run that made no progress for the stall timeout, and interrupts the tool cleanly
-(SIGINT, then SIGKILL after a grace) when anything is raised: a cancel, a stop, a stall.
+(its interrupt signal, then SIGKILL after a grace) when anything is raised: a cancel, a
+stop, a stall.
 An engine module (restic.py, borg.py) says what is the tool's own: its name, which of its
 lines show progress, what it has sent, what it is doing while idle, and how its locks are
 cleaned up after an interrupt.
@@ -159,9 +160,14 @@ class ToolRun:
         os.close(self.pidfd)
 
 
-def end_program(process: subprocess.Popen[bytes], run: ToolRun | None, grace: float) -> None:
-    """SIGINT (the tool removes its lock) and SIGCONT (a stopped tool can act on it), then
-    SIGKILL after `grace` seconds. Reaps it if it dies within KILL_WAIT after that: one
+def end_program(
+    process: subprocess.Popen[bytes],
+    run: ToolRun | None,
+    grace: float,
+    interrupt: signal.Signals = signal.SIGINT,
+) -> None:
+    """`interrupt` (the tool removes its lock) and SIGCONT (a stopped tool can act on it),
+    then SIGKILL after `grace` seconds. Reaps it if it dies within KILL_WAIT after that: one
     blocked in the kernel (a hung NFS read) may not, and must not hang us too."""
 
     def wait_until(deadline: float) -> None:
@@ -170,7 +176,7 @@ def end_program(process: subprocess.Popen[bytes], run: ToolRun | None, grace: fl
         else:
             process.wait(max(0.0, deadline - time.monotonic()))
 
-    stop_program(process, (signal.SIGINT, signal.SIGCONT), grace, wait_until, reap_within=KILL_WAIT)
+    stop_program(process, (interrupt, signal.SIGCONT), grace, wait_until, reap_within=KILL_WAIT)
 
 
 class ToolEngine(Engine):
@@ -178,6 +184,7 @@ class ToolEngine(Engine):
     (see the module docstring); `_launch` runs it once."""
 
     tool = "the tool"  # its name in messages
+    interrupt = signal.SIGINT  # what makes it stop at once, cleanly (its lock removed)
 
     def __init__(
         self,
@@ -264,14 +271,14 @@ class ToolEngine(Engine):
     ) -> tuple[subprocess.Popen[bytes], set[signal.Signals]]:
         """Start the tool in its own session (a terminal's Ctrl-C is ours to forward), with
         signals blocked (see process.spawn): returns it and the mask to restore. If we die,
-        the tool gets SIGINT: a chance to remove its lock."""
+        the tool gets its interrupt signal: a chance to remove its lock."""
         streams = {"stdout": subprocess.PIPE, "stderr": other}
         if follow_stderr:
             streams = {"stdout": other, "stderr": subprocess.PIPE}
         try:
             return spawn(
                 argv,
-                signal.SIGINT,
+                self.interrupt,
                 stdin=subprocess.DEVNULL,
                 env=dict(env),
                 pass_fds=() if password_fd is None else (password_fd,),
@@ -375,7 +382,7 @@ class ToolEngine(Engine):
     ) -> None:
         """Stop the tool (see `end_program`), then, with `cleanup`, clean up after it. A run
         without `cleanup` (that clean-up itself) holds no lock: it is killed at once."""
-        end_program(process, run, INTERRUPT_GRACE if cleanup else 0.0)
+        end_program(process, run, INTERRUPT_GRACE if cleanup else 0.0, self.interrupt)
         if cleanup:
             self._cleanup(target)
 
