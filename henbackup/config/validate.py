@@ -186,11 +186,23 @@ def _repository(name: str, value: Any, at: At) -> Repository | None:
         if variable in in_env:
             where = at.key("env_credentials").key(variable)
             where.problem("is also set in env: set each variable in one of them")
+    _other_engines_keys(table, at, keys, optional["engine"] or "restic")
     if location is None or password is None:
         return None
     return Repository(
         name=name, location=location, password=password, file=at.file, key=at.path, **optional
     )
+
+
+def _other_engines_keys(table: Mapping[str, Any], at: At, keys: schema.Table, engine: str) -> None:
+    """A problem for each key set that the repository's engine does not know."""
+    for key in keys.keys:
+        if key.name in table and key.engines and engine not in key.engines:
+            only = " or ".join(key.engines)
+            at.key(key.name).problem(
+                f"is for {only} repositories only, and this one has engine = {engine!r}:"
+                f" remove it or change engine"
+            )
 
 
 # ----------------------------------------------------------------------------- backups
