@@ -122,14 +122,13 @@ def global_flags(target: Target, lock_wait: float = 0.0) -> Argv:
 
 
 def exclude_patterns(excludes: Sequence[str]) -> Argv:
-    """henbackup's excludes (restic's syntax) as borg shell-style patterns: a pattern
-    without "/" matches a name at any depth (`.git`, `*.tmp`), one with "/" a path."""
+    """henbackup's excludes (restic's syntax) as borg shell-style patterns: one that starts
+    with "/" is anchored at the root, any other matches at any depth (`.git`, `*.tmp`,
+    `cache/tmp`), as restic matches them."""
     flags: list[str] = []
     for pattern in excludes:
-        if "/" not in pattern.rstrip("/"):
-            flags += ["--exclude", f"sh:**/{pattern.rstrip('/')}"]
-        else:
-            flags += ["--exclude", f"sh:{pattern.rstrip('/')}"]
+        pattern = pattern.rstrip("/") or "/"
+        flags += ["--exclude", f"sh:{pattern}" if pattern.startswith("/") else f"sh:**/{pattern}"]
     return tuple(flags)
 
 

@@ -302,6 +302,33 @@ def test_restore_with_include(kit: Kit, source: Path, tmp_path: Path) -> None:
     assert (result.files_restored, result.bytes_restored) == (3, 305_000)
 
 
+def test_excludes_mean_the_same_for_every_engine(kit: Kit, tmp_path: Path) -> None:
+    data = write_tree(
+        tmp_path / "data",
+        {
+            "keep.txt": b"1",
+            "x.tmp": b"2",
+            "deep/er/y.tmp": b"3",
+            "repo/.git/config": b"4",
+            "repo/code.py": b"5",
+            "cache/tmp/z": b"6",
+            "other/tmp/kept": b"7",
+        },
+    )
+    request = BackupRequest(
+        "docs", (str(data),), excludes=("*.tmp", ".git", "cache/tmp", f"{data}/other/none")
+    )
+    snapshot_id = kit.engine.backup(kit.target, request).snapshot_id
+    assert snapshot_id is not None
+    destination = tmp_path / "restore"
+    kit.engine.restore(kit.target, snapshot_id, str(destination))
+    assert sorted(digest_tree(restored(destination, data))) == [
+        "keep.txt",
+        "other/tmp/kept",
+        "repo/code.py",
+    ]
+
+
 def test_restore_unknown_snapshot(kit: Kit, source: Path, tmp_path: Path) -> None:
     kit.backup("docs", source)
     with pytest.raises(SnapshotNotFound):

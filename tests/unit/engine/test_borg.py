@@ -56,11 +56,13 @@ def test_backup_command_line_holds_no_secret_and_records_paths() -> None:
     assert argv[-2:] == ("::docs@h@t", "/home/me/{odd}")
     comment = argv[argv.index("--comment") + 1]
     assert comment == '{{"paths": ["/home/me/{{odd}}"]}}'  # borg expands {placeholders}
-    assert exclude_patterns((".git", "/home/me/tmp/")) == (
+    assert exclude_patterns((".git", "/home/me/tmp/", "cache/*.tmp")) == (
         "--exclude",
         "sh:**/.git",
         "--exclude",
         "sh:/home/me/tmp",
+        "--exclude",
+        "sh:**/cache/*.tmp",
     )
     flags = global_flags(Target("nas", "/srv", TARGET.password, upload_limit=100_000), 30.0)
     assert flags == ("--log-json", "--lock-wait", "30", "--upload-ratelimit", "97")
