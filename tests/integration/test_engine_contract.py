@@ -81,19 +81,26 @@ class Kit:
     def borg(self) -> bool:
         return self.kind.startswith("borg")
 
-    def bare_env(self) -> dict[str, str]:
+    def bare_env(self, password: str = PASSWORD) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTIC_", "BORG_"))}
         if self.borg:
             return env | {
                 "BORG_REPO": str(self.path),
-                "BORG_PASSPHRASE": PASSWORD,
+                "BORG_PASSPHRASE": password,
                 "BORG_BASE_DIR": str(self.tmp / "borg-bare"),
             }
         return env | {
             "RESTIC_REPOSITORY": str(self.path),
-            "RESTIC_PASSWORD": PASSWORD,
+            "RESTIC_PASSWORD": password,
             "RESTIC_CACHE_DIR": str(self.tmp / "cache-bare"),
         }
+
+    def bare_list(self, password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
+        """The tool's own listing, opened with `password`."""
+        command = "list" if self.borg else "snapshots"
+        return subprocess.run(
+            [self.binary, command], env=self.bare_env(password), capture_output=True, text=True
+        )
 
     def bare_check(self) -> subprocess.CompletedProcess[str]:
         """The tool's own check, to verify what the engine left."""
@@ -393,6 +400,69 @@ def test_check_finds_corrupted_data(kit: Kit, source: Path) -> None:
     result = kit.engine.check(kit.target, read_data_subset="100%")
     assert not result.ok
     assert result.errors and all("\n" not in e for e in result.errors)
+
+
+# --- secrets --------------------------------------------------------------------------
+
+TRICKY = "p@$$ w0rd \"dq\" 'sq' `tick` \\back; & | * ? ~ # 🐔 = é\ttab\nnewline"
+
+
+def test_literal_password_with_tricky_characters(kit: Kit, tmp_path: Path) -> None:
+    target = replace(
+        kit.target,
+        location=str(tmp_path / "tricky"),
+        password=PasswordSource("password", TRICKY),
+    )
+    assert kit.engine.ensure_initialized(target)
+    data = write_tree(tmp_path / "data", {"f": b"data"})
+    kit.engine.backup(target, BackupRequest("docs", (str(data),)))
+    # the tool itself, given the very same password in its environment, opens it
+    tricky = replace(kit, path=tmp_path / "tricky")
+    listed = tricky.bare_list(TRICKY)
+    assert listed.returncode == 0, listed.stderr
+    assert tricky.bare_list(TRICKY[:-1]).returncode != 0
+
+
+def test_password_file_and_command(kit: Kit, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(PASSWORD + "\n")
+    by_file = replace(kit.target, password=PasswordSource("file", str(secret)))
+    by_command = replace(kit.target, password=PasswordSource("command", f"cat {secret}"))
+    assert kit.engine.snapshots(by_file) == []
+    assert kit.engine.snapshots(by_command) == []
+    secret.write_text("not it\n")
+    with pytest.raises(WrongPassword):
+        kit.engine.snapshots(by_file)
+
+
+def test_no_secret_in_the_child_command_line(kit: Kit, tmp_path: Path) -> None:
+    key = "AWS-SECRET-for-the-integration-test"
+    location = str(tmp_path / "repo-with-a-secret-location")
+    seen: list[tuple[bytes, bytes]] = []
+
+    def spy(pid: int) -> None:
+        proc = Path(f"/proc/{pid}")
+        seen.append(((proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()))
+
+    engine = kit.engines(on_spawn=spy)
+    target = replace(
+        kit.target,
+        location=location,
+        password=PasswordSource("password", TRICKY),
+        env=(("AWS_SECRET_ACCESS_KEY", key),),
+    )
+    engine.ensure_initialized(target)
+    data = write_tree(tmp_path / "src", {"f": b"data"})
+    engine.backup(target, BackupRequest("docs", (str(data),), host="h"))
+    engine.snapshots(target)
+    assert len(seen) >= 4  # look, init, backup, snapshots
+    pipe = b"BORG_PASSPHRASE_FD=" if kit.borg else b"RESTIC_PASSWORD_FILE=/dev/fd/"
+    for cmdline, environ in seen:
+        assert (kit.binary.encode() + b"\0") in cmdline  # borg: python3 /usr/bin/borg ...
+        for secret in (TRICKY, location, key):
+            assert secret.encode() not in cmdline
+        assert TRICKY.encode() not in environ
+        assert pipe in environ
 
 
 # --- failures -------------------------------------------------------------------------

@@ -297,59 +297,6 @@ def test_lock_wait_succeeds_once_the_holder_is_done(repo: Repo, source: Path) ->
     assert waited >= 1.0
 
 
-# --- secrets --------------------------------------------------------------------------
-
-TRICKY = "p@$$ w0rd \"dq\" 'sq' `tick` \\back; & | * ? ~ # 🐔 = é\ttab\nnewline"
-
-
-def test_literal_password_with_tricky_characters(restic: str, tmp_path: Path) -> None:
-    engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
-    target = Target("t", str(tmp_path / "repo"), PasswordSource("password", TRICKY))
-    assert engine.ensure_initialized(target)
-    data = write_tree(tmp_path / "src", {"f": b"data"})
-    engine.backup(target, BackupRequest("docs", (str(data),)))
-    # restic itself, given the very same password in its environment, opens the repository
-    repo = Repo(restic, tmp_path / "repo", tmp_path, target, engine)
-    listed = repo.bare("snapshots", "--json", password=TRICKY)
-    assert listed.returncode == 0, listed.stderr
-    assert repo.bare("snapshots", password=TRICKY[:-1]).returncode != 0
-
-
-def test_password_file_and_command(repo: Repo, tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text(PASSWORD + "\n")
-    by_file = Target("test", str(repo.path), PasswordSource("file", str(secret)))
-    by_command = Target("test", str(repo.path), PasswordSource("command", f"cat {secret}"))
-    assert repo.engine.snapshots(by_file) == []
-    assert repo.engine.snapshots(by_command) == []
-
-
-def test_no_secret_in_the_child_command_line(restic: str, tmp_path: Path) -> None:
-    key = "AWS-SECRET-for-the-integration-test"
-    location = str(tmp_path / "repo-with-a-secret-location")
-    seen: list[tuple[bytes, bytes]] = []
-
-    def spy(pid: int) -> None:
-        proc = Path(f"/proc/{pid}")
-        seen.append(((proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()))
-
-    engine = ResticEngine(restic, cache_dir=tmp_path / "cache", on_spawn=spy)
-    target = Target(
-        "t", location, PasswordSource("password", TRICKY), env=(("AWS_SECRET_ACCESS_KEY", key),)
-    )
-    engine.ensure_initialized(target)
-    data = write_tree(tmp_path / "src", {"f": b"data"})
-    engine.backup(target, BackupRequest("docs", (str(data),), host="h"))
-    engine.snapshots(target)
-    assert len(seen) >= 4  # cat config, init, backup, snapshots
-    for cmdline, environ in seen:
-        assert cmdline.startswith(restic.encode() + b"\0")
-        for secret in (TRICKY, location, key):
-            assert secret.encode() not in cmdline
-        assert TRICKY.encode() not in environ
-        assert b"RESTIC_PASSWORD_FILE=/dev/fd/" in environ
-
-
 # --- cancellation and death -----------------------------------------------------------
 
 
