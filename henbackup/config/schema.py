@@ -288,6 +288,8 @@ RESOURCES = Table(
 
 PASSWORD_KEYS = ("password", "password_file", "password_command", "password_credential")
 ENGINES = ("restic", "borg")
+# Location prefixes of restic's backends, which borg does not open.
+RESTIC_ONLY_SCHEMES = ("s3", "b2", "azure", "gs", "swift", "sftp", "rest", "rclone")
 REPOSITORY = Table(
     "repositories.NAME",
     "[repositories.NAME]",

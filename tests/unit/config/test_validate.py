@@ -663,3 +663,20 @@ def test_engine_is_restic_unless_borg_is_chosen(load: Load) -> None:
 )
 def test_keys_of_another_engine(problems: Problems, line: str, key: str, message: str) -> None:
     assert problems(repository_with(line)) == [(f"repositories.local.{key}", message)]
+
+
+def test_a_borg_repository_is_no_restic_backend(problems: Problems, load: Load) -> None:
+    text = BASE.replace(
+        'location = "/srv/restic"', 'engine = "borg"\nlocation = "s3:host/bucket-SECRET"'
+    )
+    assert problems(text) == [
+        (
+            "repositories.local.location",
+            "is a restic s3: location, and this repository has engine = 'borg':"
+            " use a path or ssh://USER@HOST/PATH, or engine = 'restic'",
+        )
+    ]
+    ssh = 'engine = "borg"\nlocation = "ssh://me@nas/srv/borg"'
+    assert (
+        load(BASE.replace('location = "/srv/restic"', ssh)).repositories["local"].engine == "borg"
+    )
