@@ -45,8 +45,15 @@ from henbackup.engine.base import (
     Target,
     TransferProgress,
 )
-from henbackup.engine.restic import count_files, limit_warnings, restored_roots, secrets_of
-from henbackup.engine.run import ToolEngine, ToolResult, password_pipe
+from henbackup.engine.run import (
+    ToolEngine,
+    ToolResult,
+    count_files,
+    limit_warnings,
+    password_pipe,
+    restored_roots,
+    secrets_of,
+)
 from henbackup.engine.secret_env import with_secret_env
 from henbackup.errors import (
     BackendUnreachable,

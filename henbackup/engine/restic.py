@@ -47,8 +47,12 @@ from henbackup.engine.run import (
     ToolEngine,
     ToolResult,
     ToolRun,
+    count_files,
+    limit_warnings,
     password_pipe,
     read_back,
+    restored_roots,
+    secrets_of,
 )
 from henbackup.engine.secret_env import with_secret_env
 from henbackup.engine.stall import OpenFile, open_files
@@ -79,7 +83,6 @@ TEMP_PACK = "restic-temp-pack-"
 # Backoff between attempts on a locked repository when restic has no --retry-lock.
 LOCK_BACKOFF_FIRST = 1.0
 LOCK_BACKOFF_MAX = 30.0
-MAX_WARNINGS = 50
 
 # Inherited variables that would override what the engine says (repository, password).
 _OVERRIDDEN_VARS = frozenset(
@@ -255,22 +258,6 @@ def child_env(
     return env
 
 
-def secrets_of(target: Target) -> tuple[str, ...]:
-    """Strings that must not appear in a message, longest first."""
-    found = {target.location, target.location.rstrip("/")}
-    scheme = re.match(r"^[a-z0-9]+:(?=.)", target.location)
-    if scheme:  # restic often prints the URL without its backend prefix
-        found.add(target.location[scheme.end() :].rstrip("/"))
-    userinfo = re.search(r"//([^/@\s]+)@", target.location)
-    if userinfo:
-        found.add(userinfo[1])
-        found.add(userinfo[1].partition(":")[2])
-    if target.password.kind == "password":
-        found.add(target.password.value)
-    found.update(value for _, value in target.env if len(value) >= 8)
-    return tuple(sorted((s for s in found if s), key=len, reverse=True))
-
-
 # --- output parsing (pure) ------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -393,13 +380,6 @@ def dropped_since(before: Sequence[OpenFile], now: Sequence[OpenFile], grown: in
     return max(0, gone - grown)
 
 
-def limit_warnings(messages: Sequence[str]) -> tuple[str, ...]:
-    """At most MAX_WARNINGS lines, then one that says how many more there were."""
-    if len(messages) <= MAX_WARNINGS:
-        return tuple(messages)
-    return (*messages[:MAX_WARNINGS], f"... and {len(messages) - MAX_WARNINGS} more warnings")
-
-
 def parse_backup_summary(
     summary: Mapping[str, Any], duration: float, warnings: Sequence[str] = ()
 ) -> BackupResult:
@@ -465,30 +445,6 @@ def parse_stats(doc: Any) -> RepositoryStats:
         total_file_count=_number(doc, "total_file_count"),
         snapshots_count=_number(doc, "snapshots_count"),
     )
-
-
-def restored_roots(snapshot_paths: Sequence[str], includes: Sequence[str]) -> tuple[str, ...]:
-    """What a restore wrote: the plain include paths, else the whole snapshot."""
-    if includes and not any(set(path) & set("*?[") for path in includes):
-        return tuple(includes)
-    return tuple(snapshot_paths)
-
-
-def count_files(destination: str, roots: Sequence[str]) -> tuple[int, int]:
-    """Regular files and their bytes under destination/<root> (restic keeps full paths)."""
-    files = size = 0
-    for root in dict.fromkeys(roots):
-        top = os.path.join(destination, root.lstrip("/"))
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.isfile(top) and not os.path.islink(top):
-                files, size = files + 1, size + os.lstat(top).st_size
-                continue
-        for folder, _, names in os.walk(top):
-            for name in names:
-                st = os.lstat(os.path.join(folder, name))
-                if (st.st_mode & 0o170000) == 0o100000:
-                    files, size = files + 1, size + st.st_size
-    return files, size
 
 
 # --- failures (pure) ------------------------------------------------------------------

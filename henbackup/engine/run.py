@@ -13,14 +13,16 @@ cleaned up after an interrupt.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import selectors
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -43,6 +45,7 @@ WATCH_TICK = 1.0
 STDERR_HEAD = STDERR_TAIL = 512 * 1024
 # A pipe holds 64 KiB: a bigger literal password would block the writer.
 MAX_PASSWORD_BYTES = 60 * 1024
+MAX_WARNINGS = 50
 
 LineHandler = Callable[[str], None]
 
@@ -89,6 +92,59 @@ def read_back(file: IO[bytes]) -> str:
         return os.pread(fd, size, 0).decode(errors="replace")
     head, tail = os.pread(fd, STDERR_HEAD, 0), os.pread(fd, STDERR_TAIL, size - STDERR_TAIL)
     return (head + b"\n" + tail).decode(errors="replace")
+
+
+# --- what every engine reads and counts alike (pure) -----------------------------------
+
+
+def secrets_of(target: Target) -> tuple[str, ...]:
+    """Strings that must not appear in a message, longest first."""
+    found = {target.location, target.location.rstrip("/")}
+    scheme = re.match(r"^[a-z0-9]+:(?=.)", target.location)
+    if scheme:  # a tool often prints the URL without its backend prefix
+        found.add(target.location[scheme.end() :].rstrip("/"))
+    userinfo = re.search(r"//([^/@\s]+)@", target.location)
+    if userinfo:
+        found.add(userinfo[1])
+        found.add(userinfo[1].partition(":")[2])
+    if target.password.kind == "password":
+        found.add(target.password.value)
+    found.update(value for _, value in target.env if len(value) >= 8)
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def limit_warnings(messages: Sequence[str]) -> tuple[str, ...]:
+    """At most MAX_WARNINGS lines, then one that says how many more there were."""
+    if len(messages) <= MAX_WARNINGS:
+        return tuple(messages)
+    return (*messages[:MAX_WARNINGS], f"... and {len(messages) - MAX_WARNINGS} more warnings")
+
+
+def restored_roots(snapshot_paths: Sequence[str], includes: Sequence[str]) -> tuple[str, ...]:
+    """What a restore wrote: the plain include paths, else the whole snapshot."""
+    if includes and not any(set(path) & set("*?[") for path in includes):
+        return tuple(includes)
+    return tuple(snapshot_paths)
+
+
+def count_files(destination: str, roots: Sequence[str]) -> tuple[int, int]:
+    """Regular files and their bytes under destination/<root> (engines keep full paths)."""
+    files = size = 0
+    for root in dict.fromkeys(roots):
+        top = os.path.join(destination, root.lstrip("/"))
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isfile(top) and not os.path.islink(top):
+                files, size = files + 1, size + os.lstat(top).st_size
+                continue
+        for folder, _, names in os.walk(top):
+            for name in names:
+                st = os.lstat(os.path.join(folder, name))
+                if (st.st_mode & 0o170000) == 0o100000:
+                    files, size = files + 1, size + st.st_size
+    return files, size
+
+
+# --- running a tool -------------------------------------------------------------------
 
 
 class ToolRun:
