@@ -8,7 +8,8 @@ ends a run that made no progress for the stall timeout, and interrupts the tool 
 stop, a stall.
 An engine module (restic.py, borg.py) says what is the tool's own: its name, which of its
 lines show progress, what it has sent, what it is doing while idle, and how its locks are
-cleaned up after an interrupt.
+cleaned up after an interrupt. The pure helpers here (a target's secrets, the files a
+restore wrote, the cap on warnings) are every engine's alike.
 """
 
 from __future__ import annotations
