@@ -88,8 +88,18 @@ _UNREACHABLE = {
 _NO_ARCHIVE = {"Archive.DoesNotExist"}
 _UNREACHABLE_WORDS = ("connection closed by remote host", "connection refused", "ssh: ")
 
-# Inherited variables that would override what the engine says (repository, password).
-_OVERRIDDEN_PREFIX = "BORG_"
+# Our own environment's borg settings are not the repository's; of the target's, those that
+# would override what the engine says (repository, password) go.
+_INHERITED_PREFIX = "BORG_"
+_OVERRIDDEN_VARS = frozenset(
+    {
+        "BORG_REPO",
+        "BORG_PASSPHRASE",
+        "BORG_PASSPHRASE_FD",
+        "BORG_PASSCOMMAND",
+        "BORG_NEW_PASSPHRASE",
+    }
+)
 _RESTIC_TO_BORG_UNITS = {"h": "H", "d": "d", "w": "w", "m": "m", "y": "y"}
 
 
@@ -237,9 +247,12 @@ def child_env(
     password: Mapping[str, str],
     base_dir: Path | None = None,
 ) -> dict[str, str]:
-    """borg's environment: ours without BORG_*, plus the target's pairs, plus ours."""
-    env = {k: v for k, v in inherited.items() if not k.startswith(_OVERRIDDEN_PREFIX)}
-    env.update((k, v) for k, v in target.env if not k.startswith(_OVERRIDDEN_PREFIX))
+    """borg's environment: ours without BORG_*, plus the target's pairs (BORG_RSH, say),
+    less any that would say where the repository or its password is, plus ours."""
+    env = {k: v for k, v in inherited.items() if not k.startswith(_INHERITED_PREFIX)}
+    env.update(target.env)
+    for name in _OVERRIDDEN_VARS & env.keys():
+        del env[name]
     env.update(password)
     env["BORG_REPO"] = target.location
     if base_dir is not None:  # its cache and security records (the service's HOME is read-only)

@@ -78,9 +78,11 @@ def test_password_and_location_go_through_the_environment() -> None:
         "BORG_PASSCOMMAND": "pass show nas"
     }
     inherited = {"PATH": "/bin", "BORG_PASSPHRASE": "theirs", "BORG_REPO": "/elsewhere"}
-    target = Target("nas", "/srv/borg", TARGET.password, env=(("BORG_PASSPHRASE", "x"),))
+    given = (("BORG_PASSPHRASE", "x"), ("BORG_RSH", "ssh -i /etc/henbackup/key"))
+    target = Target("nas", "/srv/borg", TARGET.password, env=given)
     env = child_env(inherited, target, {"BORG_PASSPHRASE_FD": "7"})
     assert env["BORG_REPO"] == "/srv/borg" and "BORG_PASSPHRASE" not in env
+    assert env["BORG_RSH"] == "ssh -i /etc/henbackup/key"  # the repository's own setting
     assert env["BORG_HOSTNAME_IS_UNIQUE"] == "yes" and env["PATH"] == "/bin"
 
 
