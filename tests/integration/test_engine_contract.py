@@ -32,6 +32,7 @@ from henbackup.config.model import PasswordSource, Retention
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.engines import Engines
 from henbackup.errors import (
+    BackendUnreachable,
     JobCancelled,
     RepositoryLocked,
     RepositoryMissing,
@@ -489,6 +490,26 @@ def test_missing_repository(kit: Kit, source: Path, tmp_path: Path) -> None:
         kit.engine.backup(missing, BackupRequest("docs", (str(source),)))
     assert str(tmp_path) not in str(caught.value)
     assert not (tmp_path / "nothing-here").exists()
+
+
+def test_unreachable_backend(kit: Kit) -> None:
+    if kit.borg:
+        far = replace(
+            kit.target,
+            location="ssh://backup@127.0.0.1:1/srv/far",
+            env=(("BORG_RSH", "ssh -o BatchMode=yes"),),
+        )
+    else:
+        far = replace(
+            kit.target,
+            location="sftp:backup@127.0.0.1:/srv/far",
+            options=("sftp.command=ssh -p 1 -o BatchMode=yes backup@127.0.0.1 -s sftp",),
+        )
+    with pytest.raises(BackendUnreachable) as caught:
+        kit.engine.snapshots(far)
+    assert "/srv/far" not in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(BackendUnreachable):
+        kit.engine.ensure_initialized(far)  # never init what cannot be reached
 
 
 def test_live_lock_raises_and_is_never_removed(kit: Kit, source: Path) -> None:

@@ -28,7 +28,6 @@ from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import (
-    BackendUnreachable,
     JobCancelled,
 )
 
@@ -267,20 +266,6 @@ def test_unreadable_source_file_still_makes_a_snapshot(repo: Repo, source: Path)
 
 
 # --- failures -------------------------------------------------------------------------
-
-
-def test_unreachable_sftp_backend(repo: Repo) -> None:
-    unreachable = Target(
-        "far",
-        "sftp:backup@127.0.0.1:/srv/restic",
-        PasswordSource("password", PASSWORD),
-        options=("sftp.command=ssh -p 1 -o BatchMode=yes backup@127.0.0.1 -s sftp",),
-    )
-    with pytest.raises(BackendUnreachable) as caught:
-        repo.engine.snapshots(unreachable)
-    assert "/srv/restic" not in str(caught.value)
-    with pytest.raises(BackendUnreachable):
-        repo.engine.ensure_initialized(unreachable)  # never init what cannot be reached
 
 
 @pytest.mark.slow
