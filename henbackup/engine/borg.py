@@ -466,9 +466,6 @@ class _Listener:
             if progress is not None:
                 self.on_progress(progress)
 
-    def warnings(self) -> list[str]:
-        return [line.text for line in self.lines if line.level in ("WARNING", "ERROR")]
-
 
 def _elapsed(message: Mapping[str, Any], started: float) -> float:
     moment = message.get("time")
@@ -489,6 +486,8 @@ def status_counters(line: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class _Outcome:
+    """One finished borg run: its exit, its log lines, its files' statuses (A, M...)."""
+
     result: ToolResult
     log: tuple[LogLine, ...]
     statuses: Mapping[str, int]
