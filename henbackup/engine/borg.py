@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shlex
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -332,13 +334,19 @@ def parse_archive(doc: Mapping[str, Any]) -> Snapshot:
 
 
 def parse_archives(doc: Mapping[str, Any]) -> list[tuple[str, Snapshot]]:
-    """`list --json`: (archive name, snapshot), oldest first (the name breaks a tie: borg's
-    times are whole seconds, ours to the microsecond)."""
+    """`list --json`: (archive name, snapshot), oldest first (borg's times are whole
+    seconds: the time in our names, to the microsecond, breaks a tie)."""
     archives = doc.get("archives")
     if not isinstance(archives, list):
         raise EngineError("borg list printed no archives")
     found = [(str(a.get("name", "")), parse_archive(a)) for a in archives if isinstance(a, dict)]
-    return sorted(found, key=lambda pair: (pair[1].time, pair[0]))
+    return sorted(found, key=lambda pair: (pair[1].time, name_stamp(pair[0])))
+
+
+def name_stamp(name: str) -> str:
+    """The time in an archive name of ours ("" for any other), which sorts as it reads."""
+    parts = name.split(SEPARATOR)
+    return parts[2] if len(parts) == 3 else ""
 
 
 _PRUNE_LINE = re.compile(r"^(Keeping|Pruning) archive.*\[([0-9a-f]{64})\]\s*$")
@@ -544,7 +552,11 @@ class BorgEngine(ToolEngine):
             target, backup_args(request, name, there), on_progress=on_progress, warn_ok=True
         )
         warnings = [line.text for line in outcome.log if line.level == "WARNING"]
-        return parse_backup(outcome.document, outcome.statuses, outcome.result.seconds, warnings)
+        result = parse_backup(outcome.document, outcome.statuses, outcome.result.seconds, warnings)
+        # borg times archives to the second, and its retention cannot order two of one
+        # second: the next archive of this backup must start in a later second.
+        self._pause(math.ceil(time.time()) - time.time())
+        return result
 
     def snapshots(
         self, target: Target, backup: str | None = None, host: str | None = None

@@ -133,10 +133,15 @@ def test_archives_are_listed_oldest_first_with_backup_and_host() -> None:
             },
         ]
     }
+    doc["archives"].append(
+        {"name": "docs-old@h1@2026-12-02T07:00:00.300000", "id": "4" * 64,
+         "time": "2026-12-02T07:00:00.000000"}
+    )  # fmt: skip
     found = [snapshot for _, snapshot in parse_archives(doc)]
     assert [(s.backup, s.host, s.paths) for s in found] == [
         (None, "vm", ()),
         ("docs", "h1", ()),
+        ("docs-old", "h1", ()),  # made after docs@h1, in the same second: not by name
         ("docs", "h2", ("/b",)),
     ]
     assert found[1].tags == ("backup-docs",) and found[1].short_id == "1" * 8
