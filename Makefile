@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := restic rclone openssh-server libsystemd-dev pkg-config gcc python3-dev \
+APT_PACKAGES := restic borgbackup rclone openssh-server libsystemd-dev pkg-config gcc python3-dev \
 	python3-venv mandoc man-db systemd passwd util-linux e2fsprogs msmtp-mta \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-wheel python3-argparse-manpage python3-systemd lintian mmdebstrap \

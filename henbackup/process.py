@@ -92,6 +92,10 @@ def _before_exec(parent_pid: int, mask: set[signal.Signals], death_signal: int) 
     if _program_setup is not None:
         _program_setup()
     reset_signals(mask)
+    # The signal that ends it is never ignored, even if we inherited it ignored (a shell's
+    # background job ignores SIGINT): a Python program such as borg would keep that.
+    if death_signal not in (0, signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(death_signal, signal.SIG_DFL)
 
 
 def spawn(

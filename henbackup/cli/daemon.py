@@ -156,7 +156,7 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def backup(args: argparse.Namespace) -> int:
-    from henbackup.engine.restic import ResticEngine
+    from henbackup.engine.engines import repository_engines
     from henbackup.jobs.job import telling
     from henbackup.jobs.pipeline import run_backup_pipeline
     from henbackup.limits.place import placed
@@ -168,8 +168,8 @@ def backup(args: argparse.Namespace) -> int:
         print(f"henbackup: no backup named {args.name!r} (defined: {known})", file=sys.stderr)
         return EXIT_USAGE
     cache = Dirs.from_environment().cache
-    engine = ResticEngine(
-        config.daemon.restic, cache_dir=cache, stall_timeout=config.daemon.stall_timeout
+    engine = repository_engines(
+        config.daemon, cache_dir=cache, stall_timeout=config.daemon.stall_timeout
     )
     scheduler = Scheduler(Dirs.from_environment().scheduler)
     with placed(args.name, config.backups[args.name].resources, telling(None)) as placement:

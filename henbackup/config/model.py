@@ -187,6 +187,7 @@ class Repository:
     # Where it is defined (config file, key path), for check-config's messages.
     file: str = field(default="", compare=False)
     key: str = field(default="", compare=False)
+    engine: str = "restic"  # or "borg" (config/schema.py ENGINES)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ class Daemon:
     restic: str = "restic"
     stall_timeout: float = STALL_TIMEOUT  # seconds
     preempt_after: float = PREEMPT_AFTER  # seconds a superior job waits before preempting
+    borg: str = "borg"  # the engine binary of repositories with engine = "borg"
 
 
 @dataclass(frozen=True)

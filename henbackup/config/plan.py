@@ -86,6 +86,8 @@ def _repository(repository: Repository, now: datetime) -> str:
         ("location", redact_location(repository.location)),
         ("password", _PASSWORD_KINDS[password.kind].format(password.value)),
     ]
+    if repository.engine != "restic":
+        rows.insert(0, ("engine", repository.engine))
     if repository.env:
         rows.append(("env", ", ".join(name for name, _ in repository.env) + " (values hidden)"))
     if repository.env_file:

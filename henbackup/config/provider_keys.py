@@ -30,7 +30,7 @@ def provider_report(config: Config, env: Mapping[str, str] = os.environ) -> Prov
     report = ProviderReport()
     for repository in config.repositories.values():
         names = _variable_names(repository, env, report)
-        if names is not None:
+        if names is not None and repository.engine == "restic":  # restic's backends' keys
             for line in missing_variables(repository.location, names):
                 report.warnings.append(Problem(repository.file, repository.key, f"warning: {line}"))
     return report

@@ -10,7 +10,7 @@ A key's `default` is spelled as in TOML and converted like a written value; a ke
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from henbackup.config import convert
@@ -38,6 +38,7 @@ class Key:
     table: Table | None = None
     named: bool = False  # `table` is the table of each NAME, as in [backups.NAME]
     variants: tuple[Table, ...] = ()  # an array of tables, each one of these
+    engines: tuple[str, ...] = ()  # a repository's key that only these engines know (): all
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,14 @@ DAEMON = Table(
             default="restic",
         ),
         Key(
+            "borg",
+            'The borg program (engine = "borg"): a name looked up in PATH or an absolute path.',
+            "/usr/local/bin/borg",
+            _TEXT,
+            convert.text,
+            default="borg",
+        ),
+        Key(
             "stall_timeout",
             "A job whose restic moves no byte for this long is ended.",
             "30m",
@@ -278,10 +287,21 @@ RESOURCES = Table(
 
 
 PASSWORD_KEYS = ("password", "password_file", "password_command", "password_credential")
+ENGINES = ("restic", "borg")
+# Location prefixes of restic's backends, which borg does not open.
+RESTIC_ONLY_SCHEMES = ("s3", "b2", "azure", "gs", "swift", "sftp", "rest", "rclone")
 REPOSITORY = Table(
     "repositories.NAME",
     "[repositories.NAME]",
     (
+        Key(
+            "engine",
+            "The backup program of this repository: restic, or borg (BorgBackup 1.2).",
+            "borg",
+            _choice(*ENGINES),
+            convert.choice(ENGINES),
+            default="restic",
+        ),
         Key(
             "location",
             "The restic repository (-r): a path, sftp:, rest:, s3:...",
@@ -335,9 +355,10 @@ REPOSITORY = Table(
             _array(_TEXT),
             convert.array(convert.text),
             default=[],
+            engines=("restic",),
         ),
         _upload_limit,
-        _download_limit,
+        replace(_download_limit, engines=("restic",)),  # borg 1.2 limits uploads only
         Key("check", "Scheduled restic check.", {"schedule": ["1w"]}, {}, table=CHECK),
         Key("prune", "Scheduled forget --prune.", {"schedule": ["1w"]}, {}, table=PRUNE),
         Key(

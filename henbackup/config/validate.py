@@ -186,11 +186,37 @@ def _repository(name: str, value: Any, at: At) -> Repository | None:
         if variable in in_env:
             where = at.key("env_credentials").key(variable)
             where.problem("is also set in env: set each variable in one of them")
+    engine = optional["engine"] or "restic"
+    _other_engines_keys(table, at, keys, engine)
+    if engine == "borg" and location is not None:
+        _borg_location(location, at.key("location"))
     if location is None or password is None:
         return None
     return Repository(
         name=name, location=location, password=password, file=at.file, key=at.path, **optional
     )
+
+
+def _other_engines_keys(table: Mapping[str, Any], at: At, keys: schema.Table, engine: str) -> None:
+    """A problem for each key set that the repository's engine does not know."""
+    for key in keys.keys:
+        if key.name in table and key.engines and engine not in key.engines:
+            only = " or ".join(key.engines)
+            at.key(key.name).problem(
+                f"is for {only} repositories only, and this one has engine = {engine!r}:"
+                f" remove it or change engine"
+            )
+
+
+def _borg_location(location: str, at: At) -> None:
+    """borg opens a path or ssh://: a restic backend's location is a mistake (the scheme
+    alone is quoted: a location may hold credentials)."""
+    scheme = location.partition(":")[0]
+    if ":" in location and scheme in schema.RESTIC_ONLY_SCHEMES:
+        at.problem(
+            f"is a restic {scheme}: location, and this repository has engine = 'borg':"
+            " use a path or ssh://USER@HOST/PATH, or engine = 'restic'"
+        )
 
 
 # ----------------------------------------------------------------------------- backups

@@ -1,6 +1,6 @@
 """The engine contract: what henbackup asks of a backup tool, in its own words.
 
-Only an engine module (today `restic.py`) knows a tool's command line and output. Every call
+Only an engine module (`restic.py`, `borg.py`) knows a tool's command line and output. Every call
 blocks until the tool is done; it runs in a job process, never in a selector loop. If the
 calling process's `Checkpoint` (which the engine calls often, whatever the tool says)
 raises `JobCancelled` while a call runs (a stop or a cancel its signal handlers recorded),
@@ -35,6 +35,7 @@ class Target:
     options: tuple[str, ...] = ()
     upload_limit: int | None = None  # bytes per second
     download_limit: int | None = None
+    engine: str = "restic"  # the program that reads and writes it (engine/engines.py)
 
 
 @dataclass(frozen=True)

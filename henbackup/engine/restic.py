@@ -13,30 +13,25 @@ redacted of the location, the password and the target's env values (henbackup/re
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
 import re
-import selectors
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from henbackup.config.model import STALL_TIMEOUT, PasswordSource, Retention
-from henbackup.config.units import format_duration
 from henbackup.engine.base import (
     BackupRequest,
     BackupResult,
     Checkpoint,
     CheckResult,
-    Engine,
     ForgetResult,
     ProgressCallback,
     RepositoryStats,
@@ -47,15 +42,20 @@ from henbackup.engine.base import (
     Target,
     TransferProgress,
 )
-from henbackup.engine.secret_env import with_secret_env
-from henbackup.engine.stall import (
-    OpenFile,
-    StallWatch,
-    idle_reason,
-    open_files,
-    read_io,
-    read_state,
+from henbackup.engine.run import (
+    LineHandler,
+    ToolEngine,
+    ToolResult,
+    ToolRun,
+    count_files,
+    limit_warnings,
+    password_pipe,
+    read_back,
+    restored_roots,
+    secrets_of,
 )
+from henbackup.engine.secret_env import with_secret_env
+from henbackup.engine.stall import OpenFile, open_files
 from henbackup.engine.transfer import Upload, UploadTracker
 from henbackup.engine.versions import version_text
 from henbackup.errors import (
@@ -69,7 +69,6 @@ from henbackup.errors import (
     WrongPassword,
 )
 from henbackup.names import snapshot_tag
-from henbackup.process import spawn, stop_program
 from henbackup.redact import Redactor
 
 Version = tuple[int, int, int]
@@ -78,25 +77,13 @@ Argv = tuple[str, ...]
 # restic prints JSON status lines at 60 per second by default; two are plenty for
 # STATUS= and the progress events, and cost restic less.
 PROGRESS_FPS = "2"
-# How long restic may take to clean up (remove its lock) after SIGINT before SIGKILL: well
-# under a second with a working backend; a hanging one would hold a cancel for ever.
-INTERRUPT_GRACE = 5.0
 # The unlock after an interrupt runs at most this long (its backend may be what hangs).
 UNLOCK_LIMIT = 5.0
-# After SIGKILL, how long to wait for the exit (a process blocked in the kernel may not die).
-KILL_WAIT = 5.0
 # restic writes each pack to a temporary file of this name, then sends it from there.
 TEMP_PACK = "restic-temp-pack-"
-# How often a running restic's progress is looked at (at least).
-WATCH_TICK = 1.0
 # Backoff between attempts on a locked repository when restic has no --retry-lock.
 LOCK_BACKOFF_FIRST = 1.0
 LOCK_BACKOFF_MAX = 30.0
-MAX_WARNINGS = 50
-# Only so much of a huge stderr (e.g. millions of unreadable files) is read back.
-STDERR_HEAD = STDERR_TAIL = 512 * 1024
-# A pipe holds 64 KiB: a bigger literal password would block the writer.
-MAX_PASSWORD_BYTES = 60 * 1024
 
 # Inherited variables that would override what the engine says (repository, password).
 _OVERRIDDEN_VARS = frozenset(
@@ -272,22 +259,6 @@ def child_env(
     return env
 
 
-def secrets_of(target: Target) -> tuple[str, ...]:
-    """Strings that must not appear in a message, longest first."""
-    found = {target.location, target.location.rstrip("/")}
-    scheme = re.match(r"^[a-z0-9]+:(?=.)", target.location)
-    if scheme:  # restic often prints the URL without its backend prefix
-        found.add(target.location[scheme.end() :].rstrip("/"))
-    userinfo = re.search(r"//([^/@\s]+)@", target.location)
-    if userinfo:
-        found.add(userinfo[1])
-        found.add(userinfo[1].partition(":")[2])
-    if target.password.kind == "password":
-        found.add(target.password.value)
-    found.update(value for _, value in target.env if len(value) >= 8)
-    return tuple(sorted((s for s in found if s), key=len, reverse=True))
-
-
 # --- output parsing (pure) ------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -410,13 +381,6 @@ def dropped_since(before: Sequence[OpenFile], now: Sequence[OpenFile], grown: in
     return max(0, gone - grown)
 
 
-def limit_warnings(messages: Sequence[str]) -> tuple[str, ...]:
-    """At most MAX_WARNINGS lines, then one that says how many more there were."""
-    if len(messages) <= MAX_WARNINGS:
-        return tuple(messages)
-    return (*messages[:MAX_WARNINGS], f"... and {len(messages) - MAX_WARNINGS} more warnings")
-
-
 def parse_backup_summary(
     summary: Mapping[str, Any], duration: float, warnings: Sequence[str] = ()
 ) -> BackupResult:
@@ -482,30 +446,6 @@ def parse_stats(doc: Any) -> RepositoryStats:
         total_file_count=_number(doc, "total_file_count"),
         snapshots_count=_number(doc, "snapshots_count"),
     )
-
-
-def restored_roots(snapshot_paths: Sequence[str], includes: Sequence[str]) -> tuple[str, ...]:
-    """What a restore wrote: the plain include paths, else the whole snapshot."""
-    if includes and not any(set(path) & set("*?[") for path in includes):
-        return tuple(includes)
-    return tuple(snapshot_paths)
-
-
-def count_files(destination: str, roots: Sequence[str]) -> tuple[int, int]:
-    """Regular files and their bytes under destination/<root> (restic keeps full paths)."""
-    files = size = 0
-    for root in dict.fromkeys(roots):
-        top = os.path.join(destination, root.lstrip("/"))
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.isfile(top) and not os.path.islink(top):
-                files, size = files + 1, size + os.lstat(top).st_size
-                continue
-        for folder, _, names in os.walk(top):
-            for name in names:
-                st = os.lstat(os.path.join(folder, name))
-                if (st.st_mode & 0o170000) == 0o100000:
-                    files, size = files + 1, size + st.st_size
-    return files, size
 
 
 # --- failures (pure) ------------------------------------------------------------------
@@ -736,36 +676,6 @@ def classify_failure(
 # --- running restic -------------------------------------------------------------------
 
 
-def _password_pipe(source: PasswordSource) -> int | None:
-    """The read end of a pipe holding a literal password (closed write end), else None."""
-    if source.kind != "password":
-        return None
-    data = source.value.encode()
-    if len(data) > MAX_PASSWORD_BYTES:
-        raise EngineError("the repository password is too long (over 60 KiB)")
-    read_fd, write_fd = os.pipe()
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_fd, view) :]
-    finally:
-        os.close(write_fd)
-    return read_fd
-
-
-def _read_back(file: IO[bytes]) -> str:
-    """A temporary stderr file's text: all of it, or its head and tail when huge.
-
-    Read without moving the file offset: a running restic writes at it.
-    """
-    fd = file.fileno()
-    size = os.fstat(fd).st_size
-    if size <= STDERR_HEAD + STDERR_TAIL:
-        return os.pread(fd, size, 0).decode(errors="replace")
-    head, tail = os.pread(fd, STDERR_HEAD, 0), os.pread(fd, STDERR_TAIL, size - STDERR_TAIL)
-    return (head + b"\n" + tail).decode(errors="replace")
-
-
 def status_counters(line: str) -> tuple[int, int] | None:
     """Files and bytes done of a backup or restore status line: they move with progress."""
     message = parse_json_line(line) if '"status"' in line else None
@@ -773,119 +683,22 @@ def status_counters(line: str) -> tuple[int, int] | None:
     return None if progress is None else (progress.files_done, progress.bytes_done)
 
 
-class _Run:
-    """One running restic: its stdout lines, its exit (a pidfd), the bytes it moved."""
+class _PackMeter:
+    """What a running restic has sent, from its temporary packs at each look."""
 
-    def __init__(self, process: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
-        assert process.stdout is not None
-        self.process, self.stderr = process, stderr
-        self.stdout = process.stdout.fileno()
-        os.set_blocking(self.stdout, False)
-        self.pidfd = os.pidfd_open(process.pid)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.pidfd, selectors.EVENT_READ)
-        self.selector.register(self.stdout, selectors.EVENT_READ)
-        self.reading = True  # until the end of stdout
-        self.exited = False
-        self.output = 0  # bytes read from stdout
-        self._partial = [b""]  # the line being read, in pieces
+    def __init__(self) -> None:
         self.packs: list[OpenFile] = []  # its temporary packs at the last look
         self.written = 0  # what it had written then, less its output to us
         self.dropped = 0  # bytes of packs it closed unsent
         self.stderr_seen = 0  # bytes of stderr already passed on by new_messages
 
-    def read(self, timeout: float) -> list[str]:
-        """The lines restic printed within `timeout`; once it exited, all the rest."""
-        ready = {key.fd for key, _ in self.selector.select(timeout)}
-        self.exited = self.exited or self.pidfd in ready
-        if ready:
-            self._partial.append(self._available())
-        if not self.exited and b"\n" not in self._partial[-1]:
-            return []  # a long line (snapshots) comes in many reads: joined once, at its end
-        *lines, last = b"".join(self._partial).split(b"\n")
-        self._partial = [last]
-        if self.exited and last:  # its last line, without a newline
-            lines.append(last)
-            self._partial = [b""]
-        return [line.decode(errors="replace").rstrip("\r") for line in lines]
-
-    def _available(self) -> bytes:
-        """What stdout holds now (a child of restic may keep it open after restic exits)."""
-        chunks = []
-        while self.reading:
-            try:
-                chunk = os.read(self.stdout, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self.selector.unregister(self.stdout)
-                self.reading = False
-            self.output += len(chunk)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def look(self) -> tuple[int | None, Upload | None]:
-        """One look at /proc: the bytes restic read and wrote, less its output to us (read
-        stdout, stderr file), for the stall watch; and its upload so far (None: unknown)."""
-        counters = read_io(self.process.pid)
-        if counters is None:
-            return None, None
-        output = self.output + os.fstat(self.stderr.fileno()).st_size
-        packs = open_files(self.process.pid, TEMP_PACK)
+    def measure(self, pid: int, written: int) -> Upload | None:
+        packs = open_files(pid, TEMP_PACK)
         if packs is None:
-            return counters.moved - output, None
-        written = counters.wchar - output
+            return None
         self.dropped += dropped_since(self.packs, packs, written - self.written)
         self.packs, self.written = packs, written
-        return counters.moved - output, upload_of(written, packs, self.dropped)
-
-    def new_messages(self) -> list[str]:
-        """restic's whole stderr lines since the last call (of its last STDERR_TAIL bytes)."""
-        fd = self.stderr.fileno()
-        size = os.fstat(fd).st_size
-        start = max(self.stderr_seen, size - STDERR_TAIL)
-        data = os.pread(fd, size - start, start)
-        whole = data.rfind(b"\n") + 1
-        self.stderr_seen = start + whole
-        return stderr_messages(data[:whole].decode(errors="replace"))
-
-    def discard_until(self, deadline: float) -> bool:
-        """Read and drop its output (restic must never block writing) until it exits or
-        `deadline`; returns whether it exited."""
-        while not self.exited and (left := deadline - time.monotonic()) > 0:
-            self.read(left)
-        return self.exited
-
-    def close(self) -> None:
-        self.selector.close()
-        os.close(self.pidfd)
-
-
-def _end(process: subprocess.Popen[bytes], run: _Run | None, grace: float) -> None:
-    """SIGINT (restic removes its lock) and SIGCONT (a stopped restic can act on it), then
-    SIGKILL after `grace` seconds. Reaps it if it dies within KILL_WAIT after that: one
-    blocked in the kernel (a hung NFS read) may not, and must not hang us too."""
-
-    def wait_until(deadline: float) -> None:
-        if run is not None:
-            run.discard_until(deadline)
-        else:
-            process.wait(max(0.0, deadline - time.monotonic()))
-
-    stop_program(process, (signal.SIGINT, signal.SIGCONT), grace, wait_until, reap_within=KILL_WAIT)
-
-
-@dataclass(frozen=True)
-class ResticResult:
-    """One finished restic run."""
-
-    returncode: int
-    stdout: tuple[str, ...]  # empty when lines went to a handler
-    messages: tuple[str, ...]  # stderr as redacted human lines
-    seconds: float
-
-
-LineHandler = Callable[[str], None]
+        return upload_of(written, packs, self.dropped)
 
 
 class _Stream:
@@ -917,6 +730,7 @@ class _Stream:
 
 
 # Failures after which no unlock is tried: restic cannot have left a lock (it never opened
+# Failures after which no unlock is tried: restic cannot have left a lock (it never opened
 # the repository, or ended by itself), or the backend is gone (an unlock would only wait
 # through restic's retries; a later job's conflict removes the lock).
 _NO_UNLOCK_AFTER = (
@@ -940,8 +754,10 @@ def _ask_version(path: str) -> str:
     return done.stdout
 
 
-class ResticEngine(Engine):
+class ResticEngine(ToolEngine):
     """The Engine on a restic binary. Blocking; meant for a job process."""
+
+    tool = "restic"
 
     def __init__(
         self,
@@ -954,16 +770,12 @@ class ResticEngine(Engine):
         on_stall: StallCallback | None = None,
         paused: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.binary = binary
+        super().__init__(binary, on_spawn, checkpoint, stall_timeout, on_stall, paused)
         self.cache_dir = cache_dir
         self.lock_wait = lock_wait
-        self.on_spawn = on_spawn
-        self.checkpoint = checkpoint or (lambda: None)
-        self.stall_timeout = stall_timeout  # restic is ended after this long without progress
-        self.on_stall = on_stall
-        self.paused = paused  # restic is paused on purpose (preemption): no stall meanwhile
-        self.upload: Upload | None = None  # of the running restic, as last measured
         self._features: Features | None = None
+        self._meter: tuple[ToolRun, _PackMeter] | None = None  # of the running restic
+        self._retries: tuple[ToolRun, list[str]] | None = None  # its refused retries so far
 
     @property
     def features(self) -> Features:
@@ -1064,7 +876,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None = None,
         tolerate: tuple[int, ...] = (),
         locking: bool = True,
-    ) -> ResticResult:
+    ) -> ToolResult:
         """Run restic (see `_run`). A locking command that failed (restic killed, its backend
         gone) may have left its lock: it is removed then, as stale (restic is gone by now)."""
         try:
@@ -1083,7 +895,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None = None,
         tolerate: tuple[int, ...] = (),
         locking: bool = True,
-    ) -> ResticResult:
+    ) -> ToolResult:
         """Run restic; on a lock conflict remove stale locks, then wait up to lock_wait."""
         outcome = self._execute(target, args, on_line)
         error = self._failure(target, args, outcome, tolerate)
@@ -1097,7 +909,7 @@ class ResticEngine(Engine):
 
     def _retry_locked(
         self, target: Target, args: Argv, on_line: LineHandler | None, tolerate: tuple[int, ...]
-    ) -> ResticResult:
+    ) -> ToolResult:
         deadline = time.monotonic() + self.lock_wait
         delay = LOCK_BACKOFF_FIRST
         native = self.features.retry_lock
@@ -1113,15 +925,8 @@ class ResticEngine(Engine):
             self._pause(min(delay, left))
             delay = min(delay * 2, LOCK_BACKOFF_MAX)
 
-    def _pause(self, seconds: float) -> None:
-        """Sleep, calling the checkpoint every WATCH_TICK: a stop is not kept waiting."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.checkpoint()
-            time.sleep(min(left, WATCH_TICK))
-
     def _failure(
-        self, target: Target, args: Argv, outcome: ResticResult, tolerate: tuple[int, ...]
+        self, target: Target, args: Argv, outcome: ToolResult, tolerate: tuple[int, ...]
     ) -> EngineError | None:
         if outcome.returncode == 0:
             return None
@@ -1144,7 +949,7 @@ class ResticEngine(Engine):
         on_line: LineHandler | None,
         retry_lock: float = 0.0,
         limit: float | None = None,
-    ) -> ResticResult:
+    ) -> ToolResult:
         """Run restic once: stdout line by line, stderr into a temporary file.
 
         `limit` is for a run that holds no lock (the unlock after an interrupt): after that
@@ -1152,156 +957,48 @@ class ResticEngine(Engine):
         """
         target = with_secret_env(target)  # provider keys: read now, for restic only
         argv = make_command(self.binary, args, global_flags(target, self.cache_dir, retry_lock))
-        with tempfile.TemporaryFile() as stderr:
-            start = time.monotonic()
-            process, mask = self._spawn(argv, target, stderr)
-            lines = self._follow(process, target, on_line, stderr, mask, limit)
-            seconds = time.monotonic() - start
-            messages = stderr_messages(_read_back(stderr))
-        redact = Redactor.of(secrets_of(target))
-        return ResticResult(
-            returncode=process.returncode,
-            stdout=tuple(lines),
-            messages=tuple(redact(m) for m in messages),
-            seconds=seconds,
-        )
-
-    def _spawn(
-        self, argv: Argv, target: Target, stderr: IO[bytes]
-    ) -> tuple[subprocess.Popen[bytes], set[signal.Signals]]:
-        """Start restic in its own session (a terminal's Ctrl-C is ours to forward), with
-        signals blocked (see process.spawn): returns it and the mask to restore. If we die,
-        restic gets SIGINT: a chance to remove its lock."""
-        read_fd = _password_pipe(target.password)
-        env = child_env(os.environ, target, password_env(target.password, read_fd))
+        read_fd = password_pipe(target.password)
         try:
-            return spawn(
-                argv,
-                signal.SIGINT,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                pass_fds=() if read_fd is None else (read_fd,),
-                start_new_session=True,
-            )
-        except OSError as exc:
-            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
-            raise EngineError(f"cannot start restic ({self.binary}): {reason}") from None
-        finally:
+            env = child_env(os.environ, target, password_env(target.password, read_fd))
+        except BaseException:
             if read_fd is not None:
                 os.close(read_fd)
-
-    def _follow(
-        self,
-        process: subprocess.Popen[bytes],
-        target: Target,
-        on_line: LineHandler | None,
-        stderr: IO[bytes],
-        mask: set[signal.Signals],
-        limit: float | None,
-    ) -> list[str]:
-        """Read stdout until restic exits; interrupt it cleanly if anything is raised.
-
-        Restores the signal mask `mask` once restic is under watch: a cancellation held
-        since before the fork is raised there.
-        """
-        assert process.stdout is not None
-        collected: list[str] = []
-        run = None
-        try:
-            run = _Run(process, stderr)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            if self.on_spawn is not None:
-                self.on_spawn(process.pid)
-            self.checkpoint()
-            self._watch(run, target, collected.append if on_line is None else on_line, limit)
-            process.wait()
-        except BaseException as exc:  # JobCancelled, a stall, KeyboardInterrupt, a callback...
-            # A refused restic holds no lock, and an unlock would be refused too.
-            cleanup = limit is None and not isinstance(exc, AccessRefused)
-            try:
-                self._interrupt(process, run, target, cleanup=cleanup)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             raise
-        finally:
-            if run is not None:
-                run.close()
-            process.stdout.close()
-        return collected
+        return self._launch(argv, env, target, on_line, password_fd=read_fd, limit=limit)
 
-    def _watch(self, run: _Run, target: Target, on_line: LineHandler, limit: float | None) -> None:
-        """Pass restic's lines to `on_line` until it exits, calling the checkpoint at least
-        every WATCH_TICK (a restic that says nothing is cancelled all the same). Reports a
-        stall once it lasts (on_stall); raises EngineError when it lasts stall_timeout, or
-        past `limit`."""
-        now = time.monotonic()
-        watch = StallWatch(self.stall_timeout, now)
-        deadline = None if limit is None else now + limit
-        counters = None
-        self.upload = None
-        retries: list[str] = []  # restic's "retrying" lines so far
-        while not run.exited:
-            lines = run.read(WATCH_TICK)
-            self.checkpoint()
-            moved, upload = run.look() if not run.exited else (None, None)
-            self.upload = upload or self.upload
-            for line in lines:
-                on_line(line)
-                seen = status_counters(line)
-                if seen is not None and seen != counters:
-                    counters = seen
-                    watch.moved(time.monotonic())
-            if run.exited:
-                return
-            refused = self._refused_retries(run, target, retries)
-            if refused is not None:
-                raise refused
-            now = time.monotonic()
-            verdict = watch.look(now, moved, self.paused())
-            if verdict == "expired":
-                raise Stalled(
-                    f"no progress for {format_duration(watch.timeout)}: {self._idle(run, target)}"
-                )
-            if verdict == "stalled" and self.on_stall is not None and limit is None:
-                self.on_stall(watch.quiet, self._idle(run, target))
-            if deadline is not None and now >= deadline:
-                raise EngineError(f"restic did not end within {format_duration(limit or 0)}")
+    # -- what run.py asks of restic --
 
-    def _refused_retries(
-        self, run: _Run, target: Target, retries: list[str]
-    ) -> AccessRefused | None:
+    def _messages(self, text: str, target: Target) -> list[str]:
+        redact = Redactor.of(secrets_of(target))
+        return [redact(m) for m in stderr_messages(text)]
+
+    def _counters(self, line: str) -> object | None:
+        return status_counters(line)
+
+    def _refused(self, run: ToolRun, target: Target) -> AccessRefused | None:
         """AccessRefused once restic retried REFUSED_RETRIES refused attempts (0.17+ retries
-        a wrong key for 15 minutes); `retries` keeps the retry lines seen so far."""
-        new = [m for m in run.new_messages() if _RETRYING.match(m)]
+        a wrong key for 15 minutes); the retry lines of this run are kept meanwhile."""
+        if self._retries is None or self._retries[0] is not run:
+            self._retries = (run, [])
+        new = [m for m in self._messages(run.new_other_text(), target) if _RETRYING.match(m)]
         if not new:
             return None
-        redact = Redactor.of(secrets_of(target))
-        retries += [redact(m) for m in new]
+        retries = self._retries[1]
+        retries += new
         return refused_retries(retries, target.name, scheme_of(target.location))
 
-    def _idle(self, run: _Run, target: Target) -> str:
-        """What restic is doing while it makes no progress, in one line."""
-        reason = idle_reason(read_state(run.process.pid))
-        if reason is not None:
-            return f"restic is {reason}"
-        redact = Redactor.of(secrets_of(target))
-        messages = [redact(m) for m in stderr_messages(_read_back(run.stderr))]
-        return explanation(messages) or "restic waits and moves no data (is the backend up?)"
+    def _measure(self, run: ToolRun, written: int) -> Upload | None:
+        if self._meter is None or self._meter[0] is not run:
+            self._meter = (run, _PackMeter())
+        return self._meter[1].measure(run.process.pid, written)
 
-    def _interrupt(
-        self, process: subprocess.Popen[bytes], run: _Run | None, target: Target, cleanup: bool
-    ) -> None:
-        """Stop restic (see `_end`), then, with `cleanup`, remove stale locks.
+    def _explain_idle(self, run: ToolRun, target: Target) -> str | None:
+        return explanation(self._messages(read_back(run.other), target))
 
-        The unlock matters even after a clean exit: restic 0.14 interrupted within its first
-        ~200 ms after writing its lock (before it registers the lock for clean-up) exits
-        at once and leaves the lock behind. Its process is gone, so the lock is stale. The
-        unlock is bounded: if the backend hangs, the next run removes the lock. A run
-        without `cleanup` (that unlock itself) holds no lock: it is killed at once.
-        """
-        _end(process, run, INTERRUPT_GRACE if cleanup else 0.0)
-        if cleanup:
-            with contextlib.suppress(EngineError):
-                self._execute(target, UNLOCK_ARGS, None, limit=UNLOCK_LIMIT)
+    def _cleanup(self, target: Target) -> None:
+        """The unlock matters even after a clean exit: restic 0.14 interrupted within its
+        first ~200 ms after writing its lock (before it registers the lock for clean-up)
+        exits at once and leaves the lock behind. Its process is gone, so the lock is stale.
+        The unlock is bounded: if the backend hangs, the next run removes the lock."""
+        with contextlib.suppress(EngineError):
+            self._execute(target, UNLOCK_ARGS, None, limit=UNLOCK_LIMIT)

@@ -23,7 +23,7 @@ from henbackup.channel import Channel
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import IMMEDIATE, INFERIOR, Config, Priority
 from henbackup.config.units import parse_priority
-from henbackup.engine.restic import ResticEngine
+from henbackup.engine.engines import Engines, repository_engines
 from henbackup.errors import (
     HenbackupError,
     JobCancelled,
@@ -131,11 +131,12 @@ def _handle_signals() -> None:
     signal.signal(signal.SIGUSR1, _note_cancel)
 
 
-def _engine(config: Config) -> ResticEngine:
+def _engine(config: Config) -> Engines:
+    """The repository's engine, for every repository of a job."""
     dirs = Dirs.from_environment()
     marks = dirs.scheduler / PAUSE_MARKS
-    return ResticEngine(
-        config.daemon.restic,
+    return repository_engines(
+        config.daemon,
         cache_dir=dirs.cache,
         lock_wait=LOCK_WAIT,
         checkpoint=checkpoint,

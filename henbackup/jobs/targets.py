@@ -14,6 +14,7 @@ def target_for(config: Config, repository: Repository, backup: Backup | None = N
         name=repository.name,
         location=repository.location,
         password=repository.password,
+        engine=repository.engine,
         env=repository.env,
         env_file=repository.env_file,
         env_credentials=repository.env_credentials,

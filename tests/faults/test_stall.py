@@ -27,7 +27,8 @@ from integration.daemon_helpers import PASSWORD, Daemon, henbackupctl, restic_co
 
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, Target, TransferProgress
-from henbackup.engine.restic import INTERRUPT_GRACE, UNLOCK_LIMIT, ResticEngine
+from henbackup.engine.restic import UNLOCK_LIMIT, ResticEngine
+from henbackup.engine.run import INTERRUPT_GRACE
 from henbackup.errors import EngineError, JobCancelled, Stalled
 from henbackup.jobs.job import Job, run_job
 from henbackup.observe.events import EmitFunction

@@ -1,7 +1,9 @@
 """ResticEngine against real restic binaries (0.14 and 0.18) on local repositories.
 
 Every test runs once per restic version through the `restic` fixture. Synchronisation is
-by polling with a deadline, never by fixed sleeps.
+by polling with a deadline, never by fixed sleeps. What every engine does alike (init,
+backup, snapshots, restore, retention, check, failures, locks, cancel) is tested once for
+each in test_engine_contract.py; here is what is restic's own.
 """
 
 from __future__ import annotations
@@ -22,16 +24,11 @@ from types import FrameType
 
 import pytest
 
-from henbackup.config.model import PasswordSource, Retention
+from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import (
-    BackendUnreachable,
     JobCancelled,
-    RepositoryLocked,
-    RepositoryMissing,
-    SnapshotNotFound,
-    WrongPassword,
 )
 
 pytestmark = pytest.mark.integration
@@ -210,16 +207,6 @@ def reaped(pid: int) -> bool:
 # --- init, backup, snapshots ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("password", [PASSWORD, "p"])  # "p" is in restic's "open config"
-def test_ensure_initialized_creates_once(restic: str, tmp_path: Path, password: str) -> None:
-    engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
-    target = Target("t", str(tmp_path / "new" / "repo"), PasswordSource("password", password))
-    assert engine.ensure_initialized(target) is True
-    assert (tmp_path / "new" / "repo" / "config").is_file()
-    assert engine.ensure_initialized(target) is False
-    assert engine.snapshots(target) == []
-
-
 def test_backup_then_incremental(
     repo: Repo, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,40 +241,13 @@ def test_backup_then_incremental(
         pytest.fail("restic --skip-if-unchanged never skipped")
 
 
-def test_snapshots_tags_host_paths(repo: Repo, source: Path, tmp_path: Path) -> None:
-    other = write_tree(tmp_path / "other", {"f": b"other"})
-    before = time.time()
+def test_snapshots_say_what_they_added_from_restic_0_17(repo: Repo, source: Path) -> None:
     repo.backup("docs", source, host="h1")
-    repo.backup("docs", source, other, host="h2")
-    repo.backup("pics", other, host="h1")
-
-    every = repo.engine.snapshots(repo.target)
-    assert [(s.backup, s.host) for s in every] == [("docs", "h1"), ("docs", "h2"), ("pics", "h1")]
-    assert [s.time for s in every] == sorted(s.time for s in every)
-    first = every[0]
-    assert first.tags == ("backup-docs",)
-    assert first.paths == (str(source),)
-    assert sorted(every[1].paths) == sorted([str(source), str(other)])
-    assert first.time.tzinfo is not None and before - 5 < first.time.timestamp() < time.time()
-    assert first.short_id == first.id[:8] and len(first.id) == 64
+    (first,) = repo.engine.snapshots(repo.target)
     if repo.engine.features.exit_codes:  # 0.17+ stores a summary in the snapshot
         assert first.bytes_added is not None and first.bytes_added > 300_000
     else:
         assert first.bytes_added is None
-
-    assert [s.host for s in repo.engine.snapshots(repo.target, backup="docs")] == ["h1", "h2"]
-    assert [s.backup for s in repo.engine.snapshots(repo.target, host="h1")] == ["docs", "pics"]
-    assert [s.id for s in repo.engine.snapshots(repo.target, "docs", "h2")] == [every[1].id]
-    assert repo.engine.snapshots(repo.target, backup="nothing") == []
-
-
-def test_missing_source_path_is_a_warning(repo: Repo, source: Path, tmp_path: Path) -> None:
-    gone = tmp_path / "gone"
-    result = repo.backup("docs", source, gone)
-    assert result.snapshot_id is not None
-    assert any(str(gone) in w and "does not exist" in w for w in result.warnings), result.warnings
-    (snapshot,) = repo.engine.snapshots(repo.target)
-    assert snapshot.paths == (str(source),)
 
 
 def test_unreadable_source_file_still_makes_a_snapshot(repo: Repo, source: Path) -> None:
@@ -305,149 +265,7 @@ def test_unreadable_source_file_still_makes_a_snapshot(repo: Repo, source: Path)
     assert any(unreadable in w for w in result.warnings), result.warnings
 
 
-# --- restore --------------------------------------------------------------------------
-
-
-def test_restore_byte_for_byte(repo: Repo, source: Path, tmp_path: Path) -> None:
-    repo.backup("docs", source)
-    destination = tmp_path / "restore"
-    result = repo.engine.restore(repo.target, "latest", str(destination))
-    assert digest_tree(restored(destination, source)) == digest_tree(source)
-    assert (result.files_restored, result.bytes_restored) == (5, 6 + 300_000 + 5000 + 10_000)
-    assert result.target == str(destination)
-
-
-def test_restore_with_include(repo: Repo, source: Path, tmp_path: Path) -> None:
-    snapshot_id = repo.backup("docs", source).snapshot_id
-    assert snapshot_id is not None
-    destination = tmp_path / "partial"
-    include = source / "dir"
-    result = repo.engine.restore(repo.target, snapshot_id, str(destination), (str(include),))
-    assert digest_tree(restored(destination, include)) == digest_tree(include)
-    assert not restored(destination, source / "a.txt").exists()
-    assert not restored(destination, source / "other").exists()
-    assert (result.files_restored, result.bytes_restored) == (3, 305_000)
-
-
-def test_restore_unknown_snapshot(repo: Repo, source: Path, tmp_path: Path) -> None:
-    repo.backup("docs", source)
-    with pytest.raises(SnapshotNotFound):
-        repo.engine.restore(repo.target, "deadbeef", str(tmp_path / "x"))
-    assert not (tmp_path / "x").exists()
-
-
-# --- forget, prune, check, stats ------------------------------------------------------
-
-
-def test_forget_applies_the_policy_to_one_backup_and_host(
-    repo: Repo, source: Path, tmp_path: Path
-) -> None:
-    extra = write_tree(tmp_path / "extra", {"f": b"1"})
-
-    def backup(name: str, *paths: Path, host: str = "h1") -> str:
-        (source / "counter").write_text(str(time.monotonic_ns()))  # never "unchanged"
-        result = repo.backup(name, *paths, host=host)
-        assert result.snapshot_id is not None
-        return result.snapshot_id
-
-    backup("docs", source)
-    backup("docs", source)
-    backup("docs", source, extra)  # the paths changed: still the same group
-    backup("docs", source, extra)
-    backup("pics", source)
-    backup("docs", source, host="h2")
-    every = repo.engine.snapshots(repo.target)
-    docs_h1 = [s.id for s in every if s.backup == "docs" and s.host == "h1"]
-
-    result = repo.engine.forget(repo.target, Retention(keep_last=2), "docs", "h1")
-    assert set(result.removed) == set(docs_h1[:2])
-    assert set(result.kept) == set(docs_h1[2:])
-    left = {s.id for s in repo.engine.snapshots(repo.target)}
-    assert left == {s.id for s in every} - set(docs_h1[:2])
-
-    nothing = repo.engine.forget(repo.target, Retention(), "docs", "h1")
-    assert nothing.removed == () and set(nothing.kept) == set(docs_h1[2:])
-
-    repo.engine.prune(repo.target)
-    assert repo.engine.check(repo.target).ok
-    stats = repo.engine.stats(repo.target)
-    assert stats.snapshots_count == 4 and stats.total_size > 300_000
-
-
-def test_check_finds_a_corrupted_pack(repo: Repo, source: Path) -> None:
-    repo.backup("docs", source)
-    assert repo.engine.check(repo.target).ok
-    assert repo.engine.check(repo.target, read_data_subset="100%").ok
-
-    pack = max(
-        (repo.path / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0
-    )
-    pack.chmod(0o600)
-    with pack.open("r+b") as file:
-        file.seek(pack.stat().st_size // 2)
-        byte = file.read(1)
-        file.seek(-1, os.SEEK_CUR)
-        file.write(bytes([byte[0] ^ 0xFF]))
-
-    result = repo.engine.check(repo.target, read_data_subset="100%")
-    assert not result.ok
-    assert result.errors and all("\n" not in e for e in result.errors)
-    assert any(pack.name[:8] in e or "Pack ID" in e or "pack" in e for e in result.errors)
-
-
 # --- failures -------------------------------------------------------------------------
-
-
-def test_wrong_password(repo: Repo, source: Path) -> None:
-    wrong = Target("test", str(repo.path), PasswordSource("password", "not the password"))
-    with pytest.raises(WrongPassword) as caught:
-        repo.engine.snapshots(wrong)
-    with pytest.raises(WrongPassword):
-        repo.engine.backup(wrong, BackupRequest("docs", (str(source),)))
-    with pytest.raises(WrongPassword):
-        repo.engine.ensure_initialized(wrong)  # never re-initialise on a wrong password
-    assert "not the password" not in str(caught.value)
-    assert str(repo.path) not in str(caught.value)
-
-
-def test_missing_repository(repo: Repo, source: Path, tmp_path: Path) -> None:
-    missing = Target("test", str(tmp_path / "nothing-here"), PasswordSource("password", "pw"))
-    with pytest.raises(RepositoryMissing) as caught:
-        repo.engine.snapshots(missing)
-    with pytest.raises(RepositoryMissing):
-        repo.engine.backup(missing, BackupRequest("docs", (str(source),)))
-    assert str(tmp_path) not in str(caught.value)
-
-
-def test_unreachable_sftp_backend(repo: Repo) -> None:
-    unreachable = Target(
-        "far",
-        "sftp:backup@127.0.0.1:/srv/restic",
-        PasswordSource("password", PASSWORD),
-        options=("sftp.command=ssh -p 1 -o BatchMode=yes backup@127.0.0.1 -s sftp",),
-    )
-    with pytest.raises(BackendUnreachable) as caught:
-        repo.engine.snapshots(unreachable)
-    assert "/srv/restic" not in str(caught.value)
-    with pytest.raises(BackendUnreachable):
-        repo.engine.ensure_initialized(unreachable)  # never init what cannot be reached
-
-
-def test_live_lock_raises_and_is_never_removed(repo: Repo, source: Path) -> None:
-    repo.backup("docs", source)
-    with lock_holder(repo) as (holder, lock):
-        with pytest.raises(RepositoryLocked) as caught:
-            repo.engine.check(repo.target)
-        with pytest.raises(RepositoryLocked):
-            repo.engine.prune(repo.target)
-        assert "\n" not in str(caught.value) and str(repo.path) not in str(caught.value)
-        repo.engine.unlock_stale(repo.target)
-        assert lock in repo.locks()
-        assert holder.poll() is None
-        assert holder.stdin is not None
-        holder.stdin.close()
-        assert holder.wait(timeout=30) == 0
-    assert repo.locks() == set()
 
 
 @pytest.mark.slow
@@ -462,84 +280,6 @@ def test_lock_wait_succeeds_once_the_holder_is_done(repo: Repo, source: Path) ->
         assert holder.wait(timeout=30) == 0
     assert result.ok
     assert waited >= 1.0
-
-
-def test_stale_lock_is_removed_but_not_a_live_one(repo: Repo, source: Path) -> None:
-    repo.backup("docs", source)
-    with lock_holder(repo) as (dead, stale):
-        dead.kill()
-        dead.wait()
-    assert repo.locks() == {stale}
-    with lock_holder(repo) as (live, lock):
-        assert repo.locks() == {stale, lock}
-        repo.engine.unlock_stale(repo.target)
-        assert repo.locks() == {lock}
-        assert live.stdin is not None
-        live.stdin.close()
-        assert live.wait(timeout=30) == 0
-    assert repo.locks() == set()
-
-
-def test_a_stale_lock_does_not_block_a_job(repo: Repo, source: Path) -> None:
-    repo.backup("docs", source)
-    with lock_holder(repo) as (dead, _stale):
-        dead.kill()
-        dead.wait()
-    assert repo.engine.check(repo.target).ok  # exclusive lock: the stale one went first
-    assert repo.locks() == set()
-
-
-# --- secrets --------------------------------------------------------------------------
-
-TRICKY = "p@$$ w0rd \"dq\" 'sq' `tick` \\back; & | * ? ~ # 🐔 = é\ttab\nnewline"
-
-
-def test_literal_password_with_tricky_characters(restic: str, tmp_path: Path) -> None:
-    engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
-    target = Target("t", str(tmp_path / "repo"), PasswordSource("password", TRICKY))
-    assert engine.ensure_initialized(target)
-    data = write_tree(tmp_path / "src", {"f": b"data"})
-    engine.backup(target, BackupRequest("docs", (str(data),)))
-    # restic itself, given the very same password in its environment, opens the repository
-    repo = Repo(restic, tmp_path / "repo", tmp_path, target, engine)
-    listed = repo.bare("snapshots", "--json", password=TRICKY)
-    assert listed.returncode == 0, listed.stderr
-    assert repo.bare("snapshots", password=TRICKY[:-1]).returncode != 0
-
-
-def test_password_file_and_command(repo: Repo, tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text(PASSWORD + "\n")
-    by_file = Target("test", str(repo.path), PasswordSource("file", str(secret)))
-    by_command = Target("test", str(repo.path), PasswordSource("command", f"cat {secret}"))
-    assert repo.engine.snapshots(by_file) == []
-    assert repo.engine.snapshots(by_command) == []
-
-
-def test_no_secret_in_the_child_command_line(restic: str, tmp_path: Path) -> None:
-    key = "AWS-SECRET-for-the-integration-test"
-    location = str(tmp_path / "repo-with-a-secret-location")
-    seen: list[tuple[bytes, bytes]] = []
-
-    def spy(pid: int) -> None:
-        proc = Path(f"/proc/{pid}")
-        seen.append(((proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()))
-
-    engine = ResticEngine(restic, cache_dir=tmp_path / "cache", on_spawn=spy)
-    target = Target(
-        "t", location, PasswordSource("password", TRICKY), env=(("AWS_SECRET_ACCESS_KEY", key),)
-    )
-    engine.ensure_initialized(target)
-    data = write_tree(tmp_path / "src", {"f": b"data"})
-    engine.backup(target, BackupRequest("docs", (str(data),), host="h"))
-    engine.snapshots(target)
-    assert len(seen) >= 4  # cat config, init, backup, snapshots
-    for cmdline, environ in seen:
-        assert cmdline.startswith(restic.encode() + b"\0")
-        for secret in (TRICKY, location, key):
-            assert secret.encode() not in cmdline
-        assert TRICKY.encode() not in environ
-        assert b"RESTIC_PASSWORD_FILE=/dev/fd/" in environ
 
 
 # --- cancellation and death -----------------------------------------------------------

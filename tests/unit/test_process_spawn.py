@@ -21,7 +21,7 @@ import pytest
 
 from henbackup.config.model import CommandHook
 from henbackup.hooks.command import run_command
-from henbackup.process import _before_exec, block_signals
+from henbackup.process import _before_exec, block_signals, spawn
 
 
 def assert_our_handler_never_runs(tmp_path: Path, child_setup: Callable[[int, set], None]) -> None:
@@ -91,3 +91,26 @@ def test_a_command_hook_gets_the_same_child_setup(tmp_path: Path, monkeypatch) -
     preexec = given["preexec_fn"]
     assert callable(preexec)
     assert_our_handler_never_runs(tmp_path, lambda parent, mask: preexec())
+
+
+def test_the_signal_that_ends_a_program_is_never_inherited_ignored() -> None:
+    # A shell's background job ignores SIGINT, and a Python program (borg) keeps an ignored
+    # SIGINT: interrupted, it would run on until SIGKILL and leave its lock behind.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process, mask = spawn(["sleep", "60"], signal.SIGINT)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        ignored = int(
+            next(line for line in status.splitlines() if line.startswith("SigIgn:"))[7:], 16
+        )
+        assert not ignored & (1 << (signal.SIGINT - 1))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == -signal.SIGINT
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -628,3 +628,55 @@ def test_daemon_and_metrics(load: Load) -> None:
 )
 def test_daemon_and_metrics_problems(problems: Problems, text: str, key: str, message: str) -> None:
     assert problems(text + "\n") == [(key, message)]
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def test_engine_is_restic_unless_borg_is_chosen(load: Load) -> None:
+    config = load(
+        BASE + '[repositories.borgrepo]\nengine = "borg"\nlocation = "/srv/borg"\n'
+        'password_file = "/etc/henbackup/secrets/borg"\n'
+    )
+    assert config.repositories["local"].engine == "restic"
+    assert config.repositories["borgrepo"].engine == "borg"
+    assert config.daemon.borg == "borg"
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        (
+            'engine = "borg"\noptions = ["s3.storage-class=STANDARD_IA"]',
+            "options",
+            "is for restic repositories only, and this one has engine = 'borg':"
+            " remove it or change engine",
+        ),
+        (
+            'engine = "borg"\ndownload_limit = "1M"',
+            "download_limit",
+            "is for restic repositories only, and this one has engine = 'borg':"
+            " remove it or change engine",
+        ),
+        ('engine = "tar"', "engine", '"tar" is not one of restic, borg'),
+    ],
+)
+def test_keys_of_another_engine(problems: Problems, line: str, key: str, message: str) -> None:
+    assert problems(repository_with(line)) == [(f"repositories.local.{key}", message)]
+
+
+def test_a_borg_repository_is_no_restic_backend(problems: Problems, load: Load) -> None:
+    text = BASE.replace(
+        'location = "/srv/restic"', 'engine = "borg"\nlocation = "s3:host/bucket-SECRET"'
+    )
+    assert problems(text) == [
+        (
+            "repositories.local.location",
+            "is a restic s3: location, and this repository has engine = 'borg':"
+            " use a path or ssh://USER@HOST/PATH, or engine = 'restic'",
+        )
+    ]
+    ssh = 'engine = "borg"\nlocation = "ssh://me@nas/srv/borg"'
+    assert (
+        load(BASE.replace('location = "/srv/restic"', ssh)).repositories["local"].engine == "borg"
+    )

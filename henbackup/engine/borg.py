@@ -1,0 +1,679 @@
+"""BorgBackup 1.2 behind the Engine contract: the only module that knows borg's CLI and output.
+
+A backup's snapshots are its archives, named `BACKUP@HOST@TIME` (a backup or host name
+never holds "@"), so that `--glob-archives 'BACKUP@HOST@*'` scopes listing and retention to
+one backup of one host, as the `backup-<name>` tag and --host scope them for restic. The
+archive's comment holds the backed-up paths (borg keeps them nowhere else).
+
+borg runs with `--log-json`: its stderr is followed line by line (progress, files, log
+messages with a msgid that classifies failures), its stdout (the `--json` result) goes to
+a file. The repository location travels in BORG_REPO and the password through an inherited
+pipe (BORG_PASSPHRASE_FD) or a command (BORG_PASSCOMMAND), never in argv; messages are
+redacted of the location, the password and the target's env values.
+
+Locks: borg removes a stale lock itself when its holder is a dead process of this host
+(BORG_HOSTNAME_IS_UNIQUE=yes), never a live one; `unlock_stale` asks borg to do just that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from henbackup.config.model import STALL_TIMEOUT, PasswordSource, Retention
+from henbackup.engine.base import (
+    BackupRequest,
+    BackupResult,
+    Checkpoint,
+    CheckResult,
+    ForgetResult,
+    ProgressCallback,
+    RepositoryStats,
+    RestoreResult,
+    Snapshot,
+    SpawnCallback,
+    StallCallback,
+    Target,
+    TransferProgress,
+)
+from henbackup.engine.run import (
+    ToolEngine,
+    ToolResult,
+    count_files,
+    limit_warnings,
+    password_pipe,
+    restored_roots,
+    secrets_of,
+)
+from henbackup.engine.secret_env import with_secret_env
+from henbackup.errors import (
+    BackendUnreachable,
+    EngineError,
+    RepositoryLocked,
+    RepositoryMissing,
+    SnapshotNotFound,
+    WrongPassword,
+)
+from henbackup.names import snapshot_tag
+from henbackup.redact import Redactor
+
+Argv = tuple[str, ...]
+
+SEPARATOR = "@"  # between backup, host and time in an archive name
+# Exit codes of borg 1.2: 1 is a warning (e.g. a source path that does not exist).
+EXIT_WARNING = 1
+
+# borg's msgid → the error it means.
+_MISSING = {
+    "Repository.DoesNotExist",
+    "Repository.InvalidRepository",
+    "Repository.ParentPathDoesNotExist",
+}
+_WRONG_PASSWORD = {"PassphraseWrong", "PasswordRetriesExceeded"}
+_LOCKED = {"LockTimeout", "LockFailed", "LockError", "NotLocked", "NotMyLock"}
+_UNREACHABLE = {
+    "ConnectionClosed",
+    "ConnectionClosedWithHint",
+    "RemoteRepository.RPCServerOutdated",
+}
+_NO_ARCHIVE = {"Archive.DoesNotExist"}
+_UNREACHABLE_WORDS = ("connection closed by remote host", "connection refused", "ssh: ")
+
+# Our own environment's borg settings are not the repository's; of the target's, those that
+# would override what the engine says (repository, password) go.
+_INHERITED_PREFIX = "BORG_"
+_OVERRIDDEN_VARS = frozenset(
+    {
+        "BORG_REPO",
+        "BORG_PASSPHRASE",
+        "BORG_PASSPHRASE_FD",
+        "BORG_PASSCOMMAND",
+        "BORG_NEW_PASSPHRASE",
+    }
+)
+_RESTIC_TO_BORG_UNITS = {"h": "H", "d": "d", "w": "w", "m": "m", "y": "y"}
+
+
+# --- command lines (pure) -------------------------------------------------------------
+
+
+def archive_glob(backup: str | None, host: str | None) -> str:
+    """The --glob-archives pattern of one backup's archives, of one host, or both."""
+    return SEPARATOR.join((backup or "*", host or "*", "*"))
+
+
+def archive_name(backup: str, host: str, now: datetime) -> str:
+    """`BACKUP@HOST@2026-12-02T07:00:00.123456` (UTC, unique to the microsecond)."""
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return SEPARATOR.join((backup, host, stamp))
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    """(backup, host) of an archive name of ours; (None, "") for any other archive."""
+    parts = name.split(SEPARATOR)
+    if len(parts) != 3:
+        return None, ""
+    return parts[0], parts[1]
+
+
+def kib_per_second(bytes_per_second: int) -> int:
+    """borg's --upload-ratelimit unit is KiB/s: round down, never to 0 (no limit)."""
+    return max(1, bytes_per_second // 1024)
+
+
+def global_flags(target: Target, lock_wait: float = 0.0) -> Argv:
+    """Flags every command gets: JSON log lines, the lock wait, the upload limit."""
+    flags = ["--log-json", "--lock-wait", str(max(1, int(lock_wait)))]
+    if target.upload_limit is not None:
+        flags += ["--upload-ratelimit", str(kib_per_second(target.upload_limit))]
+    return tuple(flags)
+
+
+def exclude_patterns(excludes: Sequence[str]) -> Argv:
+    """henbackup's excludes (restic's syntax) as borg shell-style patterns: one that starts
+    with "/" is anchored at the root, any other matches at any depth (`.git`, `*.tmp`,
+    `cache/tmp`), as restic matches them."""
+    flags: list[str] = []
+    for pattern in excludes:
+        pattern = pattern.rstrip("/") or "/"
+        flags += ["--exclude", f"sh:{pattern}" if pattern.startswith("/") else f"sh:**/{pattern}"]
+    return tuple(flags)
+
+
+def comment_of(paths: Sequence[str]) -> str:
+    """The archive comment: its paths as JSON, braces doubled (borg expands {placeholders})."""
+    text = json.dumps({"paths": list(paths)}, ensure_ascii=False)
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def backup_args(request: BackupRequest, name: str, recorded: Sequence[str] = ()) -> Argv:
+    """`create` of `request`'s paths into archive `name`, whose comment records `recorded`."""
+    return (
+        "create",
+        "--json",
+        "--progress",
+        "--list",
+        "--filter",
+        "AME",
+        "--comment",
+        comment_of(recorded),
+        *exclude_patterns(request.excludes),
+        "--",
+        f"::{name}",
+        *request.paths,
+    )
+
+
+def list_args(backup: str | None = None, host: str | None = None) -> Argv:
+    args = ["list", "--json", "--format", "{hostname}{comment}"]
+    if backup is not None or host:
+        args += ["--glob-archives", archive_glob(backup, host)]
+    return tuple(args)
+
+
+def restore_args(archive: str, includes: Sequence[str] = ()) -> Argv:
+    """`borg extract` into the current directory; borg stores paths without the leading /."""
+    return ("extract", "--progress", "--", f"::{archive}", *(p.lstrip("/") for p in includes))
+
+
+def keep_within(duration: str) -> str:
+    """restic's keep-within duration ("1y2m3d4h") as borg's single-unit one, in hours
+    when it mixes units (borg takes one number and one unit)."""
+    parts = re.findall(r"(\d+)([ymdh])", duration)
+    if len(parts) == 1:
+        return f"{parts[0][0]}{_RESTIC_TO_BORG_UNITS[parts[0][1]]}"
+    hours = {"y": 365 * 24, "m": 31 * 24, "d": 24, "h": 1}
+    return f"{sum(int(n) * hours[unit] for n, unit in parts)}H"
+
+
+def keep_flags(policy: Retention) -> Argv:
+    """The --keep-* flags of a retention policy."""
+    pairs = (
+        ("--keep-last", policy.keep_last),
+        ("--keep-hourly", policy.keep_hourly),
+        ("--keep-daily", policy.keep_daily),
+        ("--keep-weekly", policy.keep_weekly),
+        ("--keep-monthly", policy.keep_monthly),
+        ("--keep-yearly", policy.keep_yearly),
+    )
+    flags = [item for flag, value in pairs if value is not None for item in (flag, str(value))]
+    if policy.keep_within is not None:
+        flags += ["--keep-within", keep_within(policy.keep_within)]
+    return tuple(flags)
+
+
+def prune_args(policy: Retention, backup: str, host: str) -> Argv:
+    """Forget within this backup's archives by this host; no compaction (that is separate)."""
+    return ("prune", "--list", "--glob-archives", archive_glob(backup, host), *keep_flags(policy))
+
+
+def check_args(read_data_subset: str | None = None) -> Argv:
+    """borg checks all data or none: any subset asks for all (--verify-data)."""
+    return ("check", "--verify-data") if read_data_subset else ("check",)
+
+
+INIT_ARGS: Argv = ("init", "--encryption", "repokey", "--make-parent-dirs")
+COMPACT_ARGS: Argv = ("compact",)
+INFO_ARGS: Argv = ("info", "--json")
+UNLOCK_ARGS: Argv = ("with-lock", "::", "true")  # borg removes stale locks of this host
+
+
+# --- environment and secrets (pure) ---------------------------------------------------
+
+
+def password_env(source: PasswordSource, fd: int | None = None) -> dict[str, str]:
+    """How borg gets the password: a command (a file is read by `cat`), or an inherited pipe."""
+    if source.kind == "file":
+        return {"BORG_PASSCOMMAND": f"cat -- {shlex.quote(source.value)}"}
+    if source.kind == "command":
+        return {"BORG_PASSCOMMAND": source.value}
+    if fd is None:
+        raise ValueError("a literal password needs the read end of a pipe")
+    return {"BORG_PASSPHRASE_FD": str(fd)}
+
+
+def child_env(
+    inherited: Mapping[str, str],
+    target: Target,
+    password: Mapping[str, str],
+    base_dir: Path | None = None,
+) -> dict[str, str]:
+    """borg's environment: ours without BORG_*, plus the target's pairs (BORG_RSH, say),
+    less any that would say where the repository or its password is, plus ours."""
+    env = {k: v for k, v in inherited.items() if not k.startswith(_INHERITED_PREFIX)}
+    env.update(target.env)
+    for name in _OVERRIDDEN_VARS & env.keys():
+        del env[name]
+    env.update(password)
+    env["BORG_REPO"] = target.location
+    if base_dir is not None:  # its cache and security records (the service's HOME is read-only)
+        env["BORG_BASE_DIR"] = str(base_dir)
+    env["BORG_HOSTNAME_IS_UNIQUE"] = "yes"  # stale locks of this host's dead processes go
+    for question in (
+        "BORG_RELOCATED_REPO_ACCESS_IS_OK",
+        "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK",
+    ):
+        env[question] = "no"  # nobody is there to answer
+    env["BORG_DISPLAY_PASSPHRASE"] = "no"
+    return env
+
+
+# --- output parsing (pure) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of borg's stderr: a log message (level, msgid) or plain text."""
+
+    text: str
+    level: str = "ERROR"
+    msgid: str = ""
+
+
+def parse_json_line(line: str) -> dict[str, Any] | None:
+    """A JSON object on one line, or None for anything else."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_document(text: str) -> dict[str, Any]:
+    """borg's --json result (stdout). Raises EngineError if it is not a JSON object."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise EngineError("borg printed no JSON result")
+    return doc
+
+
+def _number(doc: Any, key: str) -> int:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def parse_time(text: str) -> datetime:
+    """borg's local time without an offset, as an aware datetime."""
+    try:
+        return datetime.fromisoformat(text).astimezone()
+    except (TypeError, ValueError):
+        raise EngineError(f"borg printed an unreadable time: {text!r}") from None
+
+
+def parse_archive(doc: Mapping[str, Any]) -> Snapshot:
+    name = str(doc.get("name", ""))
+    backup, host = split_name(name)
+    paths: tuple[str, ...] = ()
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        paths = tuple(str(p) for p in json.loads(str(doc.get("comment") or ""))["paths"])
+    return Snapshot(
+        id=str(doc["id"]),
+        short_id=str(doc["id"])[:8],
+        time=parse_time(str(doc.get("time") or doc.get("start"))),
+        host=host or str(doc.get("hostname", "")),
+        paths=paths,
+        tags=(snapshot_tag(backup),) if backup is not None else (),
+    )
+
+
+def parse_archives(doc: Mapping[str, Any]) -> list[tuple[str, Snapshot]]:
+    """`list --json`: (archive name, snapshot), oldest first (borg's times are whole
+    seconds: the time in our names, to the microsecond, breaks a tie)."""
+    archives = doc.get("archives")
+    if not isinstance(archives, list):
+        raise EngineError("borg list printed no archives")
+    found = [(str(a.get("name", "")), parse_archive(a)) for a in archives if isinstance(a, dict)]
+    return sorted(found, key=lambda pair: (pair[1].time, name_stamp(pair[0])))
+
+
+def name_stamp(name: str) -> str:
+    """The time in an archive name of ours ("" for any other), which sorts as it reads."""
+    parts = name.split(SEPARATOR)
+    return parts[2] if len(parts) == 3 else ""
+
+
+_PRUNE_LINE = re.compile(r"^(Keeping|Pruning) archive.*\[([0-9a-f]{64})\]\s*$")
+
+
+def parse_prune(lines: Sequence[LogLine]) -> ForgetResult:
+    """`prune --list` log lines: "Keeping archive ... [id]", "Pruning archive ... [id]"."""
+    kept, removed = [], []
+    for line in lines:
+        match = _PRUNE_LINE.match(line.text)
+        if match:
+            (kept if match[1] == "Keeping" else removed).append(match[2])
+    return ForgetResult(kept=tuple(kept), removed=tuple(removed))
+
+
+def parse_progress(message: Mapping[str, Any], elapsed: float) -> TransferProgress | None:
+    """A create (archive_progress) or extract (progress_percent) line; None otherwise.
+    borg does not count a backup's total ahead: its fraction stays 0 until the end."""
+    kind = message.get("type")
+    if message.get("finished"):
+        return None
+    if kind == "archive_progress":
+        return TransferProgress(
+            fraction=0.0,
+            files_done=_number(message, "nfiles"),
+            total_files=None,
+            bytes_done=_number(message, "original_size"),
+            total_bytes=None,
+            seconds_elapsed=elapsed,
+        )
+    if kind == "progress_percent" and message.get("msgid") == "extract":
+        done, total = _number(message, "current"), _number(message, "total")
+        return TransferProgress(
+            fraction=min(1.0, done / total) if total else 0.0,
+            files_done=0,
+            total_files=None,
+            bytes_done=done,
+            total_bytes=total or None,
+            seconds_elapsed=elapsed,
+        )
+    return None
+
+
+def parse_backup(
+    doc: Mapping[str, Any], statuses: Mapping[str, int], duration: float, warnings: Sequence[str]
+) -> BackupResult:
+    """`create --json` with the counts of its A(dded) and M(odified) file lines."""
+    archive = doc.get("archive")
+    if not isinstance(archive, dict) or not archive.get("id"):
+        raise EngineError("borg create printed no archive")
+    stats = archive.get("stats")
+    files = _number(stats, "nfiles")
+    new, changed = statuses.get("A", 0), statuses.get("M", 0)
+    return BackupResult(
+        snapshot_id=str(archive["id"]),
+        files_new=new,
+        files_changed=changed,
+        files_unmodified=max(0, files - new - changed),
+        bytes_added=_number(stats, "deduplicated_size"),
+        bytes_processed=_number(stats, "original_size"),
+        duration=duration,
+        warnings=limit_warnings(warnings),
+    )
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def classify_failure(
+    command: str, returncode: int, lines: Sequence[LogLine], repository: str
+) -> EngineError:
+    """The typed error for a failed borg run. `lines` must already be redacted."""
+    where = f"repository {repository}"
+    ids = {line.msgid for line in lines}
+    errors = [line.text for line in lines if line.level in ("ERROR", "CRITICAL")]
+    reason = errors[0] if errors else (lines[-1].text if lines else f"exit code {returncode}")
+    if returncode < 0:
+        reason = f"borg was killed by signal {-returncode}"
+    if ids & _WRONG_PASSWORD:
+        return WrongPassword(f"wrong password for {where}: check its password setting")
+    if ids & _LOCKED:
+        return RepositoryLocked(f"{where} is locked by another process: {_one_line(reason)}")
+    if ids & _MISSING:
+        return RepositoryMissing(f"no borg repository at the location of {where}")
+    low = " ".join(errors).lower()
+    if ids & _UNREACHABLE or any(word in low for word in _UNREACHABLE_WORDS):
+        return BackendUnreachable(f"{where} is unreachable: {_one_line(reason)}")
+    if ids & _NO_ARCHIVE:
+        return SnapshotNotFound(f"no such snapshot in {where}")
+    return EngineError(f"borg {command} failed on {where}: {_one_line(reason)}")
+
+
+# --- running borg ---------------------------------------------------------------------
+
+
+@dataclass
+class _Listener:
+    """Follows borg's stderr: log lines kept (redacted), file statuses counted, progress
+    forwarded."""
+
+    redact: Callable[[str], str]
+    on_progress: ProgressCallback | None = None
+    started: float = 0.0
+    lines: list[LogLine] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def feed(self, line: str) -> None:
+        message = parse_json_line(line)
+        if message is None:
+            if line.strip():
+                self.lines.append(LogLine(self.redact(line.strip()), level="TEXT"))
+            return
+        kind = message.get("type")
+        if kind == "log_message":
+            text = self.redact(str(message.get("message", "")))
+            level, msgid = str(message.get("levelname", "")), str(message.get("msgid") or "")
+            self.lines.append(LogLine(text, level, msgid))
+        elif kind == "file_status":
+            status = str(message.get("status", ""))
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+        elif self.on_progress is not None:
+            progress = parse_progress(message, _elapsed(message, self.started))
+            if progress is not None:
+                self.on_progress(progress)
+
+
+def _elapsed(message: Mapping[str, Any], started: float) -> float:
+    moment = message.get("time")
+    return max(0.0, float(moment) - started) if isinstance(moment, int | float) else 0.0
+
+
+def status_counters(line: str) -> tuple[int, int] | None:
+    """What moves with progress in a create or extract line."""
+    message = parse_json_line(line) if '"type"' in line else None
+    if message is None:
+        return None
+    if message.get("type") == "archive_progress":
+        return (_number(message, "nfiles"), _number(message, "original_size"))
+    if message.get("type") == "progress_percent":
+        return (0, _number(message, "current"))
+    return None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One finished borg run: its exit, its log lines, its files' statuses (A, M...)."""
+
+    result: ToolResult
+    log: tuple[LogLine, ...]
+    statuses: Mapping[str, int]
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return parse_document("\n".join(self.result.messages))
+
+
+class BorgEngine(ToolEngine):
+    """The Engine on a borg binary (1.2). Blocking; meant for a job process."""
+
+    tool = "borg"
+    # A first SIGINT makes borg create finish its current file and save a checkpoint
+    # archive; SIGTERM stops it at once, its transaction rolled back and its lock removed.
+    interrupt = signal.SIGTERM
+
+    def __init__(
+        self,
+        binary: str = "borg",
+        cache_dir: Path | None = None,
+        lock_wait: float = 0.0,
+        on_spawn: SpawnCallback | None = None,
+        checkpoint: Checkpoint | None = None,
+        stall_timeout: float = STALL_TIMEOUT,
+        on_stall: StallCallback | None = None,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
+        super().__init__(binary, on_spawn, checkpoint, stall_timeout, on_stall, paused)
+        self.base_dir = cache_dir / "borg" if cache_dir is not None else None
+        self.lock_wait = lock_wait
+
+    # -- the Engine contract --
+
+    def ensure_initialized(self, target: Target) -> bool:
+        try:
+            self._call(target, ("list", "--short", "--last", "1"))
+            return False
+        except RepositoryMissing:
+            pass
+        self._call(target, INIT_ARGS)
+        return True
+
+    def backup(
+        self, target: Target, request: BackupRequest, on_progress: ProgressCallback | None = None
+    ) -> BackupResult:
+        paths = tuple(os.path.abspath(p) for p in request.paths)
+        request = BackupRequest(request.backup, paths, request.excludes, request.host)
+        # The archive records the paths that are there (as restic's snapshot does); borg
+        # warns of the others.
+        there = tuple(p for p in paths if os.path.lexists(p))
+        name = archive_name(request.backup, request.host, datetime.now(UTC))
+        outcome = self._call(
+            target, backup_args(request, name, there), on_progress=on_progress, warn_ok=True
+        )
+        warnings = [line.text for line in outcome.log if line.level == "WARNING"]
+        result = parse_backup(outcome.document, outcome.statuses, outcome.result.seconds, warnings)
+        # borg times archives to the second, and its retention cannot order two of one
+        # second: the next archive of this backup must start in a later second.
+        self._pause(math.ceil(time.time()) - time.time())
+        return result
+
+    def snapshots(
+        self, target: Target, backup: str | None = None, host: str | None = None
+    ) -> list[Snapshot]:
+        return [s for _, s in self._archives(target, backup, host)]
+
+    def restore(
+        self,
+        target: Target,
+        snapshot_id: str,
+        destination: str,
+        includes: tuple[str, ...] = (),
+        on_progress: ProgressCallback | None = None,
+    ) -> RestoreResult:
+        name, snapshot = self._resolve(target, snapshot_id)
+        os.makedirs(destination, exist_ok=True)
+        outcome = self._call(
+            target, restore_args(name, includes), on_progress=on_progress, cwd=destination
+        )
+        files, size = count_files(destination, restored_roots(snapshot.paths, includes))
+        return RestoreResult(destination, files, size, outcome.result.seconds)
+
+    def forget(self, target: Target, policy: Retention, backup: str, host: str) -> ForgetResult:
+        if not keep_flags(policy):  # no rule keeps everything (borg refuses to run)
+            return ForgetResult(tuple(s.id for s in self.snapshots(target, backup, host)), ())
+        return parse_prune(self._call(target, prune_args(policy, backup, host)).log)
+
+    def prune(self, target: Target) -> None:
+        self._call(target, COMPACT_ARGS)
+
+    def check(self, target: Target, read_data_subset: str | None = None) -> CheckResult:
+        outcome = self._call(target, check_args(read_data_subset), check=True)
+        if outcome.result.returncode == 0:
+            return CheckResult(ok=True)
+        errors = [line.text for line in outcome.log if line.level in ("ERROR", "WARNING")]
+        return CheckResult(ok=False, errors=limit_warnings(errors or ["borg check failed"]))
+
+    def unlock_stale(self, target: Target) -> None:
+        """Opening the repository with a lock makes borg remove stale locks of this host's
+        dead processes; a live lock is left alone (that conflict is no error here)."""
+        with contextlib.suppress(RepositoryLocked):
+            self._call(target, UNLOCK_ARGS, lock_wait=1.0)
+
+    def stats(self, target: Target) -> RepositoryStats:
+        stats = self._call(target, INFO_ARGS).document.get("cache", {}).get("stats", {})
+        count = len(self._archives(target))
+        return RepositoryStats(
+            total_size=_number(stats, "unique_csize"),
+            total_file_count=0,  # borg counts chunks, not files
+            snapshots_count=count,
+        )
+
+    # -- helpers --
+
+    def _archives(
+        self, target: Target, backup: str | None = None, host: str | None = None
+    ) -> list[tuple[str, Snapshot]]:
+        return parse_archives(self._call(target, list_args(backup, host)).document)
+
+    def _resolve(self, target: Target, snapshot_id: str) -> tuple[str, Snapshot]:
+        """The one archive an id, a prefix of one or "latest" names."""
+        archives = self._archives(target)
+        if snapshot_id == "latest":
+            found = archives[-1:]
+        else:
+            found = [(n, s) for n, s in archives if snapshot_id and s.id.startswith(snapshot_id)]
+        if len(found) != 1:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in repository {target.name}")
+        return found[0]
+
+    def _call(
+        self,
+        target: Target,
+        args: Argv,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cwd: str | None = None,
+        warn_ok: bool = False,
+        check: bool = False,
+        lock_wait: float | None = None,
+    ) -> _Outcome:
+        """Run borg once. Exit 1 (warnings) passes with `warn_ok`; a failed `check` whose
+        reason is no typed error is a result, not a failure."""
+        target = with_secret_env(target)  # provider keys: read now, for borg only
+        redact = Redactor.of(secrets_of(target))
+        listener = _Listener(redact, on_progress, started=_now())
+        wait = self.lock_wait if lock_wait is None else lock_wait
+        argv = (self.binary, *global_flags(target, wait), *args)
+        read_fd = password_pipe(target.password)
+        try:
+            env = child_env(
+                os.environ, target, password_env(target.password, read_fd), self.base_dir
+            )
+        except BaseException:
+            if read_fd is not None:
+                os.close(read_fd)
+            raise
+        result = self._launch(
+            argv, env, target, listener.feed, password_fd=read_fd, follow_stderr=True, cwd=cwd
+        )
+        outcome = _Outcome(result, tuple(listener.lines), dict(listener.statuses))
+        code = result.returncode
+        if code == 0 or (warn_ok and code == EXIT_WARNING):
+            return outcome
+        error = classify_failure(args[0], code, outcome.log, target.name)
+        if check and type(error) is EngineError and code > 0:
+            return outcome
+        raise error
+
+    # -- what run.py asks of borg --
+
+    def _messages(self, text: str, target: Target) -> list[str]:
+        return [text]  # stdout: the --json result, parsed, never shown
+
+    def _counters(self, line: str) -> object | None:
+        return status_counters(line)
+
+
+def _now() -> float:
+    return datetime.now(UTC).timestamp()

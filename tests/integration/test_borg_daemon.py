@@ -1,0 +1,150 @@
+"""The daemon's stories on a borg repository, end to end: one backup sent to a restic and a
+borg repository at once through `henbackupctl backup`, listed, restored byte for byte from
+borg, checked and pruned there; a change watched and backed up between its hooks. The same
+events and replies as for restic."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import ctl_schemas
+import pytest
+from ctl_helpers import (
+    HOST,
+    ONE_RESTIC,
+    PASSWORD,
+    ctl,
+    make_tree,
+    reply,
+    restored,
+    said,
+    toml,
+    tree_state,
+)
+from daemon_helpers import Daemon, write_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, ONE_RESTIC]
+
+BORG = shutil.which("borg") or "borg"
+
+
+def mixed_config(base: Path, restic: str, data: Path) -> Path:
+    """One backup, `pictures`, to a restic repository and a borg one (created on first use)."""
+    text = f"""
+[daemon]
+restic = {toml(restic)}
+borg = {toml(BORG)}
+hostname = {toml(HOST)}
+
+[repositories.restic-local]
+location = {toml(str(base / "restic-repo"))}
+password = {toml(PASSWORD)}
+
+[repositories.borg-local]
+engine = "borg"
+location = {toml(str(base / "borg-repo"))}
+password = {toml(PASSWORD)}
+
+[backups.pictures]
+paths = [{toml(str(data))}]
+repositories = ["restic-local", "borg-local"]
+retention = {{ keep_last = 1 }}
+"""
+    config = base / "henbackup.toml"
+    config.write_text(text)
+    return config
+
+
+def test_a_backup_to_restic_and_borg_restored_from_borg(restic: str, tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "pictures")
+    source = tree_state(data)
+    daemon = Daemon(mixed_config(tmp_path, restic, data), tmp_path / "daemon")
+    with daemon:
+        daemon.wait_for("daemon.started")
+        backup = ctl(daemon, "backup", "pictures")
+        assert backup.returncode == 0, said(backup)
+        done = {
+            repository: daemon.wait_for("job.succeeded", operation="backup", repository=repository)
+            for repository in ("restic-local", "borg-local")
+        }
+        assert (tmp_path / "borg-repo" / "config").is_file()  # borg init'ed it
+        assert len(done["borg-local"]["HENBACKUP_SNAPSHOT"]) == 64
+
+        listed = ctl(daemon, "--json", "list-snapshots", "borg-local")
+        assert listed.returncode == 0, said(listed)
+        answer = reply(listed)
+        ctl_schemas.validate(answer, ctl_schemas.LIST_SNAPSHOTS)
+        (row,) = answer["snapshots"]
+        assert row["id"] == done["borg-local"]["HENBACKUP_SNAPSHOT"]
+        assert (row["backup"], row["host"], row["paths"]) == ("pictures", HOST, [str(data)])
+        assert row["tags"] == ["backup-pictures"]
+
+        target = tmp_path / "restored"
+        got = ctl(
+            daemon, "restore-snapshot", "borg-local", row["short_id"], "--target", str(target)
+        )
+        assert (got.returncode, got.stderr) == (0, ""), said(got)
+        assert tree_state(restored(target, data)) == source
+
+        second = ctl(daemon, "backup", "pictures", "--repository", "borg-local")
+        assert second.returncode == 0, said(second)
+        for verb in ("check", "prune"):
+            call = ctl(daemon, verb, "borg-local")
+            assert call.returncode == 0, said(call)
+        left = reply(ctl(daemon, "--json", "list-snapshots", "borg-local"))["snapshots"]
+        assert len(left) == 1 and left[0]["id"] != row["id"]  # keep_last = 1 applied
+
+
+def test_a_change_backs_up_to_borg_between_hooks(restic: str, tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "pictures")
+    hooked = tmp_path / "hooks.log"
+    text = f"""
+[daemon]
+restic = {toml(restic)}
+borg = {toml(BORG)}
+hostname = {toml(HOST)}
+
+[repositories.borg-local]
+engine = "borg"
+location = {toml(str(tmp_path / "borg-repo"))}
+password = {toml(PASSWORD)}
+
+[backups.pictures]
+paths = [{toml(str(data))}]
+repositories = ["borg-local"]
+schedule = ["1d"]
+watch = {{ wait_min = "1s", wait_max = "4s" }}
+
+[[backups.pictures.hooks.before]]
+type = "command"
+command = ["sh", "-c", "echo before >> {hooked}"]
+
+[[backups.pictures.hooks.after]]
+type = "command"
+command = ["sh", "-c", "echo after >> {hooked}"]
+"""
+    config = tmp_path / "henbackup.toml"
+    config.write_text(text)
+    daemon = Daemon(config, tmp_path / "daemon")
+    write_state(daemon.state, "pictures", time.time())  # nothing due: only the change counts
+    with daemon:  # starts it
+        daemon.wait_triggers_armed("pictures")
+        mark = len(daemon.events)
+        (data / "new.jpg").write_bytes(os.urandom(50_000))
+        done = daemon.wait_for("job.succeeded", since=mark, operation="backup", timeout=90)
+        assert (done["HENBACKUP_TRIGGER"], done["HENBACKUP_REPOSITORY"]) == (
+            "watch",
+            "borg-local",
+        )
+        daemon.wait_for("hook.succeeded", since=mark, timeout=30, hook="after")
+        listed = reply(ctl(daemon, "--json", "list-snapshots", "borg-local"))["snapshots"]
+        assert [row["id"] for row in listed] == [done["HENBACKUP_SNAPSHOT"]]
+        target = tmp_path / "restored"
+        short = listed[0]["short_id"]
+        got = ctl(daemon, "restore-snapshot", "borg-local", short, "--target", str(target))
+        assert got.returncode == 0, said(got)
+        assert tree_state(restored(target, data)) == tree_state(data)
+    assert hooked.read_text() == "before\nafter\n"

@@ -1,0 +1,181 @@
+"""borg's command lines, environment and output, as pure functions (engine/borg.py); the
+engine against real borg is in tests/integration/test_engine_contract.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from henbackup.config.model import PasswordSource, Retention
+from henbackup.engine.base import BackupRequest, Target
+from henbackup.engine.borg import (
+    BorgEngine,
+    LogLine,
+    archive_glob,
+    archive_name,
+    backup_args,
+    child_env,
+    classify_failure,
+    exclude_patterns,
+    global_flags,
+    keep_flags,
+    keep_within,
+    parse_archives,
+    parse_prune,
+    password_env,
+    split_name,
+)
+from henbackup.engine.engines import Engines, engine_class
+from henbackup.engine.restic import ResticEngine
+from henbackup.errors import (
+    BackendUnreachable,
+    EngineError,
+    RepositoryLocked,
+    RepositoryMissing,
+    WrongPassword,
+)
+
+TARGET = Target("nas", "ssh://backup@nas.lan/srv/borg", PasswordSource("password", "s3cret pw"))
+
+
+def test_archive_names_scope_one_backup_of_one_host() -> None:
+    moment = datetime(2026, 12, 2, 7, 0, 0, 123456, tzinfo=UTC)
+    name = archive_name("docs", "rpi01", moment)
+    assert name == "docs@rpi01@2026-12-02T07:00:00.123456"
+    assert split_name(name) == ("docs", "rpi01")
+    assert split_name("made-by-hand") == (None, "")
+    assert archive_glob("docs", "rpi01") == "docs@rpi01@*"
+    assert archive_glob("docs", None) == "docs@*@*"  # never docs-old@...
+    assert archive_glob(None, "rpi01") == "*@rpi01@*"
+
+
+def test_backup_command_line_holds_no_secret_and_records_paths() -> None:
+    request = BackupRequest("docs", ("/home/me/{odd}",), (".git", "/home/me/tmp/"), "h")
+    argv = backup_args(request, "docs@h@t", ("/home/me/{odd}",))
+    assert argv[-2:] == ("::docs@h@t", "/home/me/{odd}")
+    comment = argv[argv.index("--comment") + 1]
+    assert comment == '{{"paths": ["/home/me/{{odd}}"]}}'  # borg expands {placeholders}
+    assert exclude_patterns((".git", "/home/me/tmp/", "cache/*.tmp")) == (
+        "--exclude",
+        "sh:**/.git",
+        "--exclude",
+        "sh:/home/me/tmp",
+        "--exclude",
+        "sh:**/cache/*.tmp",
+    )
+    flags = global_flags(Target("nas", "/srv", TARGET.password, upload_limit=100_000), 30.0)
+    assert flags == ("--log-json", "--lock-wait", "30", "--upload-ratelimit", "97")
+    assert not any("s3cret" in part or "nas.lan" in part for part in (*argv, *flags))
+
+
+def test_password_and_location_go_through_the_environment() -> None:
+    assert password_env(PasswordSource("password", "x"), 7) == {"BORG_PASSPHRASE_FD": "7"}
+    assert password_env(PasswordSource("file", "/etc/my secret")) == {
+        "BORG_PASSCOMMAND": "cat -- '/etc/my secret'"
+    }
+    assert password_env(PasswordSource("command", "pass show nas")) == {
+        "BORG_PASSCOMMAND": "pass show nas"
+    }
+    inherited = {"PATH": "/bin", "BORG_PASSPHRASE": "theirs", "BORG_REPO": "/elsewhere"}
+    given = (("BORG_PASSPHRASE", "x"), ("BORG_RSH", "ssh -i /etc/henbackup/key"))
+    target = Target("nas", "/srv/borg", TARGET.password, env=given)
+    env = child_env(inherited, target, {"BORG_PASSPHRASE_FD": "7"})
+    assert env["BORG_REPO"] == "/srv/borg" and "BORG_PASSPHRASE" not in env
+    assert env["BORG_RSH"] == "ssh -i /etc/henbackup/key"  # the repository's own setting
+    assert env["BORG_HOSTNAME_IS_UNIQUE"] == "yes" and env["PATH"] == "/bin"
+
+
+def test_retention_flags() -> None:
+    policy = Retention(keep_last=2, keep_daily=7, keep_within="1y2m")
+    assert keep_flags(policy) == (
+        "--keep-last",
+        "2",
+        "--keep-daily",
+        "7",
+        "--keep-within",
+        f"{(365 + 62) * 24}H",
+    )
+    assert keep_within("30d") == "30d" and keep_within("12h") == "12H"
+
+
+def test_prune_lines_say_what_was_kept_and_removed() -> None:
+    kept, gone = "a" * 64, "b" * 64
+    lines = [
+        LogLine(f"Keeping archive (rule: daily #1):   docs@h@x   Wed [{kept}]", "INFO"),
+        LogLine(f"Pruning archive (1/1):              docs@h@y   Tue [{gone}]", "INFO"),
+        LogLine("something else", "INFO"),
+    ]
+    result = parse_prune(lines)
+    assert (result.kept, result.removed) == ((kept,), (gone,))
+
+
+def test_archives_are_listed_oldest_first_with_backup_and_host() -> None:
+    doc = {
+        "archives": [
+            {
+                "name": "docs@h2@2026-12-02T07:00:00.500000",
+                "id": "2" * 64,
+                "time": "2026-12-02T07:00:00.000000",
+                "comment": '{"paths": ["/b"]}',
+            },
+            {
+                "name": "docs@h1@2026-12-02T07:00:00.100000",
+                "id": "1" * 64,
+                "time": "2026-12-02T07:00:00.000000",
+                "comment": "not json",
+            },
+            {
+                "name": "by-hand",
+                "id": "3" * 64,
+                "time": "2026-12-02T06:00:00.000000",
+                "hostname": "vm",
+            },
+        ]
+    }
+    doc["archives"].append(
+        {"name": "docs-old@h1@2026-12-02T07:00:00.300000", "id": "4" * 64,
+         "time": "2026-12-02T07:00:00.000000"}
+    )  # fmt: skip
+    found = [snapshot for _, snapshot in parse_archives(doc)]
+    assert [(s.backup, s.host, s.paths) for s in found] == [
+        (None, "vm", ()),
+        ("docs", "h1", ()),
+        ("docs-old", "h1", ()),  # made after docs@h1, in the same second: not by name
+        ("docs", "h2", ("/b",)),
+    ]
+    assert found[1].tags == ("backup-docs",) and found[1].short_id == "1" * 8
+
+
+@pytest.mark.parametrize(
+    ("msgid", "error"),
+    [
+        ("PassphraseWrong", WrongPassword),
+        ("Repository.DoesNotExist", RepositoryMissing),
+        ("Repository.InvalidRepository", RepositoryMissing),
+        ("LockTimeout", RepositoryLocked),
+        ("ConnectionClosed", BackendUnreachable),
+        ("", EngineError),
+    ],
+)
+def test_failures_are_typed_by_borgs_msgid(msgid: str, error: type[EngineError]) -> None:
+    lines = [LogLine("it went\nwrong", "ERROR", msgid)]
+    failure = classify_failure("list", 2, lines, "nas")
+    assert type(failure) is error
+    assert "\n" not in str(failure) and "repository nas" in str(failure)
+
+
+def test_a_failure_with_no_message_says_its_exit_code() -> None:
+    assert str(classify_failure("check", 2, [], "nas")) == (
+        "borg check failed on repository nas: exit code 2"
+    )
+
+
+def test_the_repositorys_engine_is_chosen_by_its_target() -> None:
+    engines = Engines({"restic": "/usr/bin/restic", "borg": "/usr/bin/borg"})
+    assert isinstance(engines.of(TARGET), ResticEngine)
+    borg = engines.of(Target("b", "/srv/borg", TARGET.password, engine="borg"))
+    assert isinstance(borg, BorgEngine) and borg.binary == "/usr/bin/borg"
+    assert engines.of(Target("b2", "/srv/other", TARGET.password, engine="borg")) is borg
+    with pytest.raises(EngineError, match="unknown engine 'tar'"):
+        engine_class("tar")
