@@ -269,6 +269,11 @@ def test_status_before_any_run(two_repositories: Scenario) -> None:
         "limits": None,
         "cpu_sec": None,
         "memory_peak": None,
+        "bytes_done": None,
+        "total_bytes": None,
+        "bytes_sent": None,
+        "send_rate": None,
+        "seconds_remaining": None,
     }
     assert [(b["name"], b["worker"], b["run"], b["next_run"]) for b in status["backups"]] == [
         ("docs", "running", "idle", None),

@@ -85,8 +85,11 @@ def backup(tmp_path: Path, *options: str, terminal: bool, **extra: str) -> tuple
 def test_on_a_terminal_one_readable_line_per_event(tmp_path: Path) -> None:
     status, shown = backup(tmp_path, terminal=True, TERM="dumb")
     assert status == 0, shown
-    started, *progress, succeeded = shown.splitlines()  # progress: as fast as restic is
+    # The repository is made by this first backup: restic says so when it meets none.
+    started, initialised, *progress, succeeded = shown.splitlines()  # progress: as restic
     assert re.fullmatch(LINE.format(level="info", message="backup started"), started)
+    made = "repository local did not exist: initialised"
+    assert re.fullmatch(LINE.format(level="notice", message=made), initialised)
     for line in progress:
         assert re.fullmatch(LINE.format(level="info", message=r"backup \d+(\.\d)?%"), line)
     done = LINE.format(level="info", message="backup succeeded: snapshot [0-9a-f]{8}")
@@ -119,7 +122,7 @@ def test_on_a_pipe_json_lines(tmp_path: Path) -> None:
     events = [json.loads(line) for line in shown.splitlines()]
     kinds = [event["HENBACKUP_EVENT"] for event in events]
     kinds = [kind for kind in kinds if kind != "job.progress"]  # as fast as restic is
-    assert kinds == ["job.started", "job.succeeded"]
+    assert kinds == ["job.started", "repository.initialized", "job.succeeded"]
     assert events[0]["MESSAGE"] == "docs→local: backup started"
     assert events[-1]["HENBACKUP_REPOSITORY"] == "local"
 
