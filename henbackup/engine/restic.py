@@ -49,6 +49,7 @@ from henbackup.engine.base import (
 )
 from henbackup.engine.secret_env import with_secret_env
 from henbackup.engine.stall import (
+    PROGRESS_BYTES,
     OpenFile,
     StallWatch,
     idle_reason,
@@ -89,6 +90,8 @@ KILL_WAIT = 5.0
 TEMP_PACK = "restic-temp-pack-"
 # How often a running restic's progress is looked at (at least).
 WATCH_TICK = 1.0
+# Bytes that left a restic less than this long ago say that it is still sending.
+LEAVING = 3 * WATCH_TICK
 # Backoff between attempts on a locked repository when restic has no --retry-lock.
 LOCK_BACKOFF_FIRST = 1.0
 LOCK_BACKOFF_MAX = 30.0
@@ -384,22 +387,75 @@ def parse_progress(message: Mapping[str, Any]) -> TransferProgress | None:
     )
 
 
-def upload_of(written: int, packs: Sequence[OpenFile], dropped: int = 0) -> Upload:
+def upload_of(
+    written: int,
+    packs: Sequence[OpenFile],
+    dropped: int = 0,
+    packed: int = 0,
+    leaving: int = 0,
+) -> Upload:
     """What restic has sent and is sending, from what it wrote (less its output to us), its
-    open temporary packs and the bytes of those it closed unsent (`dropped_since`).
+    open temporary packs, the bytes of those it closed unsent (`dropped_since`), the bytes
+    of every pack seen so far (`packed`, each at its largest) and, while bytes leave with
+    no pack being read back, what waits in packs written whole (`left_in_packs`).
 
-    Each pack is written to its file as restic reads, read back and written again as it is
-    sent (to a socket, a pipe or a local repository) at the backend's pace, then closed: so
-    `written` holds every pack closed after sending twice, the others once, and of those
-    being sent (read back, not to the end yet) what is sent. Only packs being sent count as
-    unsent: restic 0.18 keeps a written pack open that it never sends."""
+    Each pack is written to its file as restic reads, then sent (to a socket, a pipe or a
+    local repository) at the backend's pace, then closed. Sent to a REST server or a pipe,
+    it is read back as it goes: `written` holds every pack closed after sending twice, the
+    others once, and of those being sent (read back, not to the end yet) what is sent; so
+    half of it, packs not seen included, is what left, and only packs being read back wait
+    (restic 0.18 keeps a written pack open that it never sends). Sent to S3, a pack is read
+    back at once and its position says nothing; but what restic wrote besides the packs it
+    was seen writing did leave (the larger count wins), and `leaving` says what waits."""
     pending = sum(pack.size for pack in packs)
     being_sent = [pack for pack in packs if pack.position < pack.size]
     sending = sum(pack.position for pack in being_sent)
+    halved = (written - pending - dropped + sending) // 2
+    unsent = sum(pack.size - pack.position for pack in being_sent)
     return Upload(
-        sent=max(0, (written - pending - dropped + sending) // 2),
-        unsent=sum(pack.size - pack.position for pack in being_sent),
+        sent=max(0, halved, min(written - packed, packed)),
+        unsent=unsent if being_sent else leaving,
     )
+
+
+def left_in_packs(packs: Sequence[OpenFile], others: int, written_at: Mapping[int, int]) -> int:
+    """What waits in packs written whole (at their end), given what restic wrote besides
+    its packs so far (`others`) and when each was last written to (`written_at`, inode ->
+    `others` then): of the pack that waits longest, what has not left since. One pack at a
+    time leaves, as restic sends to S3; one written but never sent (restic 0.18) is smaller
+    than what left since."""
+    whole = [pack for pack in packs if pack.position >= pack.size]
+    return max([0, *(p.size - (others - written_at.get(p.inode, others)) for p in whole)])
+
+
+class PackBook:
+    """What a restic wrote to its temporary packs (each at its largest size seen), what it
+    wrote besides, which left (`upload_of`), and whether bytes still leave."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, int] = {}  # open packs: inode -> largest size
+        self.closed = 0  # the bytes of those seen before, closed since
+        self.written_at: dict[int, int] = {}  # inode -> bytes written besides packs then
+        self.others_mark = 0  # bytes written besides packs when that last grew
+        self.left_at = -math.inf  # and when (monotonic)
+
+    def see(self, packs: Sequence[OpenFile], written: int, now: float) -> tuple[int, int]:
+        """Account a look (open packs, all restic wrote, when); returns the bytes of every
+        pack seen and what waits in packs written whole while bytes leave (`leaving`)."""
+        still = {pack.inode for pack in packs}  # a closed pack's inode may serve a new one
+        for inode in [inode for inode in self.open if inode not in still]:
+            self.closed += self.open.pop(inode)
+            self.written_at.pop(inode, None)
+        grown = [pack for pack in packs if pack.size > self.open.get(pack.inode, -1)]
+        self.open.update((pack.inode, pack.size) for pack in grown)
+        packed = self.closed + sum(self.open.values())
+        others = written - packed  # what restic wrote besides its packs: what left
+        self.written_at.update((pack.inode, others) for pack in grown)
+        if others >= self.others_mark + PROGRESS_BYTES:
+            self.others_mark, self.left_at = others, now
+        if now - self.left_at >= LEAVING:  # nothing left lately
+            return packed, 0
+        return packed, max(left_in_packs(packs, others, self.written_at), 1)
 
 
 def dropped_since(before: Sequence[OpenFile], now: Sequence[OpenFile], grown: int) -> int:
@@ -792,6 +848,7 @@ class _Run:
         self.packs: list[OpenFile] = []  # its temporary packs at the last look
         self.written = 0  # what it had written then, less its output to us
         self.dropped = 0  # bytes of packs it closed unsent
+        self.book = PackBook()
         self.stderr_seen = 0  # bytes of stderr already passed on by new_messages
 
     def read(self, timeout: float) -> list[str]:
@@ -836,8 +893,9 @@ class _Run:
             return counters.moved - output, None
         written = counters.wchar - output
         self.dropped += dropped_since(self.packs, packs, written - self.written)
+        packed, leaving = self.book.see(packs, written, time.monotonic())
         self.packs, self.written = packs, written
-        return counters.moved - output, upload_of(written, packs, self.dropped)
+        return counters.moved - output, upload_of(written, packs, self.dropped, packed, leaving)
 
     def new_messages(self) -> list[str]:
         """restic's whole stderr lines since the last call (of its last STDERR_TAIL bytes)."""

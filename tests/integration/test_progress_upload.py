@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from integration import backends
-from integration.backends import RestServer
+from integration.backends import RestServer, S3Server
 from integration.daemon_helpers import PASSWORD, Daemon, henbackupctl
 
 from henbackup.config.model import PasswordSource
@@ -26,7 +26,7 @@ from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.observe.events import EmitFunction, Event, FieldValue
 
 pytestmark = pytest.mark.integration
-rest_repository = backends.rest_repository  # the fixture
+rest_repository, s3_server = backends.rest_repository, backends.s3_server  # the fixtures
 
 LIMIT = 256 << 10  # upload bytes/s
 SOURCE = 3 << 20  # random bytes: ~12 s at LIMIT, read in well under a second
@@ -40,14 +40,11 @@ def make_source(tmp_path: Path) -> Path:
     return source
 
 
-def backup(restic: str, server: RestServer, tmp_path: Path, events: EmitFunction):
+def backup(restic: str, target: Target, tmp_path: Path, events: EmitFunction):
     """One throttled backup job; its progress events with when each came, the result and
     when it ended (monotonic)."""
     source = make_source(tmp_path)
     engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
-    target = Target(
-        "rest", server.location, PasswordSource("password", PASSWORD), upload_limit=LIMIT
-    )
     request = BackupRequest("pictures", (str(source),), host="testhost")
     progress: list[tuple[float, dict[str, str]]] = []
 
@@ -57,7 +54,7 @@ def backup(restic: str, server: RestServer, tmp_path: Path, events: EmitFunction
             progress.append((time.monotonic(), dict(event.fields)))
         return event
 
-    job = Job("backup", "rest", "pictures")
+    job = Job("backup", target.name, "pictures")
     reporter = ProgressReporter(job, emit)
     result: BackupResult = run_job(
         job, emit, lambda: engine.backup(target, request, reporter), engine=engine
@@ -69,10 +66,36 @@ def number(fields: dict[str, str], name: str) -> float:
     return float(fields[f"HENBACKUP_{name.upper()}"])
 
 
+def rest_target(server: RestServer) -> Target:
+    password = PasswordSource("password", PASSWORD)
+    return Target("rest", server.location, password, upload_limit=LIMIT)
+
+
+def s3_target(server: S3Server, prefix: str) -> Target:
+    """restic reads each pack back at once to send it to S3: its position in the file
+    says nothing of what was sent."""
+    password = PasswordSource("password", PASSWORD)
+    env = tuple(server.env.items())
+    return Target("s3", server.location(prefix), password, env=env, upload_limit=LIMIT)
+
+
 def test_a_throttled_upload_shows_what_was_read_and_sent_and_its_real_pace(
     restic: str, rest_repository: RestServer, tmp_path: Path, events: EmitFunction
 ) -> None:
-    progress, result, ended = backup(restic, rest_repository, tmp_path, events)
+    assert_truthful(*backup(restic, rest_target(rest_repository), tmp_path, events))
+
+
+def test_a_throttled_upload_to_s3_shows_what_was_sent_and_its_real_pace(
+    restic: str, s3_server: S3Server, tmp_path: Path, events: EmitFunction
+) -> None:
+    target = s3_target(s3_server, f"progress-{tmp_path.name}")
+    assert ResticEngine(restic, cache_dir=tmp_path / "cache").ensure_initialized(target)
+    assert_truthful(*backup(restic, target, tmp_path, events))
+
+
+def assert_truthful(
+    progress: list[tuple[float, dict[str, str]]], result: BackupResult, ended: float
+) -> None:
     assert len(progress) >= 4, progress  # ~12 s of upload, one event a second
     read = [number(fields, "bytes_done") for _, fields in progress]
     sent = [number(fields, "bytes_sent") for _, fields in progress]

@@ -10,7 +10,14 @@ import sys
 import pytest
 
 from henbackup.engine.base import TransferProgress
-from henbackup.engine.restic import TEMP_PACK, dropped_since, upload_of
+from henbackup.engine.restic import (
+    LEAVING,
+    TEMP_PACK,
+    PackBook,
+    dropped_since,
+    left_in_packs,
+    upload_of,
+)
 from henbackup.engine.stall import OpenFile, open_files
 from henbackup.engine.transfer import (
     NOT_DONE,
@@ -112,6 +119,50 @@ def test_restic_s_upload_from_what_it_wrote_and_its_open_temporary_packs() -> No
     assert upload_of(22379 * KIB, packs) == Upload(sent=6452 * KIB + 512, unsent=5825 * KIB)
     assert upload_of(24589 * KIB, []) == Upload(sent=12294 * KIB + 512, unsent=0)  # all closed
     assert upload_of(100, [OpenFile(4 * MIB, 4 * MIB)]) == Upload(sent=0, unsent=0)  # writing
+
+
+def test_restic_s_upload_to_s3_from_what_it_wrote_besides_its_packs() -> None:
+    """Measured on restic 0.14 to moto's S3 at 256 KiB/s: a 3 MiB file in one pack, read
+    back at once to be sent (its position stays at its end) and trickled to the socket."""
+    book = PackBook()
+    tree, data = OpenFile(1563, 1563, inode=50), OpenFile(3146088, 3146088, inode=37)
+    assert book.see([tree, data], 3420131, now=1.0) == (3147651, 3146088)
+    assert upload_of(3420131, [tree, data], 0, 3147651, 3146088) == Upload(
+        sent=272480, unsent=3146088
+    )
+    assert book.see([data], 3552770, now=1.5) == (3147651, 3013449)  # the tree pack sent
+    packed, leaving = book.see([data], 4470843, now=5.0)
+    assert (packed, leaving) == (3147651, 3146088 - (1323192 - 272480))
+    # what left is what restic wrote besides its packs, not half of it; the rest waits
+    assert upload_of(4470843, [data], 0, packed, leaving) == Upload(sent=1323192, unsent=2095376)
+    assert upload_of(4470843, [data]) == Upload(sent=662377, unsent=0)  # as /proc says alone
+    # bytes left lately: never nothing waiting, even past what the pack held
+    assert book.see([data], 6600000, now=12.0) == (3147651, 1)
+    assert book.see([data], 6600000, now=12.0 + LEAVING) == (3147651, 0)  # none left since
+
+
+def test_restic_0_18_s_pack_never_sent_does_not_wait_on_s3() -> None:
+    """Measured on restic 0.18 to moto's S3 at 256 KiB/s: three packs written whole and
+    left open, one 3 MiB one sent, a 1 MiB one never sent, a small one (the tree)."""
+    never = OpenFile(1087088, 1087088, inode=47)
+    data = OpenFile(3146005, 3146005, inode=24)
+    tree = OpenFile(747, 747, inode=29)
+    book = PackBook()
+    assert book.see([never, data, tree], 4542941, now=1.0) == (4233840, 3146005)
+    packed, leaving = book.see([never, data, tree], 7382108, now=11.5)
+    assert (packed, leaving) == (4233840, 3146005 - (3148268 - 309101))
+    assert upload_of(7382108, [never, data, tree], 0, packed, leaving) == Upload(
+        sent=3148268, unsent=306838
+    )
+    assert left_in_packs([never, tree], 3148268, book.written_at) == 0  # it left no bytes
+
+
+def test_packs_not_seen_are_counted_as_written_twice() -> None:
+    """A fast repository (a local one) writes and sends packs between two looks: what was
+    written besides the packs seen is not all sent, half of it is."""
+    seen = OpenFile(4 * MIB, 4 * MIB, inode=3)
+    assert upload_of(24 * MIB, [], packed=4 * MIB) == Upload(sent=12 * MIB, unsent=0)
+    assert upload_of(9 * MIB, [seen], packed=4 * MIB) == Upload(sent=4 * MIB, unsent=0)
 
 
 def test_a_pack_closed_unsent_counts_as_dropped_not_sent() -> None:
