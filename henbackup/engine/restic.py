@@ -52,8 +52,8 @@ from henbackup.engine.stall import (
     PROGRESS_BYTES,
     OpenFile,
     StallWatch,
+    files_and_sockets,
     idle_reason,
-    open_files,
     read_io,
     read_state,
 )
@@ -397,7 +397,7 @@ def upload_of(
     """What restic has sent and is sending, from what it wrote (less its output to us), its
     open temporary packs, the bytes of those it closed unsent (`dropped_since`), the bytes
     of every pack seen so far (`packed`, each at its largest) and, while bytes leave with
-    no pack being read back, what waits in packs written whole (`left_in_packs`).
+    no pack being read back, what waits in packs written whole (`PackBook`).
 
     Each pack is written to its file as restic reads, then sent (to a socket, a pipe or a
     local repository) at the backend's pace, then closed. Sent to a REST server or a pipe,
@@ -418,44 +418,55 @@ def upload_of(
     )
 
 
-def left_in_packs(packs: Sequence[OpenFile], others: int, written_at: Mapping[int, int]) -> int:
-    """What waits in packs written whole (at their end), given what restic wrote besides
-    its packs so far (`others`) and when each was last written to (`written_at`, inode ->
-    `others` then): of the pack that waits longest, what has not left since. One pack at a
-    time leaves, as restic sends to S3; one written but never sent (restic 0.18) is smaller
-    than what left since."""
-    whole = [pack for pack in packs if pack.position >= pack.size]
-    return max([0, *(p.size - (others - written_at.get(p.inode, others)) for p in whole)])
+def share_out(left: dict[int, int], sending: Sequence[int], sent: int) -> None:
+    """Take `sent` bytes off what is `left` of the packs `sending` (inodes), evenly, as
+    restic's uploads share the bandwidth; a pack's share it did not need goes to the
+    others."""
+    sending = sorted(sending, key=lambda inode: left[inode])
+    for done, inode in enumerate(sending):
+        share = min(left[inode], sent // (len(sending) - done))
+        left[inode] -= share
+        sent -= share
 
 
 class PackBook:
     """What a restic wrote to its temporary packs (each at its largest size seen), what it
-    wrote besides, which left (`upload_of`), and whether bytes still leave."""
+    wrote besides, which left (`upload_of`), and what waits in packs written whole while
+    bytes leave: restic reads a pack back at once to send it to S3, so that its position
+    says nothing; what leaves is shared among as many packs as restic has sockets, those
+    with the most left (restic 0.18 keeps a written pack open that it never sends)."""
 
     def __init__(self) -> None:
         self.open: dict[int, int] = {}  # open packs: inode -> largest size
+        self.left: dict[int, int] = {}  # inode -> what is left to send of it
         self.closed = 0  # the bytes of those seen before, closed since
-        self.written_at: dict[int, int] = {}  # inode -> bytes written besides packs then
-        self.others_mark = 0  # bytes written besides packs when that last grew
-        self.left_at = -math.inf  # and when (monotonic)
+        self.others = 0  # bytes written besides the packs at the last look
+        self.others_mark = 0  # and when that last grew: bytes, time (monotonic)
+        self.left_at = -math.inf
 
-    def see(self, packs: Sequence[OpenFile], written: int, now: float) -> tuple[int, int]:
-        """Account a look (open packs, all restic wrote, when); returns the bytes of every
-        pack seen and what waits in packs written whole while bytes leave (`leaving`)."""
+    def see(
+        self, packs: Sequence[OpenFile], sockets: int, written: int, now: float
+    ) -> tuple[int, int]:
+        """Account a look (open packs and sockets, all restic wrote, when); returns the
+        bytes of every pack seen and what waits in packs written whole while bytes leave."""
         still = {pack.inode for pack in packs}  # a closed pack's inode may serve a new one
         for inode in [inode for inode in self.open if inode not in still]:
             self.closed += self.open.pop(inode)
-            self.written_at.pop(inode, None)
+            self.left.pop(inode, None)
         grown = [pack for pack in packs if pack.size > self.open.get(pack.inode, -1)]
         self.open.update((pack.inode, pack.size) for pack in grown)
+        self.left.update((pack.inode, pack.size) for pack in grown)
         packed = self.closed + sum(self.open.values())
         others = written - packed  # what restic wrote besides its packs: what left
-        self.written_at.update((pack.inode, others) for pack in grown)
+        whole = [pack.inode for pack in packs if pack.position >= pack.size]
+        sending = sorted(whole, key=lambda inode: -self.left[inode])[: max(1, sockets)]
+        share_out(self.left, sending, max(0, others - self.others))
+        self.others = others
         if others >= self.others_mark + PROGRESS_BYTES:
             self.others_mark, self.left_at = others, now
         if now - self.left_at >= LEAVING:  # nothing left lately
             return packed, 0
-        return packed, max(left_in_packs(packs, others, self.written_at), 1)
+        return packed, max(1, sum(self.left[inode] for inode in sending))
 
 
 def dropped_since(before: Sequence[OpenFile], now: Sequence[OpenFile], grown: int) -> int:
@@ -888,12 +899,13 @@ class _Run:
         if counters is None:
             return None, None
         output = self.output + os.fstat(self.stderr.fileno()).st_size
-        packs = open_files(self.process.pid, TEMP_PACK)
-        if packs is None:
+        found = files_and_sockets(self.process.pid, TEMP_PACK)
+        if found is None:
             return counters.moved - output, None
+        packs, sockets = found
         written = counters.wchar - output
         self.dropped += dropped_since(self.packs, packs, written - self.written)
-        packed, leaving = self.book.see(packs, written, time.monotonic())
+        packed, leaving = self.book.see(packs, sockets, written, time.monotonic())
         self.packs, self.written = packs, written
         return counters.moved - output, upload_of(written, packs, self.dropped, packed, leaving)
 
