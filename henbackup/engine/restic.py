@@ -43,6 +43,7 @@ from henbackup.engine.base import (
     TransferProgress,
 )
 from henbackup.engine.run import (
+    WATCH_TICK,
     LineHandler,
     ToolEngine,
     ToolResult,
@@ -55,7 +56,7 @@ from henbackup.engine.run import (
     secrets_of,
 )
 from henbackup.engine.secret_env import with_secret_env
-from henbackup.engine.stall import OpenFile, open_files
+from henbackup.engine.stall import PROGRESS_BYTES, OpenFile, files_and_sockets
 from henbackup.engine.transfer import Upload, UploadTracker
 from henbackup.engine.versions import version_text
 from henbackup.errors import (
@@ -81,6 +82,8 @@ PROGRESS_FPS = "2"
 UNLOCK_LIMIT = 5.0
 # restic writes each pack to a temporary file of this name, then sends it from there.
 TEMP_PACK = "restic-temp-pack-"
+# Bytes that left a restic less than this long ago say that it is still sending.
+LEAVING = 3 * WATCH_TICK
 # Backoff between attempts on a locked repository when restic has no --retry-lock.
 LOCK_BACKOFF_FIRST = 1.0
 LOCK_BACKOFF_MAX = 30.0
@@ -355,22 +358,86 @@ def parse_progress(message: Mapping[str, Any]) -> TransferProgress | None:
     )
 
 
-def upload_of(written: int, packs: Sequence[OpenFile], dropped: int = 0) -> Upload:
+def upload_of(
+    written: int,
+    packs: Sequence[OpenFile],
+    dropped: int = 0,
+    packed: int = 0,
+    leaving: int = 0,
+) -> Upload:
     """What restic has sent and is sending, from what it wrote (less its output to us), its
-    open temporary packs and the bytes of those it closed unsent (`dropped_since`).
+    open temporary packs, the bytes of those it closed unsent (`dropped_since`), the bytes
+    of every pack seen so far (`packed`, each at its largest) and, while bytes leave with
+    no pack being read back, what waits in packs written whole (`PackBook`).
 
-    Each pack is written to its file as restic reads, read back and written again as it is
-    sent (to a socket, a pipe or a local repository) at the backend's pace, then closed: so
-    `written` holds every pack closed after sending twice, the others once, and of those
-    being sent (read back, not to the end yet) what is sent. Only packs being sent count as
-    unsent: restic 0.18 keeps a written pack open that it never sends."""
+    Each pack is written to its file as restic reads, then sent (to a socket, a pipe or a
+    local repository) at the backend's pace, then closed. Sent to a REST server or a pipe,
+    it is read back as it goes: `written` holds every pack closed after sending twice, the
+    others once, and of those being sent (read back, not to the end yet) what is sent; so
+    half of it, packs not seen included, is what left, and only packs being read back wait
+    (restic 0.18 keeps a written pack open that it never sends). Sent to S3, a pack is read
+    back at once and its position says nothing; but what restic wrote besides the packs it
+    was seen writing did leave (the larger count wins), and `leaving` says what waits."""
     pending = sum(pack.size for pack in packs)
     being_sent = [pack for pack in packs if pack.position < pack.size]
     sending = sum(pack.position for pack in being_sent)
+    halved = (written - pending - dropped + sending) // 2
+    unsent = sum(pack.size - pack.position for pack in being_sent)
     return Upload(
-        sent=max(0, (written - pending - dropped + sending) // 2),
-        unsent=sum(pack.size - pack.position for pack in being_sent),
+        sent=max(0, halved, min(written - packed, packed)),
+        unsent=unsent if being_sent else leaving,
     )
+
+
+def share_out(left: dict[int, int], sending: Sequence[int], sent: int) -> None:
+    """Take `sent` bytes off what is `left` of the packs `sending` (inodes), evenly, as
+    restic's uploads share the bandwidth; a pack's share it did not need goes to the
+    others."""
+    sending = sorted(sending, key=lambda inode: left[inode])
+    for done, inode in enumerate(sending):
+        share = min(left[inode], sent // (len(sending) - done))
+        left[inode] -= share
+        sent -= share
+
+
+class PackBook:
+    """What a restic wrote to its temporary packs (each at its largest size seen), what it
+    wrote besides, which left (`upload_of`), and what waits in packs written whole while
+    bytes leave: restic reads a pack back at once to send it to S3, so that its position
+    says nothing; what leaves is shared among as many packs as restic has sockets, those
+    with the most left (restic 0.18 keeps a written pack open that it never sends)."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, int] = {}  # open packs: inode -> largest size
+        self.left: dict[int, int] = {}  # inode -> what is left to send of it
+        self.closed = 0  # the bytes of those seen before, closed since
+        self.others = 0  # bytes written besides the packs at the last look
+        self.others_mark = 0  # and when that last grew: bytes, time (monotonic)
+        self.left_at = -math.inf
+
+    def see(
+        self, packs: Sequence[OpenFile], sockets: int, written: int, now: float
+    ) -> tuple[int, int]:
+        """Account a look (open packs and sockets, all restic wrote, when); returns the
+        bytes of every pack seen and what waits in packs written whole while bytes leave."""
+        still = {pack.inode for pack in packs}  # a closed pack's inode may serve a new one
+        for inode in [inode for inode in self.open if inode not in still]:
+            self.closed += self.open.pop(inode)
+            self.left.pop(inode, None)
+        grown = [pack for pack in packs if pack.size > self.open.get(pack.inode, -1)]
+        self.open.update((pack.inode, pack.size) for pack in grown)
+        self.left.update((pack.inode, pack.size) for pack in grown)
+        packed = self.closed + sum(self.open.values())
+        others = written - packed  # what restic wrote besides its packs: what left
+        whole = [pack.inode for pack in packs if pack.position >= pack.size]
+        sending = sorted(whole, key=lambda inode: -self.left[inode])[: max(1, sockets)]
+        share_out(self.left, sending, max(0, others - self.others))
+        self.others = others
+        if others >= self.others_mark + PROGRESS_BYTES:
+            self.others_mark, self.left_at = others, now
+        if now - self.left_at >= LEAVING:  # nothing left lately
+            return packed, 0
+        return packed, max(1, sum(self.left[inode] for inode in sending))
 
 
 def dropped_since(before: Sequence[OpenFile], now: Sequence[OpenFile], grown: int) -> int:
@@ -690,15 +757,17 @@ class _PackMeter:
         self.packs: list[OpenFile] = []  # its temporary packs at the last look
         self.written = 0  # what it had written then, less its output to us
         self.dropped = 0  # bytes of packs it closed unsent
-        self.stderr_seen = 0  # bytes of stderr already passed on by new_messages
+        self.book = PackBook()
 
     def measure(self, pid: int, written: int) -> Upload | None:
-        packs = open_files(pid, TEMP_PACK)
-        if packs is None:
+        found = files_and_sockets(pid, TEMP_PACK)
+        if found is None:
             return None
+        packs, sockets = found
         self.dropped += dropped_since(self.packs, packs, written - self.written)
+        packed, leaving = self.book.see(packs, sockets, written, time.monotonic())
         self.packs, self.written = packs, written
-        return upload_of(written, packs, self.dropped)
+        return upload_of(written, packs, self.dropped, packed, leaving)
 
 
 class _Stream:

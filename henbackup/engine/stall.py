@@ -7,8 +7,9 @@ tool's own words (a status line whose counters moved). Time counts only while th
 watches: if it was frozen too (a paused job's cgroup), that time is no stall of the tool;
 nor while the master has paused the tool (preemption, limits/pause.py).
 
-The same look at /proc serves the progress that counts what the tool sent (`open_files`,
-and the engine's arithmetic in engine/transfer.py): /proc is read once per look.
+The same look at /proc serves the progress that counts what the tool sent
+(`files_and_sockets`, and the engine's arithmetic in engine/transfer.py): /proc is read
+once per look.
 """
 
 from __future__ import annotations
@@ -78,19 +79,27 @@ def read_io(pid: int) -> IoCounters | None:
 def open_files(pid: int, name_part: str) -> list[OpenFile] | None:
     """The files process `pid` has open whose path holds `name_part` (deleted ones too);
     None if the kernel will not say. A file closed meanwhile is left out."""
+    found = files_and_sockets(pid, name_part)
+    return None if found is None else found[0]
+
+
+def files_and_sockets(pid: int, name_part: str) -> tuple[list[OpenFile], int] | None:
+    """`open_files`, and how many sockets the process has open (one look at its fds)."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return None
-    found = []
+    found, sockets = [], 0
     for fd in fds:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if name_part in os.readlink(f"/proc/{pid}/fd/{fd}"):
+            path = os.readlink(f"/proc/{pid}/fd/{fd}")
+            sockets += path.startswith("socket:")
+            if name_part in path:
                 status = os.stat(f"/proc/{pid}/fd/{fd}")
                 with open(f"/proc/{pid}/fdinfo/{fd}") as info:
                     position = int(info.readline().split()[1])  # "pos:\t1234"
                 found.append(OpenFile(status.st_size, position, status.st_ino))
-    return found
+    return found, sockets
 
 
 def read_state(pid: int) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from integration import backends
-from integration.backends import RestServer
+from integration.backends import RestServer, S3Server
 from integration.daemon_helpers import PASSWORD, Daemon, henbackupctl
 
 from henbackup.config.model import PasswordSource
@@ -26,28 +26,25 @@ from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.observe.events import EmitFunction, Event, FieldValue
 
 pytestmark = pytest.mark.integration
-rest_repository = backends.rest_repository  # the fixture
+rest_repository, s3_server = backends.rest_repository, backends.s3_server  # the fixtures
 
 LIMIT = 256 << 10  # upload bytes/s
 SOURCE = 3 << 20  # random bytes: ~12 s at LIMIT, read in well under a second
 PACK_SLACK = 64 << 10  # what restic sends besides the data: headers, the tree, the index
 
 
-def make_source(tmp_path: Path) -> Path:
+def make_source(tmp_path: Path, size: int = SOURCE) -> Path:
     source = tmp_path / "source"
     source.mkdir()
-    (source / "big.bin").write_bytes(os.urandom(SOURCE))
+    (source / "big.bin").write_bytes(os.urandom(size))
     return source
 
 
-def backup(restic: str, server: RestServer, tmp_path: Path, events: EmitFunction):
-    """One throttled backup job; its progress events with when each came, the result and
-    when it ended (monotonic)."""
-    source = make_source(tmp_path)
+def backup(restic: str, target: Target, tmp_path: Path, events: EmitFunction, size: int = SOURCE):
+    """One throttled backup job of `size` random bytes; its progress events with when each
+    came, the result and when it ended (monotonic)."""
+    source = make_source(tmp_path, size)
     engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
-    target = Target(
-        "rest", server.location, PasswordSource("password", PASSWORD), upload_limit=LIMIT
-    )
     request = BackupRequest("pictures", (str(source),), host="testhost")
     progress: list[tuple[float, dict[str, str]]] = []
 
@@ -57,7 +54,7 @@ def backup(restic: str, server: RestServer, tmp_path: Path, events: EmitFunction
             progress.append((time.monotonic(), dict(event.fields)))
         return event
 
-    job = Job("backup", "rest", "pictures")
+    job = Job("backup", target.name, "pictures")
     reporter = ProgressReporter(job, emit)
     result: BackupResult = run_job(
         job, emit, lambda: engine.backup(target, request, reporter), engine=engine
@@ -69,10 +66,51 @@ def number(fields: dict[str, str], name: str) -> float:
     return float(fields[f"HENBACKUP_{name.upper()}"])
 
 
+def rest_target(server: RestServer) -> Target:
+    password = PasswordSource("password", PASSWORD)
+    return Target("rest", server.location, password, upload_limit=LIMIT)
+
+
+def s3_target(server: S3Server, prefix: str, limit: int) -> Target:
+    """restic reads each pack back at once to send it to S3: its position in the file
+    says nothing of what was sent."""
+    password = PasswordSource("password", PASSWORD)
+    env = tuple(server.env.items())
+    return Target("s3", server.location(prefix), password, env=env, upload_limit=limit)
+
+
 def test_a_throttled_upload_shows_what_was_read_and_sent_and_its_real_pace(
     restic: str, rest_repository: RestServer, tmp_path: Path, events: EmitFunction
 ) -> None:
-    progress, result, ended = backup(restic, rest_repository, tmp_path, events)
+    assert_truthful(*backup(restic, rest_target(rest_repository), tmp_path, events))
+
+
+@pytest.mark.parametrize(
+    ("size", "limit"),
+    [(SOURCE, LIMIT), (20 << 20, 1 << 20)],  # one pack; two packs sent side by side
+    ids=["one-pack", "packs-side-by-side"],
+)
+def test_a_throttled_upload_to_s3_shows_what_was_sent_and_its_real_pace(
+    restic: str,
+    s3_server: S3Server,
+    tmp_path: Path,
+    events: EmitFunction,
+    size: int,
+    limit: int,
+) -> None:
+    target = s3_target(s3_server, f"progress-{tmp_path.name}", limit)
+    assert ResticEngine(restic, cache_dir=tmp_path / "cache").ensure_initialized(target)
+    assert_truthful(*backup(restic, target, tmp_path, events, size), size, limit)
+
+
+def assert_truthful(
+    progress: list[tuple[float, dict[str, str]]],
+    result: BackupResult,
+    ended: float,
+    size: int = SOURCE,
+    limit: int = LIMIT,
+) -> None:
+    """What a throttled upload of `size` bytes at `limit` bytes/s showed was true."""
     assert len(progress) >= 4, progress  # ~12 s of upload, one event a second
     read = [number(fields, "bytes_done") for _, fields in progress]
     sent = [number(fields, "bytes_sent") for _, fields in progress]
@@ -80,29 +118,37 @@ def test_a_throttled_upload_shows_what_was_read_and_sent_and_its_real_pace(
     assert sent == sorted(sent) and sent[-1] > sent[0], sent
 
     # restic read everything long before it was sent: today's "100 %" is the upload's
-    ahead = [i for i, done in enumerate(read) if done == SOURCE and sent[i] < SOURCE / 2]
+    ahead = [i for i, done in enumerate(read) if done == size and sent[i] < size / 2]
     assert ahead, list(zip(read, sent, strict=True))
     assert all(percent[i] < 60 for i in ahead), (percent, sent)
-    assert all(p < 100 for p, s in zip(percent, sent, strict=True) if s < 0.9 * SOURCE)
+    assert all(p < 100 for p, s in zip(percent, sent, strict=True) if s < 0.9 * size)
 
     # sent grows at about the limit (never much faster; a busy machine may make it slower)
     (first_at, _), (last_at, last) = progress[0], progress[-1]
     pace = (sent[-1] - sent[0]) / (last_at - first_at)
-    assert LIMIT / 4 < pace < LIMIT * 1.5, pace
+    assert limit / 4 < pace < limit * 1.5, pace
     rates = [
         number(fields, "send_rate") for _, fields in progress if "HENBACKUP_SEND_RATE" in fields
     ]
-    assert rates and all(rate < LIMIT * 2 for rate in rates), rates
-    assert any(rate > LIMIT / 4 for rate in rates), rates
+    assert rates and all(rate < limit * 2 for rate in rates), rates
+    assert any(rate > limit / 4 for rate in rates), rates
 
     # the last progress before the summary agrees with it
-    assert read[-1] == result.bytes_processed == SOURCE
-    assert result.bytes_added >= SOURCE
+    assert read[-1] == result.bytes_processed == size
+    assert result.bytes_added >= size
     assert sent[-1] <= result.bytes_added + PACK_SLACK, (sent, result)
     unsent = max(0, result.bytes_added - sent[-1])
-    assert unsent <= LIMIT * 1.5 * (ended - last_at) + PACK_SLACK, (unsent, ended - last_at)
+    assert unsent <= limit * 1.5 * (ended - last_at) + PACK_SLACK, (unsent, ended - last_at)
     eta = number(last, "seconds_remaining")
-    assert eta <= unsent / (LIMIT / 4) + 2, (eta, unsent)
+    assert eta <= unsent / (limit / 4) + 2, (eta, unsent)
+
+    # never (almost) no time left while seconds of bytes wait, even at twice the limit
+    etas = [
+        (number(fields, "seconds_remaining"), result.bytes_added - sent[i])
+        for i, (_, fields) in enumerate(progress)
+        if "HENBACKUP_SECONDS_REMAINING" in fields and result.bytes_added - sent[i] > 2 * limit
+    ]
+    assert not [(eta, waiting) for eta, waiting in etas if eta < waiting / (limit * 2)], etas
 
 
 def test_status_shows_what_a_throttled_backup_read_and_sent_while_it_runs(

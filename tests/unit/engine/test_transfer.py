@@ -10,8 +10,15 @@ import sys
 import pytest
 
 from henbackup.engine.base import TransferProgress
-from henbackup.engine.restic import TEMP_PACK, dropped_since, upload_of
-from henbackup.engine.stall import OpenFile, open_files
+from henbackup.engine.restic import (
+    LEAVING,
+    TEMP_PACK,
+    PackBook,
+    dropped_since,
+    share_out,
+    upload_of,
+)
+from henbackup.engine.stall import OpenFile, files_and_sockets, open_files
 from henbackup.engine.transfer import (
     NOT_DONE,
     Upload,
@@ -114,6 +121,58 @@ def test_restic_s_upload_from_what_it_wrote_and_its_open_temporary_packs() -> No
     assert upload_of(100, [OpenFile(4 * MIB, 4 * MIB)]) == Upload(sent=0, unsent=0)  # writing
 
 
+def test_restic_s_upload_to_s3_from_what_it_wrote_besides_its_packs() -> None:
+    """Measured on restic 0.14 to moto's S3 at 256 KiB/s: a 3 MiB file in one pack, read
+    back at once to be sent (its position stays at its end) and trickled to a socket."""
+    book = PackBook()
+    tree, data = OpenFile(1563, 1563, inode=50), OpenFile(3146088, 3146088, inode=37)
+    assert book.see([tree, data], 2, 3420131, now=1.0) == (3147651, 3146088 + 1563 - 272480)
+    assert book.see([data], 1, 3552770, now=1.5) == (3147651, 2742532)  # the tree pack sent
+    packed, leaving = book.see([data], 1, 4470843, now=5.0)
+    assert (packed, leaving) == (3147651, 3147651 - 1323192)
+    # what left is what restic wrote besides its packs, not half of it; the rest waits
+    assert upload_of(4470843, [data], 0, packed, leaving) == Upload(sent=1323192, unsent=1824459)
+    assert upload_of(4470843, [data]) == Upload(sent=662377, unsent=0)  # as /proc says alone
+    # bytes left lately: never nothing waiting, even past what the pack held
+    assert book.see([data], 1, 6600000, now=12.0) == (3147651, 1)
+    assert book.see([data], 1, 6600000, now=12.0 + LEAVING) == (3147651, 0)  # none since
+
+
+def test_restic_0_18_s_pack_never_sent_does_not_wait_on_s3() -> None:
+    """Measured on restic 0.18 to moto's S3 at 256 KiB/s: three packs written whole and
+    left open, a 3 MiB one sent, a 1 MiB one never sent, a small one (the tree); one
+    socket: what leaves is the largest pack's."""
+    never = OpenFile(1087088, 1087088, inode=47)
+    data = OpenFile(3146005, 3146005, inode=24)
+    tree = OpenFile(747, 747, inode=29)
+    book = PackBook()
+    assert book.see([never, data, tree], 1, 4542941, now=1.0) == (4233840, 3146005 - 309101)
+    assert book.see([never, data, tree], 1, 5918895, now=5.0) == (4233840, 1460950)
+    packed, leaving = book.see([never, data, tree], 1, 7382108, now=11.5)
+    assert (packed, leaving) == (4233840, 1)  # sent all but the bytes about to leave
+    assert upload_of(7382108, [never, data, tree], 0, packed, leaving) == Upload(
+        sent=3148268, unsent=1
+    )
+
+
+def test_what_leaves_is_shared_among_the_packs_being_sent() -> None:
+    """Measured on restic 0.18 to moto's S3 at 1 MiB/s: 20 MiB in two packs sent side by
+    side on two sockets; the small pack's share it did not need goes to the other."""
+    left = {3: 7380001, 7: 13593085, 9: 5000}
+    share_out(left, [3, 7], 2 * MIB)
+    assert left == {3: 7380001 - MIB, 7: 13593085 - MIB, 9: 5000}
+    share_out(left, [3, 7], 14 * MIB)
+    assert left == {3: 0, 7: 13593085 + 7380001 - 16 * MIB, 9: 5000}
+
+
+def test_packs_not_seen_are_counted_as_written_twice() -> None:
+    """A fast repository (a local one) writes and sends packs between two looks: what was
+    written besides the packs seen is not all sent, half of it is."""
+    seen = OpenFile(4 * MIB, 4 * MIB, inode=3)
+    assert upload_of(24 * MIB, [], packed=4 * MIB) == Upload(sent=12 * MIB, unsent=0)
+    assert upload_of(9 * MIB, [seen], packed=4 * MIB) == Upload(sent=4 * MIB, unsent=0)
+
+
 def test_a_pack_closed_unsent_counts_as_dropped_not_sent() -> None:
     waiting, sending = OpenFile(3 * MIB, 3 * MIB, inode=7), OpenFile(6 * MIB, MIB, inode=8)
     # restic 0.18 closes a written pack it never sent: little was written meanwhile
@@ -128,7 +187,8 @@ def test_a_pack_closed_unsent_counts_as_dropped_not_sent() -> None:
 
 def test_open_files_of_a_process_deleted_ones_too() -> None:
     script = (
-        "import os, sys, tempfile\n"
+        "import os, socket, sys, tempfile\n"
+        "client = socket.socket()\n"
         f"file = tempfile.NamedTemporaryFile(prefix={TEMP_PACK!r})\n"
         "os.unlink(file.name)\n"  # as restic does
         "file.write(b'x' * 5000); file.flush(); file.seek(1234)\n"
@@ -143,6 +203,7 @@ def test_open_files_of_a_process_deleted_ones_too() -> None:
         assert found is not None and (found.size, found.position) == (5000, 1234)
         assert found.inode > 0
         assert open_files(child.pid, "no-such-name") == []
+        assert files_and_sockets(child.pid, "no-such-name") == ([], 1)
     finally:
         child.kill()
         child.wait()
