@@ -58,7 +58,11 @@ def _variable_names(
     key = f"{repository.key}.env_file"
     if path.startswith(CREDENTIALS_PLACEHOLDER + "/") and "CREDENTIALS_DIRECTORY" not in env:
         return None  # a credential of the service's: its note is already printed
-    if os.path.exists(path) and not os.access(path, os.R_OK):
+    if not os.path.exists(path):  # like a missing password_file: the job will fail on it
+        message = f"warning: env_file {path} does not exist: create it (root's, mode 0600)"
+        report.warnings.append(Problem(repository.file, key, message))
+        return None
+    if not os.access(path, os.R_OK):
         message = "note: cannot be read as this user: run check-config as root to check it"
         report.notes.append(Problem(repository.file, key, message))
         return None

@@ -118,9 +118,10 @@ def assert_truthful(
     assert sent == sorted(sent) and sent[-1] > sent[0], sent
 
     # restic read everything long before it was sent: today's "100 %" is the upload's
-    ahead = [i for i, done in enumerate(read) if done == size and sent[i] < size / 2]
+    # (on a busy machine the first event may come late: then less is left to wait)
+    ahead = [i for i, done in enumerate(read) if done == size and sent[i] < 0.95 * size]
     assert ahead, list(zip(read, sent, strict=True))
-    assert all(percent[i] < 60 for i in ahead), (percent, sent)
+    assert all(percent[i] <= 100 * sent[i] / size + 10 for i in ahead), (percent, sent)
     assert all(p < 100 for p, s in zip(percent, sent, strict=True) if s < 0.9 * size)
 
     # sent grows at about the limit (never much faster; a busy machine may make it slower)
