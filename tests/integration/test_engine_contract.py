@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import test_restic_engine
 from test_restic_engine import (  # the integration helpers, not copies of them
     digest_tree,
     on_alarm,
@@ -182,18 +183,7 @@ def kit(kind: str, template: Path, tmp_path: Path) -> Kit:
     return Kit(kind, binary, tmp_path / "repo", tmp_path, target, engines)
 
 
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    return write_tree(
-        tmp_path / "src",
-        {
-            "a.txt": b"hello\n",
-            "dir/b.bin": os.urandom(300_000),
-            "dir/sub/empty": b"",
-            "dir/sub/d.txt": b"x" * 5000,
-            "other/e": os.urandom(10_000),
-        },
-    )
+source = test_restic_engine.source  # the fixture: the same small tree
 
 
 # --- initialise, back up, list, restore ------------------------------------------------
