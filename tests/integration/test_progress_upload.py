@@ -140,8 +140,9 @@ def assert_truthful(
     assert sent[-1] <= result.bytes_added + PACK_SLACK, (sent, result)
     unsent = max(0, result.bytes_added - sent[-1])
     assert unsent <= limit * 1.5 * (ended - last_at) + PACK_SLACK, (unsent, ended - last_at)
+    # what waits includes what restic sends besides the data; a busy machine slows the pace
     eta = number(last, "seconds_remaining")
-    assert eta <= unsent / (limit / 4) + 2, (eta, unsent)
+    assert eta <= (unsent + PACK_SLACK) / (limit / 4) + 3, (eta, unsent)
 
     # never (almost) no time left while seconds of bytes wait, even at twice the limit
     etas = [
