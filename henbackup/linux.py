@@ -37,7 +37,8 @@ PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_CHILD_SUBREAPER = 1, 15, 36
 
 def set_comm(name: str) -> None:
     """Set /proc/self/comm (what `ps -e` and `top` show); the kernel keeps 15 bytes."""
-    _checked(_libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0), "prctl(PR_SET_NAME)")
+    short = name.encode()[:15].decode(errors="ignore").encode()  # whole characters only
+    _checked(_libc.prctl(PR_SET_NAME, short, 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 def set_death_signal(signum: int) -> None:

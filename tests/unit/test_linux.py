@@ -30,6 +30,19 @@ def test_set_comm_names_the_calling_thread_with_at_most_15_bytes():
     assert seen == ["hb:a-rather-lon\n"]
 
 
+def test_set_comm_cuts_between_characters_never_inside_one():
+    seen: list[bytes] = []
+
+    def named() -> None:
+        linux.set_comm("hb:pictures-b→aws")  # the arrow is 3 bytes: bytes 14 to 16
+        seen.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_bytes())
+
+    thread = threading.Thread(target=named)
+    thread.start()
+    thread.join()
+    assert seen == [b"hb:pictures-b\n"]  # not b"hb:pictures-b\xe2\x86", the arrow cut
+
+
 def test_inotify_reports_the_watch_the_mask_and_the_name(tmp_path):
     inotify = Inotify()
     try:

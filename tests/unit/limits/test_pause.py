@@ -63,6 +63,19 @@ def test_the_program_is_stopped_not_the_job_process_and_goes_on_when_resumed(
     assert state_becomes(program, "S")
 
 
+def test_a_process_named_in_bytes_that_are_not_utf8_is_found_and_paused(tmp_path: Path) -> None:
+    """Any user may name a process so (a name cut inside a character is one): the master
+    reading /proc must neither fail on it nor miss it."""
+    naming = "import sys; open('/proc/self/comm', 'wb').write(b'x\\xe2\\x86'); input()"
+    with subprocess.Popen([sys.executable, "-c", naming], stdin=subprocess.PIPE) as program:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{program.pid}/comm").read_bytes() != b"x\xe2\x86\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert children(os.getpid()) == [program.pid]
+        program.kill()
+
+
 def test_a_job_process_running_no_program_has_nothing_to_pause(tmp_path: Path) -> None:
     with subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE) as process:
         assert pause(tmp_path / "paused", process.pid) is None
