@@ -237,7 +237,7 @@ def queue(master: Master, request: ControlRequest, conversation: Conversation) -
 def _queue_row(job: LiveJob) -> dict[str, Any]:
     return {
         "job": job.ticket_id,
-        "state": "waiting" if job.state == "queued" else "running",
+        "state": "waiting" if job.state == "queued" else "paused" if job.paused else "running",
         "position": job.position,
         "operation": job.key.operation,
         "backup": job.key.backup or None,

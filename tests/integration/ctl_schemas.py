@@ -148,7 +148,7 @@ LIST_SNAPSHOTS = _object(
 QUEUE_ROW = _object(
     {
         "job": JOB_ID,
-        "state": {"enum": ["waiting", "running"]},
+        "state": {"enum": ["waiting", "running", "paused"]},
         "position": {"type": ["integer", "null"], "minimum": 1},
         "operation": {"enum": OPERATIONS},
         "backup": NULLABLE_STRING,

@@ -101,6 +101,9 @@ def test_a_superior_backup_pauses_a_throttled_one_which_then_completes(
         (row,) = next(b for b in status["backups"] if b["name"] == "pictures")["repositories"]
         assert (row["state"], row["job"]) == ("paused", pictures["HENBACKUP_JOB"])
         assert "pictures→local" in status["status"] and "(paused)" in status["status"]
+        rows = ok(henbackupctl(daemon, "queue")).splitlines()
+        (pictures_row,) = [row for row in rows if pictures["HENBACKUP_JOB"] in row]
+        assert pictures_row.split()[2] == "paused", rows
 
         daemon.wait_for("job.succeeded", DEADLINE, backup="grafana")
         resumed = daemon.wait_for("job.resumed", 30, backup="pictures")
