@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import quote
 
-WorkerKind = Literal["backup", "repository"]
+WorkerKind = Literal["backup", "repository", "watcher"]
+WATCHER_TITLE = "hbwatch"  # the watcher's process name (one inotify instance for all)
 _TAG_PREFIX = "backup-"
 
 

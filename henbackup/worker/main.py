@@ -38,10 +38,12 @@ from henbackup.protocol import (
     JobState,
     Ready,
     StartRun,
+    WatchNews,
 )
 from henbackup.scheduler.queue import Grant, Scheduler, Waiter
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
+from henbackup.worker.watching import watcher_main
 
 HEARTBEAT_INTERVAL = 10.0
 
@@ -122,7 +124,9 @@ class Worker:
             self.shutdown()
             return
         for message in messages:
-            if isinstance(message, StartRun):
+            if isinstance(message, WatchNews) and self.triggers is not None:
+                self.triggers.watch_news(message.changes, message.overflow, message.limit)
+            elif isinstance(message, StartRun):
                 self.request(
                     RunRequest(
                         "manual",
@@ -319,7 +323,9 @@ def run_job_body(
 
 
 def worker_main(spec: WorkerSpec, config: Config, channel: Channel) -> int:
-    """The body of a forked worker process."""
+    """The body of a forked worker process (or of the watcher, watching.py)."""
+    if spec.kind == "watcher":
+        return watcher_main(config, channel)
     dirs, emit = Dirs.from_environment(), Emitter()
 
     def triggers(worker: Worker) -> Triggers:
