@@ -274,11 +274,11 @@ class Master:
     def _rewatch(self, old: Config, new: Config) -> None:
         """A reload: the watcher watches anew what changed, and no more what went."""
         before, after = watches(old), watches(new)
+        for name in before.keys() - after.keys():  # first: the watches it frees
+            self._to_worker(WATCHER.key, Unwatch(name))
         for name, watch in after.items():
             if before.get(name) != watch:
                 self._to_worker(WATCHER.key, watch)
-        for name in before.keys() - after.keys():
-            self._to_worker(WATCHER.key, Unwatch(name))
 
     def _paused_or_resumed(self) -> None:
         self._update_status()
