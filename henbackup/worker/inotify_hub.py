@@ -40,7 +40,9 @@ class InotifyHub:
         self.loop = loop
         self._inotify: Inotify | None = None
         self._members: list[Member] = []
-        self._holders: dict[int, tuple[Member, ...]] = {}  # wd → who watches through it
+        # wd → who watches through it: one member, or a tuple of several (a tuple for
+        # each of 100,000 directories would cost 56 bytes each)
+        self._holders: dict[int, Member | tuple[Member, ...]] = {}
         self._resume: Timer | None = None  # while paused (see _pause)
 
     def fileno(self) -> int:
@@ -71,19 +73,19 @@ class InotifyHub:
         """The wd watching `path` for `member` too; raises OSError (ENOSPC, ENOENT...)."""
         assert self._inotify is not None
         wd = self._inotify.add_watch(path, mask | IN_MASK_ADD)
-        held = self._holders.get(wd, ())
-        if member not in held:
-            self._holders[wd] = (*held, member)
+        held = self._holders.setdefault(wd, member)
+        if held is not member and member not in _members(held):
+            self._holders[wd] = (*_members(held), member)
         return wd
 
     def release(self, wd: int, member: Member) -> None:
         """`member` no longer watches `wd`; removed from the kernel once no one does."""
-        held = self._holders.get(wd, ())
+        held = _members(self._holders.get(wd, ()))
         if member not in held:
             return
         rest = tuple(other for other in held if other is not member)
         if rest:
-            self._holders[wd] = rest
+            self._holders[wd] = rest if len(rest) > 1 else rest[0]
             return
         del self._holders[wd]
         if self._inotify is not None:
@@ -122,7 +124,8 @@ class InotifyHub:
             name = data[offset : offset + length].rstrip(b"\0") if length else b""
             offset += length
             event = (wd, mask, name)
-            for member in self._members if wd == _OVERFLOW_WD else holders.get(wd, ()):
+            held = self._members if wd == _OVERFLOW_WD else holders.get(wd, ())
+            for member in held if isinstance(held, tuple | list) else (held,):
                 batch = batches.get(member)
                 if batch is None:
                     batches[member] = [event]
@@ -146,3 +149,7 @@ class InotifyHub:
         self._resume = None
         if self._inotify is not None:
             self.loop.add_reader(self._inotify.fd, self._readable)
+
+
+def _members(held: Member | tuple[Member, ...]) -> tuple[Member, ...]:
+    return held if isinstance(held, tuple) else (held,)
