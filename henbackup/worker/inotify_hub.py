@@ -116,24 +116,28 @@ class InotifyHub:
     def _dispatch(self, data: bytes) -> dict[Member, list[Event]]:
         """Each member's events of one read."""
         batches: dict[Member, list[Event]] = {}
-        holders = self._holders
+        routes: dict[int, list[list[Event]]] = {}  # wd → the batches its events go to
         offset, end = 0, len(data)
         while offset < end:
             wd, mask, _, length = INOTIFY_EVENT.unpack_from(data, offset)
             offset += 16
             name = data[offset : offset + length].rstrip(b"\0") if length else b""
             offset += length
+            route = routes.get(wd)
+            if route is None:  # a storm hits few directories: once per wd and read
+                route = routes[wd] = [batches.setdefault(m, []) for m in self._heard_by(wd)]
             event = (wd, mask, name)
-            held = self._members if wd == _OVERFLOW_WD else holders.get(wd, ())
-            for member in held if isinstance(held, tuple | list) else (held,):
-                batch = batches.get(member)
-                if batch is None:
-                    batches[member] = [event]
-                else:
-                    batch.append(event)
+            for batch in route:
+                batch.append(event)
             if mask & IN_IGNORED:  # the kernel dropped the wd, for every holder
-                holders.pop(wd, None)
+                self._holders.pop(wd, None)
+                del routes[wd]
         return batches
+
+    def _heard_by(self, wd: int) -> tuple[Member, ...]:
+        if wd == _OVERFLOW_WD:
+            return tuple(self._members)
+        return _members(self._holders.get(wd, ()))
 
     def _pause(self) -> None:
         """Let events gather for _BATCH_DELAY before the next read: under a storm, one read
