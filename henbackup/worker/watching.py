@@ -24,7 +24,7 @@ from henbackup.observe.events import EmitFunction, Emitter
 from henbackup.protocol import Heartbeat, Ready, Unwatch, Watch, WatchNews
 from henbackup.worker.excludes import Excluder
 from henbackup.worker.inotify_hub import InotifyHub
-from henbackup.worker.watch import Watcher
+from henbackup.worker.watch import RETRY_AFTER, Watcher
 
 HEARTBEAT_INTERVAL = 10.0
 
@@ -39,10 +39,11 @@ def watches(config: Config) -> dict[str, Watch]:
 
 
 class Watching:
-    """Every watched backup's Watcher, on one inotify instance; news on `channel`."""
+    """Every watched backup's Watcher, on one inotify instance; news on `channel`. A watch
+    that met a limit is tried again every `retry_after` seconds."""
 
-    def __init__(self, loop: Loop, channel: Channel) -> None:
-        self.loop, self.channel = loop, channel
+    def __init__(self, loop: Loop, channel: Channel, retry_after: float = RETRY_AFTER) -> None:
+        self.loop, self.channel, self.retry_after = loop, channel, retry_after
         self.hub = InotifyHub(loop)
         self.watchers: dict[str, Watcher] = {}
 
@@ -57,6 +58,7 @@ class Watching:
             on_change=lambda count: send(WatchNews(name, changes=count)),
             on_overflow=lambda: send(WatchNews(name, overflow=True)),
             on_watch_limit=lambda message: send(WatchNews(name, limit=message)),
+            retry_after=self.retry_after,
             hub=self.hub,
         )
         self.watchers[name] = watcher

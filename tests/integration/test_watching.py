@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import array
 import fcntl
+import json
 import os
 import select
+import subprocess
+import sys
 import termios
 import time
 from collections import Counter
@@ -19,6 +22,9 @@ from henbackup.channel import Channel
 from henbackup.loop import Loop
 from henbackup.protocol import Watch, WatchNews
 from henbackup.worker.watching import Watching
+
+ROOT = Path(__file__).resolve().parents[2]
+UNSHARE = ("unshare", "--user", "--map-root-user")
 
 
 def inotify_instances() -> int:
@@ -158,3 +164,67 @@ def test_an_overflow_reaches_every_backup_and_each_rescans(harness, tmp_path):
     assert harness.seen_by(lambda: touch(burst / "late/deeper/f")) == {"a", "b"}
     assert harness.seen_by(lambda: touch(burst / "skipped/f")) == {"a"}
     assert harness.seen_by(lambda: touch(tmp_path / "other/f")) == {"c"}
+
+
+# A private user namespace whose inotify watch limit is low (user.max_inotify_watches is per
+# namespace: nothing outside is affected). The big tree does not fit: its backup says so and
+# tries again; the small one, on the same instance, keeps watching. Once the big tree fits,
+# the next attempt watches it.
+LIMIT_SCRIPT = r"""
+import json, shutil, sys, time
+sys.path.insert(0, sys.argv[2])
+from henbackup.channel import Channel
+from henbackup.loop import Loop
+from henbackup.protocol import Watch
+from henbackup.worker.watching import Watching
+root, loop = sys.argv[1], Loop()
+master, child = Channel.pair()
+watching = Watching(loop, child, retry_after=0.2)
+news = []
+loop.add_reader(master.fileno(), lambda: news.extend(master.receive(print) or []))
+def turn():
+    guard = loop.call_later(0.05, lambda: None); loop.run_once(); guard.cancel()
+def until(condition):
+    deadline = time.monotonic() + 30
+    while not condition() and time.monotonic() < deadline:
+        turn()
+    return condition()
+def heard(name, what):
+    return [n for n in news if n.backup == name and getattr(n, what)]
+watching.watch(Watch("small", (root + "/small",)))
+watching.watch(Watch("big", (root + "/big",)))
+big, small = watching.watchers["big"], watching.watchers["small"]
+report = {"started": [small.active, big.active]}
+open(root + "/small/f", "w").close()
+report["small_heard"] = until(lambda: bool(heard("small", "changes")))
+for i in range(25):
+    shutil.rmtree(f"{root}/big/d{i}")
+report["retried"] = until(lambda: big.active)
+open(root + "/big/d29/f", "w").close()
+report["big_heard"] = until(lambda: bool(heard("big", "changes")))
+report["limits"] = [(n.backup, n.limit) for n in news if n.limit]
+print(json.dumps(report))
+"""
+
+
+def test_a_backup_over_the_watch_limit_is_retried_and_the_others_keep_watching(tmp_path):
+    root = tmp_path / "root"
+    for i in range(3):
+        (root / f"small/d{i}").mkdir(parents=True)
+    for i in range(30):
+        (root / f"big/d{i}").mkdir(parents=True)
+    shell = 'echo 20 > /proc/sys/user/max_inotify_watches && exec "$0" "$@"'
+    done = subprocess.run(
+        [*UNSHARE, "sh", "-c", shell, sys.executable, "-c", LIMIT_SCRIPT, str(root), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["started"] == [True, False]
+    assert report["small_heard"] is True
+    [(backup, message)] = report["limits"]
+    assert backup == "big" and "fs.inotify.max_user_watches" in message
+    assert report["retried"] is True
+    assert report["big_heard"] is True
