@@ -283,7 +283,7 @@ class Daemon:
         entry = self.wait_worker(
             name, lambda w: w["state"] == "running" and w["next_run"] is not None, timeout
         )
-        backup = load_config(self.config, env={}).backups[name]
+        backup = load_config(self.config, env=self.env, deferred=[]).backups[name]
         if backup.watch is not None:
             inodes = {os.stat(p).st_ino for p in backup.paths if os.path.exists(p)}
             watching = lambda: inodes <= self.watched_inodes()  # noqa: E731
