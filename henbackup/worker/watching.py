@@ -5,7 +5,8 @@ one per backup's worker ran out at about 120 watched backups. The watcher holds 
 daemon's one instance (an InotifyHub) with a Watcher per watched backup on it, and tells
 the master what each saw (WatchNews); the master forwards it to that backup's worker,
 whose debounce, records and runs stay its own (triggers.py). A watch that met a limit is
-tried again by its Watcher, as before.
+tried again by its Watcher, as before. One instance is one kernel queue of events: when it
+overflows, no one can tell whose events were lost, so every backup rescans and runs once.
 
 The master forks it with the configuration (every watched backup at fork time) and, on a
 reload, tells it what to Watch anew and Unwatch; its set-up (seconds for a very large tree)
