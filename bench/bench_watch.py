@@ -1,4 +1,4 @@
-"""What watching costs the worker: henbackup's Watcher against bare pyinotify.
+"""What watching costs the watcher process: henbackup's Watcher against bare pyinotify.
 
 - Set-up: watching trees of 20,000 and 100,000 directories (fan-out 10), each measured in a
   fresh interpreter: wall time of the start, and RSS growth per watch (the worker's memory;
