@@ -1,11 +1,11 @@
-"""What watching costs the worker: henbackup's Watcher against bare pyinotify.
+"""What watching costs the watcher process: henbackup's Watcher against bare pyinotify.
 
 - Set-up: watching trees of 20,000 and 100,000 directories (fan-out 10), each measured in a
-  fresh interpreter: wall time of the start, and RSS growth per watch (the worker's memory;
+  fresh interpreter: wall time of the start, and RSS growth per watch (the watcher's memory;
   the kernel's own ~1 KiB per watch is not in it). Baseline: pyinotify's
   WatchManager.add_watch(rec=True), as the issue measured it. Median of REPETITIONS.
 - Storm: another process creates 100,000 files (create + write: 2 events each) in a watched
-  directory while the loop debounces (wait_min 1 s): the triggers it gave and the worker's
+  directory while the loop debounces (wait_min 1 s): the triggers it gave and the watcher's
   CPU time until the trigger. henbackup checks excludes .git and *.tmp on each event.
   Baseline: pyinotify's Notifier read_events/process_events on the same loop (no threads),
   counting the same events.

@@ -4,7 +4,8 @@ A backup NAME is the master's worker `backup:NAME` (a repository's worker is
 `repository:NAME`), the processes `hb:NAME` (its worker) and `hbjob:NAME` (its job process)
 in `ps`, the run record `backups/NAME.json` in the state directory (NAME %-encoded as one
 file name) and the restic tag `backup-NAME` on its snapshots. The status model keys its
-results by observe.status.RunKey(repository, "backup", NAME).
+results by observe.status.RunKey(repository, "backup", NAME). The watcher, which watches
+every backup's paths, is the worker `watcher:watcher` and the process `hbwatch`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import quote
 
-WorkerKind = Literal["backup", "repository"]
+WorkerKind = Literal["backup", "repository", "watcher"]
+WATCHER_TITLE = "hbwatch"  # the watcher's process name (one inotify instance for all)
 _TAG_PREFIX = "backup-"
 
 

@@ -11,10 +11,12 @@ from the same declarations. A field sent as null counts as not sent. A reply is 
 object with "ok" (a failed one: `reply_error`); the status reply's rows are declared here
 (StatusRow), with the JSON schema of each member: the tests check the daemon against it.
 
-Channel messages. Six frozen dataclasses, one per "type": a worker says Ready then a
+Channel messages. Nine frozen dataclasses, one per "type": a worker says Ready then a
 Heartbeat every few seconds, and JobState as its job process starts and ends; a job process
 tells each job and hook event (JobEvent, which its worker forwards with the requests waiting
-for it), a one-off job process its OneOffResult; the master asks a worker to StartRun.
+for it), a one-off job process its OneOffResult; the master asks a worker to StartRun. The
+watcher (the daemon's one inotify instance) is told what to Watch and Unwatch, and says
+what it saw (WatchNews), which the master forwards to the backup's worker.
 `decode_message` checks a received line against its declaration: a child that sends a line
 of the wrong shape costs one ProtocolError, never its parent.
 """
@@ -385,9 +387,53 @@ class OneOffResult(_Message):
         return cls(reply)
 
 
-ChannelMessage = Ready | Heartbeat | JobState | JobEvent | StartRun | OneOffResult
+@dataclass(frozen=True)
+class Watch(_Message):
+    """The master asks the watcher to watch a backup's paths (anew, if it watched them)."""
+
+    TYPE = "watch"
+    backup: str = _carrying(TEXT)
+    paths: tuple[str, ...] = _carrying(TEXTS)
+    excludes: tuple[str, ...] = _carrying(TEXTS, ())
+
+
+@dataclass(frozen=True)
+class Unwatch(_Message):
+    """The master asks the watcher to stop watching a backup."""
+
+    TYPE = "unwatch"
+    backup: str = _carrying(TEXT)
+
+
+@dataclass(frozen=True)
+class WatchNews(_Message):
+    """What the watcher saw of a backup's paths, forwarded by the master to its worker:
+    `changes` changes, lost events (`overflow`), or a watch limit met (`limit` says which
+    and how to raise it)."""
+
+    TYPE = "watched"
+    backup: str = _carrying(TEXT)
+    changes: int = _carrying(INTEGER, 0)
+    overflow: bool = _carrying(FLAG, False)
+    limit: str | None = _carrying(TEXT, None)
+
+
+ChannelMessage = (
+    Ready | Heartbeat | JobState | JobEvent | StartRun | OneOffResult | Watch | Unwatch | WatchNews
+)
 MESSAGES: dict[str, type[ChannelMessage]] = {
-    kind.TYPE: kind for kind in (Ready, Heartbeat, JobState, JobEvent, StartRun, OneOffResult)
+    kind.TYPE: kind
+    for kind in (
+        Ready,
+        Heartbeat,
+        JobState,
+        JobEvent,
+        StartRun,
+        OneOffResult,
+        Watch,
+        Unwatch,
+        WatchNews,
+    )
 }
 
 

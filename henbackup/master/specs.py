@@ -1,4 +1,5 @@
-"""What the master supervises: one worker per backup, one per maintained repository.
+"""What the master supervises: one worker per backup, one per maintained repository, and
+the watcher when a backup is watched (one inotify instance for all: worker/watching.py).
 
 A worker's `definition` holds everything it depends on, so a reload restarts exactly the
 workers whose definition changed and leaves the others running, even mid-backup.
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 from henbackup.config.model import Config
 from henbackup.worker.spec import WorkerSpec
+
+WATCHER = WorkerSpec("watcher", "watcher", ())
 
 
 def worker_specs(config: Config) -> dict[str, WorkerSpec]:
@@ -27,6 +30,8 @@ def worker_specs(config: Config) -> dict[str, WorkerSpec]:
         for name, repository in config.repositories.items()
         if repository.check is not None or repository.prune is not None
     ]
+    if any(backup.watch is not None for backup in config.backups.values()):
+        specs.append(WATCHER)  # told what to watch, not restarted by a reload (see Master)
     return {spec.key: spec for spec in specs}
 
 

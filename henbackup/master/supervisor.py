@@ -1,6 +1,11 @@
 """The master: forks one worker per backup (and per maintained repository), keeps them alive,
 reloads on SIGHUP, stops cleanly on SIGTERM, and tells systemd how things are.
 
+When a backup is watched it also keeps the watcher alive (worker/watching.py: the daemon's
+one inotify instance), tells it what to watch as reloads change it, and forwards what it
+saw to the backup's worker; once a watcher that died watches again, every watched backup's
+worker hears that events were lost (a backup runs to catch up).
+
 One selector loop: pidfds say a child exited, channels carry its heartbeats and news,
 timers restart children after their backoff and ping the watchdog. Signals only wake it.
 No one bad event ends it: an exception in any callback becomes a daemon.error event with
@@ -35,7 +40,7 @@ from henbackup.master import commands
 from henbackup.master.control import ControlServer, Conversation, bind, socket_from_systemd
 from henbackup.master.jobs import Jobs, OneOffBody
 from henbackup.master.preempt import Preemption
-from henbackup.master.specs import diff, worker_specs
+from henbackup.master.specs import WATCHER, diff, worker_specs
 from henbackup.master.states import Child, ChildState, Policy
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.notify import Notifier
@@ -56,10 +61,14 @@ from henbackup.protocol import (
     JobExit,
     JobState,
     Ready,
+    Unwatch,
+    Watch,
+    WatchNews,
     reply_error,
 )
 from henbackup.scheduler.queue import PAUSE_MARKS
 from henbackup.worker.spec import WorkerSpec
+from henbackup.worker.watching import watches
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
@@ -87,6 +96,7 @@ class Supervised:
     next_run: float | None = None  # epoch seconds of its next scheduled run
     replacement: WorkerSpec | None = None  # a changed definition, started once this one stops
     hung: bool = False
+    spawns: int = 0  # how many times it was started
 
     @property
     def channel(self) -> Channel | None:
@@ -197,9 +207,10 @@ class Master:
     def _spawn(self, key: str) -> None:
         supervised = self.children[key]
         config, spec = self.config, supervised.spec
+        title = names.WATCHER_TITLE if spec == WATCHER else names.worker_title(spec.name)
         process = start_watched(
             self.loop,
-            names.worker_title(spec.name),
+            title,
             lambda channel: self.worker_body(spec, config, channel),
             heard=lambda messages: self._heard(key, messages),
             exited=lambda status: self._exited(key, status),
@@ -208,6 +219,7 @@ class Master:
         now = self.loop.clock()
         supervised.process, supervised.last_heard = process, now
         supervised.hung, supervised.running = False, False
+        supervised.spawns += 1
         supervised.child.spawned(process.pid, now)
         self.emit(
             "child.started",
@@ -215,7 +227,7 @@ class Master:
             child=spec.name,
             child_kind=spec.kind,
             pid=process.pid,
-            **{spec.kind: spec.name},
+            **_owner(spec),
         )
 
     def _heard(self, key: str, messages: list[ChannelMessage]) -> None:
@@ -230,6 +242,11 @@ class Master:
             return
         if isinstance(message, Ready) and supervised.child.state is ChildState.STARTING:
             supervised.child.ready(self.loop.clock())
+            if supervised.spec == WATCHER and supervised.spawns > 1:
+                self._watching_again()
+        elif isinstance(message, WatchNews):
+            self._to_worker(names.worker_key("backup", message.backup), message)
+            return
         elif isinstance(message, JobEvent):
             self.jobs.event(key, message)
         elif isinstance(message, JobState):
@@ -242,6 +259,26 @@ class Master:
         self._update_status(supervised)
         if isinstance(message, JobState):
             self.jobs.write_metrics()  # its next run, in the textfile too
+
+    def _to_worker(self, key: str, message: WatchNews | Watch | Unwatch) -> None:
+        """Tell child `key`, if it is there to hear (else the message goes)."""
+        supervised = self.children.get(key)
+        if supervised is not None and supervised.channel is not None:
+            supervised.channel.send(message)
+
+    def _watching_again(self) -> None:
+        """The watcher died and watches again: what changed in between was not seen."""
+        for name in watches(self.config):
+            self._to_worker(names.worker_key("backup", name), WatchNews(name, overflow=True))
+
+    def _rewatch(self, old: Config, new: Config) -> None:
+        """A reload: the watcher watches anew what changed, and no more what went."""
+        before, after = watches(old), watches(new)
+        for name in before.keys() - after.keys():  # first: the watches it frees
+            self._to_worker(WATCHER.key, Unwatch(name))
+        for name, watch in after.items():
+            if before.get(name) != watch:
+                self._to_worker(WATCHER.key, watch)
 
     def _paused_or_resumed(self) -> None:
         self._update_status()
@@ -286,7 +323,7 @@ class Master:
             pid=pid,
             exit_status=os.waitstatus_to_exitcode(status),
             state=child.state.value,
-            **{spec.kind: spec.name},
+            **_owner(spec),
         )
 
     def _after_exit(self, key: str, supervised: Supervised) -> None:
@@ -359,6 +396,7 @@ class Master:
         old = {key: supervised.spec for key, supervised in self.children.items()}
         new = worker_specs(config)
         change = diff(old, new)
+        self._rewatch(self.config, config)
         self.config = config
         self._configure_preemption()
         for key in change.removed:
@@ -454,11 +492,21 @@ class Master:
         `changed`: only that worker changed (its news), so only its view is made again: a
         thousand workers' news must not cost a thousand views each."""
         if changed is not None:
-            self.model.worker_changed(changed.spec.key, _view(changed))
+            if changed.spec != WATCHER:
+                self.model.worker_changed(changed.spec.key, _view(changed))
         else:
-            workers = ((key, _view(supervised)) for key, supervised in self.children.items())
+            workers = (
+                (key, _view(supervised))
+                for key, supervised in self.children.items()
+                if supervised.spec != WATCHER
+            )
             self.model.daemon_changed(workers, self.stopping, self.config_path)
         self.notifier.status(self.model.status_line())
+
+
+def _owner(spec: WorkerSpec) -> dict[str, str]:
+    """The backup or repository a child's events name (the watcher's: none)."""
+    return {} if spec == WATCHER else {spec.kind: spec.name}
 
 
 def _view(supervised: Supervised) -> WorkerView:

@@ -8,7 +8,8 @@ A run waits for its turn in the host-wide queue here, as a ticket and a FIFO in 
 (scheduler/queue.py), not as a process: the job process is forked when the slot is granted,
 and takes the grant over (200 backups due at once cost 200 tickets, and as many job
 processes as there are slots). A job process that cannot be forked fails the run's jobs
-with a job.failed each; one that dies before it took its ticket over leaves no ticket
+with a job.failed each, and so does one that dies before it said anything (a crash at its
+start: never silence); one that dies before it took its ticket over leaves no ticket
 behind (`Scheduler.forget_own`).
 """
 
@@ -29,7 +30,7 @@ from henbackup.jobs.job import Job
 from henbackup.jobs.pipeline import Admitted, announce_cancelled, announce_queued, ticket_for
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction, Emitter, FieldValue
-from henbackup.process import Watched, start_watched
+from henbackup.process import Watched, describe_exit, start_watched
 from henbackup.protocol import (
     ChannelMessage,
     Heartbeat,
@@ -38,10 +39,12 @@ from henbackup.protocol import (
     JobState,
     Ready,
     StartRun,
+    WatchNews,
 )
 from henbackup.scheduler.queue import Grant, Scheduler, Waiter
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
+from henbackup.worker.watching import watcher_main
 
 HEARTBEAT_INTERVAL = 10.0
 
@@ -92,6 +95,7 @@ class Worker:
         self.waiter: Waiter | None = None  # while its next job waits for its turn
         self.granted: Grant | None = None  # the grant handed to the job process
         self.job: Watched | None = None  # the job process, telling its events
+        self.heard_from_job = False  # it sent an event: it started
         self.pending: list[RunRequest] = []  # runs asked by hand during a run, in order
         self.stopping = False
 
@@ -122,7 +126,9 @@ class Worker:
             self.shutdown()
             return
         for message in messages:
-            if isinstance(message, StartRun):
+            if isinstance(message, WatchNews) and self.triggers is not None:
+                self.triggers.watch_news(message.changes, message.overflow, message.limit)
+            elif isinstance(message, StartRun):
                 self.request(
                     RunRequest(
                         "manual",
@@ -176,7 +182,10 @@ class Worker:
         self._send_state("running", operation=run.operation)
         self.jobs, self.cancelled, self.granted = self._jobs_of(run), (), None
         if self.scheduler is None or not self.jobs:
-            self._fork(run, None)
+            try:
+                self._fork(run, None)
+            except OSError as error:  # EAGAIN, ENOMEM, EMFILE: no process, and no silence
+                self._failed_to_start(f"its job process could not start: {error}")
         else:
             self._queue_next(self.scheduler)
 
@@ -230,6 +239,7 @@ class Worker:
         self.granted = grant
 
     def _fork(self, run: RunRequest, admitted: Admitted | None) -> None:
+        self.heard_from_job = False
         self.job = start_watched(  # the child closes the loop's fds: channel, inotify, timers
             self.loop,
             names.job_title(self.spec.name),
@@ -239,12 +249,12 @@ class Worker:
             malformed=lambda error: self._malformed("its job process", error),
         )
 
-    def _failed_to_start(self, error: str) -> None:
+    def _failed_to_start(self, error: str, code: int = JobExit.FAILED) -> None:
         """The run could not start: each of its jobs left failed (a job.failed each)."""
         for job in self.jobs[len(self.cancelled) :]:
             message = f"{job.title}: {job.operation} failed: {error}"
             self._tell("job.failed", message, **job.fields(), error=error)
-        self._run_ended(JobExit.FAILED)
+        self._run_ended(code)
 
     def _tell(self, kind: str, message: str, **fields: FieldValue) -> None:
         """A job event of the worker's own: to the journal, and to the master."""
@@ -257,6 +267,7 @@ class Worker:
         assert self.current is not None
         for message in messages:
             if isinstance(message, JobEvent):
+                self.heard_from_job = True
                 self.channel.send(replace(message, requests=self.current.requests))
 
     def _job_exited(self, status: int) -> None:
@@ -266,7 +277,11 @@ class Worker:
             if self.granted is not None:  # died before it took its ticket over?
                 self.scheduler.forget_own(self.granted.ticket.job_id)
             self.scheduler.nudge()  # if it died holding its slot, the next job may start
-        self._run_ended(os.waitstatus_to_exitcode(status))
+        code = os.waitstatus_to_exitcode(status)
+        if not self.heard_from_job and code not in tuple(JobExit):  # crashed at its start
+            self._failed_to_start(f"its job process {describe_exit(code)} as it started", code)
+            return
+        self._run_ended(code)
 
     def _run_ended(self, code: int) -> None:
         finished, self.current = self.current, None
@@ -319,7 +334,9 @@ def run_job_body(
 
 
 def worker_main(spec: WorkerSpec, config: Config, channel: Channel) -> int:
-    """The body of a forked worker process."""
+    """The body of a forked worker process (or of the watcher, watching.py)."""
+    if spec.kind == "watcher":
+        return watcher_main(config, channel)
     dirs, emit = Dirs.from_environment(), Emitter()
 
     def triggers(worker: Worker) -> Triggers:

@@ -1,7 +1,8 @@
 """What makes a worker start runs (henbackup.toml(5), TRIGGERS), composed from the pieces beside it.
 
 A backup's worker has its schedule (intervals and cron, counted from the last success kept
-in the state directory) and its watch (inotify, debounced). A maintained repository's
+in the state directory) and its watch, debounced: what the watcher process saw of its paths
+(watching.py), forwarded by the master. A maintained repository's
 worker has a check schedule and a prune schedule. Every run's start and end is recorded
 here, so a restart of the worker, or of the daemon, neither repeats nor loses a run (one
 that henbackup's stop interrupted has a start and no end: it runs again at the next start).
@@ -19,10 +20,8 @@ from henbackup.config.model import Backup, Repository, ScheduleEntry
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction
 from henbackup.worker.debounce import Debouncer, DebounceTimer
-from henbackup.worker.excludes import Excluder
 from henbackup.worker.schedule import Fired, ScheduleTimer
 from henbackup.worker.state import StateStore
-from henbackup.worker.watch import Watcher
 
 # Asks the worker for a run: (trigger, reason, operation).
 RequestRun = Callable[[str, str, str], None]
@@ -37,8 +36,9 @@ class Triggers:
     timers: dict[str, ScheduleTimer] = field(default_factory=dict)  # by operation
     started: dict[str, float] = field(default_factory=dict)  # wall time of runs in progress
     debouncer: Debouncer | None = None
-    timer: DebounceTimer | None = None
-    watcher: Watcher | None = None
+    timer: DebounceTimer | None = None  # set when the backup is watched
+    on_overflow: Callable[[], None] = lambda: None
+    on_watch_limit: Callable[[str], None] = lambda message: None
     dirty: bool = False  # the watch saw a change since the last backup started
 
     def add_operation(self, operation: str, key: str, entries: tuple[ScheduleEntry, ...]) -> None:
@@ -54,11 +54,21 @@ class Triggers:
     def start(self) -> None:
         for operation, timer in self.timers.items():
             timer.arm(self.store.load(self.keys[operation]))
-        if self.watcher is not None:
-            self.watcher.start()
-            if self.store.load(self.keys["backup"]).unsaved_changes:
-                self.dirty = True
-                self.request("startup", "changes seen before the daemon stopped", "backup")
+        watched = self.timer is not None
+        if watched and self.store.load(self.keys["backup"]).unsaved_changes:
+            self.dirty = True
+            self.request("startup", "changes seen before the daemon stopped", "backup")
+
+    def watch_news(self, changes: int, overflow: bool, limit: str | None) -> None:
+        """What the watcher saw of the backup's paths (ignored if it is not watched)."""
+        if self.timer is None:
+            return
+        if limit is not None:
+            self.on_watch_limit(limit)
+        if overflow:
+            self.on_overflow()
+        if changes:
+            self.changed(changes)
 
     def changed(self, count: int) -> None:
         """The watch saw `count` changes: debounce them, and remember them across restarts."""
@@ -121,9 +131,7 @@ def backup_triggers(
             emit("watch.limit", message, backup=backup.name)
 
         triggers.debouncer, triggers.timer = debouncer, timer
-        triggers.watcher = Watcher(
-            backup.paths, Excluder(backup.excludes), loop, triggers.changed, overflow, limit
-        )
+        triggers.on_overflow, triggers.on_watch_limit = overflow, limit
     return triggers
 
 

@@ -1,4 +1,4 @@
-"""A recursive inotify watch of a backup's paths, served by the worker's selector loop.
+"""A recursive inotify watch of a backup's paths, served by a selector loop.
 
 Every directory under each path is watched, except those restic's --exclude skips (the same
 `Excluder`); new directories are followed, a directory created with content already in it is
@@ -11,14 +11,18 @@ again every `retry_after` seconds, and says so again only after a start that wor
 that disappears is waited for from its nearest existing parent and watched again when it
 comes back.
 
+Watchers share one inotify instance when given the same `InotifyHub` (inotify_hub.py):
+the watcher process (watching.py) watches every backup of the daemon through one. A
+directory two backups watch then has one watch descriptor, held by both.
+
 Why not pyinotify's WatchManager and Notifier: measured by bench/bench_watch.py, they cost
 ~400 bytes and ~22 µs per watch and ~30 µs per event, far above the issue's budget (150
 bytes per watch, 2 s of CPU per 100k-file storm), and raise on names that are not UTF-8.
 This module talks to the same three libc calls (inotify_init1, inotify_add_watch,
 inotify_rm_watch, wrapped by `henbackup.linux.Inotify`) as pyinotify does: a watched
-directory costs ~60 bytes (its parent's watch descriptor and its own name, in tables indexed
-by watch descriptor), ~8 µs to set up (leaf directories are not read: see
-`_subdirectories`), and an event ~2 µs (reads are batched: see `_pause`).
+directory costs its parent's watch descriptor and its own name (in tables keyed by watch
+descriptor), ~8 µs to set up (leaf directories are not read: see `_subdirectories`), and
+an event ~2 µs (reads are batched: see InotifyHub._pause).
 
 Not followed: a rename of an ancestor of a configured path (the watches follow the inodes,
 the paths reported then are the old ones), a file system mounted over a watched directory
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import os
-from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -51,12 +54,11 @@ from henbackup.linux import (
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
-    INOTIFY_EVENT,
-    Inotify,
     statfs_type,
 )
 from henbackup.loop import Loop, Timer
 from henbackup.worker.excludes import Excluder
+from henbackup.worker.inotify_hub import Event, InotifyHub
 
 _CHANGES = IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 _SELF = IN_DELETE_SELF | IN_MOVE_SELF
@@ -67,11 +69,8 @@ _ANCHOR_MASK = IN_CREATE | IN_MOVED_TO | _SELF | IN_ONLYDIR | IN_MASK_ADD
 _NEW_DIR = IN_CREATE | IN_MOVED_TO
 _SLOW = IN_ISDIR | _SELF | IN_IGNORED | IN_Q_OVERFLOW | IN_UNMOUNT  # events that need thought
 
-_READ_SIZE = 1 << 18
-_BATCH_DELAY = 0.02  # seconds between two reads (see Watcher._pause)
 _ROOT = 0  # parent of a path's own directory
-_FREE = -1  # parent of a slot without a watch
-_REBUILD_SLACK = 1 << 18  # see _maybe_rebuild
+_FREE = -1  # parent of a wd without a watch
 _MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
 _NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
 RETRY_AFTER = 60.0  # seconds between two attempts to set up a watch that hit a limit
@@ -94,7 +93,8 @@ class _Path:
 
 
 class Watcher:
-    """Watches `paths` (absolute) recursively; see the module docstring."""
+    """Watches `paths` (absolute) recursively; see the module docstring. `hub`: the inotify
+    instance it shares with other Watchers (None: an instance of its own)."""
 
     def __init__(
         self,
@@ -105,15 +105,16 @@ class Watcher:
         on_overflow: Callable[[], None],
         on_watch_limit: Callable[[str], None],
         retry_after: float = RETRY_AFTER,
+        hub: InotifyHub | None = None,
     ) -> None:
         self.excluder = excluder
         self.loop = loop
+        self.hub = hub or InotifyHub(loop)
         self.on_change = on_change
         self.on_overflow = on_overflow
         self.on_watch_limit = on_watch_limit
         self._paths = [_Path(os.fsencode(p)) for p in _outermost(paths)]
-        self._inotify: Inotify | None = None
-        self._resume: Timer | None = None  # while paused (see _pause)
+        self._joined = False  # whether it watches through the hub
         self.retry_after = retry_after
         self._retry: Timer | None = None  # while off after a limit: the next attempt
         self._limited = False  # the limit was said, and no start worked since
@@ -123,12 +124,12 @@ class Watcher:
     @property
     def active(self) -> bool:
         """Whether the watch runs (False before start, after close or a limit)."""
-        return self._inotify is not None
+        return self._joined
 
     @property
     def watch_count(self) -> int:
         """How many directories (and file paths) are watched."""
-        return self._live
+        return len(self._name)
 
     def start(self) -> None:
         """Open inotify and watch every path. Running out of watches or instances calls
@@ -149,29 +150,25 @@ class Watcher:
         self._limited = False
 
     def close(self) -> None:
-        """Release every watch (closing the fd does it at once)."""
-        if self._inotify is not None:
-            if self._resume is None:
-                self.loop.remove_reader(self._inotify.fd)
-            else:
-                self._resume.cancel()
-                self._resume = None
-            self._inotify.close()
-            self._inotify = None
+        """Release every watch (the hub's last Watcher closes the instance: at once)."""
+        if self._joined:
+            self._joined = False
+            self.hub.leave(self, self._name.keys() | self._anchors.keys())
         self._reset_tables()
 
     def fileno(self) -> int:
-        return -1 if self._inotify is None else self._inotify.fd
+        """The inotify instance's descriptor, -1 while not watching."""
+        return self.hub.fileno() if self._joined else -1
 
     def _open(self) -> None:
         try:
-            self._inotify = Inotify()
+            self.hub.join(self)
         except OSError as error:
             if error.errno != errno.EMFILE:
                 raise
             message = _limit_message("max_user_instances", "instances", b"")
             raise _LimitReached(message) from None
-        self.loop.add_reader(self._inotify.fd, self._readable)
+        self._joined = True
 
     def _give_up(self, message: str) -> None:
         self.close()
@@ -183,59 +180,47 @@ class Watcher:
     def _reset_tables(self) -> None:
         for watched in self._paths:
             watched.wd = watched.anchor = 0
-        # Indexed by watch descriptor (the kernel hands them out in increasing order).
-        self._parent = array("i")  # parent's wd, _ROOT for a configured path, _FREE
-        self._name: list[bytes | None] = []  # the name; a configured path's whole path
-        self._live = 0
+        # Keyed by watch descriptor: the tree of watched directories.
+        self._parent: dict[int, int] = {}  # parent's wd, _ROOT for a configured path
+        self._name: dict[int, bytes] = {}  # the name; a configured path's whole path
         self._anchors: dict[int, list[_Path]] = {}
         self._roots: dict[int, _Path] = {}
         self._paths_cache: dict[int, bytes] = {}
         self._nlink_trusted: dict[int, bool] = {}  # by st_dev
         self._orphans = False  # a directory left the tree: sweep its subtree
         self._walk_later: list[tuple[bytes, int, bytes]] = []
-        self._visited: bytearray | None = None  # during a rescan: the wds seen
+        self._visited: set[int] | None = None  # during a rescan: the wds seen
 
     # the watch table
     def _add_watch(self, path: bytes, mask: int) -> int:
         """The wd watching `path`, or -errno. ENOSPC raises _LimitReached."""
-        assert self._inotify is not None
         try:
-            return self._inotify.add_watch(path, mask)
+            return self.hub.add_watch(path, mask, self)
         except OSError as error:
             if error.errno == errno.ENOSPC:
                 raise _LimitReached(_limit_message("max_user_watches", "watches", path)) from None
             return -error.errno
 
     def _set(self, wd: int, parent: int, name: bytes) -> None:
-        if wd >= len(self._name):
-            grow = wd + 1 - len(self._name)
-            self._name.extend([None] * grow)
-            self._parent.extend([_FREE] * grow)
-        if self._name[wd] is None:
-            self._live += 1
         self._parent[wd], self._name[wd] = parent, name
         if self._visited is not None:
-            if wd >= len(self._visited):
-                self._visited.extend(bytes(wd + 1 - len(self._visited)))
-            self._visited[wd] = 1
+            self._visited.add(wd)
 
     def _known(self, wd: int) -> bool:
-        return 0 < wd < len(self._name) and self._name[wd] is not None
+        return wd in self._name
 
     def _free(self, wd: int, remove: bool) -> None:
-        """Forget `wd`; `remove`: also ask the kernel to drop it (unless still an anchor)."""
-        if not self._known(wd):
+        """Forget `wd`; `remove`: also release it (unless still an anchor)."""
+        if wd not in self._name:
             return
-        self._name[wd], self._parent[wd] = None, _FREE
-        self._live -= 1
+        del self._name[wd], self._parent[wd]
         if self._roots.get(wd) is not None:
             self._roots.pop(wd).wd = 0
         if remove and wd not in self._anchors:
             self._rm_watch(wd)
 
     def _rm_watch(self, wd: int) -> None:
-        if self._inotify is not None:
-            self._inotify.rm_watch(wd)  # one the kernel already dropped is no error
+        self.hub.release(wd, self)  # the kernel drops it once no Watcher holds it
 
     def _dir_path(self, wd: int) -> bytes | None:
         """The path of watched directory `wd` (cached until a directory moves), or None when
@@ -246,7 +231,7 @@ class Watcher:
         names: list[bytes] = []
         at = wd
         while len(names) < _MAX_DEPTH:
-            name, parent = self._name[at], self._parent[at]
+            name, parent = self._name.get(at), self._parent.get(at, _FREE)
             if name is None or parent == _FREE:
                 return None
             names.append(name)
@@ -360,38 +345,20 @@ class Watcher:
         watched.anchor = 0
 
     # events
-    def _readable(self) -> None:
-        inotify = self._inotify
-        assert inotify is not None
-        data = inotify.read(_READ_SIZE)
-        if not data:
-            return
+    def handle(self, events: list[Event]) -> None:
+        """The hub read events of this Watcher's watches (an overflow: everyone's)."""
+        if not self._joined:
+            return  # gave up within the same read
         try:
-            changes = self._process(data)
-            changes += self._after_batch()
+            changes = self._process(events)
+            self._after_batch()
         except _LimitReached as limit:
             self._give_up(str(limit))
             changes = 1  # a new directory, at least: what did not fit
-        if self._inotify is inotify:  # neither given up nor rebuilt meanwhile
-            self._pause()
         if changes:
             self.on_change(changes)
 
-    def _pause(self) -> None:
-        """Let events gather for _BATCH_DELAY before the next read: under a storm, one read
-        per batch instead of one wake-up per event (the first event after quiet is still
-        read at once). The kernel queue holds 16384 events: 20 ms would overflow only past
-        800,000 events a second."""
-        assert self._inotify is not None
-        self.loop.remove_reader(self._inotify.fd)
-        self._resume = self.loop.call_later(_BATCH_DELAY, self._unpause)
-
-    def _unpause(self) -> None:
-        self._resume = None
-        if self._inotify is not None:
-            self.loop.add_reader(self._inotify.fd, self._readable)
-
-    def _process(self, data: bytes) -> int:
+    def _process(self, events: list[Event]) -> int:
         """Handle one read's events; returns how many changes they show."""
         changes = 0
         names, anchors = self._name, self._anchors
@@ -399,14 +366,8 @@ class Watcher:
         # exclusion needs no path (no patterns, or patterns about names only).
         fast = not self.excluder or self.excluder.name_only
         excluded_name = self.excluder.excluded_name if self.excluder else None
-        offset, end = 0, len(data)
-        while offset < end:
-            wd, mask, _, length = INOTIFY_EVENT.unpack_from(data, offset)
-            offset += 16
-            name = data[offset : offset + length].rstrip(b"\0") if length else b""
-            offset += length
-            in_tree = 0 < wd < len(names) and names[wd] is not None and wd not in anchors
-            if fast and name and not mask & _SLOW and in_tree:
+        for wd, mask, name in events:
+            if fast and name and not mask & _SLOW and wd in names and wd not in anchors:
                 if excluded_name is None or not excluded_name(os.fsdecode(name)):
                     changes += 1
                 continue
@@ -494,7 +455,7 @@ class Watcher:
             if mask & (_SELF | IN_IGNORED):  # the ancestor itself went away
                 self._drop_anchor(watched)
                 self._anchor(watched)
-            elif name == watched.awaited:
+            elif name == watched.awaited and mask & _NEW_DIR:  # (a shared wd hears more)
                 before = watched.wd
                 self._establish(watched)
                 changes += watched.wd != before
@@ -504,11 +465,11 @@ class Watcher:
 
     def _overflowed(self) -> None:
         """The kernel dropped events: rescan everything after this read."""
-        self._visited = bytearray(len(self._name))
+        self._visited = set()
         self.on_overflow()
 
-    def _after_batch(self) -> int:
-        """Deferred work after a read: rescan, sweep, rebuild; returns changes it found."""
+    def _after_batch(self) -> None:
+        """Deferred work after a read: rescan, sweep, walk the directories that moved."""
         if self._visited is not None:
             self._rescan()
         if self._orphans:
@@ -517,54 +478,41 @@ class Watcher:
             if self._known(parent):
                 self._watch_tree(path, parent, name)
         self._walk_later.clear()
-        return self._maybe_rebuild()
 
     def _rescan(self) -> None:
         """Walk every path again: watch what was missed, forget what is gone."""
         for watched in self._paths:
             self._establish(watched)
-        visited, self._visited = self._visited or bytearray(), None
-        for wd in range(len(self._name)):
-            if self._name[wd] is not None and (wd >= len(visited) or not visited[wd]):
-                self._free(wd, remove=True)
+        visited, self._visited = self._visited or set(), None
+        for wd in [wd for wd in self._name if wd not in visited]:
+            self._free(wd, remove=True)
         self._paths_cache.clear()
 
     def _sweep(self) -> None:
         """Forget every watch whose chain of parents no longer reaches a configured path."""
         self._orphans = False
-        state = bytearray(len(self._name))  # 0 unknown, 1 reaches a path, 2 cut off
-        for wd in range(len(self._name)):
-            if self._name[wd] is None or state[wd]:
+        state: dict[int, bool] = {}  # wd → whether it reaches a configured path
+        for wd in self._name:
+            if wd in state:
                 continue
             chain, at = [], wd
             while True:
-                if at == _FREE or self._name[at] is None:
-                    verdict = 2
+                if at not in self._name:
+                    verdict = False
                     break
-                if state[at]:
+                if at in state:
                     verdict = state[at]
                     break
                 chain.append(at)
                 if self._parent[at] == _ROOT:
-                    verdict = 1 if at in self._roots else 2
+                    verdict = at in self._roots
                     break
                 at = self._parent[at]
             for link in chain:
                 state[link] = verdict
-        for wd in range(len(self._name)):
-            if state[wd] == 2:
-                self._free(wd, remove=True)
+        for wd in [wd for wd, reaches in state.items() if not reaches]:
+            self._free(wd, remove=True)
         self._paths_cache.clear()
-
-    def _maybe_rebuild(self) -> int:
-        """The kernel never reuses a wd soon, so the tables grow with every directory ever
-        created. Past `_REBUILD_SLACK` dead slots, start over on a fresh inotify instance
-        (what changed meanwhile counts as one change)."""
-        if len(self._name) - self._live <= self._live + _REBUILD_SLACK:
-            return 0
-        self.close()
-        self.start()
-        return 1
 
 
 def _nlink_counts_subdirectories(path: bytes) -> bool:

@@ -106,6 +106,14 @@ def test_a_job_process_dead_before_it_took_its_grant_leaves_no_ticket(tmp_path, 
     heard, scheduler = run_once(tmp_path, events, dies_at_once)
     assert heard[-1] == JobState("idle", None, None, 70, ("r1",))
     assert scheduler.queue() == ()
+    # It died before it said anything: never silence, each job of the run failed.
+    failed = [
+        (m.kind, m.fields["repository"], m.fields["error"])
+        for m in heard
+        if isinstance(m, JobEvent)
+    ]
+    error = "its job process exited with 70 as it started"
+    assert failed == [("job.failed", "a", error), ("job.failed", "b", error)]
     assert scheduler.submit(Ticket("next", "a", Priority.ordinary(0))).grant is not None
 
 

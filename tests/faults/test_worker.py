@@ -343,20 +343,29 @@ def test_a_read_only_state_directory_never_stops_a_worker(tmp_path):
 
 # --- an undecodable file name in an event, under journald -------------------------------------
 
-# A worker's watch in a user namespace whose inotify watch limit is low (see test_watch.py),
-# on a tree whose directory name is not UTF-8: the watch.limit event names that directory.
+# The watcher in a user namespace whose inotify watch limit is low (see test_watch.py), on a
+# tree whose directory name is not UTF-8: its news reaches the worker's triggers through a
+# channel, and their watch.limit event names that directory.
 LIMIT_SCRIPT = textwrap.dedent(
     """
     import os, sys
+    from henbackup import protocol
+    from henbackup.channel import Channel
     from henbackup.config.model import Backup, Watch
     from henbackup.loop import Loop
     from henbackup.observe.events import Emitter
     from henbackup.worker.triggers import backup_triggers
+    from henbackup.worker.watching import Watching
     root, state = sys.argv[1], sys.argv[2]
     backup = Backup("pictures", (root,), ("local",), watch=Watch(1.0, 5.0))
-    triggers = backup_triggers(backup, Loop(), state, Emitter(), lambda *a: None)
+    loop, (master, child) = Loop(), Channel.pair()
+    watching = Watching(loop, child)
+    watching.watch(protocol.Watch("pictures", (root,)))
+    triggers = backup_triggers(backup, loop, state, Emitter(), lambda *a: None)
     triggers.start()
-    print("the worker goes on:", triggers.watcher.active)
+    (news,) = master.receive(print)
+    triggers.watch_news(news.changes, news.overflow, news.limit)
+    print("the worker goes on:", watching.watchers["pictures"].active)
     """
 )
 

@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from henbackup.cli.ctl import Unreachable, request
+from henbackup.config.load import load_config
 
 Event = dict[str, Any]
 
@@ -277,10 +278,38 @@ class Daemon:
 
     def wait_triggers_armed(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until the worker of backup `name` has started its triggers (its schedule is
-        armed, and so is its watch: the worker reports its next run only after both)."""
-        return self.wait_worker(
+        armed: it reports its next run) and, if it is watched, until the watcher watches
+        each of its paths that exists."""
+        entry = self.wait_worker(
             name, lambda w: w["state"] == "running" and w["next_run"] is not None, timeout
         )
+        backup = load_config(self.config, env=self.env, deferred=[]).backups[name]
+        if backup.watch is not None:
+            inodes = {os.stat(p).st_ino for p in backup.paths if os.path.exists(p)}
+            watching = lambda: inodes <= self.watched_inodes()  # noqa: E731
+            assert self.pump_until(watching, timeout), f"{name}'s paths are not watched"
+        return entry
+
+    def watched_inodes(self) -> set[int]:
+        """The inodes the daemon's watcher (`hbwatch`) has inotify watches on, read from
+        the kernel (/proc/PID/fdinfo)."""
+        inodes: set[int] = set()
+        for process in self._descendants():
+            if _name(process) != "hbwatch":
+                continue
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{process.pid}/fdinfo"):
+                    with contextlib.suppress(OSError):
+                        info = Path(f"/proc/{process.pid}/fdinfo/{fd}").read_text()
+                        inodes.update(_inotify_inodes(info))
+        return inodes
+
+
+def _inotify_inodes(fdinfo: str) -> Iterable[int]:
+    """The inodes of the watches in an inotify fd's fdinfo ("inotify wd:1 ino:2a ...")."""
+    for line in fdinfo.splitlines():
+        if line.startswith("inotify wd:"):
+            yield int(line.split(" ino:")[1].split()[0], 16)
 
 
 def _name(process: psutil.Process) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -546,3 +547,73 @@ def test_changes_seen_before_a_stop_are_backed_up_at_the_next_start(restic, repo
         dump(restic, repository, done["HENBACKUP_SNAPSHOT"], data / "late.jpg")
         == (data / "late.jpg").read_bytes()
     )
+
+
+# --- the watcher: one process, one inotify instance, for every watched backup ----------------
+
+
+def watcher_process(daemon: Daemon) -> psutil.Process:
+    (watcher,) = [p for p in daemon._descendants() if p.name() == "hbwatch"]
+    return watcher
+
+
+@ONE_RESTIC
+def test_a_watcher_that_dies_comes_back_and_each_watched_backup_catches_up(
+    restic, repository, tmp_path
+):
+    # What changed while no watcher watched was not seen: once the new watcher watches,
+    # the backup runs as after lost events, and later changes are seen again.
+    data = make_data(tmp_path / "pictures")
+    config = watched_config(tmp_path, restic, repository, data, "1s", "4s")
+    daemon = Daemon(config, tmp_path)
+    try:
+        mark = start_watching(daemon)
+        watcher_process(daemon).kill()
+        exited = daemon.wait_for("child.exited", since=mark, child="watcher")
+        assert exited["HENBACKUP_STATE"] == "backoff", daemon.report()
+        lost = daemon.wait_for("watch.overflow", since=mark, backup="pictures", timeout=30)
+        fired = daemon.wait_for("trigger.fired", since=mark, timeout=15)
+        assert pick(fired, "TRIGGER", "REASON") == {
+            "TRIGGER": "watch",
+            "REASON": "lost events (inotify queue overflow)",
+        }
+        assert when(fired) >= when(lost)
+        daemon.wait_for("job.succeeded", since=mark, operation="backup", timeout=60)
+        finished(daemon, "pictures")
+        again = len(daemon.events)
+        (data / "after.jpg").write_bytes(os.urandom(1000))
+        fired = daemon.wait_for("trigger.fired", since=again, timeout=15)
+        assert re.fullmatch(r"[1-9][0-9]* changes?", fired["HENBACKUP_REASON"])
+        daemon.wait_for("job.succeeded", since=again, operation="backup", timeout=60)
+        clean_exit(daemon)
+    finally:
+        daemon.stop()
+    assert len(daemon.find("child.started", child="watcher")) == 2
+
+
+@ONE_RESTIC
+def test_a_reload_watches_a_new_backup_and_no_more_a_removed_one(restic, repository, tmp_path):
+    # The watcher is not restarted by a reload: it is told what to watch anew, and no more.
+    pictures, music = make_data(tmp_path / "pictures"), make_data(tmp_path / "music")
+    watch = {"wait_min": "1s", "wait_max": "4s"}
+    config = watched_config(tmp_path, restic, repository, pictures, "1s", "4s")
+    daemon = Daemon(config, tmp_path)
+    try:
+        write_state(daemon.state, "music", time.time())
+        start_watching(daemon)
+        watcher = watcher_process(daemon).pid
+        settings = {"schedule": ["1d"], "watch": watch}
+        write_config(tmp_path, restic, repository, {"music": {"paths": [str(music)], **settings}})
+        mark = len(daemon.events)
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_for("config.reloaded", since=mark)
+        daemon.wait_triggers_armed("music")  # its paths are watched
+        assert os.stat(pictures).st_ino not in daemon.watched_inodes()
+        (music / "new.flac").write_bytes(os.urandom(1000))
+        fired = daemon.wait_for("trigger.fired", since=mark, timeout=15)
+        assert pick(fired, "TRIGGER", "BACKUP") == {"TRIGGER": "watch", "BACKUP": "music"}
+        daemon.wait_for("job.succeeded", since=mark, operation="backup", timeout=60)
+        assert watcher_process(daemon).pid == watcher
+        clean_exit(daemon)
+    finally:
+        daemon.stop()

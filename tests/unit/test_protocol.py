@@ -26,6 +26,9 @@ from henbackup.protocol import (
     Ready,
     StartRun,
     StatusRow,
+    Unwatch,
+    Watch,
+    WatchNews,
     WorkerStatus,
     build_request,
     decode,
@@ -180,6 +183,13 @@ def test_every_request_henbackupctl_makes_has_its_declared_shape(argv: list[str]
         StartRun(),
         OneOffResult({"ok": True, "snapshots": [], "errors": []}),
         OneOffResult({"ok": False, "code": "usage", "error": "no snapshot 'x'"}),
+        Watch("pictures", ("/srv/pictures", "/home/ann"), ("*.tmp", "!keep.tmp")),
+        Watch("music", ("/srv/music",)),
+        Unwatch("music"),
+        WatchNews("pictures", changes=3),
+        WatchNews("pictures", overflow=True),
+        # a limit message naming a directory that is not UTF-8 (os.fsdecode's escapes)
+        WatchNews("pictures", limit="out of inotify watches while watching /srv/caf\udce9"),
     ],
 )
 def test_every_channel_message_decodes_to_what_was_encoded(message: ChannelMessage) -> None:

@@ -6,17 +6,20 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from henbackup.channel import Channel
 from henbackup.config.load import load_config
+from henbackup.master.specs import WATCHER, worker_specs
 from henbackup.master.states import Child, ChildState
 from henbackup.master.supervisor import Master, Supervised
 from henbackup.observe.events import ERR
-from henbackup.protocol import Heartbeat, JobState, Ready
+from henbackup.protocol import Heartbeat, JobState, Ready, Unwatch, Watch, WatchNews
 from henbackup.worker.spec import WorkerSpec
 
 CONFIG = """\
@@ -125,4 +128,79 @@ def test_a_workers_news_remakes_its_own_view_only(tmp_path: Path, events: Any) -
     assert master.model.workers["repository:one"].next_run == 1234.0
     assert master.model.status_line().startswith("0 backups; idle; next: one ")
     assert two.running is False
+    master.loop.close()
+
+
+WATCHED = """\
+[repositories.local]
+location = "{tmp}/local"
+password = "not a secret"
+
+[backups.pictures]
+paths = ["{tmp}/pictures"]
+repositories = ["local"]
+watch = true
+excludes = [{excludes}]
+
+[backups.music]
+paths = ["{tmp}/music"]
+repositories = ["local"]
+{music_watch}
+"""
+
+
+def watched_config(tmp_path: Path, excludes: str = "", music_watch: str = "") -> Any:
+    path = tmp_path / "henbackup.toml"
+    path.write_text(WATCHED.format(tmp=tmp_path, excludes=excludes, music_watch=music_watch))
+    return load_config(path, env={})
+
+
+def listening(master: Master, spec: WorkerSpec) -> Channel:
+    """`spec` as a child of `master` whose channel the test reads (no process behind it)."""
+    ours, theirs = Channel.pair()
+    supervised = Supervised(spec, Child(spec.key))
+    supervised.process = SimpleNamespace(channel=ours, pid=0)  # type: ignore[assignment]
+    master.children[spec.key] = supervised
+    theirs.sock.settimeout(5)
+    return theirs
+
+
+def test_the_watcher_is_a_child_when_a_backup_is_watched_and_its_news_go_to_that_worker(
+    tmp_path: Path, events: Any
+) -> None:
+    config = watched_config(tmp_path)
+    assert WATCHER.key in worker_specs(config)
+    master = Master(tmp_path / "henbackup.toml", config, events, lambda *_: 0)
+    pictures = listening(master, WorkerSpec("backup", "pictures", ()))
+    music = listening(master, WorkerSpec("backup", "music", ()))
+    watcher = listening(master, WATCHER)
+    master._handle(master.children[WATCHER.key], WatchNews("pictures", changes=2))
+    assert pictures.receive(pytest.fail) == [WatchNews("pictures", changes=2)]
+    # A reload: pictures's excludes change, music is watched now; then pictures no more.
+    reloaded = watched_config(tmp_path, '"*.tmp"', "watch = true")
+    master._rewatch(master.config, reloaded)
+    pictures_now = Watch("pictures", (f"{tmp_path}/pictures",), ("*.tmp",))
+    music_now = Watch("music", (f"{tmp_path}/music",))
+    heard = watcher.receive(pytest.fail)
+    assert heard == [pictures_now, music_now]
+    # The watcher came back: each watched backup's worker hears that events were lost.
+    master.config = reloaded
+    master._watching_again()
+    assert pictures.receive(pytest.fail) == [WatchNews("pictures", overflow=True)]
+    assert music.receive(pytest.fail) == [WatchNews("music", overflow=True)]
+    # Another reload: pictures is no longer watched.
+    only_music = replace(reloaded, backups={"music": reloaded.backups["music"]})
+    master._rewatch(reloaded, only_music)
+    assert watcher.receive(pytest.fail) == [Unwatch("pictures")]
+    master.loop.close()
+
+
+def test_the_watcher_is_no_worker_in_the_status(tmp_path: Path, events: Any) -> None:
+    master = Master(tmp_path / "henbackup.toml", watched_config(tmp_path), events, lambda *_: 0)
+    listening(master, WATCHER)
+    listening(master, WorkerSpec("backup", "pictures", ()))
+    master._update_status()
+    assert list(master.model.workers) == ["backup:pictures"]
+    master._handle(master.children[WATCHER.key], Heartbeat())
+    assert list(master.model.workers) == ["backup:pictures"]
     master.loop.close()
