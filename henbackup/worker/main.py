@@ -20,7 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from henbackup import names
-from henbackup.channel import Channel
+from henbackup.channel import (
+    Channel,
+    ChannelMessage,
+    Heartbeat,
+    JobEvent,
+    JobExit,
+    JobState,
+    Ready,
+    StartRun,
+)
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.errors import HenbackupError
@@ -30,15 +39,6 @@ from henbackup.jobs.pipeline import Admitted, announce_cancelled, announce_queue
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction, Emitter, FieldValue
 from henbackup.process import Watched, start_watched
-from henbackup.protocol import (
-    ChannelMessage,
-    Heartbeat,
-    JobEvent,
-    JobExit,
-    JobState,
-    Ready,
-    StartRun,
-)
 from henbackup.scheduler.queue import Grant, Scheduler, Waiter
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers

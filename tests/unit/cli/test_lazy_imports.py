@@ -27,6 +27,14 @@ def test_henbackupctl_loads_neither_the_journal_nor_completion_before_it_is_aske
         assert heavy not in loaded
 
 
+def test_henbackupctl_loads_no_dataclass_nor_the_daemons_messages() -> None:
+    # Importing dataclasses (inspect, ast, dis...) and declaring the channel's messages cost
+    # henbackupctl about a third of its start-up: the control protocol is enough.
+    loaded = loaded_by("henbackup.cli.ctl")
+    for heavy in ("dataclasses", "henbackup.channel", "henbackup.status_rows", "datetime"):
+        assert heavy not in loaded
+
+
 def test_the_programs_flush_their_output_and_skip_the_interpreters_teardown(
     tmp_path: Path,
 ) -> None:
