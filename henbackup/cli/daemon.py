@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from henbackup import __version__
-from henbackup.cli import exit_now
+from henbackup.cli import exit_now, reader_left
 from henbackup.config.dirs import Dirs, config_path
 from henbackup.errors import ConfigError, Problem
 from henbackup.observe.events import SINK_VARIABLE, SINKS, wanted_sink
@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `henbackup schema | head`: the reader left; no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `henbackup schema | head`: the output was cut short
+        reader_left(sys.stdout)
         return EXIT_FAILED
 
 
