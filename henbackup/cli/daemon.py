@@ -87,6 +87,7 @@ def _load(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     from henbackup.config.load import load_config
     from henbackup.config.secrets import exposures
+    from henbackup.engine.engines import engine_class
     from henbackup.jobs.entry import one_off_job
     from henbackup.master.supervisor import Master
     from henbackup.observe.events import Emitter
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     dirs = Dirs.from_environment()
     config, emit = load_config(path), Emitter()
+    for kind in {repository.engine for repository in config.repositories.values()}:
+        engine_class(kind)  # imported before the fork, not again by every job process
     for exposure in exposures(config):
         emit(
             "secret.exposed",
