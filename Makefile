@@ -15,10 +15,11 @@ RESTIC_TRIXIE := .cache/restic-trixie
 BENCH_APT_PACKAGES := borgbackup
 BENCH_PEERS := .cache/bench-peers
 BENCH_PEER_PACKAGES := runrestic==0.5.31 crestic==1.1.0 borgmatic==2.1.10
+BENCH_HENBACKUP := .cache/bench-henbackup
 PROMTOOL := .cache/promtool
 DEMO := $(CURDIR)/.demo
 
-.PHONY: demo test lint bench bench-peers man deb system-packages venv restic-trixie promtool clean
+.PHONY: demo test lint bench bench-peers bench-henbackup man deb system-packages venv restic-trixie promtool clean
 
 demo: venv
 	mkdir -p $(DEMO)/data $(DEMO)/state $(DEMO)/cache $(DEMO)/run
@@ -38,8 +39,16 @@ lint: venv
 	$(BIN)/ruff check --fix henbackup tests bench
 	$(BIN)/ruff format henbackup tests bench
 
-bench: venv restic-trixie bench-peers
+bench: venv restic-trixie bench-peers bench-henbackup
 	$(BIN)/python -m bench
+
+# henbackup as a user runs it: installed, not editable (the venv's editable-install hook
+# costs every command ~11 ms), on Debian's python3 and python3-systemd; this checkout's code,
+# installed again at each bench.
+bench-henbackup:
+	test -x $(BENCH_HENBACKUP)/bin/python || \
+		/usr/bin/python3 -m venv --system-site-packages $(BENCH_HENBACKUP)
+	$(BENCH_HENBACKUP)/bin/pip install -q --no-deps --no-build-isolation --force-reinstall .
 
 bench-peers:
 	$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(BENCH_APT_PACKAGES)"

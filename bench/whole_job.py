@@ -10,7 +10,9 @@ Tools, each with its own repository (a copy of one initialised template, so that
 pays the same key derivation), its own cache and directories:
 - bare restic: the baseline, with henbackup's options (--json --cache-dir --tag --host, and
   --skip-if-unchanged where restic has it);
-- henbackup one-shot: `henbackup --config C backup bench`;
+- henbackup one-shot: `henbackup --config C backup bench`, installed as a user has it
+  (`make bench` installs this checkout into .cache/bench-henbackup; without it, the dev
+  venv's editable install, which costs every command ~11 ms more);
 - henbackup daemon: `henbackupctl backup bench`, waited for, against one daemon started once
   for the bench (per restic version);
 - runrestic (`runrestic -c C backup`) and crestic (`crestic backup`, with the baseline's
@@ -22,11 +24,15 @@ ratio is a tool's time over its baseline's in the same round (the machine may be
 ratio within one round holds better than times across rounds). The table shows the median
 and the minimum ratio over the rounds, and the median extra seconds.
 
+henbackup is byte-compiled first, as an installed package is: otherwise, where
+PYTHONDONTWRITEBYTECODE is set, every run of the dev venv's henbackup would compile it again.
+
 BENCH_ROUNDS (default 7) and BENCH_RESTIC (default "0.18,0.14") make a run shorter.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import random
 import shutil
@@ -40,10 +46,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import henbackup
 from bench.table import Goal, Table
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent  # the venv's henbackup and henbackupctl
+INSTALLED = ROOT / ".cache" / "bench-henbackup" / "bin"  # `make bench-henbackup`
+BIN = INSTALLED if (INSTALLED / "henbackupctl").exists() else Path(sys.executable).parent
 RESTICS = {
     "0.18": ROOT / ".cache" / "restic-trixie" / "usr" / "bin" / "restic",
     "0.14": Path("/usr/bin/restic"),
@@ -220,6 +228,8 @@ def restic_tools(binary: Path, work: Path, data: Path) -> list[Tool]:
         for directory in dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
         tool.env = clean_env(**{k: str(v) for k, v in dirs.items()})
+        if BIN == INSTALLED:  # its own henbackup, not one found on PYTHONPATH
+            tool.env.pop("PYTHONPATH", None)
         tool.wipe = (tool.place / "cache",)
         if name == "henbackup one-shot":
             tool.argv = [str(BIN / "henbackup"), "--config", str(config), "backup", "bench"]
@@ -463,6 +473,8 @@ def run_group(
 
 
 def run() -> Table:
+    if BIN != INSTALLED:  # pip compiled the installed one
+        compileall.compile_dir(Path(henbackup.__file__).parent, quiet=1)
     data = data_set()
     count = rounds()
     rows: list[tuple[object, ...]] = []
@@ -479,6 +491,8 @@ def run() -> Table:
         rows += run_group(label.strip(), lambda work: borg_tools(work, data), data, count)
     else:
         notes.append("borg: not installed (`make bench` installs Debian's borgbackup)")
+    if BIN != INSTALLED:
+        notes.append("henbackup: the dev venv's editable install (`make bench` installs it)")
     missing = [p for p in ("runrestic", "crestic", "borgmatic") if not (PEERS / p).exists()]
     if missing:
         notes.append(f"not installed: {', '.join(missing)} (`make bench` installs them)")

@@ -1,19 +1,237 @@
-"""Channel messages (henbackup/protocol.py) between a parent and a child over a socketpair.
+"""The channel between a parent and its child (the master and a worker, a worker and its
+job process) over a socketpair, and the messages it carries, declared once.
 
-One message a line, as JSON. A socketpair's buffer holds far more than the parent and child
-ever have in flight, so sending never blocks in practice, and a message that cannot be sent
-(the peer is gone) is dropped: the pidfd tells the rest. A line of the wrong shape is handed
-to the reader's `malformed` as a ProtocolError, and the lines around it are read on.
+Nine frozen dataclasses, one per "type": a worker says Ready then a Heartbeat every few
+seconds, and JobState as its job process starts and ends; a job process tells each job and
+hook event (JobEvent, which its worker forwards with the requests waiting for it), a one-off
+job process its OneOffResult; the master asks a worker to StartRun. The watcher (the
+daemon's one inotify instance) is told what to Watch and Unwatch, and says what it saw
+(WatchNews), which the master forwards to the backup's worker. How a job process ends is
+its exit code (JobExit).
+
+One message a line, as JSON. `decode_message` checks a received line against its
+declaration: a line of the wrong shape is handed to the reader's `malformed` as a
+ProtocolError, and the lines around it are read on, so that a child that sends one costs
+its parent nothing. A socketpair's buffer holds far more than the parent and child ever
+have in flight, so sending never blocks in practice, and a message that cannot be sent (the
+peer is gone) is dropped: the pidfd tells the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar, Self
 
 from henbackup.errors import ProtocolError
-from henbackup.protocol import ChannelMessage, decode_message, encode_message
+from henbackup.protocol import (
+    ERROR_CODES,
+    FLAG,
+    INTEGER,
+    NUMBER,
+    OBJECT,
+    TEXT,
+    TEXTS,
+    Field,
+    Type,
+    checked_fields,
+    frame,
+    quoted,
+)
+
+
+class JobExit(IntEnum):
+    """How a job process ends (its exit code); anything else: it crashed or was killed."""
+
+    OK = 0
+    FAILED = 1
+    CANCELLED = 3  # henbackupctl cancel, or a stop
+
+
+class _Message:
+    """A channel message: `TYPE` is its "type" member; each dataclass field declares one
+    other member, with its JSON type (`_carrying`); one without a default is required."""
+
+    TYPE: ClassVar[str]
+
+    @classmethod
+    def shape(cls) -> tuple[Field, ...]:
+        return tuple(
+            Field(member.name, member.metadata["type"], member.default is dataclasses.MISSING)
+            for member in dataclasses.fields(cls)  # type: ignore[arg-type]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        members = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {
+            "type": self.TYPE,
+            **{member.name: getattr(self, member.name) for member in members},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The message in `data` (its "type" already known); raises ProtocolError."""
+        fields = checked_fields(data, "type", cls.shape(), ("message", cls.TYPE), ProtocolError)
+        given = {name: value for name, value in fields.items() if value is not None}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+def _carrying(json_type: Type, default: Any = dataclasses.MISSING) -> Any:
+    """A message's member, whose JSON value must be of `json_type`."""
+    return dataclasses.field(default=default, metadata={"type": json_type})
+
+
+def _requests() -> Any:
+    return _carrying(TEXTS, ())  # the control requests waiting for it (their ids)
+
+
+@dataclass(frozen=True)
+class Ready(_Message):
+    """A worker is up: its first message."""
+
+    TYPE = "ready"
+
+
+@dataclass(frozen=True)
+class Heartbeat(_Message):
+    """A worker's loop is alive (sent every few seconds; silence means hung)."""
+
+    TYPE = "heartbeat"
+
+
+@dataclass(frozen=True)
+class JobState(_Message):
+    """A worker's job process started ("running") or ended ("idle", with its exit code and
+    the requests its run answers); and when the worker runs next."""
+
+    TYPE = "job"
+    state: str = _carrying(Type('"running" or "idle"', lambda v: v in ("running", "idle")))
+    next_run: float | None = _carrying(NUMBER, None)
+    operation: str | None = _carrying(TEXT, None)
+    exit: int = _carrying(INTEGER, JobExit.OK)
+    requests: tuple[str, ...] = _requests()
+
+
+@dataclass(frozen=True)
+class JobEvent(_Message):
+    """A job or hook event of a job process; its worker forwards it with `requests`."""
+
+    TYPE = "event"
+    kind: str = _carrying(TEXT)
+    message: str = _carrying(TEXT)
+    fields: Mapping[str, Any] = _carrying(OBJECT)
+    requests: tuple[str, ...] = _requests()
+
+
+@dataclass(frozen=True)
+class StartRun(_Message):
+    """The master asks a worker for a run (henbackupctl backup)."""
+
+    TYPE = "run"
+    operation: str = _carrying(TEXT, "backup")
+    repository: str | None = _carrying(TEXT, None)
+    priority: str | None = _carrying(TEXT, None)
+    requests: tuple[str, ...] = _requests()
+
+
+@dataclass(frozen=True)
+class OneOffResult(_Message):
+    """A one-off job process's reply to its henbackupctl request: sent as is, with "ok"."""
+
+    TYPE = "result"
+    reply: Mapping[str, Any] = _carrying(OBJECT)  # flattened on the wire, beside "type"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **self.reply}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        reply = {name: value for name, value in data.items() if name != "type"}
+        if not isinstance(reply.get("ok"), bool):
+            raise ProtocolError("malformed message: result needs 'ok', true or false")
+        if not reply["ok"] and reply.get("code") not in ERROR_CODES:
+            raise ProtocolError(
+                f"malformed message: a failed result's 'code' is one of {', '.join(ERROR_CODES)}"
+            )
+        if not isinstance(reply.get("error", ""), str | None):
+            raise ProtocolError("malformed message: 'error' of result must be a string")
+        return cls(reply)
+
+
+@dataclass(frozen=True)
+class Watch(_Message):
+    """The master asks the watcher to watch a backup's paths (anew, if it watched them)."""
+
+    TYPE = "watch"
+    backup: str = _carrying(TEXT)
+    paths: tuple[str, ...] = _carrying(TEXTS)
+    excludes: tuple[str, ...] = _carrying(TEXTS, ())
+
+
+@dataclass(frozen=True)
+class Unwatch(_Message):
+    """The master asks the watcher to stop watching a backup."""
+
+    TYPE = "unwatch"
+    backup: str = _carrying(TEXT)
+
+
+@dataclass(frozen=True)
+class WatchNews(_Message):
+    """What the watcher saw of a backup's paths, forwarded by the master to its worker:
+    `changes` changes, lost events (`overflow`), or a watch limit met (`limit` says which
+    and how to raise it)."""
+
+    TYPE = "watched"
+    backup: str = _carrying(TEXT)
+    changes: int = _carrying(INTEGER, 0)
+    overflow: bool = _carrying(FLAG, False)
+    limit: str | None = _carrying(TEXT, None)
+
+
+ChannelMessage = (
+    Ready | Heartbeat | JobState | JobEvent | StartRun | OneOffResult | Watch | Unwatch | WatchNews
+)
+MESSAGES: dict[str, type[ChannelMessage]] = {
+    kind.TYPE: kind
+    for kind in (
+        Ready,
+        Heartbeat,
+        JobState,
+        JobEvent,
+        StartRun,
+        OneOffResult,
+        Watch,
+        Unwatch,
+        WatchNews,
+    )
+}
+
+
+def encode_message(message: ChannelMessage) -> bytes:
+    return frame(message.to_dict())
+
+
+def decode_message(line: bytes) -> ChannelMessage:
+    """The message on one line of JSON; raises ProtocolError with one line saying what is
+    wrong (not JSON, no or an unknown type, a field missing, unknown or mistyped)."""
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        raise ProtocolError("malformed message: expected one JSON object") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    if not isinstance(kind, str):
+        raise ProtocolError("malformed message: no type")
+    declared = MESSAGES.get(kind)
+    if declared is None:
+        raise ProtocolError(f"malformed message: unknown type {quoted(kind)}")
+    return declared.from_dict(data)
+
 
 MAX_LINE = 1 << 20  # a peer that sends more without a newline is broken
 

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from henbackup.channel import Channel, Malformed
+    from henbackup.channel import Channel, ChannelMessage, Malformed
     from henbackup.loop import Loop
-    from henbackup.protocol import ChannelMessage
 
 from henbackup import linux
 from henbackup.errors import JobCancelled

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 
 def exit_now(code: int) -> NoReturn:
@@ -18,3 +18,10 @@ def exit_now(code: int) -> NoReturn:
         except (OSError, ValueError):  # the reader left, or the stream was closed
             code = code or 120
     os._exit(code)
+
+
+def reader_left(stream: TextIO) -> None:
+    """The reader of `stream` (stdout) left, as in `henbackupctl status | head -1`: like any
+    Unix tool, no traceback. The stream goes to /dev/null, so that what is still printed,
+    and the flush at exit, go nowhere instead of failing again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from henbackup import __version__
-from henbackup.cli import exit_now, views
+from henbackup.cli import exit_now, reader_left, views
 from henbackup.cli.progress import ProgressDisplay
 from henbackup.protocol import (
     DEFAULT_SOCKET,
@@ -251,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _show(args: argparse.Namespace, reply: ControlReply) -> int:
     """Print the reply (data first, also when something failed); returns the exit code."""
-    if args.json:
-        print(json.dumps(reply, indent=2))
-    elif reply.get("ok") or reply.get("snapshots") or reply.get("jobs"):
-        for line in SHOW[args.command](reply, time.time()):
-            print(line)
+    try:
+        if args.json:
+            print(json.dumps(reply, indent=2))
+        elif reply.get("ok") or reply.get("snapshots") or reply.get("jobs"):
+            for line in SHOW[args.command](reply, time.time()):
+                print(line)
+    except BrokenPipeError:  # `status | head -1`: the exit code still says the daemon's answer
+        reader_left(sys.stdout)
     if reply.get("ok"):
         return EXIT_OK
     print(f"henbackupctl: {reply.get('error') or 'the daemon refused'}", file=sys.stderr)

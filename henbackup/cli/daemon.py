@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from henbackup import __version__
-from henbackup.cli import exit_now
+from henbackup.cli import exit_now, reader_left
 from henbackup.config.dirs import Dirs, config_path
 from henbackup.errors import ConfigError, Problem
 from henbackup.observe.events import SINK_VARIABLE, SINKS, wanted_sink
@@ -87,6 +87,7 @@ def _load(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     from henbackup.config.load import load_config
     from henbackup.config.secrets import exposures
+    from henbackup.engine.engines import engine_class
     from henbackup.jobs.entry import one_off_job
     from henbackup.master.supervisor import Master
     from henbackup.observe.events import Emitter
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     dirs = Dirs.from_environment()
     config, emit = load_config(path), Emitter()
+    for kind in {repository.engine for repository in config.repositories.values()}:
+        engine_class(kind)  # imported before the fork, not again by every job process
     for exposure in exposures(config):
         emit(
             "secret.exposed",
@@ -210,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `henbackup schema | head`: the reader left; no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `henbackup schema | head`: the output was cut short
+        reader_left(sys.stdout)
         return EXIT_FAILED
 
 

@@ -18,6 +18,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
+from henbackup.cli import reader_left
 from systemd import journal
 
 IDENTIFIER = "henbackup"
@@ -144,8 +145,7 @@ def show_logs(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C is how -f ends: not an error
         pass
     except BrokenPipeError:  # `henbackupctl logs | head`: the reader has seen enough
-        # Python flushes stdout again at exit and would complain: point it at /dev/null.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reader_left(sys.stdout)
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from henbackup.cli import reader_left
 from henbackup.humanize import duration, size
 
 STEPS = ("job.queued", "job.started", "job.stalled", "job.succeeded", "job.failed", "job.cancelled")
@@ -60,11 +61,14 @@ class ProgressDisplay:
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         kind = event.get("kind")
-        if kind == "job.progress" and self.terminal:
-            self._draw(bar(event))
-        elif kind in STEPS or kind in HOOK_STEPS:
-            self._clear()
-            print(event.get("message", kind), file=self.stream, flush=True)
+        try:
+            if kind == "job.progress" and self.terminal:
+                self._draw(bar(event))
+            elif kind in STEPS or kind in HOOK_STEPS:
+                self._clear()
+                print(event.get("message", kind), file=self.stream, flush=True)
+        except BrokenPipeError:  # the reader left: the client waits on for the job's end
+            reader_left(self.stream)
 
     def _draw(self, line: str) -> None:
         self.stream.write(f"\r\x1b[K{line}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from henbackup.cli.progress import transfer
@@ -90,6 +89,8 @@ def _status_row(name: str, row: Row, next_run: float | None, now: float) -> tupl
 
 def snapshots(reply: ControlReply, now: float) -> list[str]:
     """Newest first: id, age, backup, repository, host, size added, paths."""
+    from datetime import datetime  # here: the other commands start without it
+
     rows: list[tuple[object, ...]] = [
         ("ID", "TIME", "BACKUP", "REPOSITORY", "HOST", "ADDED", "PATHS")
     ]

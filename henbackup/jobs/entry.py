@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from henbackup.channel import Channel
+from henbackup.channel import Channel, JobExit, OneOffResult
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import IMMEDIATE, INFERIOR, Config, Priority
 from henbackup.config.units import parse_priority
@@ -40,7 +40,7 @@ from henbackup.limits import pause
 from henbackup.limits.place import placed
 from henbackup.observe.events import EmitFunction
 from henbackup.process import NEVER, SafePoint
-from henbackup.protocol import JobExit, OneOffResult, reply_error
+from henbackup.protocol import reply_error
 from henbackup.scheduler.queue import PAUSE_MARKS, Scheduler
 
 # A repository locked by a live process elsewhere (another host, an admin's restic) is

@@ -159,7 +159,7 @@ def telling(news: Channel | None) -> EmitFunction:
     """Events to the journal (job.progress thinned out), and job and hook events to the
     parent on `news`."""
     if news is not None:  # a job process: `henbackup backup` has no parent to tell
-        from henbackup.protocol import JobEvent
+        from henbackup.channel import JobEvent
     emit = Emitter()
     journaled: dict[str, float] = {}  # job id → when its progress was last journaled
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from henbackup import names
+from henbackup.channel import StartRun
 from henbackup.config.model import Priority
 from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
@@ -28,15 +29,9 @@ from henbackup.master.control import Conversation
 from henbackup.master.permissions import refusal
 from henbackup.master.states import Child
 from henbackup.observe.status import LiveJob, RunHistory, RunKey, StatusModel, WorkerView
-from henbackup.protocol import (
-    ControlReply,
-    ControlRequest,
-    StartRun,
-    StatusRow,
-    WorkerStatus,
-    reply_error,
-)
+from henbackup.protocol import ControlReply, ControlRequest, reply_error
 from henbackup.scheduler.ticket import Ticket
+from henbackup.status_rows import StatusRow, WorkerStatus
 
 if TYPE_CHECKING:
     from henbackup.channel import Channel

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from henbackup import names
-from henbackup.channel import Channel
+from henbackup.channel import Channel, ChannelMessage, JobEvent, OneOffResult
 from henbackup.config.model import Config, Metrics
 from henbackup.jobs.snapshots import snapshot_counts
 from henbackup.loop import Loop
@@ -21,7 +21,7 @@ from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.status import ENDINGS, LiveJob, StatusModel
 from henbackup.process import Watched, describe_exit, start_watched
-from henbackup.protocol import ChannelMessage, ControlReply, JobEvent, OneOffResult, reply_error
+from henbackup.protocol import ControlReply, reply_error
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler

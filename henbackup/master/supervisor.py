@@ -27,7 +27,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from henbackup import names
-from henbackup.channel import Channel
+from henbackup.channel import (
+    Channel,
+    ChannelMessage,
+    Heartbeat,
+    JobEvent,
+    JobExit,
+    JobState,
+    Ready,
+    Unwatch,
+    Watch,
+    WatchNews,
+)
 from henbackup.config.load import load_config
 from henbackup.config.model import Config
 from henbackup.errors import ConfigError
@@ -52,20 +63,7 @@ from henbackup.process import (
     reap_orphans,
     start_watched,
 )
-from henbackup.protocol import (
-    ChannelMessage,
-    ControlReply,
-    ControlRequest,
-    Heartbeat,
-    JobEvent,
-    JobExit,
-    JobState,
-    Ready,
-    Unwatch,
-    Watch,
-    WatchNews,
-    reply_error,
-)
+from henbackup.protocol import ControlReply, ControlRequest, reply_error
 from henbackup.scheduler.queue import PAUSE_MARKS
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.watching import watches

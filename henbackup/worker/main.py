@@ -21,17 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from henbackup import names
-from henbackup.channel import Channel
-from henbackup.config.dirs import Dirs
-from henbackup.config.model import Config
-from henbackup.errors import HenbackupError
-from henbackup.jobs import entry
-from henbackup.jobs.job import Job
-from henbackup.jobs.pipeline import Admitted, announce_cancelled, announce_queued, ticket_for
-from henbackup.loop import Loop
-from henbackup.observe.events import EmitFunction, Emitter, FieldValue
-from henbackup.process import Watched, describe_exit, start_watched
-from henbackup.protocol import (
+from henbackup.channel import (
+    Channel,
     ChannelMessage,
     Heartbeat,
     JobEvent,
@@ -41,6 +32,15 @@ from henbackup.protocol import (
     StartRun,
     WatchNews,
 )
+from henbackup.config.dirs import Dirs
+from henbackup.config.model import Config
+from henbackup.errors import HenbackupError
+from henbackup.jobs import entry
+from henbackup.jobs.job import Job
+from henbackup.jobs.pipeline import Admitted, announce_cancelled, announce_queued, ticket_for
+from henbackup.loop import Loop
+from henbackup.observe.events import EmitFunction, Emitter, FieldValue
+from henbackup.process import Watched, describe_exit, start_watched
 from henbackup.scheduler.queue import Grant, Scheduler, Waiter
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import signal
 
-from henbackup.channel import Channel
+from henbackup.channel import Channel, Heartbeat, Ready, Unwatch, Watch, WatchNews
 from henbackup.config.model import Config
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction, Emitter
-from henbackup.protocol import Heartbeat, Ready, Unwatch, Watch, WatchNews
 from henbackup.worker.excludes import Excluder
 from henbackup.worker.inotify_hub import InotifyHub
 from henbackup.worker.watch import RETRY_AFTER, Watcher

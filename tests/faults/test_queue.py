@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from henbackup import process
-from henbackup.channel import Channel
+from henbackup.channel import Channel, ChannelMessage, JobEvent, JobExit, JobState
 from henbackup.config.load import load_config
 from henbackup.config.model import Config, Priority
-from henbackup.protocol import ChannelMessage, JobEvent, JobExit, JobState
 from henbackup.scheduler import Scheduler, Ticket
 from henbackup.worker.main import RunRequest, Worker
 from henbackup.worker.spec import WorkerSpec

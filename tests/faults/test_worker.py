@@ -349,7 +349,7 @@ def test_a_read_only_state_directory_never_stops_a_worker(tmp_path):
 LIMIT_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    from henbackup import protocol
+    from henbackup import channel
     from henbackup.channel import Channel
     from henbackup.config.model import Backup, Watch
     from henbackup.loop import Loop
@@ -360,7 +360,7 @@ LIMIT_SCRIPT = textwrap.dedent(
     backup = Backup("pictures", (root,), ("local",), watch=Watch(1.0, 5.0))
     loop, (master, child) = Loop(), Channel.pair()
     watching = Watching(loop, child)
-    watching.watch(protocol.Watch("pictures", (root,)))
+    watching.watch(channel.Watch("pictures", (root,)))
     triggers = backup_triggers(backup, loop, state, Emitter(), lambda *a: None)
     triggers.start()
     (news,) = master.receive(print)

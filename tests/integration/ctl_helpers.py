@@ -177,7 +177,10 @@ class Client:
     """The real client, started now; its stdin is not a terminal, so it prints its job's
     steps, not progress bars. Output goes to files: no pipe to fill up."""
 
-    def __init__(self, daemon_socket: Path, *args: str, cwd: Path | None = None) -> None:
+    def __init__(
+        self, daemon_socket: Path, *args: str, cwd: Path | None = None, stdout: int | None = None
+    ) -> None:
+        """`stdout`: a descriptor to print on instead of a file (then stdout reads empty)."""
         self.args = list(args)
         # closed by result(): the client outlives this call
         self.out = tempfile.TemporaryFile()  # noqa: SIM115
@@ -185,7 +188,7 @@ class Client:
         self.process = subprocess.Popen(
             client_argv(daemon_socket, *args),
             stdin=subprocess.DEVNULL,
-            stdout=self.out,
+            stdout=self.out if stdout is None else stdout,
             stderr=self.err,
             cwd=cwd,
         )

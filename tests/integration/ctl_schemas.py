@@ -1,6 +1,6 @@
 """JSON schemas of `henbackupctl --json`: the stable contract of its machine-readable output.
 
-The status rows are declared once, in henbackup/protocol.py (StatusRow, WorkerStatus, each
+The status rows are declared once, in henbackup/status_rows.py (StatusRow, WorkerStatus, each
 member with its schema). The rest is derived from the code that builds each reply:
 henbackup/master/commands.py (status, queue, cancel, the checks that answer at once),
 henbackup/master/clients.py (the end of every job a waiting client gets, under "jobs"),
@@ -18,7 +18,8 @@ from typing import Any
 
 import jsonschema
 
-from henbackup.protocol import ERROR_CODES, JOB_ID, RESULTS, StatusRow, WorkerStatus, member_schemas
+from henbackup.protocol import ERROR_CODES
+from henbackup.status_rows import JOB_ID, RESULTS, StatusRow, WorkerStatus, member_schemas
 
 Schema = dict[str, Any]
 
@@ -81,7 +82,7 @@ _FAILURE_KEYS: dict[str, Schema] = {
 
 # --- status (commands.status, _worker, _row) ------------------------------------------------
 
-STATUS_ROW = member_schemas(StatusRow)  # the status-row contract: declared in protocol.py
+STATUS_ROW = member_schemas(StatusRow)  # the status-row contract: status_rows.py
 WORKER = member_schemas(WorkerStatus)
 STATUS = _object(
     {

@@ -16,6 +16,7 @@ runs on restic 0.14.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,9 @@ def _play(s: Scenario) -> None:
     s.ctl("list-local-pictures-json", "--json", "list-snapshots", "local", "-b", "pictures")
     s.ctl("list-unknown-repository", "list-snapshots", "nowhere")
     s.ctl("list-unknown-backup", "list-snapshots", "-b", "music")
+    s.notes["cut-short"] = {
+        args: _cut_short(s, *args) for args in (("status",), ("list-snapshots", "local"))
+    }
 
     s.mark("check")
     s.ctl("check", "check", "local", "--read-data-subset", "10%", "--priority", "next")
@@ -222,6 +226,16 @@ def _play(s: Scenario) -> None:
     s.notes["http"] = get_metrics(s.port)
     assert s.textfile is not None
     s.notes["textfile"] = s.textfile.read_text()
+
+
+def _cut_short(s: Scenario, *args: str) -> Completed:
+    """The real client whose stdout's reader left before it printed (`status | head -1`)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return Client(s.daemon.socket, *args, stdout=write_end).result(s.daemon)
+    finally:
+        os.close(write_end)
 
 
 def _event(s: Scenario, mark: str, kind: str, **fields: str) -> dict[str, str]:
@@ -541,6 +555,14 @@ def test_list_snapshots_of_every_repository_reports_the_one_that_fails(
     assert [columns(line)[0] for line in lines(human.stdout)[1:]] == [
         x["short_id"] for x in s.notes["restic"]
     ]
+
+
+@ONE_RESTIC
+def test_a_reader_that_left_costs_no_traceback_and_the_exit_code_says_the_answer(
+    two_repositories: Scenario,
+) -> None:
+    for args, call in two_repositories.notes["cut-short"].items():
+        assert (call.returncode, call.stderr) == (0, ""), f"{args}: {said(call)}"
 
 
 @ONE_RESTIC

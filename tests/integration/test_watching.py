@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from henbackup.channel import Channel
+from henbackup.channel import Channel, Watch, WatchNews
 from henbackup.loop import Loop
-from henbackup.protocol import Watch, WatchNews
 from henbackup.worker.watching import Watching
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,7 +174,7 @@ import json, shutil, sys, time
 sys.path.insert(0, sys.argv[2])
 from henbackup.channel import Channel
 from henbackup.loop import Loop
-from henbackup.protocol import Watch
+from henbackup.channel import Watch
 from henbackup.worker.watching import Watching
 root, loop = sys.argv[1], Loop()
 master, child = Channel.pair()

@@ -8,10 +8,17 @@ import os
 import time
 from typing import Any
 
-from henbackup.channel import Channel
+from henbackup.channel import (
+    Channel,
+    ChannelMessage,
+    Heartbeat,
+    JobEvent,
+    JobState,
+    OneOffResult,
+    Ready,
+)
 from henbackup.loop import Loop
 from henbackup.process import Watched, start_watched
-from henbackup.protocol import ChannelMessage, Heartbeat, JobEvent, JobState, OneOffResult, Ready
 
 DEADLINE = 30.0
 

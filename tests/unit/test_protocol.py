@@ -12,11 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from henbackup.cli import ctl
-from henbackup.errors import ProtocolError, UsageError
-from henbackup.master.commands import COMMANDS
-from henbackup.protocol import (
-    REQUESTS,
+from henbackup.channel import (
     ChannelMessage,
     Heartbeat,
     JobEvent,
@@ -25,18 +21,17 @@ from henbackup.protocol import (
     OneOffResult,
     Ready,
     StartRun,
-    StatusRow,
     Unwatch,
     Watch,
     WatchNews,
-    WorkerStatus,
-    build_request,
-    decode,
     decode_message,
     encode_message,
-    member_schemas,
-    parse_request,
 )
+from henbackup.cli import ctl
+from henbackup.errors import ProtocolError, UsageError
+from henbackup.master.commands import COMMANDS
+from henbackup.protocol import REQUESTS, build_request, decode, parse_request
+from henbackup.status_rows import StatusRow, WorkerStatus, member_schemas
 
 
 def test_every_command_the_master_answers_is_declared_and_no_other() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from henbackup.cli.progress import ProgressDisplay, bar
@@ -195,3 +197,16 @@ def test_a_stall_is_said_under_the_frozen_bar() -> None:
     assert stream.text == (
         f"{CLEAR}{bar(progress(40))}{CLEAR}{stalled}\n{CLEAR}{bar(progress(41))}{CLEAR}"
     )
+
+
+def test_a_reader_that_left_stops_the_display_not_the_wait() -> None:
+    """`henbackupctl backup pictures | head -1`: the pipe's reader is gone; the steps after
+    that go nowhere, without an error, and the client waits on for the job's end."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as stream:
+        display = ProgressDisplay(stream, terminal=False)
+        display({"kind": "job.started", "message": "pictures→local: backup started"})
+        display({"kind": "job.succeeded", "message": "pictures→local: backup succeeded"})
+        display.close()
+        assert os.readlink(f"/proc/self/fd/{write_end}") == os.devnull

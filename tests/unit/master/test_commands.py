@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from henbackup.channel import StartRun
 from henbackup.config.model import Priority
 from henbackup.errors import JobCancelled
 from henbackup.master import commands
 from henbackup.master.states import ChildState
 from henbackup.observe.status import RunKey
-from henbackup.protocol import StartRun
 from henbackup.scheduler import Ticket, locks
 
 from .stand_in import (

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from henbackup.channel import JobEvent
 from henbackup.config.model import Metrics
 from henbackup.loop import Loop
 from henbackup.master.jobs import Jobs
-from henbackup.protocol import JobEvent
 
 JOB = {"job": "j1", "operation": "backup", "backup": "pictures", "repository": "aws"}
 STALLED = 'henbackup_job_stalled{backup="pictures",repository="aws",operation="backup"}'

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from henbackup.channel import Channel
+from henbackup.channel import Channel, Heartbeat, JobState, Ready, Unwatch, Watch, WatchNews
 from henbackup.config.load import load_config
 from henbackup.master.specs import WATCHER, worker_specs
 from henbackup.master.states import Child, ChildState
 from henbackup.master.supervisor import Master, Supervised
 from henbackup.observe.events import ERR
-from henbackup.protocol import Heartbeat, JobState, Ready, Unwatch, Watch, WatchNews
 from henbackup.worker.spec import WorkerSpec
 
 CONFIG = """\

@@ -10,9 +10,8 @@ from typing import Any, cast
 
 import pytest
 
-from henbackup.channel import Channel
+from henbackup.channel import Channel, ChannelMessage, JobEvent, JobState
 from henbackup.config.model import Config
-from henbackup.protocol import ChannelMessage, JobEvent, JobState
 from henbackup.worker.main import RunRequest, Worker
 from henbackup.worker.spec import WorkerSpec
 
