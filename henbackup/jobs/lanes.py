@@ -20,7 +20,6 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 
 from henbackup import names
 from henbackup.channel import Channel
@@ -36,7 +35,7 @@ from henbackup.jobs.pipeline import (
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction
 from henbackup.process import NEVER, SafePoint, Watched, describe_exit, start_watched
-from henbackup.protocol import ChannelMessage, JobEvent, OneOffResult
+from henbackup.protocol import ChannelMessage, JobEvent, OneOffResult, reply_error
 from henbackup.scheduler.queue import Grant, Scheduler, Waiter
 
 # In the lane: run `job` under `grant` (telling its events on the channel); its outcome.
@@ -155,7 +154,8 @@ class Lanes:
                 outcome = self.body(job, grant, channel)
             except JobCancelled:  # the whole run stops: said by its job.cancelled
                 outcome = RepositoryOutcome(job.repository, error="stopped")
-            channel.send(OneOffResult({"ok": outcome.ok, **asdict(outcome)}))  # its reply
+            said = {"ok": True} if outcome.error is None else reply_error("failed", outcome.error)
+            channel.send(OneOffResult({**said, "snapshot_id": outcome.snapshot_id}))
             return 0
 
         def start() -> Watched:

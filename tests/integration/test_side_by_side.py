@@ -1,0 +1,114 @@
+"""One repository down does not delay the others (issue 14, item 3; henbackup.toml(5),
+`max_concurrent_jobs`, `stall_timeout`): through the real daemon, real restic, a real local
+repository and a real REST server (`rclone serve restic` on 127.0.0.1) that is down.
+
+"Down" is the server frozen with SIGSTOP before the backup starts: the kernel still accepts
+its connections, nothing answers, so restic waits for ever by itself. No fake: that is what
+a hung backend looks like. The backup's repositories are `rest` (the down one) first, then
+`local`. With two slots both run side by side: local's snapshot is complete (it restores
+byte for byte) while rest still waits, and rest fails alone once `stall_timeout` has passed
+without progress, with a one-line reason. With one slot they run in turn, in their order:
+local waits for rest's deadline, and still runs (the run keeps its place).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from daemon_helpers import (
+    PASSWORD,
+    Daemon,
+    henbackupctl,
+    make_data,
+    ok,
+    restic_command,
+    restic_json,
+    tree,
+)
+from integration.backends import RestServer, rest_repository  # noqa: F401 (the fixture)
+
+from henbackup.config.units import format_duration
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HOST = "testhost"
+STALL_TIMEOUT = 20.0  # the down repository's deadline
+DEADLINE = 120.0  # for what only has to happen at last; never a measure
+
+
+def write_config(
+    tmp_path: Path, restic: str, local: Path, rest: RestServer, slots: int
+) -> tuple[Path, Path]:
+    """`pictures` to `rest` then `local`, asked by hand only; returns the config and its
+    source directory."""
+    source = make_data(tmp_path / "pictures")
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        f"""
+[daemon]
+restic = {json.dumps(restic)}
+hostname = "{HOST}"
+max_concurrent_jobs = {slots}
+stall_timeout = "{STALL_TIMEOUT:g}s"
+
+[repositories.rest]
+location = {json.dumps(rest.location)}
+password = "{PASSWORD}"
+
+[repositories.local]
+location = {json.dumps(str(local))}
+password = "{PASSWORD}"
+
+[backups.pictures]
+paths = [{json.dumps(str(source))}]
+repositories = ["rest", "local"]
+"""
+    )
+    return config, source
+
+
+@pytest.mark.parametrize("slots", [2, 1])
+@pytest.mark.parametrize("restic", ["restic-0.14", "restic-0.18"], indirect=True)
+def test_a_repository_whose_backend_is_down_fails_alone_after_its_deadline(
+    restic: str,
+    repository: Path,
+    rest_repository: RestServer,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    slots: int,
+) -> None:
+    config, source = write_config(tmp_path, restic, repository, rest_repository, slots)
+    rest_repository.freeze()
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.pump_until(daemon.socket.exists, 30)
+        ok(henbackupctl(daemon, "backup", "pictures", "--no-wait"))
+        succeeded = daemon.wait_for("job.succeeded", DEADLINE, repository="local")
+        failed = daemon.wait_for("job.failed", DEADLINE, repository="rest")
+
+        started = {e["HENBACKUP_REPOSITORY"]: e for e in daemon.find("job.started")}
+        assert sorted(started) == ["local", "rest"], daemon.report()
+        at = daemon.events.index
+        if slots == 2:  # side by side (either may say it started first): local did not wait
+            assert at(succeeded) < at(failed), daemon.report()
+        else:  # in turn, in order: local started once rest had failed
+            assert at(started["rest"]) < at(failed) < at(started["local"]), daemon.report()
+        error = failed["HENBACKUP_ERROR"]
+        assert error.startswith(f"no progress for {format_duration(STALL_TIMEOUT)}: ")
+        assert "\n" not in error and rest_repository.location not in error
+        assert failed["HENBACKUP_BACKUP"] == "pictures", daemon.report()
+        assert [e["HENBACKUP_REPOSITORY"] for e in daemon.find("job.failed")] == ["rest"]
+        # the run's outcome lists each repository
+        entry = daemon.wait_worker("pictures", lambda w: w["run"] == "idle", DEADLINE)
+        results = {row["repository"]: row["result"] for row in entry["repositories"]}
+        assert results == {"rest": "failed", "local": "succeeded"}, entry
+
+    check = restic_command(restic, repository, "check")  # raises unless it exits 0
+    assert b"no errors were found" in check.stdout, check.stdout
+    target = tmp_path / "restored"
+    snapshot = succeeded["HENBACKUP_SNAPSHOT"]
+    restic_command(restic, repository, "restore", snapshot, "--target", str(target))
+    assert tree(target / source.relative_to("/")) == tree(source)
+    assert [s["tags"] for s in restic_json(restic, repository, "snapshots")] == [
+        ["backup-pictures"]
+    ]
