@@ -190,6 +190,7 @@ class Lanes:
 
     def _exited(self, job: Job, status: int) -> None:
         del self.running[job.id]
+        self.scheduler.forget_own(job.id)  # it died before it took its ticket over?
         self.scheduler.nudge()  # if it died holding its slot, the next job may start
         if job.id not in self.outcomes:  # it died without a word (killed, crashed)
             code = os.waitstatus_to_exitcode(status)
