@@ -39,11 +39,18 @@ DEADLINE = 120.0  # for what only has to happen at last; never a measure
 
 
 def write_config(
-    tmp_path: Path, restic: str, local: Path, rest: RestServer, slots: int
+    tmp_path: Path,
+    restic: str,
+    local: Path,
+    rest: RestServer,
+    slots: int,
+    stall_timeout: float = STALL_TIMEOUT,
 ) -> tuple[Path, Path]:
-    """`pictures` to `rest` then `local`, asked by hand only; returns the config and its
-    source directory."""
+    """`pictures` to `rest` then `local`, asked by hand only, with hooks that write their
+    phase (and the failure's reason) into tmp_path/hooks; returns the config and the
+    backup's source directory."""
     source = make_data(tmp_path / "pictures")
+    said = tmp_path / "hooks"
     config = tmp_path / "henbackup.toml"
     config.write_text(
         f"""
@@ -51,7 +58,7 @@ def write_config(
 restic = {json.dumps(restic)}
 hostname = "{HOST}"
 max_concurrent_jobs = {slots}
-stall_timeout = "{STALL_TIMEOUT:g}s"
+stall_timeout = "{stall_timeout:g}s"
 
 [repositories.rest]
 location = {json.dumps(rest.location)}
@@ -65,8 +72,24 @@ password = "{PASSWORD}"
 paths = [{json.dumps(str(source))}]
 repositories = ["rest", "local"]
 """
+        + "".join(
+            f"""
+[[backups.pictures.hooks.{phase}]]
+type = "command"
+command = ["/bin/sh", "-c", {json.dumps(f'echo "{line}" >> {said}')}]
+"""
+            for phase, line in [
+                ("before", "$HENBACKUP_HOOK"),
+                ("after", "$HENBACKUP_HOOK"),
+                ("failure", "$HENBACKUP_HOOK: $HENBACKUP_ERROR"),
+            ]
+        )
     )
     return config, source
+
+
+def hooks_said(tmp_path: Path) -> list[str]:
+    return (tmp_path / "hooks").read_text().splitlines()
 
 
 @pytest.mark.parametrize("slots", [2, 1])
@@ -102,6 +125,8 @@ def test_a_repository_whose_backend_is_down_fails_alone_after_its_deadline(
         entry = daemon.wait_worker("pictures", lambda w: w["run"] == "idle", DEADLINE)
         results = {row["repository"]: row["result"] for row in entry["repositories"]}
         assert results == {"rest": "failed", "local": "succeeded"}, entry
+        # the hooks ran once each, around both: before, then failure (rest failed)
+        assert hooks_said(tmp_path) == ["before", f"failure: rest: {error}"]
 
     check = restic_command(restic, repository, "check")  # raises unless it exits 0
     assert b"no errors were found" in check.stdout, check.stdout
@@ -112,3 +137,37 @@ def test_a_repository_whose_backend_is_down_fails_alone_after_its_deadline(
     assert [s["tags"] for s in restic_json(restic, repository, "snapshots")] == [
         ["backup-pictures"]
     ]
+
+
+@pytest.mark.parametrize("restic", ["restic-0.14", "restic-0.18"], indirect=True)
+def test_a_hung_repository_s_lane_is_cancelled_and_stopped_cleanly_while_its_sibling_completes(
+    restic: str,
+    repository: Path,
+    rest_repository: RestServer,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """`henbackupctl cancel` reaches the hung repository's own process (the lane), and the
+    daemon's stop reaches every lane: restic ends cleanly, nothing is left behind."""
+    config, _ = write_config(tmp_path, restic, repository, rest_repository, 2, 3600.0)
+    rest_repository.freeze()
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.pump_until(daemon.socket.exists, 30)
+        ok(henbackupctl(daemon, "backup", "pictures", "--no-wait"))
+        daemon.wait_for("job.succeeded", DEADLINE, repository="local")
+        hung = daemon.wait_for("job.started", DEADLINE, repository="rest")
+        assert int(hung["HENBACKUP_PID"]) != daemon.pid
+        ok(henbackupctl(daemon, "cancel", hung["HENBACKUP_JOB"]))
+        daemon.wait_for("job.cancelled", DEADLINE, job=hung["HENBACKUP_JOB"])
+        daemon.wait_worker("pictures", lambda w: w["run"] == "idle", DEADLINE)
+        assert hooks_said(tmp_path) == ["before", "failure: rest: cancelled"]
+
+        since = len(daemon.events)
+        ok(henbackupctl(daemon, "backup", "pictures", "--no-wait"))
+        daemon.wait_for("job.succeeded", DEADLINE, since=since, repository="local")
+        hung = daemon.wait_for("job.started", DEADLINE, since=since, repository="rest")
+        code = daemon.stop(timeout=60)
+        assert code == 0, daemon.report()
+        assert daemon.leftovers == [], daemon.report()
+        assert daemon.find("job.cancelled", job=hung["HENBACKUP_JOB"]), daemon.report()
+        assert daemon.find("job.failed") == [], daemon.report()
+    assert hooks_said(tmp_path)[2:] == ["before", "failure: cancelled"]
