@@ -55,7 +55,7 @@ class Lanes:
     ) -> None:
         self.scheduler, self.emit, self.relay, self.body = scheduler, emit, relay, body
         self.safe_point = safe_point
-        self.loop = Loop()
+        self.loop = Loop()  # each run's own (closed at its end)
         self.todo: list[Job] = []  # not queued yet (the first of them may be waiting)
         self.waiter: Waiter | None = None  # the first of `todo`'s ticket
         self.running: dict[str, Watched] = {}  # job id → its lane
@@ -64,7 +64,7 @@ class Lanes:
         self.stopping = False
 
     def __call__(self, jobs: Sequence[Job], place: Place) -> list[RepositoryOutcome]:
-        self.todo, self.sequence = list(jobs), place.sequence
+        self.loop, self.todo, self.sequence = Loop(), list(jobs), place.sequence
         if self.safe_point.fd is not None:  # before any fork: a lane closes the loop's fds
             self.loop.add_reader(self.safe_point.fd, self._woken)
         first = self.todo[0]
@@ -87,7 +87,7 @@ class Lanes:
         return [self.outcomes[job.id] for job in jobs if job.id in self.outcomes]
 
     def _serve(self) -> None:
-        while self.running or self.waiter is not None or (self.todo and not self.stopping):
+        while self.running or self.waiter is not None:  # a job left to run waits as a ticket
             self.loop.run_once()
 
     def _woken(self) -> None:
@@ -161,7 +161,7 @@ class Lanes:
         def start() -> Watched:
             return start_watched(
                 self.loop,
-                names.job_title(job.title),
+                names.job_title(f"{job.backup}/{job.repository}"),  # comm: ASCII
                 lane,
                 heard=lambda messages: self._heard(job, messages),
                 exited=lambda status: self._exited(job, status),
