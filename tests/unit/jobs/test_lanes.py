@@ -77,3 +77,25 @@ def test_a_lane_that_dies_fails_its_job_alone(tmp_path, events):
         (dict(e.fields)["HENBACKUP_REPOSITORY"], dict(e.fields)["HENBACKUP_ERROR"]) for e in failed
     ] == [("a", "its process exited with 70")]
     assert lanes.scheduler.queue() == ()
+
+
+def test_a_waiting_repository_cancelled_never_starts_and_the_run_goes_on(tmp_path, events):
+    scheduler = Scheduler(tmp_path / "queue")  # one slot: b waits as a ticket while a runs
+    a, b = jobs()
+
+    def body(job: Job, grant: Grant, channel: Channel) -> RepositoryOutcome:
+        queue = Scheduler(tmp_path / "queue")
+        with queued(job, queue, events, grant):
+            deadline = time.monotonic() + WAIT
+            while b.id not in {t.job_id for t in queue.tickets()}:
+                assert time.monotonic() < deadline, "b never queued"
+                time.sleep(0.01)
+            assert queue.cancel(b.id) is not None  # as `henbackupctl cancel` does
+        return RepositoryOutcome(job.repository, snapshot_id="snap-a")
+
+    lanes = Lanes(scheduler, events, lambda _: None, body)
+    outcomes = lanes((a, b), Place(scheduler, events, None))
+    assert outcomes == [RepositoryOutcome("a", "snap-a"), RepositoryOutcome("b", error="cancelled")]
+    kinds = [(e.kind, dict(e.fields)["HENBACKUP_REPOSITORY"]) for e in events.recorded]
+    assert kinds == [("job.queued", "b"), ("job.cancelled", "b")]
+    assert scheduler.queue() == ()
