@@ -8,12 +8,15 @@ a hung backend looks like. The backup's repositories are `rest` (the down one) f
 `local`. With two slots both run side by side: local's snapshot is complete (it restores
 byte for byte) while rest still waits, and rest fails alone once `stall_timeout` has passed
 without progress, with a one-line reason. With one slot they run in turn, in their order:
-local waits for rest's deadline, and still runs (the run keeps its place).
+local waits for rest's deadline, and still runs (the run keeps its place). The hooks run
+once around them all; a cancel reaches the hung repository's own process, and a stop every
+one. And preemption with two slots pauses one repository's restic, not its sibling's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -171,3 +174,92 @@ def test_a_hung_repository_s_lane_is_cancelled_and_stopped_cleanly_while_its_sib
         assert daemon.find("job.cancelled", job=hung["HENBACKUP_JOB"]), daemon.report()
         assert daemon.find("job.failed") == [], daemon.report()
     assert hooks_said(tmp_path)[2:] == ["before", "failure: cancelled"]
+
+
+def write_preemption_config(tmp_path: Path, restic: str, local: Path, freezer: bool) -> Path:
+    """Two slots; pictures (throttled, alone ~40 s more per repository) to `local` and
+    `second` (initialised here: restic's key derivation is no stall); grafana superior.
+    With `freezer`, pictures has resources: each lane's restic has its own cgroup leaf,
+    which a pause freezes."""
+    pictures, grafana = tmp_path / "pictures", tmp_path / "grafana"
+    pictures.mkdir()
+    (pictures / "big.bin").write_bytes(os.urandom(4 << 20))  # ~40 s at 100K
+    grafana.mkdir()
+    (grafana / "grafana.db").write_bytes(os.urandom(1 << 20))  # ~5 s at 200K
+    restic_command(restic, tmp_path / "second", "init")
+    resources = "resources = { cpu_weight = 50 }\n" if freezer else ""
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        f"""
+[daemon]
+restic = {json.dumps(restic)}
+hostname = "{HOST}"
+max_concurrent_jobs = 2
+preempt_after = "2s"
+stall_timeout = "3s"
+
+[repositories.local]
+location = {json.dumps(str(local))}
+password = "{PASSWORD}"
+
+[repositories.second]
+location = {json.dumps(str(tmp_path / "second"))}
+password = "{PASSWORD}"
+
+[backups.pictures]
+paths = [{json.dumps(str(pictures))}]
+repositories = ["local", "second"]
+upload_limit = "100K"
+{resources}
+[backups.grafana]
+paths = [{json.dumps(str(grafana))}]
+repositories = ["local"]
+priority = "superior"
+upload_limit = "200K"
+"""
+    )
+    return config
+
+
+@pytest.mark.parametrize("how", ["SIGSTOP", "freezer"])
+@pytest.mark.parametrize("restic", ["restic-0.14", "restic-0.18"], indirect=True)
+def test_preemption_pauses_one_side_by_side_repository_and_its_sibling_goes_on(
+    restic: str, repository: Path, tmp_path: Path, how: str
+) -> None:
+    """pictures holds both slots, one per repository; a superior grafana pauses one of
+    them only (the one the master saw start last): the other goes on uploading, which a
+    pause of both would have ended after the 3 s stall_timeout. Every snapshot completes
+    and checks clean."""
+    config = write_preemption_config(tmp_path, restic, repository, how == "freezer")
+    with Daemon(config, tmp_path / "daemon") as daemon:
+        daemon.pump_until(daemon.socket.exists, 30)
+        ok(henbackupctl(daemon, "backup", "pictures", "--no-wait"))
+        for name in ("local", "second"):  # both upload at once
+            daemon.wait_for("job.progress", 60, backup="pictures", repository=name)
+        ok(henbackupctl(daemon, "backup", "grafana", "--no-wait"))
+        daemon.wait_for("job.started", 30, backup="grafana")
+        paused = daemon.wait_for("job.paused", 5, backup="pictures")
+        assert paused["HENBACKUP_PAUSED_HOW"] == how, daemon.report()
+
+        daemon.wait_for("job.succeeded", DEADLINE, backup="grafana")
+        for name in ("local", "second"):
+            daemon.wait_for("job.succeeded", DEADLINE, backup="pictures", repository=name)
+        assert not daemon.find("job.stalled") and not daemon.find("job.failed"), daemon.report()
+        assert daemon.find("job.paused") == [paused], daemon.report()
+        daemon.wait_worker("pictures", lambda w: w["run"] == "idle", DEADLINE)
+    for location in (repository, tmp_path / "second"):
+        check = restic_command(restic, location, "check")  # raises unless it exits 0
+        assert b"no errors were found" in check.stdout, check.stdout
+        target = tmp_path / f"restored-{location.name}"
+        restic_command(
+            restic,
+            location,
+            "restore",
+            "latest",
+            "--tag",
+            "backup-pictures",
+            "--target",
+            str(target),
+        )
+        source = tmp_path / "pictures"
+        assert tree(target / source.relative_to("/")) == tree(source)
