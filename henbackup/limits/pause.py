@@ -32,11 +32,11 @@ def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            data = (entry / "stat").read_bytes()  # a name may be any bytes, cut mid-UTF-8
+            text = (entry / "stat").read_text()
         except OSError:  # gone meanwhile
             continue
-        fields = data.rpartition(b")")[2].split()  # the name in parentheses may hold anything
-        if len(fields) > 1 and fields[1] == str(pid).encode():
+        fields = text.rpartition(")")[2].split()  # the name in parentheses may hold anything
+        if len(fields) > 1 and fields[1] == str(pid):
             found.append(int(entry.name))
     return found
 

@@ -87,14 +87,3 @@ def test_what_a_master_that_died_left_stopped_goes_on_at_the_next_start(
         assert list(marks.iterdir()) == []
     finally:
         os.kill(program, signal.SIGKILL)
-
-
-def test_children_are_found_whatever_bytes_a_process_name_holds(tmp_path: Path) -> None:
-    # A name is cut at 15 bytes by the kernel, maybe inside a UTF-8 character (a job
-    # process named after "pictures→aws"): not one process name may hide the others.
-    for pid, name, parent in [(7, b"hbjob:pictures\xe2", 1), (8, b"restic) S 1 (", 7)]:
-        (tmp_path / str(pid)).mkdir()
-        (tmp_path / str(pid) / "stat").write_bytes(b"%d (%s) S %d 0 0" % (pid, name, parent))
-    (tmp_path / "self").mkdir()
-    assert children(1, tmp_path) == [7]
-    assert children(7, tmp_path) == [8]
