@@ -32,8 +32,17 @@ from henbackup.errors import (
     UnsafeTarget,
 )
 from henbackup.jobs.job import Job, telling
+from henbackup.jobs.lanes import Lanes
 from henbackup.jobs.maintenance import run_check, run_prune
-from henbackup.jobs.pipeline import Admitted, backup_jobs, queued, run_backup_pipeline
+from henbackup.jobs.pipeline import (
+    Admitted,
+    Place,
+    RepositoryOutcome,
+    back_up_to_repository,
+    backup_jobs,
+    queued,
+    run_backup_pipeline,
+)
 from henbackup.jobs.restore import find_snapshot, run_restore
 from henbackup.jobs.snapshots import run_snapshots, snapshot_row
 from henbackup.limits import pause
@@ -41,7 +50,7 @@ from henbackup.limits.place import placed
 from henbackup.observe.events import EmitFunction
 from henbackup.process import NEVER, SafePoint
 from henbackup.protocol import reply_error
-from henbackup.scheduler.queue import PAUSE_MARKS, Scheduler
+from henbackup.scheduler.queue import PAUSE_MARKS, Grant, Scheduler
 
 # A repository locked by a live process elsewhere (another host, an admin's restic) is
 # waited for this long before the job fails; stale locks are removed at once.
@@ -120,10 +129,11 @@ def checkpoint() -> None:
 _safe_point = NEVER  # checkpoint, with the wakeup fd the handlers write to, once installed
 
 
-def _handle_signals() -> None:
-    """Record SIGTERM and SIGUSR1; each also writes a byte to the wakeup fd (waits wake)."""
+def _handle_signals(fresh: bool = False) -> None:
+    """Record SIGTERM and SIGUSR1; each also writes a byte to the wakeup fd (waits wake).
+    `fresh`: a wakeup fd of its own (a lane: its parent's is not its own)."""
     global _safe_point
-    if _safe_point is NEVER:
+    if _safe_point is NEVER or fresh:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         _safe_point = SafePoint(checkpoint, read_fd)
@@ -173,23 +183,52 @@ def backup_job(
     ended."""
     _handle_signals()
     engine = _engine(config)
+    relay = news.send if news is not None else lambda _: None
     try:
         with placed(name, config.backups[name].resources, telling(news)) as placement:
+            scheduler = host_scheduler()
+            lanes = Lanes(
+                scheduler,
+                placement.emit,
+                relay,
+                lambda job, grant, channel: _lane(config, job, grant, channel),
+                _safe_point,
+            )
             result = run_backup_pipeline(
                 config,
                 name,
                 engine,
                 placement.emit,
                 options.trigger,
-                host_scheduler(),
+                scheduler,
                 only=options.repository,
                 priority=options.job_priority,
                 safe_point=_safe_point,
                 admitted=admitted,
+                side_by_side=lanes,
             )
     except JobCancelled:
         return JobExit.CANCELLED
     return JobExit.FAILED if result.status == "failed" else JobExit.OK
+
+
+def _lane(config: Config, job: Job, grant: Grant, parent: Channel) -> RepositoryOutcome:
+    """A repository's job in a lane of its run (jobs/lanes.py): its own signals, engine
+    and cgroup leaf (a pause, a memory kill, the usage are its own); raises JobCancelled
+    when the whole run stops."""
+    _handle_signals(fresh=True)
+    backup = config.backups[job.backup or ""]
+    with placed(backup.name, backup.resources, telling(parent)) as placement:
+        place = Place(host_scheduler(), placement.emit, grant)
+        try:
+            outcome = back_up_to_repository(
+                job, backup, config, _engine(config), placement.emit, place
+            )
+        finally:
+            place.release()
+    return RepositoryOutcome(
+        outcome.repository, outcome.snapshot_id, placement.explain(outcome.error)
+    )
 
 
 def maintenance_job(

@@ -4,9 +4,13 @@ The worker waits for the first repository's turn in the host-wide queue and only
 the job process, handing it the grant (`Admitted`). So the `before` hooks run once the slot
 is held, just before the first repository's backup (a database dump is fresh); then one job
 per repository (a failing repository does not stop the others), with retention after a
-successful backup; then the `after` hooks, or the `failure` hooks when anything failed. The
+successful backup; then the `after` hooks, or the `failure` hooks when anything failed.
+In a job process the repositories' jobs run side by side as slots allow (jobs/lanes.py),
+each in a child process with its own turn in the queue and its own stall deadline: one
+whose backend is down fails alone. Elsewhere (`henbackup backup`) they run in turn. The
 run keeps its place from one repository to the next (`Place`): the next repository's ticket
-replaces the one that ran, with its arrival number, in one turn of the queue's lock. A
+has the run's arrival number (in turn: replacing the one that ran, in one turn of the
+queue's lock). A
 before hook that stops the run fails every job it kept from starting (a job.failed each,
 naming the hook), so that status, metrics and the journal count the run as failed.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from henbackup.config.model import Backup, Config, Priority
@@ -116,6 +120,18 @@ class Place:
             self.grant = self._wait(job, self.scheduler)
         yield
 
+    def take_grant(self, job: Job) -> Grant | None:
+        """The grant held for `job`, now the caller's (None: it holds none for it); raises
+        JobCancelled (after its job.cancelled) when it was cancelled before it started."""
+        if self.grant is None or self.grant.ticket.job_id != job.id:
+            return None
+        grant, self.grant = self.grant, None
+        if self._cancelled_early:
+            grant.release()
+            announce_cancelled(job, self.emit)
+            raise JobCancelled(f"job {job.id} was cancelled before it started")
+        return grant
+
     def _wait(self, job: Job, scheduler: Scheduler) -> Grant:
         replacing, self.grant = self.grant, None
         waiter = scheduler.submit(ticket_for(job, self.sequence), replacing=replacing)
@@ -137,6 +153,11 @@ class Place:
         if self.grant is not None:
             self.grant.release()
             self.grant = None
+
+
+# Runs a run's jobs side by side from `place` (jobs/lanes.py); returns their outcomes, in
+# the jobs' order.
+SideBySide = Callable[[Sequence[Job], Place], list["RepositoryOutcome"]]
 
 
 @contextlib.contextmanager
@@ -164,6 +185,7 @@ def run_backup_pipeline(
     priority: Priority | None = None,
     safe_point: SafePoint | None = None,
     admitted: Admitted | None = None,
+    side_by_side: SideBySide | None = None,
 ) -> PipelineResult:
     """Hooks around one backup job per repository; returns every repository's outcome.
 
@@ -171,6 +193,8 @@ def run_backup_pipeline(
     configured one (both for runs asked by hand). `safe_point` is where the job process
     acts on its signals: hooks and the time between repositories. `admitted`: the run as
     its worker queued it (the jobs, the first one's grant, those cancelled meanwhile).
+    `side_by_side`: how several repositories' jobs run at once, as slots allow (else here,
+    in turn).
     """
     backup = config.backups[name]
     if admitted is None:
@@ -179,12 +203,21 @@ def run_backup_pipeline(
     left = admitted.jobs[len(admitted.cancelled) :]
     place = Place(scheduler, emit, admitted.grant)
 
+    def in_turn(jobs: Sequence[Job], place: Place) -> list[RepositoryOutcome]:
+        done = []
+        for job in jobs:
+            if safe_point is not None:
+                safe_point.check()
+            done.append(back_up_to_repository(job, backup, config, engine, emit, place))
+        return done
+
+    run_jobs: SideBySide = in_turn
+    if side_by_side is not None and scheduler is not None and len(left) > 1:
+        run_jobs = side_by_side
+
     def jobs() -> str | None:
         try:
-            for job in left:
-                if safe_point is not None:
-                    safe_point.check()
-                outcomes.append(_back_up_to_repository(job, backup, config, engine, emit, place))
+            outcomes.extend(run_jobs(left, place))
         finally:
             place.release()
         reasons = [f"{o.repository}: {o.error}" for o in outcomes if o.error is not None]
@@ -227,7 +260,7 @@ def _stopped_by_hook(job: Job, error: str, emit: EmitFunction) -> RepositoryOutc
     return RepositoryOutcome(job.repository, error=error)
 
 
-def _back_up_to_repository(
+def back_up_to_repository(
     job: Job,
     backup: Backup,
     config: Config,
