@@ -11,6 +11,12 @@ a file. The repository location travels in BORG_REPO and the password through an
 pipe (BORG_PASSPHRASE_FD) or a command (BORG_PASSCOMMAND), never in argv; messages are
 redacted of the location, the password and the target's env values.
 
+Versions: borg 1.2 to 1.4 (one command line); `borg --version` is asked once per binary
+(engine/versions.py) and any other refused before the first command, in one line.
+
+Over ssh (`ssh://USER@HOST[:PORT]/PATH`), borg runs the ssh command of BORG_RSH from the
+repository's env (key, known_hosts, port), and ssh's refusals come back as "Remote:" lines.
+
 Locks: borg removes a stale lock itself when its holder is a dead process of this host
 (BORG_HOSTNAME_IS_UNIQUE=yes), never a live one; `unlock_stale` asks borg to do just that.
 """
@@ -24,6 +30,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +64,9 @@ from henbackup.engine.run import (
     secrets_of,
 )
 from henbackup.engine.secret_env import with_secret_env
+from henbackup.engine.versions import version_text
 from henbackup.errors import (
+    AccessRefused,
     BackendUnreachable,
     EngineError,
     RepositoryLocked,
@@ -89,6 +98,17 @@ _UNREACHABLE = {
 }
 _NO_ARCHIVE = {"Archive.DoesNotExist"}
 _UNREACHABLE_WORDS = ("connection closed by remote host", "connection refused", "ssh: ")
+# What ssh says (borg forwards it as "Remote: ...") when the server refuses who we are, or
+# is not the one known_hosts knows: retrying cannot help.
+_SSH_REFUSED = "permission denied ("
+_SSH_HOST_KEY = ("host key verification failed", "remote host identification has changed")
+_SSH_ADVICE = "check the user and key its ssh logs in with (BORG_RSH in its env, or ~/.ssh/config)"
+# borg's own line when ssh ended before borg answered, and what it means.
+_CLOSED = "connection closed by remote host"
+_CLOSED_MEANING = (
+    "ssh opened no borg session: check that the server is up, has borg on its PATH and"
+    " accepts the user, key and host key its ssh uses"
+)
 
 # Our own environment's borg settings are not the repository's; of the target's, those that
 # would override what the engine says (repository, password) go.
@@ -103,6 +123,35 @@ _OVERRIDDEN_VARS = frozenset(
     }
 )
 _RESTIC_TO_BORG_UNITS = {"h": "H", "d": "d", "w": "w", "m": "m", "y": "y"}
+
+
+# --- versions (pure) -----------------------------------------------------------------
+
+Version = tuple[int, int, int]
+# 1.2 brought `borg compact` (1.1 frees space within prune), --upload-ratelimit and the
+# 1.2 archive matching (--glob-archives); borg 2 has another command line altogether.
+SUPPORTED = ((1, 2, 0), (2, 0, 0))
+
+
+def parse_version(text: str) -> Version | None:
+    """The version in `borg --version` ("borg 1.2.4", "borg-linux64 1.4.0",
+    "borg 2.0.0b14"); None if there is none."""
+    match = re.match(r"\S+ (\d+)\.(\d+)\.(\d+)", text.strip())
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def version_problem(text: str, binary: str) -> str | None:
+    """One line on why the borg that printed `text` cannot serve; None if it can."""
+    version = parse_version(text)
+    low, high = SUPPORTED
+    if version is not None and low <= version < high:
+        return None
+    said = _one_line(text, 80) or "nothing"
+    what = "is too old" if version is not None and version < low else "is not borg 1.2 to 1.4"
+    return (
+        f"borg ({binary}) {what} (`borg --version` said {said!r}): henbackup needs borg 1.2"
+        " or later, before 2 (Debian 12's borgbackup): install it or set daemon.borg"
+    )
 
 
 # --- command lines (pure) -------------------------------------------------------------
@@ -433,12 +482,58 @@ def classify_failure(
         return RepositoryLocked(f"{where} is locked by another process: {_one_line(reason)}")
     if ids & _MISSING:
         return RepositoryMissing(f"no borg repository at the location of {where}")
+    refused = ssh_refusal([line.text for line in lines], where)
+    if refused is not None:
+        return refused
     low = " ".join(errors).lower()
     if ids & _UNREACHABLE or any(word in low for word in _UNREACHABLE_WORDS):
+        if _CLOSED in reason.lower():  # ssh said nothing borg kept: what that means
+            return BackendUnreachable(f"{where} is unreachable: {_CLOSED_MEANING} ({reason})")
         return BackendUnreachable(f"{where} is unreachable: {_one_line(reason)}")
     if ids & _NO_ARCHIVE:
         return SnapshotNotFound(f"no such snapshot in {where}")
     return EngineError(f"borg {command} failed on {where}: {_one_line(reason)}")
+
+
+def ssh_refusal(texts: Sequence[str], where: str) -> AccessRefused | None:
+    """AccessRefused if ssh (through borg) says the server refused the key or is not the one
+    known_hosts knows; None otherwise."""
+    lows = [text.lower() for text in texts]
+    if any(needle in low for low in lows for needle in _SSH_HOST_KEY):
+        return AccessRefused(
+            f"{where}: the server's host key is not one that known_hosts holds: "
+            "make sure it is the right server, then update known_hosts"
+        )
+    for text, low in zip(texts, lows, strict=True):
+        if _SSH_REFUSED in low:
+            quoted = _one_line(text[low.index(_SSH_REFUSED) :])
+            return AccessRefused(f"{where} refused access ({quoted}): {_SSH_ADVICE}")
+    return None
+
+
+def _ask_version(path: str) -> str:
+    """What `borg --version` prints. Raises EngineError if borg cannot run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIX)}
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, env=env, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"cannot run borg ({path}): {exc}") from None
+    return done.stdout or done.stderr
+
+
+def borg_version(binary: str, cache_dir: Path | None = None) -> str:
+    """`borg --version` of `binary`, asked once per binary (engine/versions.py)."""
+    return version_text(binary, cache_dir, _ask_version, tool="borg")
+
+
+def binary_problem(binary: str, cache_dir: Path | None = None) -> str | None:
+    """One line on why borg `binary` cannot serve (it cannot run, or its version), or None."""
+    try:
+        return version_problem(borg_version(binary, cache_dir), binary)
+    except EngineError as error:
+        return str(error)
 
 
 # --- running borg ---------------------------------------------------------------------
@@ -525,8 +620,10 @@ class BorgEngine(ToolEngine):
         paused: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(binary, on_spawn, checkpoint, stall_timeout, on_stall, paused)
+        self.cache_dir = cache_dir
         self.base_dir = cache_dir / "borg" if cache_dir is not None else None
         self.lock_wait = lock_wait
+        self._version_ok = False
 
     # -- the Engine contract --
 
@@ -640,6 +737,7 @@ class BorgEngine(ToolEngine):
     ) -> _Outcome:
         """Run borg once. Exit 1 (warnings) passes with `warn_ok`; a failed `check` whose
         reason is no typed error is a result, not a failure."""
+        self._require_version()
         target = with_secret_env(target)  # provider keys: read now, for borg only
         redact = Redactor.of(secrets_of(target))
         listener = _Listener(redact, on_progress, started=_now())
@@ -665,6 +763,14 @@ class BorgEngine(ToolEngine):
         if check and type(error) is EngineError and code > 0:
             return outcome
         raise error
+
+    def _require_version(self) -> None:
+        """Before the first command: a borg this engine does not speak is refused."""
+        if not self._version_ok:
+            problem = binary_problem(self.binary, self.cache_dir)
+            if problem is not None:
+                raise EngineError(problem)
+            self._version_ok = True
 
     # -- what run.py asks of borg --
 

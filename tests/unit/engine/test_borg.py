@@ -4,6 +4,7 @@ engine against real borg is in tests/integration/test_engine_contract.py."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -23,12 +24,15 @@ from henbackup.engine.borg import (
     keep_within,
     parse_archives,
     parse_prune,
+    parse_version,
     password_env,
     split_name,
+    version_problem,
 )
 from henbackup.engine.engines import Engines, engine_class
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import (
+    AccessRefused,
     BackendUnreachable,
     EngineError,
     RepositoryLocked,
@@ -179,3 +183,82 @@ def test_the_repositorys_engine_is_chosen_by_its_target() -> None:
     assert engines.of(Target("b2", "/srv/other", TARGET.password, engine="borg")) is borg
     with pytest.raises(EngineError, match="unknown engine 'tar'"):
         engine_class("tar")
+
+
+# What `borg --version` printed: Debian 11 (1.1.16), 12 (1.2.4), Ubuntu 22.04 (1.2.0),
+# Debian 13 (1.4.0), the standalone binary (named after its file), a borg 2 beta.
+@pytest.mark.parametrize(
+    ("text", "version", "served"),
+    [
+        ("borg 1.1.16\n", (1, 1, 16), False),
+        ("borg 1.2.0\n", (1, 2, 0), True),
+        ("borg 1.2.4\n", (1, 2, 4), True),
+        ("borg 1.4.0\n", (1, 4, 0), True),
+        ("borg-linux64 1.2.8\n", (1, 2, 8), True),
+        ("borg 2.0.0b14\n", (2, 0, 0), False),
+        ("", None, False),
+        ("Traceback (most recent call last):\n", None, False),
+    ],
+)
+def test_borgs_version_is_read_from_its_own_words(
+    text: str, version: tuple[int, int, int] | None, served: bool
+) -> None:
+    assert parse_version(text) == version
+    problem = version_problem(text, "/usr/bin/borg")
+    assert (problem is None) is served
+    if problem is not None:
+        assert "\n" not in problem and problem.startswith("borg (/usr/bin/borg) ")
+        assert "henbackup needs borg 1.2 or later, before 2" in problem
+
+
+def test_a_borg_too_old_says_so_in_one_line() -> None:
+    assert version_problem("borg 1.1.16\n", "borg") == (
+        "borg (borg) is too old (`borg --version` said 'borg 1.1.16'): henbackup needs borg 1.2"
+        " or later, before 2 (Debian 12's borgbackup): install it or set daemon.borg"
+    )
+
+
+# borg forwards what ssh said as "Remote: ..." warnings, then fails with its own line.
+CLOSED = LogLine(
+    "Connection closed by remote host. Is borg working on the server?",
+    "ERROR",
+    "ConnectionClosedWithHint",
+)
+
+
+def test_ssh_refusing_the_key_or_host_is_access_refused_in_one_line() -> None:
+    denied = [LogLine("Remote: backup@nas.lan: Permission denied (publickey).", "WARNING"), CLOSED]
+    assert str(classify_failure("list", 2, denied, "nas")) == (
+        "repository nas refused access (Permission denied (publickey).): check the user and key"
+        " its ssh logs in with (BORG_RSH in its env, or ~/.ssh/config)"
+    )
+    host = [LogLine("Remote: Host key verification failed.", "WARNING"), CLOSED]
+    failure = classify_failure("list", 2, host, "nas")
+    assert type(failure) is AccessRefused
+    assert str(failure) == (
+        "repository nas: the server's host key is not one that known_hosts holds: make sure it"
+        " is the right server, then update known_hosts"
+    )
+
+
+def test_ssh_closing_without_a_word_says_what_to_check() -> None:
+    failure = classify_failure("list", 2, [CLOSED], "nas")
+    assert type(failure) is BackendUnreachable
+    assert str(failure) == (
+        "repository nas is unreachable: ssh opened no borg session: check that the server is"
+        " up, has borg on its PATH and accepts the user, key and host key its ssh uses"
+        " (Connection closed by remote host. Is borg working on the server?)"
+    )
+
+
+def test_the_engine_refuses_a_borg_it_does_not_speak_before_any_command(tmp_path: Path) -> None:
+    # A stand-in for Debian 11's borg 1.1.16 (no 1.1 is installed here): it logs each call.
+    calls = tmp_path / "calls"
+    old = tmp_path / "borg"
+    old.write_text(f"#!/bin/sh\necho \"$1\" >> {calls}\necho 'borg 1.1.16'\n")
+    old.chmod(0o755)
+    engine = BorgEngine(str(old), cache_dir=tmp_path / "cache")
+    for _ in range(2):
+        with pytest.raises(EngineError, match=r"^borg \(.*\) is too old .*daemon\.borg$"):
+            engine.snapshots(Target("b", str(tmp_path / "repo"), TARGET.password, engine="borg"))
+    assert calls.read_text() == "--version\n"  # asked once, and nothing else run
