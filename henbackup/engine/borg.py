@@ -24,6 +24,7 @@ Locks: borg removes a stale lock itself when its holder is a dead process of thi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -74,6 +75,7 @@ from henbackup.errors import (
     SnapshotNotFound,
     WrongPassword,
 )
+from henbackup.files import write_atomically
 from henbackup.names import snapshot_tag
 from henbackup.redact import Redactor
 
@@ -511,6 +513,31 @@ def ssh_refusal(texts: Sequence[str], where: str) -> AccessRefused | None:
     return None
 
 
+def archive_second(doc: Mapping[str, Any]) -> int:
+    """The whole second (epoch) of the start `create --json` gives its archive."""
+    archive = doc.get("archive")
+    start = archive.get("start") if isinstance(archive, dict) else None
+    return math.ceil(parse_time(str(start)).timestamp()) if start else math.ceil(time.time())
+
+
+def _read_second(path: Path) -> int:
+    """The second noted in `path`; 0 (long ago) if there is none to read."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_second(path: Path, second: int) -> bool:
+    """Note `second`; False if it cannot be noted."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, f"{second}\n".encode())
+    except OSError:
+        return False
+    return True
+
+
 def _ask_version(path: str) -> str:
     """What `borg --version` prints. Raises EngineError if borg cannot run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIX)}
@@ -644,15 +671,20 @@ class BorgEngine(ToolEngine):
         # The archive records the paths that are there (as restic's snapshot does); borg
         # warns of the others.
         there = tuple(p for p in paths if os.path.lexists(p))
+        # borg times archives to the second, and its retention cannot order two of one
+        # second: this archive starts in a later second than the last of this backup.
+        record = self._last_archive(target, request)
+        if record is not None:
+            self._pause(_read_second(record) + 1 - time.time())
         name = archive_name(request.backup, request.host, datetime.now(UTC))
         outcome = self._call(
             target, backup_args(request, name, there), on_progress=on_progress, warn_ok=True
         )
         warnings = [line.text for line in outcome.log if line.level == "WARNING"]
-        result = parse_backup(outcome.document, outcome.statuses, outcome.result.seconds, warnings)
-        # borg times archives to the second, and its retention cannot order two of one
-        # second: the next archive of this backup must start in a later second.
-        self._pause(math.ceil(time.time()) - time.time())
+        document = outcome.document
+        result = parse_backup(document, outcome.statuses, outcome.result.seconds, warnings)
+        if record is None or not _write_second(record, archive_second(document)):
+            self._pause(math.ceil(time.time()) - time.time())  # not noted: wait now
         return result
 
     def snapshots(
@@ -712,6 +744,14 @@ class BorgEngine(ToolEngine):
         self, target: Target, backup: str | None = None, host: str | None = None
     ) -> list[tuple[str, Snapshot]]:
         return parse_archives(self._call(target, list_args(backup, host)).document)
+
+    def _last_archive(self, target: Target, request: BackupRequest) -> Path | None:
+        """The file noting when this backup's last archive by this host started, in the
+        cache (one-shot jobs and the daemon's share it); None without a cache."""
+        if self.base_dir is None:
+            return None
+        key = "\0".join((target.location, request.backup, request.host)).encode()
+        return self.base_dir / "henbackup" / f"last-{hashlib.sha256(key).hexdigest()[:32]}"
 
     def _resolve(self, target: Target, snapshot_id: str) -> tuple[str, Snapshot]:
         """The one archive an id, a prefix of one or "latest" names."""

@@ -15,6 +15,7 @@ from henbackup.engine.borg import (
     LogLine,
     archive_glob,
     archive_name,
+    archive_second,
     backup_args,
     child_env,
     classify_failure,
@@ -262,3 +263,10 @@ def test_the_engine_refuses_a_borg_it_does_not_speak_before_any_command(tmp_path
         with pytest.raises(EngineError, match=r"^borg \(.*\) is too old .*daemon\.borg$"):
             engine.snapshots(Target("b", str(tmp_path / "repo"), TARGET.password, engine="borg"))
     assert calls.read_text() == "--version\n"  # asked once, and nothing else run
+
+
+def test_an_archive_is_noted_by_the_second_borg_started_it() -> None:
+    doc = {"archive": {"id": "1" * 64, "start": "2026-12-02T11:18:30.000000"}}
+    assert archive_second(doc) == int(datetime(2026, 12, 2, 11, 18, 30).astimezone().timestamp())
+    later = {"archive": {"id": "1" * 64, "start": "2026-12-02T11:18:30.250000"}}
+    assert archive_second(later) == archive_second(doc) + 1  # a part of a second: the next
