@@ -5,8 +5,9 @@ borg runs `borg serve` there from the server's PATH, and ssh as the repository's
 
 A watched change is backed up to `ssh://` (the repository made on first use), a backup
 asked by henbackupctl follows, both are listed, one is restored byte for byte and checked;
-a wrong key and an unknown host key each fail a backup with one line that says which, the
-same line in its job.failed event and in `henbackupctl status`."""
+the metrics count them; a wrong key and an unknown host key each fail a backup with one
+line that says which, the same line in its job.failed event and in `henbackupctl status`,
+and the metrics count the failures."""
 
 from __future__ import annotations
 
@@ -22,13 +23,17 @@ from ctl_helpers import (
     HOST,
     PASSWORD,
     ctl,
+    free_port,
+    get_metrics,
     make_tree,
+    parse_metrics,
     reply,
     restored,
     said,
     status_row,
     toml,
     tree_state,
+    value,
 )
 from daemon_helpers import Daemon, write_state
 from integration.backends import SshServer, keygen, ssh_server  # noqa: F401 (fixture)
@@ -61,7 +66,7 @@ env = {{ BORG_RSH = {toml(rsh)} }}
 """
 
 
-def config(base: Path, data: Path, server: SshServer) -> Path:
+def config(base: Path, data: Path, server: SshServer, metrics_port: int) -> Path:
     """`pictures` watched and backed up to `vault` over ssh; `wrong-key` and `wrong-host`
     are the same server through a key it refuses and a known_hosts of another host."""
     stranger = keygen(base / "stranger_key")
@@ -73,6 +78,9 @@ def config(base: Path, data: Path, server: SshServer) -> Path:
 [daemon]
 borg = {toml(BORG)}
 hostname = {toml(HOST)}
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 {repository("vault", where, server.borg_rsh())}
 {repository("wrong-key", where, server.borg_rsh(key=stranger))}
 {repository("wrong-host", where, server.borg_rsh(known_hosts=impostor))}
@@ -97,7 +105,8 @@ def test_watched_and_asked_backups_over_ssh_restored_byte_for_byte(
     ssh_server: SshServer,  # noqa: F811
 ) -> None:
     data = make_tree(tmp_path / "pictures")
-    daemon = Daemon(config(tmp_path, data, ssh_server), tmp_path / "daemon")
+    port = free_port()
+    daemon = Daemon(config(tmp_path, data, ssh_server, port), tmp_path / "daemon")
     write_state(daemon.state, "pictures", time.time())  # nothing due: only the change counts
     with daemon:
         daemon.wait_triggers_armed("pictures")
@@ -137,13 +146,24 @@ def test_watched_and_asked_backups_over_ssh_restored_byte_for_byte(
         check = ctl(daemon, "check", "vault")
         assert check.returncode == 0, said(check)
 
+        samples, _ = parse_metrics(get_metrics(port))
+        ours = {"backup": "pictures", "repository": "vault"}
+        assert value(samples, "henbackup_snapshots", **ours) == 2
+        assert value(samples, "henbackup_last_run_success", **ours, operation="backup") == 1
+        runs = value(
+            samples, "henbackup_runs_total", **ours, operation="backup", result="succeeded"
+        )
+        assert runs == 2
+        assert (value(samples, "henbackup_bytes_added_total", **ours) or 0) > 50_000
+
 
 def test_a_wrong_key_or_host_key_fails_in_one_line(
     tmp_path: Path,
     ssh_server: SshServer,  # noqa: F811
 ) -> None:
     data = make_tree(tmp_path / "pictures")
-    daemon = Daemon(config(tmp_path, data, ssh_server), tmp_path / "daemon")
+    port = free_port()
+    daemon = Daemon(config(tmp_path, data, ssh_server, port), tmp_path / "daemon")
     expected = {
         "wrong-key": re.escape(
             f"repository wrong-key refused access (Permission denied (publickey).): {ADVICE}"
@@ -165,4 +185,9 @@ def test_a_wrong_key_or_host_key_fails_in_one_line(
             row = status_row(status, "refused", name)
             (failed,) = daemon.find("job.failed", repository=name)
             assert (row["result"], row["error"]) == ("failed", failed["HENBACKUP_ERROR"])
+        samples, _ = parse_metrics(get_metrics(port))
+        for name in expected:
+            theirs = {"backup": "refused", "repository": name, "operation": "backup"}
+            assert value(samples, "henbackup_last_run_success", **theirs) == 0
+            assert value(samples, "henbackup_runs_total", **theirs, result="failed") == 1
     assert not (tmp_path / "remote" / "vault").exists()  # nothing got through
