@@ -5,9 +5,9 @@ borg runs `borg serve` there from the server's PATH, and ssh as the repository's
 
 A watched change is backed up to `ssh://` (the repository made on first use), a backup
 asked by henbackupctl follows, both are listed, one is restored byte for byte and checked;
-the metrics count them; a wrong key and an unknown host key each fail a backup with one
-line that says which, the same line in its job.failed event and in `henbackupctl status`,
-and the metrics count the failures."""
+the metrics count them. Beside a scheduled backup that succeeds, a wrong key and an
+unknown host key each fail a backup with one line that says which, the same line in its
+job.failed event and in `henbackupctl status`, and the metrics count the failures."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from integration.backends import SshServer, keygen, ssh_server  # noqa: F401 (fi
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BORG = shutil.which("borg") or "borg"
+DAY = 24 * 3600
 ADVICE = "check the user and key its ssh logs in with (BORG_RSH in its env, or ~/.ssh/config)"
 HOST_KEY = (
     "the server's host key is not one that known_hosts holds: make sure it is the right"
@@ -157,7 +158,7 @@ def test_watched_and_asked_backups_over_ssh_restored_byte_for_byte(
         assert (value(samples, "henbackup_bytes_added_total", **ours) or 0) > 50_000
 
 
-def test_a_wrong_key_or_host_key_fails_in_one_line(
+def test_a_wrong_key_or_host_key_fails_in_one_line_beside_a_scheduled_backup(
     tmp_path: Path,
     ssh_server: SshServer,  # noqa: F811
 ) -> None:
@@ -170,11 +171,18 @@ def test_a_wrong_key_or_host_key_fails_in_one_line(
         ),
         "wrong-host": re.escape(f"repository wrong-host: {HOST_KEY}"),
     }
-    write_state(daemon.state, "pictures", time.time())  # not due: only `refused` runs
+    # `pictures` falls due by its schedule a few seconds in (late enough that a slow start
+    # still finds it not yet due), while `refused` runs.
+    write_state(daemon.state, "pictures", time.time() + 8 - DAY)
     with daemon:
         daemon.wait_for("daemon.started")
         asked = ctl(daemon, "backup", "refused")  # waits for both, and says each failed
         assert asked.returncode == 1, said(asked)
+        scheduled = daemon.wait_for("job.succeeded", operation="backup", timeout=120)
+        assert (scheduled["HENBACKUP_TRIGGER"], scheduled["HENBACKUP_REPOSITORY"]) == (
+            "schedule",
+            "vault",
+        )
         for name, reason in expected.items():
             failed = daemon.wait_for("job.failed", repository=name, operation="backup", timeout=120)
             error = failed["HENBACKUP_ERROR"]
@@ -190,4 +198,5 @@ def test_a_wrong_key_or_host_key_fails_in_one_line(
             theirs = {"backup": "refused", "repository": name, "operation": "backup"}
             assert value(samples, "henbackup_last_run_success", **theirs) == 0
             assert value(samples, "henbackup_runs_total", **theirs, result="failed") == 1
-    assert not (tmp_path / "remote" / "vault").exists()  # nothing got through
+        listed = reply(ctl(daemon, "--json", "list-snapshots", "vault"))["snapshots"]
+        assert [row["id"] for row in listed] == [scheduled["HENBACKUP_SNAPSHOT"]]  # theirs: none
