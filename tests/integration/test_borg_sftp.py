@@ -4,10 +4,11 @@ borg runs `borg serve` there from the server's PATH, and ssh as the repository's
 (BORG_RSH: key, port, known_hosts), as restic's sftp.command says it for restic.
 
 A watched change is backed up to `ssh://` (the repository made on first use), a backup
-asked by henbackupctl follows, both are listed, one is restored byte for byte and checked;
-the metrics count them. Beside a scheduled backup that succeeds, a wrong key and an
-unknown host key each fail a backup with one line that says which, the same line in its
-job.failed event and in `henbackupctl status`, and the metrics count the failures."""
+asked by henbackupctl follows, each between its hooks, both are listed, one is restored
+byte for byte and checked; the metrics count them. Beside a scheduled backup that
+succeeds, a wrong key and an unknown host key each fail a backup with one line that says
+which, the same line in its job.failed event and in `henbackupctl status`, and the
+metrics count the failures."""
 
 from __future__ import annotations
 
@@ -92,6 +93,14 @@ schedule = ["1d"]
 watch = {{ wait_min = "1s", wait_max = "4s" }}
 retention = {{ keep_last = 5 }}
 
+[[backups.pictures.hooks.before]]
+type = "command"
+command = ["sh", "-c", "echo before >> {base / "hooks.log"}"]
+
+[[backups.pictures.hooks.after]]
+type = "command"
+command = ["sh", "-c", "echo after >> {base / "hooks.log"}"]
+
 [backups.refused]
 paths = [{toml(str(data))}]
 repositories = ["wrong-key", "wrong-host"]
@@ -147,6 +156,8 @@ def test_watched_and_asked_backups_over_ssh_restored_byte_for_byte(
         check = ctl(daemon, "check", "vault")
         assert check.returncode == 0, said(check)
 
+        daemon.wait_for("hook.succeeded", since=mark, timeout=30, hook="after")
+        assert (tmp_path / "hooks.log").read_text() == "before\nafter\n" * 2
         samples, _ = parse_metrics(get_metrics(port))
         ours = {"backup": "pictures", "repository": "vault"}
         assert value(samples, "henbackup_snapshots", **ours) == 2
