@@ -194,8 +194,8 @@ def side_by_side(
         tuple(rows),
         (
             "repository size: its files after the last round's three jobs (no retention).",
-            "restic compresses (repository v2 on 0.14 too: auto); borg 1.2 create's default"
-            " is lz4.",
+            "restic compresses (auto), borg 1.2 with lz4: the data set's random bytes do not"
+            " compress.",
             *(f"  {failure}" for failure in failed.values()),
         ),
     )
