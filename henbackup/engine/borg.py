@@ -102,6 +102,7 @@ _NO_ARCHIVE = {"Archive.DoesNotExist"}
 _UNREACHABLE_WORDS = ("connection closed by remote host", "connection refused", "ssh: ")
 # What ssh says (borg forwards it as "Remote: ...") when the server refuses who we are, or
 # is not the one known_hosts knows: retrying cannot help.
+_REMOTE = "Remote: "
 _SSH_REFUSED = "permission denied ("
 _SSH_HOST_KEY = ("host key verification failed", "remote host identification has changed")
 _SSH_ADVICE = "check the user and key its ssh logs in with (BORG_RSH in its env, or ~/.ssh/config)"
@@ -149,7 +150,10 @@ def version_problem(text: str, binary: str) -> str | None:
     if version is not None and low <= version < high:
         return None
     said = _one_line(text, 80) or "nothing"
-    what = "is too old" if version is not None and version < low else "is not borg 1.2 to 1.4"
+    if version is None:
+        what = "has no version henbackup can read"
+    else:
+        what = "is too old" if version < low else "is borg 2 or later (another command line)"
     return (
         f"borg ({binary}) {what} (`borg --version` said {said!r}): henbackup needs borg 1.2"
         " or later, before 2 (Debian 12's borgbackup): install it or set daemon.borg"
@@ -498,18 +502,18 @@ def classify_failure(
 
 
 def ssh_refusal(texts: Sequence[str], where: str) -> AccessRefused | None:
-    """AccessRefused if ssh (through borg) says the server refused the key or is not the one
-    known_hosts knows; None otherwise."""
-    lows = [text.lower() for text in texts]
-    if any(needle in low for low in lows for needle in _SSH_HOST_KEY):
+    """AccessRefused if ssh (its lines, which borg forwards as "Remote: ...") says the server
+    refused the key or is not the one known_hosts knows; None otherwise."""
+    remote = [text for text in texts if text.startswith(_REMOTE)]
+    if any(needle in text.lower() for text in remote for needle in _SSH_HOST_KEY):
         return AccessRefused(
             f"{where}: the server's host key is not one that known_hosts holds: "
             "make sure it is the right server, then update known_hosts"
         )
-    for text, low in zip(texts, lows, strict=True):
-        if _SSH_REFUSED in low:
-            quoted = _one_line(text[low.index(_SSH_REFUSED) :])
-            return AccessRefused(f"{where} refused access ({quoted}): {_SSH_ADVICE}")
+    for text in remote:
+        at = text.lower().find(_SSH_REFUSED)
+        if at >= 0:
+            return AccessRefused(f"{where} refused access ({_one_line(text[at:])}): {_SSH_ADVICE}")
     return None
 
 

@@ -210,6 +210,8 @@ def test_borgs_version_is_read_from_its_own_words(
     if problem is not None:
         assert "\n" not in problem and problem.startswith("borg (/usr/bin/borg) ")
         assert "henbackup needs borg 1.2 or later, before 2" in problem
+        if version is not None and version >= (2, 0, 0):
+            assert "is borg 2 or later (another command line)" in problem
 
 
 def test_a_borg_too_old_says_so_in_one_line() -> None:
@@ -270,3 +272,8 @@ def test_an_archive_is_noted_by_the_second_borg_started_it() -> None:
     assert archive_second(doc) == int(datetime(2026, 12, 2, 11, 18, 30).astimezone().timestamp())
     later = {"archive": {"id": "1" * 64, "start": "2026-12-02T11:18:30.250000"}}
     assert archive_second(later) == archive_second(doc) + 1  # a part of a second: the next
+
+
+def test_a_local_permission_error_is_no_ssh_refusal() -> None:
+    local = [LogLine("Permission denied (while opening /srv/borg/config)", "ERROR")]
+    assert type(classify_failure("list", 2, local, "nas")) is EngineError
