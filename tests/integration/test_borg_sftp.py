@@ -12,6 +12,7 @@ metrics count the failures."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -167,6 +168,8 @@ def test_watched_and_asked_backups_over_ssh_restored_byte_for_byte(
         )
         assert runs == 2
         assert (value(samples, "henbackup_bytes_added_total", **ours) or 0) > 50_000
+    said_anywhere = [json.dumps(daemon.events), *daemon.noise, listed.stdout, got.stdout]
+    assert not [text for text in said_anywhere if PASSWORD in text]
 
 
 def test_a_wrong_key_or_host_key_fails_in_one_line_beside_a_scheduled_backup(
