@@ -11,6 +11,10 @@ a file. The repository location travels in BORG_REPO and the password through an
 pipe (BORG_PASSPHRASE_FD) or a command (BORG_PASSCOMMAND), never in argv; messages are
 redacted of the location, the password and the target's env values.
 
+borg counts what it has read, never a total: a backup's total (its percent, the time left)
+comes from borg's own dry run of the same walk beside it (scan_args; sidecar.py runs it,
+borg_scan.py adds up what it lists), as restic's scanner gives restic's.
+
 Versions: borg 1.2 to 1.4 (one command line); `borg --version` is asked once per binary
 (engine/versions.py) and any other refused before the first command, in one line.
 
@@ -55,7 +59,9 @@ from henbackup.engine.base import (
     Target,
     TransferProgress,
 )
+from henbackup.engine.borg_scan import ScanTotal
 from henbackup.engine.run import (
+    WATCH_TICK,
     ToolEngine,
     ToolResult,
     count_files,
@@ -65,6 +71,8 @@ from henbackup.engine.run import (
     secrets_of,
 )
 from henbackup.engine.secret_env import with_secret_env
+from henbackup.engine.sidecar import Sidecar
+from henbackup.engine.transfer import estimate, finished
 from henbackup.engine.versions import version_text
 from henbackup.errors import (
     AccessRefused,
@@ -82,6 +90,9 @@ from henbackup.redact import Redactor
 Argv = tuple[str, ...]
 
 SEPARATOR = "@"  # between backup, host and time in an archive name
+# How long a backup's scan (borg_scan.py) may go on once borg has ended: the scan walks
+# what borg walked, doing less, so it is all but always done first.
+SCAN_GRACE = 5.0
 # Exit codes of borg 1.2: 1 is a warning (e.g. a source path that does not exist).
 EXIT_WARNING = 1
 
@@ -223,6 +234,21 @@ def backup_args(request: BackupRequest, name: str, recorded: Sequence[str] = ())
         "AME",
         "--comment",
         comment_of(recorded),
+        *exclude_patterns(request.excludes),
+        "--",
+        f"::{name}",
+        *request.paths,
+    )
+
+
+def scan_args(request: BackupRequest, name: str) -> Argv:
+    """The walk of `backup_args` as a dry run that lists each item it would save ("-"):
+    the same paths, the same excludes, borg's own matcher (borg_scan.py adds them up)."""
+    return (
+        "create",
+        "--dry-run",
+        "--list",
+        "--filter=-",
         *exclude_patterns(request.excludes),
         "--",
         f"::{name}",
@@ -419,7 +445,8 @@ def parse_prune(lines: Sequence[LogLine]) -> ForgetResult:
 
 def parse_progress(message: Mapping[str, Any], elapsed: float) -> TransferProgress | None:
     """A create (archive_progress) or extract (progress_percent) line; None otherwise.
-    borg does not count a backup's total ahead: its fraction stays 0 until the end."""
+    borg does not count a backup's total ahead: its fraction is 0 until the scan beside it
+    gives one (`_Listener`)."""
     kind = message.get("type")
     if message.get("finished"):
         return None
@@ -573,13 +600,15 @@ def binary_problem(binary: str, cache_dir: Path | None = None) -> str | None:
 @dataclass
 class _Listener:
     """Follows borg's stderr: log lines kept (redacted), file statuses counted, progress
-    forwarded."""
+    forwarded, against the total of `total()` (files, bytes) once it is known."""
 
     redact: Callable[[str], str]
     on_progress: ProgressCallback | None = None
     started: float = 0.0
+    total: Callable[[], tuple[int, int] | None] = lambda: None
     lines: list[LogLine] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
+    last: TransferProgress | None = None  # the last progress forwarded
 
     def feed(self, line: str) -> None:
         message = parse_json_line(line)
@@ -597,7 +626,11 @@ class _Listener:
             self.statuses[status] = self.statuses.get(status, 0) + 1
         elif self.on_progress is not None:
             progress = parse_progress(message, _elapsed(message, self.started))
+            total = self.total()
+            if progress is not None and total is not None:
+                progress = estimate(progress, *total)
             if progress is not None:
+                self.last = progress
                 self.on_progress(progress)
 
 
@@ -625,6 +658,7 @@ class _Outcome:
     result: ToolResult
     log: tuple[LogLine, ...]
     statuses: Mapping[str, int]
+    last: TransferProgress | None = None  # its last progress report
 
     @property
     def document(self) -> dict[str, Any]:
@@ -681,12 +715,27 @@ class BorgEngine(ToolEngine):
         if record is not None:
             self._pause(_read_second(record) + 1 - time.time())
         name = archive_name(request.backup, request.host, datetime.now(UTC))
-        outcome = self._call(
-            target, backup_args(request, name, there), on_progress=on_progress, warn_ok=True
-        )
+        scan = ScanTotal()
+        sidecar = self._scan(target, request, name, scan) if on_progress else None
+        try:
+            outcome = self._call(
+                target,
+                backup_args(request, name, there),
+                on_progress=on_progress,
+                warn_ok=True,
+                sidecar=sidecar,
+                total=lambda: scan.total,
+            )
+            if sidecar is not None:
+                sidecar.wait(SCAN_GRACE, self.checkpoint, WATCH_TICK)
+        finally:
+            if sidecar is not None:
+                sidecar.stop()
         warnings = [line.text for line in outcome.log if line.level == "WARNING"]
         document = outcome.document
         result = parse_backup(document, outcome.statuses, outcome.result.seconds, warnings)
+        if on_progress is not None:
+            self._report_end(on_progress, outcome.last, scan.total, result, document)
         if record is None or not _write_second(record, archive_second(document)):
             self._pause(math.ceil(time.time()) - time.time())  # not noted: wait now
         return result
@@ -744,6 +793,36 @@ class BorgEngine(ToolEngine):
 
     # -- helpers --
 
+    def _scan(
+        self, target: Target, request: BackupRequest, name: str, scan: ScanTotal
+    ) -> Sidecar | None:
+        """Start borg's dry run of the backup (borg_scan.py); None if it cannot start (the
+        backup goes on without a total)."""
+        self._require_version()
+        argv = (self.binary, "--log-json", *scan_args(request, name))
+        env = child_env(os.environ, target, {}, self.base_dir)  # it opens no repository
+        try:
+            return Sidecar(argv, env, scan.feed, scan.end)
+        except OSError:
+            return None
+
+    @staticmethod
+    def _report_end(
+        on_progress: ProgressCallback,
+        last: TransferProgress | None,
+        total: tuple[int, int] | None,
+        result: BackupResult,
+        document: Mapping[str, Any],
+    ) -> None:
+        """The backup's last progress: all read, of the scan's total (else of what borg
+        says it read)."""
+        if total is None:
+            stats = document.get("archive", {}).get("stats", {})
+            total = (_number(stats, "nfiles"), _number(stats, "original_size"))
+        final = finished(last, *total, result.duration)
+        if final is not None:
+            on_progress(final)
+
     def _archives(
         self, target: Target, backup: str | None = None, host: str | None = None
     ) -> list[tuple[str, Snapshot]]:
@@ -778,13 +857,16 @@ class BorgEngine(ToolEngine):
         warn_ok: bool = False,
         check: bool = False,
         lock_wait: float | None = None,
+        sidecar: Sidecar | None = None,
+        total: Callable[[], tuple[int, int] | None] = lambda: None,
     ) -> _Outcome:
         """Run borg once. Exit 1 (warnings) passes with `warn_ok`; a failed `check` whose
-        reason is no typed error is a result, not a failure."""
+        reason is no typed error is a result, not a failure. Progress is of `total()`
+        (files, bytes) once known; a `sidecar` is read meanwhile."""
         self._require_version()
         target = with_secret_env(target)  # provider keys: read now, for borg only
         redact = Redactor.of(secrets_of(target))
-        listener = _Listener(redact, on_progress, started=_now())
+        listener = _Listener(redact, on_progress, started=_now(), total=total)
         wait = self.lock_wait if lock_wait is None else lock_wait
         argv = (self.binary, *global_flags(target, wait), *args)
         read_fd = password_pipe(target.password)
@@ -797,9 +879,16 @@ class BorgEngine(ToolEngine):
                 os.close(read_fd)
             raise
         result = self._launch(
-            argv, env, target, listener.feed, password_fd=read_fd, follow_stderr=True, cwd=cwd
+            argv,
+            env,
+            target,
+            listener.feed,
+            password_fd=read_fd,
+            follow_stderr=True,
+            cwd=cwd,
+            sidecar=sidecar,
         )
-        outcome = _Outcome(result, tuple(listener.lines), dict(listener.statuses))
+        outcome = _Outcome(result, tuple(listener.lines), dict(listener.statuses), listener.last)
         code = result.returncode
         if code == 0 or (warn_ok and code == EXIT_WARNING):
             return outcome

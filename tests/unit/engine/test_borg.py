@@ -3,6 +3,7 @@ engine against real borg is in tests/integration/test_engine_contract.py."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,9 +28,11 @@ from henbackup.engine.borg import (
     parse_prune,
     parse_version,
     password_env,
+    scan_args,
     split_name,
     version_problem,
 )
+from henbackup.engine.borg_scan import ScanTotal
 from henbackup.engine.engines import Engines, engine_class
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import (
@@ -277,3 +280,37 @@ def test_an_archive_is_noted_by_the_second_borg_started_it() -> None:
 def test_a_local_permission_error_is_no_ssh_refusal() -> None:
     local = [LogLine("Permission denied (while opening /srv/borg/config)", "ERROR")]
     assert type(classify_failure("list", 2, local, "nas")) is EngineError
+
+
+def test_the_scan_walks_as_the_backup_does_in_a_dry_run() -> None:
+    request = BackupRequest("docs", ("/srv/a", "/srv/b"), excludes=("*.tmp", "/srv/a/x"))
+    walk = backup_args(request, "NAME")
+    args = scan_args(request, "NAME")
+    assert args[:4] == ("create", "--dry-run", "--list", "--filter=-")
+    tail = walk[walk.index("--exclude") :]
+    assert args[4:] == tail  # the same excludes, archive and paths
+
+
+def test_the_scan_adds_up_the_regular_files_borg_would_read(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "a").write_bytes(b"a" * 10)
+    (tmp_path / "dir" / "b").write_bytes(b"b" * 5)
+    (tmp_path / "link").symlink_to("a")
+    (tmp_path / "hard").hardlink_to(tmp_path / "a")  # borg reads it once
+    scan = ScanTotal()
+
+    def listed(path: Path | str, status: str = "-") -> str:
+        return json.dumps({"type": "file_status", "status": status, "path": str(path)})
+
+    for name in ("a", "dir/b", "dir", "link", "hard", "gone", ""):
+        scan.feed(listed(tmp_path / name))
+    scan.feed(listed(tmp_path / "dir" / "b", "x"))  # excluded: borg says "x" (not listed)
+    scan.feed('{"type": "log_message", "message": "a warning", "levelname": "WARNING"}')
+    scan.feed("not json, with file_status in it")
+    assert scan.total is None  # not until the listing ended
+    scan.end(1)  # a warning (a path not there): whole all the same
+    assert scan.total == (2, 15)
+    failed = ScanTotal()
+    failed.feed(listed(tmp_path / "a"))
+    failed.end(-9)
+    assert failed.total is None
