@@ -61,7 +61,6 @@ from henbackup.engine.base import (
 )
 from henbackup.engine.borg_scan import ScanTotal
 from henbackup.engine.run import (
-    WATCH_TICK,
     ToolEngine,
     ToolResult,
     count_files,
@@ -90,8 +89,9 @@ from henbackup.redact import Redactor
 Argv = tuple[str, ...]
 
 SEPARATOR = "@"  # between backup, host and time in an archive name
-# How long a backup's scan (borg_scan.py) may go on once borg has ended: the scan walks
-# what borg walked, doing less, so it is all but always done first.
+# How long a backup's scan (borg_scan.py) may go on once borg has ended (a stop waits that
+# long at most): the scan walks what borg walked, doing less, so it is all but always done
+# first.
 SCAN_GRACE = 5.0
 # Exit codes of borg 1.2: 1 is a warning (e.g. a source path that does not exist).
 EXIT_WARNING = 1
@@ -726,8 +726,8 @@ class BorgEngine(ToolEngine):
                 sidecar=sidecar,
                 total=lambda: scan.total,
             )
-            if sidecar is not None:
-                sidecar.wait(SCAN_GRACE, self.checkpoint, WATCH_TICK)
+            if sidecar is not None:  # no checkpoint: the archive is made, nothing to cancel
+                sidecar.wait(SCAN_GRACE)
         finally:
             if sidecar is not None:
                 sidecar.stop()

@@ -79,12 +79,11 @@ class Sidecar:
             self.stream.close()
             self.on_end(self._reap())
 
-    def wait(self, seconds: float, checkpoint: Callable[[], None], tick: float) -> None:
-        """Read it until it ends or `seconds` pass, calling `checkpoint` every `tick`."""
+    def wait(self, seconds: float) -> None:
+        """Read it until it ends or `seconds` pass."""
         deadline = time.monotonic() + seconds
         while not self.ended and (left := deadline - time.monotonic()) > 0:
-            select.select([self.fd], [], [], min(left, tick))
-            checkpoint()
+            select.select([self.fd], [], [], left)
             self.pump()
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from henbackup.config.model import PasswordSource, Retention
-from henbackup.engine.base import BackupRequest, Target
+from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.borg import (
     BorgEngine,
     LogLine,
@@ -314,3 +314,15 @@ def test_the_scan_adds_up_the_regular_files_borg_would_read(tmp_path: Path) -> N
     failed.feed(listed(tmp_path / "a"))
     failed.end(-9)
     assert failed.total is None
+
+
+def test_a_backup_ends_at_100_of_the_scan_else_of_what_borg_read() -> None:
+    result = BackupResult("id", 1, 0, 0, 10, 120, 2.0)
+    document = {"archive": {"stats": {"nfiles": 1, "original_size": 120}}}
+    reports: list[TransferProgress] = []
+    BorgEngine._report_end(reports.append, None, (1, 100), result, document)
+    BorgEngine._report_end(reports.append, None, None, result, document)  # no scan total
+    assert [(p.fraction, p.files_done, p.bytes_done, p.total_bytes) for p in reports] == [
+        (1.0, 1, 100, 100),
+        (1.0, 1, 120, 120),
+    ]
