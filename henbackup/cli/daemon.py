@@ -138,8 +138,9 @@ def check_config(args: argparse.Namespace) -> int:
     for problem in deferred:
         print(Problem(problem.file, problem.key, f"note: {problem.message}"), file=sys.stderr)
     providers = provider_report(config)
-    if providers.problems:
-        raise ConfigError(providers.problems)
+    problems = [*providers.problems, *_engine_problems(config)]
+    if problems:
+        raise ConfigError(problems)
     for line in [*providers.notes, *exposures(config), *providers.warnings]:
         print(line, file=sys.stderr)
     print(describe_plan(config, datetime.now().astimezone()))
@@ -147,6 +148,18 @@ def check_config(args: argparse.Namespace) -> int:
     if report:
         print(f"\n{report}")
     return EXIT_OK
+
+
+def _engine_problems(config: Config) -> list[Problem]:
+    """borg's binary, when a repository uses it: one that cannot run or is not 1.2 to 1.4
+    is refused, at the first such repository's engine key."""
+    borgs = [r for r in config.repositories.values() if r.engine == "borg"]
+    if not borgs:
+        return []
+    from henbackup.engine.borg import binary_problem
+
+    problem = binary_problem(config.daemon.borg)
+    return [] if problem is None else [Problem(borgs[0].file, f"{borgs[0].key}.engine", problem)]
 
 
 def schema(args: argparse.Namespace) -> int:

@@ -11,6 +11,16 @@ a file. The repository location travels in BORG_REPO and the password through an
 pipe (BORG_PASSPHRASE_FD) or a command (BORG_PASSCOMMAND), never in argv; messages are
 redacted of the location, the password and the target's env values.
 
+borg counts what it has read, never a total: a backup's total (its percent, the time left)
+comes from borg's own dry run of the same walk beside it (scan_args; sidecar.py runs it,
+borg_scan.py adds up what it lists), as restic's scanner gives restic's.
+
+Versions: borg 1.2 to 1.4 (one command line); `borg --version` is asked once per binary
+(engine/versions.py) and any other refused before the first command, in one line.
+
+Over ssh (`ssh://USER@HOST[:PORT]/PATH`), borg runs the ssh command of BORG_RSH from the
+repository's env (key, known_hosts, port), and ssh's refusals come back as "Remote:" lines.
+
 Locks: borg removes a stale lock itself when its holder is a dead process of this host
 (BORG_HOSTNAME_IS_UNIQUE=yes), never a live one; `unlock_stale` asks borg to do just that.
 """
@@ -18,12 +28,14 @@ Locks: borg removes a stale lock itself when its holder is a dead process of thi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +59,7 @@ from henbackup.engine.base import (
     Target,
     TransferProgress,
 )
+from henbackup.engine.borg_scan import ScanTotal
 from henbackup.engine.run import (
     ToolEngine,
     ToolResult,
@@ -57,7 +70,11 @@ from henbackup.engine.run import (
     secrets_of,
 )
 from henbackup.engine.secret_env import with_secret_env
+from henbackup.engine.sidecar import Sidecar
+from henbackup.engine.transfer import estimate, finished
+from henbackup.engine.versions import version_text
 from henbackup.errors import (
+    AccessRefused,
     BackendUnreachable,
     EngineError,
     RepositoryLocked,
@@ -65,12 +82,17 @@ from henbackup.errors import (
     SnapshotNotFound,
     WrongPassword,
 )
+from henbackup.files import write_atomically
 from henbackup.names import snapshot_tag
 from henbackup.redact import Redactor
 
 Argv = tuple[str, ...]
 
 SEPARATOR = "@"  # between backup, host and time in an archive name
+# How long a backup's scan (borg_scan.py) may go on once borg has ended (a stop waits that
+# long at most): the scan walks what borg walked, doing less, so it is all but always done
+# first.
+SCAN_GRACE = 5.0
 # Exit codes of borg 1.2: 1 is a warning (e.g. a source path that does not exist).
 EXIT_WARNING = 1
 
@@ -89,6 +111,18 @@ _UNREACHABLE = {
 }
 _NO_ARCHIVE = {"Archive.DoesNotExist"}
 _UNREACHABLE_WORDS = ("connection closed by remote host", "connection refused", "ssh: ")
+# What ssh says (borg forwards it as "Remote: ...") when the server refuses who we are, or
+# is not the one known_hosts knows: retrying cannot help.
+_REMOTE = "Remote: "
+_SSH_REFUSED = "permission denied ("
+_SSH_HOST_KEY = ("host key verification failed", "remote host identification has changed")
+_SSH_ADVICE = "check the user and key its ssh logs in with (BORG_RSH in its env, or ~/.ssh/config)"
+# borg's own line when ssh ended before borg answered, and what it means.
+_CLOSED = "connection closed by remote host"
+_CLOSED_MEANING = (
+    "ssh opened no borg session: check that the server is up, has borg on its PATH and"
+    " accepts the user, key and host key its ssh uses"
+)
 
 # Our own environment's borg settings are not the repository's; of the target's, those that
 # would override what the engine says (repository, password) go.
@@ -103,6 +137,38 @@ _OVERRIDDEN_VARS = frozenset(
     }
 )
 _RESTIC_TO_BORG_UNITS = {"h": "H", "d": "d", "w": "w", "m": "m", "y": "y"}
+
+
+# --- versions (pure) -----------------------------------------------------------------
+
+Version = tuple[int, int, int]
+# 1.2 brought `borg compact` (1.1 frees space within prune), --upload-ratelimit and the
+# 1.2 archive matching (--glob-archives); borg 2 has another command line altogether.
+SUPPORTED = ((1, 2, 0), (2, 0, 0))
+
+
+def parse_version(text: str) -> Version | None:
+    """The version in `borg --version` ("borg 1.2.4", "borg-linux64 1.4.0",
+    "borg 2.0.0b14"); None if there is none."""
+    match = re.match(r"\S+ (\d+)\.(\d+)\.(\d+)", text.strip())
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def version_problem(text: str, binary: str) -> str | None:
+    """One line on why the borg that printed `text` cannot serve; None if it can."""
+    version = parse_version(text)
+    low, high = SUPPORTED
+    if version is not None and low <= version < high:
+        return None
+    said = _one_line(text, 80) or "nothing"
+    if version is None:
+        what = "has no version henbackup can read"
+    else:
+        what = "is too old" if version < low else "is borg 2 or later (another command line)"
+    return (
+        f"borg ({binary}) {what} (`borg --version` said {said!r}): henbackup needs borg 1.2"
+        " or later, before 2 (Debian 12's borgbackup): install it or set daemon.borg"
+    )
 
 
 # --- command lines (pure) -------------------------------------------------------------
@@ -168,6 +234,21 @@ def backup_args(request: BackupRequest, name: str, recorded: Sequence[str] = ())
         "AME",
         "--comment",
         comment_of(recorded),
+        *exclude_patterns(request.excludes),
+        "--",
+        f"::{name}",
+        *request.paths,
+    )
+
+
+def scan_args(request: BackupRequest, name: str) -> Argv:
+    """The walk of `backup_args` as a dry run that lists each item it would save ("-"):
+    the same paths, the same excludes, borg's own matcher (borg_scan.py adds them up)."""
+    return (
+        "create",
+        "--dry-run",
+        "--list",
+        "--filter=-",
         *exclude_patterns(request.excludes),
         "--",
         f"::{name}",
@@ -364,7 +445,8 @@ def parse_prune(lines: Sequence[LogLine]) -> ForgetResult:
 
 def parse_progress(message: Mapping[str, Any], elapsed: float) -> TransferProgress | None:
     """A create (archive_progress) or extract (progress_percent) line; None otherwise.
-    borg does not count a backup's total ahead: its fraction stays 0 until the end."""
+    borg does not count a backup's total ahead: its fraction is 0 until the scan beside it
+    gives one (`_Listener`)."""
     kind = message.get("type")
     if message.get("finished"):
         return None
@@ -433,12 +515,83 @@ def classify_failure(
         return RepositoryLocked(f"{where} is locked by another process: {_one_line(reason)}")
     if ids & _MISSING:
         return RepositoryMissing(f"no borg repository at the location of {where}")
+    refused = ssh_refusal([line.text for line in lines], where)
+    if refused is not None:
+        return refused
     low = " ".join(errors).lower()
     if ids & _UNREACHABLE or any(word in low for word in _UNREACHABLE_WORDS):
+        if _CLOSED in reason.lower():  # ssh said nothing borg kept: what that means
+            return BackendUnreachable(f"{where} is unreachable: {_CLOSED_MEANING} ({reason})")
         return BackendUnreachable(f"{where} is unreachable: {_one_line(reason)}")
     if ids & _NO_ARCHIVE:
         return SnapshotNotFound(f"no such snapshot in {where}")
     return EngineError(f"borg {command} failed on {where}: {_one_line(reason)}")
+
+
+def ssh_refusal(texts: Sequence[str], where: str) -> AccessRefused | None:
+    """AccessRefused if ssh (its lines, which borg forwards as "Remote: ...") says the server
+    refused the key or is not the one known_hosts knows; None otherwise."""
+    remote = [text for text in texts if text.startswith(_REMOTE)]
+    if any(needle in text.lower() for text in remote for needle in _SSH_HOST_KEY):
+        return AccessRefused(
+            f"{where}: the server's host key is not one that known_hosts holds: "
+            "make sure it is the right server, then update known_hosts"
+        )
+    for text in remote:
+        at = text.lower().find(_SSH_REFUSED)
+        if at >= 0:
+            return AccessRefused(f"{where} refused access ({_one_line(text[at:])}): {_SSH_ADVICE}")
+    return None
+
+
+def archive_second(doc: Mapping[str, Any]) -> int:
+    """The whole second (epoch) of the start `create --json` gives its archive."""
+    archive = doc.get("archive")
+    start = archive.get("start") if isinstance(archive, dict) else None
+    return math.ceil(parse_time(str(start)).timestamp()) if start else math.ceil(time.time())
+
+
+def _read_second(path: Path) -> int:
+    """The second noted in `path`; 0 (long ago) if there is none to read."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_second(path: Path, second: int) -> bool:
+    """Note `second`; False if it cannot be noted."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, f"{second}\n".encode())
+    except OSError:
+        return False
+    return True
+
+
+def _ask_version(path: str) -> str:
+    """What `borg --version` prints. Raises EngineError if borg cannot run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIX)}
+    try:
+        done = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, env=env, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"cannot run borg ({path}): {exc}") from None
+    return done.stdout or done.stderr
+
+
+def borg_version(binary: str, cache_dir: Path | None = None) -> str:
+    """`borg --version` of `binary`, asked once per binary (engine/versions.py)."""
+    return version_text(binary, cache_dir, _ask_version, tool="borg")
+
+
+def binary_problem(binary: str, cache_dir: Path | None = None) -> str | None:
+    """One line on why borg `binary` cannot serve (it cannot run, or its version), or None."""
+    try:
+        return version_problem(borg_version(binary, cache_dir), binary)
+    except EngineError as error:
+        return str(error)
 
 
 # --- running borg ---------------------------------------------------------------------
@@ -447,13 +600,15 @@ def classify_failure(
 @dataclass
 class _Listener:
     """Follows borg's stderr: log lines kept (redacted), file statuses counted, progress
-    forwarded."""
+    forwarded, against the total of `total()` (files, bytes) once it is known."""
 
     redact: Callable[[str], str]
     on_progress: ProgressCallback | None = None
     started: float = 0.0
+    total: Callable[[], tuple[int, int] | None] = lambda: None
     lines: list[LogLine] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
+    last: TransferProgress | None = None  # the last progress forwarded
 
     def feed(self, line: str) -> None:
         message = parse_json_line(line)
@@ -471,7 +626,11 @@ class _Listener:
             self.statuses[status] = self.statuses.get(status, 0) + 1
         elif self.on_progress is not None:
             progress = parse_progress(message, _elapsed(message, self.started))
+            total = self.total()
+            if progress is not None and total is not None:
+                progress = estimate(progress, *total)
             if progress is not None:
+                self.last = progress
                 self.on_progress(progress)
 
 
@@ -499,6 +658,7 @@ class _Outcome:
     result: ToolResult
     log: tuple[LogLine, ...]
     statuses: Mapping[str, int]
+    last: TransferProgress | None = None  # its last progress report
 
     @property
     def document(self) -> dict[str, Any]:
@@ -525,8 +685,10 @@ class BorgEngine(ToolEngine):
         paused: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(binary, on_spawn, checkpoint, stall_timeout, on_stall, paused)
+        self.cache_dir = cache_dir
         self.base_dir = cache_dir / "borg" if cache_dir is not None else None
         self.lock_wait = lock_wait
+        self._version_ok = False
 
     # -- the Engine contract --
 
@@ -547,15 +709,35 @@ class BorgEngine(ToolEngine):
         # The archive records the paths that are there (as restic's snapshot does); borg
         # warns of the others.
         there = tuple(p for p in paths if os.path.lexists(p))
-        name = archive_name(request.backup, request.host, datetime.now(UTC))
-        outcome = self._call(
-            target, backup_args(request, name, there), on_progress=on_progress, warn_ok=True
-        )
-        warnings = [line.text for line in outcome.log if line.level == "WARNING"]
-        result = parse_backup(outcome.document, outcome.statuses, outcome.result.seconds, warnings)
         # borg times archives to the second, and its retention cannot order two of one
-        # second: the next archive of this backup must start in a later second.
-        self._pause(math.ceil(time.time()) - time.time())
+        # second: this archive starts in a later second than the last of this backup.
+        record = self._last_archive(target, request)
+        if record is not None:
+            self._pause(_read_second(record) + 1 - time.time())
+        name = archive_name(request.backup, request.host, datetime.now(UTC))
+        scan = ScanTotal()
+        sidecar = self._scan(target, request, name, scan) if on_progress else None
+        try:
+            outcome = self._call(
+                target,
+                backup_args(request, name, there),
+                on_progress=on_progress,
+                warn_ok=True,
+                sidecar=sidecar,
+                total=lambda: scan.total,
+            )
+            if sidecar is not None:  # no checkpoint: the archive is made, nothing to cancel
+                sidecar.wait(SCAN_GRACE)
+        finally:
+            if sidecar is not None:
+                sidecar.stop()
+        warnings = [line.text for line in outcome.log if line.level == "WARNING"]
+        document = outcome.document
+        result = parse_backup(document, outcome.statuses, outcome.result.seconds, warnings)
+        if on_progress is not None:
+            self._report_end(on_progress, outcome.last, scan.total, result, document)
+        if record is None or not _write_second(record, archive_second(document)):
+            self._pause(math.ceil(time.time()) - time.time())  # not noted: wait now
         return result
 
     def snapshots(
@@ -611,10 +793,48 @@ class BorgEngine(ToolEngine):
 
     # -- helpers --
 
+    def _scan(
+        self, target: Target, request: BackupRequest, name: str, scan: ScanTotal
+    ) -> Sidecar | None:
+        """Start borg's dry run of the backup (borg_scan.py); None if it cannot start (the
+        backup goes on without a total)."""
+        self._require_version()
+        argv = (self.binary, "--log-json", *scan_args(request, name))
+        env = child_env(os.environ, target, {}, self.base_dir)  # it opens no repository
+        try:
+            return Sidecar(argv, env, scan.feed, scan.end)
+        except OSError:
+            return None
+
+    @staticmethod
+    def _report_end(
+        on_progress: ProgressCallback,
+        last: TransferProgress | None,
+        total: tuple[int, int] | None,
+        result: BackupResult,
+        document: Mapping[str, Any],
+    ) -> None:
+        """The backup's last progress: all read, of the scan's total (else of what borg
+        says it read)."""
+        if total is None:
+            stats = document.get("archive", {}).get("stats", {})
+            total = (_number(stats, "nfiles"), _number(stats, "original_size"))
+        final = finished(last, *total, result.duration)
+        if final is not None:
+            on_progress(final)
+
     def _archives(
         self, target: Target, backup: str | None = None, host: str | None = None
     ) -> list[tuple[str, Snapshot]]:
         return parse_archives(self._call(target, list_args(backup, host)).document)
+
+    def _last_archive(self, target: Target, request: BackupRequest) -> Path | None:
+        """The file noting when this backup's last archive by this host started, in the
+        cache (one-shot jobs and the daemon's share it); None without a cache."""
+        if self.base_dir is None:
+            return None
+        key = "\0".join((target.location, request.backup, request.host)).encode()
+        return self.base_dir / "henbackup" / f"last-{hashlib.sha256(key).hexdigest()[:32]}"
 
     def _resolve(self, target: Target, snapshot_id: str) -> tuple[str, Snapshot]:
         """The one archive an id, a prefix of one or "latest" names."""
@@ -637,12 +857,16 @@ class BorgEngine(ToolEngine):
         warn_ok: bool = False,
         check: bool = False,
         lock_wait: float | None = None,
+        sidecar: Sidecar | None = None,
+        total: Callable[[], tuple[int, int] | None] = lambda: None,
     ) -> _Outcome:
         """Run borg once. Exit 1 (warnings) passes with `warn_ok`; a failed `check` whose
-        reason is no typed error is a result, not a failure."""
+        reason is no typed error is a result, not a failure. Progress is of `total()`
+        (files, bytes) once known; a `sidecar` is read meanwhile."""
+        self._require_version()
         target = with_secret_env(target)  # provider keys: read now, for borg only
         redact = Redactor.of(secrets_of(target))
-        listener = _Listener(redact, on_progress, started=_now())
+        listener = _Listener(redact, on_progress, started=_now(), total=total)
         wait = self.lock_wait if lock_wait is None else lock_wait
         argv = (self.binary, *global_flags(target, wait), *args)
         read_fd = password_pipe(target.password)
@@ -655,9 +879,16 @@ class BorgEngine(ToolEngine):
                 os.close(read_fd)
             raise
         result = self._launch(
-            argv, env, target, listener.feed, password_fd=read_fd, follow_stderr=True, cwd=cwd
+            argv,
+            env,
+            target,
+            listener.feed,
+            password_fd=read_fd,
+            follow_stderr=True,
+            cwd=cwd,
+            sidecar=sidecar,
         )
-        outcome = _Outcome(result, tuple(listener.lines), dict(listener.statuses))
+        outcome = _Outcome(result, tuple(listener.lines), dict(listener.statuses), listener.last)
         code = result.returncode
         if code == 0 or (warn_ok and code == EXIT_WARNING):
             return outcome
@@ -665,6 +896,14 @@ class BorgEngine(ToolEngine):
         if check and type(error) is EngineError and code > 0:
             return outcome
         raise error
+
+    def _require_version(self) -> None:
+        """Before the first command: a borg this engine does not speak is refused."""
+        if not self._version_ok:
+            problem = binary_problem(self.binary, self.cache_dir)
+            if problem is not None:
+                raise EngineError(problem)
+            self._version_ok = True
 
     # -- what run.py asks of borg --
 

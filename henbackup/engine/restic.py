@@ -57,7 +57,7 @@ from henbackup.engine.run import (
 )
 from henbackup.engine.secret_env import with_secret_env
 from henbackup.engine.stall import PROGRESS_BYTES, OpenFile, files_and_sockets
-from henbackup.engine.transfer import Upload, UploadTracker
+from henbackup.engine.transfer import Upload, UploadTracker, finished
 from henbackup.engine.versions import version_text
 from henbackup.errors import (
     AccessRefused,
@@ -783,6 +783,7 @@ class _Stream:
         self.upload = upload
         self.tracker = UploadTracker()
         self.summary: dict[str, Any] | None = None
+        self.last: TransferProgress | None = None  # the last progress forwarded
 
     def feed(self, line: str) -> None:
         message = parse_json_line(line)
@@ -795,7 +796,19 @@ class _Stream:
             if progress is not None and self.upload is not None:
                 progress = self.tracker.apply(progress, self.upload(), time.monotonic())
             if progress is not None:
+                self.last = progress
                 self.on_progress(progress)
+
+    def finish(self, summary: Mapping[str, Any], seconds: float) -> None:
+        """After a backup's summary: its last progress, all read and sent (restic 0.14 may
+        end without a status line saying so)."""
+        if self.on_progress is None:
+            return
+        sent = _number(summary, "data_added_packed") or _number(summary, "data_added")
+        files, size = (_number(summary, f"total_{key}_processed") for key in ("files", "bytes"))
+        final = finished(self.last, files, size, seconds, sent)
+        if final is not None:
+            self.on_progress(final)
 
 
 # Failures after which no unlock is tried: restic cannot have left a lock (it never opened
@@ -883,6 +896,7 @@ class ResticEngine(ToolEngine):
         outcome = self._call(target, args, on_line=stream.feed, tolerate=(3,))
         if stream.summary is None:
             raise EngineError(f"restic backup to repository {target.name} printed no summary")
+        stream.finish(stream.summary, outcome.seconds)
         return parse_backup_summary(stream.summary, outcome.seconds, outcome.messages)
 
     def snapshots(

@@ -30,6 +30,7 @@ from typing import IO
 from henbackup.config.model import STALL_TIMEOUT, PasswordSource
 from henbackup.config.units import format_duration
 from henbackup.engine.base import Checkpoint, Engine, SpawnCallback, StallCallback, Target
+from henbackup.engine.sidecar import Sidecar
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.engine.transfer import Upload
 from henbackup.errors import AccessRefused, EngineError, Stalled
@@ -149,10 +150,15 @@ def count_files(destination: str, roots: Sequence[str]) -> tuple[int, int]:
 
 
 class ToolRun:
-    """One running tool: its followed stream's lines, its exit (a pidfd), the bytes it moved."""
+    """One running tool: its followed stream's lines, its exit (a pidfd), the bytes it moved;
+    and the lines of a sidecar beside it, handed on as they come."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], stream: IO[bytes], other: IO[bytes]
+        self,
+        process: subprocess.Popen[bytes],
+        stream: IO[bytes],
+        other: IO[bytes],
+        sidecar: Sidecar | None = None,
     ) -> None:
         self.process, self.other = process, other
         self.stdout = stream.fileno()
@@ -161,6 +167,9 @@ class ToolRun:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.pidfd, selectors.EVENT_READ)
         self.selector.register(self.stdout, selectors.EVENT_READ)
+        self.sidecar = sidecar if sidecar is not None and not sidecar.ended else None
+        if self.sidecar is not None:
+            self.selector.register(self.sidecar.fd, selectors.EVENT_READ)
         self.reading = True  # until the end of the stream
         self.exited = False
         self.output = 0  # bytes read from the stream
@@ -171,6 +180,8 @@ class ToolRun:
         """The lines the tool printed within `timeout`; once it exited, all the rest."""
         ready = {key.fd for key, _ in self.selector.select(timeout)}
         self.exited = self.exited or self.pidfd in ready
+        if self.sidecar is not None and self.sidecar.fd in ready:
+            self._pump_sidecar()
         if ready:
             self._partial.append(self._available())
         if not self.exited and b"\n" not in self._partial[-1]:
@@ -181,6 +192,13 @@ class ToolRun:
             lines.append(last)
             self._partial = [b""]
         return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+    def _pump_sidecar(self) -> None:
+        assert self.sidecar is not None
+        self.sidecar.pump()
+        if self.sidecar.ended:  # its fd is closed
+            self.selector.unregister(self.sidecar.fd)
+            self.sidecar = None
 
     def _available(self) -> bytes:
         """What the stream holds now (a child of the tool may keep it open after it exits)."""
@@ -309,10 +327,12 @@ class ToolEngine(Engine):
         limit: float | None = None,
         follow_stderr: bool = False,
         cwd: str | None = None,
+        sidecar: Sidecar | None = None,
     ) -> ToolResult:
         """Run the tool once: one stream (stdout, else stderr) line by line, the other into a
         temporary file, in the working directory `cwd` (None: ours). Closes `password_fd`
-        (ours) once the tool has it.
+        (ours) once the tool has it. A `sidecar`'s lines are read in the same loop (its
+        caller stops it).
 
         `limit` is for a run that holds no lock (an unlock after an interrupt): after that
         many seconds it is killed and EngineError raised.
@@ -322,7 +342,7 @@ class ToolEngine(Engine):
             process, mask = self._spawn(argv, env, password_fd, other, follow_stderr, cwd)
             stream = process.stderr if follow_stderr else process.stdout
             assert stream is not None
-            lines = self._follow(process, stream, target, on_line, other, mask, limit)
+            lines = self._follow(process, stream, target, on_line, other, mask, limit, sidecar)
             seconds = time.monotonic() - start
             messages = self._messages(read_back(other), target)
         return ToolResult(
@@ -374,6 +394,7 @@ class ToolEngine(Engine):
         other: IO[bytes],
         mask: set[signal.Signals],
         limit: float | None,
+        sidecar: Sidecar | None = None,
     ) -> list[str]:
         """Read the stream until the tool exits; interrupt it cleanly if anything is raised.
 
@@ -383,7 +404,7 @@ class ToolEngine(Engine):
         collected: list[str] = []
         run = None
         try:
-            run = ToolRun(process, stream, other)
+            run = ToolRun(process, stream, other, sidecar)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.on_spawn is not None:
                 self.on_spawn(process.pid)

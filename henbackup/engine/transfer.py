@@ -86,3 +86,44 @@ class UploadTracker:
             bytes_sent=self.sent,
             send_rate=rate,
         )
+
+
+def estimate(progress: TransferProgress, files: int, size: int) -> TransferProgress:
+    """`progress` against a known total of `files` files and `size` bytes: its fraction
+    (of the bytes, else of the files) and the time left at the pace so far, as restic
+    reckons them once its scan ended. A total of 0 is unknown, as restic says it."""
+    done, of = (progress.bytes_done, size) if size else (progress.files_done, files)
+    fraction = done / of if of else 0.0
+    remaining = None
+    if size and progress.bytes_done:
+        left = max(0, size - progress.bytes_done)
+        remaining = progress.seconds_elapsed * left / progress.bytes_done
+    return replace(
+        progress,
+        fraction=min(1.0, fraction),
+        total_files=files or None,
+        total_bytes=size or None,
+        seconds_remaining=remaining,
+    )
+
+
+def finished(
+    last: TransferProgress | None, files: int, size: int, seconds: float, sent: int = 0
+) -> TransferProgress | None:
+    """The report of a backup that ended well, `files` files and `size` bytes read and
+    (when sending was measured) at least `sent` bytes sent; None if the tool's last report
+    `last` already said so (restic 0.18 does, restic 0.14 and borg do not)."""
+    if last is not None and (last.fraction, last.files_done, last.bytes_done) == (1.0, files, size):
+        return None
+    base = last or TransferProgress(0.0, 0, None, 0, None, seconds)
+    return replace(
+        base,
+        fraction=1.0,
+        files_done=files,
+        total_files=files or None,
+        bytes_done=size,
+        total_bytes=size or None,
+        seconds_elapsed=max(base.seconds_elapsed, seconds),
+        seconds_remaining=0.0,
+        bytes_sent=None if base.bytes_sent is None else max(base.bytes_sent, sent),
+    )

@@ -4,7 +4,8 @@ Each job runs in a process of its own (forked by a worker, or `henbackup backup`
 so the answer is kept in a small JSON file in the cache directory, keyed by the binary's
 path and identity (device, inode, size, mtime): an upgraded or replaced binary is asked
 again. What cannot be read of that file counts as absent; a file that cannot be written
-only costs the next job another `restic version`.
+only costs the next job another `restic version` (or `borg --version`: one file for both,
+keyed by path).
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ CACHE_FILE = "henbackup-restic-versions.json"
 _known: dict[tuple[str, tuple[int, ...]], str] = {}
 
 
-def version_text(binary: str, cache_dir: Path | None, ask: Callable[[str], str]) -> str:
-    """What `ask(path)` (the engine's version command, restic.py) says of `binary`, kept
-    from an earlier call when the binary is the same. Raises EngineError if it cannot run."""
+def version_text(
+    binary: str, cache_dir: Path | None, ask: Callable[[str], str], tool: str = "restic"
+) -> str:
+    """What `ask(path)` (the engine's version command, restic.py or borg.py) says of
+    `binary`, kept from an earlier call when the binary is the same. Raises EngineError
+    (naming `tool`) if it cannot run."""
     path = shutil.which(binary) or binary
     try:
         found = os.stat(path)
     except OSError as error:
-        raise EngineError(f"cannot run restic ({binary}): {error.strerror or error}") from None
+        raise EngineError(f"cannot run {tool} ({binary}): {error.strerror or error}") from None
     identity = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
     if (path, identity) in _known:
         return _known[(path, identity)]

@@ -9,7 +9,8 @@ repository of its own (password daemon_helpers.PASSWORD).
 signatures checked: a wrong key is refused as AWS refuses it. `SshServer` is an sshd of the
 test's own (Debian's openssh-server): its own host key, key authentication, SFTP, and a
 known_hosts of its own for the client; restic reaches it through `sftp.command`, rclone
-through an `sftp` remote (`SshServer.rclone_remote`).
+through an `sftp` remote (`SshServer.rclone_remote`), borg through BORG_RSH
+(`SshServer.borg_rsh`).
 
 Import it as `integration.backends` (tests/ is on sys.path through its conftest.py).
 """
@@ -308,6 +309,15 @@ class SshServer:
                 f"{self.user}@127.0.0.1", "-s", "sftp",
             ]
         )  # fmt: skip
+
+    def borg_location(self, path: Path) -> str:
+        """The borg repository string for directory `path` on this server."""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
+
+    def borg_rsh(self, key: Path | None = None, known_hosts: Path | None = None) -> str:
+        """BORG_RSH: ssh_command's ssh and options without its destination (borg adds it,
+        and runs `borg serve` there, from the server's PATH)."""
+        return self.ssh_command(key, known_hosts).rsplit(" ", 3)[0]
 
     def rclone_remote(
         self, name: str, key: Path | None = None, known_hosts: Path | None = None

@@ -327,6 +327,30 @@ def test_excludes_mean_the_same_for_every_engine(kit: Kit, tmp_path: Path) -> No
     ]
 
 
+def test_backup_progress_has_its_total_and_reaches_100(kit: Kit, tmp_path: Path) -> None:
+    """Every engine tells a backup's total ahead (restic's scanner; borg's own dry run
+    beside it, with the same excludes), so its percent and time left, up to 100 %."""
+    data = write_tree(
+        tmp_path / "data",
+        {"a.txt": b"a" * 1000, "sub/b.txt": b"b" * 2000, "sub/skip.tmp": b"x" * 5000},
+    )
+    sparse_file(data / "sparse", 2**30)  # long enough to report while it reads
+    size = 1000 + 2000 + 2**30
+    progress: list[TransferProgress] = []
+    request = BackupRequest("docs", (str(data),), excludes=("*.tmp",))
+    kit.engine.backup(kit.target, request, on_progress=progress.append)
+
+    fractions = [p.fraction for p in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, fractions
+    last = progress[-1]
+    assert (last.files_done, last.total_files, last.bytes_done) == (3, 3, size), last
+    assert last.total_bytes == size
+    assert all(p.total_bytes is None or p.total_bytes <= size for p in progress)
+    # while it reads: the whole total, a percent and the time left
+    known = [p for p in progress if p.total_bytes == size and 0 < p.fraction < 1]
+    assert any(p.seconds_remaining for p in known), progress  # restic omits 0 (whole seconds)
+
+
 def test_restore_unknown_snapshot(kit: Kit, source: Path, tmp_path: Path) -> None:
     kit.backup("docs", source)
     with pytest.raises(SnapshotNotFound):
@@ -550,7 +574,18 @@ def test_cancel_mid_backup_leaves_the_repository_consistent(kit: Kit, tmp_path: 
         pytest.fail("the backup finished before it could be cancelled")
     assert time.monotonic() - fired[0] < 10  # ended by SIGINT, not after the grace
     assert not Path(f"/proc/{pids[-1]}").exists()  # reaped by the engine
+    assert readers_of(big) == []  # borg's scan beside it too
     assert kit.locks() == set()
     checked = kit.bare_check()
     assert checked.returncode == 0, checked.stderr
     assert kit.engine.snapshots(kit.target) == []
+
+
+def readers_of(path: Path) -> list[str]:
+    """The command lines of the processes that name `path` in theirs."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.fsencode(path) in (entry / "cmdline").read_bytes():
+                found.append((entry / "cmdline").read_bytes().decode(errors="replace"))
+    return found

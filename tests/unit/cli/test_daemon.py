@@ -96,6 +96,53 @@ def test_the_config_path_comes_from_the_environment(config, monkeypatch, capsys)
     assert main(["check-config"]) == 0
 
 
+# --- the engines' binaries --------------------------------------------------------------
+
+WITH_BORG = """
+[daemon]
+borg = "{borg}"
+
+[repositories.local]
+location = "/srv/restic"
+password = "not-shown"
+
+[repositories.vault]
+engine = "borg"
+location = "/srv/borg"
+password = "not-shown"
+
+[backups.pictures]
+paths = ["/home/me/Pictures"]
+repositories = ["local", "vault"]
+"""
+
+
+def test_check_config_accepts_the_real_borg_1_2(config, capsys):
+    assert main(["--config", config(WITH_BORG.format(borg="/usr/bin/borg")), "check-config"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_check_config_refuses_a_borg_too_old_or_missing_in_one_line(config, capsys, tmp_path):
+    # A stand-in for Debian 11's borg 1.1.16 (no 1.1 is installed here): only its answer.
+    old = tmp_path / "borg-1.1"
+    old.write_text("#!/bin/sh\necho 'borg 1.1.16'\n")
+    old.chmod(0o755)
+    path = config(WITH_BORG.format(borg=old))
+    assert main(["--config", path, "check-config"]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: repositories.vault.engine: borg ({old}) is too old (`borg --version` said"
+        " 'borg 1.1.16'): henbackup needs borg 1.2 or later, before 2 (Debian 12's"
+        " borgbackup): install it or set daemon.borg\n"
+    )
+    missing = tmp_path / "no-borg"
+    path = config(WITH_BORG.format(borg=missing))
+    assert main(["--config", path, "check-config"]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: repositories.vault.engine: cannot run borg ({missing}): No such file or"
+        " directory\n"
+    )
+
+
 # --- secrets at rest ------------------------------------------------------------------------
 
 WITH_FILE = """

@@ -3,17 +3,20 @@ engine against real borg is in tests/integration/test_engine_contract.py."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from henbackup.config.model import PasswordSource, Retention
-from henbackup.engine.base import BackupRequest, Target
+from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.borg import (
     BorgEngine,
     LogLine,
     archive_glob,
     archive_name,
+    archive_second,
     backup_args,
     child_env,
     classify_failure,
@@ -23,12 +26,17 @@ from henbackup.engine.borg import (
     keep_within,
     parse_archives,
     parse_prune,
+    parse_version,
     password_env,
+    scan_args,
     split_name,
+    version_problem,
 )
+from henbackup.engine.borg_scan import ScanTotal
 from henbackup.engine.engines import Engines, engine_class
 from henbackup.engine.restic import ResticEngine
 from henbackup.errors import (
+    AccessRefused,
     BackendUnreachable,
     EngineError,
     RepositoryLocked,
@@ -179,3 +187,142 @@ def test_the_repositorys_engine_is_chosen_by_its_target() -> None:
     assert engines.of(Target("b2", "/srv/other", TARGET.password, engine="borg")) is borg
     with pytest.raises(EngineError, match="unknown engine 'tar'"):
         engine_class("tar")
+
+
+# What `borg --version` printed: Debian 11 (1.1.16), 12 (1.2.4), Ubuntu 22.04 (1.2.0),
+# Debian 13 (1.4.0), the standalone binary (named after its file), a borg 2 beta.
+@pytest.mark.parametrize(
+    ("text", "version", "served"),
+    [
+        ("borg 1.1.16\n", (1, 1, 16), False),
+        ("borg 1.2.0\n", (1, 2, 0), True),
+        ("borg 1.2.4\n", (1, 2, 4), True),
+        ("borg 1.4.0\n", (1, 4, 0), True),
+        ("borg-linux64 1.2.8\n", (1, 2, 8), True),
+        ("borg 2.0.0b14\n", (2, 0, 0), False),
+        ("", None, False),
+        ("Traceback (most recent call last):\n", None, False),
+    ],
+)
+def test_borgs_version_is_read_from_its_own_words(
+    text: str, version: tuple[int, int, int] | None, served: bool
+) -> None:
+    assert parse_version(text) == version
+    problem = version_problem(text, "/usr/bin/borg")
+    assert (problem is None) is served
+    if problem is not None:
+        assert "\n" not in problem and problem.startswith("borg (/usr/bin/borg) ")
+        assert "henbackup needs borg 1.2 or later, before 2" in problem
+        if version is not None and version >= (2, 0, 0):
+            assert "is borg 2 or later (another command line)" in problem
+
+
+def test_a_borg_too_old_says_so_in_one_line() -> None:
+    assert version_problem("borg 1.1.16\n", "borg") == (
+        "borg (borg) is too old (`borg --version` said 'borg 1.1.16'): henbackup needs borg 1.2"
+        " or later, before 2 (Debian 12's borgbackup): install it or set daemon.borg"
+    )
+
+
+# borg forwards what ssh said as "Remote: ..." warnings, then fails with its own line.
+CLOSED = LogLine(
+    "Connection closed by remote host. Is borg working on the server?",
+    "ERROR",
+    "ConnectionClosedWithHint",
+)
+
+
+def test_ssh_refusing_the_key_or_host_is_access_refused_in_one_line() -> None:
+    denied = [LogLine("Remote: backup@nas.lan: Permission denied (publickey).", "WARNING"), CLOSED]
+    assert str(classify_failure("list", 2, denied, "nas")) == (
+        "repository nas refused access (Permission denied (publickey).): check the user and key"
+        " its ssh logs in with (BORG_RSH in its env, or ~/.ssh/config)"
+    )
+    host = [LogLine("Remote: Host key verification failed.", "WARNING"), CLOSED]
+    failure = classify_failure("list", 2, host, "nas")
+    assert type(failure) is AccessRefused
+    assert str(failure) == (
+        "repository nas: the server's host key is not one that known_hosts holds: make sure it"
+        " is the right server, then update known_hosts"
+    )
+
+
+def test_ssh_closing_without_a_word_says_what_to_check() -> None:
+    failure = classify_failure("list", 2, [CLOSED], "nas")
+    assert type(failure) is BackendUnreachable
+    assert str(failure) == (
+        "repository nas is unreachable: ssh opened no borg session: check that the server is"
+        " up, has borg on its PATH and accepts the user, key and host key its ssh uses"
+        " (Connection closed by remote host. Is borg working on the server?)"
+    )
+
+
+def test_the_engine_refuses_a_borg_it_does_not_speak_before_any_command(tmp_path: Path) -> None:
+    # A stand-in for Debian 11's borg 1.1.16 (no 1.1 is installed here): it logs each call.
+    calls = tmp_path / "calls"
+    old = tmp_path / "borg"
+    old.write_text(f"#!/bin/sh\necho \"$1\" >> {calls}\necho 'borg 1.1.16'\n")
+    old.chmod(0o755)
+    engine = BorgEngine(str(old), cache_dir=tmp_path / "cache")
+    for _ in range(2):
+        with pytest.raises(EngineError, match=r"^borg \(.*\) is too old .*daemon\.borg$"):
+            engine.snapshots(Target("b", str(tmp_path / "repo"), TARGET.password, engine="borg"))
+    assert calls.read_text() == "--version\n"  # asked once, and nothing else run
+
+
+def test_an_archive_is_noted_by_the_second_borg_started_it() -> None:
+    doc = {"archive": {"id": "1" * 64, "start": "2026-12-02T11:18:30.000000"}}
+    assert archive_second(doc) == int(datetime(2026, 12, 2, 11, 18, 30).astimezone().timestamp())
+    later = {"archive": {"id": "1" * 64, "start": "2026-12-02T11:18:30.250000"}}
+    assert archive_second(later) == archive_second(doc) + 1  # a part of a second: the next
+
+
+def test_a_local_permission_error_is_no_ssh_refusal() -> None:
+    local = [LogLine("Permission denied (while opening /srv/borg/config)", "ERROR")]
+    assert type(classify_failure("list", 2, local, "nas")) is EngineError
+
+
+def test_the_scan_walks_as_the_backup_does_in_a_dry_run() -> None:
+    request = BackupRequest("docs", ("/srv/a", "/srv/b"), excludes=("*.tmp", "/srv/a/x"))
+    walk = backup_args(request, "NAME")
+    args = scan_args(request, "NAME")
+    assert args[:4] == ("create", "--dry-run", "--list", "--filter=-")
+    tail = walk[walk.index("--exclude") :]
+    assert args[4:] == tail  # the same excludes, archive and paths
+
+
+def test_the_scan_adds_up_the_regular_files_borg_would_read(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "a").write_bytes(b"a" * 10)
+    (tmp_path / "dir" / "b").write_bytes(b"b" * 5)
+    (tmp_path / "link").symlink_to("a")
+    (tmp_path / "hard").hardlink_to(tmp_path / "a")  # borg reads it once
+    scan = ScanTotal()
+
+    def listed(path: Path | str, status: str = "-") -> str:
+        return json.dumps({"type": "file_status", "status": status, "path": str(path)})
+
+    for name in ("a", "dir/b", "dir", "link", "hard", "gone", ""):
+        scan.feed(listed(tmp_path / name))
+    scan.feed(listed(tmp_path / "dir" / "b", "x"))  # excluded: borg says "x" (not listed)
+    scan.feed('{"type": "log_message", "message": "a warning", "levelname": "WARNING"}')
+    scan.feed("not json, with file_status in it")
+    assert scan.total is None  # not until the listing ended
+    scan.end(1)  # a warning (a path not there): whole all the same
+    assert scan.total == (2, 15)
+    failed = ScanTotal()
+    failed.feed(listed(tmp_path / "a"))
+    failed.end(-9)
+    assert failed.total is None
+
+
+def test_a_backup_ends_at_100_of_the_scan_else_of_what_borg_read() -> None:
+    result = BackupResult("id", 1, 0, 0, 10, 120, 2.0)
+    document = {"archive": {"stats": {"nfiles": 1, "original_size": 120}}}
+    reports: list[TransferProgress] = []
+    BorgEngine._report_end(reports.append, None, (1, 100), result, document)
+    BorgEngine._report_end(reports.append, None, None, result, document)  # no scan total
+    assert [(p.fraction, p.files_done, p.bytes_done, p.total_bytes) for p in reports] == [
+        (1.0, 1, 100, 100),
+        (1.0, 1, 120, 120),
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -23,6 +24,8 @@ from henbackup.engine.transfer import (
     NOT_DONE,
     Upload,
     UploadTracker,
+    estimate,
+    finished,
     sent_fraction,
     time_left,
     window_rate,
@@ -208,3 +211,38 @@ def test_open_files_of_a_process_deleted_ones_too() -> None:
         child.kill()
         child.wait()
     assert open_files(child.pid, TEMP_PACK) is None
+
+
+def _read(files: int, size: int, seconds: float) -> TransferProgress:
+    return TransferProgress(0.0, files, None, size, None, seconds)
+
+
+def test_a_known_total_gives_a_percent_and_the_time_left_at_the_pace_so_far() -> None:
+    progress = estimate(_read(1, 250, 10.0), files=4, size=1000)
+    assert (progress.fraction, progress.total_files, progress.total_bytes) == (0.25, 4, 1000)
+    assert progress.seconds_remaining == 30.0
+    # only empty files: their count; read more than the total (it grew): whole, none left
+    assert estimate(_read(1, 0, 1.0), files=4, size=0).fraction == 0.25
+    assert estimate(_read(1, 0, 1.0), files=4, size=0).total_bytes is None
+    grown = estimate(_read(5, 1200, 2.0), files=4, size=1000)
+    assert (grown.fraction, grown.seconds_remaining) == (1.0, 0.0)
+    assert estimate(_read(0, 0, 0.0), 0, 0).seconds_remaining is None
+
+
+def test_a_backup_that_ended_well_ends_at_100_once() -> None:
+    last = estimate(_read(1, 250, 10.0), files=4, size=1000)
+    final = finished(last, 4, 1000, 12.0)
+    assert final == replace(
+        last,
+        fraction=1.0,
+        files_done=4,
+        bytes_done=1000,
+        seconds_elapsed=12.0,
+        seconds_remaining=0.0,
+    )
+    assert finished(final, 4, 1000, 12.0) is None  # the tool said so itself
+    assert finished(None, 2, 10, 1.0) == TransferProgress(1.0, 2, 2, 10, 10, 1.0, 0.0)
+    # what was sent: at least what the repository gained, never less than measured
+    sending = replace(last, bytes_sent=300)
+    assert finished(sending, 4, 1000, 12.0, sent=900).bytes_sent == 900  # type: ignore[union-attr]
+    assert finished(sending, 4, 1000, 12.0, sent=100).bytes_sent == 300  # type: ignore[union-attr]

@@ -1,0 +1,33 @@
+"""A helper beside the tool: its stderr lines handed on whole, its end and exit code, and
+its death when its caller is done with it (engine/sidecar.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from henbackup.engine.sidecar import Sidecar
+
+CHATTY = "import sys\nfor i in range(20000): print(f'line {i}', file=sys.stderr)\n"
+CHATTY += "sys.stderr.write('last, no newline'); sys.exit(3)"
+
+
+def test_its_lines_come_whole_then_its_exit_code() -> None:
+    lines: list[str] = []
+    ends: list[int] = []
+    sidecar = Sidecar((sys.executable, "-c", CHATTY), os.environ, lines.append, ends.append)
+    sidecar.wait(60)
+    assert sidecar.ended and ends == [3]
+    assert lines == [f"line {i}" for i in range(20000)] + ["last, no newline"]
+    sidecar.stop()  # already ended: nothing to do
+
+
+def test_stopping_it_kills_it_without_an_end() -> None:
+    ends: list[int] = []
+    argv = (sys.executable, "-c", "import time; time.sleep(600)")
+    sidecar = Sidecar(argv, os.environ, lambda _: None, ends.append)
+    sidecar.wait(0.2)
+    assert not sidecar.ended
+    sidecar.stop()
+    assert sidecar.ended and ends == []  # its work is not whole
+    assert sidecar.process.returncode is not None  # reaped
