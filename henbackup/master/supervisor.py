@@ -405,13 +405,18 @@ class Master:
         for key in change.added:
             self._add(new[key])
         self.jobs.configure(config.metrics)
+        # what the config names: the watcher comes and goes with watched backups, unnamed
+        added, changed, removed = (
+            [key for key in keys if key != WATCHER.key]
+            for keys in (change.added, change.changed, change.removed)
+        )
         self.emit(
             "config.reloaded",
-            f"configuration reloaded: {len(change.added)} added, "
-            f"{len(change.changed)} changed, {len(change.removed)} removed",
-            added=" ".join(change.added),
-            changed=" ".join(change.changed),
-            removed=" ".join(change.removed),
+            f"configuration reloaded: {len(added)} added, "
+            f"{len(changed)} changed, {len(removed)} removed",
+            added=" ".join(added),
+            changed=" ".join(changed),
+            removed=" ".join(removed),
             config=str(self.config_path),
         )
         self._warn_limits()

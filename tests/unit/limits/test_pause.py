@@ -72,7 +72,7 @@ def test_a_process_named_in_bytes_that_are_not_utf8_is_found_and_paused(tmp_path
         while Path(f"/proc/{program.pid}/comm").read_bytes() != b"x\xe2\x86\n":
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        assert children(os.getpid()) == [program.pid]
+        assert program.pid in children(os.getpid())  # beside the servers of other tests
         program.kill()
 
 
