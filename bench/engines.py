@@ -41,7 +41,7 @@ from bench.whole_job import (
     clean_env,
     data_bytes,
     data_set,
-    measure,
+    measure_started,
     restic_version,
     rounds,
     rows_for,
@@ -157,23 +157,7 @@ def measured(
 ) -> tuple[list[SizedTool], Times, dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="bench-engines-", dir=ROOT / ".cache") as scratch:
         found = tools(borg, restic, Path(scratch), data)
-        failed: dict[str, str] = {}
-        started: list[Tool] = []
-        try:
-            for tool in found:
-                if tool.start is not None:
-                    tool.fresh()
-                    try:
-                        tool.start()
-                    except ToolFailed as error:
-                        failed[tool.name] = str(error)
-                        continue
-                started.append(tool)
-            times = measure(list(found), data, count, failed)
-        finally:
-            for tool in started:
-                if tool.stop is not None:
-                    tool.stop()
+        times, failed = measure_started(found, data, count)
     return found, times, failed
 
 

@@ -447,28 +447,34 @@ def below_runrestic(label: str, times: Times, failed: dict[str, str]) -> list[tu
     return rows
 
 
+def measure_started(tools: Sequence[Tool], data: Path, count: int) -> tuple[Times, dict[str, str]]:
+    """Start the tools that need it (a daemon), time them all, stop them; a tool that
+    could not start is in the failures (its reason), untimed."""
+    failed: dict[str, str] = {}
+    started: list[Tool] = []
+    try:
+        for tool in tools:
+            if tool.start is not None:
+                tool.fresh()
+                try:
+                    tool.start()
+                except ToolFailed as error:
+                    failed[tool.name] = str(error)
+                    continue
+            started.append(tool)
+        return measure(list(tools), data, count, failed), failed
+    finally:
+        for tool in started:
+            if tool.stop is not None:
+                tool.stop()
+
+
 def run_group(
     label: str, make: Callable[[Path], list[Tool]], data: Path, count: int
 ) -> list[tuple[object, ...]]:
     with tempfile.TemporaryDirectory(prefix="bench-whole-job-", dir=ROOT / ".cache") as scratch:
         tools = make(Path(scratch))
-        failed: dict[str, str] = {}
-        started: list[Tool] = []
-        try:
-            for tool in tools:
-                if tool.start is not None:
-                    tool.fresh()
-                    try:
-                        tool.start()
-                    except ToolFailed as error:
-                        failed[tool.name] = str(error)
-                        continue
-                started.append(tool)
-            times = measure(tools, data, count, failed)
-        finally:
-            for tool in started:
-                if tool.stop is not None:
-                    tool.stop()
+        times, failed = measure_started(tools, data, count)
     return rows_for(label, tools, times, failed) + below_runrestic(label, times, failed)
 
 
