@@ -58,10 +58,12 @@ from henbackup.observe.notify import Notifier
 from henbackup.observe.status import StatusModel, WorkerView
 from henbackup.process import (
     Watched,
+    WatchedPlan,
     become_subreaper,
     describe_exit,
     reap_orphans,
     start_watched,
+    start_watched_many,
 )
 from henbackup.protocol import ControlReply, ControlRequest, reply_error
 from henbackup.scheduler.queue import PAUSE_MARKS
@@ -164,8 +166,7 @@ class Master:
         if self.scheduler is not None:  # a master that died may have left programs paused
             resume_leftovers(self.scheduler.directory / PAUSE_MARKS, host)
         sweep(host)  # the leaves of job processes killed before they removed theirs
-        for spec in worker_specs(self.config).values():
-            self._add(spec)
+        self._add(*worker_specs(self.config).values())
         self.emit(
             "daemon.started",
             f"henbackup started: {self._summary()}",
@@ -198,22 +199,34 @@ class Master:
         self.loop.call_later(self.notifier.watchdog_interval or 1.0, self._watchdog)
 
     # children
-    def _add(self, spec: WorkerSpec) -> None:
-        self.children[spec.key] = Supervised(spec, Child(spec.key))
-        self._spawn(spec.key)
+    def _add(self, *specs: WorkerSpec) -> None:
+        """Start these new children, forked in one burst (see `start_watched_many`)."""
+        for spec in specs:
+            self.children[spec.key] = Supervised(spec, Child(spec.key))
+        plans = [self._plan(spec.key) for spec in specs]
+        processes = start_watched_many(self.loop, plans) if plans else []
+        for spec, process in zip(specs, processes, strict=False):
+            self._started(spec.key, process)
+        for spec in specs[len(processes) :]:  # a fork failed: one at a time, as restarts do
+            self._spawn(spec.key)
 
     def _spawn(self, key: str) -> None:
-        supervised = self.children[key]
-        config, spec = self.config, supervised.spec
+        self._started(key, start_watched(self.loop, *self._plan(key)))
+
+    def _plan(self, key: str) -> WatchedPlan:
+        config, spec = self.config, self.children[key].spec
         title = names.WATCHER_TITLE if spec == WATCHER else names.worker_title(spec.name)
-        process = start_watched(
-            self.loop,
+        return WatchedPlan(
             title,
             lambda channel: self.worker_body(spec, config, channel),
             heard=lambda messages: self._heard(key, messages),
             exited=lambda status: self._exited(key, status),
             malformed=lambda error: self.loop.report_error(f"worker {spec.name}", error),
         )
+
+    def _started(self, key: str, process: Watched) -> None:
+        supervised = self.children[key]
+        spec = supervised.spec
         now = self.loop.clock()
         supervised.process, supervised.last_heard = process, now
         supervised.hung, supervised.running = False, False
@@ -402,8 +415,7 @@ class Master:
         for key in change.changed:
             self.children[key].replacement = new[key]
             self._stop_child(key)
-        for key in change.added:
-            self._add(new[key])
+        self._add(*(new[key] for key in change.added))
         self.jobs.configure(config.metrics)
         # what the config names: the watcher comes and goes with watched backups, unnamed
         added, changed, removed = (

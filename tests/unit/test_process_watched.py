@@ -1,12 +1,15 @@
-"""One child forked with a channel and watched from its parent's loop (process.start_watched),
-as the master forks its workers and one-off jobs, and a worker its job processes: real forks,
-a real socketpair, a real pidfd."""
+"""Children forked with a channel and watched from their parent's loop (process.start_watched,
+and start_watched_many for a burst), as the master forks its workers and one-off jobs, and a
+worker its job processes: real forks, real socketpairs, real pidfds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
+
+import pytest
 
 from henbackup.channel import (
     Channel,
@@ -18,7 +21,7 @@ from henbackup.channel import (
     Ready,
 )
 from henbackup.loop import Loop
-from henbackup.process import Watched, start_watched
+from henbackup.process import Watched, WatchedPlan, start_watched, start_watched_many
 
 DEADLINE = 30.0
 
@@ -179,3 +182,99 @@ def test_the_child_closes_the_parents_descriptors_and_frees_none_of_its_loop():
     (said,) = [message for message in parent.heard if isinstance(message, JobEvent)]
     assert said.fields == {"closed": 3, "same": True}
     parent.loop.close()
+
+
+def _socket_inodes() -> set[int]:
+    """The inodes of the sockets this process holds."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                found.add(int(target[len("socket:[") : -1]))
+    return found
+
+
+class Burst:
+    """Children forked by one `start_watched_many`: each one's exit status, by index."""
+
+    def __init__(self, count: int) -> None:
+        self.loop = Loop()
+        self.heard: list[JobEvent] = []
+        self.status: dict[int, int] = {}
+        self.count = count
+
+    def plan(self, index: int, body: Any) -> WatchedPlan:
+        def heard(messages: list[ChannelMessage]) -> None:
+            self.heard += [m for m in messages if isinstance(m, JobEvent)]
+
+        def exited(status: int) -> None:
+            self.status[index] = os.waitstatus_to_exitcode(status)
+
+        return WatchedPlan(f"hbburst{index}", body, heard, exited, lambda error: None)
+
+    def until_exited(self, count: int) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while len(self.status) < count:
+            assert time.monotonic() < deadline, "a child was never reaped"
+            self.loop.call_later(0.5, lambda: None)
+            self.loop.run_once()
+
+
+def test_a_burst_gives_each_child_its_own_channel_and_none_of_its_siblings():
+    """Forked one right after the other, a child must not keep a sibling's channel (or the
+    parent's end of its own): each child's end would stay open after that child died."""
+    burst = Burst(3)
+
+    def body_for(index: int) -> Any:
+        def body(channel: Channel) -> int:
+            own = os.fstat(channel.fileno()).st_ino
+            held = sorted(_socket_inodes())
+            channel.send(JobEvent("job.x", "said", {"index": index, "own": own, "held": held}))
+            return 10 + index
+
+        return body
+
+    children = start_watched_many(burst.loop, [burst.plan(n, body_for(n)) for n in range(3)])
+    parent_ends = {os.fstat(child.channel.fileno()).st_ino for child in children}
+    burst.until_exited(3)
+    assert burst.status == {0: 10, 1: 11, 2: 12}
+    said = sorted((event.fields for event in burst.heard), key=lambda fields: fields["index"])
+    assert [fields["index"] for fields in said] == [0, 1, 2]
+    children_ends = {fields["own"] for fields in said}
+    assert len(children_ends) == 3
+    for fields in said:
+        held = set(fields["held"])
+        assert fields["own"] in held
+        assert not held & parent_ends, "a child kept a parent's end"
+        assert not held & (children_ends - {fields["own"]}), "a child kept a sibling's end"
+    assert [child.channel for child in children] == [None, None, None]  # closed once reaped
+
+
+def test_a_burst_whose_fork_fails_watches_the_children_forked_before_it(monkeypatch):
+    """A fake: os.fork refuses the second child (the real one cannot be made to fail here,
+    as root). The first child is watched and returned, the second's channel is closed; a
+    burst whose first fork fails raises."""
+    burst = Burst(2)
+    real_fork, forks = os.fork, []
+
+    def fork() -> int:
+        forks.append(1)
+        if len(forks) == 2:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    before = _socket_inodes()
+    plans = [burst.plan(n, lambda channel: 0) for n in range(2)]
+    children = start_watched_many(burst.loop, plans)
+    assert len(children) == 1
+    burst.until_exited(1)
+    assert burst.status == {0: 0}
+    assert _socket_inodes() == before  # the failed pair and the reaped child's channel
+
+    forks.clear()
+    forks.append(1)  # the next fork is the "second": it fails
+    with pytest.raises(BlockingIOError):
+        start_watched_many(burst.loop, [burst.plan(2, lambda channel: 0)])
+    assert _socket_inodes() == before
