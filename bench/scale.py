@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.table import Table
+from bench.table import Goal, Table
 from henbackup import names
 
 COUNTS = tuple(int(n) for n in os.environ.get("BENCH_SCALE_COUNTS", "1,10,100,1000").split(","))
@@ -165,42 +165,40 @@ def measure(count: int, status: bool) -> dict[str, float]:
     return result
 
 
-def _met(value: float, goal: float) -> str:
-    return "yes" if value <= goal else "NO"
-
-
 def run() -> Table:
     rows: list[tuple[object, ...]] = []
     for count in COUNTS:
         result = measure(count, status=count == max(COUNTS))
-        per_backup = result["per_backup"]
         rows.append(
             (
                 "private memory per idle backup (MiB, mean of workers)",
                 count,
-                per_backup,
-                f"<= {GOAL_PER_BACKUP:g}",
-                _met(per_backup, GOAL_PER_BACKUP),
+                result["per_backup"],
+                Goal(GOAL_PER_BACKUP, unit="MiB"),
             )
         )
-        rows.append(("  the worst worker (MiB)", count, result["worst"], "", ""))
+        rows.append(("  the worst worker (MiB)", count, result["worst"], ""))
         if count == 1000:
-            total = result["total"]
             rows.append(
-                ("  master + workers (MiB)", count, total, "<= 1024", _met(total, GOAL_TOTAL_1000))
+                (
+                    "  master + workers (MiB)",
+                    count,
+                    result["total"],
+                    Goal(GOAL_TOTAL_1000, unit="MiB"),
+                )
             )
-        rows.append(("READY=1 after start (s)", count, result["ready"], "none set", "-"))
+        rows.append(("READY=1 after start (s)", count, result["ready"], "none set"))
         if "answer" in result:
             for label, key in (
                 ("status: the master's answer (s)", "answer"),
                 ("status: henbackupctl status --json (s)", "command"),
             ):
-                seconds = result[key]
-                rows.append((label, count, seconds, "<= 0.05", _met(seconds, GOAL_STATUS)))
+                rows.append((label, count, result[key], Goal(GOAL_STATUS, unit="s")))
     return Table(
         title="scale: idle schedule-only backups, one worker each",
-        headers=("measure", "backups", "value", "goal", "met"),
+        headers=("measure", "backups", "value", "goal"),
         rows=tuple(rows),
+        value_column="value",
         notes=(
             "private: Private_Clean + Private_Dirty (smaps_rollup), after READY=1 and "
             f"{SETTLE:g} s at rest; status: median of {STATUS_ROUNDS} answers, of 3 commands",
