@@ -1,9 +1,10 @@
 """The status reply's rows, declared once: `henbackupctl status --json` is {"ok", "status"
-(the STATUS= line), "daemon": {"pid", "config"}, "backups": [{"name", WorkerStatus...,
-"repositories": [StatusRow...]}], "repositories": [{"name", WorkerStatus..., "operations":
-[{"operation", StatusRow...}]}]}. Each member says what its value may be as a JSON schema:
-the tests check the daemon's replies with it. (The master builds them; henbackupctl only
-reads the JSON, so it does not import this module.)
+(the STATUS= line), "daemon": {"pid", "config", "watcher" (the watcher's state, as
+WorkerStatus.worker says a worker's; null when no backup is watched)}, "backups": [{"name",
+WorkerStatus..., "repositories": [StatusRow...]}], "repositories": [{"name",
+WorkerStatus..., "operations": [{"operation", StatusRow...}]}]}. Each member says what its
+value may be as a JSON schema: the tests check the daemon's replies with it. (The master
+builds them; henbackupctl only reads the JSON, so it does not import this module.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # `henbackupctl status --json`: {"ok", "status" (the STATUS= line), "daemon": {"pid",
-# "config"}, "backups": [{"name", WorkerStatus..., "repositories": [StatusRow...]}],
+# "config", "watcher"}, "backups": [{"name", WorkerStatus..., "repositories": [StatusRow...]}],
 # "repositories": [{"name", WorkerStatus..., "operations": [{"operation", StatusRow...}]}]}.
 # Each member says what its value may be as a JSON schema: the tests check replies with it.
 

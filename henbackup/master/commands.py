@@ -153,7 +153,7 @@ def status(master: Master, request: ControlRequest, conversation: Conversation) 
     return {
         "ok": True,
         "status": model.status_line(),
-        "daemon": {"pid": os.getpid(), "config": str(master.config_path)},
+        "daemon": {"pid": os.getpid(), "config": str(master.config_path), "watcher": model.watcher},
         "backups": backups,
         "repositories": repositories,
     }

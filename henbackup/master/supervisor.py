@@ -516,6 +516,8 @@ class Master:
                 if supervised.spec != WATCHER
             )
             self.model.daemon_changed(workers, self.stopping, self.config_path)
+        watcher = self.children.get(WATCHER.key)  # no worker: its state, in the status line
+        self.model.watcher_changed(watcher.child.state.value if watcher else None)
         self.notifier.status(self.model.status_line())
 
 

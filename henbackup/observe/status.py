@@ -31,6 +31,7 @@ from henbackup.scheduler.ticket import Ticket
 
 RESULTS = ("succeeded", "failed", "cancelled")
 ENDINGS = {f"job.{result}": result for result in RESULTS}
+WATCHER_FAILED = "watcher failed: watched backups run on schedule only"
 # Listing snapshots is a question, not a job whose health anyone watches: not recorded.
 UNRECORDED = frozenset({"snapshots"})
 
@@ -127,6 +128,7 @@ class StatusModel:
             self.records, self.problems = _load(path)
         self.live: dict[str, LiveJob] = {}
         self.workers: dict[str, WorkerView] = {}  # by key: `backup:NAME`, `repository:NAME`
+        self.watcher: str | None = None  # the watcher's state (None: no backup is watched)
         self.stopping = False
         self.config_path: Path | None = None  # named in the hint when no backup is defined
 
@@ -144,9 +146,14 @@ class StatusModel:
         """One worker's news (its state, its run, its next run), the others unchanged."""
         self.workers[key] = view
 
+    def watcher_changed(self, state: str | None) -> None:
+        """The watcher's state (starting, running, backoff, fatal…), None when there is none."""
+        self.watcher = state
+
     def status_line(self) -> str:
         """One line (STATUS=, the top of `henbackupctl status`):
-        `2 backups; running: pictures→aws 42%; queued: 1; failed: music; next: …`."""
+        `2 backups; running: pictures→aws 42%; queued: 1; failed: music; next: …`; a watcher
+        that gave up is said too: no change starts a backup then."""
         workers = self.workers.values()
         backups = sum(1 for worker in workers if worker.kind == "backup")
         running = [_activity(job) for job in self.running()]
@@ -160,6 +167,8 @@ class StatusModel:
             parts.append(f"queued: {queued}")
         if fatal:
             parts.append(f"failed: {', '.join(fatal)}")
+        if self.watcher == "fatal":
+            parts.append(WATCHER_FAILED)
         upcoming = [(worker.next_run, worker.name) for worker in workers if worker.next_run]
         if upcoming and not self.stopping:
             when, name = min(upcoming)

@@ -88,7 +88,9 @@ STATUS = _object(
     {
         "ok": {"const": True},
         "status": {"type": "string", "pattern": "^[^\\n]+$"},
-        "daemon": _object({"pid": {"type": "integer", "minimum": 1}, "config": NAME}),
+        "daemon": _object(
+            {"pid": {"type": "integer", "minimum": 1}, "config": NAME, "watcher": WORKER["worker"]}
+        ),
         "backups": {
             "type": "array",
             "items": _object(

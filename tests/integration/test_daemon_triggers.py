@@ -33,6 +33,7 @@ from daemon_helpers import (
     Daemon,
     henbackupctl,
     make_data,
+    ok,
     read_state,
     restic_command,
     restic_json,
@@ -589,6 +590,42 @@ def test_a_watcher_that_dies_comes_back_and_each_watched_backup_catches_up(
     finally:
         daemon.stop()
     assert len(daemon.find("child.started", child="watcher")) == 2
+
+
+@ONE_RESTIC
+def test_a_watcher_that_gives_up_shows_in_the_status_and_backups_keep_their_schedule(
+    restic, repository, tmp_path
+):
+    # Killed each time soon after it started, the watcher is left alone at the fifth quick
+    # failure (master/states.py Policy): `henbackupctl status` says so, not only child.exited.
+    data = make_data(tmp_path / "pictures")
+    config = watched_config(tmp_path, restic, repository, data, "1s", "4s")
+    daemon = Daemon(config, tmp_path)
+    gave_up = "watcher failed: watched backups run on schedule only"
+    try:
+        mark = start_watching(daemon)
+        assert daemon.status()["daemon"]["watcher"] == "running"
+        started = daemon.wait_for("child.started", child="watcher")
+        for _ in range(5):  # 1 + 2 + 4 + 8 s of backoff in between
+            since = len(daemon.events)
+            os.kill(int(started["HENBACKUP_PID"]), signal.SIGKILL)
+            exited = daemon.wait_for("child.exited", since=since, child="watcher")
+            if exited["HENBACKUP_STATE"] == "fatal":
+                break
+            started = daemon.wait_for("child.started", since=since, child="watcher")
+        assert pick(exited, "STATE", "CHILD_KIND") == {"STATE": "fatal", "CHILD_KIND": "watcher"}
+        assert "HENBACKUP_BACKUP" not in exited
+        status = daemon.status()
+        assert status["daemon"]["watcher"] == "fatal"
+        assert f"; {gave_up}; next: pictures in " in status["status"], status["status"]
+        assert ok(henbackupctl(daemon, "status")).splitlines()[0] == status["status"]
+        pictures = finished(daemon, "pictures")  # its worker runs: its schedule holds
+        assert pictures["state"] == "running"
+        assert not [p for p in daemon._descendants() if p.name() == "hbwatch"]
+        clean_exit(daemon)
+    finally:
+        daemon.stop()
+    assert len(daemon.find("child.started", child="watcher", since=mark)) == 4
 
 
 @ONE_RESTIC

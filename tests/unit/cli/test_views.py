@@ -52,7 +52,7 @@ def row(repository: str, **fields: object) -> dict[str, object]:
 STATUS = {
     "ok": True,
     "status": "2 backups; running: pictures→aws 42%; queued: 1",
-    "daemon": {"pid": 123, "config": "/etc/henbackup/henbackup.toml"},
+    "daemon": {"pid": 123, "config": "/etc/henbackup/henbackup.toml", "watcher": None},
     "backups": [
         {
             "name": "pictures",

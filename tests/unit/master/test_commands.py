@@ -323,7 +323,7 @@ def test_status_shows_every_backup_and_repository(master: Any) -> None:
     assert reply == {
         "ok": True,
         "status": model.status_line(),
-        "daemon": {"pid": os.getpid(), "config": str(master.config_path)},
+        "daemon": {"pid": os.getpid(), "config": str(master.config_path), "watcher": None},
         "backups": [
             {
                 "name": "music",

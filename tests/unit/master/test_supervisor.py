@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from henbackup.master.specs import WATCHER, worker_specs
 from henbackup.master.states import Child, ChildState
 from henbackup.master.supervisor import Master, Supervised
 from henbackup.observe.events import ERR
+from henbackup.observe.notify import Notifier
 from henbackup.worker.spec import WorkerSpec
 
 CONFIG = """\
@@ -202,4 +204,37 @@ def test_the_watcher_is_no_worker_in_the_status(tmp_path: Path, events: Any) -> 
     assert list(master.model.workers) == ["backup:pictures"]
     master._handle(master.children[WATCHER.key], Heartbeat())
     assert list(master.model.workers) == ["backup:pictures"]
+    master.loop.close()
+
+
+def test_a_watcher_that_gave_up_shows_in_the_status_line_and_in_systemds(
+    tmp_path: Path, events: Any
+) -> None:
+    """FATAL after its last quick failure: before, only a child.exited event said so."""
+    path = str(tmp_path / "notify")
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(path)
+    systemd.settimeout(5)
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    config = watched_config(tmp_path)
+    master = Master(tmp_path / "henbackup.toml", config, events, lambda *_: 0, notifier)
+    listening(master, WorkerSpec("backup", "pictures", ()))
+    listening(master, WATCHER)
+    watcher = master.children[WATCHER.key]
+    watcher.child.spawned(4321, master.loop.clock())
+    master._update_status()
+    assert systemd.recv(4096) == b"STATUS=1 backup; idle"
+    assert master.model.watcher == "starting"
+    master._handle(watcher, Ready())  # its news: only its own state changed
+    assert master.model.watcher == "running"
+    watcher.child.quick_failures = master.policy.max_quick_failures - 1
+    master._exited(WATCHER.key, 1 << 8)  # exit status 1, once too often
+    (exited,) = [e for e in events.recorded if e.kind == "child.exited"]
+    fields = dict(exited.fields)
+    assert (fields["HENBACKUP_CHILD_KIND"], fields["HENBACKUP_STATE"]) == ("watcher", "fatal")
+    assert "HENBACKUP_BACKUP" not in fields
+    line = "1 backup; idle; watcher failed: watched backups run on schedule only"
+    assert master.model.status_line() == line
+    assert systemd.recv(4096) == f"STATUS={line}".encode()
+    systemd.close()
     master.loop.close()

@@ -1,12 +1,9 @@
 import contextlib
 import os
-import platform
 import signal
 import socket
-import time
-from pathlib import Path
 
-from henbackup.observe.notify import Notifier, watchdog_interval
+from henbackup.observe.notify import Notifier, notify_address, watchdog_interval
 
 
 def test_watchdog_interval_is_half_of_watchdogsec_for_this_process_only():
@@ -42,12 +39,9 @@ def test_without_systemd_nothing_is_sent():
     Notifier({}).ready()  # no NOTIFY_SOCKET: a no-op, not an error
 
 
-SENDMSG = {"x86_64": "46", "aarch64": "211"}[platform.machine()]  # syscall numbers
-
-
 def fill(path: str) -> list[socket.socket]:
-    """Datagrams to `path` until its queue is full (a systemd that reads late): then a
-    sender waits in sendmsg. Returns the senders, to keep until the test ends."""
+    """Datagrams to `path` until its queue is full (a systemd that reads late, or a local
+    flood): then no sender can queue one more. Returns the senders, to close at the end."""
     senders = []
     while True:
         sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -62,50 +56,97 @@ def fill(path: str) -> list[socket.socket]:
             return senders
 
 
-def test_a_signal_while_sd_notify_waits_loses_neither_the_message_nor_the_caller(
-    tmp_path, monkeypatch
-):
+def drain(server: socket.socket) -> list[bytes]:
+    server.setblocking(False)
+    received = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            received.append(server.recv(4096))
+    return received
+
+
+def timeout(*_: object) -> None:
+    raise TimeoutError("the notifier waited for a reader that never reads")
+
+
+def test_a_reader_that_never_reads_costs_the_message_never_the_loop(tmp_path, monkeypatch):
+    """libsystemd's sd_notify waited here until systemd read: the master's loop hung."""
     path = str(tmp_path / "notify")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(path)
     senders = fill(path)
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    notifier, me, got = Notifier(), os.getpid(), []
-    previous = signal.signal(signal.SIGUSR1, lambda *_: got.append("usr1"))  # only records
-
-    def waiting_in_sendmsg() -> bool:
-        return Path(f"/proc/{me}/syscall").read_text().split()[0] == SENDMSG
-
-    # sd_notify holds the GIL while it waits: the signal and the reader are another process.
-    child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            deadline = time.monotonic() + 10
-            while not waiting_in_sendmsg() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            os.kill(me, signal.SIGUSR1)  # EINTR
-            time.sleep(0.2)  # it sends again, and waits again
-            server.recv(100)  # systemd reads one at last: room for one more
-            code = 0
-        finally:
-            os._exit(code)
+    notifier = Notifier()
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(30)  # a bound, not a timing goal: the call returns at once or never
     try:
-        notifier.ready()  # before: InterruptedError out of the master's loop
+        notifier.ready()
+        notifier.status("1 backup; idle")
+        notifier.watchdog()
     finally:
-        _, status = os.waitpid(child, 0)
-        signal.signal(signal.SIGUSR1, previous)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert got == ["usr1"]
-    server.setblocking(False)
-    received = []
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            received.append(server.recv(100))
-    assert received[-1] == b"READY=1" and set(received[:-1]) == {b"X=1"}
-    for sender in senders:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert set(drain(server)) == {b"X=1"}  # the reader reads at last: none of ours got in
+    notifier.watchdog()  # the next message carries what could not be queued, ping aside
+    assert drain(server) == [b"READY=1\nSTATUS=1 backup; idle\nWATCHDOG=1"]
+    notifier.status("1 backup; idle")  # went out: not again
+    notifier.stopping()
+    assert drain(server) == [b"STOPPING=1"]
+    for sender in [*senders, server]:
         sender.close()
-    server.close()
+
+
+def test_a_newer_state_replaces_the_one_that_could_not_be_queued(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    senders = fill(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    notifier = Notifier()
+    notifier.reloading()
+    notifier.status("1 backup; idle")
+    notifier.status("2 backups; idle")
+    drain(server)
+    notifier.ready()
+    assert drain(server) == [b"STATUS=2 backups; idle\nREADY=1"]
+    for sender in [*senders, server]:
+        sender.close()
+
+
+def test_messages_arrive_byte_exact_in_utf8(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        notifier = Notifier()
+        notifier.ready()
+        notifier.status("running: pictures→aws-ireland 42%; næste: musik")
+        assert server.recv(4096) == b"READY=1"
+        line = "STATUS=running: pictures\u2192aws-ireland 42%; n\u00e6ste: musik"
+        assert server.recv(4096) == line.encode("utf-8")
+
+
+def test_an_abstract_notify_socket_is_reached(monkeypatch):
+    name = f"henbackup-test-notify-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(f"\0{name}")
+        server.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", f"@{name}")
+        notifier = Notifier()
+        assert notifier.problem is None
+        notifier.ready()
+        assert server.recv(4096) == b"READY=1"
+
+
+def test_a_notify_socket_of_another_shape_turns_notifications_off_and_says_why():
+    for value in ("vsock:2:1234", "run/systemd/notify", "@", "/" + "x" * 200):
+        notifier = Notifier({"NOTIFY_SOCKET": value})
+        assert notifier.problem is not None and repr(value) in notifier.problem
+        notifier.ready()  # nothing sent, nothing raised
+        notifier.status("1 backup; idle")
+    assert notify_address("/run/systemd/notify") == ("/run/systemd/notify", None)
+    assert notify_address("@hb") == ("\0hb", None)
 
 
 def test_a_notify_socket_that_is_gone_costs_the_message_only(tmp_path, monkeypatch):
@@ -117,5 +158,5 @@ def test_a_notify_socket_that_is_gone_costs_the_message_only(tmp_path, monkeypat
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(path)
         server.settimeout(5)
-        notifier.status("2 backups; idle")  # not sent before: sent now
-        assert server.recv(100) == b"STATUS=2 backups; idle"
+        notifier.watchdog()  # what was not sent before rides on it
+        assert server.recv(100) == b"READY=1\nSTATUS=2 backups; idle\nWATCHDOG=1"

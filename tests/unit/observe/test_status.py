@@ -360,6 +360,23 @@ def test_the_status_line_says_what_runs_waits_failed_and_comes_next(
     )
 
 
+def test_a_watcher_that_gave_up_is_said_in_the_status_line(model: StatusModel) -> None:
+    """No worker row shows the watcher: the line says that no change starts a backup now."""
+    pictures = WorkerView("pictures", "backup", "running")
+    model.daemon_changed([("backup:pictures", pictures)], stopping=False)
+    for passing in (None, "starting", "running", "backoff"):  # backoff: it comes back
+        model.watcher_changed(passing)
+        assert model.status_line() == "1 backup; idle"
+    model.watcher_changed("fatal")
+    assert model.status_line() == (
+        "1 backup; idle; watcher failed: watched backups run on schedule only"
+    )
+    model.daemon_changed(model.workers.items(), stopping=True)
+    assert model.status_line() == (
+        "1 backup; stopping; idle; watcher failed: watched backups run on schedule only"
+    )
+
+
 def test_a_forget_sets_the_snapshot_count_of_its_backup(model: StatusModel, clock: Clock) -> None:
     model.apply("job.started", job("b1"), OWNER)
     model.apply("job.succeeded", job("b1", snapshot="s1", snapshots=8), OWNER)
