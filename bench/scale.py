@@ -147,7 +147,7 @@ def measure(count: int, status: bool) -> dict[str, float]:
             try:
                 _wait_ready(notify, daemon)
                 result = {"ready": time.monotonic() - start}
-                notify.close()  # unread, its queue would fill and block the master's sd_notify
+                notify.close()  # no longer read
                 notify_path.unlink()
                 time.sleep(SETTLE)
                 workers = _children(daemon.pid)
