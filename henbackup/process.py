@@ -337,9 +337,9 @@ def start_watched_many(loop: Loop, plans: Sequence[WatchedPlan]) -> list[Watched
 
     A page the parent writes after a fork stops being shared with that child: it becomes a
     private copy in the child. Between two forks the parent only forks (the watching is set
-    up after the last one), so the pages it writes for each fork are few: a worker keeps
-    about 0.1 MiB of its own from its start, not the 1 MiB that forking each worker between
-    the master's other work costs. Forking stops at the first fork that fails: the children
+    up after the last one), so the pages it writes for each fork are few. Measured at 20
+    workers: a child that does nothing keeps 1.0 MiB of its own, not 1.65 MiB as when each
+    fork came between the master's other work. Forking stops at the first fork that fails: the children
     forked before it are watched and returned (the error is raised if there are none).
     """
     from henbackup.channel import Channel  # only forking processes talk: not `henbackup backup`
