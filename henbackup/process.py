@@ -339,8 +339,9 @@ def start_watched_many(loop: Loop, plans: Sequence[WatchedPlan]) -> list[Watched
     private copy in the child. Between two forks the parent only forks (the watching is set
     up after the last one), so the pages it writes for each fork are few. Measured at 20
     workers: a child that does nothing keeps 1.0 MiB of its own, not 1.65 MiB as when each
-    fork came between the master's other work. Forking stops at the first fork that fails: the children
-    forked before it are watched and returned (the error is raised if there are none).
+    fork came between the master's other work. Forking stops at the first fork that fails:
+    the children forked before it are watched and returned (the error is raised if there
+    are none).
     """
     from henbackup.channel import Channel  # only forking processes talk: not `henbackup backup`
 

@@ -22,7 +22,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 from henbackup import names
-from henbackup.channel import Channel, ChannelMessage, JobEvent, OneOffResult
+from henbackup.channel import Channel, ChannelMessage, JobEvent, JobExit, OneOffResult
 from henbackup.errors import JobCancelled, ProtocolError, StopRequested
 from henbackup.jobs.job import Job
 from henbackup.jobs.pipeline import (
@@ -191,9 +191,10 @@ class Lanes:
     def _exited(self, job: Job, status: int) -> None:
         del self.running[job.id]
         self.scheduler.forget_own(job.id)  # it died before it took its ticket over?
-        self.scheduler.nudge()  # if it died holding its slot, the next job may start
+        code = os.waitstatus_to_exitcode(status)
+        if code not in tuple(JobExit):  # see Scheduler.nudge: it may have held its slot
+            self.scheduler.nudge()
         if job.id not in self.outcomes:  # it died without a word (killed, crashed)
-            code = os.waitstatus_to_exitcode(status)
             self._failed(job, f"its process {describe_exit(code)}")
 
     def _failed(self, job: Job, error: str) -> None:

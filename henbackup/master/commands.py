@@ -161,7 +161,8 @@ def status(master: Master, request: ControlRequest, conversation: Conversation) 
 
 def _outsiders(master: Master) -> tuple[Ticket, ...]:
     """The living tickets in the queue's files, read as they are: no lock, no change."""
-    return master.scheduler.tickets() if master.scheduler else ()
+    known = master.jobs.model.ticket_ids()
+    return master.scheduler.tickets(known) if master.scheduler else ()
 
 
 def _known(model: StatusModel, key: RunKey) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from henbackup import names
-from henbackup.channel import Channel, ChannelMessage, JobEvent, OneOffResult
+from henbackup.channel import Channel, ChannelMessage, JobEvent, JobExit, OneOffResult
 from henbackup.config.model import Config, Metrics
 from henbackup.jobs.snapshots import snapshot_counts
 from henbackup.loop import Loop
@@ -78,8 +78,8 @@ class Jobs:
         how = describe_exit(exit_code)
         for job in self.model.owner_gone(owner):
             self._emit_lost(job, how)
-        if self.scheduler is not None:
-            self.scheduler.nudge()  # if it died holding its slot, the next job may start
+        if self.scheduler is not None and exit_code not in tuple(JobExit):
+            self.scheduler.nudge()  # it may have died holding its slot (see Scheduler.nudge)
         self.after_event()
 
     def _emit_lost(self, job: LiveJob, how: str) -> None:

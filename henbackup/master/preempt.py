@@ -187,7 +187,7 @@ class Preemption:
                 pause.pause(self.marks, paused.pid)
             if decision.pause or decision.resume:
                 self.on_change()
-            queue = self.model.queue(self.outsiders())  # type: ignore[arg-type]
+                queue = self.model.queue(self.outsiders())  # type: ignore[arg-type]
         slots = self.max_jobs + lent_slots(self.pauses, queue)
         if slots != self._slots:
             self._slots = slots

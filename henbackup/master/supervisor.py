@@ -142,7 +142,7 @@ class Master:
             self.emit,
             self.model,
             set_slots=scheduler.set_slots if scheduler else lambda _: None,
-            outsiders=scheduler.tickets if scheduler else tuple,
+            outsiders=lambda: scheduler.tickets(self.model.ticket_ids()) if scheduler else (),
             marks=scheduler.directory / PAUSE_MARKS if scheduler else None,
             on_change=self._paused_or_resumed,
         )

@@ -286,7 +286,7 @@ class StatusModel:
         `outsiders`: the living tickets read from the queue's files; those of jobs this
         model does not know (processes outside the daemon, or a job whose first event is
         still on its way) take their places among the daemon's own."""
-        known = {job.ticket_id for job in self.live.values()}
+        known = self.ticket_ids()
         jobs = [*self.live.values(), *(_outsider(t) for t in outsiders if t.job_id not in known)]
         running = sorted((j for j in jobs if j.state == "running"), key=_arrival)
         waiting = sorted((j for j in jobs if j.state == "queued"), key=_turn)
@@ -294,6 +294,10 @@ class StatusModel:
             *(replace(job, position=None) for job in running),
             *(replace(job, position=place) for place, job in enumerate(waiting, start=1)),
         ]
+
+    def ticket_ids(self) -> set[str]:
+        """The queue tickets of the jobs the events told of."""
+        return {job.ticket_id for job in self.live.values()}
 
     def running(self) -> list[LiveJob]:
         return [job for job in self.live.values() if job.state == "running"]

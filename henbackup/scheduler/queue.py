@@ -24,9 +24,10 @@ is 128 per user by default, and the watches of the backups need them).
 
 A job killed with SIGKILL cannot say it is leaving, and a lock released by the kernel wakes
 nobody. So whoever reaps job processes (the master, a worker) calls `nudge()` after each
-death: it marks the nudge file and writes "n" into every FIFO, and the first waiter to take
-the queue lock re-plans (dropping the dead ticket, waking the next job). The others see it
-done and go back to sleep. No process polls, and correctness never rests on a clean-up
+death that was not an orderly end (a release re-plans by itself): it marks the nudge file
+and writes "n" into every FIFO, and the first waiter to take the queue lock re-plans
+(dropping the dead ticket, waking the next job). The others see it done and go back to
+sleep. No process polls, and correctness never rests on a clean-up
 pass: slots and repository locks are free the moment the holder dies; only the wake-up
 waits for the nudge.
 
@@ -55,7 +56,7 @@ import select
 import stat
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -219,13 +220,16 @@ class Scheduler:
         with locks.locked(self._lock):
             return _in_queue_order(self._tidy())
 
-    def tickets(self) -> tuple[Ticket, ...]:
+    def tickets(self, known: Container[str] = ()) -> tuple[Ticket, ...]:
         """The living tickets in queue order, read as the files are: never takes the lock,
         never changes anything (a ticket rewritten at that very moment is left out, dead
         ones are skipped). Empty when the directory is gone or cannot be read: the daemon's
-        own jobs are known from their events anyway."""
+        own jobs are known from their events anyway. The tickets of the job ids in `known`
+        (the caller has them already) are not read: the master looks after each job event,
+        and 200 waiting tickets read each time cost it 50 ms of CPU per job."""
         try:
-            return _in_queue_order(t for t in self._read_tickets(tidy=False) if _alive(t))
+            read = self._read_tickets(tidy=False, skip=known)
+            return _in_queue_order(t for t in read if _alive(t))
         except OSError:
             return ()
 
@@ -312,6 +316,10 @@ class Scheduler:
 
     def nudge(self) -> None:
         """Make waiters re-plan: call after reaping a child that may have held a ticket.
+
+        Not after a job process that ended in order (exit 0, 1 or 3): its release already
+        re-planned, and a nudge wakes every waiter (200 waiting workers woken at the end of
+        each job made each job of a long queue 0.3 s longer on 2 cores).
 
         Lock-free and cheap (appends a byte): fine to call from the master's loop. Makes the
         directory again if it was removed.
@@ -443,9 +451,9 @@ class Scheduler:
     def _repository_free(self, repository: str, mode: Mode) -> bool:
         return locks.is_free(self._repository_path(repository), _LOCK_MODES[mode])
 
-    def _read_tickets(self, tidy: bool = True) -> list[Ticket]:
+    def _read_tickets(self, tidy: bool = True, skip: Container[str] = ()) -> list[Ticket]:
         with os.scandir(self._tickets) as entries:
-            tickets = [self._read(entry.path, tidy) for entry in entries]
+            tickets = [self._read(entry.path, tidy) for entry in entries if entry.name not in skip]
         return [ticket for ticket in tickets if ticket is not None]
 
     def _read(self, path: str | Path, tidy: bool = True) -> Ticket | None:

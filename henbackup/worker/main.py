@@ -273,11 +273,12 @@ class Worker:
     def _job_exited(self, status: int) -> None:
         assert self.job is not None and self.current is not None
         self.job = None
+        code = os.waitstatus_to_exitcode(status)
         if self.scheduler is not None:
             if self.granted is not None:  # died before it took its ticket over?
                 self.scheduler.forget_own(self.granted.ticket.job_id)
-            self.scheduler.nudge()  # if it died holding its slot, the next job may start
-        code = os.waitstatus_to_exitcode(status)
+            if code not in tuple(JobExit):  # see Scheduler.nudge: it may have held its slot
+                self.scheduler.nudge()
         if not self.heard_from_job and code not in tuple(JobExit):  # crashed at its start
             self._failed_to_start(f"its job process {describe_exit(code)} as it started", code)
             return

@@ -324,6 +324,27 @@ def test_a_ticket_file_of_any_shape_is_skipped_never_raised(scheduler, raw):
         holder.grant.release()
 
 
+def test_tickets_leaves_the_known_ones_unread(scheduler, monkeypatch):
+    """The master knows its own jobs from their events: it reads the tickets of the others
+    only (after each job event, 200 waiting tickets read each time cost it seconds)."""
+    holder = scheduler.submit(ticket("a"))
+    waiting = scheduler.submit(ticket("b"))
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    assert [t.job_id for t in scheduler.tickets(known={"a"})] == ["b"]
+    assert opened == ["b"]
+    assert [t.job_id for t in scheduler.tickets()] == ["a", "b"]
+    monkeypatch.undo()
+    waiting.cancel()
+    holder.grant.release()
+
+
 def inotify_instances() -> int:
     """The inotify instances this process holds (fs.inotify.max_user_instances counts them)."""
     return sum(os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify" for fd in _fds())
