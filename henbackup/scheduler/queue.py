@@ -226,7 +226,7 @@ class Scheduler:
         ones are skipped). Empty when the directory is gone or cannot be read: the daemon's
         own jobs are known from their events anyway. The tickets of the job ids in `known`
         (the caller has them already) are not read: the master looks after each job event,
-        and 200 waiting tickets read each time cost it 50 ms of CPU per job."""
+        and reading 200 waiting tickets each time cost it 35 ms of CPU per job."""
         try:
             read = self._read_tickets(tidy=False, skip=known)
             return _in_queue_order(t for t in read if _alive(t))
@@ -318,8 +318,8 @@ class Scheduler:
         """Make waiters re-plan: call after reaping a child that may have held a ticket.
 
         Not after a job process that ended in order (exit 0, 1 or 3): its release already
-        re-planned, and a nudge wakes every waiter (200 waiting workers woken at the end of
-        each job made each job of a long queue 0.3 s longer on 2 cores).
+        re-planned, and a nudge wakes every waiter (at 200 due backups, their wake-ups cost
+        18 ms of CPU per job).
 
         Lock-free and cheap (appends a byte): fine to call from the master's loop. Makes the
         directory again if it was removed.
