@@ -7,6 +7,9 @@ process does not share with any other (the forked workers share the master's pag
 one of them writes). READY time is from the start of the process to its sd_notify READY=1
 (on our own notify socket). Status time is at the largest count: the master's answer on
 the control socket (request to last byte), and the whole `henbackupctl status --json`.
+At rest is not all: a worker whose backup ran writes into more of what it shared (the code
+of a run), so the memory per backup is also measured at 20 backups once each ran (restic
+from PATH, into a local repository).
 
 Goals (issue 18): at most 2 MiB per idle backup (1,000 backups in 1 GiB of a Raspberry Pi),
 status within 50 ms at 1,000 backups. `BENCH_SCALE_COUNTS=1,10` runs fewer counts.
@@ -34,12 +37,14 @@ PATIENCE = 600.0  # seconds a daemon may take to be ready, or to stop
 STATUS_ROUNDS = 7
 MIB = 1024 * 1024
 GOAL_PER_BACKUP = 2.0  # MiB
+AFTER_RUNS = 20  # backups that each run once before their memory is measured
 GOAL_TOTAL_1000 = 1024.0  # MiB: 1,000 backups in 1 GiB
 GOAL_STATUS = 0.050  # seconds
 
 
-def _setup(tmp: Path, count: int) -> Path:
-    """The config of `count` backups, and their run records: each just succeeded."""
+def _setup(tmp: Path, count: int, ran: bool = True) -> Path:
+    """The config of `count` backups, and their run records: each just succeeded (unless
+    not `ran`: no record, so each runs once at start, into an initialised repository)."""
     text = f'[repositories.local]\nlocation = "{tmp / "repo"}"\npassword_file = "{tmp / "pw"}"\n'
     (tmp / "pw").write_text("bench\n")
     records = tmp / "state" / names.backup_record("b0").rsplit("/", 1)[0]
@@ -51,7 +56,11 @@ def _setup(tmp: Path, count: int) -> Path:
         text += f'[backups.b{n}]\npaths = ["{source}"]\nrepositories = ["local"]\n'
         text += 'schedule = ["1d"]\n'
         record = {"last_success": now, "last_attempt": now}
-        (tmp / "state" / names.backup_record(f"b{n}")).write_text(json.dumps(record))
+        if ran:
+            (tmp / "state" / names.backup_record(f"b{n}")).write_text(json.dumps(record))
+    if not ran:
+        argv = ["restic", "init", "-r", str(tmp / "repo"), "--password-file", str(tmp / "pw")]
+        subprocess.run(argv, check=True, capture_output=True)
     config = tmp / "henbackup.toml"
     config.write_text(text)
     config.chmod(0o600)
@@ -131,24 +140,43 @@ def _status_times(tmp: Path, env: dict[str, str]) -> tuple[float, float]:
     return statistics.median(answers), statistics.median(commands)
 
 
-def measure(count: int, status: bool) -> dict[str, float]:
+def _wait_runs(daemon: subprocess.Popen[bytes], count: int) -> None:
+    """Until `count` jobs ended (the daemon's JSON events on its stderr)."""
+    assert daemon.stderr is not None
+    ended, deadline = 0, time.monotonic() + PATIENCE
+    while ended < count:
+        line = daemon.stderr.readline()
+        if not line or time.monotonic() > deadline:
+            raise RuntimeError(f"{ended} of {count} jobs ended, then the daemon stopped or hung")
+        kind = json.loads(line).get("HENBACKUP_EVENT") if line.startswith(b"{") else None
+        if kind in ("job.succeeded", "job.failed"):
+            ended += 1
+            if kind == "job.failed":
+                raise RuntimeError(f"a bench backup failed: {line[:300]!r}")
+
+
+def measure(count: int, status: bool, ran: bool = True) -> dict[str, float]:
     """Start a daemon of `count` idle backups; its READY time, its memory at rest and (with
-    `status`) its status times; stopped at the end."""
+    `status`) its status times; stopped at the end. Unless `ran`, every backup runs once
+    first, and the memory is measured once they are all idle again."""
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
-        config = _setup(tmp, count)
+        config = _setup(tmp, count, ran)
         notify_path = tmp / "notify"
         env = _environment(tmp, notify_path)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
             argv = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config), "run"]
             start = time.monotonic()
-            daemon = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+            stderr = subprocess.DEVNULL if ran else subprocess.PIPE
+            daemon = subprocess.Popen(argv, env=env, stderr=stderr)
             try:
                 _wait_ready(notify, daemon)
                 result = {"ready": time.monotonic() - start}
                 notify.close()  # no longer read
                 notify_path.unlink()
+                if not ran:
+                    _wait_runs(daemon, count)
                 time.sleep(SETTLE)
                 workers = _children(daemon.pid)
                 if len(workers) != count:
@@ -194,6 +222,15 @@ def run() -> Table:
                 ("status: henbackupctl status --json (s)", "command"),
             ):
                 rows.append((label, count, result[key], Goal(GOAL_STATUS, unit="s")))
+    after = measure(AFTER_RUNS, status=False, ran=False)
+    rows.append(
+        (
+            "  the same, once each backup ran (MiB)",
+            AFTER_RUNS,
+            after["per_backup"],
+            Goal(GOAL_PER_BACKUP, unit="MiB"),
+        )
+    )
     return Table(
         title="scale: idle schedule-only backups, one worker each",
         headers=("measure", "backups", "value", "goal"),
