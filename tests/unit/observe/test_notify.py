@@ -3,6 +3,8 @@ import os
 import signal
 import socket
 
+import pytest
+
 from henbackup.observe.notify import Notifier, notify_address, watchdog_interval
 
 
@@ -39,6 +41,19 @@ def test_without_systemd_nothing_is_sent():
     Notifier({}).ready()  # no NOTIFY_SOCKET: a no-op, not an error
 
 
+@pytest.fixture
+def full(tmp_path, monkeypatch):
+    """NOTIFY_SOCKET bound by a reader that has not read, its queue full: the reader."""
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    senders = fill(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    yield server
+    for sender in [*senders, server]:
+        sender.close()
+
+
 def fill(path: str) -> list[socket.socket]:
     """Datagrams to `path` until its queue is full (a systemd that reads late, or a local
     flood): then no sender can queue one more. Returns the senders, to close at the end."""
@@ -69,13 +84,9 @@ def timeout(*_: object) -> None:
     raise TimeoutError("the notifier waited for a reader that never reads")
 
 
-def test_a_reader_that_never_reads_costs_the_message_never_the_loop(tmp_path, monkeypatch):
+def test_a_reader_that_never_reads_costs_the_message_never_the_loop(full):
     """libsystemd's sd_notify waited here until systemd read: the master's loop hung."""
-    path = str(tmp_path / "notify")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(path)
-    senders = fill(path)
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    server = full
     notifier = Notifier()
     previous = signal.signal(signal.SIGALRM, timeout)
     signal.alarm(30)  # a bound, not a timing goal: the call returns at once or never
@@ -92,16 +103,10 @@ def test_a_reader_that_never_reads_costs_the_message_never_the_loop(tmp_path, mo
     notifier.status("1 backup; idle")  # went out: not again
     notifier.stopping()
     assert drain(server) == [b"STOPPING=1"]
-    for sender in [*senders, server]:
-        sender.close()
 
 
-def test_a_newer_state_replaces_the_one_that_could_not_be_queued(tmp_path, monkeypatch):
-    path = str(tmp_path / "notify")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(path)
-    senders = fill(path)
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
+def test_a_newer_state_replaces_the_one_that_could_not_be_queued(full):
+    server = full
     notifier = Notifier()
     notifier.reloading()
     notifier.status("1 backup; idle")
@@ -109,8 +114,6 @@ def test_a_newer_state_replaces_the_one_that_could_not_be_queued(tmp_path, monke
     drain(server)
     notifier.ready()
     assert drain(server) == [b"STATUS=2 backups; idle\nREADY=1"]
-    for sender in [*senders, server]:
-        sender.close()
 
 
 def test_messages_arrive_byte_exact_in_utf8(tmp_path, monkeypatch):
