@@ -17,7 +17,10 @@ def run_snapshots(job: Job, config: Config, engine: Engine, emit: EmitFunction) 
     target = target_for(config, config.repositories[job.repository])
 
     def work() -> list[Snapshot]:
-        return sorted(engine.snapshots(target, job.backup), key=lambda s: s.time, reverse=True)
+        # Engines list oldest first, and borg's times are whole seconds (its list breaks a
+        # tie finer): reversed after a stable sort, a tie is newest first too.
+        found = sorted(engine.snapshots(target, job.backup), key=lambda s: s.time)
+        return found[::-1]
 
     return run_job(job, emit, work, _outcome, engine)
 

@@ -243,8 +243,8 @@ def test_two_backups_asked_while_a_big_one_runs_on_borg_superior_first(
         assert [job for job in started if job in ids] == ids, daemon.report()
 
         listed = reply(ctl(daemon, "--json", "list-snapshots", "borg-local"))["snapshots"]
-        assert [(r["backup"], r["id"]) for r in listed] == [
-            ("urgent", done[0]["HENBACKUP_SNAPSHOT"]),
+        assert [(r["backup"], r["id"]) for r in listed] == [  # newest first
             ("ordinary", done[1]["HENBACKUP_SNAPSHOT"]),
+            ("urgent", done[0]["HENBACKUP_SNAPSHOT"]),
         ]
         assert reply(ctl(daemon, "--json", "list-snapshots", "borg-big"))["snapshots"] == []
