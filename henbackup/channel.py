@@ -52,6 +52,12 @@ class JobExit(IntEnum):
     FAILED = 1
     CANCELLED = 3  # henbackupctl cancel, or a stop
 
+    @classmethod
+    def orderly(cls, code: int) -> bool:
+        """Whether a process ending with `code` ended in order: not killed, not crashed
+        (its grant was released, so the queue re-planned without a nudge)."""
+        return code in tuple(cls)
+
 
 class _Message:
     """A channel message: `TYPE` is its "type" member; each dataclass field declares one

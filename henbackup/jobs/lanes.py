@@ -192,7 +192,7 @@ class Lanes:
         del self.running[job.id]
         self.scheduler.forget_own(job.id)  # it died before it took its ticket over?
         code = os.waitstatus_to_exitcode(status)
-        if code not in tuple(JobExit):  # see Scheduler.nudge: it may have held its slot
+        if not JobExit.orderly(code):  # see Scheduler.nudge: it may have held its slot
             self.scheduler.nudge()
         if job.id not in self.outcomes:  # it died without a word (killed, crashed)
             self._failed(job, f"its process {describe_exit(code)}")

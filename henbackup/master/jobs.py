@@ -78,7 +78,7 @@ class Jobs:
         how = describe_exit(exit_code)
         for job in self.model.owner_gone(owner):
             self._emit_lost(job, how)
-        if self.scheduler is not None and exit_code not in tuple(JobExit):
+        if self.scheduler is not None and not JobExit.orderly(exit_code):
             self.scheduler.nudge()  # it may have died holding its slot (see Scheduler.nudge)
         self.after_event()
 

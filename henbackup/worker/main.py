@@ -277,9 +277,9 @@ class Worker:
         if self.scheduler is not None:
             if self.granted is not None:  # died before it took its ticket over?
                 self.scheduler.forget_own(self.granted.ticket.job_id)
-            if code not in tuple(JobExit):  # see Scheduler.nudge: it may have held its slot
+            if not JobExit.orderly(code):  # see Scheduler.nudge: it may have held its slot
                 self.scheduler.nudge()
-        if not self.heard_from_job and code not in tuple(JobExit):  # crashed at its start
+        if not self.heard_from_job and not JobExit.orderly(code):  # crashed at its start
             self._failed_to_start(f"its job process {describe_exit(code)} as it started", code)
             return
         self._run_ended(code)
