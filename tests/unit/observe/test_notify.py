@@ -16,19 +16,25 @@ def test_watchdog_interval_is_half_of_watchdogsec_for_this_process_only():
     assert watchdog_interval(mine) == 2.0
 
 
-def test_messages_reach_the_notify_socket(tmp_path, monkeypatch):
+@pytest.fixture
+def reader(tmp_path, monkeypatch):
+    """NOTIFY_SOCKET bound by a reader that reads (within 5 s): the reader."""
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(path)
         server.settimeout(5)
         monkeypatch.setenv("NOTIFY_SOCKET", path)
-        notifier = Notifier()
-        notifier.status("2 backups; idle")
-        notifier.status("2 backups; idle")  # unchanged: not sent again
-        notifier.ready()
-        notifier.status("2 backups; running: demo→local 5%")
-        notifier.stopping()
-        received = [server.recv(4096).decode() for _ in range(4)]
+        yield server
+
+
+def test_messages_reach_the_notify_socket(reader):
+    notifier = Notifier()
+    notifier.status("2 backups; idle")
+    notifier.status("2 backups; idle")  # unchanged: not sent again
+    notifier.ready()
+    notifier.status("2 backups; running: demo→local 5%")
+    notifier.stopping()
+    received = [reader.recv(4096).decode() for _ in range(4)]
     assert received == [
         "STATUS=2 backups; idle",
         "READY=1",
@@ -116,18 +122,13 @@ def test_a_newer_state_replaces_the_one_that_could_not_be_queued(full):
     assert drain(server) == [b"STATUS=2 backups; idle\nREADY=1"]
 
 
-def test_messages_arrive_byte_exact_in_utf8(tmp_path, monkeypatch):
-    path = str(tmp_path / "notify")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(path)
-        server.settimeout(5)
-        monkeypatch.setenv("NOTIFY_SOCKET", path)
-        notifier = Notifier()
-        notifier.ready()
-        notifier.status("running: pictures→aws-ireland 42%; næste: musik")
-        assert server.recv(4096) == b"READY=1"
-        line = "STATUS=running: pictures\u2192aws-ireland 42%; n\u00e6ste: musik"
-        assert server.recv(4096) == line.encode("utf-8")
+def test_messages_arrive_byte_exact_in_utf8(reader):
+    notifier = Notifier()
+    notifier.ready()
+    notifier.status("running: pictures→aws-ireland 42%; næste: musik")
+    assert reader.recv(4096) == b"READY=1"
+    line = "STATUS=running: pictures\u2192aws-ireland 42%; n\u00e6ste: musik"
+    assert reader.recv(4096) == line.encode("utf-8")
 
 
 def test_an_abstract_notify_socket_is_reached(monkeypatch):
