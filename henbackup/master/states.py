@@ -6,7 +6,7 @@
                 BACKOFF ◀──────┘
                   │ too many quick failures
                   ▼
-                FATAL  (left alone until its definition changes or the daemon restarts)
+                FATAL  (left alone until a reload gives it another try: STARTING)
 
 Every change of state goes through `Child.transition`, which refuses any other edge.
 """
@@ -31,7 +31,7 @@ ALLOWED: dict[ChildState, frozenset[ChildState]] = {
     ChildState.STARTING: frozenset({ChildState.RUNNING, ChildState.BACKOFF, ChildState.STOPPING}),
     ChildState.RUNNING: frozenset({ChildState.BACKOFF, ChildState.STOPPING}),
     ChildState.BACKOFF: frozenset({ChildState.STARTING, ChildState.FATAL, ChildState.STOPPING}),
-    ChildState.FATAL: frozenset({ChildState.STOPPING}),
+    ChildState.FATAL: frozenset({ChildState.STARTING, ChildState.STOPPING}),
     ChildState.STOPPING: frozenset({ChildState.STOPPED}),
 }
 
@@ -93,6 +93,11 @@ class Child:
             self.transition(ChildState.FATAL, now)
         else:
             self.restart_at = now + policy.delay(self.quick_failures)
+
+    def retry(self) -> None:
+        """Another try for a child that gave up (a reload: its cause may be fixed): its
+        failures are forgotten, so that it backs off from the first delay again."""
+        self.quick_failures = 0
 
     def stop(self, now: float) -> None:
         """Ask the child to stop; a child with no process is stopped at once."""

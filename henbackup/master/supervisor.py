@@ -416,6 +416,7 @@ class Master:
             self.children[key].replacement = new[key]
             self._stop_child(key)
         self._add(*(new[key] for key in change.added))
+        self._retry_fatal()
         self.jobs.configure(config.metrics)
         # what the config names: the watcher comes and goes with watched backups, unnamed
         added, changed, removed = (
@@ -432,6 +433,15 @@ class Master:
             config=str(self.config_path),
         )
         self._warn_limits()
+
+    def _retry_fatal(self) -> None:
+        """A reload gives the children that gave up another try: the owner may have fixed
+        the cause (a binary, a limit such as fs.inotify.max_user_instances). Those whose
+        definition changed or went are not here any more."""
+        for key, supervised in list(self.children.items()):
+            if supervised.child.state is ChildState.FATAL:
+                supervised.child.retry()
+                self._spawn(key)
 
     def _configure_preemption(self) -> None:
         """The slots (max_concurrent_jobs, plus those paused jobs lend) and preempt_after."""

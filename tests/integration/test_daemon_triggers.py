@@ -597,7 +597,8 @@ def test_a_watcher_that_gives_up_shows_in_the_status_and_backups_keep_their_sche
     restic, repository, tmp_path
 ):
     # Killed each time soon after it started, the watcher is left alone at the fifth quick
-    # failure (master/states.py Policy): `henbackupctl status` says so, not only child.exited.
+    # failure (master/states.py Policy): `henbackupctl status` says so, not only child.exited;
+    # until a reload.
     data = make_data(tmp_path / "pictures")
     config = watched_config(tmp_path, restic, repository, data, "1s", "4s")
     daemon = Daemon(config, tmp_path)
@@ -622,10 +623,21 @@ def test_a_watcher_that_gives_up_shows_in_the_status_and_backups_keep_their_sche
         pictures = finished(daemon, "pictures")  # its worker runs: its schedule holds
         assert pictures["state"] == "running"
         assert not [p for p in daemon._descendants() if p.name() == "hbwatch"]
+        # A reload gives it another try; what changed while none watched is backed up.
+        (data / "unseen.jpg").write_bytes(os.urandom(1000))
+        since = len(daemon.events)
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_for("child.started", since=since, child="watcher")
+        fired = daemon.wait_for("trigger.fired", since=since, timeout=15)
+        assert fired["HENBACKUP_REASON"] == "lost events (inotify queue overflow)"
+        daemon.wait_for("job.succeeded", since=since, operation="backup", timeout=60)
+        finished(daemon, "pictures")
+        status = daemon.status()
+        assert status["daemon"]["watcher"] == "running" and gave_up not in status["status"]
         clean_exit(daemon)
     finally:
         daemon.stop()
-    assert len(daemon.find("child.started", child="watcher", since=mark)) == 4
+    assert len(daemon.find("child.started", child="watcher", since=mark)) == 5
 
 
 @ONE_RESTIC

@@ -36,6 +36,11 @@ def test_quick_crashes_back_off_exponentially_then_go_fatal():
     assert delays == [1, 2, 4, 8]
     child.died(now + 1, POLICY)
     assert (child.state, child.restart_at, child.pid) == (ChildState.FATAL, None, None)
+    # A reload gives it another try: its next quick crash backs off from the first delay.
+    child.retry()
+    child.spawned(102, now + 2)
+    child.died(now + 3, POLICY)
+    assert (child.state, child.restart_at) == (ChildState.BACKOFF, now + 3 + POLICY.first_delay)
 
 
 def test_the_delay_is_capped():
