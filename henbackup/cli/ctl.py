@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 def _show(args: argparse.Namespace, reply: ControlReply) -> int:
     """Print the reply (data first, also when something failed); returns the exit code."""
     try:
-        if args.json:
-            print(json.dumps(reply, indent=2))
+        if args.json:  # indented for a person; one line for a program (the C encoder)
+            print(json.dumps(reply, indent=2 if sys.stdout.isatty() else None))
         elif reply.get("ok") or reply.get("snapshots") or reply.get("jobs"):
             for line in SHOW[args.command](reply, time.time()):
                 print(line)

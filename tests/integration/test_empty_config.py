@@ -4,8 +4,28 @@ idle, and its status line says what to do next."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 
 from daemon_helpers import Daemon, henbackupctl
+
+
+def on_a_terminal(daemon: Daemon, *args: str) -> str:
+    """What henbackupctl prints when its standard output is a terminal."""
+    ours, theirs = pty.openpty()
+    command = [sys.executable, "-m", "henbackup.cli.ctl", "--socket", str(daemon.socket), *args]
+    with os.fdopen(ours, "rb") as terminal:
+        subprocess.run(command, stdout=theirs, check=True, timeout=30)
+        os.close(theirs)
+        shown = b""
+        try:
+            while chunk := os.read(terminal.fileno(), 1 << 16):
+                shown += chunk
+        except OSError:  # EIO: the terminal's other end is closed and everything was read
+            pass
+    return shown.decode().replace("\r\n", "\n")
 
 
 def test_a_config_without_backups_runs_idle_and_the_status_says_what_to_do(tmp_path):
@@ -16,6 +36,9 @@ def test_a_config_without_backups_runs_idle_and_the_status_says_what_to_do(tmp_p
         ctl = henbackupctl(daemon, "--json", "status")
         assert ctl.returncode == 0, ctl.stderr
         reply = json.loads(ctl.stdout)
+        assert ctl.stdout.count("\n") == 1  # one line for a program
+        shown = on_a_terminal(daemon, "--json", "status")
+        assert json.loads(shown) == reply and shown.startswith('{\n  "ok": true,\n')
         assert reply["backups"] == []
         assert reply["status"] == (
             f"0 backups; idle; define a backup in {config}, "

@@ -5,6 +5,7 @@ reply's rows are their declared members; the job exit codes."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from typing import Any
@@ -295,7 +296,8 @@ def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None
         "nice=10",
         1.5,
         2**20,
-    ).as_reply()
+    )
+    row = dataclasses.asdict(row)
     assert list(row) == [
         "repository",
         "state",
@@ -336,11 +338,11 @@ def test_a_status_row_is_its_declared_members_each_with_a_valid_schema() -> None
 def test_a_worker_status_is_its_declared_members_each_with_a_valid_schema() -> None:
     schema = _strict(WorkerStatus)
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert WorkerStatus(None, "idle", None).as_reply() == {
+    assert dataclasses.asdict(WorkerStatus(None, "idle", None)) == {
         "worker": None,
         "run": "idle",
         "next_run": None,
     }
-    jsonschema.validate(WorkerStatus("backoff", "running", 1.8e9).as_reply(), schema)
+    jsonschema.validate(dataclasses.asdict(WorkerStatus("backoff", "running", 1.8e9)), schema)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(WorkerStatus("dead", "idle", None).as_reply(), schema)
+        jsonschema.validate(dataclasses.asdict(WorkerStatus("dead", "idle", None)), schema)

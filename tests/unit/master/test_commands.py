@@ -21,6 +21,7 @@ from henbackup.master import commands
 from henbackup.master.states import ChildState
 from henbackup.observe.status import RunKey
 from henbackup.scheduler import Ticket, locks
+from henbackup.status_rows import StatusRow, member_schemas
 
 from .stand_in import (
     PRIORITY_HINT,
@@ -264,29 +265,9 @@ def test_a_stopping_master_still_answers_status_and_queue(master: Any) -> None:
 
 
 def idle_row(repository: str, **fields: Any) -> dict[str, Any]:
-    row = {
-        "repository": repository,
-        "state": "idle",
-        "job": None,
-        "position": None,
-        "percent": None,
-        "last_attempt": None,
-        "last_success": None,
-        "result": None,
-        "duration": None,
-        "error": None,
-        "snapshot": None,
-        "snapshots": None,
-        "limits": None,
-        "cpu_sec": None,
-        "memory_peak": None,
-        "bytes_done": None,
-        "total_bytes": None,
-        "bytes_sent": None,
-        "send_rate": None,
-        "seconds_remaining": None,
-    }
-    return {**row, **fields}
+    """A row of the members StatusRow declares, null unless given."""
+    members = dict.fromkeys(member_schemas(StatusRow))
+    return {**members, "repository": repository, "state": "idle", **fields}
 
 
 def test_status_shows_every_backup_and_repository(master: Any) -> None:
@@ -320,6 +301,8 @@ def test_status_shows_every_backup_and_repository(master: Any) -> None:
         waiting.cancel()
         holder.grant.release()
     assert reply["status"].startswith("1 backup; running: pictures→aws 42%; queued: 1; next: ")
+    rows = [row for backup in reply["backups"] for row in backup["repositories"]]
+    assert {tuple(row) for row in rows} == {tuple(member_schemas(StatusRow))}  # their order
     assert reply == {
         "ok": True,
         "status": model.status_line(),
