@@ -39,7 +39,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -47,11 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import henbackup
+from bench._installed import BIN, INSTALLED, ROOT, environment
 from bench.table import Goal, Table
 
-ROOT = Path(__file__).resolve().parent.parent
-INSTALLED = ROOT / ".cache" / "bench-henbackup" / "bin"  # `make bench-henbackup`
-BIN = INSTALLED if (INSTALLED / "henbackupctl").exists() else Path(sys.executable).parent
 RESTICS = {
     "0.18": ROOT / ".cache" / "restic-trixie" / "usr" / "bin" / "restic",
     "0.14": Path("/usr/bin/restic"),
@@ -227,9 +224,7 @@ def restic_tools(binary: Path, work: Path, data: Path) -> list[Tool]:
         }
         for directory in dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
-        tool.env = clean_env(**{k: str(v) for k, v in dirs.items()})
-        if BIN == INSTALLED:  # its own henbackup, not one found on PYTHONPATH
-            tool.env.pop("PYTHONPATH", None)
+        tool.env = environment(clean_env(**{k: str(v) for k, v in dirs.items()}))
         tool.wipe = (tool.place / "cache",)
         if name == "henbackup one-shot":
             tool.argv = [str(BIN / "henbackup"), "--config", str(config), "backup", "bench"]
