@@ -9,7 +9,9 @@ one of them writes). READY time is from the start of the process to its sd_notif
 the control socket (request to last byte), and the whole `henbackupctl status --json`.
 At rest is not all: a worker whose backup ran writes into more of what it shared (the code
 of a run), so the memory per backup is also measured at 20 backups once each ran (restic
-from PATH, into a local repository).
+from PATH, into a local repository). That case is measured again with the kernel's same-page
+merging on (KSM: /sys/kernel/mm/ksm/run, at its default pace, turned off again after), once
+ksmd has scanned everything three times, with what ksmd spent meanwhile.
 
 Goals (issue 18): at most 2 MiB per idle backup (1,000 backups in 1 GiB of a Raspberry Pi),
 status within 50 ms at 1,000 backups. `BENCH_SCALE_COUNTS=1,10` runs fewer counts.
@@ -17,6 +19,7 @@ status within 50 ms at 1,000 backups. `BENCH_SCALE_COUNTS=1,10` runs fewer count
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench._installed import BIN, environment
@@ -41,6 +45,8 @@ GOAL_PER_BACKUP = 2.0  # MiB
 AFTER_RUNS = 20  # backups that each run once before their memory is measured
 GOAL_TOTAL_1000 = 1024.0  # MiB: 1,000 backups in 1 GiB
 GOAL_STATUS = 0.050  # seconds
+KSM = Path("/sys/kernel/mm/ksm")
+MERGE_SCANS = 3  # full scans of ksmd: a page merges in its second
 
 
 def _setup(tmp: Path, count: int, ran: bool = True) -> Path:
@@ -156,10 +162,48 @@ def _wait_runs(daemon: subprocess.Popen[bytes], count: int) -> None:
                 raise RuntimeError(f"a bench backup failed: {line[:300]!r}")
 
 
-def measure(count: int, status: bool, ran: bool = True) -> dict[str, float]:
+@contextlib.contextmanager
+def merging() -> Iterator[bool]:
+    """The kernel's same-page merging on, if this machine lets us (root, a kernel with KSM);
+    as it was, after. Yields whether it is on."""
+    try:
+        before = (KSM / "run").read_text().strip()
+        (KSM / "run").write_text("1")
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        (KSM / "run").write_text(before)
+
+
+def _ksmd_seconds() -> float:
+    """CPU time ksmd spent so far."""
+    pid = subprocess.run(["pgrep", "-x", "ksmd"], capture_output=True, text=True).stdout.split()
+    with open(f"/proc/{pid[0]}/stat") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_merged() -> dict[str, float]:
+    """Until ksmd has scanned everything MERGE_SCANS times; how long that took, and ksmd's
+    CPU seconds per minute meanwhile."""
+    scans = int((KSM / "full_scans").read_text()) + MERGE_SCANS
+    start, cpu = time.monotonic(), _ksmd_seconds()
+    while int((KSM / "full_scans").read_text()) < scans:
+        if time.monotonic() - start > PATIENCE:
+            raise RuntimeError(f"ksmd did not scan everything {MERGE_SCANS} times in time")
+        time.sleep(1.0)
+    took = time.monotonic() - start
+    return {"merge_time": took, "ksmd": (_ksmd_seconds() - cpu) / took * 60}
+
+
+def measure(count: int, status: bool, ran: bool = True, merged: bool = False) -> dict[str, float]:
     """Start a daemon of `count` idle backups; its READY time, its memory at rest and (with
     `status`) its status times; stopped at the end. Unless `ran`, every backup runs once
-    first, and the memory is measured once they are all idle again."""
+    first, and the memory is measured once they are all idle again; `merged`: once ksmd
+    merged what it could."""
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
         config = _setup(tmp, count, ran)
@@ -179,6 +223,8 @@ def measure(count: int, status: bool, ran: bool = True) -> dict[str, float]:
                 if not ran:
                     _wait_runs(daemon, count)
                 time.sleep(SETTLE)
+                if merged:
+                    result.update(_wait_merged())
                 workers = _children(daemon.pid)
                 if len(workers) != count:
                     raise RuntimeError(f"{len(workers)} workers at rest, not {count}")
@@ -192,6 +238,20 @@ def measure(count: int, status: bool, ran: bool = True) -> dict[str, float]:
                 daemon.send_signal(signal.SIGTERM)
                 daemon.wait(timeout=PATIENCE)
     return result
+
+
+def _merged_rows() -> list[tuple[object, ...]]:
+    """The backups that each ran, with the kernel's same-page merging on."""
+    label = "  the same, with the kernel's same-page merging on (MiB)"
+    with merging() as on:
+        if not on:
+            return [(label, AFTER_RUNS, "not measured: needs root and a kernel with KSM", "")]
+        result = measure(AFTER_RUNS, status=False, ran=False, merged=True)
+    return [
+        (label, AFTER_RUNS, result["per_backup"], Goal(GOAL_PER_BACKUP, unit="MiB")),
+        (f"  ksmd: {MERGE_SCANS} full scans (s)", AFTER_RUNS, result["merge_time"], ""),
+        ("  ksmd: CPU meanwhile (s/min)", AFTER_RUNS, result["ksmd"], ""),
+    ]
 
 
 def run() -> Table:
@@ -232,6 +292,7 @@ def run() -> Table:
             Goal(GOAL_PER_BACKUP, unit="MiB"),
         )
     )
+    rows += _merged_rows()
     return Table(
         title="scale: idle schedule-only backups, one worker each",
         headers=("measure", "backups", "value", "goal"),

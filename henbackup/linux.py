@@ -1,9 +1,9 @@
 """Every libc call henbackup makes, in one room: typed wrappers that raise OSError with errno.
 
 The standard library lacks these few Linux calls: prctl (the process name, death signal and
-subreaper), inotify (watching the backed-up trees and the queue's ticket files), statfs (the
-file system type), timerfd (a wall-clock alarm) and ioprio_set (ionice, which has no libc
-wrapper). Nothing else in henbackup imports ctypes.
+subreaper), madvise (memory the kernel may merge), inotify (watching the backed-up trees and
+the queue's ticket files), statfs (the file system type), timerfd (a wall-clock alarm) and
+ioprio_set (ionice, which has no libc wrapper). Nothing else in henbackup imports ctypes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _libc.inotify_rm_watch.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
 _libc.timerfd_create.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.timerfd_settime.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def _checked(result: int, call: str, path: bytes | str | None = None) -> int:
@@ -49,6 +50,14 @@ def set_death_signal(signum: int) -> None:
 def set_child_subreaper() -> None:
     """Adopt our orphaned descendants (PR_SET_CHILD_SUBREAPER; not inherited by children)."""
     _checked(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+# madvise(2)
+MADV_MERGEABLE = 12
+
+
+def madvise(start: int, length: int, advice: int) -> None:
+    _checked(_libc.madvise(start, length, advice), "madvise")
 
 
 # inotify(7)

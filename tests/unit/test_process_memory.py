@@ -45,3 +45,36 @@ def test_a_fork_collects_then_freezes_the_parents_objects_for_good() -> None:
     # the cycle was collected before freezing; the child found the objects frozen; the
     # parent's stay frozen after the fork, even through a full collection
     assert result.stdout.split() == ["True", "0", "True", "True"]
+
+
+MERGEABLE = textwrap.dedent(
+    """
+    import os
+    from henbackup.process import fork_child, reap
+
+    def mergeable(pid="self"):
+        # The heap's VmFlags in smaps: "mg" once offered to the kernel's same-page merging.
+        heap = False
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                    heap = line.rstrip().endswith("[heap]")
+                elif heap and line.startswith("VmFlags:"):
+                    return " mg" in line
+        return None
+
+    before = mergeable()
+    forked = fork_child("memory-test", lambda: 0 if mergeable() else 3)
+    print(before, os.waitstatus_to_exitcode(reap(forked)), mergeable())
+    """
+)
+
+
+def test_a_fork_offers_what_the_child_inherits_to_the_kernels_same_page_merging() -> None:
+    # Whether the kernel merges is the owner's choice (/sys/kernel/mm/ksm/run); what the
+    # parent and the child hold is offered either way (bench/scale.py measures the merging).
+    result = subprocess.run(
+        [sys.executable, "-c", MERGEABLE], capture_output=True, text=True, timeout=60
+    )
+    assert result.stderr == ""
+    assert result.stdout.split() == ["False", "0", "True"]
