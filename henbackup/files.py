@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -15,7 +14,11 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     .tmp, so that directory scanners (node_exporter's `*.prom`) never pick it up.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not tempfile.mkstemp: tempfile imports random, whose handler would run in every
+    # forked worker (henbackup.process).
+    temporary = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o600)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as stream:

@@ -11,6 +11,11 @@ Programs (restic, command hooks) are spawned by `spawn`: signals blocked across 
 the program dies with us, and a signal meant for us never runs our Python handlers in it.
 A job process's handlers only record; it acts on them at its `SafePoint`s.
 
+Neither the master nor a worker imports a module that registers a handler to run in every
+forked child (threading, random, logging): in a worker it would write, right after the fork,
+into some 0.5 MiB of pages it shared. `subprocess` imports threading, so it is imported
+where a program is spawned: in a job process, after its fork.
+
 The master is also a child subreaper: a process orphaned below it (a restic whose job
 process was killed) becomes its child, not init's, and it reaps those (`reap_orphans`).
 """
@@ -22,7 +27,6 @@ import functools
 import gc
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -31,6 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
+    import subprocess
+
     from henbackup.channel import Channel, ChannelMessage, Malformed
     from henbackup.loop import Loop
 
@@ -107,6 +113,8 @@ def spawn(
     `death_signal` when we die, default signal actions and our mask. `popen` goes to
     Popen; an OSError from it is raised with the mask restored.
     """
+    import subprocess  # not before: see the module's docstring
+
     mask = block_signals()
     setup = functools.partial(_before_exec, os.getpid(), mask, death_signal)
     try:
@@ -134,6 +142,8 @@ def stop_program(
     `reap_within`, the reap gives up after that many seconds: a program blocked in the
     kernel (a hung NFS read) may not die, and must not hang us too.
     """
+
+    import subprocess
 
     def send(signum: int) -> None:
         if group:

@@ -35,7 +35,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -572,6 +571,8 @@ def _write_second(path: Path, second: int) -> bool:
 def _ask_version(path: str) -> str:
     """What `borg --version` prints. Raises EngineError if borg cannot run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIX)}
+    import subprocess  # in the job process only: see henbackup.process
+
     try:
         done = subprocess.run(
             [path, "--version"], capture_output=True, text=True, env=env, timeout=60

@@ -18,7 +18,6 @@ import math
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -827,6 +826,8 @@ _NO_UNLOCK_AFTER = (
 def _ask_version(path: str) -> str:
     """What `restic version` prints. Raises EngineError if restic cannot run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    import subprocess  # in the job process only: see henbackup.process
+
     try:
         done = subprocess.run(
             [path, "version"], capture_output=True, text=True, env=env, timeout=60

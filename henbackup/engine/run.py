@@ -20,12 +20,13 @@ import os
 import re
 import selectors
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 from henbackup.config.model import STALL_TIMEOUT, PasswordSource
 from henbackup.config.units import format_duration
@@ -337,6 +338,8 @@ class ToolEngine(Engine):
         `limit` is for a run that holds no lock (an unlock after an interrupt): after that
         many seconds it is killed and EngineError raised.
         """
+        import tempfile  # in the job process only, as subprocess: see henbackup.process
+
         with tempfile.TemporaryFile() as other:
             start = time.monotonic()
             process, mask = self._spawn(argv, env, password_fd, other, follow_stderr, cwd)
@@ -364,6 +367,8 @@ class ToolEngine(Engine):
         """Start the tool in its own session (a terminal's Ctrl-C is ours to forward), with
         signals blocked (see process.spawn): returns it and the mask to restore. If we die,
         the tool gets its interrupt signal: a chance to remove its lock."""
+        import subprocess
+
         streams = {"stdout": subprocess.PIPE, "stderr": other}
         if follow_stderr:
             streams = {"stdout": other, "stderr": subprocess.PIPE}

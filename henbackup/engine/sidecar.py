@@ -13,7 +13,6 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -35,6 +34,8 @@ class Sidecar:
     ) -> None:
         """Start it; raises OSError if it cannot start. `on_end` gets its exit code once
         it closed its stderr and exited (negative: killed by that signal)."""
+        import subprocess  # in the job process only: see henbackup.process
+
         self.on_line, self.on_end = on_line, on_end
         process, mask = spawn(
             argv,
@@ -97,6 +98,8 @@ class Sidecar:
         self._reap()
 
     def _reap(self) -> int:
+        import subprocess
+
         try:
             return self.process.wait(REAP_WAIT)
         except subprocess.TimeoutExpired:

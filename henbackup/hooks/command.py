@@ -13,9 +13,9 @@ import contextlib
 import os
 import selectors
 import signal
-import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from henbackup.config.model import CommandHook
 from henbackup.hooks.outcome import SKIP_EXIT_STATUS, Attempt, Status
@@ -23,7 +23,11 @@ from henbackup.hooks.output import Tail
 from henbackup.observe.events import FieldValue
 from henbackup.process import NEVER, SafePoint, spawn, stop_program
 
-Popen = subprocess.Popen[bytes]
+if TYPE_CHECKING:
+    from subprocess import Popen as _Popen
+
+    Popen = _Popen[bytes]
+
 
 # A clean, minimal environment: the daemon's own (credentials included) is not passed on.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -54,6 +58,8 @@ def run_command(
     Exit 0 succeeded, 75 skipped, anything else failed. Raises only what `safe_point`
     raises while we wait (a stop, a cancel), after the process group is killed.
     """
+    import subprocess  # in the job process only: see henbackup.process
+
     try:
         process, mask = spawn(
             hook.command,

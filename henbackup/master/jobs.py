@@ -5,7 +5,6 @@ model, the clients waiting for it and the metrics."""
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from henbackup import names
 from henbackup.channel import Channel, ChannelMessage, JobEvent, JobExit, OneOffResult
 from henbackup.config.model import Config, Metrics
+from henbackup.jobs.job import new_job_id
 from henbackup.jobs.snapshots import snapshot_counts
 from henbackup.loop import Loop
 from henbackup.master.clients import Clients
@@ -205,4 +205,4 @@ class Jobs:
 
 def new_request_id() -> str:
     """The id of one henbackupctl request: what the master and the job processes call it."""
-    return "r" + secrets.token_hex(4)
+    return "r" + new_job_id()

@@ -49,6 +49,7 @@ reload.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -537,6 +538,7 @@ class Grant:
         self._fds = [fd for fd in (repository_fd, slot_fd) if fd is not None]
         self.released = False
         self._bequeathed = False  # kept by the child of the fork under way
+        _forget_grants_in_children()
         _HELD.add(self)
 
     def release(self) -> None:
@@ -723,7 +725,11 @@ def _forget_in_child() -> None:
         grant.close_locks()
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+@functools.cache
+def _forget_grants_in_children() -> None:
+    """From the first grant of this process on (not from the import: a handler runs in every
+    forked child, the master's workers too, writing into pages they shared)."""
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _poke(path: str | Path, told: bytes) -> None:
