@@ -13,8 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from henbackup import __version__
-from henbackup.cli import exit_now, reader_left, views
-from henbackup.cli.progress import ProgressDisplay
+from henbackup.cli import exit_now, reader_left
 from henbackup.protocol import (
     DEFAULT_SOCKET,
     DENIED,
@@ -124,9 +123,6 @@ def _queue_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-Shown = Callable[[ControlReply, float], list[str]]
-
-
 def request(
     path: str, payload: dict[str, Any], on_event: Callable[[ControlReply], None] | None = None
 ) -> ControlReply:
@@ -189,34 +185,7 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
     return build_request(args.command, options)
 
 
-def _accepted(reply: ControlReply, now: float) -> list[str]:
-    """`backup requested`: what --no-wait says (`henbackupctl queue` follows it)."""
-    where = f", into {views.restore_target(reply)}" if reply.get("target") else ""
-    return [f"{reply['accepted']} requested{where}"]
-
-
-def _done(reply: ControlReply, now: float) -> list[str]:
-    """Nothing more once its steps were shown as they came; what --no-wait got otherwise."""
-    return _accepted(reply, now) if "request" in reply else []
-
-
-def _restored(reply: ControlReply, now: float) -> list[str]:
-    if "request" in reply:
-        return _accepted(reply, now)
-    return views.restored(reply) if reply.get("ok") else []  # why failed: its steps, stderr
-
-
 PROGRESS = ("backup", "restore-snapshot", "check", "prune")  # long: their steps are shown
-SHOW: dict[str, Shown] = {
-    "status": views.status,
-    "list-snapshots": views.snapshots,
-    "restore-snapshot": _restored,
-    "backup": _done,
-    "check": _done,
-    "prune": _done,
-    "queue": views.queue,
-    "cancel": lambda reply, now: [f"job {reply['job']}: cancel requested (it was {reply['was']})"],
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return show_logs(args)
     progress = None
     if args.command in PROGRESS and not args.json:
+        from henbackup.cli.progress import ProgressDisplay
+
         progress = ProgressDisplay(sys.stdout, sys.stdout.isatty())
     try:
         reply = request(args.socket, _payload(args), progress)
@@ -255,6 +226,8 @@ def _show(args: argparse.Namespace, reply: ControlReply) -> int:
         if args.json:  # indented for a person; one line for a program (the C encoder)
             print(json.dumps(reply, indent=2 if sys.stdout.isatty() else None))
         elif reply.get("ok") or reply.get("snapshots") or reply.get("jobs"):
+            from henbackup.cli.views import SHOW  # not for --json: a quicker start
+
             for line in SHOW[args.command](reply, time.time()):
                 print(line)
     except BrokenPipeError:  # `status | head -1`: the exit code still says the daemon's answer

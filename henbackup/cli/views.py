@@ -7,7 +7,7 @@ Each function takes the daemon's reply (what `--json` prints) and returns the te
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from henbackup.cli.progress import transfer
@@ -15,6 +15,7 @@ from henbackup.humanize import ago, duration, relative, size
 from henbackup.protocol import ControlReply
 
 Row = dict[str, Any]  # one entry of a reply: a backup, a status row, a queued job
+Shown = Callable[[ControlReply, float], list[str]]
 
 
 def table(rows: Sequence[Sequence[object]]) -> list[str]:
@@ -152,3 +153,33 @@ def restore_target(reply: ControlReply) -> str:
     if not reply.get("target_existed"):
         return target
     return f"{target} (new: {os.path.dirname(target)} exists)"
+
+
+def _accepted(reply: ControlReply, now: float) -> list[str]:
+    """`backup requested`: what --no-wait says (`henbackupctl queue` follows it)."""
+    where = f", into {restore_target(reply)}" if reply.get("target") else ""
+    return [f"{reply['accepted']} requested{where}"]
+
+
+def _done(reply: ControlReply, now: float) -> list[str]:
+    """Nothing more once its steps were shown as they came; what --no-wait got otherwise."""
+    return _accepted(reply, now) if "request" in reply else []
+
+
+def _restored(reply: ControlReply, now: float) -> list[str]:
+    if "request" in reply:
+        return _accepted(reply, now)
+    return restored(reply) if reply.get("ok") else []  # why failed: its steps, stderr
+
+
+# What henbackupctl prints of each command's reply (without --json).
+SHOW: dict[str, Shown] = {
+    "status": status,
+    "list-snapshots": snapshots,
+    "restore-snapshot": _restored,
+    "backup": _done,
+    "check": _done,
+    "prune": _done,
+    "queue": queue,
+    "cancel": lambda reply, now: [f"job {reply['job']}: cancel requested (it was {reply['was']})"],
+}
