@@ -174,6 +174,9 @@ class Master:
             config=str(self.config_path),
         )
         self._warn_limits(unprepared)
+        if self.notifier.problem is not None:
+            message = f"systemd's notifications are off: {self.notifier.problem}"
+            self.emit("daemon.error", message, source="NOTIFY_SOCKET", error=self.notifier.problem)
         for problem in self.model.problems:  # what could not be read of the kept results
             self.emit("status.unreadable", problem, error=problem)
         self.notifier.ready()

@@ -8,8 +8,8 @@ message (with WatchdogSec=, a ping comes at least every half of it); a lost ping
 sent again. The `sdnotify` package is not used either: it encodes messages as Latin-1 and
 silently drops a STATUS= line such as "running: pictures→aws 42%". Sending never raises:
 the master calls it from its loop, between signals. A NOTIFY_SOCKET of another shape than
-a path or an @abstract name (vsock:…) turns notifications off; `Notifier.problem` says why
-(the master has no way to say it that could not block: events go to journald's socket).
+a path or an @abstract name (vsock:…) turns notifications off; `Notifier.problem` says why,
+and the master says it at start (a daemon.error event).
 """
 
 from __future__ import annotations

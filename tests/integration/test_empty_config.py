@@ -45,3 +45,18 @@ def test_a_config_without_backups_runs_idle_and_the_status_says_what_to_do(tmp_p
             "then: henbackup check-config; systemctl reload henbackup"
         )
         assert daemon.stop() == 0
+
+
+def test_a_notify_socket_of_an_unusable_shape_is_said_at_start(tmp_path):
+    # systemd would wait in vain for READY=1: the event says why, and the daemon serves on.
+    config = tmp_path / "henbackup.toml"
+    config.write_text("[daemon]\nmax_concurrent_jobs = 1\n")
+    with Daemon(config, tmp_path, env={"NOTIFY_SOCKET": "vsock:2:9"}) as daemon:
+        error = daemon.wait_for("daemon.error", timeout=30)
+        assert error["HENBACKUP_SOURCE"] == "NOTIFY_SOCKET"
+        assert error["HENBACKUP_ERROR"] == (
+            "NOTIFY_SOCKET='vsock:2:9' is neither a path nor an @abstract name"
+        )
+        assert error["MESSAGE"] == f"systemd's notifications are off: {error['HENBACKUP_ERROR']}"
+        assert henbackupctl(daemon, "status").returncode == 0
+        assert daemon.stop() == 0
