@@ -138,14 +138,6 @@ CLOCK_REALTIME = 0
 TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET = 1, 2
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = (("it_interval", _Timespec), ("it_value", _Timespec))
-
-
 def timerfd_create(clock: int) -> int:
     """A non-blocking, close-on-exec timerfd on `clock`; raises OSError."""
     fd = _libc.timerfd_create(clock, os.O_NONBLOCK | os.O_CLOEXEC)
@@ -155,8 +147,8 @@ def timerfd_create(clock: int) -> int:
 def timerfd_settime(fd: int, flags: int, value: float) -> None:
     """Arm timerfd `fd` once at `value` seconds (0 disarms it); raises OSError."""
     whole = int(value)
-    spec = _Itimerspec(_Timespec(0, 0), _Timespec(whole, int((value - whole) * 1e9)))
-    _checked(_libc.timerfd_settime(fd, flags, ctypes.byref(spec), None), "timerfd_settime")
+    spec = struct.pack("4l", 0, 0, whole, int((value - whole) * 1e9))  # itimerspec: no interval
+    _checked(_libc.timerfd_settime(fd, flags, spec, None), "timerfd_settime")
 
 
 # ioprio_set(2): no libc wrapper, so the raw syscall, whose number depends on the machine

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from henbackup.config.model import Cron, Interval
 from henbackup.loop import Loop
 from henbackup.names import backup_record
+from henbackup.worker import schedule
 from henbackup.worker.schedule import (
     FUTURE_TOLERANCE,
     Fired,
@@ -470,3 +471,18 @@ def test_timerfd_alarm_wakes_when_the_clock_is_set():
     assert woken == [1]  # ECANCELED: the owner re-checks the wall clock
     alarm.close()
     loop.close()
+
+
+def test_only_a_schedule_with_cron_entries_reads_the_time_zone(monkeypatch):
+    # Reading /etc/localtime in every worker costs each some of its own memory: an
+    # interval-only schedule (the most common) has no use for it.
+    read: list[str] = []
+    monkeypatch.setattr(schedule, "local_zone", lambda: read.append("zone") or PARIS)
+    clocks = Clocks(at("2024-05-09 12:00"))
+    for entries, reads in (([DAILY], []), ([DAILY, AT_3], ["zone"])):
+        timer = ScheduleTimer(
+            Loop(), entries, print, wall_clock=clocks.time, make_alarm=lambda wake: None
+        )
+        assert read == reads
+        assert timer.zone is (PARIS if reads else UTC)
+        read.clear()
