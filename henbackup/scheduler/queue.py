@@ -444,9 +444,8 @@ class Scheduler:
 
     def _free_slots(self) -> int:
         """Slots free by the kernel's account: held slot files, whatever their number, count."""
-        held = sum(
-            not locks.is_free(path, locks.EXCLUSIVE) for path in self.directory.glob("slot-*")
-        )
+        slots = [name for name in os.listdir(self.directory) if name.startswith("slot-")]
+        held = sum(not locks.is_free(self.directory / name, locks.EXCLUSIVE) for name in slots)
         return max(0, self.slots() - held)
 
     def _repository_free(self, repository: str, mode: Mode) -> bool:

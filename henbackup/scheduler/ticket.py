@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from henbackup.config.model import Priority
@@ -56,8 +56,8 @@ class Ticket:
         return self.priority.band == Priority.ON_IDLE_BAND
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data["priority"] = [self.priority.band, self.priority.value]
+        # Not dataclasses.asdict: it deep-copies every member, for a ticket of flat values.
+        data = {**vars(self), "priority": [self.priority.band, self.priority.value]}
         return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
