@@ -604,7 +604,7 @@ def test_a_watcher_that_gives_up_shows_in_the_status_and_backups_keep_their_sche
     daemon = Daemon(config, tmp_path)
     gave_up = "watcher failed: watched backups run on schedule only"
     try:
-        mark = start_watching(daemon)
+        start_watching(daemon)
         assert daemon.status()["daemon"]["watcher"] == "running"
         started = daemon.wait_for("child.started", child="watcher")
         for _ in range(5):  # 1 + 2 + 4 + 8 s of backoff in between
@@ -637,7 +637,9 @@ def test_a_watcher_that_gives_up_shows_in_the_status_and_backups_keep_their_sche
         clean_exit(daemon)
     finally:
         daemon.stop()
-    assert len(daemon.find("child.started", child="watcher", since=mark)) == 5
+    # its start, four restarts, the reload's: counted from the first event, as the watcher's
+    # start may come before or after the worker said its triggers were armed
+    assert len(daemon.find("child.started", child="watcher")) == 6
 
 
 @ONE_RESTIC
