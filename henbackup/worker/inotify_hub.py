@@ -7,7 +7,10 @@ process (watching.py) serves every watched backup from one hub instead.
 In one instance a directory has one watch descriptor, whoever watches it: two backups
 watching overlapping trees share it. The hub keeps which Watchers hold each wd, hands each
 one the events of its own wds (an overflow to all), and removes a wd from the kernel only
-when no Watcher holds it any more. Masks are only ever added (IN_MASK_ADD), so one
+when no Watcher holds it any more. The first Watcher to join (usually the only one, or the
+one with the big tree) is the hub's default: a wd it holds alone has no entry, the events
+of a wd without one go to it, and it ignores those it does not hold; at 100,000 directories
+an entry for each would cost ~50 bytes a directory. Masks are only ever added (IN_MASK_ADD), so one
 Watcher's mask never narrows another's; each Watcher ignores what it did not ask for.
 """
 
@@ -32,6 +35,9 @@ class Member(Protocol):
     def handle(self, events: list[Event]) -> None:
         """The events of the wds this member holds, in the kernel's order."""
 
+    def holds(self, wd: int) -> bool:
+        """Whether this member watches through `wd`."""
+
 
 class InotifyHub:
     """The inotify instance of a loop's Watchers; open while one of them is."""
@@ -41,8 +47,10 @@ class InotifyHub:
         self._inotify: Inotify | None = None
         self._members: list[Member] = []
         # wd → who watches through it: one member, or a tuple of several (a tuple for
-        # each of 100,000 directories would cost 56 bytes each)
+        # each of 100,000 directories would cost 56 bytes each); no entry: the default's
+        # alone, or no one's
         self._holders: dict[int, Member | tuple[Member, ...]] = {}
+        self._default: Member | None = None
         self._resume: Timer | None = None  # while paused (see _pause)
 
     def fileno(self) -> int:
@@ -56,6 +64,8 @@ class InotifyHub:
             self.loop.add_reader(self._inotify.fd, self._readable)
         if member not in self._members:
             self._members.append(member)
+            if self._default is None:  # it holds no wd yet: none lacks its entry
+                self._default = member
 
     def leave(self, member: Member, wds: set[int]) -> None:
         """`member` stops watching: its `wds` are released; the last member closes the
@@ -68,27 +78,34 @@ class InotifyHub:
                 self.release(wd, member)
         else:
             self._close()
+        if member is self._default:  # the others' wds all have their entries
+            self._default = None
 
     def add_watch(self, path: bytes, mask: int, member: Member) -> int:
         """The wd watching `path` for `member` too; raises OSError (ENOSPC, ENOENT...)."""
         assert self._inotify is not None
         wd = self._inotify.add_watch(path, mask | IN_MASK_ADD)
-        held = self._holders.setdefault(wd, member)
-        if held is not member and member not in _members(held):
-            self._holders[wd] = (*_members(held), member)
+        held = _members(self._holders.get(wd, ()))
+        if member in held or (not held and member is self._default):
+            return wd
+        if not held and self._default is not None and self._default.holds(wd):
+            held = (self._default,)  # the default's alone until now
+        self._holders[wd] = (*held, member) if held else member
         return wd
 
     def release(self, wd: int, member: Member) -> None:
         """`member` no longer watches `wd`; removed from the kernel once no one does."""
         held = _members(self._holders.get(wd, ()))
+        if not held and member is self._default:
+            held = (member,)
         if member not in held:
             return
         rest = tuple(other for other in held if other is not member)
-        if rest:
+        if rest in ((), (self._default,)):
+            self._holders.pop(wd, None)  # no one's, or the default's alone: no entry
+        else:
             self._holders[wd] = rest if len(rest) > 1 else rest[0]
-            return
-        del self._holders[wd]
-        if self._inotify is not None:
+        if not rest and self._inotify is not None:
             self._inotify.rm_watch(wd)  # one the kernel already dropped is no error
 
     def _close(self) -> None:
@@ -137,7 +154,10 @@ class InotifyHub:
     def _heard_by(self, wd: int) -> tuple[Member, ...]:
         if wd == _OVERFLOW_WD:
             return tuple(self._members)
-        return _members(self._holders.get(wd, ()))
+        held = self._holders.get(wd)
+        if held is None:
+            return () if self._default is None else (self._default,)
+        return _members(held)
 
     def _pause(self) -> None:
         """Let events gather for _BATCH_DELAY before the next read: under a storm, one read

@@ -20,9 +20,10 @@ Why not pyinotify's WatchManager and Notifier: measured by bench/bench_watch.py,
 bytes per watch, 2 s of CPU per 100k-file storm), and raise on names that are not UTF-8.
 This module talks to the same three libc calls (inotify_init1, inotify_add_watch,
 inotify_rm_watch, wrapped by `henbackup.linux.Inotify`) as pyinotify does: a watched
-directory costs its parent's watch descriptor and its own name (in tables keyed by watch
-descriptor), ~8 µs to set up (leaf directories are not read: see `_subdirectories`), and
-an event ~2 µs (reads are batched: see InotifyHub._pause).
+directory costs its parent's watch descriptor and its own name (one bytes object in a table
+keyed by watch descriptor: ~130 bytes in all at 100,000 directories), ~8 µs to set up
+(leaf directories are not read: see `_subdirectories`), and an event ~2 µs (reads are
+batched: see InotifyHub._pause).
 
 Not followed: a rename of an ancestor of a configured path (the watches follow the inodes,
 the paths reported then are the old ones), a file system mounted over a watched directory
@@ -70,7 +71,7 @@ _NEW_DIR = IN_CREATE | IN_MOVED_TO
 _SLOW = IN_ISDIR | _SELF | IN_IGNORED | IN_Q_OVERFLOW | IN_UNMOUNT  # events that need thought
 
 _ROOT = 0  # parent of a path's own directory
-_FREE = -1  # parent of a wd without a watch
+_WD_BYTES = 4  # a wd is a positive C int
 _MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
 _NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
 RETRY_AFTER = 60.0  # seconds between two attempts to set up a watch that hit a limit
@@ -129,7 +130,7 @@ class Watcher:
     @property
     def watch_count(self) -> int:
         """How many directories (and file paths) are watched."""
-        return len(self._name)
+        return len(self._node)
 
     def start(self) -> None:
         """Open inotify and watch every path. Running out of watches or instances calls
@@ -153,7 +154,7 @@ class Watcher:
         """Release every watch (the hub's last Watcher closes the instance: at once)."""
         if self._joined:
             self._joined = False
-            self.hub.leave(self, self._name.keys() | self._anchors.keys())
+            self.hub.leave(self, self._node.keys() | self._anchors.keys())
         self._reset_tables()
 
     def fileno(self) -> int:
@@ -180,9 +181,8 @@ class Watcher:
     def _reset_tables(self) -> None:
         for watched in self._paths:
             watched.wd = watched.anchor = 0
-        # Keyed by watch descriptor: the tree of watched directories.
-        self._parent: dict[int, int] = {}  # parent's wd, _ROOT for a configured path
-        self._name: dict[int, bytes] = {}  # the name; a configured path's whole path
+        # Keyed by watch descriptor: the tree of watched directories (see _set).
+        self._node: dict[int, bytes] = {}
         self._anchors: dict[int, list[_Path]] = {}
         self._roots: dict[int, _Path] = {}
         self._paths_cache: dict[int, bytes] = {}
@@ -202,18 +202,27 @@ class Watcher:
             return -error.errno
 
     def _set(self, wd: int, parent: int, name: bytes) -> None:
-        self._parent[wd], self._name[wd] = parent, name
+        """Record directory `wd`: its parent's wd (_ROOT for a configured path) and its name
+        (a configured path's whole path), in one bytes object: at 100,000 directories, a
+        second table would cost each ~50 bytes more."""
+        self._node[wd] = parent.to_bytes(_WD_BYTES, "little") + name
         if self._visited is not None:
             self._visited.add(wd)
 
     def _known(self, wd: int) -> bool:
-        return wd in self._name
+        return wd in self._node
+
+    def _parent(self, wd: int) -> int:
+        return int.from_bytes(self._node[wd][:_WD_BYTES], "little")
+
+    def holds(self, wd: int) -> bool:
+        """Whether this Watcher watches through `wd` (the hub asks; see InotifyHub)."""
+        return wd in self._node or wd in self._anchors
 
     def _free(self, wd: int, remove: bool) -> None:
         """Forget `wd`; `remove`: also release it (unless still an anchor)."""
-        if wd not in self._name:
+        if self._node.pop(wd, None) is None:
             return
-        del self._name[wd], self._parent[wd]
         if self._roots.get(wd) is not None:
             self._roots.pop(wd).wd = 0
         if remove and wd not in self._anchors:
@@ -231,10 +240,11 @@ class Watcher:
         names: list[bytes] = []
         at = wd
         while len(names) < _MAX_DEPTH:
-            name, parent = self._name.get(at), self._parent.get(at, _FREE)
-            if name is None or parent == _FREE:
+            node = self._node.get(at)
+            if node is None:
                 return None
-            names.append(name)
+            names.append(node[_WD_BYTES:])
+            parent = int.from_bytes(node[:_WD_BYTES], "little")
             if parent == _ROOT:
                 path = b"/".join(reversed(names))
                 if len(self._paths_cache) > 4096:
@@ -308,7 +318,7 @@ class Watcher:
         old = watched.wd
         if old and old != wd:
             self._roots.pop(old, None)
-            if self._known(old) and self._parent[old] == _ROOT:
+            if self._known(old) and self._parent(old) == _ROOT:
                 self._free(old, remove=True)
                 self._orphans = True  # its subtree goes with it
         watched.wd = wd
@@ -361,7 +371,7 @@ class Watcher:
     def _process(self, events: list[Event]) -> int:
         """Handle one read's events; returns how many changes they show."""
         changes = 0
-        names, anchors = self._name, self._anchors
+        names, anchors = self._node, self._anchors
         # The common case stays inline: a file event in a watched directory, whose
         # exclusion needs no path (no patterns, or patterns about names only).
         fast = not self.excluder or self.excluder.name_only
@@ -484,7 +494,7 @@ class Watcher:
         for watched in self._paths:
             self._establish(watched)
         visited, self._visited = self._visited or set(), None
-        for wd in [wd for wd in self._name if wd not in visited]:
+        for wd in [wd for wd in self._node if wd not in visited]:
             self._free(wd, remove=True)
         self._paths_cache.clear()
 
@@ -492,22 +502,23 @@ class Watcher:
         """Forget every watch whose chain of parents no longer reaches a configured path."""
         self._orphans = False
         state: dict[int, bool] = {}  # wd → whether it reaches a configured path
-        for wd in self._name:
+        for wd in self._node:
             if wd in state:
                 continue
             chain, at = [], wd
             while True:
-                if at not in self._name:
+                if at not in self._node:
                     verdict = False
                     break
                 if at in state:
                     verdict = state[at]
                     break
                 chain.append(at)
-                if self._parent[at] == _ROOT:
+                parent = self._parent(at)
+                if parent == _ROOT:
                     verdict = at in self._roots
                     break
-                at = self._parent[at]
+                at = parent
             for link in chain:
                 state[link] = verdict
         for wd in [wd for wd, reaches in state.items() if not reaches]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from inotify_fdinfo import kernel_watches
 
 from henbackup.channel import Channel, Watch, WatchNews
 from henbackup.loop import Loop
@@ -140,6 +141,41 @@ def test_a_backup_unwatched_leaves_the_watches_it_shared(harness, tmp_path):
     harness.watching.watch(Watch("b", (str(root / "sub"),), ("deep",)))
     assert harness.seen_by(lambda: touch(root / "sub/deep/g")) == set()
     assert harness.seen_by(lambda: touch(root / "sub/g")) == {"b"}
+
+
+def test_the_kernel_keeps_a_shared_watch_until_its_last_holder_leaves(harness, tmp_path):
+    # The hub keeps no entry for the wds its first backup (its default) holds alone: the
+    # kernel's own list says what is watched as backups come and go, in either order.
+    root = tmp_path / "root"
+    (root / "sub/deep").mkdir(parents=True)
+    (tmp_path / "x/other").mkdir(parents=True)
+    watching = harness.watching
+
+    def kernel() -> int:
+        return len(kernel_watches(watching.hub.fileno()))
+
+    # a: tmp_path (its anchor), root, sub, deep; b: root (anchor), sub, deep; c: x, other
+    watching.watch(Watch("a", (str(root),)))
+    watching.watch(Watch("b", (str(root / "sub"),)))
+    watching.watch(Watch("c", (str(tmp_path / "x/other"),)))
+    assert kernel() == 6
+    watching.unwatch("b")  # what b shared is a's alone again, still watched
+    assert kernel() == 6
+    assert harness.seen_by(lambda: touch(root / "sub/deep/f")) == {"a"}
+    watching.watch(Watch("b", (str(root / "sub"),)))
+    watching.unwatch("a")  # the default leaves: only its anchor goes
+    assert kernel() == 5
+    assert harness.seen_by(lambda: touch(root / "sub/deep/f")) == {"b"}
+    assert harness.seen_by(lambda: touch(root / "f")) == set()
+    watching.watch(Watch("a", (str(root),)))  # the hub's default again
+    assert kernel() == 6
+    watching.unwatch("b")
+    assert kernel() == 6
+    assert harness.seen_by(lambda: touch(root / "sub/deep/f")) == {"a"}
+    watching.unwatch("c")
+    assert kernel() == 4
+    assert harness.seen_by(lambda: touch(root / "sub/deep/f")) == {"a"}
+    assert harness.seen_by(lambda: touch(tmp_path / "x/other/f")) == set()
 
 
 def test_an_overflow_reaches_every_backup_and_each_rescans(harness, tmp_path):

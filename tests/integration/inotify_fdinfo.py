@@ -1,0 +1,10 @@
+"""What the kernel says an inotify instance watches (/proc/self/fdinfo)."""
+
+from __future__ import annotations
+
+
+def kernel_watches(fd: int) -> set[int]:
+    """The watch descriptors inotify instance `fd` of this process holds."""
+    with open(f"/proc/self/fdinfo/{fd}") as info:
+        lines = [line.split() for line in info if line.startswith("inotify wd:")]
+    return {int(fields[1].removeprefix("wd:"), 16) for fields in lines}  # printed in hex
