@@ -5,7 +5,9 @@ worker its job processes: real forks, real socketpairs, real pidfds."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import signal
 import time
 from typing import Any
 
@@ -277,4 +279,48 @@ def test_a_burst_whose_fork_fails_watches_the_children_forked_before_it(monkeypa
     forks.append(1)  # the next fork is the "second": it fails
     with pytest.raises(BlockingIOError):
         start_watched_many(burst.loop, [burst.plan(2, lambda channel: 0)])
+    assert _socket_inodes() == before
+
+
+def test_a_burst_child_whose_pidfd_cannot_be_opened_is_killed_with_the_later_ones(monkeypatch):
+    """A fake: pidfd_open fails (ENOMEM) for the second of three children; the real call
+    cannot be made to fail here, its descriptor being the one just freed. The first child is
+    watched and returned; the second and third, which no one would watch, are killed and
+    reaped, their channels closed; a burst whose first pidfd fails raises."""
+    burst = Burst(3)
+    real_fork, real_pidfd_open = os.fork, os.pidfd_open
+    forked: list[int] = []
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        if pid == forked[fail_at]:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real_pidfd_open(pid, flags)
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    before = _socket_inodes()
+    fail_at = 1
+    sleeping = [burst.plan(n, lambda channel: time.sleep(DEADLINE) or 0) for n in range(3)]
+    children = start_watched_many(burst.loop, sleeping)
+    assert [child.pid for child in children] == forked[:1]
+    for pid in forked[1:]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # killed and reaped: not even a zombie
+    os.kill(forked[0], signal.SIGTERM)
+    burst.until_exited(1)
+    assert burst.status == {0: -signal.SIGTERM}
+    assert _socket_inodes() == before
+
+    forked.clear()
+    fail_at = 0
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        start_watched_many(burst.loop, [burst.plan(3, lambda channel: 0)])
+    with pytest.raises(ProcessLookupError):
+        os.kill(forked[0], 0)
     assert _socket_inodes() == before
