@@ -207,14 +207,41 @@ class Master:
         for spec in specs:
             self.children[spec.key] = Supervised(spec, Child(spec.key))
         plans = [self._plan(spec.key) for spec in specs]
-        processes = start_watched_many(self.loop, plans) if plans else []
+        try:
+            processes = start_watched_many(self.loop, plans) if plans else []
+        except OSError:  # its first fork failed
+            processes = []
         for spec, process in zip(specs, processes, strict=False):
             self._started(spec.key, process)
         for spec in specs[len(processes) :]:  # a fork failed: one at a time, as restarts do
             self._spawn(spec.key)
 
     def _spawn(self, key: str) -> None:
-        self._started(key, start_watched(self.loop, *self._plan(key)))
+        try:
+            process = start_watched(self.loop, *self._plan(key))
+        except OSError as error:  # EAGAIN (the process table, RLIMIT_NPROC), ENOMEM
+            self._not_started(key, error)
+            return
+        self._started(key, process)
+
+    def _not_started(self, key: str, error: OSError) -> None:
+        """A worker that could not be forked fails as one that died at once: it backs off
+        and is tried again (FATAL after too many in a row), never left without a process."""
+        supervised = self.children[key]
+        spec, child, now = supervised.spec, supervised.child, self.loop.clock()
+        child.spawned(0, now)
+        child.died(now, self.policy)
+        reason = str(error)
+        self.emit(
+            "child.exited",
+            f"worker {spec.name} could not be started (fork: {reason}){self._next_of(child)}",
+            child=spec.name,
+            child_kind=spec.kind,
+            state=child.state.value,
+            error=reason,
+            **_owner(spec),
+        )
+        self._after_exit(key, supervised)
 
     def _plan(self, key: str) -> WatchedPlan:
         config, spec = self.config, self.children[key].spec
@@ -317,6 +344,14 @@ class Master:
         self._after_exit(key, supervised)
         self._update_status()
 
+    def _next_of(self, child: Child) -> str:
+        """What follows a child's end, for its child.exited message."""
+        return {
+            ChildState.STOPPED: "",
+            ChildState.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
+            ChildState.BACKOFF: f"; restarting in {self.policy.delay(child.quick_failures):g}s",
+        }[child.state]
+
     def _report_exit(self, supervised: Supervised, pid: int, status: int) -> None:
         spec, child = supervised.spec, supervised.child
         how = (
@@ -324,14 +359,9 @@ class Master:
             if supervised.hung
             else describe_exit(os.waitstatus_to_exitcode(status))
         )
-        then = {
-            ChildState.STOPPED: "",
-            ChildState.FATAL: f"; it failed {child.quick_failures} times in a row, giving up",
-            ChildState.BACKOFF: f"; restarting in {self.policy.delay(child.quick_failures):g}s",
-        }[child.state]
         self.emit(
             "child.exited",
-            f"worker {spec.name} (pid {pid}) {how}{then}",
+            f"worker {spec.name} (pid {pid}) {how}{self._next_of(child)}",
             child=spec.name,
             child_kind=spec.kind,
             pid=pid,

@@ -238,3 +238,43 @@ def test_a_watcher_that_gave_up_shows_in_the_status_line_and_in_systemds(
     assert systemd.recv(4096) == f"STATUS={line}".encode()
     systemd.close()
     master.loop.close()
+
+
+def test_a_worker_that_cannot_be_forked_backs_off_and_is_started_at_its_next_try(
+    tmp_path: Path, events: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake: os.fork refuses (EAGAIN: a full process table or RLIMIT_NPROC, which root
+    cannot be made to meet here). Before, the error left the backup without a worker until
+    a reload; now it fails as a worker that died at once, and the next try starts it."""
+    master = Master(tmp_path / "henbackup.toml", watched_config(tmp_path), events, lambda *_: 0)
+    real_fork = os.fork
+
+    def refused() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refused)
+    spec = WorkerSpec("backup", "pictures", ())
+    master._add(spec)
+    supervised = master.children[spec.key]
+    assert (supervised.child.state, supervised.process) == (ChildState.BACKOFF, None)
+    (exited,) = events.recorded
+    assert exited.kind == "child.exited"
+    assert exited.message == (
+        "worker pictures could not be started (fork: [Errno 11] Resource temporarily "
+        "unavailable); restarting in 1s"
+    )
+    fields = dict(exited.fields)
+    assert fields["HENBACKUP_STATE"] == "backoff"
+    assert fields["HENBACKUP_ERROR"] == "[Errno 11] Resource temporarily unavailable"
+    assert fields["HENBACKUP_BACKUP"] == "pictures"
+    assert "HENBACKUP_PID" not in fields
+    monkeypatch.setattr(os, "fork", real_fork)
+    master._restart(spec.key)  # what the timer set for restart_at runs
+    assert supervised.child.state is ChildState.STARTING
+    assert supervised.process is not None
+    deadline = time.monotonic() + 10
+    while supervised.process is not None and time.monotonic() < deadline:
+        master.loop.run_once()  # its body returns at once: reaped, backing off again
+    assert supervised.process is None
+    assert [e.kind for e in events.recorded] == ["child.exited", "child.started", "child.exited"]
+    master.loop.close()
