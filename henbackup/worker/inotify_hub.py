@@ -7,11 +7,11 @@ process (watching.py) serves every watched backup from one hub instead.
 In one instance a directory has one watch descriptor, whoever watches it: two backups
 watching overlapping trees share it. The hub keeps which Watchers hold each wd, hands each
 one the events of its own wds (an overflow to all), and removes a wd from the kernel only
-when no Watcher holds it any more. The first Watcher to join (usually the only one, or the
-one with the big tree) is the hub's default: a wd it holds alone has no entry, the events
-of a wd without one go to it, and it ignores those it does not hold; at 100,000 directories
-an entry for each would cost ~50 bytes a directory. Masks are only ever added (IN_MASK_ADD), so one
-Watcher's mask never narrows another's; each Watcher ignores what it did not ask for.
+when no Watcher holds it any more. The first Watcher to join (often the only one) is the
+hub's default: a wd it holds alone has no entry, the events of a wd without one go to it,
+and it ignores those it does not hold; at 100,000 directories an entry for each would cost
+~50 bytes a directory. Masks are only ever added (IN_MASK_ADD), so one Watcher's mask never
+narrows another's; each Watcher ignores what it did not ask for.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ class Watcher:
         return wd in self._node
 
     def _parent(self, wd: int) -> int:
-        return int.from_bytes(self._node[wd][:_WD_BYTES], "little")
+        return _parent_of(self._node[wd])
 
     def holds(self, wd: int) -> bool:
         """Whether this Watcher watches through `wd` (the hub asks; see InotifyHub)."""
@@ -244,7 +244,7 @@ class Watcher:
             if node is None:
                 return None
             names.append(node[_WD_BYTES:])
-            parent = int.from_bytes(node[:_WD_BYTES], "little")
+            parent = _parent_of(node)
             if parent == _ROOT:
                 path = b"/".join(reversed(names))
                 if len(self._paths_cache) > 4096:
@@ -524,6 +524,11 @@ class Watcher:
         for wd in [wd for wd, reaches in state.items() if not reaches]:
             self._free(wd, remove=True)
         self._paths_cache.clear()
+
+
+def _parent_of(node: bytes) -> int:
+    """The parent's wd in a directory's record (Watcher._set)."""
+    return int.from_bytes(node[:_WD_BYTES], "little")
 
 
 def _nlink_counts_subdirectories(path: bytes) -> bool:
