@@ -12,9 +12,11 @@ its exit code (JobExit).
 One message a line, as JSON. `decode_message` checks a received line against its
 declaration: a line of the wrong shape is handed to the reader's `malformed` as a
 ProtocolError, and the lines around it are read on, so that a child that sends one costs
-its parent nothing. A socketpair's buffer holds far more than the parent and child ever
-have in flight, so sending never blocks in practice, and a message that cannot be sent (the
-peer is gone) is dropped: the pidfd tells the rest.
+its parent nothing. A child sends with `send`, which waits for room: its parent's loop
+reads at once. A parent's loop sends with `send_without_waiting` (through Watched.send):
+a child that does not read (hung, or stopped) must not stop the master, whom a member of
+group henbackup can make send to it at will. A message that cannot be sent (the peer is
+gone) is dropped: the pidfd tells the rest.
 """
 
 from __future__ import annotations
@@ -240,6 +242,7 @@ def decode_message(line: bytes) -> ChannelMessage:
 
 
 MAX_LINE = 1 << 20  # a peer that sends more without a newline is broken
+MAX_UNREAD = 1 << 20  # a peer that leaves this much unread is hung: its hang check ends it
 
 Malformed = Callable[[ProtocolError], None]
 
@@ -248,6 +251,7 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = b""
+        self.unsent = b""  # send_without_waiting's bytes the peer has not taken yet
 
     @classmethod
     def pair(cls) -> tuple[Channel, Channel]:
@@ -264,6 +268,26 @@ class Channel:
             self.sock.sendall(encode_message(message))
         except OSError:
             return False
+        return True
+
+    def send_without_waiting(self, message: ChannelMessage) -> bool:
+        """Queue one message and send what the socket takes now (a loop never waits for a
+        child that does not read); False when the peer is gone or left MAX_UNREAD unread."""
+        if len(self.unsent) > MAX_UNREAD:
+            return False
+        self.unsent += encode_message(message)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Send what the socket takes now of the unsent bytes; False when the peer is gone."""
+        try:
+            sent = self.sock.send(self.unsent, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.unsent = b""
+            return False
+        self.unsent = self.unsent[sent:]
         return True
 
     def receive(self, malformed: Malformed) -> list[ChannelMessage] | None:

@@ -300,14 +300,37 @@ class Watched:
     heard: Callable[[list[ChannelMessage]], None]
     exited: Callable[[int], None]
     malformed: Malformed
+    _room: int | None = None  # see _watch_room
 
     @property
     def pid(self) -> int:
         return self.forked.pid
 
     def send(self, message: ChannelMessage) -> bool:
-        """Tell the child; returns False when it can no longer hear."""
-        return self.channel is not None and self.channel.send(message)
+        """Tell the child, never waiting for it to read (what it has not taken yet goes when
+        it can); returns False when it can no longer hear, or has long stopped reading."""
+        if self.channel is None or not self.channel.send_without_waiting(message):
+            return False
+        self._watch_room()
+        return True
+
+    def _flush(self) -> None:
+        if self.channel is not None:
+            self.channel.flush()  # a child gone: its pidfd reports the exit
+        self._watch_room()
+
+    def _watch_room(self) -> None:
+        """While bytes wait for the child to read, wait for room in the socket, on a
+        duplicate of the channel's descriptor (the loop watches that one for reading)."""
+        waiting = self.channel is not None and bool(self.channel.unsent)
+        if waiting and self._room is None:
+            assert self.channel is not None
+            self._room = os.dup(self.channel.fileno())
+            self.loop.add_writer(self._room, self._flush)
+        elif not waiting and self._room is not None:
+            self.loop.remove_reader(self._room)
+            os.close(self._room)
+            self._room = None
 
     def _readable(self) -> None:
         assert self.channel is not None
@@ -335,6 +358,7 @@ class Watched:
             self.loop.remove_reader(self.channel.fileno())
             self.channel.close()
             self.channel = None
+            self._watch_room()
 
 
 class WatchedPlan(NamedTuple):

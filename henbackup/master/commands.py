@@ -51,6 +51,7 @@ class Worker(Protocol):
     def channel(self) -> Channel | None: ...
     @property
     def child(self) -> Child: ...
+    def send(self, message: StartRun) -> bool: ...
 
 
 class Master(Protocol):
@@ -314,7 +315,8 @@ def backup(
         state = worker.child.state.value if worker else "absent"
         return reply_error("failed", f"backup {name} cannot start now: its worker is {state}")
     request_id = jobs.new_request_id()
-    worker.channel.send(StartRun("backup", repository, priority, (request_id,)))
+    if not worker.send(StartRun("backup", repository, priority, (request_id,))):
+        return reply_error("failed", f"backup {name} cannot start now: its worker does not read")
     if request.get("wait"):
         master.jobs.clients.add(request_id, conversation, names.worker_key("backup", name))
         return None

@@ -103,6 +103,10 @@ class Supervised:
         """To tell the worker (None while it is not there to hear)."""
         return self.process.channel if self.process is not None else None
 
+    def send(self, message: ChannelMessage) -> bool:
+        """Tell the worker, never waiting for it (Watched.send); False when it cannot hear."""
+        return self.process is not None and self.process.send(message)
+
 
 @dataclass
 class Master:
@@ -304,8 +308,8 @@ class Master:
     def _to_worker(self, key: str, message: WatchNews | Watch | Unwatch) -> None:
         """Tell child `key`, if it is there to hear (else the message goes)."""
         supervised = self.children.get(key)
-        if supervised is not None and supervised.channel is not None:
-            supervised.channel.send(message)
+        if supervised is not None:
+            supervised.send(message)
 
     def _watching_again(self) -> None:
         """The watcher died and watches again: what changed in between was not seen."""

@@ -324,3 +324,54 @@ def test_a_burst_child_whose_pidfd_cannot_be_opened_is_killed_with_the_later_one
     with pytest.raises(ProcessLookupError):
         os.kill(forked[0], 0)
     assert _socket_inodes() == before
+
+
+def test_a_parent_never_waits_for_a_child_that_does_not_read_and_what_waited_arrives_in_order():
+    """A member of group henbackup can make the master send to a worker at will; a worker
+    that does not read (hung, stopped) once made the master's loop wait in sendall."""
+    parent = Parent()
+    go_r, go_w = os.pipe()
+    count = 2_000  # ~200 KB: far more than the socket buffer takes (~280 small messages)
+
+    def body(channel: Channel) -> int:
+        os.close(go_w)
+        os.read(go_r, 1)  # not reading the channel until the parent has sent them all
+        channel.sock.settimeout(DEADLINE)
+        received: list[ChannelMessage] = []
+        while len(received) < count:
+            batch = channel.receive(lambda error: None)
+            assert batch is not None
+            received += batch
+        in_order = [m.operation for m in received] == [f"j{n}" for n in range(count)]
+        return 0 if in_order else 1
+
+    child = parent.start(body)
+    os.close(go_r)
+    for number in range(count):
+        assert child.send(JobState("idle", None, f"j{number}"))  # returns at once
+    assert child.channel is not None and child.channel.unsent, "the socket took it all"
+    os.write(go_w, b"!")
+    assert parent.until_exited() == 0
+    assert child.channel is None and child._room is None
+    os.close(go_w)
+
+
+def test_a_child_that_left_a_megabyte_unread_is_told_nothing_more():
+    parent = Parent()
+    go_r, go_w = os.pipe()
+
+    def body(channel: Channel) -> int:
+        os.read(go_r, 1)
+        return 0
+
+    child = parent.start(body)
+    big = JobEvent("job.x", "x" * 60_000, {}, ())
+    sent = 0
+    while child.send(big):
+        sent += 1
+        assert sent < 100, "never refused"
+    assert sent >= 17  # 1 MiB was taken before the refusal
+    os.write(go_w, b"!")
+    assert parent.until_exited() == 0
+    for fd in (go_r, go_w):
+        os.close(fd)

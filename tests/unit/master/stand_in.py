@@ -78,6 +78,7 @@ def worker(
     return SimpleNamespace(
         child=SimpleNamespace(state=state),
         channel=channel,
+        send=lambda message: channel is not None and channel.send(message) is None,
         running=fields.get("running", False),
         next_run=fields.get("next_run"),
     )

@@ -159,6 +159,21 @@ def test_a_backup_whose_worker_cannot_take_it_fails(master: Any, supervised, sta
     }
 
 
+def test_a_backup_whose_worker_left_a_megabyte_unread_fails_and_no_client_waits(
+    master: Any,
+) -> None:
+    """Watched.send refuses once a worker (hung, stopped) left MAX_UNREAD unread."""
+    master.children["backup:pictures"] = worker(channel=Channel())
+    master.children["backup:pictures"].send = lambda message: False
+    request = {"command": "backup", "backup": "pictures", "wait": True}
+    assert answer(master, request, Conversation()) == {
+        "ok": False,
+        "code": "failed",
+        "error": "backup pictures cannot start now: its worker does not read",
+    }
+    assert master.clients.waiting == {}
+
+
 # --- check, prune, list-snapshots -------------------------------------------------------
 
 

@@ -160,7 +160,7 @@ def listening(master: Master, spec: WorkerSpec) -> Channel:
     """`spec` as a child of `master` whose channel the test reads (no process behind it)."""
     ours, theirs = Channel.pair()
     supervised = Supervised(spec, Child(spec.key))
-    supervised.process = SimpleNamespace(channel=ours, pid=0)  # type: ignore[assignment]
+    supervised.process = SimpleNamespace(channel=ours, pid=0, send=ours.send)  # type: ignore[assignment]
     master.children[spec.key] = supervised
     theirs.sock.settimeout(5)
     return theirs
