@@ -40,6 +40,9 @@ _SPECIAL_PRIORITIES = {
 }
 _PRIORITY_HINT = "use immediate, next, superior, normal, inferior, on-idle or an integer"
 _INT_RE = r"[+-]?[0-9]{1,18}"
+# An integer priority has the digits a string may have (_INT_RE): a bigger one is a typo,
+# and the worker, which reads the priority back from its text, would refuse it.
+_PRIORITY_LIMIT = 10**18
 
 _LISTEN_HINT = 'use HOST:PORT, e.g. "127.0.0.1:9811" or "[::1]:9811"'
 _HOST_RE = r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"
@@ -104,6 +107,8 @@ def parse_priority(v: object) -> Priority:
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise ValueError(f"not a priority: {_PRIORITY_HINT}")
     if isinstance(v, int):
+        if abs(v) >= _PRIORITY_LIMIT:
+            raise ValueError("out of range: a priority integer has at most 18 digits")
         return Priority.ordinary(v)
     name = v.strip().lower()
     if name in _SPECIAL_PRIORITIES:

@@ -191,13 +191,14 @@ class Worker:
 
     def _jobs_of(self, run: RunRequest) -> tuple[Job, ...]:
         """The run's jobs; () when they cannot be named here (the job process then says
-        why, as it fails)."""
+        why, as it fails). ValueError: a priority it cannot read fails that run, never the
+        worker."""
         options = entry.RunOptions(run.trigger, run.repository, run.priority)
         try:
             return entry.run_jobs(
                 self.config, self.spec.kind, self.spec.name, run.operation, options
             )
-        except (HenbackupError, KeyError, AttributeError):
+        except (HenbackupError, KeyError, AttributeError, ValueError):
             return ()
 
     def _queue_next(self, scheduler: Scheduler) -> None:

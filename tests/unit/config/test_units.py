@@ -131,6 +131,19 @@ def test_priority_rejects(value: object) -> None:
         parse_priority(value)
 
 
+@pytest.mark.parametrize("value", [10**18, -(10**18), 10**19])
+def test_priority_rejects_an_integer_with_more_digits_than_a_string_may_have(value: int) -> None:
+    with pytest.raises(
+        ValueError, match=r"^out of range: a priority integer has at most 18 digits$"
+    ):
+        parse_priority(value)
+
+
+def test_priority_accepts_the_largest_integer_a_string_may_spell() -> None:
+    assert parse_priority(10**18 - 1) == parse_priority("9" * 18)
+    assert parse_priority(-(10**18) + 1) == parse_priority("-" + "9" * 18)
+
+
 @pytest.mark.parametrize(
     ("text", "fraction"), [("50%", 0.5), ("5%", 0.05), ("12.5%", 0.125), ("250%", 2.5)]
 )

@@ -129,6 +129,17 @@ def test_a_backup_with_an_integer_priority_sends_it_as_text(master: Any) -> None
     assert (channel.sent[0].repository, channel.sent[0].priority) == (None, "-3")
 
 
+def test_a_priority_too_big_for_the_worker_is_a_usage_error(master: Any) -> None:
+    # Sent on as text, it would be refused by the worker's parse, which ended the worker.
+    channel = Channel()
+    master.children["backup:pictures"] = worker(channel=channel)
+    reply = ask(master, "backup", backup="pictures", priority=10**19)
+    assert reply == usage(
+        "--priority 10000000000000000000: out of range: a priority integer has at most 18 digits"
+    )
+    assert channel.sent == []
+
+
 def test_a_client_waiting_for_its_backup_is_answered_later(master: Any) -> None:
     channel = Channel()
     master.children["backup:pictures"] = worker(channel=channel)

@@ -52,3 +52,17 @@ def test_a_job_process_s_events_go_up_and_a_malformed_line_is_one_error(events: 
     worker.loop.close()
     master.close()
     channel.close()
+
+
+def test_a_priority_the_worker_cannot_read_names_no_job_and_leaves_the_worker_alive(
+    events: Any,
+) -> None:
+    # The master refuses it first; were one to come, the job process, not the worker, fails.
+    channel, master = Channel.pair()
+    worker = Worker(
+        WorkerSpec("backup", "pictures", ()), cast(Config, None), channel, events, garbled
+    )
+    assert worker._jobs_of(RunRequest("manual", "asked by the test", priority="9" * 19)) == ()
+    worker.loop.close()
+    master.close()
+    channel.close()
