@@ -1,8 +1,9 @@
 """The channel between a parent and its child (the master and a worker, a worker and its
 job process) over a socketpair, and the messages it carries, declared once.
 
-Nine frozen dataclasses, one per "type": a worker says Ready then a Heartbeat every few
-seconds, and JobState as its job process starts and ends; a job process tells each job and
+Ten frozen dataclasses, one per "type": a worker says Ready then a Heartbeat every few
+seconds, JobState as its job process starts and ends, and which requests it merged without
+following them (Accepted); a job process tells each job and
 hook event (JobEvent, which its worker forwards with the requests waiting for it), a one-off
 job process its OneOffResult; the master asks a worker to StartRun. The watcher (the
 daemon's one inotify instance) is told what to Watch and Unwatch, and says what it saw
@@ -137,6 +138,16 @@ class JobEvent(_Message):
 
 
 @dataclass(frozen=True)
+class Accepted(_Message):
+    """A worker merged these requests into a waiting run that already answers as many as
+    it follows: their clients are answered now, as --no-wait is, not when the run ends."""
+
+    TYPE = "accepted"
+    operation: str = _carrying(TEXT, "backup")
+    requests: tuple[str, ...] = _requests()
+
+
+@dataclass(frozen=True)
 class StartRun(_Message):
     """The master asks a worker for a run (henbackupctl backup)."""
 
@@ -203,7 +214,16 @@ class WatchNews(_Message):
 
 
 ChannelMessage = (
-    Ready | Heartbeat | JobState | JobEvent | StartRun | OneOffResult | Watch | Unwatch | WatchNews
+    Ready
+    | Heartbeat
+    | JobState
+    | JobEvent
+    | Accepted
+    | StartRun
+    | OneOffResult
+    | Watch
+    | Unwatch
+    | WatchNews
 )
 MESSAGES: dict[str, type[ChannelMessage]] = {
     kind.TYPE: kind
@@ -212,6 +232,7 @@ MESSAGES: dict[str, type[ChannelMessage]] = {
         Heartbeat,
         JobState,
         JobEvent,
+        Accepted,
         StartRun,
         OneOffResult,
         Watch,

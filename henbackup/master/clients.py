@@ -52,6 +52,12 @@ class Clients:
             reply = {**reply, "error": "; ".join(waiting.errors) or "the job failed"}
         waiting.conversation.finish({**reply, "jobs": waiting.jobs})
 
+    def accepted(self, request: str, operation: str) -> None:
+        """End the request's wait as --no-wait is answered: its run comes, not followed."""
+        waiting = self.waiting.pop(request, None)
+        if waiting is not None:
+            waiting.conversation.finish({"ok": True, "request": request, "accepted": operation})
+
     def owner_gone(self, owner: str, reason: str) -> None:
         """The process running these requests ended without answering them."""
         for request in [r for r, w in self.waiting.items() if w.owner == owner]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from henbackup import names
 from henbackup.channel import (
+    Accepted,
     Channel,
     ChannelMessage,
     Heartbeat,
@@ -294,6 +295,9 @@ class Master:
             return
         elif isinstance(message, JobEvent):
             self.jobs.event(key, message)
+        elif isinstance(message, Accepted):
+            for request in message.requests:
+                self.jobs.clients.accepted(request, message.operation)
         elif isinstance(message, JobState):
             supervised.next_run = message.next_run
             supervised.running = message.state == "running"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from henbackup import names
 from henbackup.channel import (
+    Accepted,
     Channel,
     ChannelMessage,
     Heartbeat,
@@ -47,6 +48,10 @@ from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_tri
 from henbackup.worker.watching import watcher_main
 
 HEARTBEAT_INTERVAL = 10.0
+# The requests one run follows: each of its job events carries them all, so unbounded, a
+# line would outgrow the channel's MAX_LINE (at ~90,000) and cost the worker. 64 waiting
+# clients on one backup's run is beyond any real use, and their ids fit in under 1 KiB.
+MAX_FOLLOWED = 64
 
 
 @dataclass(frozen=True)
@@ -171,9 +176,17 @@ class Worker:
             return
         for index, waiting in enumerate(self.pending):
             if waiting.same_run(run):
-                self.pending[index] = replace(waiting, requests=waiting.requests + run.requests)
+                self.pending[index] = self._merged(waiting, run)
                 return
         self.pending.append(run)
+
+    def _merged(self, waiting: RunRequest, run: RunRequest) -> RunRequest:
+        """`waiting`, following `run`'s requests too up to MAX_FOLLOWED; the master answers
+        the others at once (the run still comes: merged, they asked for nothing more)."""
+        room = max(MAX_FOLLOWED - len(waiting.requests), 0)
+        if len(run.requests) > room:
+            self.channel.send(Accepted(run.operation, run.requests[room:]))
+        return replace(waiting, requests=waiting.requests + run.requests[:room])
 
     def _start(self, run: RunRequest) -> None:
         if self.triggers is not None:

@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from henbackup.channel import Channel, Heartbeat, JobState, Ready, Unwatch, Watch, WatchNews
+from henbackup.channel import (
+    Accepted,
+    Channel,
+    Heartbeat,
+    JobState,
+    Ready,
+    Unwatch,
+    Watch,
+    WatchNews,
+)
 from henbackup.config.load import load_config
 from henbackup.master.specs import WATCHER, worker_specs
 from henbackup.master.states import Child, ChildState
@@ -22,6 +31,7 @@ from henbackup.master.supervisor import Master, Supervised
 from henbackup.observe.events import ERR
 from henbackup.observe.notify import Notifier
 from henbackup.worker.spec import WorkerSpec
+from tests.unit.master.stand_in import Conversation
 
 CONFIG = """\
 [repositories.local]
@@ -129,6 +139,21 @@ def test_a_workers_news_remakes_its_own_view_only(tmp_path: Path, events: Any) -
     assert master.model.workers["repository:one"].next_run == 1234.0
     assert master.model.status_line().startswith("0 backups; idle; next: one ")
     assert two.running is False
+    master.loop.close()
+
+
+def test_a_request_its_worker_merged_without_following_is_answered_as_no_wait_is(
+    tmp_path: Path, events: Any
+) -> None:
+    master = make_master(tmp_path, events)
+    spec = WorkerSpec("backup", "pictures", ())
+    supervised = master.children[spec.key] = Supervised(spec, Child(spec.key))
+    waiting, other = Conversation(), Conversation()
+    master.jobs.clients.add("r00000001", waiting, spec.key)
+    master.jobs.clients.add("r00000002", other, spec.key)
+    master._handle(supervised, Accepted("backup", ("r00000001",)))
+    assert waiting.sent == [{"ok": True, "request": "r00000001", "accepted": "backup"}]
+    assert (other.sent, list(master.jobs.clients.waiting)) == ([], ["r00000002"])
     master.loop.close()
 
 

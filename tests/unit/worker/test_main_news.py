@@ -10,9 +10,9 @@ from typing import Any, cast
 
 import pytest
 
-from henbackup.channel import Channel, ChannelMessage, JobEvent, JobState
+from henbackup.channel import Accepted, Channel, ChannelMessage, JobEvent, JobState
 from henbackup.config.model import Config
-from henbackup.worker.main import RunRequest, Worker
+from henbackup.worker.main import MAX_FOLLOWED, RunRequest, Worker
 from henbackup.worker.spec import WorkerSpec
 
 DEADLINE = 30.0  # generous: waited for, never asserted as a duration
@@ -63,6 +63,31 @@ def test_a_priority_the_worker_cannot_read_names_no_job_and_leaves_the_worker_al
         WorkerSpec("backup", "pictures", ()), cast(Config, None), channel, events, garbled
     )
     assert worker._jobs_of(RunRequest("manual", "asked by the test", priority="9" * 19)) == ()
+    worker.loop.close()
+    master.close()
+    channel.close()
+
+
+def test_a_run_follows_at_most_max_followed_requests_and_the_others_are_answered_at_once(
+    events: Any,
+) -> None:
+    # Each job event of the run carries every id it follows: unbounded, ~90,000 asks made
+    # one line longer than the channel takes, and the master killed the worker.
+    channel, master = Channel.pair()
+    worker = Worker(
+        WorkerSpec("backup", "pictures", ()), cast(Config, None), channel, events, garbled
+    )
+    worker.current = RunRequest("manual", "running")  # a run in progress: the asks wait
+    ids = [f"r{n:08x}" for n in range(MAX_FOLLOWED + 2)]
+    for request in ids:
+        worker.request(RunRequest("manual", "asked by the test", requests=(request,)))
+    (pending,) = worker.pending
+    assert pending.requests == tuple(ids[:MAX_FOLLOWED]) and MAX_FOLLOWED == 64
+    master.sock.settimeout(DEADLINE)
+    heard: list[ChannelMessage] = []
+    while len(heard) < 2:
+        heard += [m for m in master.receive(pytest.fail) or [] if isinstance(m, Accepted)]
+    assert heard == [Accepted("backup", (ids[64],)), Accepted("backup", (ids[65],))]
     worker.loop.close()
     master.close()
     channel.close()
