@@ -17,6 +17,7 @@ from henbackup.jobs.snapshots import snapshot_counts
 from henbackup.loop import Loop
 from henbackup.master.clients import Clients
 from henbackup.master.control import Conversation
+from henbackup.master.permissions import Privilege
 from henbackup.observe import metrics
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.status import ENDINGS, LiveJob, StatusModel
@@ -25,6 +26,13 @@ from henbackup.protocol import ControlReply, reply_error
 
 if TYPE_CHECKING:
     from henbackup.scheduler.queue import Scheduler
+
+# One-off job processes alive at once: each holds 2 of the master's fds and a process, and
+# outlives its client, so requests without end would exhaust LimitNOFILE. 64 is far more
+# than the queue's slots run at once; a member (not root) may hold a quarter of them.
+MAX_ONE_OFFS = 64
+MAX_ONE_OFFS_OF_MEMBER = 16
+ONE_OFFS_BUSY = "henbackup runs {} checks, prunes, restores and listings at once{}, its most"
 
 # Runs a henbackupctl request in a forked job process; its reply goes on the channel.
 OneOffBody = Callable[[Config, dict[str, Any], Channel], int]
@@ -36,6 +44,7 @@ class OneOffProcess:
 
     request: str
     process: Watched
+    uid: int | None = None  # who asked: its client's
     result: ControlReply | None = None
     recount: Callable[[ControlReply], None] | None = None  # takes in what a listing counted
 
@@ -149,6 +158,9 @@ class Jobs:
         """Run `request` in a job process of its own; the reply comes when it ends, unless
         `wait` is false (then: at once, with the request's id)."""
         assert self.one_off_body is not None
+        busy = self._one_offs_busy(conversation)
+        if busy is not None:
+            return busy
         request_id, body_of = new_request_id(), self.one_off_body
         process = start_watched(
             self.loop,
@@ -158,7 +170,7 @@ class Jobs:
             exited=lambda status: self._one_off_exited(request_id, status),
             malformed=lambda error: self.loop.report_error(f"job process {request_id}", error),
         )
-        self.one_offs[request_id] = OneOffProcess(request_id, process)
+        self.one_offs[request_id] = OneOffProcess(request_id, process, conversation.peer.uid)
         if request["command"] == "list-snapshots":  # the snapshot counts, reconciled
             self.one_offs[request_id].recount = lambda reply: self.model.recount(
                 snapshot_counts(config, request, reply)
@@ -168,6 +180,19 @@ class Jobs:
             return None
         accepted = {"request": request_id, "accepted": request["command"]}
         return {"ok": True, **accepted, "target": request.get("target")}
+
+    def _one_offs_busy(self, conversation: Conversation) -> ControlReply | None:
+        """The refusal of one more one-off job process, when it would pass a limit."""
+        if len(self.one_offs) >= MAX_ONE_OFFS:
+            busy = ONE_OFFS_BUSY.format(MAX_ONE_OFFS, "")
+        elif conversation.peer.privilege is not Privilege.OWN and (
+            sum(o.uid == conversation.peer.uid for o in self.one_offs.values())
+            >= MAX_ONE_OFFS_OF_MEMBER
+        ):
+            busy = ONE_OFFS_BUSY.format(MAX_ONE_OFFS_OF_MEMBER, " for one user")
+        else:
+            return None
+        return reply_error("failed", f"{busy}: try again once one has ended")
 
     def _one_off_said(self, request_id: str, messages: list[ChannelMessage]) -> None:
         one_off = self.one_offs[request_id]
