@@ -11,7 +11,9 @@ with a blocking call. Each request
 is checked against its declared shape (henbackup/protocol.py) before a handler sees it, and
 a handler's own failure costs that request a failed reply, never the daemon. At most
 MAX_CONNECTIONS clients are served at once: beyond, the longest-silent one is dropped (or,
-when every one waits for a job, the newcomer is told to come back).
+when every one waits for a job, the newcomer is told to come back). Members of `henbackup`
+get all but the last KEPT_FOR_ROOT of them, and MAX_CONNECTIONS_OF_MEMBER each, so that no
+member can lock root or the other members out.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ MAX_BACKLOG = 4 << 20  # a waiting client that lets this much output pile up is 
 FLUSH_TIMEOUT = 30.0  # to take the last reply once the answer is complete
 MAX_CONNECTIONS = 256  # far below LimitNOFILE= (systemd/henbackup.service)
 ACCEPT_PAUSE = 1.0  # out of descriptors with no client to drop: accept again after this
+# Root's own, whatever members hold: root can always ask for status and cancel.
+KEPT_FOR_ROOT = 16
+# One henbackupctl command is one connection: 32 at once is beyond any person or script.
+MAX_CONNECTIONS_OF_MEMBER = 32
 BUSY = "henbackup serves too many clients at once: try again in a moment"
+BUSY_MEMBER = "henbackup serves {} clients of this user at once, its most: try again in a moment"
 
 Handler = Callable[[ControlRequest, "Conversation"], ControlReply | None]
 
@@ -197,8 +204,9 @@ class ControlServer:
         if conversation.peer.privilege is Privilege.NONE:
             conversation.finish(reply_error("permission", DENIED))
             return
-        if len(self.conversations) >= MAX_CONNECTIONS and not self._drop_longest_silent():
-            conversation.finish(reply_error("failed", BUSY))
+        busy = self._busy_for(conversation.peer)
+        if busy is not None:
+            conversation.finish(reply_error("failed", busy))
             return
         fd = conn.fileno()
         conversation._set_timer(REQUEST_TIMEOUT)
@@ -222,6 +230,18 @@ class ControlServer:
             self._answer_with(fd, reply_error("usage", f"request larger than {MAX_REQUEST} bytes"))
         elif newline:
             self._answer_with(fd, self._answer(line, conversation))
+
+    def _busy_for(self, peer: Peer) -> str | None:
+        """Why a newcomer from `peer` is not served, if it is not (a full server drops its
+        longest-silent client first, to make room)."""
+        limit = MAX_CONNECTIONS
+        if peer.privilege is not Privilege.OWN:
+            if sum(c.peer.uid == peer.uid for c in self.conversations) >= MAX_CONNECTIONS_OF_MEMBER:
+                return BUSY_MEMBER.format(MAX_CONNECTIONS_OF_MEMBER)
+            limit -= KEPT_FOR_ROOT
+        if len(self.conversations) >= limit and not self._drop_longest_silent():
+            return BUSY
+        return None
 
     def _drop_longest_silent(self) -> bool:
         """Close the connection that has not finished its request for the longest time;

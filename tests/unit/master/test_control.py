@@ -2,13 +2,14 @@ import json
 import os
 import resource
 import socket
+from types import SimpleNamespace
 
 import pytest
 
 from henbackup.loop import Loop
 from henbackup.master import control
 from henbackup.master.control import ControlServer, bind
-from henbackup.master.permissions import Peer
+from henbackup.master.permissions import Peer, Privilege
 
 
 @pytest.fixture
@@ -269,6 +270,69 @@ def test_when_every_client_waits_for_an_answer_a_newcomer_is_told_to_come_back(
         assert reply_of(served, newcomer) == {"ok": False, "code": "failed", "error": control.BUSY}
     assert len(served.conversations) == 2 and not any(c.closed for c in kept)
     for sock in waiting:
+        sock.close()
+
+
+@pytest.fixture
+def posing(monkeypatch):
+    """The uid the next clients connect as (root: "OWN", else a member of henbackup)."""
+    uid = [0]
+
+    def peer_of(conn):
+        privilege = Privilege.OWN if uid[0] == 0 else Privilege.OPERATE
+        return SimpleNamespace(uid=uid[0], privilege=privilege)
+
+    monkeypatch.setattr(control, "peer_of", peer_of)
+    return uid
+
+
+def waits(served, path, kept, count):
+    """`count` clients more that wait for a job (none of them silent: none can be dropped)."""
+    socks = [connect(path) for _ in range(count)]
+    for sock in socks:
+        sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
+    expected = len(kept) + count
+    serve_until(served, lambda: len(kept) == expected)
+    return socks
+
+
+def test_members_get_all_connections_but_root_s_last_ones(waiting_server, monkeypatch, posing):
+    # Before, members waiting on every connection locked root out of its own daemon.
+    served, path, kept = waiting_server
+    monkeypatch.setattr(control, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(control, "KEPT_FOR_ROOT", 2)
+    posing[0] = 1000
+    socks = waits(served, path, kept, 1)
+    posing[0] = 1001
+    socks += waits(served, path, kept, 1)
+    posing[0] = 1002
+    with connect(path) as newcomer:
+        assert reply_of(served, newcomer) == {"ok": False, "code": "failed", "error": control.BUSY}
+    posing[0] = 0
+    socks += waits(served, path, kept, 2)  # root's: the last two
+    with connect(path) as newcomer:
+        assert reply_of(served, newcomer) == {"ok": False, "code": "failed", "error": control.BUSY}
+    assert len(served.conversations) == 4
+    for sock in socks:
+        sock.close()
+
+
+def test_a_member_gets_at_most_its_share_of_connections(waiting_server, monkeypatch, posing):
+    served, path, kept = waiting_server
+    monkeypatch.setattr(control, "MAX_CONNECTIONS_OF_MEMBER", 2)
+    posing[0] = 1000
+    socks = waits(served, path, kept, 2)
+    with connect(path) as newcomer:
+        assert reply_of(served, newcomer) == {
+            "ok": False,
+            "code": "failed",
+            "error": "henbackup serves 2 clients of this user at once, its most:"
+            " try again in a moment",
+        }
+    posing[0] = 1001
+    socks += waits(served, path, kept, 1)  # another member still gets in
+    assert len(served.conversations) == 3
+    for sock in socks:
         sock.close()
 
 
