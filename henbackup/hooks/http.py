@@ -160,7 +160,9 @@ def _once(hook: HttpHook) -> tuple[Attempt, bool]:
     except ValueError as error:
         return Attempt("failed", f"cannot send: {error}"), False
     session = _Session(time.monotonic() + hook.timeout)
-    opener = urllib.request.build_opener(_HTTPHandler(session), _HTTPSHandler(session))
+    opener = urllib.request.build_opener(
+        _HTTPHandler(session), _HTTPSHandler(session), _NoRedirect()
+    )
     tail = Tail()
     try:
         status = _exchange(opener, request, hook.timeout, session, tail)
@@ -175,6 +177,9 @@ def _once(hook: HttpHook) -> tuple[Attempt, bool]:
     fields: dict[str, Any] = {"http_status": status}
     if 200 <= status < 300:
         return Attempt("succeeded", None, *_output(tail), fields), False
+    if 300 <= status < 400:
+        reason = f"answered {status} (redirects are not followed)"
+        return Attempt("failed", reason, *_output(tail), fields), False
     retryable = status >= 500 or status in RETRYABLE_STATUSES
     return Attempt("failed", _status_text(status), *_output(tail), fields), retryable
 
@@ -244,6 +249,14 @@ class _HTTPConnection(_Adopted, http.client.HTTPConnection):
 
 class _HTTPSConnection(_Adopted, http.client.HTTPSConnection):
     pass
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is the answer: following it would send the hook's headers and the URL's
+    credentials to wherever the server says."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

@@ -94,9 +94,24 @@ class Handler(BaseHTTPRequestHandler):
     def route_big(self) -> None:
         self.reply(200, b"".join(b"line %05d\n" % n for n in range(10000)))
 
+    def route_redirect(self) -> None:  # to where the query says (another server)
+        self.send_response(302)
+        self.send_header("Location", self.path.partition("?to=")[2])
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
 
 @pytest.fixture
 def server():
+    yield from serve()
+
+
+@pytest.fixture
+def elsewhere():
+    yield from serve()
+
+
+def serve():
     httpd = Server()
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -238,6 +253,20 @@ def test_credentials_in_the_url_become_basic_auth_and_stay_secret(server, events
     everything = json.dumps([e.journal_fields() for e in events.recorded])
     assert "pa$$word" not in everything and sent.split()[1] not in everything
     assert "pa%24%24word" not in everything
+
+
+def test_a_redirect_is_not_followed_and_the_credentials_stay_home(server, elsewhere, events):
+    url = server.url.replace("http://", "http://backup:pa%24%24word@")
+    hook = HttpHook(
+        f"{url}/redirect?to={elsewhere.url}/echo",
+        headers=(("X-Api-Token", "t0ken-s3cret"),),
+        retries=2,
+    )
+    outcome = run_hook(hook, CONTEXT, events, backoff=0.01)
+    assert outcome.error == "answered 302 (redirects are not followed)"
+    assert elsewhere.requests == [] and server.hits["/redirect"] == 1
+    done = fields(events.recorded[-1])
+    assert done["HENBACKUP_HTTP_STATUS"] == "302" and done["HENBACKUP_ATTEMPTS"] == "1"
 
 
 def test_a_url_that_is_not_http_fails_without_retrying(events):
