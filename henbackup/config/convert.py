@@ -22,6 +22,9 @@ Converter = Callable[[Any, At], Any]
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# What http.client can send: Latin-1 without control characters (tab aside).
+_HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_ANY_RE = re.compile(r".*", re.DOTALL)
 _METHOD_RE = re.compile(r"[A-Za-z]+")
 _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?")
 # Where systemd puts the credentials of henbackup.service; stands in for them outside it.
@@ -109,9 +112,10 @@ def array(item: Callable[[Any, At], T], required: str = "") -> Callable[[Any, At
 
 
 def string_table(
-    name_re: re.Pattern[str], what: str
+    name_re: re.Pattern[str], what: str, value_re: re.Pattern[str] = _ANY_RE, value_what: str = ""
 ) -> Callable[[Any, At], tuple[tuple[str, str], ...]]:
-    """A table of names to strings (env, headers): values are never quoted."""
+    """A table of names to strings (env, headers), each value matching `value_re`, else
+    `value_what` is the problem: values are never quoted."""
 
     def convert(value: Any, at: At) -> tuple[tuple[str, str], ...]:
         expect(value, dict, "a table")
@@ -119,17 +123,24 @@ def string_table(
         for name, text in value.items():
             if not name_re.fullmatch(name):
                 at.key(name).problem(f"is not a valid {what}")
-            elif isinstance(text, str):
-                pairs.append((name, str(text)))
-            else:
+            elif not isinstance(text, str):
                 at.key(name).problem(f"must be a string, not {type_name(text)}")
+            elif not value_re.fullmatch(text):
+                at.key(name).problem(value_what)
+            else:
+                pairs.append((name, str(text)))
         return tuple(pairs)
 
     return convert
 
 
 env_table = string_table(_ENV_NAME_RE, "environment variable name (letters, digits, _)")
-header_table = string_table(_HEADER_NAME_RE, "HTTP header name")
+header_table = string_table(
+    _HEADER_NAME_RE,
+    "HTTP header name",
+    _HEADER_VALUE_RE,
+    "must be one line of Latin-1 text, without control characters",
+)
 duration = from_parser(units.parse_duration)
 rate = from_parser(units.parse_rate)
 size = from_parser(units.parse_size)

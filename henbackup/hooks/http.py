@@ -42,6 +42,7 @@ from henbackup.redact import redact_url
 BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
 MAX_BACKOFF = 60.0
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx: the server may recover
+UNSENDABLE = "cannot send: the URL or a header has a character HTTP does not allow"
 JSON_BODY = "json"  # body = "json": the run's fields (HookContext.document) as a JSON object
 
 
@@ -172,6 +173,8 @@ def _once(hook: HttpHook) -> tuple[Attempt, bool]:
         if isinstance(error.reason, TimeoutError):
             return Attempt("failed", f"timed out after {hook.timeout:g}s"), True
         return Attempt("failed", f"cannot reach {_host(hook)}: {_reason(error.reason)}"), True
+    except (ValueError, http.client.InvalidURL):  # their message quotes what may be a secret
+        return Attempt("failed", UNSENDABLE), False
     except (OSError, http.client.HTTPException) as error:
         return Attempt("failed", f"request failed: {_reason(error)}", *_output(tail)), True
     fields: dict[str, Any] = {"http_status": status}

@@ -269,6 +269,24 @@ def test_a_redirect_is_not_followed_and_the_credentials_stay_home(server, elsewh
     assert done["HENBACKUP_HTTP_STATUS"] == "302" and done["HENBACKUP_ATTEMPTS"] == "1"
 
 
+@pytest.mark.parametrize(
+    ("path", "header"),
+    [
+        ("/echo", "Bearer s3cr3t-token\n"),
+        ("/echo", "Bearer s3cr3t-t\u20acken"),
+        ("/s3cr3t-\u00e9", "t"),
+    ],
+)
+def test_a_character_http_cannot_send_fails_the_hook_without_showing_it(
+    server, events, path, header
+):
+    hook = HttpHook(server.url + path, headers=(("Authorization", header),), retries=2)
+    outcome = run_hook(hook, CONTEXT, events, backoff=0.01)
+    assert outcome.error == "cannot send: the URL or a header has a character HTTP does not allow"
+    assert dict(events.recorded[-1].fields)["HENBACKUP_ATTEMPTS"] == "1"
+    assert server.requests == []
+
+
 def test_a_url_that_is_not_http_fails_without_retrying(events):
     outcome = run_hook(HttpHook("ftp://example.org/x", retries=3), CONTEXT, events, backoff=0.01)
     assert outcome.error == "cannot send: not an http:// or https:// URL"

@@ -491,6 +491,9 @@ def test_hooks(load: Load) -> None:
     )
 
 
+HEADER_VALUE = "must be one line of Latin-1 text, without control characters"
+
+
 @pytest.mark.parametrize(
     ("hook", "key", "message"),
     [
@@ -514,6 +517,21 @@ def test_hooks(load: Load) -> None:
             "type = 'http'\nurl = 'http://h/'\nheaders = { X = 1 }",
             "headers.X",
             "must be a string, not an integer",
+        ),
+        (
+            "type = 'http'\nurl = 'http://h/'\nheaders = { X = \"Bearer t0k\\n\" }",
+            "headers.X",
+            HEADER_VALUE,
+        ),
+        (
+            "type = 'http'\nurl = 'http://h/'\nheaders = { X = \"t\\u0001\" }",
+            "headers.X",
+            HEADER_VALUE,
+        ),
+        (
+            "type = 'http'\nurl = 'http://h/'\nheaders = { X = \"t\\u20ac\" }",
+            "headers.X",
+            HEADER_VALUE,
         ),
         ("type = 'http'\nurl = 'http://h/'\nbody = {}", "body", "must be a string, not a table"),
         (
