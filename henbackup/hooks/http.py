@@ -4,7 +4,10 @@
 attempt's sockets only gets the time left, so a server trickling its body cannot stretch it.
 
 A job process runs the request in a child of its own (`run_http_apart`): urllib cannot be
-woken from a wait on its socket, and a stop must end the hook at once, not at its timeout.
+woken from a wait on its socket, and a stop must end the hook at once, not at its timeout. The
+parent also kills the child once every attempt's timeout and backoff have passed: http.client
+reads status and header lines with the socket's timeout per read, so a dribbling server could
+otherwise keep it forever.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import functools
 import http.client
 import json
+import math
 import os
 import pickle
 import select
@@ -41,6 +45,7 @@ from henbackup.redact import redact_url
 
 BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
 MAX_BACKOFF = 60.0
+SLACK = 5.0  # seconds for a request's child to start and report, beyond its attempts
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx: the server may recover
 UNSENDABLE = "cannot send: the URL or a header has a character HTTP does not allow"
 JSON_BODY = "json"  # body = "json": the run's fields (HookContext.document) as a JSON object
@@ -98,13 +103,17 @@ def run_http_apart(hook: HttpHook, backoff: float, safe_point: SafePoint) -> Att
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
     try:
-        data = _read_all(read_fd, safe_point)
+        data = _read_all(read_fd, safe_point, time.monotonic() + _budget(hook, backoff))
     except BaseException:
         os.kill(forked.pid, signal.SIGKILL)
         reap(forked)
         raise
     finally:
         os.close(read_fd)
+    if data is None:  # a server dribbling bytes can stretch a socket's timeout, not this
+        os.kill(forked.pid, signal.SIGKILL)
+        reap(forked)
+        return Attempt("failed", f"timed out after {hook.timeout:g}s")
     status = reap(forked)
     attempt = pickle.loads(data) if data else None  # from our own child, through a pipe
     if not isinstance(attempt, Attempt):
@@ -113,8 +122,15 @@ def run_http_apart(hook: HttpHook, backoff: float, safe_point: SafePoint) -> Att
     return attempt
 
 
-def _read_all(fd: int, safe_point: SafePoint) -> bytes:
-    """Read `fd` to its end; what `safe_point` raises as a signal comes ends the wait."""
+def _budget(hook: HttpHook, backoff: float) -> float:
+    """The longest `run_http` may take: every attempt's timeout, the waits between them."""
+    waits = sum(min(backoff * 2**n, MAX_BACKOFF) for n in range(hook.retries))
+    return hook.timeout * (hook.retries + 1) + waits + SLACK
+
+
+def _read_all(fd: int, safe_point: SafePoint, deadline: float) -> bytes | None:
+    """Read `fd` to its end, or None at `deadline`; what `safe_point` raises as a signal
+    comes ends the wait."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     if safe_point.fd is not None:
@@ -122,7 +138,10 @@ def _read_all(fd: int, safe_point: SafePoint) -> bytes:
     chunks = []
     while True:
         safe_point.check()
-        for ready, _ in poller.poll():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        for ready, _ in poller.poll(math.ceil(left * 1000)):
             if ready == safe_point.fd:
                 safe_point.drain()
             elif chunk := os.read(fd, 65536):

@@ -287,6 +287,40 @@ def test_a_character_http_cannot_send_fails_the_hook_without_showing_it(
     assert server.requests == []
 
 
+@pytest.fixture
+def dribbler():
+    """A server answering every request with `100 Continue` after `100 Continue`, one
+    every 50 ms, for up to GENEROUS * 2 s: each read gets a byte well within its timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            stop = time.monotonic() + GENEROUS * 2
+            while not done.wait(0.05) and time.monotonic() < stop:
+                try:
+                    connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                except OSError:
+                    return
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    done.set()
+    listener.close()
+
+
+def test_a_server_dribbling_forever_cannot_stretch_the_timeout_of_a_request_run_apart(
+    dribbler, events
+):
+    before = {child.pid for child in psutil.Process().children()}
+    started = time.monotonic()
+    outcome = run_hook(HttpHook(dribbler, timeout=0.5), CONTEXT, events, safe_point=SafePoint())
+    assert outcome.status == "failed" and outcome.error == "timed out after 0.5s"
+    assert time.monotonic() - started < GENEROUS
+    assert [child for child in psutil.Process().children() if child.pid not in before] == []
+
+
 def test_a_url_that_is_not_http_fails_without_retrying(events):
     outcome = run_hook(HttpHook("ftp://example.org/x", retries=3), CONTEXT, events, backoff=0.01)
     assert outcome.error == "cannot send: not an http:// or https:// URL"
