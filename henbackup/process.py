@@ -500,9 +500,17 @@ def reap_orphans(tracked: Container[int]) -> list[int]:
         reaped.append(exited.si_pid)
 
 
+def signal_name(signum: int) -> str:
+    """`SIGKILL`, or `signal 40` for one Python has no name for (the real-time ones)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def describe_exit(code: int) -> str:
     """`exited with 1` or `was killed by SIGKILL`: how a process ended, for events, from
     its exit code as os.waitstatus_to_exitcode gives it (negative: the signal)."""
     if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by {signal_name(-code)}"
     return f"exited with {code}"

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -69,6 +68,7 @@ from henbackup.errors import (
     WrongPassword,
 )
 from henbackup.names import snapshot_tag
+from henbackup.process import signal_name
 from henbackup.redact import Redactor
 
 Version = tuple[int, int, int]
@@ -683,15 +683,8 @@ def fatal_reason(messages: Sequence[str], returncode: int) -> str:
     """The explanation, else the signal that killed restic, else its exit code."""
     lines = without_stacks(messages)
     if returncode < 0 and not any(_CRASH.match(m) or m.startswith("Fatal:") for m in lines):
-        return f"restic was killed by {_signal_name(-returncode)}"
+        return f"restic was killed by {signal_name(-returncode)}"
     return explanation(lines) or f"exit code {returncode}"
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def _unreachable(line: str) -> str:

@@ -21,7 +21,7 @@ from henbackup.config.model import CommandHook
 from henbackup.hooks.outcome import SKIP_EXIT_STATUS, Attempt, Status
 from henbackup.hooks.output import Tail
 from henbackup.observe.events import FieldValue
-from henbackup.process import NEVER, SafePoint, spawn, stop_program
+from henbackup.process import NEVER, SafePoint, signal_name, spawn, stop_program
 
 if TYPE_CHECKING:
     from subprocess import Popen as _Popen
@@ -177,7 +177,7 @@ def _attempt(status: int, exited: bool, timeout: float, tail: Tail) -> Attempt:
     if not exited:
         return attempt("failed", f"timed out after {timeout:g}s")
     if status < 0:
-        return attempt("failed", f"killed by {signal.Signals(-status).name}")
+        return attempt("failed", f"killed by {signal_name(-status)}")
     if status == 0:
         return attempt("succeeded", None, exit_status=status)
     if status == SKIP_EXIT_STATUS:

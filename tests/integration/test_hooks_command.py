@@ -74,6 +74,12 @@ def test_a_failing_command_reports_its_status(events):
     assert "(ignored)" in events.recorded[-1].message
 
 
+def test_a_command_killed_by_a_real_time_signal_names_its_number(events):
+    number = signal.SIGRTMIN + 6
+    outcome = run_hook(sh(f"kill -{number} $$", on_failure="ignore"), CONTEXT, events)
+    assert outcome.status == "failed" and outcome.error == f"killed by signal {number}"
+
+
 def test_a_missing_program_fails_cleanly(events):
     outcome = run_hook(CommandHook(("/nonexistent/dump",)), CONTEXT, events)
     assert outcome.error == "cannot run /nonexistent/dump: No such file or directory"

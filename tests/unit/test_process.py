@@ -5,9 +5,12 @@ Run in a process of its own (a subreaper is for life): real forks, real waitid.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+
+from henbackup.process import describe_exit
 
 SCENARIO = textwrap.dedent(
     """
@@ -65,3 +68,9 @@ def test_orphans_are_adopted_and_reaped_and_a_tracked_child_keeps_its_status() -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True", "[]", "7"]
+
+
+def test_an_exit_is_described_by_its_status_or_signal_even_a_real_time_one() -> None:
+    assert describe_exit(3) == "exited with 3"
+    assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert describe_exit(-(signal.SIGRTMIN + 6)) == f"was killed by signal {signal.SIGRTMIN + 6}"
