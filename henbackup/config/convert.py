@@ -25,6 +25,8 @@ _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # What http.client can send: Latin-1 without control characters (tab aside).
 _HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _ANY_RE = re.compile(r".*", re.DOTALL)
+_NO_NUL_RE = re.compile(r"[^\x00]*")  # a C string, as exec takes arguments and environment
+NO_NUL = "must not contain a NUL character (\\u0000)"
 _METHOD_RE = re.compile(r"[A-Za-z]+")
 _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?")
 # Where systemd puts the credentials of henbackup.service; stands in for them outside it.
@@ -134,7 +136,9 @@ def string_table(
     return convert
 
 
-env_table = string_table(_ENV_NAME_RE, "environment variable name (letters, digits, _)")
+env_table = string_table(
+    _ENV_NAME_RE, "environment variable name (letters, digits, _)", _NO_NUL_RE, NO_NUL
+)
 header_table = string_table(
     _HEADER_NAME_RE,
     "HTTP header name",
@@ -248,6 +252,8 @@ def argv(value: Any, at: At) -> tuple[str, ...]:
     for position, argument in enumerate(value):
         if not isinstance(argument, str):
             at.index(position).problem(f"must be a string, not {type_name(argument)}")
+        elif "\x00" in argument:
+            at.index(position).problem(NO_NUL)
     if isinstance(value[0], str) and not value[0]:
         at.index(0).problem("must not be empty: give the program to run")
     return tuple(str(argument) for argument in value)

@@ -73,6 +73,8 @@ def run_command(
         )
     except OSError as error:
         return Attempt("failed", f"cannot run {hook.command[0]}: {error.strerror}")
+    except ValueError:  # "embedded null byte": config checks refuse it, say nothing of it
+        return Attempt("failed", "cannot run: its command or environment holds a NUL character")
     with process:
         return _supervise(process, hook.timeout, kill_grace, mask, safe_point)
 

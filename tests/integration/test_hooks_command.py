@@ -80,6 +80,16 @@ def test_a_command_killed_by_a_real_time_signal_names_its_number(events):
     assert outcome.status == "failed" and outcome.error == f"killed by signal {number}"
 
 
+@pytest.mark.parametrize(
+    "hook",
+    [CommandHook(("/bin/echo", "s3cr\x00t")), CommandHook(("/bin/true",), env=(("A", "s\x00"),))],
+)
+def test_a_nul_character_fails_the_hook_without_showing_it(events, hook):
+    outcome = run_hook(hook, CONTEXT, events)
+    assert outcome.status == "failed"
+    assert outcome.error == "cannot run: its command or environment holds a NUL character"
+
+
 def test_a_missing_program_fails_cleanly(events):
     outcome = run_hook(CommandHook(("/nonexistent/dump",)), CONTEXT, events)
     assert outcome.error == "cannot run /nonexistent/dump: No such file or directory"

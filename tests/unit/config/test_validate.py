@@ -491,6 +491,7 @@ def test_hooks(load: Load) -> None:
     )
 
 
+NUL = "must not contain a NUL character (\\u0000)"
 HEADER_VALUE = "must be one line of Latin-1 text, without control characters"
 
 
@@ -572,6 +573,8 @@ HEADER_VALUE = "must be one line of Latin-1 text, without control characters"
             "must be a string, not an integer",
         ),
         ("type = 'command'\ncommand = ['x']\ncwd = 'tmp'", "cwd", f'"tmp" {ABSOLUTE}'),
+        ('type = \'command\'\ncommand = ["/bin/x", "a\\u0000"]', "command[1]", NUL),
+        ("type = 'command'\ncommand = ['x']\nenv = { A = \"\\u0000\" }", "env.A", NUL),
         ("type = 'command'\ncommand = ['x']\nenv = { 1A = 'x' }", "env.1A", ENV_NAME),
     ],
 )
