@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 from henbackup.config.model import STALL_TIMEOUT, PasswordSource
 from henbackup.config.units import format_duration
 from henbackup.engine.base import Checkpoint, Engine, SpawnCallback, StallCallback, Target
-from henbackup.engine.sidecar import Sidecar
+from henbackup.engine.sidecar import MAX_LINE_BYTES, Sidecar
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.engine.transfer import Upload
 from henbackup.errors import AccessRefused, EngineError, Stalled
@@ -160,8 +160,9 @@ class ToolRun:
         stream: IO[bytes],
         other: IO[bytes],
         sidecar: Sidecar | None = None,
+        tool: str = "the tool",
     ) -> None:
-        self.process, self.other = process, other
+        self.process, self.other, self.tool = process, other, tool
         self.stdout = stream.fileno()
         os.set_blocking(self.stdout, False)
         self.pidfd = os.pidfd_open(process.pid)
@@ -175,6 +176,7 @@ class ToolRun:
         self.exited = False
         self.output = 0  # bytes read from the stream
         self._partial = [b""]  # the line being read, in pieces
+        self._partial_bytes = 0
         self.other_seen = 0  # bytes of the other stream already passed on by new_other_text
 
     def read(self, timeout: float) -> list[str]:
@@ -185,13 +187,18 @@ class ToolRun:
             self._pump_sidecar()
         if ready:
             self._partial.append(self._available())
+            self._partial_bytes += len(self._partial[-1])
         if not self.exited and b"\n" not in self._partial[-1]:
+            if self._partial_bytes > MAX_LINE_BYTES:  # it would grow without bound
+                raise EngineError(
+                    f"{self.tool} printed a line over {MAX_LINE_BYTES >> 20} MiB long"
+                )
             return []  # a long line (snapshots) comes in many reads: joined once, at its end
         *lines, last = b"".join(self._partial).split(b"\n")
-        self._partial = [last]
+        self._partial, self._partial_bytes = [last], len(last)
         if self.exited and last:  # its last line, without a newline
             lines.append(last)
-            self._partial = [b""]
+            self._partial, self._partial_bytes = [b""], 0
         return [line.decode(errors="replace").rstrip("\r") for line in lines]
 
     def _pump_sidecar(self) -> None:
@@ -409,7 +416,7 @@ class ToolEngine(Engine):
         collected: list[str] = []
         run = None
         try:
-            run = ToolRun(process, stream, other, sidecar)
+            run = ToolRun(process, stream, other, sidecar, self.tool)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.on_spawn is not None:
                 self.on_spawn(process.pid)

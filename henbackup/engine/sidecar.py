@@ -3,8 +3,9 @@
 borg's backup has a scan beside it (borg.py): what it prints on stderr is passed line by
 line to a handler as the tool's loop (run.py) finds it ready, at most PUMP_BYTES per turn,
 so that neither starves the other. It holds no lock and nothing depends on it: it cannot
-start, fails or is slow, and the tool's run goes on without what it would have said. It is
-killed (its process group) when its caller is done with it, and dies with us.
+start, fails, is slow or prints a line over MAX_LINE_BYTES, and the tool's run goes on
+without what it would have said. It is killed (its process group) when its caller is done
+with it, and dies with us.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from henbackup.process import spawn
 
 PUMP_BYTES = 256 * 1024  # read per turn of the loop, at most
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line is not held (restic's snapshot lists fit)
 REAP_WAIT = 5.0  # after SIGKILL (one blocked in the kernel may not die: not our wait)
 
 
@@ -72,6 +74,9 @@ class Sidecar:
             chunks.append(chunk)
             size += len(chunk)
         *lines, self._partial = b"".join(chunks).split(b"\n")
+        if len(self._partial) > MAX_LINE_BYTES:  # what it would say is lost: as if it failed
+            self.stop()
+            return
         if self.ended and self._partial:
             lines.append(self._partial)
         for line in lines:

@@ -1,0 +1,32 @@
+"""A tool's output read line by line (engine/run.py's ToolRun), against a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from henbackup.engine.run import MAX_LINE_BYTES, ToolRun
+from henbackup.errors import EngineError
+
+
+def test_a_line_that_never_ends_is_refused_not_held_for_ever() -> None:
+    script = f"import sys, time\nsys.stdout.write('x' * {MAX_LINE_BYTES + 1})\ntime.sleep(60)"
+    with (
+        subprocess.Popen((sys.executable, "-c", script), stdout=subprocess.PIPE) as process,
+        tempfile.TemporaryFile() as other,
+    ):
+        assert process.stdout is not None
+        run = ToolRun(process, process.stdout, other, tool="restic")
+        try:
+            deadline = time.monotonic() + 30
+            with pytest.raises(EngineError) as error:
+                while not run.exited and time.monotonic() < deadline:
+                    run.read(0.5)
+        finally:
+            run.close()
+            process.kill()
+    assert str(error.value) == "restic printed a line over 16 MiB long"
