@@ -63,7 +63,9 @@ from henbackup.engine.run import (
     ToolEngine,
     ToolResult,
     count_files,
+    finite,
     limit_warnings,
+    parse_json_line,
     password_pipe,
     restored_roots,
     secrets_of,
@@ -361,23 +363,11 @@ class LogLine:
     msgid: str = ""
 
 
-def parse_json_line(line: str) -> dict[str, Any] | None:
-    """A JSON object on one line, or None for anything else."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def parse_document(text: str) -> dict[str, Any]:
     """borg's --json result (stdout). Raises EngineError if it is not a JSON object."""
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
         doc = None
     if not isinstance(doc, dict):
         raise EngineError("borg printed no JSON result")
@@ -385,8 +375,8 @@ def parse_document(text: str) -> dict[str, Any]:
 
 
 def _number(doc: Any, key: str) -> int:
-    value = doc.get(key) if isinstance(doc, dict) else None
-    return int(value) if isinstance(value, int | float) else 0
+    value = finite(doc, key) if isinstance(doc, dict) else None
+    return 0 if value is None else int(value)
 
 
 def parse_time(text: str) -> datetime:
@@ -636,8 +626,8 @@ class _Listener:
 
 
 def _elapsed(message: Mapping[str, Any], started: float) -> float:
-    moment = message.get("time")
-    return max(0.0, float(moment) - started) if isinstance(moment, int | float) else 0.0
+    moment = finite(message, "time")
+    return 0.0 if moment is None else max(0.0, moment - started)
 
 
 def status_counters(line: str) -> tuple[int, int] | None:

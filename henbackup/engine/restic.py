@@ -47,7 +47,9 @@ from henbackup.engine.run import (
     ToolResult,
     ToolRun,
     count_files,
+    finite,
     limit_warnings,
+    parse_json_line,
     password_pipe,
     read_back,
     restored_roots,
@@ -266,24 +268,12 @@ def child_env(
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def parse_json_line(line: str) -> dict[str, Any] | None:
-    """A JSON object on one line, or None for anything else (text, a list, garbage)."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def last_json(lines: Sequence[str]) -> Any:
     """The last line of stdout that parses as a JSON document (restic prints it last)."""
     for line in reversed(lines):
         text = line.strip()
         if text.startswith(("[", "{")):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 return json.loads(text)
     raise EngineError("restic printed no JSON result")
 
@@ -323,37 +313,35 @@ def stderr_messages(text: str) -> list[str]:
 
 
 def _number(message: Mapping[str, Any], key: str) -> int:
-    value = message.get(key)
-    return int(value) if isinstance(value, int | float) else 0
+    value = finite(message, key)
+    return 0 if value is None else int(value)
 
 
 def _total(message: Mapping[str, Any], key: str) -> int | None:
     """A total restic omits while it is 0, i.e. still unknown."""
-    value = message.get(key)
-    return int(value) if isinstance(value, int | float) and value else None
+    value = finite(message, key)
+    return int(value) if value else None
 
 
 def parse_progress(message: Mapping[str, Any]) -> TransferProgress | None:
     """A backup or restore status line as TransferProgress; None for any other message."""
     if message.get("message_type") != "status":
         return None
-    fraction = float(message.get("percent_done") or 0.0)
+    fraction = finite(message, "percent_done") or 0.0
     if "files_restored" in message or "bytes_restored" in message:
         files = _number(message, "files_restored") + _number(message, "files_skipped")
         size = _number(message, "bytes_restored") + _number(message, "bytes_skipped")
     else:
         files, size = _number(message, "files_done"), _number(message, "bytes_done")
-    remaining = message.get("seconds_remaining")
+    remaining = finite(message, "seconds_remaining")
     return TransferProgress(
         fraction=min(1.0, max(0.0, fraction)),
         files_done=files,
         total_files=_total(message, "total_files"),
         bytes_done=size,
         total_bytes=_total(message, "total_bytes"),
-        seconds_elapsed=float(message.get("seconds_elapsed") or 0.0),
-        seconds_remaining=(
-            max(0.0, float(remaining)) if isinstance(remaining, int | float) else None
-        ),
+        seconds_elapsed=finite(message, "seconds_elapsed") or 0.0,
+        seconds_remaining=None if remaining is None else max(0.0, remaining),
     )
 
 

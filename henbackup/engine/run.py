@@ -9,13 +9,16 @@ stop, a stall.
 An engine module (restic.py, borg.py) says what is the tool's own: its name, which of its
 lines show progress, what it has sent, what it is doing while idle, and how its locks are
 cleaned up after an interrupt. The pure helpers here (a target's secrets, the files a
-restore wrote, the cap on warnings) are every engine's alike.
+restore wrote, the cap on warnings, a JSON line and the numbers in it) are every engine's
+alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import re
 import selectors
@@ -23,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import subprocess
@@ -121,6 +124,30 @@ def limit_warnings(messages: Sequence[str]) -> tuple[str, ...]:
     if len(messages) <= MAX_WARNINGS:
         return tuple(messages)
     return (*messages[:MAX_WARNINGS], f"... and {len(messages) - MAX_WARNINGS} more warnings")
+
+
+def parse_json_line(line: str) -> dict[str, Any] | None:
+    """A JSON object on one line, or None for anything else (text, a list, garbage)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def finite(message: Mapping[str, Any], key: str) -> float | None:
+    """The number at `key`, or None: JSON may hold a string, true, NaN or 1e400 there."""
+    value = message.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a float's range
+        return None
+    return number if math.isfinite(number) else None
 
 
 def restored_roots(snapshot_paths: Sequence[str], includes: Sequence[str]) -> tuple[str, ...]:

@@ -25,11 +25,13 @@ from henbackup.engine.borg import (
     keep_flags,
     keep_within,
     parse_archives,
+    parse_progress,
     parse_prune,
     parse_version,
     password_env,
     scan_args,
     split_name,
+    status_counters,
     version_problem,
 )
 from henbackup.engine.borg_scan import ScanTotal
@@ -326,3 +328,17 @@ def test_a_backup_ends_at_100_of_the_scan_else_of_what_borg_read() -> None:
         (1.0, 1, 100, 100),
         (1.0, 1, 120, 120),
     ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"type":"archive_progress","nfiles":"x","original_size":NaN,"time":1e400}',
+        '{"type":"archive_progress","nfiles":1e400,"original_size":Infinity,"time":NaN}',
+        '{"type":"archive_progress","nfiles":' + "9" * 400 + ',"time":' + "9" * 400 + "}",
+    ],
+)
+def test_odd_numbers_in_a_progress_line_read_as_unknown(line: str) -> None:
+    assert status_counters(line) == (0, 0)
+    progress = parse_progress(json.loads(line), 0.0)
+    assert progress is not None and (progress.files_done, progress.bytes_done) == (0, 0)

@@ -144,6 +144,35 @@ def test_non_json_lines_do_not_crash(line: str) -> None:
     assert parse_json_line(line) is None
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        '"percent_done":"x","files_done":"2","seconds_elapsed":[1],"seconds_remaining":"3"',
+        '"percent_done":NaN,"files_done":NaN,"bytes_done":Infinity,"seconds_remaining":NaN',
+        '"percent_done":1e400,"files_done":-1e400,"bytes_done":1e400,"seconds_elapsed":1e400',
+        '"percent_done":true,"total_files":1e999,"total_bytes":"9","seconds_elapsed":false',
+    ],
+)
+def test_odd_numbers_in_a_status_line_read_as_unknown(fields: str) -> None:
+    line = '{"message_type":"status",' + fields + "}"
+    message = parse_json_line(line)
+    assert message is not None
+    assert parse_progress(message) == TransferProgress(0.0, 0, None, 0, None, 0.0, None)
+    assert status_counters(line) == (0, 0)
+
+
+def test_a_status_line_with_a_huge_integer_reads_it_as_unknown() -> None:
+    line = '{"message_type":"status","percent_done":' + "9" * 400 + "}"
+    assert parse_progress(json.loads(line)) == TransferProgress(0.0, 0, None, 0, None, 0.0, None)
+
+
+def test_a_line_nested_too_deep_for_json_is_not_json() -> None:
+    assert parse_json_line("{" + '"a":[' * 100000) is None
+    assert parse_json_line('{"a":' + "[" * 100000 + "]" * 100000 + "}") is None
+    with pytest.raises(EngineError, match=r"^restic printed no JSON result$"):
+        last_json(["[" * 100000 + "]" * 100000])
+
+
 def test_parse_backup_summary_014() -> None:
     result = parse_backup_summary(json.loads(SUMMARY_014), 1.5, ["/gone does not exist, skipping"])
     assert result.snapshot_id == "d392dc9e"  # 0.14 reports the short id
