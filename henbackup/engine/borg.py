@@ -409,8 +409,22 @@ def parse_archives(doc: Mapping[str, Any]) -> list[tuple[str, Snapshot]]:
     archives = doc.get("archives")
     if not isinstance(archives, list):
         raise EngineError("borg list printed no archives")
-    found = [(str(a.get("name", "")), parse_archive(a)) for a in archives if isinstance(a, dict)]
+    try:
+        found = [
+            (str(a.get("name", "")), parse_archive(a)) for a in archives if isinstance(a, dict)
+        ]
+    except KeyError:  # an archive without its id
+        raise EngineError("borg printed an archive list of unexpected shape") from None
     return sorted(found, key=lambda pair: (pair[1].time, name_stamp(pair[0])))
+
+
+def info_size(doc: Mapping[str, Any]) -> int:
+    """The repository's size in `info --json` (its cache's unique_csize)."""
+    cache = doc.get("cache", {})
+    stats = cache.get("stats", {}) if isinstance(cache, dict) else None
+    if not isinstance(stats, dict):
+        raise EngineError("borg printed an info of unexpected shape")
+    return _number(stats, "unique_csize")
 
 
 def name_stamp(name: str) -> str:
@@ -774,10 +788,10 @@ class BorgEngine(ToolEngine):
             self._call(target, UNLOCK_ARGS, lock_wait=1.0)
 
     def stats(self, target: Target) -> RepositoryStats:
-        stats = self._call(target, INFO_ARGS).document.get("cache", {}).get("stats", {})
+        size = info_size(self._call(target, INFO_ARGS).document)
         count = len(self._archives(target))
         return RepositoryStats(
-            total_size=_number(stats, "unique_csize"),
+            total_size=size,
             total_file_count=0,  # borg counts chunks, not files
             snapshots_count=count,
         )

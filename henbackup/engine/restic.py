@@ -480,14 +480,20 @@ def parse_snapshots(doc: Any) -> list[Snapshot]:
     """`snapshots --json` output, oldest first."""
     if not isinstance(doc, list):
         raise EngineError("restic snapshots printed no list")
-    return sorted((parse_snapshot(item) for item in doc), key=lambda s: s.time)
+    try:
+        return sorted((parse_snapshot(item) for item in doc), key=lambda s: s.time)
+    except (KeyError, TypeError, AttributeError, ValueError):  # not what restic prints
+        raise EngineError("restic printed a snapshot list of unexpected shape") from None
 
 
 def parse_forget(doc: Any) -> ForgetResult:
     """`forget --json` output: one object per group; restic writes null for an empty list."""
     groups = doc if isinstance(doc, list) else []
-    kept = [s["id"] for group in groups for s in group.get("keep") or ()]
-    removed = [s["id"] for group in groups for s in group.get("remove") or ()]
+    try:
+        kept = [str(s["id"]) for group in groups for s in group.get("keep") or ()]
+        removed = [str(s["id"]) for group in groups for s in group.get("remove") or ()]
+    except (KeyError, TypeError, AttributeError):  # not what restic prints
+        raise EngineError("restic printed a forget result of unexpected shape") from None
     return ForgetResult(kept=tuple(kept), removed=tuple(removed))
 
 

@@ -22,6 +22,7 @@ from henbackup.engine.borg import (
     classify_failure,
     exclude_patterns,
     global_flags,
+    info_size,
     keep_flags,
     keep_within,
     parse_archives,
@@ -342,3 +343,15 @@ def test_odd_numbers_in_a_progress_line_read_as_unknown(line: str) -> None:
     assert status_counters(line) == (0, 0)
     progress = parse_progress(json.loads(line), 0.0)
     assert progress is not None and (progress.files_done, progress.bytes_done) == (0, 0)
+
+
+def test_an_archive_list_or_info_of_unexpected_shape_is_an_engine_error() -> None:
+    with pytest.raises(EngineError) as error:
+        parse_archives({"archives": [{"name": "x", "time": "2024-01-01T00:00:00"}]})
+    assert str(error.value) == "borg printed an archive list of unexpected shape"
+    for info in ({"cache": None}, {"cache": {"stats": [1]}}):
+        with pytest.raises(EngineError) as error:
+            info_size(info)
+        assert str(error.value) == "borg printed an info of unexpected shape"
+    assert info_size({"cache": {"stats": {"unique_csize": 12}}}) == 12
+    assert info_size({}) == 0  # as before: what borg leaves out is 0

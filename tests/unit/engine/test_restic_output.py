@@ -306,6 +306,33 @@ def test_parse_forget() -> None:
     assert parse_forget(None).kept == ()
 
 
+SNAPSHOT_SHAPE = "restic printed a snapshot list of unexpected shape"
+FORGET_SHAPE = "restic printed a forget result of unexpected shape"
+
+
+@pytest.mark.parametrize(
+    ("parse", "doc", "message"),
+    [
+        (parse_snapshots, [1], SNAPSHOT_SHAPE),
+        (parse_snapshots, [{"id": "ab"}], SNAPSHOT_SHAPE),
+        (parse_snapshots, [{"time": "2024-01-01T00:00:00Z"}], SNAPSHOT_SHAPE),
+        (
+            parse_snapshots,
+            [{"id": "ab", "time": "2024-01-01T00:00:00Z", "paths": 5}],
+            SNAPSHOT_SHAPE,
+        ),
+        (parse_snapshots, [{"id": "ab", "time": "2024-13-01T00:00:00Z"}], SNAPSHOT_SHAPE),
+        (parse_forget, [1], FORGET_SHAPE),
+        (parse_forget, [{"keep": [1]}], FORGET_SHAPE),
+        (parse_forget, [{"remove": 5}], FORGET_SHAPE),
+    ],
+)
+def test_a_document_of_unexpected_shape_is_an_engine_error(parse, doc, message) -> None:
+    with pytest.raises(EngineError) as error:
+        parse(doc)
+    assert str(error.value) == message
+
+
 def test_parse_stats_both_versions() -> None:
     v014 = json.loads(
         '{"total_size":101546,"total_file_count":0,"total_blob_count":8,"snapshots_count":4}'
