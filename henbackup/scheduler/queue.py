@@ -414,10 +414,18 @@ class Scheduler:
                 os.close(slot_fd)
             return None
         running = ticket.running(slot)
-        self._rewrite(running)
+        try:
+            self._rewrite(running)
+        except BaseException:  # e.g. a full disk: the locks must not outlive the failed turn
+            for fd in (repository_fd, slot_fd):
+                if fd is not None:
+                    os.close(fd)
+            raise
         return Grant(self, running, slot_fd, repository_fd)
 
     def _rewrite(self, ticket: Ticket) -> None:
+        # In place, not renamed over: a waiter of the previous version watches its ticket's
+        # inode (inotify). A failed write leaves the file torn; `_read` drops torn files.
         with open(self._ticket_path(ticket), "wb") as file:
             file.write(ticket.to_json())
 

@@ -5,6 +5,7 @@ Processes contending for real are in tests/integration/test_scheduler_processes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -422,3 +423,21 @@ def test_a_grant_handed_to_a_forked_child_is_held_by_the_child_alone(scheduler):
         os.close(adopted_read)
     assert turn_of(waiter).ticket.job_id == "next"
     waiter.grant.release()
+
+
+def test_a_ticket_that_cannot_be_marked_running_lets_go_of_its_locks(scheduler, monkeypatch):
+    """A full disk is faked (the rewrite raises ENOSPC): a real one cannot be made here."""
+
+    def full(_ticket):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(scheduler, "_rewrite", full)
+    with pytest.raises(OSError, match="No space left"):
+        scheduler.submit(ticket("a", mode="exclusive"))
+    assert locks.is_free(scheduler.directory / "slot-0", locks.EXCLUSIVE)
+    assert locks.is_free(scheduler._repository_path("r"), locks.EXCLUSIVE)
+    assert os.listdir(scheduler.directory / "tickets") == []
+    monkeypatch.undo()
+    again = scheduler.submit(ticket("b"))
+    assert again.grant is not None and again.grant.ticket.slot == 0
+    again.grant.release()
