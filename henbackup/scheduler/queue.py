@@ -323,21 +323,31 @@ class Scheduler:
         18 ms of CPU per job).
 
         Lock-free and cheap (appends a byte): fine to call from the master's loop. Makes the
-        directory again if it was removed.
+        directory again if it was removed. Never raises: when the mark cannot be written
+        (a full disk), every waiter is told it may be its turn instead, so each re-plans
+        (waiters have no timer of their own: a lost nudge would leave them asleep).
         """
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        try:
-            fd = os.open(self._nudge, flags, 0o600)
-        except FileNotFoundError:
-            self._make_layout()
-            fd = os.open(self._nudge, flags, 0o600)
-        try:
-            os.write(fd, b".")
-        finally:
-            os.close(fd)
+        told = _NUDGE if self._mark_nudge() else _TURN
         with contextlib.suppress(OSError), os.scandir(self._wake) as entries:
             for entry in entries:
-                _poke(entry.path, _NUDGE)
+                _poke(entry.path, told)
+
+    def _mark_nudge(self) -> bool:
+        """Append to the nudge file; whether it could be."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(self._nudge, flags, 0o600)
+            except FileNotFoundError:
+                self._make_layout()
+                fd = os.open(self._nudge, flags, 0o600)
+            try:
+                os.write(fd, b".")
+            finally:
+                os.close(fd)
+        except OSError:  # ENOSPC, EDQUOT, EROFS: a nudge is only a hint
+            return False
+        return True
 
     def forget_own(self, job_id: str) -> None:
         """Drop ticket `job_id` if this process still owns it (a worker whose job process

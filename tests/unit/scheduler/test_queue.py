@@ -12,6 +12,7 @@ import select
 import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -441,3 +442,17 @@ def test_a_ticket_that_cannot_be_marked_running_lets_go_of_its_locks(scheduler, 
     again = scheduler.submit(ticket("b"))
     assert again.grant is not None and again.grant.ticket.slot == 0
     again.grant.release()
+
+
+def test_a_nudge_that_cannot_be_marked_still_makes_waiters_replan(scheduler, monkeypatch):
+    """A full disk is faked: the nudge file is /dev/full (write(2) gives ENOSPC). The nudge
+    never raises (the master goes on handling the death), and wakes the waiters as for a
+    turn, since no mark says a nudge came."""
+    holder = scheduler.submit(ticket("holder")).grant
+    waiter = scheduler.submit(ticket("w"))
+    holder.close_locks()  # as if killed: the kernel lock is gone, nobody woke anyone
+    holder.released = True
+    monkeypatch.setattr(scheduler, "_nudge", Path("/dev/full"))
+    scheduler.nudge()
+    assert turn_of(waiter).ticket.job_id == "w"
+    waiter.grant.release()
