@@ -52,7 +52,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import re
 import select
 import stat
 import time
@@ -68,12 +67,12 @@ from henbackup.files import write_atomically
 from henbackup.process import NEVER, SafePoint
 from henbackup.scheduler import locks
 from henbackup.scheduler.procs import alive, start_time
+from henbackup.scheduler.ticket import JOB_ID as _JOB_ID
 from henbackup.scheduler.ticket import Mode, Ticket, in_order, plan
 
 if TYPE_CHECKING:
     from henbackup.loop import Loop
 
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LOCK_MODES = {"shared": locks.SHARED, "exclusive": locks.EXCLUSIVE}
 _TURN, _NUDGE = b"w", b"n"  # what a wake FIFO is told
 T = TypeVar("T")
@@ -491,7 +490,10 @@ class Scheduler:
         finally:
             os.close(fd)
         try:
-            return Ticket.from_json(raw)
+            ticket = Ticket.from_json(raw)
+            if ticket.job_id != Path(path).name:  # its id names the file that `_drop` removes
+                raise ValueError("not a ticket: in another job's file")
+            return ticket
         except (ValueError, TypeError, KeyError, RecursionError, OverflowError):  # int(Infinity)
             if tidy:
                 Path(path).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ at the queue runs the same function on the same files, so they all agree on whos
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -15,6 +16,8 @@ from typing import Literal
 from henbackup.config.model import Priority
 
 Mode = Literal["shared", "exclusive"]
+# A job id is a ticket's file name: a plain name, never "" nor a path out of the directory.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TicketState = Literal["waiting", "running"]
 
 # henbackup.toml(5), PRIORITIES: check and prune hold their repository alone; others share it.
@@ -86,7 +89,7 @@ def _is_integer(value: object) -> bool:
 
 
 _MEMBERS: dict[str, Callable[[object], bool]] = {
-    "job_id": lambda value: isinstance(value, str),
+    "job_id": lambda value: isinstance(value, str) and JOB_ID.fullmatch(value) is not None,
     "repository": lambda value: isinstance(value, str),
     "operation": lambda value: isinstance(value, str),
     "backup": lambda value: value is None or isinstance(value, str),

@@ -456,3 +456,17 @@ def test_a_nudge_that_cannot_be_marked_still_makes_waiters_replan(scheduler, mon
     scheduler.nudge()
     assert turn_of(waiter).ticket.job_id == "w"
     waiter.grant.release()
+
+
+@pytest.mark.parametrize("job_id", ["", "../lock", "other"])
+def test_a_ticket_whose_id_is_not_its_file_name_is_dropped_as_malformed(scheduler, job_id):
+    """`_drop` removes tickets/JOB_ID: an id of "" or "../lock" read from a file would make
+    it remove the tickets directory (which fails) or the queue's lock file."""
+    stale = scheduler.directory / "tickets" / "stale"
+    stale.write_bytes(replace(ticket("x"), job_id=job_id, pid=1 << 22).to_json())
+    assert scheduler.peek() == ()
+    assert not stale.exists()
+    assert (scheduler.directory / "lock").exists()
+    granted = scheduler.submit(ticket("a")).grant
+    assert granted is not None
+    granted.release()

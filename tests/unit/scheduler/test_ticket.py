@@ -149,3 +149,10 @@ def test_check_and_prune_are_exclusive_everything_else_shared():
 
 def test_order_key_puts_greater_priority_first():
     assert order_key(ticket("a", SUPERIOR, 9)) < order_key(ticket("b", NORMAL, 1))
+
+
+@pytest.mark.parametrize("job_id", ["", "../lock", ".hidden", "a/b", "x" * 129])
+def test_a_ticket_whose_job_id_is_no_plain_name_is_not_a_ticket(job_id):
+    raw = Ticket(job_id, "r", Priority.ordinary(0)).to_json()
+    with pytest.raises(ValueError):
+        Ticket.from_json(raw)
