@@ -162,6 +162,13 @@ def _parse(text: str) -> ScheduleRecord:
     return ScheduleRecord(**values)
 
 
+# Times a record may hold: from the epoch to the year 2242. Outside, datetime.fromtimestamp
+# (the schedule's triggers) raises OSError or ValueError, and the worker would die at start.
+_LATEST = 2.0**33
+
+
 def _seconds(value: object) -> bool:
-    """Whether a JSON value is a finite number (bool is an int to Python, not here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether a JSON value is a time in range (bool is an int to Python, not here)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and 0 <= value < _LATEST

@@ -69,6 +69,10 @@ def test_odd_names_stay_inside_the_state_directory(store, name):
         b'{"last_attempt": Infinity}',
         b'{"last_failure": "restic exited 1"}',
         b'{"last_success": [1]}',
+        b'{"last_success": -1e18}',  # datetime.fromtimestamp: OSError, ValueError
+        b'{"last_attempt": -1}',
+        b'{"changed_since": 8589934592}',  # 2**33: the year 2242
+        b'{"last_failure": 1e300}',
         b"\xff\xfe",
         b"[" * 100_000 + b"]" * 100_000,  # deeper than the stack: RecursionError
     ],
