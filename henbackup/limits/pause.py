@@ -97,12 +97,20 @@ def pause(marks: Path, job_pid: int) -> How | None:
     return how
 
 
+# The kernel's PID_MAX_LIMIT: a greater number is no pid (os.killpg: OverflowError).
+_PID_MAX = 1 << 22
+
+
 def _stopped(mark: Path) -> set[int]:
-    """The programs a mark says were stopped (what a master that died left stopped)."""
+    """The programs a mark says were stopped (what a master that died left stopped); none
+    when it holds anything but pids in ASCII digits (it is then stale, and goes)."""
     try:
-        return {int(word) for word in mark.read_text().split() if word.isdigit()}
+        words = mark.read_bytes().split()
     except OSError:
         return set()
+    if not all(len(word) <= 7 and word.isdigit() and 0 < int(word) <= _PID_MAX for word in words):
+        return set()  # bytes.isdigit: ASCII only ("²" is a digit to str.isdigit, not int())
+    return {int(word) for word in words}
 
 
 def resume_leftovers(marks: Path, host: Host) -> None:

@@ -100,3 +100,23 @@ def test_what_a_master_that_died_left_stopped_goes_on_at_the_next_start(
         assert list(marks.iterdir()) == []
     finally:
         os.kill(program, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\n", "\u00b2\n".encode(), b"99999999999999999999\n", b"9" * 5000, b"0\n", b"12 x\n"],
+)
+def test_a_mark_naming_no_pid_is_stale_and_goes_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    """Non-UTF-8 bytes, a Unicode digit, a number beyond any pid (killpg: OverflowError) or
+    0 (the master's own group): no program is signalled, the master starts, the mark goes."""
+    signalled: list[int] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, _signum: signalled.append(pid))
+    monkeypatch.setattr(os, "kill", lambda pid, _signum: signalled.append(pid))
+    marks = tmp_path / "paused"
+    marks.mkdir()
+    (marks / "4242").write_bytes(content)
+    resume_leftovers(marks, Host("none"))
+    assert signalled == []
+    assert list(marks.iterdir()) == []
