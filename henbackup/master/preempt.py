@@ -31,6 +31,7 @@ IMMEDIATE = Priority(Priority.IMMEDIATE_BAND).effective
 # While a job is paused, its programs are paused again this often: one started since (the
 # next restic of its pipeline) is stopped too; and the decision is reviewed.
 REPAUSE_INTERVAL = 1.0
+SLOTS_RETRY = 5.0  # a slots file that could not be written (a full disk) is tried again
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,8 @@ class Preemption:
     forgetting: frozenset[str] = frozenset()
     on_change: Callable[[], None] = lambda: None  # a job was paused or resumed: STATUS=
     pauses: dict[str, Pause] = field(default_factory=dict)
-    _slots: int | None = None
+    _slots: int | None = None  # what the slots file says, once written
+    _slots_failed: bool = False  # the last write failed (said once, retried on a timer)
     _timer: Timer | None = None
 
     def configure(self, max_jobs: int, after: float, forgetting: frozenset[str]) -> None:
@@ -190,9 +192,22 @@ class Preemption:
                 queue = self.model.queue(self.outsiders())  # type: ignore[arg-type]
         slots = self.max_jobs + lent_slots(self.pauses, queue)
         if slots != self._slots:
-            self._slots = slots
-            self.set_slots(slots)
+            self._set_slots(slots)
         self._plan_next(queue, now)
+
+    def _set_slots(self, slots: int) -> None:
+        """Write the slots file; when it cannot be (ENOSPC, EROFS), say so once and leave
+        `_slots` as it was, so that the next review tries again."""
+        try:
+            self.set_slots(slots)
+        except OSError as error:
+            if not self._slots_failed:
+                reason = error.strerror or str(error)
+                message = f"cannot set the queue's slots to {slots} ({reason}); tried again"
+                self.emit("daemon.error", message, source="slots", error=reason)
+            self._slots_failed = True
+            return
+        self._slots, self._slots_failed = slots, False
 
     def resume_all(self) -> None:
         """As the daemon stops: every paused job goes on (and can then stop cleanly)."""
@@ -224,6 +239,8 @@ class Preemption:
         ]
         if self.pauses:
             dues.append(REPAUSE_INTERVAL)
+        if self._slots_failed:
+            dues.append(SLOTS_RETRY)
         if dues and self.marks is not None:
             self._timer = self.loop.call_later(min(dues) + 0.01, self.review)
 

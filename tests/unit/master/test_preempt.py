@@ -3,6 +3,7 @@ resumes (master/preempt.py `decide` and `lent_slots`)."""
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 import time
@@ -271,3 +272,27 @@ def test_a_wait_that_pauses_nothing_sets_no_timer(tmp_path: Path) -> None:
     model.apply("job.queued", {"job": "g1", "repository": "r", "queued_at": time.time()}, "g")
     preemption.review()
     assert preemption._timer is not None  # when g1 has waited 5 s
+
+
+def test_slots_that_cannot_be_set_are_said_once_and_set_on_a_later_review(tmp_path: Path) -> None:
+    """A full disk is faked (set_slots raises ENOSPC twice): configure does not raise, the
+    failure is one daemon.error, and a timer reviews again until the slots are written."""
+    written: list[int] = []
+    events: list[str] = []
+
+    def set_slots(count: int) -> None:
+        if fails:
+            fails.pop()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(count)
+
+    fails = [1, 1]
+    preemption = Preemption(
+        Loop(), lambda kind, _, **f: events.append(kind), StatusModel(), set_slots, tuple, tmp_path
+    )
+    preemption.configure(2, 5.0, frozenset())
+    assert written == [] and events == ["daemon.error"] and preemption._timer is not None
+    preemption.review()
+    assert written == [] and events == ["daemon.error"]
+    preemption.review()
+    assert written == [2] and events == ["daemon.error"] and preemption._timer is None
