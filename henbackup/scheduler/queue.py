@@ -142,12 +142,14 @@ class Scheduler:
             with locks.locked(self._lock):
                 if replacing is not None:
                     self._let_go(replacing)
-                stamped = self._enter(ticket)
+                stamped: Ticket | None = None
                 try:
+                    stamped = self._enter(ticket)
                     wake_fd = self._open_wake(stamped)
                     grant = self._dispatch(stamped)
-                except BaseException:  # e.g. a full disk
-                    self._drop(stamped)
+                except BaseException:  # e.g. a full disk: a slot let go goes to the next
+                    if stamped is not None:
+                        self._drop(stamped)
                     self._dispatch(None)
                     raise
         except BaseException:

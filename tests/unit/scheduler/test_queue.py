@@ -470,3 +470,21 @@ def test_a_ticket_whose_id_is_not_its_file_name_is_dropped_as_malformed(schedule
     granted = scheduler.submit(ticket("a")).grant
     assert granted is not None
     granted.release()
+
+
+def test_a_next_ticket_that_cannot_be_written_passes_the_freed_slot_on(scheduler, monkeypatch):
+    """A full disk is faked (`_enter` raises ENOSPC): the grant it replaced is released all
+    the same, and the job waiting behind is woken to take the slot."""
+    first = scheduler.submit(ticket("first", repository="a")).grant
+    behind = scheduler.submit(ticket("behind", repository="b"))
+
+    def full(_ticket):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(scheduler, "_enter", full)
+    with pytest.raises(OSError, match="No space left"):
+        scheduler.submit(ticket("second", repository="a"), replacing=first)
+    monkeypatch.undo()
+    assert first.released
+    assert turn_of(behind).ticket.job_id == "behind"
+    behind.grant.release()
