@@ -31,9 +31,11 @@ sleep. No process polls, and correctness never rests on a clean-up
 pass: slots and repository locks are free the moment the holder dies; only the wake-up
 waits for the nudge.
 
-A worker waits for its job's turn in its own loop (`request`) and forks the job process only
-then, handing it the Grant (`Grant.handed_to_child`: the flocks are inherited across fork,
-the worker closes its copies); the job process takes the ticket as its own (`Grant.adopt`).
+A worker waits for its job's turn in its own loop (`request`: woken, it only tries the queue
+lock, and tries again on a timer while another process, maybe a stopped one, holds it) and
+forks the job process only then, handing it the Grant (`Grant.handed_to_child`: the flocks
+are inherited across fork, the worker closes its copies); the job process takes the ticket
+as its own (`Grant.adopt`).
 A backup's next repository keeps its place: its ticket replaces the running one in a single
 turn of the lock (`submit(..., replacing=grant)`), with the same arrival number, so no job
 that came later, nor one of lower priority, takes the slot in between.
@@ -71,12 +73,15 @@ from henbackup.scheduler.ticket import JOB_ID as _JOB_ID
 from henbackup.scheduler.ticket import Mode, Ticket, in_order, plan
 
 if TYPE_CHECKING:
-    from henbackup.loop import Loop
+    from henbackup.loop import Loop, Timer
 
 _LOCK_MODES = {"shared": locks.SHARED, "exclusive": locks.EXCLUSIVE}
 _TURN, _NUDGE = b"w", b"n"  # what a wake FIFO is told
 T = TypeVar("T")
 PAUSE_MARKS = "paused"  # the directory of the paused job processes' marks
+# A loop never waits for the queue's lock (its holder may be stopped: Ctrl-Z of a hand-run
+# `henbackup backup`): it tries again this often meanwhile.
+BUSY_RETRY = 0.25
 
 
 class Scheduler:
@@ -201,17 +206,29 @@ class Scheduler:
             loop.call_later(0, lambda: waiter.hand_over(on_granted))
             return waiter
         fd = waiter.fileno()
+        retry: Timer | None = None
 
         def ready() -> None:
+            nonlocal retry
+            if retry is not None:
+                retry.cancel()
+                retry = None
             try:
-                if waiter.poll() is not None:
+                if waiter.poll(block=False) is not None:
                     waiter.hand_over(on_granted)
+                elif waiter.busy:  # what the FIFO told is kept for the retry
+                    retry = loop.call_later(BUSY_RETRY, ready)
             except JobCancelled:
                 if on_cancelled is not None:
                     on_cancelled()
 
+        def closed() -> None:
+            loop.remove_reader(fd)
+            if retry is not None:
+                retry.cancel()
+
         loop.add_reader(fd, ready)
-        waiter.on_close = lambda: loop.remove_reader(fd)
+        waiter.on_close = closed
         return waiter
 
     def queue(self) -> tuple[Ticket, ...]:
@@ -624,6 +641,8 @@ class Waiter:
         self._wake_fd = wake_fd
         self._handed_over = False
         self._closed = False
+        self._told = b""  # what the FIFO said that no poll has acted on yet
+        self.busy = False  # the last poll found the queue's lock held by another process
         if grant is not None:
             self.close()
 
@@ -631,26 +650,40 @@ class Waiter:
         """The wake FIFO: readable when the queue may have changed for this ticket."""
         return self._wake_fd
 
-    def poll(self) -> Grant | None:
+    def poll(self, block: bool = True) -> Grant | None:
         """Take the turn if it has come; returns the Grant or None (never blocks for long).
 
-        Raises JobCancelled when the ticket was cancelled by another process.
+        Without `block` (a loop), never waits for the queue's lock: while another process
+        holds it, returns None with `busy` set, and the next poll tries again. Raises
+        JobCancelled when the ticket was cancelled by another process.
         """
+        self.busy = False
         if self.grant is not None or self._closed:
             return self.grant
-        told = self._drain()
+        told = self._told + self._drain()
         mine = _TURN in told
         if not (mine or (told and self._scheduler.nudged())):
+            self._told = b""
             return None
-        with locks.locked(self._scheduler._lock):
-            if not self._scheduler._ticket_path(self.ticket).exists():
-                self.close()
-                raise JobCancelled(f"job {self.ticket.job_id} was cancelled while queued")
-            if mine or self._scheduler.nudged():  # another waiter may have answered the nudge
-                self.grant = self._scheduler._dispatch(self.ticket)
+        self._told = _TURN if mine else _NUDGE
+        try:
+            with self._scheduler._locked(block):
+                self._told = b""
+                self._take_turn(mine)
+        except QueueBusy:
+            self.busy = True
+            return None
         if self.grant is not None:
             self.close()
         return self.grant
+
+    def _take_turn(self, mine: bool) -> None:
+        """Under the lock: the grant if the turn has come, JobCancelled if the ticket is gone."""
+        if not self._scheduler._ticket_path(self.ticket).exists():
+            self.close()
+            raise JobCancelled(f"job {self.ticket.job_id} was cancelled while queued")
+        if mine or self._scheduler.nudged():  # another waiter may have answered the nudge
+            self.grant = self._scheduler._dispatch(self.ticket)
 
     def wait(self, timeout: float | None = None) -> Grant:
         """Block until the job's turn; returns its Grant.

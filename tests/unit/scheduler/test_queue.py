@@ -10,6 +10,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -488,3 +489,41 @@ def test_a_next_ticket_that_cannot_be_written_passes_the_freed_slot_on(scheduler
     assert first.released
     assert turn_of(behind).ticket.job_id == "behind"
     behind.grant.release()
+
+
+def test_the_loop_api_never_waits_for_a_queue_lock_held_elsewhere(scheduler):
+    """A holder of the queue's lock stopped with SIGSTOP (a hand-run `henbackup backup` and
+    Ctrl-Z): a woken waiter's loop goes on, tries again on a timer, and takes its turn once
+    the lock is free. (A second open file of this process stands in for the holder; an
+    alarm turns a wait in flock into a failure.)"""
+    loop = Loop()
+    holder = scheduler.submit(ticket("holder")).grant
+    granted = []
+    scheduler.request(loop, ticket("w"), granted.append)
+    held = locks.try_lock(scheduler.directory / "lock", locks.EXCLUSIVE)
+    holder.close_locks()  # as if released: its slot is free, and "w" is told so
+    holder.released = True
+    (scheduler.directory / "tickets" / "holder").unlink()
+    wake = os.open(scheduler.directory / "wake" / "w", os.O_WRONLY | os.O_NONBLOCK)
+    os.write(wake, b"w")
+    os.close(wake)
+
+    def stuck(*_):
+        raise AssertionError("the loop waited for the queue's lock")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        for _ in range(3):  # the FIFO's wake-up, then the retries
+            loop.run_once()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert granted == []
+    os.close(held)
+    deadline = time.monotonic() + DEADLINE
+    while not granted and time.monotonic() < deadline:
+        loop.run_once()
+    assert granted and granted[0].ticket.job_id == "w"
+    granted[0].release()
+    loop.close()
