@@ -367,17 +367,23 @@ class Scheduler:
             return False
         return True
 
-    def forget_own(self, job_id: str) -> None:
+    def forget_own(self, job_id: str, loop: Loop | None = None) -> None:
         """Drop ticket `job_id` if this process still owns it (a worker whose job process
         died before it took its grant over: the ticket would otherwise look alive for as
-        long as the worker lives)."""
+        long as the worker lives). With `loop`, never waits for the queue's lock: while
+        another process holds it, tries again from a timer (should this process end
+        first, its ticket dies with it)."""
         if not _JOB_ID.fullmatch(job_id):
             return
-        with locks.locked(self._lock):
-            ticket = self._read(self._tickets / job_id)
-            if ticket is not None and ticket.pid == os.getpid():
-                self._drop(ticket)
-                self._dispatch(None)
+        try:
+            with self._locked(wait=loop is None):
+                ticket = self._read(self._tickets / job_id)
+                if ticket is not None and ticket.pid == os.getpid():
+                    self._drop(ticket)
+                    self._dispatch(None)
+        except QueueBusy:
+            assert loop is not None
+            loop.call_later(BUSY_RETRY, lambda: self.forget_own(job_id, loop))
 
     # -- under the queue lock ------------------------------------------------------------
 
@@ -728,8 +734,10 @@ class Waiter:
             self._handed_over = True
             on_granted(self.grant)
 
-    def cancel(self) -> None:
-        """Leave the queue; a grant not yet handed over is released. Idempotent."""
+    def cancel(self, loop: Loop | None = None) -> None:
+        """Leave the queue; a grant not yet handed over is released. Idempotent. With
+        `loop`, a waiting ticket never waits for the queue's lock: while another process
+        holds it, the ticket is withdrawn from a timer (`Scheduler.forget_own`)."""
         if self.grant is not None:
             if not self._handed_over:
                 self.grant.release()
@@ -737,8 +745,11 @@ class Waiter:
         if self._closed:
             return
         try:
-            with locks.locked(self._scheduler._lock):
+            with self._scheduler._locked(wait=loop is None):
                 self._scheduler._withdraw(self.ticket)
+        except QueueBusy:
+            assert loop is not None
+            self._scheduler.forget_own(self.ticket.job_id, loop)
         finally:
             self.close()
 

@@ -290,7 +290,7 @@ class Worker:
         code = os.waitstatus_to_exitcode(status)
         if self.scheduler is not None:
             if self.granted is not None:  # died before it took its ticket over?
-                self.scheduler.forget_own(self.granted.ticket.job_id)
+                self.scheduler.forget_own(self.granted.ticket.job_id, self.loop)
             if not JobExit.orderly(code):  # see Scheduler.nudge: it may have held its slot
                 self.scheduler.nudge()
         if not self.heard_from_job and not JobExit.orderly(code):  # crashed at its start
@@ -330,7 +330,7 @@ class Worker:
         elif self.waiter is not None:
             waiter, self.waiter = self.waiter, None
             told = waiter.grant is None  # else granted at once: never announced
-            waiter.cancel()
+            waiter.cancel(self.loop)
             if told:
                 announce_cancelled(self.jobs[len(self.cancelled)], self._tell)
             self._run_ended(JobExit.CANCELLED)

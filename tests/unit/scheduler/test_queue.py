@@ -5,6 +5,7 @@ Processes contending for real are in tests/integration/test_scheduler_processes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -508,17 +509,9 @@ def test_the_loop_api_never_waits_for_a_queue_lock_held_elsewhere(scheduler):
     os.write(wake, b"w")
     os.close(wake)
 
-    def stuck(*_):
-        raise AssertionError("the loop waited for the queue's lock")
-
-    previous = signal.signal(signal.SIGALRM, stuck)
-    signal.setitimer(signal.ITIMER_REAL, 2.0)
-    try:
+    with never_blocked():
         for _ in range(3):  # the FIFO's wake-up, then the retries
             loop.run_once()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     assert granted == []
     os.close(held)
     deadline = time.monotonic() + DEADLINE
@@ -526,4 +519,47 @@ def test_the_loop_api_never_waits_for_a_queue_lock_held_elsewhere(scheduler):
         loop.run_once()
     assert granted and granted[0].ticket.job_id == "w"
     granted[0].release()
+    loop.close()
+
+
+@contextlib.contextmanager
+def never_blocked(seconds=2.0):
+    """An alarm turns a wait in flock (for a lock this process holds too) into a failure."""
+
+    def stuck(*_):
+        raise AssertionError("the loop waited for the queue's lock")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_until(loop, done):
+    deadline = time.monotonic() + DEADLINE
+    while not done() and time.monotonic() < deadline:
+        loop.run_once()
+    return done()
+
+
+def test_a_worker_forgets_its_ticket_and_cancels_a_wait_without_waiting_for_the_lock(scheduler):
+    """While another process holds the queue's lock (maybe stopped), `forget_own` and
+    `Waiter.cancel` with a loop return at once; the ticket goes from a timer once the lock
+    is free."""
+    loop = Loop()
+    tickets = scheduler.directory / "tickets"
+    holder = scheduler.submit(ticket("holder")).grant
+    waiter = scheduler.submit(ticket("w"))
+    held = locks.try_lock(scheduler.directory / "lock", locks.EXCLUSIVE)
+    with never_blocked():
+        scheduler.forget_own("holder", loop)
+        waiter.cancel(loop)
+        loop.run_once()
+    assert sorted(os.listdir(tickets)) == ["holder", "w"]
+    os.close(held)
+    assert run_until(loop, lambda: os.listdir(tickets) == [])
+    holder.close_locks()
     loop.close()
