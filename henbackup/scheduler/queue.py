@@ -214,7 +214,7 @@ class Scheduler:
                 retry.cancel()
                 retry = None
             try:
-                if waiter.poll(block=False) is not None:
+                if waiter.poll() is not None:
                     waiter.hand_over(on_granted)
                 elif waiter.busy:  # what the FIFO told is kept for the retry
                     retry = loop.call_later(BUSY_RETRY, ready)
@@ -656,12 +656,13 @@ class Waiter:
         """The wake FIFO: readable when the queue may have changed for this ticket."""
         return self._wake_fd
 
-    def poll(self, block: bool = True) -> Grant | None:
+    def poll(self, block: bool = False) -> Grant | None:
         """Take the turn if it has come; returns the Grant or None (never blocks for long).
 
-        Without `block` (a loop), never waits for the queue's lock: while another process
-        holds it, returns None with `busy` set, and the next poll tries again. Raises
-        JobCancelled when the ticket was cancelled by another process.
+        Never waits for the queue's lock unless `block` (a blocking wait): while another
+        process holds it (maybe a stopped one), returns None with `busy` set, and the next
+        poll tries again. Raises JobCancelled when the ticket was cancelled by another
+        process.
         """
         self.busy = False
         if self.grant is not None or self._closed:
@@ -724,7 +725,7 @@ class Waiter:
             if any(fd == safe_point.fd for fd, _ in ready):
                 safe_point.drain()  # then checked at the top
             elif ready:
-                grant = self.poll()
+                grant = self.poll(block=True)
                 if grant is not None:
                     return grant
 

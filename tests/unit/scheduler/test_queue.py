@@ -563,3 +563,19 @@ def test_a_worker_forgets_its_ticket_and_cancels_a_wait_without_waiting_for_the_
     assert run_until(loop, lambda: os.listdir(tickets) == [])
     holder.close_locks()
     loop.close()
+
+
+def test_a_woken_waiter_polled_while_the_lock_is_held_elsewhere_says_busy(scheduler):
+    """`poll` never waits for the queue's lock; what the FIFO told is kept for the next."""
+    holder = scheduler.submit(ticket("holder")).grant
+    waiter = scheduler.submit(ticket("w"))
+    held = locks.try_lock(scheduler.directory / "lock", locks.EXCLUSIVE)
+    holder.close_locks()  # as if killed: its slot is free
+    holder.released = True
+    scheduler.nudge()
+    with never_blocked():
+        assert waiter.poll() is None and waiter.busy
+    os.close(held)
+    assert waiter.poll() is not None and not waiter.busy
+    assert waiter.grant.ticket.job_id == "w"
+    waiter.grant.release()
