@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 Callback = Callable[[], None]
 ErrorHandler = Callable[[str, Exception], None]  # (what failed, the exception)
 ERROR_PAUSE = 1.0
+MAX_WAIT = 86_400.0  # the longest one wait of the selector, in seconds
 
 
 @dataclass(order=True)
@@ -166,7 +167,8 @@ class Loop:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(self._timers[0].when - self.clock(), 0.0)
+        # epoll takes at most 2**31 ms (24.8 days): a later timer is waited for in steps
+        return min(max(self._timers[0].when - self.clock(), 0.0), MAX_WAIT)
 
     def abandon(self) -> None:
         """In a freshly forked child: close every descriptor of this loop (none of them is

@@ -154,3 +154,22 @@ def test_a_failing_signal_callback_does_not_lose_the_next_signal():
     loop.run()
     assert got == ["signal SIGUSR1", "hup"]
     loop.close()
+
+
+def test_a_timer_weeks_away_is_waited_for_in_steps_epoll_can_take():
+    """epoll's timeout is at most 2**31 ms (24.8 days); 40 days once raised OverflowError
+    out of select(), ending the process whose loop it was."""
+    clock = FakeClock()
+    loop = Loop(clock)
+    ran = []
+    loop.call_later(40 * 86_400, lambda: ran.append("late"))
+    r, w = os.pipe()
+    loop.add_reader(r, lambda: ran.append(os.read(r, 1)))
+    os.write(w, b"x")
+    loop.run_once()  # the fd, at once: the wait itself no longer raises
+    assert ran == [b"x"]
+    clock.now += 40 * 86_400
+    loop.run_once()
+    assert ran == [b"x", "late"]
+    os.close(r)
+    os.close(w)
