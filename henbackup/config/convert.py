@@ -145,7 +145,16 @@ header_table = string_table(
     _HEADER_VALUE_RE,
     "must be one line of Latin-1 text, without control characters",
 )
-duration = from_parser(units.parse_duration)
+_duration = from_parser(units.parse_duration)
+LONGEST_WAIT = 24 * 86400  # what one wait of poll/epoll can last (2**31 ms), rounded down
+
+
+def duration(value: Any, at: At) -> float:
+    """A duration henbackup waits for (a timeout, a quiet period): at most LONGEST_WAIT."""
+    seconds = _duration(value, at)
+    if seconds > LONGEST_WAIT:
+        raise Invalid(f"{show(value)} is too long: use at most 24d")
+    return seconds
 rate = from_parser(units.parse_rate)
 size = from_parser(units.parse_size)
 priority = from_parser(units.parse_priority)
@@ -172,7 +181,10 @@ def schedule_entry(value: Any, at: At) -> ScheduleEntry:
             reason = "" if isinstance(value, Expanded) else f": {error}{hint}"
             raise Invalid(f"{show(value)} is not a cron expression{reason}") from None
         return Cron(str(value).strip())
-    return Interval(positive_duration(value, at), str(value))
+    seconds = _duration(value, at)  # an interval is kept by a timerfd: up to LONGEST_DURATION
+    if seconds <= 0:
+        raise Invalid(f"{show(value)} is too short: use a duration above 0")
+    return Interval(seconds, str(value))
 
 
 schedule = array(schedule_entry)

@@ -25,6 +25,7 @@ _DURATION_RE = "".join(
     rf"(?:(?P<{unit}>[0-9]{{1,15}}){unit}{'(?!s)' if unit == 'm' else ''})?"
     for unit, _ in _DURATION_UNITS
 )
+LONGEST_DURATION = 5200 * 7 * 86400
 _DURATION_HINT = 'use a number and a unit (ms, s, m, h, d, w), largest first, e.g. "1h30m"'
 
 _BINARY_FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -57,7 +58,10 @@ def parse_duration(s: object) -> float:
     match = re.fullmatch(_DURATION_RE, s) if isinstance(s, str) and s else None
     if match is None:
         raise ValueError(f"not a duration: {_DURATION_HINT}")
-    return sum(int(match[unit]) * factor for unit, factor in _DURATION_UNITS if match[unit])
+    seconds = sum(int(match[unit]) * factor for unit, factor in _DURATION_UNITS if match[unit])
+    if seconds > LONGEST_DURATION:  # a typo, and more than the kernel's timers can hold
+        raise ValueError("too long: use at most 5200w (100 years)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -701,3 +701,32 @@ def test_a_borg_repository_is_no_restic_backend(problems: Problems, load: Load) 
     assert (
         load(BASE.replace('location = "/srv/restic"', ssh)).repositories["local"].engine == "borg"
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        # a wait longer than poll/epoll can take once raised OverflowError in a loop
+        (
+            "watch = { wait_min = '25d', wait_max = '25d' }",
+            "watch.wait_min",
+            '"25d" is too long: use at most 24d',
+        ),
+        # 6e20 s once overflowed the timerfd's struct and ended the worker at every start
+        (
+            "schedule = ['999999999999999w']",
+            "schedule[0]",
+            '"999999999999999w" is too long: use at most 5200w (100 years)',
+        ),
+    ],
+)
+def test_durations_too_long_for_the_kernel_are_refused(
+    problems: Problems, line: str, key: str, message: str
+) -> None:
+    found = problems(BASE + line + "\n")
+    assert (f"backups.home.{key}", message) in found
+
+
+def test_a_schedule_interval_may_be_longer_than_a_wait(load: Load) -> None:
+    (entry,) = load(BASE + "schedule = ['52w']\n").backups["home"].schedule
+    assert entry.seconds == 52 * 7 * 86400
