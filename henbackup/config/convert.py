@@ -69,6 +69,8 @@ def text(value: Any, at: At) -> str:
     expect(value, str, "a string")
     if not value:
         raise Invalid("must not be empty")
+    if "\x00" in value:  # no file, program or library takes it: it would end a C string
+        raise Invalid(NO_NUL)
     return str(value)
 
 
@@ -76,6 +78,8 @@ def absolute_path(value: Any, at: At) -> str:
     expect(value, str, "a string")
     if not value.startswith("/"):
         raise Invalid(f"{show(value)} is not an absolute path: write it from the root, /...")
+    if "\x00" in value:
+        raise Invalid(NO_NUL)
     return str(value)
 
 

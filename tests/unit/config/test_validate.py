@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from henbackup.config.convert import NO_NUL
 from henbackup.config.model import (
     INFERIOR,
     CommandHook,
@@ -204,6 +205,10 @@ def test_password_sources(load: Load) -> None:
         ("password = 5", ".password", "must be a string, not an integer"),
         ("password_file = 'secrets/x'", ".password_file", f'"secrets/x" {ABSOLUTE}'),
         ("password_command = []", ".password_command", "must be a string, not an array"),
+        # a NUL once passed, then ValueError (embedded null byte) ended check-config and the
+        # daemon at start
+        ('password_file = "/etc/p\\u0000w"', ".password_file", NO_NUL),
+        ('password = "p\\u0000w"', ".password", NO_NUL),
         ("password_credential = 'x'", ".password_credential", CREDENTIALS),
         (
             "password_credential = '../x'",
