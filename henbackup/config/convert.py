@@ -159,6 +159,8 @@ def duration(value: Any, at: At) -> float:
     if seconds > LONGEST_WAIT:
         raise Invalid(f"{show(value)} is too long: use at most 24d")
     return seconds
+
+
 rate = from_parser(units.parse_rate)
 size = from_parser(units.parse_size)
 priority = from_parser(units.parse_priority)
