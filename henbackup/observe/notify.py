@@ -24,10 +24,17 @@ FLAGS = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
     """How often to ping: half of WatchdogSec=, or None when the watchdog is off or not ours."""
-    usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
-    if not usec or (pid and int(pid) != os.getpid()):
+    usec, pid = _count(env.get("WATCHDOG_USEC")), env.get("WATCHDOG_PID")
+    if not usec or (pid and _count(pid) != os.getpid()):
+        return None  # also when either is of the wrong shape, as sd_watchdog_enabled does
+    return usec / 2_000_000
+
+
+def _count(value: str | None) -> int | None:
+    """A positive decimal integer such as systemd writes, else None."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 18:
         return None
-    return int(usec) / 2_000_000
+    return int(value) or None
 
 
 def notify_address(value: str) -> tuple[str | None, str | None]:

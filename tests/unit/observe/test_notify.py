@@ -8,6 +8,21 @@ import pytest
 from henbackup.observe.notify import Notifier, notify_address, watchdog_interval
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"WATCHDOG_USEC": "abc"},  # once ValueError: the master never started
+        {"WATCHDOG_USEC": "-5"},  # once a negative interval: a busy loop of pings
+        {"WATCHDOG_USEC": "0"},
+        {"WATCHDOG_USEC": "²"},
+        {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "x"},
+    ],
+)
+def test_a_watchdog_variable_of_the_wrong_shape_turns_the_watchdog_off(env):
+    assert watchdog_interval(env) is None
+    assert Notifier(env).watchdog_interval is None
+
+
 def test_watchdog_interval_is_half_of_watchdogsec_for_this_process_only():
     assert watchdog_interval({}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
