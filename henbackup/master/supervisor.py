@@ -445,13 +445,15 @@ class Master:
         self._update_status()
 
     def _apply(self, config: Config) -> None:
-        old = {key: supervised.spec for key, supervised in self.children.items()}
+        # a worker still stopping for an earlier reload is compared by what follows it
+        old = {key: s.replacement or s.spec for key, s in self.children.items()}
         new = worker_specs(config)
         change = diff(old, new)
         self._rewatch(self.config, config)
         self.config = config
         self._configure_preemption()
         for key in change.removed:
+            self.children[key].replacement = None
             self._stop_child(key)
         for key in change.changed:
             self.children[key].replacement = new[key]

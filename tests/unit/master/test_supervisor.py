@@ -303,3 +303,40 @@ def test_a_worker_that_cannot_be_forked_backs_off_and_is_started_at_its_next_try
     assert supervised.process is None
     assert [e.kind for e in events.recorded] == ["child.exited", "child.started", "child.exited"]
     master.loop.close()
+
+
+def test_a_reload_while_a_worker_still_stops_for_the_last_one_starts_what_the_config_now_says(
+    tmp_path: Path, events: Any
+) -> None:
+    """Reload 1 changes music, whose worker takes its time to stop; reload 2 comes first.
+    Before, the worker's pending replacement (reload 1's music) was started anyway: after a
+    reload 2 that removed music (a worker for a backup that is gone, crashing until FATAL),
+    or that changed it back (the old definition was compared, so reload 1's ran)."""
+    v1 = watched_config(tmp_path)
+    v2 = watched_config(tmp_path, music_watch='schedule = ["1h"]')
+    master = make_master(tmp_path, events)
+    master.config = v1
+    for key, spec in worker_specs(v1).items():
+        supervised = master.children[key] = Supervised(spec, Child(key))
+        supervised.child.spawned(1, 0.0)  # a process that must be asked to stop (none here)
+        supervised.child.ready(0.0)
+    started: list[WorkerSpec] = []
+    master._add = lambda *specs: started.extend(specs)  # type: ignore[method-assign]
+    music = master.children["backup:music"]
+
+    def music_exits() -> None:
+        music.child.died(master.loop.clock(), master.policy)
+        master._after_exit("backup:music", music)
+
+    master._apply(v2)
+    master._apply(v1)  # changed back before it stopped
+    music_exits()
+    assert started == [worker_specs(v1)["backup:music"]]
+
+    music = master.children["backup:music"] = Supervised(started.pop(), Child("backup:music"))
+    music.child.spawned(1, 0.0)
+    master._apply(v2)
+    master._apply(replace(v2, backups={"pictures": v2.backups["pictures"]}))  # then removed
+    music_exits()
+    assert started == [] and "backup:music" not in master.children
+    master.loop.close()
