@@ -12,6 +12,7 @@ change, all the way down from /: no one else can plant a link there while restic
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import stat
@@ -140,7 +141,7 @@ def _open_trusted(path: str) -> int:
 def _check_trusted(fd: int, path: Path) -> None:
     """Raises UnsafeTarget if someone but root (or this daemon's user) may change `path`'s
     entries: they could replace the restore's directory with a link while restic writes."""
-    who = _changed_by(os.fstat(fd))
+    who = _changed_by(os.fstat(fd), fd)
     if who is not None:
         raise UnsafeTarget(
             f"{path} can be changed by {who}, who could redirect the restore: restore into a"
@@ -148,10 +149,12 @@ def _check_trusted(fd: int, path: Path) -> None:
         )
 
 
-def _changed_by(st: os.stat_result, sticky_ok: bool = True) -> str | None:
+def _changed_by(st: os.stat_result, where: int | Path, sticky_ok: bool = True) -> str | None:
     """Who but root (or this daemon's user) may add, remove or rename the entries of the
-    directory `st` is of, or None if no one. `sticky_ok`: a sticky directory of root's counts
-    as no one's (others may add entries there, but not move or remove root's)."""
+    directory `st` is of (`where`: an fd or a path of it), or None if no one. `sticky_ok`: a
+    sticky directory of root's counts as no one's (others may add entries there, but not
+    move or remove root's). With an access ACL, the group bits are its mask: writable, they
+    let whoever the ACL names write."""
     sticky = sticky_ok and bool(st.st_mode & stat.S_ISVTX)
     if st.st_uid not in (0, os.geteuid()):
         return f"uid {st.st_uid}"
@@ -159,7 +162,23 @@ def _changed_by(st: os.stat_result, sticky_ok: bool = True) -> str | None:
         return "everyone"
     if st.st_mode & stat.S_IWGRP and st.st_gid != 0 and not sticky:
         return f"group {st.st_gid}"
+    if st.st_mode & stat.S_IWGRP and not sticky and _has_acl(where):
+        return "whoever its ACL lets write (setfacl -b removes it)"
     return None
+
+
+def _has_acl(where: int | Path) -> bool:
+    """Whether the file `where` is (an fd, or a path not followed) has an access ACL."""
+    try:
+        if isinstance(where, int):
+            os.getxattr(where, "system.posix_acl_access")
+        else:
+            os.getxattr(where, "system.posix_acl_access", follow_symlinks=False)
+    except OSError as error:
+        if error.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
 
 
 # --- in place -------------------------------------------------------------------------
@@ -221,7 +240,7 @@ def _check_way(path: Path) -> bool:
         _check_entry(part, st, sticky_ok=part != path)
         if not stat.S_ISDIR(st.st_mode):
             return False  # a file: restic replaces it or fails
-        others = _changed_by(st, sticky_ok=False)
+        others = _changed_by(st, part, sticky_ok=False)
     return True
 
 
@@ -242,7 +261,7 @@ def _check_entry(path: Path, st: os.stat_result, sticky_ok: bool = False) -> Non
         raise UnsafeTarget(
             f"--in-place: {path} is a symbolic link, which restic could follow: {FRESH_INSTEAD}"
         )
-    who = _changed_by(st, sticky_ok) if stat.S_ISDIR(st.st_mode) else None
+    who = _changed_by(st, path, sticky_ok) if stat.S_ISDIR(st.st_mode) else None
     if who is not None:
         raise _unsafe(path, who)
 

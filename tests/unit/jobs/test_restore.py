@@ -4,14 +4,16 @@ the way down from /, with no link in them. Real directories, owners and modes (a
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
 from henbackup.errors import UnsafeTarget
-from henbackup.jobs.restore import check_in_place, in_place_roots
+from henbackup.jobs.restore import check_in_place, fresh_directory, in_place_roots
 
 FRESH = "restore into a fresh directory with --target DIR instead"
+NOBODY = 65534
 
 
 @pytest.fixture
@@ -27,6 +29,52 @@ def srv(tmp_path: Path) -> Path:
 
 def refusal(path: Path, why: str) -> str:
     return f"--in-place: {path} {why}: {FRESH}"
+
+
+def grant_nobody(directory: Path) -> None:
+    """An access ACL as `setfacl -m u:nobody:rwx` sets on a root:root 0755 directory: the
+    mode then shows 0775, its group bits the ACL's mask, though the group is root."""
+
+    def entry(tag: int, perm: int, qualifier: int = 0xFFFFFFFF) -> bytes:
+        return struct.pack("<HHI", tag, perm, qualifier)
+
+    user_obj, user, group_obj, mask, other = 0x01, 0x02, 0x04, 0x10, 0x20
+    acl = b"".join(
+        (
+            struct.pack("<I", 2),
+            entry(user_obj, 7),
+            entry(user, 7, NOBODY),
+            entry(group_obj, 5),
+            entry(mask, 7),
+            entry(other, 5),
+        )
+    )
+    os.setxattr(directory, "system.posix_acl_access", acl)
+    assert (directory.stat().st_mode & 0o7777, directory.stat().st_gid) == (0o775, 0)
+
+
+ACL_WHO = "whoever its ACL lets write (setfacl -b removes it)"
+
+
+def test_a_directory_whose_acl_lets_someone_write_is_refused(srv: Path) -> None:
+    """Its group is root's, but nobody may rename what is in it."""
+    grant_nobody(srv / "www")
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv)], [])
+    why = f"can be changed by {ACL_WHO}, who could plant a link while restic writes"
+    assert str(raised.value) == refusal(srv / "www", why)
+    with pytest.raises(UnsafeTarget) as raised:
+        fresh_directory(str(srv / "www" / "restores"), "snap")
+    assert str(raised.value) == (
+        f"{srv / 'www'} can be changed by {ACL_WHO}, who could redirect the restore:"
+        " restore into a directory only root can change (the default, or another --target)"
+    )
+    assert sorted(os.listdir(srv / "www")) == ["index.html"]  # nothing made in it
+
+
+def test_a_group_writable_directory_of_group_root_without_acl_will_do(srv: Path) -> None:
+    (srv / "admins").mkdir(mode=0o775)
+    assert fresh_directory(str(srv / "admins"), "snap").parent == srv / "admins"
 
 
 def test_a_tree_only_root_may_change_may_be_restored_in_place(srv: Path) -> None:
