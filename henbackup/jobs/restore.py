@@ -193,7 +193,8 @@ def check_in_place(paths: Sequence[str], includes: Sequence[str]) -> None:
     root may change, and none of it a symbolic link: then no one else can plant a link while
     restic writes, and there is none already that restic could follow (0.14 follows a link
     in place of a file or a directory). On the way down, a sticky directory of root's (as
-    /tmp) will do if what restic writes in it exists: others cannot move or remove that.
+    /tmp) will do if what restic writes in it exists and is root's: others cannot move or
+    remove that (its owner could).
     Nothing is followed while looking (lstat only).
     """
     for root in in_place_roots(paths, includes):
@@ -239,6 +240,8 @@ def _check_way(path: Path) -> bool:
             return False  # restic makes the rest, below directories only root may change
         _check_entry(part, st, sticky_ok=part != path)
         if not stat.S_ISDIR(st.st_mode):
+            if others is not None and st.st_uid not in (0, os.geteuid()):
+                raise _unsafe(part, f"uid {st.st_uid}")  # its owner may swap it there
             return False  # a file: restic replaces it or fails
         others = _changed_by(st, part, sticky_ok=False)
     return True

@@ -95,6 +95,18 @@ def test_a_sticky_directory_of_roots_will_do_on_the_way_if_what_is_below_exists(
     assert str(raised.value) == refusal(srv.parent, why)
 
 
+def test_a_file_of_someone_elses_in_a_sticky_directory_is_refused(srv: Path) -> None:
+    """Its owner may still remove it there, and put a link (to /etc/passwd) in its place."""
+    srv.parent.chmod(0o1777)
+    (srv.parent / "report.txt").write_text("root's\n")
+    check_in_place([str(srv.parent / "report.txt")], [])
+    os.chown(srv.parent / "report.txt", NOBODY, NOBODY)
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv.parent / "report.txt")], [])
+    why = f"can be changed by uid {NOBODY}, who could plant a link while restic writes"
+    assert str(raised.value) == refusal(srv.parent / "report.txt", why)
+
+
 @pytest.mark.parametrize(
     ("owner", "mode", "who"),
     [
