@@ -41,9 +41,10 @@ _SPECIAL_PRIORITIES = {
 }
 _PRIORITY_HINT = "use immediate, next, superior, normal, inferior, on-idle or an integer"
 _INT_RE = r"[+-]?[0-9]{1,18}"
-# An integer priority has the digits a string may have (_INT_RE): a bigger one is a typo,
-# and the worker, which reads the priority back from its text, would refuse it.
-_PRIORITY_LIMIT = 10**18
+# Ordinary priorities stay well inside the integers HENBACKUP_PRIORITY gives the bands
+# (on-idle -2**31, next 2**31-2, immediate 2**31-1), so an ordinary one is never taken for
+# one of them (preemption, the queue's view); and a bigger one is a typo.
+PRIORITY_LIMIT = 1_000_000
 
 _LISTEN_HINT = 'use HOST:PORT, e.g. "127.0.0.1:9811" or "[::1]:9811"'
 _HOST_RE = r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"
@@ -111,17 +112,21 @@ def parse_priority(v: object) -> Priority:
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise ValueError(f"not a priority: {_PRIORITY_HINT}")
     if isinstance(v, int):
-        if abs(v) >= _PRIORITY_LIMIT:
-            raise ValueError("out of range: a priority integer has at most 18 digits")
-        return Priority.ordinary(v)
+        return _ordinary(v)
     name = v.strip().lower()
     if name in _SPECIAL_PRIORITIES:
         return _SPECIAL_PRIORITIES[name]
     if name in PRIORITY_VALUES:
         return Priority.ordinary(PRIORITY_VALUES[name])
     if re.fullmatch(_INT_RE, name):
-        return Priority.ordinary(int(name))
+        return _ordinary(int(name))
     raise ValueError(f"not a priority: {_PRIORITY_HINT}")
+
+
+def _ordinary(value: int) -> Priority:
+    if abs(value) > PRIORITY_LIMIT:
+        raise ValueError(f"out of range: use an integer from -{PRIORITY_LIMIT} to {PRIORITY_LIMIT}")
+    return Priority.ordinary(value)
 
 
 def parse_percent(s: object) -> float:

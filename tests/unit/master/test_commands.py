@@ -135,7 +135,7 @@ def test_a_priority_too_big_for_the_worker_is_a_usage_error(master: Any) -> None
     master.children["backup:pictures"] = worker(channel=channel)
     reply = ask(master, "backup", backup="pictures", priority=10**19)
     assert reply == usage(
-        "--priority 10000000000000000000: out of range: a priority integer has at most 18 digits"
+        "--priority 10000000000000000000: out of range: use an integer from -1000000 to 1000000"
     )
     assert channel.sent == []
 
