@@ -148,6 +148,16 @@ class Accepted(_Message):
 
 
 @dataclass(frozen=True)
+class Refused(_Message):
+    """A worker cannot take these requests' run (MAX_WAITING runs already wait): their
+    clients are answered now, with why."""
+
+    TYPE = "refused"
+    reason: str = _carrying(TEXT, "")
+    requests: tuple[str, ...] = _requests()
+
+
+@dataclass(frozen=True)
 class StartRun(_Message):
     """The master asks a worker for a run (henbackupctl backup)."""
 
@@ -233,6 +243,7 @@ MESSAGES: dict[str, type[ChannelMessage]] = {
         JobState,
         JobEvent,
         Accepted,
+        Refused,
         StartRun,
         OneOffResult,
         Watch,

@@ -36,6 +36,7 @@ from henbackup.channel import (
     JobExit,
     JobState,
     Ready,
+    Refused,
     Unwatch,
     Watch,
     WatchNews,
@@ -298,6 +299,9 @@ class Master:
         elif isinstance(message, Accepted):
             for request in message.requests:
                 self.jobs.clients.accepted(request, message.operation)
+        elif isinstance(message, Refused):
+            for request in message.requests:
+                self.jobs.clients.finish(request, reply_error("failed", message.reason))
         elif isinstance(message, JobState):
             supervised.next_run = message.next_run
             supervised.running = message.state == "running"

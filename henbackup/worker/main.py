@@ -30,6 +30,7 @@ from henbackup.channel import (
     JobExit,
     JobState,
     Ready,
+    Refused,
     StartRun,
     WatchNews,
 )
@@ -52,6 +53,9 @@ HEARTBEAT_INTERVAL = 10.0
 # line would outgrow the channel's MAX_LINE (at ~90,000) and cost the worker. 64 waiting
 # clients on one backup's run is beyond any real use, and their ids fit in under 1 KiB.
 MAX_FOLLOWED = 64
+# Runs asked by hand that wait for the current one, each of another repository or priority:
+# unbounded, a flood of asks of distinct priorities would queue a backup for each.
+MAX_WAITING = 16
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,10 @@ class Worker:
             if waiting.same_run(run):
                 self.pending[index] = self._merged(waiting, run)
                 return
+        if len(self.pending) >= MAX_WAITING:
+            why = f"{self.spec.name}: {MAX_WAITING} runs asked by hand already wait; ask later"
+            self.channel.send(Refused(why, run.requests))
+            return
         self.pending.append(run)
 
     def _merged(self, waiting: RunRequest, run: RunRequest) -> RunRequest:

@@ -20,6 +20,7 @@ from henbackup.channel import (
     Heartbeat,
     JobState,
     Ready,
+    Refused,
     Unwatch,
     Watch,
     WatchNews,
@@ -154,6 +155,21 @@ def test_a_request_its_worker_merged_without_following_is_answered_as_no_wait_is
     master._handle(supervised, Accepted("backup", ("r00000001",)))
     assert waiting.sent == [{"ok": True, "request": "r00000001", "accepted": "backup"}]
     assert (other.sent, list(master.jobs.clients.waiting)) == ([], ["r00000002"])
+    master.loop.close()
+
+
+def test_a_request_its_worker_refused_is_answered_failed_with_why(
+    tmp_path: Path, events: Any
+) -> None:
+    master = make_master(tmp_path, events)
+    spec = WorkerSpec("backup", "pictures", ())
+    supervised = master.children[spec.key] = Supervised(spec, Child(spec.key))
+    waiting = Conversation()
+    master.jobs.clients.add("r00000001", waiting, spec.key)
+    why = "pictures: 16 runs asked by hand already wait; ask later"
+    master._handle(supervised, Refused(why, ("r00000001",)))
+    assert waiting.sent == [{"ok": False, "code": "failed", "error": why, "jobs": []}]
+    assert master.jobs.clients.waiting == {}
     master.loop.close()
 
 

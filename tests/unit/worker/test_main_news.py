@@ -10,9 +10,9 @@ from typing import Any, cast
 
 import pytest
 
-from henbackup.channel import Accepted, Channel, ChannelMessage, JobEvent, JobState
+from henbackup.channel import Accepted, Channel, ChannelMessage, JobEvent, JobState, Refused
 from henbackup.config.model import Config
-from henbackup.worker.main import MAX_FOLLOWED, RunRequest, Worker
+from henbackup.worker.main import MAX_FOLLOWED, MAX_WAITING, RunRequest, Worker
 from henbackup.worker.spec import WorkerSpec
 
 DEADLINE = 30.0  # generous: waited for, never asserted as a duration
@@ -88,6 +88,31 @@ def test_a_run_follows_at_most_max_followed_requests_and_the_others_are_answered
     while len(heard) < 2:
         heard += [m for m in master.receive(pytest.fail) or [] if isinstance(m, Accepted)]
     assert heard == [Accepted("backup", (ids[64],)), Accepted("backup", (ids[65],))]
+    worker.loop.close()
+    master.close()
+    channel.close()
+
+
+def test_at_most_max_waiting_runs_wait_and_the_next_ask_is_refused_with_why(events: Any) -> None:
+    # Each ask of another priority once queued a run of its own: a flood of them queued a
+    # backup for each.
+    channel, master = Channel.pair()
+    worker = Worker(
+        WorkerSpec("backup", "pictures", ()), cast(Config, None), channel, events, garbled
+    )
+    worker.current = RunRequest("manual", "running")
+    for priority in range(MAX_WAITING + 1):
+        asked = RunRequest(
+            "manual", "by the test", priority=str(priority), requests=(f"r{priority}",)
+        )
+        worker.request(asked)
+    assert [run.priority for run in worker.pending] == [str(n) for n in range(MAX_WAITING)]
+    master.sock.settimeout(DEADLINE)
+    heard: list[ChannelMessage] = []
+    while not heard:
+        heard += [m for m in master.receive(pytest.fail) or [] if isinstance(m, Refused)]
+    why = "pictures: 16 runs asked by hand already wait; ask later"
+    assert heard == [Refused(why, (f"r{MAX_WAITING}",))]
     worker.loop.close()
     master.close()
     channel.close()
