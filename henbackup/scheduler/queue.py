@@ -128,7 +128,7 @@ class Scheduler:
         except (FileNotFoundError, ValueError):
             return 1
 
-    def submit(self, ticket: Ticket, replacing: Grant | None = None) -> Waiter:
+    def submit(self, ticket: Ticket, replacing: Grant | None = None, wait: bool = True) -> Waiter:
         """Enter the queue; returns a Waiter, already granted when the job may start at once.
 
         A ticket with a `sequence` keeps that arrival (a backup's next repository keeps its
@@ -136,7 +136,8 @@ class Scheduler:
         process released in the same turn of the lock, so that nothing that waits behind
         this ticket takes its slot in between. Raises ValueError when `ticket.job_id` is not
         a plain name or is already queued, OSError when the queue cannot be written (then
-        `replacing` is released anyway).
+        `replacing` is released anyway). Without `wait` (a loop, and no `replacing`), raises
+        QueueBusy rather than wait for another process to release the queue's lock.
         """
         if not _JOB_ID.fullmatch(ticket.job_id):
             if replacing is not None:
@@ -144,7 +145,7 @@ class Scheduler:
             raise ValueError(f"job id {ticket.job_id!r} is not a plain name")
         wake_fd = -1
         try:
-            with locks.locked(self._lock):
+            with self._locked(wait):
                 if replacing is not None:
                     self._let_go(replacing)
                 stamped: Ticket | None = None
@@ -195,13 +196,15 @@ class Scheduler:
         ticket: Ticket,
         on_granted: Callable[[Grant], None],
         on_cancelled: Callable[[], None] | None = None,
+        wait: bool = True,
     ) -> Waiter:
         """Enter the queue without blocking; `on_granted(grant)` runs in `loop` at the job's turn.
 
         `on_cancelled()` runs if another process cancels the ticket. Returns the Waiter:
-        its `cancel()` leaves the queue (or releases a grant not yet handed over).
+        its `cancel()` leaves the queue (or releases a grant not yet handed over). Without
+        `wait`, QueueBusy when another process holds the queue's lock (see `submit`).
         """
-        waiter = self.submit(ticket)
+        waiter = self.submit(ticket, wait=wait)
         if waiter.grant is not None:
             loop.call_later(0, lambda: waiter.hand_over(on_granted))
             return waiter
@@ -280,7 +283,7 @@ class Scheduler:
 
     def position(self, job_id: str) -> int | None:
         """1 for the job that runs next, 2 after it...; None when not waiting."""
-        waiting = [t for t in self.queue() if t.state == "waiting"]
+        waiting = [t for t in self.peek() if t.state == "waiting"]  # a loop may ask
         for position, ticket in enumerate(waiting, start=1):
             if ticket.job_id == job_id:
                 return position

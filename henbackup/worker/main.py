@@ -36,14 +36,14 @@ from henbackup.channel import (
 )
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
-from henbackup.errors import HenbackupError
+from henbackup.errors import HenbackupError, QueueBusy
 from henbackup.jobs import entry
 from henbackup.jobs.job import Job
 from henbackup.jobs.pipeline import Admitted, announce_cancelled, announce_queued, ticket_for
-from henbackup.loop import Loop
+from henbackup.loop import Loop, Timer
 from henbackup.observe.events import EmitFunction, Emitter, FieldValue
 from henbackup.process import Watched, describe_exit, start_watched
-from henbackup.scheduler.queue import Grant, Scheduler, Waiter
+from henbackup.scheduler.queue import BUSY_RETRY, Grant, Scheduler, Waiter
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
 from henbackup.worker.watching import watcher_main
@@ -102,6 +102,7 @@ class Worker:
         self.jobs: tuple[Job, ...] = ()  # its jobs, when it goes through the queue
         self.cancelled: tuple[str, ...] = ()  # repositories whose job was cancelled waiting
         self.waiter: Waiter | None = None  # while its next job waits for its turn
+        self.entering: Timer | None = None  # while its next job retries entering a busy queue
         self.granted: Grant | None = None  # the grant handed to the job process
         self.job: Watched | None = None  # the job process, telling its events
         self.heard_from_job = False  # it sent an event: it started
@@ -224,11 +225,15 @@ class Worker:
 
     def _queue_next(self, scheduler: Scheduler) -> None:
         """Queue the run's first job not cancelled; its turn forks the job process."""
+        self.entering = None
         job = self.jobs[len(self.cancelled)]
         try:
             waiter = scheduler.request(
-                self.loop, ticket_for(job), self._granted, self._cancelled_waiting
+                self.loop, ticket_for(job), self._granted, self._cancelled_waiting, wait=False
             )
+        except QueueBusy:  # another process holds the queue (stopped, maybe): never wait here
+            self.entering = self.loop.call_later(BUSY_RETRY, lambda: self._queue_next(scheduler))
+            return
         except (OSError, ValueError) as error:  # a full disk, a removed directory
             self._failed_to_start(f"it could not enter the job queue: {error}")
             return
@@ -341,6 +346,10 @@ class Worker:
             waiter.cancel(self.loop)
             if told:
                 announce_cancelled(self.jobs[len(self.cancelled)], self._tell)
+            self._run_ended(JobExit.CANCELLED)
+        elif self.entering is not None:  # its run waits to enter the queue: it never will
+            self.entering.cancel()
+            self.entering = None
             self._run_ended(JobExit.CANCELLED)
         elif self.current is None:
             self.loop.stop()

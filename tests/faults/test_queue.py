@@ -18,7 +18,7 @@ from henbackup import process
 from henbackup.channel import Channel, ChannelMessage, JobEvent, JobExit, JobState
 from henbackup.config.load import load_config
 from henbackup.config.model import Config, Priority
-from henbackup.scheduler import Scheduler, Ticket
+from henbackup.scheduler import Scheduler, Ticket, locks
 from henbackup.worker.main import RunRequest, Worker
 from henbackup.worker.spec import WorkerSpec
 
@@ -143,6 +143,70 @@ def test_a_worker_stopped_while_its_run_waits_leaves_the_queue_and_says_so(tmp_p
     assert heard[-1] == JobState("idle", None, None, JobExit.CANCELLED, ("r1",))
     assert [t.job_id for t in scheduler.queue()] == ["holder"]
     holder.release()
+    worker.loop.close()
+    master.close()
+    channel.close()
+
+
+def test_a_worker_never_waits_for_a_queue_lock_another_process_holds(tmp_path, events):
+    """A hand-run `henbackup backup` stopped (Ctrl-Z) while it held the queue's lock once
+    stopped every worker that asked for a run: no heartbeat, and the master killed them all.
+    The holder here is another open file of the queue's lock, which flock tells apart."""
+    scheduler = Scheduler(tmp_path / "scheduler")
+    scheduler.set_slots(1)
+    holder = scheduler.submit(Ticket("holder", "elsewhere", Priority.ordinary(0))).grant
+    assert holder is not None
+    channel, master = Channel.pair()
+    worker = Worker(
+        WorkerSpec("backup", "pictures", ()),
+        two_repositories(tmp_path),
+        channel,
+        events,
+        never_runs,
+        scheduler=scheduler,
+    )
+    stopped = locks.try_lock(scheduler._lock, locks.EXCLUSIVE)
+    assert stopped is not None
+    worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))  # returns
+    assert worker.waiter is None and worker.entering is not None
+    worker.loop.run_once()  # tries again, and waits again
+    assert worker.waiter is None and worker.entering is not None
+    os.close(stopped)  # the holder goes on
+    deadline = time.monotonic() + DEADLINE
+    while worker.waiter is None:
+        assert time.monotonic() < deadline, "the run never entered the queue"
+        worker.loop.run_once()
+    assert [t.job_id for t in scheduler.queue()] == ["holder", worker.waiter.ticket.job_id]
+    worker.shutdown()
+    holder.release()
+    worker.loop.close()
+    master.close()
+    channel.close()
+
+
+def test_a_worker_stopped_while_its_run_waits_for_the_queue_lock_ends_that_run(tmp_path, events):
+    scheduler = Scheduler(tmp_path / "scheduler")
+    channel, master = Channel.pair()
+    worker = Worker(
+        WorkerSpec("backup", "pictures", ()),
+        two_repositories(tmp_path),
+        channel,
+        events,
+        never_runs,
+        scheduler=scheduler,
+    )
+    stopped = locks.try_lock(scheduler._lock, locks.EXCLUSIVE)
+    worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))
+    worker.shutdown()
+    assert worker.entering is None and worker.current is None
+    master.sock.settimeout(DEADLINE)
+    heard: list[ChannelMessage] = []
+    while not any(isinstance(m, JobState) and m.state == "idle" for m in heard):
+        heard += master.receive(pytest.fail) or []
+    assert heard[-1] == JobState("idle", None, None, JobExit.CANCELLED, ("r1",))
+    assert stopped is not None
+    os.close(stopped)
+    assert scheduler.queue() == ()
     worker.loop.close()
     master.close()
     channel.close()
