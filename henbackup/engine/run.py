@@ -47,6 +47,9 @@ INTERRUPT_GRACE = 5.0
 KILL_WAIT = 5.0
 # How often a running tool's progress is looked at (at least).
 WATCH_TICK = 1.0
+# What one read of the tool's stream takes at most: the tool itself leaves at most a pipe's
+# buffer unread when it exits, a child of it that writes on forever must not hold the job.
+MAX_READ = 4 << 20
 # Only so much of a huge stderr (e.g. millions of unreadable files) is read back.
 STDERR_HEAD = STDERR_TAIL = 512 * 1024
 # A pipe holds 64 KiB: a bigger literal password would block the writer.
@@ -236,9 +239,11 @@ class ToolRun:
             self.sidecar = None
 
     def _available(self) -> bytes:
-        """What the stream holds now (a child of the tool may keep it open after it exits)."""
+        """What the stream holds now, up to MAX_READ (a child of the tool may keep it open
+        after it exits, and write on forever: what is past that is not read)."""
         chunks = []
-        while self.reading:
+        taken = 0
+        while self.reading and taken < MAX_READ:
             try:
                 chunk = os.read(self.stdout, 65536)
             except BlockingIOError:
@@ -247,6 +252,7 @@ class ToolRun:
                 self.selector.unregister(self.stdout)
                 self.reading = False
             self.output += len(chunk)
+            taken += len(chunk)
             chunks.append(chunk)
         return b"".join(chunks)
 

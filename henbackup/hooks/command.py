@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # A clean, minimal environment: the daemon's own (credentials included) is not passed on.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the hook's process group
+MAX_DRAIN = 1 << 20  # bytes read after the hook exited (its Tail keeps the last 4 KiB)
 
 
 def describe(hook: CommandHook) -> str:
@@ -152,9 +153,13 @@ class _Watch:
         return bool(chunk)
 
     def _drain(self, tail: Tail) -> None:
+        """What the exited hook left in the pipe, up to MAX_DRAIN: a child of it that
+        writes on forever (`yes &`) must not hold the job."""
+        taken = 0
         with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self.output, 65536):
+            while taken < MAX_DRAIN and (chunk := os.read(self.output, 65536)):
                 tail.add(chunk)
+                taken += len(chunk)
 
     def close(self) -> None:
         self.selector.close()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from henbackup.engine.run import MAX_LINE_BYTES, ToolRun
+from henbackup.engine.run import MAX_LINE_BYTES, MAX_READ, ToolRun
 from henbackup.errors import EngineError
 
 
@@ -30,3 +32,14 @@ def test_a_line_that_never_ends_is_refused_not_held_for_ever() -> None:
             run.close()
             process.kill()
     assert str(error.value) == "restic printed a line over 16 MiB long"
+
+
+def test_one_read_takes_at_most_max_read_of_a_stream_that_never_runs_dry() -> None:
+    """A child of the tool that writes on forever once held the job in one read: what was
+    there was read until the pipe was empty. /dev/zero never is."""
+    run = SimpleNamespace(stdout=os.open("/dev/zero", os.O_RDONLY), reading=True, output=0)
+    try:
+        taken = ToolRun._available(run)  # type: ignore[arg-type]
+    finally:
+        os.close(run.stdout)
+    assert MAX_READ <= len(taken) < MAX_READ + 65536 and run.output == len(taken)

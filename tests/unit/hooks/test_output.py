@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 from henbackup.config.load import load_config
 from henbackup.config.model import CommandHook, HttpHook
-from henbackup.hooks.command import SAFE_PATH, environment
+from henbackup.hooks.command import SAFE_PATH, _Watch, environment
 from henbackup.hooks.outcome import HookContext
 from henbackup.hooks.output import OUTPUT_LIMIT, TRUNCATED, Tail, clean_output, hook_secrets
 from henbackup.hooks.run import describe
@@ -105,3 +108,15 @@ def test_what_the_environment_gave_a_hook_is_never_shown(tmp_path):
     said = "pinged 5f3a9c1e-ping-uuid; used k3y-from-env"
     assert hook_secrets(ping)(said) == f"pinged {REDACTED}; used k3y-from-env"
     assert hook_secrets(dump)(said) == f"pinged 5f3a9c1e-ping-uuid; used {REDACTED}"
+
+
+def test_what_an_exited_hook_left_is_read_up_to_max_drain_of_a_stream_that_never_runs_dry():
+    """A child of the hook that writes on forever (`yes &`) once held the job: what the
+    exited hook left was read until the pipe was empty. /dev/zero never is."""
+    watch = SimpleNamespace(output=os.open("/dev/zero", os.O_RDONLY))
+    tail = Tail()
+    try:
+        _Watch._drain(watch, tail)  # type: ignore[arg-type]
+    finally:
+        os.close(watch.output)
+    assert tail.data == bytes(OUTPUT_LIMIT) and tail.truncated  # it returned, at MAX_DRAIN
