@@ -42,7 +42,10 @@ from systemd import daemon
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
-MAX_BACKLOG = 4 << 20  # a waiting client that lets this much output pile up is dropped
+# A waiting client that lets this much of its job's events pile up is dropped (256 clients
+# could otherwise hold a GiB of the master's memory); a final reply is queued whatever its
+# size (a long snapshot list), the client waits for that.
+MAX_BACKLOG = 256 << 10
 FLUSH_TIMEOUT = 30.0  # to take the last reply once the answer is complete
 MAX_CONNECTIONS = 256  # far below LimitNOFILE= (systemd/henbackup.service)
 ACCEPT_PAUSE = 1.0  # out of descriptors with no client to drop: accept again after this
@@ -104,20 +107,23 @@ class Conversation:
     peer: Peer  # who connected (SO_PEERCRED): what it may do is decided from this only
     timer: Timer | None = None
     buffer: bytes = b""  # the request as it arrives
-    output: bytes = b""  # lines not yet taken by the client
+    output: bytearray = field(default_factory=bytearray)  # lines the client has not taken
     on_close: list[Callable[[], None]] = field(default_factory=list)
     closed: bool = False
     finishing: bool = False
     writing: bool = False
 
     def send(self, message: ControlReply) -> None:
-        """Queue one line for the client; a client that stopped reading is dropped."""
+        """Queue one event line for the client; a client that stopped reading is dropped."""
         if self.closed:
             return
-        self.output += frame(message)
         if len(self.output) > MAX_BACKLOG:
             self.close()
             return
+        self._queue(message)
+
+    def _queue(self, message: ControlReply) -> None:
+        self.output += frame(message)
         self._flush()
 
     def finish(self, reply: ControlReply) -> None:
@@ -126,7 +132,7 @@ class Conversation:
             return
         self.finishing = True
         self._set_timer(FLUSH_TIMEOUT)
-        self.send(reply)
+        self._queue(reply)
 
     def _flush(self) -> None:
         try:
@@ -136,7 +142,7 @@ class Conversation:
         except OSError:  # the client hung up
             self.close()
             return
-        self.output = self.output[sent:]
+        del self.output[:sent]
         if self.output and not self.writing:
             self.writing = True
             self.loop.add_writer(self.conn.fileno(), self._flush)

@@ -95,6 +95,31 @@ def test_the_handler_hears_who_connected_from_the_kernel_not_the_request(tmp_pat
     assert heard == [Peer(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))]
 
 
+def test_a_final_reply_bigger_than_the_event_backlog_reaches_the_client_whole(waiting_server):
+    """Only events are bounded (a client that does not read them is dropped); before, a
+    reply past the backlog (a long snapshot list) dropped the client that waited for it."""
+    served, path, kept = waiting_server
+    sock = connect(path)
+    sock.sendall(b'{"command": "backup", "backup": "pictures"}\n')
+    serve_until(served, lambda: kept)
+    reply = {"ok": True, "padding": "x" * (2 * control.MAX_BACKLOG)}
+    kept[0].finish(reply)
+    received = bytearray()
+    sock.setblocking(False)
+
+    def took_it_all() -> bool:
+        try:
+            while chunk := sock.recv(1 << 16):
+                received.extend(chunk)
+        except BlockingIOError:
+            pass
+        return received.endswith(b"\n")
+
+    serve_until(served, took_it_all, rounds=10_000)
+    assert json.loads(received) == reply
+    sock.close()
+
+
 @pytest.mark.parametrize(
     ("sent", "error"),
     [
