@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from henbackup.limits.cgroups import ROOT, Host, own_cgroups
+from henbackup.scheduler.procs import is_pid
 
 How = Literal["freezer", "SIGSTOP"]
 JOB_LEAF_PREFIX = "job-"
@@ -97,10 +98,6 @@ def pause(marks: Path, job_pid: int) -> How | None:
     return how
 
 
-# The kernel's PID_MAX_LIMIT: a greater number is no pid (os.killpg: OverflowError).
-_PID_MAX = 1 << 22
-
-
 def _stopped(mark: Path) -> set[int]:
     """The programs a mark says were stopped (what a master that died left stopped); none
     when it holds anything but pids in ASCII digits (it is then stale, and goes)."""
@@ -108,7 +105,7 @@ def _stopped(mark: Path) -> set[int]:
         words = mark.read_bytes().split()
     except OSError:
         return set()
-    if not all(len(word) <= 7 and word.isdigit() and 0 < int(word) <= _PID_MAX for word in words):
+    if not all(len(word) <= 7 and word.isdigit() and is_pid(int(word)) for word in words):
         return set()  # bytes.isdigit: ASCII only ("²" is a digit to str.isdigit, not int())
     return {int(word) for word in words}
 

@@ -30,6 +30,7 @@ from henbackup.master.permissions import refusal
 from henbackup.master.states import Child
 from henbackup.observe.status import LiveJob, RunHistory, RunKey, StatusModel, WorkerView
 from henbackup.protocol import ControlReply, ControlRequest, reply_error
+from henbackup.scheduler import procs
 from henbackup.scheduler.ticket import Ticket
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ def _cancelled(job: str, ticket: Ticket | None) -> ControlReply:
     if ticket is None:
         unknown = f"no job {job!r} is waiting or running (see henbackupctl queue)"
         return reply_error("usage", unknown)
-    if ticket.state == "running":
+    if ticket.state == "running" and procs.alive(ticket.pid, ticket.start_time):  # not reused
         with contextlib.suppress(ProcessLookupError):  # it just ended
             os.kill(ticket.pid, signal.SIGUSR1)  # its process stops restic cleanly
     return {"ok": True, "job": job, "was": ticket.state}

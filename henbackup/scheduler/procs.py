@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+# The kernel's PID_MAX_LIMIT: a number from outside at or above it is no pid (os.kill would
+# raise OverflowError), and one below 1 is a group or every process (os.kill(-1, ...)).
+PID_MAX = 1 << 22
+
+
+def is_pid(value: object) -> bool:
+    return type(value) is int and 0 < value < PID_MAX
+
 
 def start_time(pid: int) -> int | None:
     """The start time of a live process (clock ticks since boot), or None when it is dead.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from henbackup.config.model import Priority
+from henbackup.scheduler import procs
 
 Mode = Literal["shared", "exclusive"]
 # A job id is a ticket's file name: a plain name, never "" nor a path out of the directory.
@@ -93,7 +94,7 @@ _MEMBERS: dict[str, Callable[[object], bool]] = {
     "repository": lambda value: isinstance(value, str),
     "operation": lambda value: isinstance(value, str),
     "backup": lambda value: value is None or isinstance(value, str),
-    "pid": _is_integer,
+    "pid": procs.is_pid,  # never 0 nor -1: the master may signal it
     "start_time": _is_integer,
     "sequence": _is_integer,
     "slot": lambda value: value is None or _is_integer(value),

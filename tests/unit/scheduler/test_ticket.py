@@ -153,6 +153,15 @@ def test_order_key_puts_greater_priority_first():
 
 @pytest.mark.parametrize("job_id", ["", "../lock", ".hidden", "a/b", "x" * 129])
 def test_a_ticket_whose_job_id_is_no_plain_name_is_not_a_ticket(job_id):
-    raw = Ticket(job_id, "r", Priority.ordinary(0)).to_json()
+    raw = Ticket(job_id, "r", Priority.ordinary(0), pid=42).to_json()
     with pytest.raises(ValueError):
         Ticket.from_json(raw)
+
+
+@pytest.mark.parametrize("pid", [0, -1, 1 << 22, 1 << 63])
+def test_a_ticket_whose_pid_is_no_process_is_not_a_ticket(pid):
+    """The master signals a running ticket's pid (cancel): -1 would be every process."""
+    raw = Ticket("ab12", "r", Priority.ordinary(0), pid=pid).to_json()
+    with pytest.raises(ValueError):
+        Ticket.from_json(raw)
+    assert Ticket.from_json(Ticket("ab12", "r", Priority.ordinary(0), pid=1).to_json())
