@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from henbackup.config.model import STALL_TIMEOUT, PasswordSource, Retention
 from henbackup.engine.base import (
@@ -67,6 +67,7 @@ from henbackup.engine.run import (
     limit_warnings,
     parse_json_line,
     password_pipe,
+    read_whole,
     restored_roots,
     secrets_of,
 )
@@ -911,6 +912,9 @@ class BorgEngine(ToolEngine):
             self._version_ok = True
 
     # -- what run.py asks of borg --
+
+    def _read_other(self, file: IO[bytes]) -> str:
+        return read_whole(file, "borg")  # stdout: the --json result, whole
 
     def _messages(self, text: str, target: Target) -> list[str]:
         return [text]  # stdout: the --json result, parsed, never shown

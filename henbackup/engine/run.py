@@ -52,6 +52,7 @@ WATCH_TICK = 1.0
 MAX_READ = 4 << 20
 # Only so much of a huge stderr (e.g. millions of unreadable files) is read back.
 STDERR_HEAD = STDERR_TAIL = 512 * 1024
+MAX_RESULT = 256 << 20  # a --json result read whole (read_whole)
 # A pipe holds 64 KiB: a bigger literal password would block the writer.
 MAX_PASSWORD_BYTES = 60 * 1024
 MAX_WARNINGS = 50
@@ -88,6 +89,16 @@ def secret_pipe(data: bytes) -> int:
     finally:
         os.close(write_fd)
     return read_fd
+
+
+def read_whole(file: IO[bytes], tool: str, limit: int = MAX_RESULT) -> str:
+    """A temporary output file's text, all of it: a tool's --json result (a list of
+    thousands of archives is more than read_back keeps). Raises EngineError past `limit`."""
+    fd = file.fileno()
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise EngineError(f"{tool} printed a result over {limit >> 20} MiB long")
+    return os.pread(fd, size, 0).decode(errors="replace")
 
 
 def read_back(file: IO[bytes]) -> str:
@@ -351,6 +362,10 @@ class ToolEngine(Engine):
     def _cleanup(self, target: Target) -> None:
         """After an interrupt: remove what the tool may have left (its stale lock)."""
 
+    def _read_other(self, file: IO[bytes]) -> str:
+        """The other stream's text: its head and tail when huge (messages)."""
+        return read_back(file)
+
     def _messages(self, text: str, target: Target) -> list[str]:
         """The other stream's text as redacted human lines."""
         return text.splitlines()
@@ -387,7 +402,7 @@ class ToolEngine(Engine):
             assert stream is not None
             lines = self._follow(process, stream, target, on_line, other, mask, limit, sidecar)
             seconds = time.monotonic() - start
-            messages = self._messages(read_back(other), target)
+            messages = self._messages(self._read_other(other), target)
         return ToolResult(
             returncode=process.returncode,
             stdout=tuple(lines),

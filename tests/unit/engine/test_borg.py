@@ -4,6 +4,7 @@ engine against real borg is in tests/integration/test_engine_contract.py."""
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from henbackup.engine.borg import (
 from henbackup.engine.borg_scan import ScanTotal
 from henbackup.engine.engines import Engines, engine_class
 from henbackup.engine.restic import ResticEngine
+from henbackup.engine.run import read_whole
 from henbackup.errors import (
     AccessRefused,
     BackendUnreachable,
@@ -355,3 +357,31 @@ def test_an_archive_list_or_info_of_unexpected_shape_is_an_engine_error() -> Non
         assert str(error.value) == "borg printed an info of unexpected shape"
     assert info_size({"cache": {"stats": {"unique_csize": 12}}}) == 12
     assert info_size({}) == 0  # as before: what borg leaves out is 0
+
+
+def test_a_result_over_a_mebibyte_is_read_whole(tmp_path: Path) -> None:
+    """borg's --json result (stdout) was kept as its first and last 512 KiB, joined: a list
+    of thousands of archives no longer parsed, and snapshots, restore and stats failed."""
+    archives = [
+        {
+            "name": f"pictures@host@2026-01-01T00:00:{n:06d}",
+            "id": f"{n:064x}",
+            "time": "2026-01-01T00:00:00.000000",
+            "comment": json.dumps({"paths": ["/p" * 20]}),
+        }
+        for n in range(10_000)
+    ]
+    text = json.dumps({"archives": archives})
+    assert len(text) > 2 << 20
+    with tempfile.TemporaryFile() as stdout:
+        stdout.write(text.encode())
+        stdout.flush()
+        read = BorgEngine("borg", cache_dir=tmp_path)._read_other(stdout)
+    assert len(parse_archives(json.loads(read))) == 10_000
+
+
+def test_a_result_past_the_limit_is_refused(tmp_path: Path) -> None:
+    with tempfile.TemporaryFile() as stdout:
+        stdout.truncate(2 << 20)
+        with pytest.raises(EngineError, match=r"^borg printed a result over 1 MiB long$"):
+            read_whole(stdout, "borg", limit=1 << 20)
