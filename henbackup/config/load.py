@@ -90,15 +90,25 @@ def _expand_string(text: str, at: At) -> str:
 def _config_files(path: Path, run: Run) -> list[Path]:
     """The main file, then conf.d/*.toml next to it in name order (hidden files skipped)."""
     directory = path.parent / "conf.d"
-    try:
-        extra = sorted(
-            (p for p in directory.glob("*.toml") if not p.name.startswith(".") and p.is_file()),
-            key=lambda p: p.name,
-        )
+    try:  # not Path.glob, which takes a directory it may not list for an empty one
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries if _is_config_file(e)]
+    except FileNotFoundError:
+        names = []
     except OSError as error:
         run.problems.append(Problem(str(directory), "", f"cannot be listed: {error.strerror}"))
-        extra = []
-    return [path, *extra]
+        names = []
+    return [path, *(directory / name for name in sorted(names))]
+
+
+def _is_config_file(entry: os.DirEntry[str]) -> bool:
+    """A conf.d entry to read: *.toml, not hidden, a file (or a link to one)."""
+    if not entry.name.endswith(".toml") or entry.name.startswith("."):
+        return False
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ secret-free problems."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -509,3 +510,43 @@ def test_secret_from_the_environment_is_never_quoted(problems: Problems) -> None
         "backups.home.resources.ionice",
     ]
     assert all(message.startswith("the value (from the environment) is") for _, message in found)
+
+
+def test_a_conf_d_its_reader_may_not_list_is_a_problem_not_an_empty_one() -> None:
+    """As a user who may read the main file but not list conf.d (0700, root's): Path.glob
+    once took that for an empty conf.d, and check-config said a config without its
+    conf.d files was valid."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as place:  # pytest's tmp_path is root's alone
+        assert_conf_d_unlisted(Path(place))
+
+
+def assert_conf_d_unlisted(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    (root / "conf.d").mkdir(parents=True)
+    (root / "conf.d" / "backups.toml").write_text("[backups.x]\n")
+    main = root / "henbackup.toml"
+    main.write_text("[daemon]\nhostname = 'h'\n")
+    for place in (tmp_path, root):
+        place.chmod(0o755)
+    main.chmod(0o644)
+    (root / "conf.d").chmod(0o700)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # as nobody, who may not list conf.d
+        said = "no error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            load_config(main, env={})
+        except ConfigError as error:
+            said = "\n".join(f"{p.file}: {p.message}" for p in error.problems)
+        except BaseException as error:  # told to the test, which fails
+            said = repr(error)
+        finally:
+            os.write(write, said.encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as told:
+        said = told.read().decode()
+    os.waitpid(pid, 0)
+    assert said == f"{root / 'conf.d'}: cannot be listed: Permission denied"
