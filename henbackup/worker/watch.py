@@ -505,10 +505,12 @@ class Watcher:
         for wd in self._node:
             if wd in state:
                 continue
-            chain, at = [], wd
-            while True:
+            chain, at, verdict = [], wd, False
+            # A stale IN_MOVED_TO can put a directory below its own descendant: a cycle
+            # ends at _MAX_DEPTH, as in _dir_path, and reaches no root (its watches go;
+            # the later events of the moves that made it stale, or a rescan, add them back).
+            while len(chain) < _MAX_DEPTH:
                 if at not in self._node:
-                    verdict = False
                     break
                 if at in state:
                     verdict = state[at]

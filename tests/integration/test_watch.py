@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inotify_fdinfo import kernel_watches
+from inotify_fdinfo import kernel_watched_inodes, kernel_watches
 
 from henbackup.loop import Loop
 from henbackup.worker import watch
@@ -439,6 +439,51 @@ def test_churn_leaves_nothing_behind(watched):
     assert kernel_watches(watcher.fileno()) == watcher._node.keys() | watcher._anchors.keys()
     assert len(watcher._node) == 2
     assert harness.changed_after(lambda: touch(root / "stays/f"))
+
+
+def watched_as_recorded(harness: Harness, root: Path) -> dict[bytes, bool]:
+    """Each recorded path of the watcher: whether its kernel watch is that very directory."""
+    watcher = harness.watcher
+    inodes = kernel_watched_inodes(watcher.fileno())
+    recorded = {watcher._dir_path(wd): inodes.get(wd) for wd in watcher._node}
+    return {path: os.lstat(path).st_ino == ino for path, ino in recorded.items()}
+
+
+def directories(root: Path) -> set[bytes]:
+    return {os.fsencode(top) for top, _, _ in os.walk(root)}
+
+
+def read_in_two(harness: Harness, cut_after: bytes) -> None:
+    """Handle the queued events in two reads, the first ending at the event named `cut_after`
+    (a boundary the kernel may choose)."""
+    watcher, hub = harness.watcher, harness.watcher.hub
+    events = hub._dispatch(hub._inotify.read(1 << 18))[watcher]
+    cut = next(i for i, (_, _, name) in enumerate(events) if name == cut_after) + 1
+    watcher.handle(events[:cut])
+    watcher.handle(events[cut:])
+    harness.settle()
+
+
+@pytest.mark.timeout(10)
+def test_a_stale_move_below_its_own_descendant_is_swept_and_watched_again(watched):
+    # A is moved away, a new A/B made and the old A moved to A/B/N; the first read ends at
+    # the earlier IN_MOVED_TO of N in the old A/B, which now finds the old A there and
+    # records it below its own child B: a cycle, met by the sweep X's move asks for.
+    root, make = watched
+    (root / "A/B").mkdir(parents=True)
+    (root / "X").mkdir()
+    harness = make()
+    (root / "X").rename(root / "Y")  # moved, then gone: a sweep of the first read
+    (root / "Y").rmdir()
+    (root / "C").mkdir()
+    (root / "C").rename(root / "A/B/N")
+    (root / "A").rename(root / "Z")
+    (root / "A/B").mkdir(parents=True)
+    (root / "Z").rename(root / "A/B/N")
+    read_in_two(harness, cut_after=b"N")
+    assert watched_as_recorded(harness, root) == dict.fromkeys(directories(root), True)
+    assert len(directories(root)) == 6
+    assert harness.changed_after(lambda: touch(root / "A/B/N/B/N/f"))
 
 
 RETRY_SCRIPT = r"""
