@@ -73,6 +73,9 @@ _SLOW = IN_ISDIR | _SELF | IN_IGNORED | IN_Q_OVERFLOW | IN_UNMOUNT  # events tha
 _ROOT = 0  # parent of a path's own directory
 _WD_BYTES = 4  # a wd is a positive C int
 _MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
+# A directory is opened in its parent's fd, its last component not followed: a link put in
+# place of a watched directory (by a user who can write in the tree) leads nowhere.
+_OPEN_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
 RETRY_AFTER = 60.0  # seconds between two attempts to set up a watch that hit a limit
 
@@ -188,14 +191,18 @@ class Watcher:
         self._paths_cache: dict[int, bytes] = {}
         self._nlink_trusted: dict[int, bool] = {}  # by st_dev
         self._orphans = False  # a directory left the tree: sweep its subtree
-        self._walk_later: list[tuple[bytes, int, bytes]] = []
+        self._walk_later: list[tuple[int, bytes]] = []  # (parent, name)
         self._visited: set[int] | None = None  # during a rescan: the wds seen
 
     # the watch table
-    def _add_watch(self, path: bytes, mask: int) -> int:
-        """The wd watching `path`, or -errno. ENOSPC raises _LimitReached."""
+    def _add_watch(self, path: bytes, mask: int, fd: int = -1) -> int:
+        """The wd watching `path` (or the very file of `fd`, named `path`), or -errno.
+        ENOSPC raises _LimitReached."""
+        target = path
+        if fd >= 0:  # the magic link /proc/self/fd/N is to be followed, to the file
+            target, mask = _fd_path(fd), mask & ~IN_DONT_FOLLOW
         try:
-            return self.hub.add_watch(path, mask, self)
+            return self.hub.add_watch(target, mask, self)
         except OSError as error:
             if error.errno == errno.ENOSPC:
                 raise _LimitReached(_limit_message("max_user_watches", "watches", path)) from None
@@ -262,18 +269,19 @@ class Watcher:
             return self.excluder.excluded_name(os.fsdecode(name))
         return self.excluder.excluded(os.fsdecode(path))
 
-    def _subdirectories(self, path: bytes) -> list[bytes]:
-        """Names of the directories in `path` (not following symlinks); [] if unreadable.
+    def _subdirectories(self, fd: int) -> list[bytes]:
+        """Names of the directories in directory `fd` (not following symlinks); [] if
+        unreadable.
 
-        Call it after watching `path`: a directory made later is an event, not a miss. A
+        Call it after watching it: a directory made later is an event, not a miss. A
         link count of 2 says "no subdirectory" on file systems that keep it, and saves
         reading the directory: most directories are leaves (find's leaf optimisation).
         """
         try:
-            status = os.lstat(path)
-            if status.st_nlink == 2 and self._trusts_nlink(path, status.st_dev):
+            status = os.fstat(fd)
+            if status.st_nlink == 2 and self._trusts_nlink(_fd_path(fd), status.st_dev):
                 return []
-            with os.scandir(path) as entries:
+            with os.scandir(_fd_path(fd)) as entries:  # by path: bytes names
                 return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
         except OSError:
             return []
@@ -285,23 +293,86 @@ class Watcher:
         return trusted
 
     # watching trees
-    def _watch_tree(self, path: bytes, parent: int, name: bytes) -> int:
-        """Watch directory `path` and every directory below that is not excluded (the caller
-        checked `path` itself); returns its wd, or -errno."""
-        top = 0
-        stack = [(path, parent, name)]
-        while stack:
-            path, parent, name = stack.pop()
-            wd = self._add_watch(path, _TREE_MASK)
-            top = top or wd
-            if wd < 0:
-                continue  # vanished, not a directory, or not readable: restic skips it too
-            self._set(wd, parent, name)
-            for child in self._subdirectories(path):
+    def _watch_tree(self, wd: int, fd: int, parent: int, name: bytes, path: bytes) -> None:
+        """Record directory `wd` (open as `fd`, closed here) and watch every directory below
+        that is not excluded (the caller checked `path` itself). Each is opened in its
+        parent, whose fd stays open until its subdirectories are done: no link is followed."""
+        self._set(wd, parent, name)
+        frames = [(fd, wd, path, self._subdirectories(fd))]
+        try:
+            while frames:
+                fd, wd, path, children = frames[-1]
+                if not children or len(frames) >= _MAX_DEPTH:
+                    os.close(frames.pop()[0])
+                    continue
+                child = children.pop()
                 child_path = path + b"/" + child
-                if not self._excluded(child_path, child):
-                    stack.append((child_path, wd, child))
-        return top
+                if self._excluded(child_path, child):
+                    continue
+                child_wd, child_fd = self._open_watch(child_path, child, fd)
+                if child_wd > 0:
+                    self._set(child_wd, wd, child)
+                    frames.append((child_fd, child_wd, child_path, self._subdirectories(child_fd)))
+        finally:
+            for frame in frames:
+                os.close(frame[0])
+
+    def _open_watch(self, path: bytes, name: bytes, at: int | None) -> tuple[int, int]:
+        """Open directory `name` in directory fd `at` (None: `name` is a path) and watch it;
+        returns its wd and fd, or -errno (vanished, not a directory, a link, not readable:
+        restic skips it too) and -1."""
+        try:
+            fd = os.open(name, _OPEN_DIR, dir_fd=at)
+        except OSError as error:  # a link: ELOOP
+            return -(errno.ENOTDIR if error.errno == errno.ELOOP else error.errno), -1
+        try:
+            wd = self._add_watch(path, _TREE_MASK, fd)
+        except _LimitReached:
+            os.close(fd)
+            raise
+        if wd < 0:
+            os.close(fd)
+            return wd, -1
+        return wd, fd
+
+    def _watch_child(self, parent: int, name: bytes, path: bytes) -> None:
+        """Watch directory `name` (at `path`) of watched `parent`, and below."""
+        wd, fd = self._open_child(parent, name, path)
+        if wd > 0:
+            self._watch_tree(wd, fd, parent, name, path)
+
+    def _open_child(self, parent: int, name: bytes, path: bytes) -> tuple[int, int]:
+        """_open_watch of `name` (at `path`) in watched directory `parent`."""
+        at = self._open_watched(parent, path[: -len(name) - 1])
+        if at < 0:
+            return -errno.ENOENT, -1  # `parent` left its path: a lost race, as if gone
+        try:
+            return self._open_watch(path, name, at)
+        finally:
+            os.close(at)
+
+    def _open_watched(self, wd: int, path: bytes) -> int:
+        """An fd of watched directory `wd` opened by its recorded `path`, or -1 when `path`
+        names another directory now (it moved, or a link took the place of one above)."""
+        try:
+            fd = os.open(path, _OPEN_DIR)
+        except OSError:
+            return -1
+        try:
+            there = self._add_watch(path, _TREE_MASK, fd)  # the same wd: the same directory
+        except _LimitReached:
+            os.close(fd)
+            raise
+        if there == wd:
+            return fd
+        os.close(fd)
+        self._drop_newcomer(there)
+        return -1
+
+    def _drop_newcomer(self, wd: int) -> None:
+        """Release `wd` if only a look at a path added it (its own event adds it)."""
+        if wd > 0 and not self._known(wd) and wd not in self._anchors:
+            self._rm_watch(wd)
 
     def _establish(self, watched: _Path) -> None:
         """Anchor `watched` at its nearest existing ancestor, and watch (or walk again) what
@@ -309,8 +380,10 @@ class Watcher:
         self._anchor(watched)
         wd = 0
         if not (self.excluder and self.excluder.excluded(os.fsdecode(watched.path))):
-            wd = self._watch_tree(watched.path, _ROOT, watched.path)
-            if wd == -errno.ENOTDIR:  # a file (or a symlink: restic saves the link itself)
+            wd, fd = self._open_watch(watched.path, watched.path, None)
+            if wd > 0:
+                self._watch_tree(wd, fd, _ROOT, watched.path, watched.path)
+            elif wd == -errno.ENOTDIR:  # a file (or a symlink: restic saves the link itself)
                 wd = self._add_watch(watched.path, _FILE_MASK)
                 if wd > 0:
                     self._set(wd, _ROOT, watched.path)
@@ -422,8 +495,7 @@ class Watcher:
         now_there = self._add_watch(path, _TREE_MASK) if path is not None else 0
         if now_there == wd:
             return 0
-        if now_there > 0 and not self._known(now_there) and now_there not in self._anchors:
-            self._rm_watch(now_there)  # a newcomer: its own event adds it
+        self._drop_newcomer(now_there)
         watched = self._roots.get(wd)
         self._free(wd, remove=True)
         self._orphans = True  # its subtree goes with it
@@ -433,16 +505,13 @@ class Watcher:
 
     def _new_directory(self, path: bytes, parent: int, name: bytes, moved: bool) -> None:
         """A directory was created in (or moved into, `moved`) watched `parent`."""
-        wd = self._add_watch(path, _TREE_MASK)
+        wd, fd = self._open_child(parent, name, path)
         if wd < 0:
             return
         if not self._known(wd):  # new here: watch it and what it already holds
-            self._set(wd, parent, name)
-            for child in self._subdirectories(path):
-                child_path = path + b"/" + child
-                if not self._excluded(child_path, child):
-                    self._watch_tree(child_path, wd, child)
+            self._watch_tree(wd, fd, parent, name, path)
             return
+        os.close(fd)
         if not moved:
             return  # created, and already found by the scan of its new parent
         self._paths_cache.clear()  # moved within the tree: every path below it changed
@@ -456,7 +525,7 @@ class Watcher:
         # once the sweep has dropped the old subtree.
         self._free(wd, remove=True)
         self._orphans = True
-        self._walk_later.append((path, parent, name))
+        self._walk_later.append((parent, name))
 
     def _anchor_event(self, wd: int, mask: int, name: bytes) -> int:
         """An event of a directory waiting for a configured path; returns 1 for a change."""
@@ -484,9 +553,10 @@ class Watcher:
             self._rescan()
         if self._orphans:
             self._sweep()
-        for path, parent, name in self._walk_later:
-            if self._known(parent):
-                self._watch_tree(path, parent, name)
+        for parent, name in self._walk_later:
+            directory = self._dir_path(parent)  # after this read's moves
+            if directory is not None:
+                self._watch_child(parent, name, directory + b"/" + name)
         self._walk_later.clear()
 
     def _rescan(self) -> None:
@@ -531,6 +601,11 @@ class Watcher:
 def _parent_of(node: bytes) -> int:
     """The parent's wd in a directory's record (Watcher._set)."""
     return int.from_bytes(node[:_WD_BYTES], "little")
+
+
+def _fd_path(fd: int) -> bytes:
+    """A path to the very file open as `fd` (inotify_add_watch takes paths only)."""
+    return b"/proc/self/fd/%d" % fd
 
 
 def _nlink_counts_subdirectories(path: bytes) -> bool:

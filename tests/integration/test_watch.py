@@ -486,6 +486,27 @@ def test_a_stale_move_below_its_own_descendant_is_swept_and_watched_again(watche
     assert harness.changed_after(lambda: touch(root / "A/B/N/B/N/f"))
 
 
+@pytest.mark.timeout(30)
+def test_a_link_put_in_place_of_a_directory_is_not_followed(watched, tmp_path):
+    # A directory is made in A, then A renamed and a link to elsewhere put in its place
+    # before the event is read: the new directory's recorded path leads through the link.
+    root, make = watched
+    outside = tmp_path / "outside"
+    (outside / "etc/deep").mkdir(parents=True)
+    (root / "A").mkdir()
+    harness = make()
+    (root / "A/etc").mkdir()
+    (root / "A").rename(root / "A2")
+    (root / "A").symlink_to(outside)
+    harness.settle()
+    inodes = kernel_watched_inodes(harness.watcher.fileno()).values()
+    assert not {os.lstat(d).st_ino for d, _, _ in os.walk(outside)} & set(inodes)
+    recorded = watched_as_recorded(harness, root)
+    assert {os.fsencode(root), os.fsencode(root / "A2")} <= recorded.keys() <= directories(root)
+    assert all(recorded.values())
+    assert harness.unchanged_after(lambda: touch(outside / "etc/deep/f"))
+
+
 RETRY_SCRIPT = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[2])
