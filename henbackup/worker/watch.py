@@ -78,6 +78,10 @@ _MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
 _OPEN_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
 RETRY_AFTER = 60.0  # seconds between two attempts to set up a watch that hit a limit
+_NOT_WATCHED = (
+    f"changes are not watched, backups follow their schedule only; tried again every "
+    f"{RETRY_AFTER:g}s"
+)
 
 ChangeCallback = Callable[[int], None]
 
@@ -167,10 +171,11 @@ class Watcher:
     def _open(self) -> None:
         try:
             self.hub.join(self)
-        except OSError as error:
-            if error.errno != errno.EMFILE:
-                raise
-            message = _limit_message("max_user_instances", "instances", b"")
+        except OSError as error:  # also ENFILE, ENOMEM: raised, it would end the watcher
+            if error.errno == errno.EMFILE:
+                message = _limit_message("max_user_instances", "instances", b"")
+            else:
+                message = f"cannot open inotify ({error.strerror}): {_NOT_WATCHED}"
             raise _LimitReached(message) from None
         self._joined = True
 
@@ -640,8 +645,7 @@ def _limit_message(setting: str, what: str, path: bytes) -> str:
     wanted = max(current * 2, 524288 if what == "watches" else 1024)
     where = f" while watching {os.fsdecode(path)}" if path else ""
     return (
-        f"out of inotify {what} (fs.inotify.{setting} = {current}){where}: changes are not "
-        f"watched, backups follow their schedule only; tried again every "
-        f"{RETRY_AFTER:g}s. Raise the limit with "
+        f"out of inotify {what} (fs.inotify.{setting} = {current}){where}: {_NOT_WATCHED}. "
+        f"Raise the limit with "
         f"`sysctl fs.inotify.{setting}={wanted}` (and a file in /etc/sysctl.d/ to keep it)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import json
 import os
@@ -18,10 +19,10 @@ import pytest
 from inotify_fdinfo import kernel_watched_inodes, kernel_watches
 
 from henbackup.loop import Loop
-from henbackup.worker import watch
+from henbackup.worker import inotify_hub, watch
 from henbackup.worker.debounce import Debouncer, DebounceTimer
 from henbackup.worker.excludes import Excluder
-from henbackup.worker.watch import Watcher, _outermost
+from henbackup.worker.watch import _NOT_WATCHED, Watcher, _outermost
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class Harness:
     """A watcher on its own loop, with everything it reported."""
 
-    def __init__(self, paths: list[Path], excludes: list[str] = ()) -> None:
+    def __init__(
+        self, paths: list[Path], excludes: list[str] = (), retry_after: float = 60.0
+    ) -> None:
         self.loop = Loop()
         self.changes = 0
         self.overflows = 0
@@ -41,6 +44,7 @@ class Harness:
             self._changed,
             self._overflowed,
             self.limits.append,
+            retry_after,
         )
         self.watcher.start()
 
@@ -505,6 +509,29 @@ def test_a_link_put_in_place_of_a_directory_is_not_followed(watched, tmp_path):
     assert {os.fsencode(root), os.fsencode(root / "A2")} <= recorded.keys() <= directories(root)
     assert all(recorded.values())
     assert harness.unchanged_after(lambda: touch(outside / "etc/deep/f"))
+
+
+@pytest.mark.timeout(30)
+def test_an_instance_the_system_cannot_open_is_tried_again(tmp_path, monkeypatch):
+    # ENFILE (the system's file table), then ENOMEM at the retry: said once, and watched
+    # at the attempt after.
+    real, failures = inotify_hub.Inotify, [errno.ENOMEM, errno.ENFILE]
+
+    def inotify():
+        if failures:
+            code = failures.pop()
+            raise OSError(code, os.strerror(code))
+        return real()
+
+    monkeypatch.setattr(inotify_hub, "Inotify", inotify)
+    harness = Harness([tmp_path], retry_after=0.05)
+    assert not harness.watcher.active
+    said = "cannot open inotify (Too many open files in system): " + _NOT_WATCHED
+    assert harness.limits == [said]
+    assert harness.pump(lambda: harness.watcher.active)
+    assert harness.changed_after(lambda: touch(tmp_path / "f"))
+    assert not failures and harness.limits == [said]
+    harness.close()
 
 
 RETRY_SCRIPT = r"""
