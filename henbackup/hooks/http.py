@@ -3,8 +3,8 @@
 `timeout` bounds each attempt as a whole (connection, headers and body): every read on the
 attempt's sockets only gets the time left, so a server trickling its body cannot stretch it.
 
-A job process runs the request in a child of its own (`run_http_apart`): urllib cannot be
-woken from a wait on its socket, and a stop must end the hook at once, not at its timeout. The
+Every hook's request runs in a child of its own (`run_http_apart`): urllib cannot be woken
+from a wait on its socket, and a stop must end the hook at once, not at its timeout. The
 parent also kills the child once every attempt's timeout and backoff have passed: http.client
 reads status and header lines with the socket's timeout per read, so a dribbling server could
 otherwise keep it forever.

@@ -80,9 +80,8 @@ def _attempt(
 
     backoff = http.BACKOFF if backoff is None else backoff
     hook = http.for_run(hook, context)
-    if safe_point is None:
-        return http.run_http(hook, backoff)
-    return http.run_http_apart(hook, backoff, safe_point)
+    # apart even without a safe point: only a child can be killed at the hook's deadline
+    return http.run_http_apart(hook, backoff, safe_point or NEVER)
 
 
 def _outcome(hook: Hook, description: str, attempt: Attempt, redact: Redactor) -> HookOutcome:

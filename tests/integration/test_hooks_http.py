@@ -310,12 +310,16 @@ def dribbler():
     listener.close()
 
 
-def test_a_server_dribbling_forever_cannot_stretch_the_timeout_of_a_request_run_apart(
-    dribbler, events
+@pytest.mark.parametrize("job_process", [True, False], ids=["job-process", "one-shot"])
+def test_a_server_dribbling_forever_cannot_stretch_the_timeout_of_a_request(
+    dribbler, events, job_process
 ):
+    """Also without a safe point (`henbackup backup` from a shell): the request ran in the
+    caller then, bounded by nothing but the server."""
     before = {child.pid for child in psutil.Process().children()}
     started = time.monotonic()
-    outcome = run_hook(HttpHook(dribbler, timeout=0.5), CONTEXT, events, safe_point=SafePoint())
+    point = SafePoint() if job_process else None
+    outcome = run_hook(HttpHook(dribbler, timeout=0.5), CONTEXT, events, safe_point=point)
     assert outcome.status == "failed" and outcome.error == "timed out after 0.5s"
     assert time.monotonic() - started < GENEROUS
     assert [child for child in psutil.Process().children() if child.pid not in before] == []
