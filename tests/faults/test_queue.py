@@ -116,11 +116,20 @@ def test_a_job_process_dead_before_it_took_its_grant_leaves_no_ticket(tmp_path, 
     assert scheduler.submit(Ticket("next", "a", Priority.ordinary(0))).grant is not None
 
 
-def test_a_worker_stopped_while_its_run_waits_leaves_the_queue_and_says_so(tmp_path, events):
+def held_queue(tmp_path: Path) -> tuple[Scheduler, Any]:
+    """A queue of one slot, held by another job: a run asked now waits."""
     scheduler = Scheduler(tmp_path / "scheduler")
     scheduler.set_slots(1)
     holder = scheduler.submit(Ticket("holder", "elsewhere", Priority.ordinary(0))).grant
     assert holder is not None
+    return scheduler, holder
+
+
+def waiting_worker(
+    tmp_path: Path, events: Any, scheduler: Scheduler
+) -> tuple[Worker, Channel, Channel]:
+    """The worker of `pictures` on `scheduler`, whose job process must never start; its
+    channel, and the master's end."""
     channel, master = Channel.pair()
     worker = Worker(
         WorkerSpec("backup", "pictures", ()),
@@ -130,6 +139,12 @@ def test_a_worker_stopped_while_its_run_waits_leaves_the_queue_and_says_so(tmp_p
         never_runs,
         scheduler=scheduler,
     )
+    return worker, channel, master
+
+
+def test_a_worker_stopped_while_its_run_waits_leaves_the_queue_and_says_so(tmp_path, events):
+    scheduler, holder = held_queue(tmp_path)
+    worker, channel, master = waiting_worker(tmp_path, events, scheduler)
     worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))
     assert worker.waiter is not None and worker.job is None  # a ticket, not a process
     worker.loop.call_later(0.1, worker.shutdown)
@@ -152,19 +167,8 @@ def test_a_worker_never_waits_for_a_queue_lock_another_process_holds(tmp_path, e
     """A hand-run `henbackup backup` stopped (Ctrl-Z) while it held the queue's lock once
     stopped every worker that asked for a run: no heartbeat, and the master killed them all.
     The holder here is another open file of the queue's lock, which flock tells apart."""
-    scheduler = Scheduler(tmp_path / "scheduler")
-    scheduler.set_slots(1)
-    holder = scheduler.submit(Ticket("holder", "elsewhere", Priority.ordinary(0))).grant
-    assert holder is not None
-    channel, master = Channel.pair()
-    worker = Worker(
-        WorkerSpec("backup", "pictures", ()),
-        two_repositories(tmp_path),
-        channel,
-        events,
-        never_runs,
-        scheduler=scheduler,
-    )
+    scheduler, holder = held_queue(tmp_path)
+    worker, channel, master = waiting_worker(tmp_path, events, scheduler)
     stopped = locks.try_lock(scheduler._lock, locks.EXCLUSIVE)
     assert stopped is not None
     worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))  # returns
@@ -186,15 +190,7 @@ def test_a_worker_never_waits_for_a_queue_lock_another_process_holds(tmp_path, e
 
 def test_a_worker_stopped_while_its_run_waits_for_the_queue_lock_ends_that_run(tmp_path, events):
     scheduler = Scheduler(tmp_path / "scheduler")
-    channel, master = Channel.pair()
-    worker = Worker(
-        WorkerSpec("backup", "pictures", ()),
-        two_repositories(tmp_path),
-        channel,
-        events,
-        never_runs,
-        scheduler=scheduler,
-    )
+    worker, channel, master = waiting_worker(tmp_path, events, scheduler)
     stopped = locks.try_lock(scheduler._lock, locks.EXCLUSIVE)
     worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))
     worker.shutdown()
