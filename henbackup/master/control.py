@@ -18,8 +18,6 @@ member can lock root or the other members out.
 
 from __future__ import annotations
 
-import contextlib
-import grp
 import os
 import socket
 from collections.abc import Callable
@@ -28,10 +26,9 @@ from pathlib import Path
 
 from henbackup.errors import ConfigError, Problem, UsageError
 from henbackup.loop import Loop, Timer
-from henbackup.master.permissions import Peer, Privilege, peer_of
+from henbackup.master.permissions import Peer, Privilege, operators_gid, peer_of
 from henbackup.protocol import (
     DENIED,
-    GROUP,
     ControlReply,
     ControlRequest,
     decode,
@@ -87,8 +84,9 @@ def bind(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.bind(str(path))
     os.chmod(path, 0o660)
-    with contextlib.suppress(KeyError):  # no such group: root only
-        os.chown(path, -1, grp.getgrnam(GROUP).gr_gid)
+    operators = operators_gid()
+    if operators is not None:  # else no such group: root only
+        os.chown(path, -1, operators)
     sock.listen(socket.SOMAXCONN)
     return sock
 

@@ -12,6 +12,7 @@ SO_PEERGROUPS for the supplementary groups): never from anything a request says.
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import os
 import socket
@@ -58,11 +59,21 @@ class Peer:
     def privilege(self) -> Privilege:
         if self.uid in (0, os.geteuid()):
             return Privilege.OWN
-        try:
-            gid = grp.getgrnam(GROUP).gr_gid
-        except KeyError:  # no such group: root only
+        gid = operators_gid()
+        if gid is None:  # no such group: root only
             return Privilege.NONE
         return Privilege.OPERATE if gid == self.gid or gid in self.groups else Privilege.NONE
+
+
+@functools.cache
+def operators_gid() -> int | None:
+    """Group henbackup's gid (None: no such group), looked up once: a name service (LDAP,
+    sssd) may answer slowly, and the master's loop must not wait on it for every client.
+    A reload looks it up again (`operators_gid.cache_clear()`)."""
+    try:
+        return grp.getgrnam(GROUP).gr_gid
+    except KeyError:
+        return None
 
 
 def peer_of(conn: socket.socket) -> Peer:

@@ -52,6 +52,7 @@ from henbackup.loop import Loop
 from henbackup.master import commands
 from henbackup.master.control import ControlServer, Conversation, bind, socket_from_systemd
 from henbackup.master.jobs import Jobs, OneOffBody
+from henbackup.master.permissions import operators_gid
 from henbackup.master.preempt import Preemption
 from henbackup.master.specs import WATCHER, diff, worker_specs
 from henbackup.master.states import Child, ChildState, Policy
@@ -434,6 +435,7 @@ class Master:
         if self.stopping:
             return
         self.notifier.reloading()
+        operators_gid.cache_clear()  # group henbackup may have been made or changed since
         try:
             self._apply(load_config(self.config_path))
         except ConfigError as error:

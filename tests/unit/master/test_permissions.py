@@ -3,13 +3,14 @@ caller's credentials (a member of group henbackup, root, anyone else)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from henbackup.master import commands, permissions
-from henbackup.master.permissions import Peer
+from henbackup.master.permissions import Peer, Privilege
 from henbackup.protocol import ControlRequest
 
 from .stand_in import MEMBER, MEMBER_GID, OUTSIDER, Channel, Conversation, answer, worker
@@ -20,7 +21,7 @@ OPERATOR_MAY = "status, queue, list-snapshots, backup, check, cancel"
 
 
 @pytest.fixture
-def group_henbackup(monkeypatch: pytest.MonkeyPatch) -> None:
+def group_henbackup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Group henbackup exists, with MEMBER_GID."""
 
     def getgrnam(name: str) -> Any:
@@ -29,6 +30,33 @@ def group_henbackup(monkeypatch: pytest.MonkeyPatch) -> None:
         return SimpleNamespace(gr_gid=MEMBER_GID)
 
     monkeypatch.setattr(permissions, "grp", SimpleNamespace(getgrnam=getgrnam))
+    permissions.operators_gid.cache_clear()
+    yield
+    permissions.operators_gid.cache_clear()  # the host's own group again
+
+
+def test_the_group_is_looked_up_once_not_for_every_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name service (LDAP) may be slow: the master's loop asks it once, and again on a
+    reload (which clears the cache), never once per connection."""
+    asked: list[str] = []
+
+    def getgrnam(name: str) -> Any:
+        asked.append(name)
+        return SimpleNamespace(gr_gid=MEMBER_GID)
+
+    monkeypatch.setattr(permissions, "grp", SimpleNamespace(getgrnam=getgrnam))
+    permissions.operators_gid.cache_clear()
+    try:
+        assert [MEMBER.privilege, MEMBER.privilege, OUTSIDER.privilege] == [
+            Privilege.OPERATE,
+            Privilege.OPERATE,
+            Privilege.NONE,
+        ]
+        assert asked == ["henbackup"]
+        permissions.operators_gid.cache_clear()  # what a reload does
+        assert MEMBER.privilege is Privilege.OPERATE and asked == ["henbackup"] * 2
+    finally:
+        permissions.operators_gid.cache_clear()
 
 
 def test_the_table_names_every_command_the_master_answers() -> None:
