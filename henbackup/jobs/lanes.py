@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from henbackup import names
 from henbackup.channel import Channel, ChannelMessage, JobEvent, JobExit, OneOffResult
-from henbackup.errors import JobCancelled, ProtocolError, StopRequested
+from henbackup.errors import JobCancelled, ProtocolError, QueueBusy, StopRequested
 from henbackup.jobs.job import Job
 from henbackup.jobs.pipeline import (
     Place,
@@ -32,11 +32,11 @@ from henbackup.jobs.pipeline import (
     announce_queued,
     ticket_for,
 )
-from henbackup.loop import Loop
+from henbackup.loop import Loop, Timer
 from henbackup.observe.events import EmitFunction
 from henbackup.process import NEVER, SafePoint, Watched, describe_exit, start_watched
 from henbackup.protocol import reply_error
-from henbackup.scheduler.queue import Grant, Scheduler, Waiter
+from henbackup.scheduler.queue import BUSY_RETRY, Grant, Scheduler, Waiter
 
 # In the lane: run `job` under `grant` (telling its events on the channel); its outcome.
 LaneBody = Callable[[Job, Grant, Channel], RepositoryOutcome]
@@ -58,6 +58,7 @@ class Lanes:
         self.loop = Loop()  # each run's own (closed at its end)
         self.todo: list[Job] = []  # not queued yet (the first of them may be waiting)
         self.waiter: Waiter | None = None  # the first of `todo`'s ticket
+        self.entering: Timer | None = None  # while that one retries entering a busy queue
         self.running: dict[str, Watched] = {}  # job id → its lane
         self.outcomes: dict[str, RepositoryOutcome] = {}
         self.sequence = 0
@@ -87,7 +88,7 @@ class Lanes:
         return [self.outcomes[job.id] for job in jobs if job.id in self.outcomes]
 
     def _serve(self) -> None:
-        while self.running or self.waiter is not None:  # a job left to run waits as a ticket
+        while self.running or self.waiter is not None or self.entering is not None:
             self.loop.run_once()
 
     def _woken(self) -> None:
@@ -104,10 +105,13 @@ class Lanes:
         if self.safe_point.fd is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.loop.remove_reader(self.safe_point.fd)
+        if self.entering is not None:  # not in the queue yet: it never will be
+            self.entering.cancel()
+            self.entering = None
         if self.waiter is not None:
             waiter, self.waiter = self.waiter, None
             told = waiter.grant is None  # else granted at once: never announced
-            waiter.cancel()
+            waiter.cancel(self.loop)
             if told:
                 announce_cancelled(self.todo[0], self.emit)
         for lane in self.running.values():
@@ -117,14 +121,23 @@ class Lanes:
             self.loop.run_once()
 
     def _queue_next(self) -> None:
-        """Queue the first job not queued yet, with the run's arrival number."""
+        """Queue the first job not queued yet, with the run's arrival number; while another
+        process holds the queue's lock, try again from a timer (never wait for it)."""
+        self.entering = None
         if not self.todo or self.waiter is not None or self.stopping:
             return
         job = self.todo[0]
         try:
             waiter = self.scheduler.request(
-                self.loop, ticket_for(job, self.sequence), self._granted, self._cancelled
+                self.loop,
+                ticket_for(job, self.sequence),
+                self._granted,
+                self._cancelled,
+                wait=False,
             )
+        except QueueBusy:
+            self.entering = self.loop.call_later(BUSY_RETRY, self._queue_next)
+            return
         except (OSError, ValueError) as error:  # a full disk, a removed directory
             self._failed(self.todo.pop(0), f"it could not enter the job queue: {error}")
             self._queue_next()
@@ -190,7 +203,7 @@ class Lanes:
 
     def _exited(self, job: Job, status: int) -> None:
         del self.running[job.id]
-        self.scheduler.forget_own(job.id)  # it died before it took its ticket over?
+        self.scheduler.forget_own(job.id, self.loop)  # it died before it took its ticket over?
         code = os.waitstatus_to_exitcode(status)
         if not JobExit.orderly(code):  # see Scheduler.nudge: it may have held its slot
             self.scheduler.nudge()

@@ -4,13 +4,18 @@ tells, and what a lane that dies leaves (tests/integration/test_side_by_side.py 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from henbackup.channel import Channel, JobEvent
 from henbackup.jobs.job import Job
 from henbackup.jobs.lanes import Lanes
-from henbackup.jobs.pipeline import Place, RepositoryOutcome, queued
+from henbackup.jobs.pipeline import Place, RepositoryOutcome, queued, ticket_for
+from henbackup.scheduler import locks
 from henbackup.scheduler.queue import Grant, Scheduler
 
 WAIT = 30.0  # a busy machine; only waited for
@@ -98,3 +103,71 @@ def test_a_waiting_repository_cancelled_never_starts_and_the_run_goes_on(tmp_pat
     kinds = [(e.kind, dict(e.fields)["HENBACKUP_REPOSITORY"]) for e in events.recorded]
     assert kinds == [("job.queued", "b"), ("job.cancelled", "b")]
     assert scheduler.queue() == ()
+
+
+def test_the_run_s_loop_never_waits_for_a_queue_lock_held_elsewhere(tmp_path, events):
+    """Another process holds the queue's lock (a hand-run `henbackup backup` stopped with
+    Ctrl-Z) as the run queues its second repository: the run's loop goes on (it relays the
+    first lane's events), tries again from a timer, and queues it once the lock is free.
+    The holder lets go only once the first lane's job.started is relayed, so a loop that
+    waited for the lock would wait for ever: an alarm fails the test instead."""
+    scheduler = Scheduler(tmp_path / "queue")  # one slot: a is granted, b must queue
+    a, b = jobs()
+    place = Place(scheduler, events, scheduler.submit(ticket_for(a)).grant)
+
+    def body(job: Job, grant: Grant, channel: Channel) -> RepositoryOutcome:
+        channel.send(JobEvent("job.started", f"{job.title} started", job.fields()))
+        with queued(job, Scheduler(tmp_path / "queue"), events, grant):
+            pass
+        return RepositoryOutcome(job.repository, snapshot_id=f"snap-{job.repository}")
+
+    holder, let_go = hold_queue_lock(scheduler.directory / "lock")
+    relayed: list[str] = []
+
+    def relay(event: JobEvent) -> None:
+        relayed.append(event.fields["repository"])
+        if len(relayed) == 1:
+            os.write(let_go, b"x")
+
+    lanes = Lanes(scheduler, events, relay, body)
+    with alarm_after(WAIT, lambda: os.write(let_go, b"x")):
+        outcomes = lanes((a, b), place)
+    os.waitpid(holder, 0)
+    assert outcomes == [RepositoryOutcome("a", "snap-a"), RepositoryOutcome("b", "snap-b")]
+    assert relayed == ["a", "b"]
+    assert scheduler.queue() == ()
+
+
+def hold_queue_lock(path: Path) -> tuple[int, int]:
+    """A process that holds the queue's lock until a byte is written to the fd returned
+    with its pid."""
+    go_read, go_write = os.pipe()
+    held_read, held_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        fd = locks.try_lock(path, locks.EXCLUSIVE)
+        os.write(held_write, b"held" if fd is not None else b"")
+        os.read(go_read, 1)
+        os._exit(0)
+    assert os.read(held_read, 4) == b"held"
+    for fd in (go_read, held_read, held_write):
+        os.close(fd)
+    return pid, go_write
+
+
+@contextlib.contextmanager
+def alarm_after(seconds: float, unstick: Callable[[], object]) -> Iterator[None]:
+    """A wait longer than `seconds` (in flock, for a lock never let go) fails the test,
+    after `unstick()` let the lock go (the run's lanes, stopping, may need it)."""
+
+    def stuck(*_: object) -> None:
+        unstick()
+        raise AssertionError("the run's loop waited for the queue's lock")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
