@@ -42,7 +42,8 @@ def make_source(tmp_path: Path, size: int = SOURCE) -> Path:
 
 def backup(restic: str, target: Target, tmp_path: Path, events: EmitFunction, size: int = SOURCE):
     """One throttled backup job of `size` random bytes; its progress events with when each
-    came, the result and when it ended (monotonic)."""
+    came, the result, when it ended (monotonic), and how much more than the result's bytes
+    the progress may have counted sent (`unseen_pack`)."""
     source = make_source(tmp_path, size)
     engine = ResticEngine(restic, cache_dir=tmp_path / "cache")
     request = BackupRequest("pictures", (str(source),), host="testhost")
@@ -59,7 +60,15 @@ def backup(restic: str, target: Target, tmp_path: Path, events: EmitFunction, si
     result: BackupResult = run_job(
         job, emit, lambda: engine.backup(target, request, reporter), engine=engine
     )
-    return progress, result, time.monotonic()
+    return progress, result, time.monotonic(), unseen_pack(engine, result)
+
+
+def unseen_pack(engine: ResticEngine, result: BackupResult) -> int:
+    """restic 0.17+ may write a pack, copy its blobs into the pack it sends and delete it:
+    a busy machine's first look may come after that, and the bytes written to it count
+    as sent (the meter cannot tell them from a pack sent meanwhile). Its blobs are the
+    backup's: it holds no more than the data added."""
+    return result.bytes_added if engine.features.version >= (0, 17, 0) else 0
 
 
 def number(fields: dict[str, str], name: str) -> float:
@@ -107,6 +116,7 @@ def assert_truthful(
     progress: list[tuple[float, dict[str, str]]],
     result: BackupResult,
     ended: float,
+    unseen: int,
     size: int = SOURCE,
     limit: int = LIMIT,
 ) -> None:
@@ -137,7 +147,7 @@ def assert_truthful(
     # the last progress before the summary agrees with it
     assert read[-1] == result.bytes_processed == size
     assert result.bytes_added >= size
-    assert sent[-1] <= result.bytes_added + PACK_SLACK, (sent, result)
+    assert sent[-1] <= result.bytes_added + PACK_SLACK + unseen, (sent, result)
     unsent = max(0, result.bytes_added - sent[-1])
     # restic's limiter is a token bucket holding one second of tokens: after a pause (one
     # pack done, the next not begun) the tail may go out in one burst of up to `limit` bytes
