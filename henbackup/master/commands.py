@@ -26,7 +26,7 @@ from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
 from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
 from henbackup.master.control import Conversation
-from henbackup.master.permissions import refusal
+from henbackup.master.permissions import CANCEL_RESTORE_DENIED, Privilege, refusal
 from henbackup.master.states import Child
 from henbackup.observe.status import LiveJob, RunHistory, RunKey, StatusModel, WorkerView
 from henbackup.protocol import ControlReply, ControlRequest, reply_error
@@ -267,6 +267,8 @@ def cancel(
     the loop for a few seconds (never waiting for the lock) and answer then."""
     job: str = request.get("job")
     give_up = master.loop.clock() + CANCEL_PATIENCE
+    if conversation.peer.privilege is not Privilege.OWN and _is_restore(master, job):
+        return reply_error("permission", CANCEL_RESTORE_DENIED)  # root's alone to start
 
     def attempt() -> ControlReply | None:
         try:
@@ -287,6 +289,11 @@ def cancel(
     if master.scheduler is None:
         return _cancelled(job, None)
     return attempt()
+
+
+def _is_restore(master: Master, job: str) -> bool:
+    queue = master.scheduler.peek() if master.scheduler is not None else ()
+    return any(ticket.job_id == job and ticket.operation == "restore" for ticket in queue)
 
 
 def _cancelled(job: str, ticket: Ticket | None) -> ControlReply:

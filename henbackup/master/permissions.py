@@ -44,6 +44,10 @@ REQUIRED: dict[str, Privilege] = {
     "prune": Privilege.OWN,  # destroys snapshots
 }
 OPERATOR_COMMANDS = ", ".join(name for name, need in REQUIRED.items() if need is Privilege.OPERATE)
+CANCEL_RESTORE_DENIED = (
+    f"permission denied: only root may cancel a restore (group {GROUP} may cancel backups,"
+    " checks and prunes)"
+)
 
 
 @dataclass(frozen=True)

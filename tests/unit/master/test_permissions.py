@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
+from henbackup.config.model import Priority
 from henbackup.master import commands, permissions
 from henbackup.master.permissions import Peer, Privilege
 from henbackup.protocol import ControlRequest
+from henbackup.scheduler import Ticket
 
-from .stand_in import MEMBER, MEMBER_GID, OUTSIDER, Channel, Conversation, answer, worker
+from .stand_in import MEMBER, MEMBER_GID, OUTSIDER, ROOT, Channel, Conversation, answer, worker
 
 # --- who may do what --------------------------------------------------------------------
 
@@ -113,3 +115,41 @@ def test_a_member_may_watch_and_operate(master: Any, peer: Peer) -> None:
 def test_an_outsider_may_do_nothing(master: Any, command: str) -> None:
     reply = commands.answer(master, ControlRequest(command, {}), Conversation(OUTSIDER))
     assert reply == {"ok": False, "code": "permission", "error": permissions.DENIED}
+
+
+@pytest.mark.usefixtures("group_henbackup")
+def test_a_member_may_cancel_what_the_configuration_describes_but_not_a_restore(
+    master: Any,
+) -> None:
+    """A restore is root's alone to start, so root's alone to stop; backups, checks and
+    prunes (scheduled or asked) a member may cancel."""
+    scheduler = master.scheduler
+    scheduler.set_slots(1)  # the jobs wait behind a running one (no signal to send)
+    holder = scheduler.submit(Ticket("b0", "aws", Priority.ordinary(0)))
+    restore = scheduler.submit(Ticket("r1", "aws", Priority.ordinary(0), operation="restore"))
+    prune = scheduler.submit(Ticket("p1", "aws", Priority.ordinary(0), operation="prune"))
+    try:
+        cancel = {"command": "cancel", "job": "r1"}
+        assert answer(master, cancel, Conversation(MEMBER)) == {
+            "ok": False,
+            "code": "permission",
+            "error": "permission denied: only root may cancel a restore"
+            " (group henbackup may cancel backups, checks and prunes)",
+        }
+        assert [t.job_id for t in scheduler.queue()] == ["b0", "r1", "p1"]  # none cancelled
+        prune_cancel = {"command": "cancel", "job": "p1"}
+        assert answer(master, prune_cancel, Conversation(MEMBER)) == {
+            "ok": True,
+            "job": "p1",
+            "was": "waiting",
+        }
+        assert answer(master, cancel, Conversation(ROOT)) == {
+            "ok": True,
+            "job": "r1",
+            "was": "waiting",
+        }
+        assert [t.job_id for t in scheduler.queue()] == ["b0"]
+    finally:
+        restore.cancel()
+        prune.cancel()
+        holder.grant.release()
