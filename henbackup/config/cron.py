@@ -218,9 +218,16 @@ def _parse_item(item: str, field: _Field) -> range:
 
 
 def _parse_step(text: str, field: _Field) -> int:
-    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) == 0:
+    if not (text.isascii() and text.isdigit()) or _bounded(text) == 0:
         raise ValueError(f'{field.name} step "{text}" must be a whole number above 0')
-    return int(text)
+    return _bounded(text)
+
+
+def _bounded(digits: str) -> int:
+    """The number of ASCII `digits` (leading zeros allowed); 10**9 for any larger (never
+    in range: no int() of a thousand digits)."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 9 else 10**9
 
 
 def _parse_value(text: str, field: _Field) -> int:
@@ -231,7 +238,7 @@ def _parse_value(text: str, field: _Field) -> int:
     if not (text.isascii() and text.isdigit()):
         expected = f"a number or a name ({', '.join(field.names)})" if field.names else "a number"
         raise ValueError(f'{field.name} "{text}" is not {expected}')
-    value = int(text) if len(text) <= 9 else 10**9  # too long is out of range anyway
+    value = _bounded(text)
     if not field.low <= value <= field.high:
-        raise ValueError(f"{field.name} {value} is out of range {field.low}-{field.high}")
+        raise ValueError(f"{field.name} {text} is out of range {field.low}-{field.high}")
     return value

@@ -139,7 +139,9 @@ def test_macros(macro: str, expression: str) -> None:
         ("*/0 * * * *", 'minute step "0" must be a whole number above 0'),
         ("*/x * * * *", 'minute step "x" must be a whole number above 0'),
         ("1-2-3 * * * *", 'minute "2-3" is not a number'),
-        ("99999999999999999999 * * * *", "minute 1000000000 is out of range 0-59"),
+        ("99999999999999999999 * * * *", "minute 99999999999999999999 is out of range 0-59"),
+        ("0000000060 * * * *", "minute 0000000060 is out of range 0-59"),
+        ("*/0000000000 * * * *", 'minute step "0000000000" must be a whole number above 0'),
         ("0 0 30 2 *", "never matches: no day of the day-of-month field exists in feb"),
         ("0 0 31 2 *", "never matches: no day of the day-of-month field exists in feb"),
         ("0 0 31 4,6,9,11 *", "exists in apr, jun, sep, nov"),
@@ -150,6 +152,11 @@ def test_invalid_expressions(expression: str, message: str) -> None:
     with pytest.raises(ValueError) as error:
         parse_cron(expression)
     assert message in str(error.value)
+
+
+def test_leading_zeros_are_the_number_they_write() -> None:
+    spec = parse_cron("0000000001 */00000000006 * * *")
+    assert (sorted(spec.minutes), sorted(spec.hours)) == ([1], [0, 6, 12, 18])
 
 
 def test_not_a_string() -> None:
