@@ -76,6 +76,9 @@ _MAX_DEPTH = 4096  # PATH_MAX / 2: deeper would be a loop in stale records
 # A directory is opened in its parent's fd, its last component not followed: a link put in
 # place of a watched directory (by a user who can write in the tree) leads nowhere.
 _OPEN_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# _open_child: the parent's recorded path names another directory now (it was renamed, or
+# a link took its place, and the event saying so is not handled yet)
+_PARENT_MOVED = -errno.ESTALE
 _NLINK_FILE_SYSTEMS = {0xEF53, 0x58465342, 0x01021994}  # statfs f_type: ext2-4, xfs, tmpfs
 RETRY_AFTER = 60.0  # seconds between two attempts to set up a watch that hit a limit
 _NOT_WATCHED = (
@@ -350,7 +353,7 @@ class Watcher:
         """_open_watch of `name` (at `path`) in watched directory `parent`."""
         at = self._open_watched(parent, path[: -len(name) - 1])
         if at < 0:
-            return -errno.ENOENT, -1  # `parent` left its path: a lost race, as if gone
+            return _PARENT_MOVED, -1
         try:
             return self._open_watch(path, name, at)
         finally:
@@ -511,6 +514,9 @@ class Watcher:
     def _new_directory(self, path: bytes, parent: int, name: bytes, moved: bool) -> None:
         """A directory was created in (or moved into, `moved`) watched `parent`."""
         wd, fd = self._open_child(parent, name, path)
+        if wd == _PARENT_MOVED:  # a move this read tells of later: look again after it
+            self._walk_later.append((parent, name))
+            return
         if wd < 0:
             return
         if not self._known(wd):  # new here: watch it and what it already holds
