@@ -718,8 +718,8 @@ class BorgEngine(ToolEngine):
         # borg times archives to the second, and its retention cannot order two of one
         # second: this archive starts in a later second than the last of this backup.
         record = self._last_archive(target, request)
-        if record is not None:
-            self._pause(_read_second(record) + 1 - time.time())
+        if record is not None:  # at most a second: a mark ahead of now is a clock set back
+            self._pause(min(1.0, _read_second(record) + 1 - time.time()))
         name = archive_name(request.backup, request.host, datetime.now(UTC))
         scan = ScanTotal()
         sidecar = self._scan(target, request, name, scan) if on_progress else None

@@ -589,3 +589,24 @@ def readers_of(path: Path) -> list[str]:
             if entry.name.isdigit() and os.fsencode(path) in (entry / "cmdline").read_bytes():
                 found.append((entry / "cmdline").read_bytes().decode(errors="replace"))
     return found
+
+
+@pytest.mark.timeout(300)
+def test_a_borg_archive_noted_ahead_of_the_clock_delays_the_next_a_second_at_most(
+    source: Path, tmp_path: Path
+) -> None:
+    """borg cannot order two archives of one second, so a backup starts in a later second
+    than the last one noted; a note ahead of the clock (set back since, or a garbled file)
+    holds it one second at most, never until that time comes."""
+    assert BORG is not None, "borg is not installed: run `make test` to set it up"
+    engines = Engines({"borg": BORG}, cache_dir=tmp_path / "cache")
+    target = _target("borg-1.2", tmp_path / "repo")
+    engines.ensure_initialized(target)
+    request = BackupRequest("docs", (str(source),), host="h1")
+    engines.backup(target, request)
+    (mark,) = (tmp_path / "cache/borg/henbackup").glob("last-*")
+    mark.write_text(f"{int(time.time()) + 86400}\n")  # a day ahead
+    started = time.monotonic()
+    assert engines.backup(target, request).snapshot_id is not None
+    assert time.monotonic() - started < 240  # not a day; generous for a busy machine
+    assert len(engines.snapshots(target)) == 2
