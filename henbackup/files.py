@@ -20,8 +20,13 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temporary, flags, 0o600)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as stream:
+        try:
+            os.fchmod(fd, mode)
+            stream = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)  # the stream would have closed it
+            raise
+        with stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())

@@ -218,6 +218,30 @@ def test_the_textfile_is_whole_readable_by_all_and_leaves_nothing_behind(tmp_pat
     assert os.listdir(path.parent) == ["henbackup.prom"]
 
 
+def test_a_missing_textfile_directory_is_made_for_node_exporter_to_enter(tmp_path):
+    path = tmp_path / "prometheus" / "node-exporter" / "henbackup.prom"
+    old_umask = os.umask(0o077)  # the unit's
+    try:
+        write_textfile(path, "henbackup_up 1\n")
+    finally:
+        os.umask(old_umask)
+    modes = [stat.S_IMODE(d.stat().st_mode) for d in (path.parent.parent, path.parent)]
+    assert modes == [0o755, 0o755]
+
+
+def test_a_textfile_that_cannot_be_written_leaks_no_descriptor(tmp_path, monkeypatch):
+    def refused(fd, mode):
+        raise PermissionError(1, "Operation not permitted")  # vfat, CIFS with a mask
+
+    monkeypatch.setattr(os, "fchmod", refused)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(PermissionError):
+            write_textfile(tmp_path / "henbackup.prom", "henbackup_up 1\n")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_textfile_that_cannot_be_written_raises_and_leaves_nothing(tmp_path):
     directory = tmp_path / "textfiles"
     directory.mkdir()
