@@ -428,7 +428,14 @@ def _checked(
 
 
 def _is_text(value: object) -> bool:
-    return isinstance(value, str)
+    """A str that can be written out again (JSON lets a lone surrogate in: "\\ud800")."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_seconds(value: object) -> bool:

@@ -512,6 +512,7 @@ def test_saving_where_nothing_can_be_written_raises_oserror(tmp_path, clock: Clo
         '[{"key": {"repository": "aws", "operation": "backup"}, "last": {"started": 1}}]',
         '[{"key": {"repository": "aws", "operation": "backup"}, "runs": {"succeeded": "x"}}]',
         '[{"key": {"repository": "aws", "operation": "backup"}, "bytes_added": null}]',
+        '[{"key": {"repository": "\\ud800", "operation": "backup"}}]',  # cannot be written
     ],
 )
 def test_a_corrupt_file_counts_as_no_results(tmp_path, clock: Clock, content: str) -> None:
