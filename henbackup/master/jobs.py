@@ -62,6 +62,7 @@ class Jobs:
     settings: Metrics = field(default_factory=Metrics)
     metrics_server: metrics.MetricsServer | None = None
     results_unsaved: bool = False  # the last save of the results failed (and was said)
+    textfile_failing: bool = False  # the last write of the metrics failed (and was said)
     after_event: Callable[[], None] = lambda: None  # the queue may have changed (preemption)
     resume_paused: Callable[[str], None] = lambda ticket: None  # a paused job is cancelled
 
@@ -144,11 +145,15 @@ class Jobs:
             return
         try:
             metrics.write_textfile(path, metrics.render(self.model, up))
-        except OSError as error:
-            self._metrics_failed(f"cannot write the metrics to {path}", error)
+        except (OSError, ValueError) as error:  # a full disk, a name that cannot be encoded
+            if not self.textfile_failing:  # said once, until it works again
+                self._metrics_failed(f"cannot write the metrics to {path}", error)
+            self.textfile_failing = True
+        else:
+            self.textfile_failing = False
 
-    def _metrics_failed(self, what: str, error: OSError) -> None:
-        reason = str(error.strerror or error)
+    def _metrics_failed(self, what: str, error: Exception) -> None:
+        reason = str(getattr(error, "strerror", None) or error)
         self.emit("metrics.failed", f"{what}: {reason}", error=reason)
 
     # one-off job processes

@@ -11,7 +11,9 @@ slow or non-reading client is dropped at its deadline without delaying anyone el
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import socket
 from collections.abc import Callable, Iterable
@@ -29,6 +31,7 @@ REQUEST_TIMEOUT = 10.0  # the whole life of a connection: request in, reply out
 MAX_CLIENTS = 32  # more at once are turned away: the master's descriptors are for backups
 ACCEPT_PAUSE = 1.0  # accept() failing for want of descriptors: try again after this long
 TEXTFILE_MODE = 0o644
+TEXTFILE_DIRECTORY_MODE = 0o755
 
 Labels = tuple[str, ...]
 Sample = tuple[Labels, float]
@@ -242,7 +245,14 @@ def _number(value: float) -> str:
 
 
 def write_textfile(path: Path, text: str) -> None:
-    """Replace `path` with `text`, atomically, readable by node_exporter; raises OSError."""
+    """Replace `path` with `text`, atomically, readable by node_exporter; raises OSError.
+    A missing directory is made 0755 whatever the umask (the unit's is 0077), so that
+    node_exporter's user can enter it."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+            os.chmod(directory, TEXTFILE_DIRECTORY_MODE)
     write_atomically(path, text.encode(), TEXTFILE_MODE)
 
 

@@ -34,3 +34,25 @@ def test_the_textfile_says_when_a_job_stalls_and_when_it_moves_again(tmp_path: P
         assert f"{STALLED} 0\n" in send("job.progress", bytes_done=8192)
     finally:
         loop.close()
+
+
+def test_a_textfile_that_cannot_be_written_is_said_once_until_it_can(tmp_path: Path) -> None:
+    textfile = tmp_path / "henbackup.prom"
+    textfile.mkdir()  # in the way, as a full disk would be: every write fails
+    said: list[str] = []
+    loop = Loop()
+    try:
+        jobs = Jobs(loop, emit=lambda kind, message, **fields: said.append(kind))
+        jobs.configure(Metrics(textfile=textfile))
+        for kind in ("job.queued", "job.started", "job.succeeded"):
+            jobs.event("backup:pictures", JobEvent(kind, kind, JOB))
+        assert said == ["metrics.failed"]
+        textfile.rmdir()
+        jobs.write_metrics()
+        assert textfile.is_file()
+        textfile.unlink()
+        textfile.mkdir()
+        jobs.write_metrics()  # failing again: said again
+        assert said == ["metrics.failed", "metrics.failed"]
+    finally:
+        loop.close()
