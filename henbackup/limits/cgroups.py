@@ -147,11 +147,14 @@ def prepare_v2(root: Path = ROOT, proc: Path = PROC_SELF_CGROUP) -> str | None:
 
 
 def _delegated(path: Path) -> bool:
-    """systemd marks a cgroup it delegates (Delegate=yes) with trusted.delegate = 1."""
-    try:
-        return os.getxattr(path, "trusted.delegate") == b"1"
-    except OSError:
-        return False
+    """systemd marks a cgroup it delegates (Delegate=yes) with trusted.delegate = 1 and,
+    from 251, user.delegate = 1 too: only the second can be read without CAP_SYS_ADMIN,
+    which the unit does not keep."""
+    for name in ("trusted.delegate", "user.delegate"):
+        with contextlib.suppress(OSError):  # absent, or hidden from us
+            if os.getxattr(path, name) == b"1":
+                return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ where. The files and values written are exactly those the kernel would get.
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,23 @@ def test_the_master_moves_into_a_leaf_and_hands_the_controllers_down(tree, tmp_p
     service = tree / SERVICE
     assert (service / "daemon" / "cgroup.procs").read_text() == "4242"
     assert (service / "cgroup.subtree_control").read_text() == "+cpu +io +memory"
+
+
+@pytest.mark.parametrize("keep_sys_admin", [True, False])
+def test_delegation_is_read_without_cap_sys_admin_too(tmp_path, keep_sys_admin):
+    """The unit's CapabilityBoundingSet leaves CAP_SYS_ADMIN out, which hides trusted.*
+    attributes: systemd 251+ marks a delegated cgroup with user.delegate as well."""
+    service = tmp_path / "service"
+    service.mkdir()
+    os.setxattr(service, "trusted.delegate", b"1")
+    os.setxattr(service, "user.delegate", b"1")
+    drop = [] if keep_sys_admin else ["setpriv", "--bounding-set=-sys_admin", "--"]
+    code = f"from henbackup.limits import cgroups; print(cgroups._delegated({str(service)!r}))"
+    said = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True)
+    assert said.stdout == "True\n", said.stderr
+    os.removexattr(service, "user.delegate")
+    said = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True)
+    assert said.stdout == ("True\n" if keep_sys_admin else "False\n"), said.stderr
 
 
 def test_prepared_once_a_child_finds_the_service_cgroup(tree, tmp_path):
