@@ -116,32 +116,52 @@ def resume_leftovers(marks: Path, host: Host) -> None:
     are thawed, and the marks go."""
     with contextlib.suppress(OSError):
         for mark in marks.iterdir():
-            for pid in _stopped(mark):  # a reused pid gets a harmless SIGCONT
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGCONT)  # restic and what it started (rclone, ssh)
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGCONT)  # a program in its job process's group
+            _continue(_stopped(mark))
             mark.unlink(missing_ok=True)
-    for base in {host.bases.get("freezer"), host.bases.get("")} - {None}:
-        assert base is not None
+    for base in _freezer_bases(host):
         for leaf in base.glob(f"{JOB_LEAF_PREFIX}*"):
             pid = leaf.name.removeprefix(JOB_LEAF_PREFIX)
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                for name in ("cgroup.freeze", "freezer.state"):
-                    if (leaf / name).exists():
-                        with contextlib.suppress(OSError):
-                            _freeze(leaf / name, False)
+                _thaw(leaf)
 
 
-def resume(marks: Path, job_pid: int) -> None:
-    """Resume what `pause` paused (and any program of it stopped since), then unmark it."""
+def resume(marks: Path, job_pid: int, host: Host | None = None) -> None:
+    """Resume what `pause` paused (and any program of it stopped since), then unmark it.
+    A job process that died while paused left its programs to the master, frozen in its
+    leaf or stopped: its leaf in `host` is thawed and the programs its mark names go on,
+    to end (a frozen restic would hold its repository's lock for ever)."""
+    mark = marks / str(job_pid)
     for child in children(job_pid):
         file = freezer_of(child)
         if file is not None:
             with contextlib.suppress(OSError):
                 _freeze(file, False)
         _signal_program(job_pid, child, signal.SIGCONT)  # also one stopped before it froze
-    (marks / str(job_pid)).unlink(missing_ok=True)
+    _continue(_stopped(mark))
+    if host is not None:
+        for base in _freezer_bases(host):
+            _thaw(base / f"{JOB_LEAF_PREFIX}{job_pid}")
+    mark.unlink(missing_ok=True)
+
+
+def _freezer_bases(host: Host) -> list[Path]:
+    return [base for base in {host.bases.get("freezer"), host.bases.get("")} if base]
+
+
+def _thaw(leaf: Path) -> None:
+    for name in ("cgroup.freeze", "freezer.state"):
+        if (leaf / name).exists():
+            with contextlib.suppress(OSError):
+                _freeze(leaf / name, False)
+
+
+def _continue(programs: set[int]) -> None:
+    """SIGCONT to stopped programs named in a mark (a reused pid gets a harmless one)."""
+    for pid in programs:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGCONT)  # restic and what it started (rclone, ssh)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGCONT)  # a program in its job process's group
 
 
 def _signal_program(job_pid: int, child: int, signum: int) -> bool:

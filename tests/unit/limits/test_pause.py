@@ -120,3 +120,26 @@ def test_a_mark_naming_no_pid_is_stale_and_goes_at_start(
     resume_leftovers(marks, Host("none"))
     assert signalled == []
     assert list(marks.iterdir()) == []
+
+
+def test_a_job_process_that_dies_while_paused_leaves_nothing_paused(
+    job_process: tuple[int, int], tmp_path: Path
+) -> None:
+    """The job process dies (its worker was killed), not the master: its stopped restic,
+    now the master's, goes on when the master resumes the job, and its frozen leaf thaws;
+    else restic would hold its repository's lock until the daemon restarts."""
+    job, program = job_process
+    marks = tmp_path / "paused"
+    leaf = tmp_path / "cgroup" / f"job-{job}"  # as this host lays it out, frozen
+    leaf.mkdir(parents=True)
+    (leaf / "cgroup.freeze").write_text("1")
+    assert pause(marks, job) == "SIGSTOP"
+    os.kill(job, signal.SIGKILL)
+    assert state_becomes(program, "T")
+    resume(marks, job, Host("v2", {"": tmp_path / "cgroup"}))
+    try:
+        assert state_becomes(program, "S")
+        assert (leaf / "cgroup.freeze").read_text() == "0"
+        assert not marked(marks, job)
+    finally:
+        os.kill(program, signal.SIGKILL)
