@@ -22,6 +22,7 @@ from pathlib import Path
 
 from henbackup.config.model import Priority
 from henbackup.limits import pause
+from henbackup.limits.cgroups import Host
 from henbackup.loop import Loop, Timer
 from henbackup.observe.events import EmitFunction
 from henbackup.observe.status import LiveJob, StatusModel
@@ -66,11 +67,13 @@ def decide(
     after: float,
     max_jobs: int,
     forgetting: Collection[str] = (),
+    stopping: Collection[str] = (),
 ) -> Decision:
     """What to pause and resume now. `queue`: the status model's queue (running jobs, then
     waiting ones in the order they will run); `forgetting`: the backups whose run ends with
     a forget, which needs restic's exclusive lock (a paused backup on its repository would
-    hold it back: such a job never pauses one there).
+    hold it back: such a job never pauses one there); `stopping`: the owners (workers)
+    stopping, whose jobs are never paused (a frozen restic cannot stop cleanly).
 
     Resumed: a paused job whose job is done (or that is gone), while slots allow (the
     highest priority first). Paused, for each waiting job that needs a slot, waited
@@ -109,6 +112,7 @@ def decide(
             job
             for job in running
             if job.owner
+            and job.owner not in stopping
             and job.pid
             and needs_slot(job)
             and job.job not in paused
@@ -160,10 +164,12 @@ class Preemption:
     set_slots: Callable[[int], None]
     outsiders: Callable[[], Sequence[object]]  # the queue's tickets (no lock)
     marks: Path | None = None  # None: no queue directory, nothing is ever paused
+    host: Host | None = None  # where the job leaves are (set once detected)
     max_jobs: int = 1
     after: float = 5.0
     forgetting: frozenset[str] = frozenset()
     on_change: Callable[[], None] = lambda: None  # a job was paused or resumed: STATUS=
+    stopping: Callable[[], Collection[str]] = tuple  # the workers stopping (their keys)
     pauses: dict[str, Pause] = field(default_factory=dict)
     _slots: int | None = None  # what the slots file says, once written
     _slots_failed: bool = False  # the last write failed (said once, retried on a timer)
@@ -180,7 +186,10 @@ class Preemption:
         queue = self.model.queue(self.outsiders())  # type: ignore[arg-type]
         now = time.time()
         if self.marks is not None:
-            decision = decide(queue, self.pauses, now, self.after, self.max_jobs, self.forgetting)
+            stopping = self.stopping()
+            decision = decide(
+                queue, self.pauses, now, self.after, self.max_jobs, self.forgetting, stopping
+            )
             for job_id in decision.resume:
                 self._resume(job_id, now)
             for victim, waiting in decision.pause:
@@ -213,6 +222,20 @@ class Preemption:
         """As the daemon stops: every paused job goes on (and can then stop cleanly)."""
         for job_id in list(self.pauses):
             self._resume(job_id, time.time())
+
+    def release(self, owner: str) -> None:
+        """Worker `owner` is about to stop (a reload changed or removed its backup): its
+        paused jobs go on first, to stop cleanly, and are never paused again meanwhile
+        (`stopping` says so from now on)."""
+        paused = [job for job, p in self.pauses.items() if self._owner(job) == owner]
+        for job_id in paused:
+            self._resume(job_id, time.time())
+        if paused:
+            self.review()
+
+    def _owner(self, job_id: str) -> str | None:
+        job = self.model.live.get(job_id)
+        return None if job is None else job.owner
 
     def resume_cancelled(self, ticket: str) -> None:
         """The job of queue ticket `ticket` is cancelled: if paused, it goes on, to act on
@@ -267,7 +290,7 @@ class Preemption:
     def _resume(self, job_id: str, now: float) -> None:
         assert self.marks is not None
         paused = self.pauses.pop(job_id)
-        pause.resume(self.marks, paused.pid)
+        pause.resume(self.marks, paused.pid, self.host)
         job = self.model.live.get(job_id)
         if job is None:  # it ended meanwhile (cancelled, its process died)
             return

@@ -152,6 +152,7 @@ class Master:
             outsiders=lambda: scheduler.tickets(self.model.ticket_ids()) if scheduler else (),
             marks=scheduler.directory / PAUSE_MARKS if scheduler else None,
             on_change=self._paused_or_resumed,
+            stopping=self._stopping_workers,
         )
         self.jobs.after_event = self.preemption.review
         self.jobs.resume_paused = self.preemption.resume_cancelled
@@ -169,7 +170,7 @@ class Master:
         self.jobs.configure(self.config.metrics)
         self._configure_preemption()
         unprepared = prepare_v2()  # before any fork: every child starts in our leaf
-        host = detect()
+        host = self.preemption.host = detect()
         if self.scheduler is not None:  # a master that died may have left programs paused
             resume_leftovers(self.scheduler.directory / PAUSE_MARKS, host)
         sweep(host)  # the leaves of job processes killed before they removed theirs
@@ -404,10 +405,14 @@ class Master:
         """SIGTERM the worker (it interrupts its job cleanly); a dead one is stopped at once."""
         supervised = self.children[key]
         supervised.child.stop(self.loop.clock())
+        self.preemption.release(key)  # a paused restic could not stop cleanly
         if supervised.child.state is ChildState.STOPPED:
             self._after_exit(key, supervised)
         elif supervised.process is not None:
             os.kill(supervised.process.pid, signal.SIGTERM)
+
+    def _stopping_workers(self) -> set[str]:
+        return {k for k, s in self.children.items() if s.child.state is ChildState.STOPPING}
 
     def _reap_orphans(self) -> None:
         """Reap what was orphaned below us (a restic whose job process was killed): a zombie

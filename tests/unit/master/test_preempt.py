@@ -260,6 +260,39 @@ def test_a_cancelled_paused_job_goes_on_to_act_on_its_cancel(tmp_path: Path) -> 
     assert preemption.pauses == {} and events == [("job.resumed", "p1")]
 
 
+def test_a_job_of_a_stopping_worker_is_never_paused() -> None:
+    pictures, music, grafana = running("pictures"), running("music"), waiting("grafana")
+    queue = [pictures, music, grafana]
+    chosen = decide(queue, {}, NOW, AFTER, 2, stopping={"backup:pictures"})
+    assert chosen == Decision(pause=((music, grafana),))
+    assert decide(queue, {}, NOW, AFTER, 2, stopping={"backup:pictures", "backup:music"}) == (
+        Decision()
+    )
+
+
+def test_a_worker_about_to_stop_has_its_paused_job_go_on_first(tmp_path: Path) -> None:
+    """A reload removes or changes the backup of a paused job: it resumes before its
+    worker is told to stop (a frozen restic could not stop cleanly), and stays so."""
+    model, events, stopping = StatusModel(), [], set()
+    preemption = Preemption(
+        Loop(),
+        lambda kind, _, **f: events.append((kind, f["job"])),
+        model,
+        [].append,
+        tuple,
+        tmp_path / "paused",
+        stopping=lambda: stopping,
+    )
+    preemption.marks.mkdir()
+    model.apply("job.started", {"job": "p1", "repository": "r", "pid": 1}, "backup:p")
+    preemption.pauses["p1"] = Pause("p1", 2**22 + 1, 0, "g1", time.time())  # no such pid
+    preemption.release("backup:other")
+    assert list(preemption.pauses) == ["p1"] and events == []
+    stopping.add("backup:p")
+    preemption.release("backup:p")
+    assert preemption.pauses == {} and events == [("job.resumed", "p1")]
+
+
 def test_a_wait_that_pauses_nothing_sets_no_timer(tmp_path: Path) -> None:
     """Equal priorities past preempt_after: looked at again on the next job event, not
     every few milliseconds."""
