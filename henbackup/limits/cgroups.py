@@ -258,7 +258,7 @@ def make_leaf(
     unmade: dict[str, str] = {}  # controller → why its directory could not be made
     for controller, base in host.bases.items():
         try:
-            (base / name).mkdir(exist_ok=True)
+            _renew(base / name)
         except OSError as exc:
             unmade[controller] = f"cannot create {base / name}: {exc.strerror}"
             continue
@@ -271,6 +271,21 @@ def make_leaf(
             if reason:
                 failed[key] = reason
     return (leaf if made else None), failed
+
+
+def _renew(directory: Path) -> None:
+    """Make leaf `directory` afresh. One left by a job process whose pid is reused now (it
+    was killed before it removed its leaf) may be frozen and hold another job's limits: it
+    is thawed and removed first; if programs of that job still run in it, it is kept,
+    thawed (its limit files are rewritten by the caller's values only)."""
+    if directory.is_dir():
+        for name, thawed in (("cgroup.freeze", "0"), ("freezer.state", "THAWED")):
+            with contextlib.suppress(OSError):
+                if (directory / name).exists():
+                    (directory / name).write_text(thawed)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    directory.mkdir(exist_ok=True)
 
 
 def _write(leaf: Leaf, file: str, value: str, unmade: Mapping[str, str]) -> str | None:

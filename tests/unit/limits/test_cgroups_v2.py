@@ -95,6 +95,19 @@ def test_a_cgroup_that_is_not_delegated_is_left_alone(tree, tmp_path):
     assert problems(Resources(memory_max=1 << 20), host) == {"memory_max": reason}
 
 
+def test_a_leaf_left_by_a_killed_job_of_the_same_pid_is_made_afresh(tree, tmp_path):
+    """Its job process was killed (its leaf stayed) and its pid is reused: the leaf is
+    thawed and removed, so that the new job neither starts frozen nor keeps old limits.
+    (On this fake tree its files keep it from going: it is thawed at least.)"""
+    host = cgroups.detect(tree, proc_file(tmp_path, f"{SERVICE}/daemon"))
+    stale = tree / SERVICE / "job-4242"
+    stale.mkdir()
+    (stale / "cgroup.freeze").write_text("1")
+    leaf, failed = cgroups.make_leaf(host, "job-4242", {})
+    assert (leaf, failed) == (cgroups.Leaf("v2", {"": stale}), {})
+    assert (stale / "cgroup.freeze").read_text() == "0"
+
+
 def test_the_leaf_gets_exactly_the_files_and_values_and_goes_away(tree, tmp_path):
     (tree / SERVICE / "cgroup.subtree_control").write_text("cpu io memory\n")
     host = cgroups.detect(tree, proc_file(tmp_path, f"{SERVICE}/daemon"))
