@@ -75,13 +75,17 @@ def marked(marks: Path, job_pid: int) -> bool:
 
 def pause(marks: Path, job_pid: int) -> How | None:
     """Pause the programs of job process `job_pid`, marked in `marks` first; returns how
-    (the freezer if any of them was frozen so), or None when it runs none now. Never raises
-    for a program that ended."""
-    marks.mkdir(mode=0o700, exist_ok=True)
+    (the freezer if any of them was frozen so), or None when it pauses none now. Never
+    raises: a program that ended is skipped, and what cannot be marked (a full /run) is
+    not paused (its stall watch would count the pause as no progress)."""
     mark = marks / str(job_pid)
     stopped = _stopped(mark)
-    if not mark.exists():
-        mark.touch(mode=0o600)  # marked first: its stall watch never counts the pause
+    try:
+        marks.mkdir(mode=0o700, exist_ok=True)
+        if not mark.exists():
+            mark.touch(mode=0o600)  # marked first: its stall watch never counts the pause
+    except OSError:
+        return None
     how: How | None = None
     for child in children(job_pid):
         file = freezer_of(child)
@@ -91,8 +95,11 @@ def pause(marks: Path, job_pid: int) -> How | None:
                 how = "freezer"
                 continue
         if child not in stopped:  # named before it stops: a master that dies leaves a trace
+            try:
+                mark.write_text("".join(f"{pid}\n" for pid in sorted(stopped | {child})))
+            except OSError:
+                continue
             stopped.add(child)
-            mark.write_text("".join(f"{pid}\n" for pid in sorted(stopped)))
         if _signal_program(job_pid, child, signal.SIGSTOP):
             how = how or "SIGSTOP"
     return how

@@ -143,3 +143,16 @@ def test_a_job_process_that_dies_while_paused_leaves_nothing_paused(
         assert not marked(marks, job)
     finally:
         os.kill(program, signal.SIGKILL)
+
+
+def test_what_cannot_be_marked_is_not_paused_and_nothing_raises(
+    job_process: tuple[int, int], tmp_path: Path
+) -> None:
+    """A full /run (here: a file where the marks directory should be): the pause would go
+    unmarked, and the job's stall watch would count it as no progress."""
+    job, program = job_process
+    marks = tmp_path / "paused"
+    marks.write_text("")  # mkdir fails as ENOSPC would
+    assert pause(marks, job) is None
+    time.sleep(0.2)
+    assert read_state(program) == "S"
