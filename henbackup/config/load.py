@@ -21,7 +21,7 @@ from typing import Any
 from henbackup.config.convert import CREDENTIALS_LATER, CREDENTIALS_PLACEHOLDER
 from henbackup.config.model import Config
 from henbackup.config.problems import At, Run, expanded, type_name, unknown_key
-from henbackup.config.schema import DAEMON, METRICS, NAME_RE, TOP
+from henbackup.config.schema import DAEMON, METRICS, NAME_MAX, NAME_RE, TOP
 from henbackup.config.validate import Entries, Sections, to_config
 from henbackup.errors import ConfigError, Problem
 
@@ -175,7 +175,9 @@ def _merge_named(section: Any, at: At, what: str, into: Entries) -> None:
         return
     for name, value in section.items():
         where = at.key(name)
-        if not NAME_RE.fullmatch(name):
+        if len(name) > NAME_MAX:
+            where.problem(f"is too long for a {what} name: use at most {NAME_MAX} characters")
+        elif not NAME_RE.fullmatch(name):
             where.problem(
                 f"is not a valid {what} name: start with a letter or digit, then use only "
                 "letters, digits, _, . and -"

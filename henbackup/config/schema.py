@@ -16,8 +16,10 @@ from typing import Any
 from henbackup.config import convert
 from henbackup.config.convert import Converter
 
-# Names of repositories and backups; load.py checks them as it merges.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Names of repositories and backups; load.py checks them as it merges. They name files of
+# the state directory (with a prefix and a temporary suffix, within 255 bytes).
+NAME_MAX = 128
+NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
 # Draft 7, the newest that taplo (and so VS Code's Even Better TOML) reads; no pattern here
 # uses look-around, which the Rust regex engine of some editors lacks.
 JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"

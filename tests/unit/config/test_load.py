@@ -301,6 +301,16 @@ def test_invalid_names(problems: Problems, name: str, key: str) -> None:
     ]
 
 
+def test_a_name_has_at_most_128_characters(problems: Problems) -> None:
+    """Names name the state directory's files, within the file system's 255 bytes."""
+    longest = "p" * 128
+    backup = '[backups.{}]\npaths = ["/"]\nrepositories = []\n'
+    assert f"backups.{longest}" not in dict(problems(backup.format(longest)))
+    assert problems(backup.format(longest + "p")) == [
+        (f"backups.{longest}p", "is too long for a backup name: use at most 128 characters")
+    ]
+
+
 def test_names_with_dots_are_quoted_in_key_paths(problems: Problems) -> None:
     assert problems(
         REPOSITORY + '[backups."my.pics"]\npaths = ["x"]\nrepositories = ["local"]'
