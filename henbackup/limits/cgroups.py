@@ -296,6 +296,8 @@ def _write(leaf: Leaf, file: str, value: str, unmade: Mapping[str, str]) -> str 
     path = directory / file
     if file == "blkio.weight" and not path.exists():
         path = directory / "blkio.bfq.weight"
+    if file == "io.bfq.weight" and not path.exists():
+        return None  # BFQ is no disk's scheduler: io.weight alone
     try:
         path.write_text(value)
     except OSError as exc:

@@ -41,20 +41,31 @@ def blkio_weight(weight: int) -> int:
     return _clamp(weight * 500 // 100, 10, 1000)
 
 
+def bfq_weight(weight: int) -> int:
+    """systemd's BFQ_WEIGHT: 1..100 stay, 100..10000 → 100..1000 (BFQ's own range)."""
+    return weight if weight <= 100 else 100 + (weight - 100) * 900 // 9900
+
+
 def quota_usec(fraction: float) -> int:
     """CPU time per CPU_PERIOD_USEC for `fraction` of one CPU (0.5 → 50000)."""
     return max(CPU_QUOTA_MIN_USEC, round(fraction * CPU_PERIOD_USEC))
 
 
 def v2_values(resources: Resources) -> dict[str, dict[str, str]]:
-    """Key → {file in the leaf: value} on cgroup v2 (only the keys that are set)."""
+    """Key → {file in the leaf: value} on cgroup v2 (only the keys that are set).
+
+    io_weight is written to io.weight and, where the disk's scheduler is BFQ (whose file
+    only exists then), to io.bfq.weight, as systemd does."""
     values: dict[str, dict[str, str]] = {}
     if resources.cpu_weight is not None:
         values["cpu_weight"] = {"cpu.weight": str(resources.cpu_weight)}
     if resources.cpu_quota is not None:
         values["cpu_quota"] = {"cpu.max": f"{quota_usec(resources.cpu_quota)} {CPU_PERIOD_USEC}"}
-    if resources.io_weight is not None:
-        values["io_weight"] = {"io.weight": f"default {resources.io_weight}"}
+    if resources.io_weight is not None:  # io.weight counts with io.cost, BFQ's its own
+        values["io_weight"] = {
+            "io.weight": f"default {resources.io_weight}",
+            "io.bfq.weight": str(bfq_weight(resources.io_weight)),
+        }
     if resources.memory_max is not None:
         values["memory_max"] = {"memory.max": str(resources.memory_max)}
     return values

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from henbackup.config.model import Resources
-from henbackup.limits import cgroups
+from henbackup.limits import cgroups, mapping
 from henbackup.limits.place import Placement, problems
 
 SERVICE = "system.slice/henbackup.service"
@@ -106,6 +106,19 @@ def test_a_leaf_left_by_a_killed_job_of_the_same_pid_is_made_afresh(tree, tmp_pa
     leaf, failed = cgroups.make_leaf(host, "job-4242", {})
     assert (leaf, failed) == (cgroups.Leaf("v2", {"": stale}), {})
     assert (stale / "cgroup.freeze").read_text() == "0"
+
+
+def test_with_bfq_the_io_weight_is_bfq_s_too(tree, tmp_path):
+    """io.weight counts only with io.cost on; BFQ, where it is the disk's scheduler, reads
+    io.bfq.weight (a file of every leaf then), as systemd writes it."""
+    (tree / SERVICE / "cgroup.subtree_control").write_text("io\n")
+    host = cgroups.detect(tree, proc_file(tmp_path, f"{SERVICE}/daemon"))
+    (tree / SERVICE / "job-78").mkdir()
+    (tree / SERVICE / "job-78" / "io.bfq.weight").write_text("default 100\n")
+    values = mapping.v2_values(Resources(io_weight=1000))
+    _, failed = cgroups.make_leaf(host, "job-78", values)
+    assert failed == {}
+    assert (tree / SERVICE / "job-78" / "io.bfq.weight").read_text() == "181"
 
 
 def test_the_leaf_gets_exactly_the_files_and_values_and_goes_away(tree, tmp_path):

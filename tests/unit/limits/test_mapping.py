@@ -20,6 +20,13 @@ def test_io_weight_to_blkio_weight_as_systemd_maps_it(weight, blkio):
     assert mapping.blkio_weight(weight) == blkio
 
 
+@pytest.mark.parametrize(
+    ("weight", "bfq"), [(1, 1), (30, 30), (100, 100), (1000, 181), (10000, 1000)]
+)
+def test_io_weight_to_bfq_weight_as_systemd_maps_it(weight, bfq):
+    assert mapping.bfq_weight(weight) == bfq
+
+
 def test_v1_values_for_every_key():
     resources = Resources(cpu_weight=20, io_weight=20, cpu_quota=0.5, memory_max=256 << 20)
     assert mapping.v1_values(resources) == {
@@ -35,7 +42,7 @@ def test_v2_values_for_every_key():
     assert mapping.v2_values(resources) == {
         "cpu_weight": {"cpu.weight": "20"},
         "cpu_quota": {"cpu.max": "150000 100000"},
-        "io_weight": {"io.weight": "default 30"},
+        "io_weight": {"io.weight": "default 30", "io.bfq.weight": "30"},
         "memory_max": {"memory.max": "1073741824"},
     }
 
