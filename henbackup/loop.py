@@ -179,13 +179,13 @@ class Loop:
         loop in every worker. They stay until the child leaves with os._exit, which frees
         nothing (so the selector never closes its descriptor a second time).
         """
+        signal.set_wakeup_fd(-1)  # first: a signal now is not written to the parent's pipe
+        for signum in self._signal_callbacks:
+            signal.signal(signum, signal.SIG_DFL)
         wakeup = self._wakeup or ()
         for fd in [*self._selector.get_map(), *self._resting]:
             if fd not in wakeup:
                 os.close(fd)
-        for signum in self._signal_callbacks:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
         for fd in wakeup:
             os.close(fd)
         os.close(self._selector.fileno())

@@ -414,16 +414,23 @@ def start_watched_many(loop: Loop, plans: Sequence[WatchedPlan]) -> list[Watched
     ]
     freeze_for_fork()
     pids: list[int] = []
+    # Until a child has dropped the parent's handlers and signal wake-up, a signal sent to
+    # it (a reload stopping a worker just forked) would be written to the parent's wake-up
+    # pipe: the parent would take a worker's SIGTERM for its own.
+    mask = block_signals()
     try:
         for comm, body in children:
             pid = os.fork()
             if pid == 0:
+                reset_signals(mask)
                 _child(parent_pid, comm, body, ())
             pids.append(pid)
     except OSError:
         if not pids:
             _close_pairs(pairs)
             raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     _close_pairs(pairs[len(pids) :])
     watched: list[Watched] = []
     for index, (plan, pid) in enumerate(zip(plans, pids, strict=False)):

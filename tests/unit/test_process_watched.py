@@ -375,3 +375,31 @@ def test_a_child_that_left_a_megabyte_unread_is_told_nothing_more():
     assert parent.until_exited() == 0
     for fd in (go_r, go_w):
         os.close(fd)
+
+
+def test_a_signal_to_a_child_just_forked_never_reaches_the_parent_s_handlers():
+    """A reload stops a worker forked an instant before: the SIGTERM is the child's (it
+    dies of it), never written to the parent's signal wake-up as if the parent got it (the
+    master would stop). Many registered descriptors widen the window the child needs."""
+    parent = Parent()
+    told: list[int] = []
+    parent.loop.on_signal(signal.SIGTERM, lambda: told.append(signal.SIGTERM))
+    pipes = [os.pipe() for _ in range(150)]
+    for read_end, _ in pipes:
+        parent.loop.add_reader(read_end, lambda: None)
+    try:
+        for _ in range(20):
+            parent.status = None
+            child = parent.start(lambda channel: time.sleep(30) or 0)
+            os.kill(child.pid, signal.SIGTERM)
+            assert parent.until_exited() == -signal.SIGTERM
+            for _ in range(3):  # a byte in the wake-up pipe is read within a turn
+                parent.loop.call_later(0.01, lambda: None)
+                parent.loop.run_once()
+            assert told == []
+    finally:
+        for read_end, write_end in pipes:
+            parent.loop.remove_reader(read_end)
+            os.close(read_end)
+            os.close(write_end)
+        parent.loop.close()
