@@ -256,9 +256,14 @@ def fork_child(comm: str, body: Callable[[], int], close_in_child: Iterable[int]
 
 
 def _fork(parent_pid: int, comm: str, body: Callable[[], int], close: Iterable[int]) -> Forked:
-    pid = os.fork()
-    if pid == 0:
-        _child(parent_pid, comm, body, close)
+    mask = block_signals()  # see start_watched_many
+    try:
+        pid = os.fork()
+        if pid == 0:
+            reset_signals(mask)
+            _child(parent_pid, comm, body, close)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return Forked(pid, os.pidfd_open(pid))
 
 
