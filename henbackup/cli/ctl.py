@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from henbackup import __version__
 from henbackup.cli import exit_now, reader_left
+from henbackup.printable import printable
 from henbackup.protocol import (
     DEFAULT_SOCKET,
     DENIED,
@@ -229,12 +230,13 @@ def _show(args: argparse.Namespace, reply: ControlReply) -> int:
             from henbackup.cli.views import SHOW  # not for --json: a quicker start
 
             for line in SHOW[args.command](reply, time.time()):
-                print(line)
+                print(printable(line))  # names, paths, messages: others may have written them
     except BrokenPipeError:  # `status | head -1`: the exit code still says the daemon's answer
         reader_left(sys.stdout)
     if reply.get("ok"):
         return EXIT_OK
-    print(f"henbackupctl: {reply.get('error') or 'the daemon refused'}", file=sys.stderr)
+    error = printable(str(reply.get("error") or "the daemon refused"))
+    print(f"henbackupctl: {error}", file=sys.stderr)
     return EXIT_BY_CODE.get(reply.get("code", ""), EXIT_FAILED)
 
 

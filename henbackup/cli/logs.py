@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from henbackup.cli import reader_left
+from henbackup.printable import printable
 from systemd import journal
 
 IDENTIFIER = "henbackup"
@@ -61,9 +62,11 @@ def format_line(entry: Entry, tz: tzinfo | None = None) -> str:
     daemon wrote to stderr) shows `-` as its kind.
     """
     moment = entry["__REALTIME_TIMESTAMP"].astimezone(tz)
-    kind = _text(entry.get(f"{PREFIX}EVENT", "-"))
-    # One line per event even if a MESSAGE spans several, so that -n and grep stay line-based.
-    message = _text(entry.get("MESSAGE", "")).replace("\n", " ")
+    kind = printable(_text(entry.get(f"{PREFIX}EVENT", "-")))
+    # One line per event even if a MESSAGE spans several, so that -n and grep stay line-based;
+    # any user may write to the journal, and a message may quote a file name: no control
+    # character reaches the terminal.
+    message = printable(_text(entry.get("MESSAGE", "")))
     return f"{moment:%Y-%m-%d %H:%M:%S} {kind:<{KIND_WIDTH}} {message}".rstrip()
 
 

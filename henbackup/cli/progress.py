@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from henbackup.cli import reader_left
 from henbackup.humanize import duration, size
+from henbackup.printable import printable
 
 STEPS = ("job.queued", "job.started", "job.stalled", "job.succeeded", "job.failed", "job.cancelled")
 HOOK_STEPS = ("hook.succeeded", "hook.failed")
@@ -66,12 +67,12 @@ class ProgressDisplay:
                 self._draw(bar(event))
             elif kind in STEPS or kind in HOOK_STEPS:
                 self._clear()
-                print(event.get("message", kind), file=self.stream, flush=True)
+                print(printable(str(event.get("message", kind))), file=self.stream, flush=True)
         except BrokenPipeError:  # the reader left: the client waits on for the job's end
             reader_left(self.stream)
 
     def _draw(self, line: str) -> None:
-        self.stream.write(f"\r\x1b[K{line}")
+        self.stream.write(f"\r\x1b[K{printable(line)}")
         self.stream.flush()
         self.drawn = True
 

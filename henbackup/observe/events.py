@@ -12,11 +12,12 @@ import json
 import os
 import sys
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
+
+from henbackup.printable import printable
 
 IDENTIFIER = "henbackup"
 
@@ -162,16 +163,7 @@ def text_line(event: Event, moment: datetime, colour: bool = False) -> str:
     padding = " " * (LEVEL_WIDTH - len(level))
     if colour and event.priority in LEVEL_COLOURS:
         level = f"\x1b[{LEVEL_COLOURS[event.priority]}m{level}\x1b[0m"
-    return f"{moment:%Y-%m-%d %H:%M:%S} {level}{padding} {_printable(message)}"
-
-
-def _printable(text: str) -> str:
-    """`text` on one line: newlines become spaces, other control characters `\\xNN`."""
-    flat = text.replace("\r", " ").replace("\n", " ")
-    return "".join(
-        char.encode("unicode_escape").decode() if unicodedata.category(char) == "Cc" else char
-        for char in flat
-    )
+    return f"{moment:%Y-%m-%d %H:%M:%S} {level}{padding} {printable(message)}"
 
 
 SINKS = ("json", "text", "journal")
