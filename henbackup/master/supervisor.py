@@ -456,8 +456,12 @@ class Master:
         self._update_status()
 
     def _apply(self, config: Config) -> None:
-        # a worker still stopping for an earlier reload is compared by what follows it
-        old = {key: s.replacement or s.spec for key, s in self.children.items()}
+        # a worker still stopping for an earlier reload is compared by what follows it; one
+        # stopping for good (its backup removed) is no more: put back, it is added anew
+        leaving = {key for key, s in self.children.items() if self._leaving(s)}
+        old = {
+            key: s.replacement or s.spec for key, s in self.children.items() if key not in leaving
+        }
         new = worker_specs(config)
         change = diff(old, new)
         self._rewatch(self.config, config)
@@ -469,7 +473,9 @@ class Master:
         for key in change.changed:
             self.children[key].replacement = new[key]
             self._stop_child(key)
-        self._add(*(new[key] for key in change.added))
+        for key in leaving & set(change.added):  # back before its worker stopped
+            self.children[key].replacement = new[key]
+        self._add(*(new[key] for key in change.added if key not in leaving))
         self._retry_fatal()
         self.jobs.configure(config.metrics)
         # what the config names: the watcher comes and goes with watched backups, unnamed
@@ -487,6 +493,11 @@ class Master:
             config=str(self.config_path),
         )
         self._warn_limits()
+
+    @staticmethod
+    def _leaving(supervised: Supervised) -> bool:
+        """Stopping, and nothing to start after it."""
+        return supervised.child.state is ChildState.STOPPING and supervised.replacement is None
 
     def _retry_fatal(self) -> None:
         """A reload gives the children that gave up another try: the owner may have fixed

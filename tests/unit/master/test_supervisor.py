@@ -355,4 +355,13 @@ def test_a_reload_while_a_worker_still_stops_for_the_last_one_starts_what_the_co
     master._apply(replace(v2, backups={"pictures": v2.backups["pictures"]}))  # then removed
     music_exits()
     assert started == [] and "backup:music" not in master.children
+
+    master.config = v2
+    music = Supervised(worker_specs(v2)["backup:music"], Child("backup:music"))
+    master.children["backup:music"] = music
+    music.child.spawned(1, 0.0)
+    master._apply(replace(v2, backups={"pictures": v2.backups["pictures"]}))  # removed
+    master._apply(v2)  # and put back, unchanged, before its worker stopped
+    music_exits()
+    assert started == [worker_specs(v2)["backup:music"]]
     master.loop.close()
