@@ -175,8 +175,13 @@ def open_reader(args: argparse.Namespace) -> journal.Reader:
     except OSError as error:
         raise JournalUnreadable(f"cannot read the journal: {error.strerror or error}") from None
     _check_readable(reader)
-    # Matches on distinct fields are ANDed by journald: -b X -r Y means both.
+    # Matches on distinct fields are ANDed by journald: -b X -r Y means both; values of one
+    # field are ORed. Any user may write entries of henbackup's identifier and fields: only
+    # those of root's processes (the daemon's) and the caller's own count (_UID is
+    # journald's, not the writer's, to set).
     reader.add_match(SYSLOG_IDENTIFIER=IDENTIFIER)
+    for uid in sorted({0, os.getuid()}):
+        reader.add_match(_UID=str(uid))
     for option, field in FILTERS.items():
         if getattr(args, option) is not None:
             reader.add_match(**{field: getattr(args, option)})

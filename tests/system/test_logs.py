@@ -314,6 +314,21 @@ def test_a_user_who_may_not_read_the_journal_is_told_how_to_fix_it(
     ), done.stderr
 
 
+def test_an_entry_another_user_wrote_in_henbackup_s_name_is_not_shown(
+    systemd_harness: SystemdHarness, written: list[dict[str, str]]
+) -> None:
+    """Any user may write entries with henbackup's identifier and fields (logger
+    --journald, systemd-cat): a forged "succeeded" must not pass for the daemon's."""
+    forged = event("job.succeeded", "pictures → aws: forged by nobody", **J1)
+    sender = [*as_nobody(), PYTHON, "-I", "-c", SEND]  # -I: the working directory is not its
+    systemd_harness.run(sender, input=json.dumps([forged]), check=True)
+    (entry,) = systemd_harness.wait_journal({"MESSAGE": forged["MESSAGE"]})
+    assert entry["_UID"] == "65534" and entry["SYSLOG_IDENTIFIER"] == "henbackup"
+    done = ctl(systemd_harness, "logs")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == lines_of(written, *range(len(OURS)))
+
+
 def test_a_member_of_the_journal_group_may_read_it(
     systemd_harness: SystemdHarness, written: list[dict[str, str]]
 ) -> None:
