@@ -409,7 +409,17 @@ class Master:
         if supervised.child.state is ChildState.STOPPED:
             self._after_exit(key, supervised)
         elif supervised.process is not None:
-            os.kill(supervised.process.pid, signal.SIGTERM)
+            process = supervised.process
+            os.kill(process.pid, signal.SIGTERM)
+            # a worker whose loop hangs would stop never, and its replacement never start
+            self.loop.call_later(self.stop_timeout, lambda: self._kill_if_still(key, process))
+
+    def _kill_if_still(self, key: str, process: Watched) -> None:
+        """`process` (asked to stop stop_timeout ago) is still `key`'s: SIGKILL its group."""
+        supervised = self.children.get(key)
+        if supervised is not None and supervised.process is process:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def _stopping_workers(self) -> set[str]:
         return {k for k, s in self.children.items() if s.child.state is ChildState.STOPPING}

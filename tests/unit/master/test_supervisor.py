@@ -3,9 +3,12 @@ and says so in the journal."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -365,3 +368,39 @@ def test_a_reload_while_a_worker_still_stops_for_the_last_one_starts_what_the_co
     music_exits()
     assert started == [worker_specs(v2)["backup:music"]]
     master.loop.close()
+
+
+def test_a_worker_that_does_not_stop_when_a_reload_asks_is_killed_after_the_stop_timeout(
+    tmp_path: Path, events: Any
+) -> None:
+    """Its loop hangs (SIGTERM unheard): without a deadline it would stay stopping for ever,
+    and the backup's new definition never run."""
+    master = make_master(tmp_path, events)
+    master.stop_timeout = 0.2
+    deafness = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    deaf = subprocess.Popen(
+        [sys.executable, "-c", f"{deafness}; print(flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert deaf.stdout is not None and deaf.stdout.readline() == b"\n"  # deaf by now
+    spec = WorkerSpec("backup", "deaf", ())
+    supervised = master.children["backup:deaf"] = Supervised(spec, Child("backup:deaf"))
+    supervised.child.spawned(deaf.pid, 0.0)
+    supervised.child.ready(0.0)
+    supervised.process = SimpleNamespace(pid=deaf.pid)  # type: ignore[assignment]
+    try:
+        master._stop_child("backup:deaf")
+        time.sleep(0.3)
+        assert deaf.poll() is None  # SIGTERM: not heard
+        deadline = time.monotonic() + 10
+        while deaf.poll() is None and time.monotonic() < deadline:
+            master.loop.call_later(0.05, lambda: None)
+            master.loop.run_once()
+        assert deaf.returncode == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(deaf.pid, signal.SIGKILL)
+        deaf.wait()
+        deaf.stdout.close()
+        master.loop.close()
