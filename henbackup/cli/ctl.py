@@ -25,6 +25,7 @@ from henbackup.protocol import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
+MAX_REPLY_LINE = 256 << 20  # a status of thousands of backups is a few MiB
 EXIT_BY_CODE = {"failed": EXIT_FAILED, "usage": EXIT_USAGE, "permission": EXIT_DENIED}
 TIMEOUT = 30.0
 
@@ -147,15 +148,30 @@ def request(
         if payload.get("wait"):
             sock.settimeout(None)
         try:
-            for line in sock.makefile("rb"):
-                message = json.loads(line)
+            stream = sock.makefile("rb")
+            while line := stream.readline(MAX_REPLY_LINE + 1):
+                message = _message(line, path)
                 if "event" not in message:
                     return message
-                if on_event is not None:
+                if on_event is not None and isinstance(message["event"], dict):
                     on_event(message["event"])
         except OSError as error:
             raise _unreachable(path, error) from None
     raise Unreachable(f"the daemon at {path} closed the connection without answering")
+
+
+def _message(line: bytes, path: str) -> dict[str, Any]:
+    """One line of the daemon's answer; Unreachable if it is not a whole JSON object (what
+    answers on the socket is not the daemon, or not this version of it)."""
+    try:
+        if len(line) > MAX_REPLY_LINE or not line.endswith(b"\n"):
+            raise ValueError("no end of line")
+        message = json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        message = None
+    if not isinstance(message, dict):
+        raise Unreachable(f"the daemon at {path} sent a malformed answer")
+    return message
 
 
 def _connect(sock: socket.socket, path: str) -> None:
@@ -233,11 +249,15 @@ def _show(args: argparse.Namespace, reply: ControlReply) -> int:
                 print(printable(line))  # names, paths, messages: others may have written them
     except BrokenPipeError:  # `status | head -1`: the exit code still says the daemon's answer
         reader_left(sys.stdout)
+    except (KeyError, TypeError, ValueError, AttributeError):  # not the shape this version knows
+        print("henbackupctl: the daemon's answer is not of the shape expected", file=sys.stderr)
+        return EXIT_FAILED
     if reply.get("ok"):
         return EXIT_OK
     error = printable(str(reply.get("error") or "the daemon refused"))
     print(f"henbackupctl: {error}", file=sys.stderr)
-    return EXIT_BY_CODE.get(reply.get("code", ""), EXIT_FAILED)
+    code = reply.get("code")
+    return EXIT_BY_CODE.get(code, EXIT_FAILED) if isinstance(code, str) else EXIT_FAILED
 
 
 def command() -> NoReturn:

@@ -1,0 +1,59 @@
+"""henbackupctl against something on the socket that does not answer as the daemon does
+(another program, a broken daemon): one line saying so and an exit code, never a
+traceback. The server is a thread of the test, answering one connection."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from henbackup.cli import ctl
+
+
+def serve_once(path: Path, answer: bytes) -> threading.Thread:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def run() -> None:
+        with server, server.accept()[0] as conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("answer", "command", "code", "said"),
+    [
+        (b"garbage\n", ["status"], 3, "sent a malformed answer"),
+        (b"\xff\n", ["status"], 3, "sent a malformed answer"),
+        (b"[" * 100_000 + b"\n", ["status"], 3, "sent a malformed answer"),
+        (b"[1]\n", ["status"], 3, "sent a malformed answer"),
+        (b'{"ok": true}', ["status"], 3, "sent a malformed answer"),  # cut before its end
+        (b'{"ok": true}\n', ["status"], 1, "is not of the shape expected"),
+        (b'{"ok": true, "backups": 5}\n', ["status"], 1, "is not of the shape expected"),
+        (b'{"ok": false, "code": [1], "error": "no"}\n', ["status"], 1, "henbackupctl: no"),
+        (b'{"event": "x"}\n{"ok": true}\n', ["backup", "b"], 0, ""),
+    ],
+)
+def test_an_answer_of_the_wrong_shape_is_one_line_and_an_exit_code(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    answer: bytes,
+    command: list[str],
+    code: int,
+    said: str,
+) -> None:
+    path = tmp_path / "control.sock"
+    thread = serve_once(path, answer)
+    assert ctl.main(["--socket", str(path), *command]) == code
+    thread.join(10)
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert err.count("\n") == (1 if said else 0)
