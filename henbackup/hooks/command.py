@@ -73,6 +73,8 @@ def run_command(
             start_new_session=True,
         )
     except OSError as error:
+        if hook.cwd and not os.path.isdir(hook.cwd):  # subprocess blames the program
+            return Attempt("failed", f"cannot enter its cwd {hook.cwd}: {error.strerror}")
         return Attempt("failed", f"cannot run {hook.command[0]}: {error.strerror}")
     except ValueError:  # "embedded null byte": config checks refuse it, say nothing of it
         return Attempt("failed", "cannot run: its command or environment holds a NUL character")

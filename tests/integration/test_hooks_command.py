@@ -95,6 +95,11 @@ def test_a_missing_program_fails_cleanly(events):
     assert outcome.error == "cannot run /nonexistent/dump: No such file or directory"
 
 
+def test_a_missing_working_directory_is_named_not_the_program(events):
+    outcome = run_hook(CommandHook(("/bin/true",), cwd="/nonexistent-dir"), CONTEXT, events)
+    assert outcome.error == "cannot enter its cwd /nonexistent-dir: No such file or directory"
+
+
 def test_a_hanging_hook_is_killed_with_its_children_at_the_timeout(events, tmp_path):
     pidfile = tmp_path / "grandchild"
     hook = sh(f"sleep 1000 & echo $! > {pidfile}; echo started; wait", timeout=0.5)
