@@ -4,11 +4,8 @@ tells, and what a lane that dies leaves (tests/integration/test_side_by_side.py 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from henbackup.channel import Channel, JobEvent
@@ -17,6 +14,7 @@ from henbackup.jobs.lanes import Lanes
 from henbackup.jobs.pipeline import Place, RepositoryOutcome, queued, ticket_for
 from henbackup.scheduler import locks
 from henbackup.scheduler.queue import Grant, Scheduler
+from tests.unit.scheduler.test_queue import never_blocked
 
 WAIT = 30.0  # a busy machine; only waited for
 
@@ -130,7 +128,7 @@ def test_the_run_s_loop_never_waits_for_a_queue_lock_held_elsewhere(tmp_path, ev
             os.write(let_go, b"x")
 
     lanes = Lanes(scheduler, events, relay, body)
-    with alarm_after(WAIT, lambda: os.write(let_go, b"x")):
+    with never_blocked(WAIT, lambda: os.write(let_go, b"x")):
         outcomes = lanes((a, b), place)
     os.waitpid(holder, 0)
     assert outcomes == [RepositoryOutcome("a", "snap-a"), RepositoryOutcome("b", "snap-b")]
@@ -153,21 +151,3 @@ def hold_queue_lock(path: Path) -> tuple[int, int]:
     for fd in (go_read, held_read, held_write):
         os.close(fd)
     return pid, go_write
-
-
-@contextlib.contextmanager
-def alarm_after(seconds: float, unstick: Callable[[], object]) -> Iterator[None]:
-    """A wait longer than `seconds` (in flock, for a lock never let go) fails the test,
-    after `unstick()` let the lock go (the run's lanes, stopping, may need it)."""
-
-    def stuck(*_: object) -> None:
-        unstick()
-        raise AssertionError("the run's loop waited for the queue's lock")
-
-    previous = signal.signal(signal.SIGALRM, stuck)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)

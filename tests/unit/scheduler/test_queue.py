@@ -523,10 +523,12 @@ def test_the_loop_api_never_waits_for_a_queue_lock_held_elsewhere(scheduler):
 
 
 @contextlib.contextmanager
-def never_blocked(seconds=2.0):
-    """An alarm turns a wait in flock (for a lock this process holds too) into a failure."""
+def never_blocked(seconds=2.0, unstick=lambda: None):
+    """An alarm turns a wait in flock (for a lock this process holds too) into a failure,
+    after `unstick()` let the lock go (what stops after it may need the lock)."""
 
     def stuck(*_):
+        unstick()
         raise AssertionError("the loop waited for the queue's lock")
 
     previous = signal.signal(signal.SIGALRM, stuck)
