@@ -27,8 +27,6 @@ from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.jobs.targets import target_for
 from henbackup.observe.events import EmitFunction, FieldValue
 
-MOUNTINFO = "/proc/self/mountinfo"
-
 
 def find_snapshot(config: Config, engine: Engine, repository: str, wanted: str) -> Snapshot:
     """The snapshot whose id starts with `wanted`; raises SnapshotNotFound (or EngineError)."""
@@ -91,38 +89,6 @@ def restore_directory(target: str, name: str) -> Path:
         finally:
             os.close(fd)
     return fresh_directory(target, name)
-
-
-def private_tmp(path: str, mountinfo: str = MOUNTINFO) -> str | None:
-    """The /tmp or /var/tmp that `path` is in when this process has a private one (systemd
-    mounts a directory of its own, /tmp/systemd-private-*, there); else None."""
-    try:
-        with open(mountinfo, "rb") as file:
-            lines = file.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()  # id, parent, device, root, mount point, ...
-        if len(fields) < 5 or b"/systemd-private-" not in fields[3]:
-            continue
-        mount = os.fsdecode(fields[4])
-        if mount in ("/tmp", "/var/tmp") and (path == mount or path.startswith(mount + "/")):
-            return mount
-    return None
-
-
-def unseen_by(pid: int, path: str, mountinfo: str = MOUNTINFO, proc: str = "/proc") -> str | None:
-    """The private /tmp or /var/tmp of this process that `path` is in, when process `pid`
-    (the client) does not share it (another mount namespace, or unknown); else None."""
-    private = private_tmp(path, mountinfo)
-    if private is None:
-        return None
-    try:
-        if os.readlink(f"{proc}/{pid}/ns/mnt") == os.readlink(f"{proc}/self/ns/mnt"):
-            return None
-    except OSError:
-        pass
-    return private
 
 
 def fresh_directory(parent: str, name: str) -> Path:

@@ -23,7 +23,7 @@ from henbackup.channel import StartRun
 from henbackup.config.model import Priority
 from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
-from henbackup.jobs.restore import fresh_directory, restore_directory, unseen_by
+from henbackup.jobs.restore import fresh_directory, restore_directory
 from henbackup.master import jobs
 from henbackup.master.control import Conversation
 from henbackup.master.permissions import CANCEL_RESTORE_DENIED, Privilege, refusal
@@ -364,12 +364,6 @@ def restore_snapshot(
     in_place = bool(request.get("in_place"))  # its type is checked by the protocol
     if in_place and target is not None:
         raise UsageError("--in-place and --target: give one of them")
-    private = target and unseen_by(conversation.peer.pid, os.path.normpath(target))
-    if private:
-        raise UsageError(
-            f"--target {target} is in the daemon's own {private} (PrivateTmp=), which you"
-            " would never see and which goes when it stops: give a directory elsewhere"
-        )
     try:
         destination, existed = _destination(
             master, target, in_place, f"{repository}-{snapshot[:8]}"

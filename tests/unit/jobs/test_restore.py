@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from henbackup.errors import UnsafeTarget
-from henbackup.jobs.restore import (
-    check_in_place,
-    fresh_directory,
-    in_place_roots,
-    private_tmp,
-    unseen_by,
-)
+from henbackup.jobs.restore import check_in_place, fresh_directory, in_place_roots
 
 FRESH = "restore into a fresh directory with --target DIR instead"
 NOBODY = 65534
@@ -185,40 +179,3 @@ def test_the_roots_are_the_deeper_of_each_include_and_path() -> None:
     assert in_place_roots(paths, ["/srv/wwwx"]) == ()
     for unplain in ("img", "/srv/www/*.png", "/srv/../etc", "/srv/www/"):
         assert in_place_roots(paths, ["/etc", unplain]) == ("/srv/www", "/etc")
-
-
-MOUNTS = (
-    "25 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
-    "301 25 252:1 /tmp/systemd-private-0123-henbackup.service-Ab/tmp /tmp rw - ext4 /dev/vda1"
-    " rw\n"
-    "302 25 252:1 /var/tmp/systemd-private-0123-henbackup.service-Cd/tmp /var/tmp rw - ext4"
-    " /dev/vda1 rw\n"
-)
-
-
-@pytest.mark.parametrize(
-    ("target", "private"),
-    [("/tmp/x", "/tmp"), ("/tmp", "/tmp"), ("/var/tmp/a/b", "/var/tmp"), ("/tmpx/y", None)],
-)
-def test_a_target_in_the_daemon_s_private_tmp_is_unseen_by_a_client_outside(
-    tmp_path: Path, target: str, private: str | None
-) -> None:
-    """The unit's PrivateTmp=: what it restores there no client outside the unit sees, and
-    it goes when the daemon stops. A client in the same mount namespace sees it."""
-    mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(MOUNTS)
-    assert private_tmp(target, str(mountinfo)) == private
-    proc = tmp_path / "proc"
-    for pid, namespace in (("self", "mnt:[4026531841]"), ("7", "mnt:[4026531840]")):
-        (proc / pid / "ns").mkdir(parents=True)
-        (proc / pid / "ns" / "mnt").symlink_to(namespace)
-    assert unseen_by(7, target, str(mountinfo), str(proc)) == private  # another namespace
-    assert unseen_by(8, target, str(mountinfo), str(proc)) == private  # unknown: gone
-    assert unseen_by(os.getpid(), target, str(mountinfo)) is None  # this one's
-
-
-def test_a_host_tmp_is_no_private_one(tmp_path: Path) -> None:
-    mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(MOUNTS.splitlines(keepends=True)[0])
-    assert private_tmp("/tmp/x", str(mountinfo)) is None
-    assert private_tmp("/tmp/x", str(tmp_path / "none")) is None
