@@ -279,13 +279,26 @@ def _renew(directory: Path) -> None:
     is thawed and removed first; if programs of that job still run in it, it is kept,
     thawed (its limit files are rewritten by the caller's values only)."""
     if directory.is_dir():
-        for name, thawed in (("cgroup.freeze", "0"), ("freezer.state", "THAWED")):
-            with contextlib.suppress(OSError):
-                if (directory / name).exists():
-                    (directory / name).write_text(thawed)
+        thaw(directory)
         with contextlib.suppress(OSError):
             directory.rmdir()
     directory.mkdir(exist_ok=True)
+
+
+def freeze(file: Path, frozen: bool) -> None:
+    """Freeze or thaw through a freezer file: v2 cgroup.freeze or v1 freezer.state."""
+    if file.name == "cgroup.freeze":
+        file.write_text("1" if frozen else "0")
+    else:
+        file.write_text("FROZEN" if frozen else "THAWED")
+
+
+def thaw(leaf: Path) -> None:
+    """Thaw `leaf` by whichever freezer file it has; never raises."""
+    for name in ("cgroup.freeze", "freezer.state"):
+        if (leaf / name).exists():
+            with contextlib.suppress(OSError):
+                freeze(leaf / name, False)
 
 
 def _write(leaf: Leaf, file: str, value: str, unmade: Mapping[str, str]) -> str | None:

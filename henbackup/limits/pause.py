@@ -19,7 +19,7 @@ import signal
 from pathlib import Path
 from typing import Literal
 
-from henbackup.limits.cgroups import ROOT, Host, own_cgroups
+from henbackup.limits.cgroups import ROOT, Host, freeze, own_cgroups, thaw
 from henbackup.scheduler.procs import is_pid
 
 How = Literal["freezer", "SIGSTOP"]
@@ -60,13 +60,6 @@ def freezer_of(pid: int, root: Path = ROOT) -> Path | None:
     return None
 
 
-def _freeze(file: Path, frozen: bool) -> None:
-    if file.name == "cgroup.freeze":
-        file.write_text("1" if frozen else "0")
-    else:
-        file.write_text("FROZEN" if frozen else "THAWED")
-
-
 def marked(marks: Path, job_pid: int) -> bool:
     """Whether the programs of job process `job_pid` are paused by the master (its stall
     watch does not count that time: a program someone else stopped is a stall)."""
@@ -91,7 +84,7 @@ def pause(marks: Path, job_pid: int) -> How | None:
         file = freezer_of(child)
         if file is not None:
             with contextlib.suppress(OSError):
-                _freeze(file, True)
+                freeze(file, True)
                 how = "freezer"
                 continue
         if child not in stopped:  # named before it stops: a master that dies leaves a trace
@@ -129,7 +122,7 @@ def resume_leftovers(marks: Path, host: Host) -> None:
         for leaf in base.glob(f"{JOB_LEAF_PREFIX}*"):
             pid = leaf.name.removeprefix(JOB_LEAF_PREFIX)
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                _thaw(leaf)
+                thaw(leaf)
 
 
 def resume(marks: Path, job_pid: int, host: Host | None = None) -> None:
@@ -142,24 +135,17 @@ def resume(marks: Path, job_pid: int, host: Host | None = None) -> None:
         file = freezer_of(child)
         if file is not None:
             with contextlib.suppress(OSError):
-                _freeze(file, False)
+                freeze(file, False)
         _signal_program(job_pid, child, signal.SIGCONT)  # also one stopped before it froze
     _continue(_stopped(mark))
     if host is not None:
         for base in _freezer_bases(host):
-            _thaw(base / f"{JOB_LEAF_PREFIX}{job_pid}")
+            thaw(base / f"{JOB_LEAF_PREFIX}{job_pid}")
     mark.unlink(missing_ok=True)
 
 
 def _freezer_bases(host: Host) -> list[Path]:
     return [base for base in {host.bases.get("freezer"), host.bases.get("")} if base]
-
-
-def _thaw(leaf: Path) -> None:
-    for name in ("cgroup.freeze", "freezer.state"):
-        if (leaf / name).exists():
-            with contextlib.suppress(OSError):
-                _freeze(leaf / name, False)
 
 
 def _continue(programs: set[int]) -> None:
