@@ -9,13 +9,13 @@ on the user's command line, and it exits 0 either way.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
 import time
 from typing import Any
 
+from henbackup.cli import Parser
 from henbackup.config.dirs import config_path
 from henbackup.protocol import DEFAULT_SOCKET, build_request, frame
 
@@ -100,7 +100,7 @@ def _from_config(kind: str, config: str | None) -> list[str]:
 
 def complete_main(argv: list[str]) -> int:
     """`henbackupctl --complete KIND [--socket S] [--config F] [--repository R]`."""
-    parser = argparse.ArgumentParser(prog="henbackupctl --complete", add_help=False)
+    parser = Parser(prog="henbackupctl --complete", add_help=False)
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--socket", default=os.environ.get("HENBACKUP_SOCKET", DEFAULT_SOCKET))
     parser.add_argument("--config")

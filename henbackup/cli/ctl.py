@@ -10,10 +10,9 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
 
 from henbackup import __version__
-from henbackup.cli import exit_now, reader_left
+from henbackup.cli import Parser, exit_now, reader_left
 from henbackup.printable import printable
 from henbackup.protocol import (
     DEFAULT_SOCKET,
@@ -23,6 +22,10 @@ from henbackup.protocol import (
     frame,
     reply_error,
 )
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING is, without importing typing (3 ms)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
 MAX_REPLY_LINE = 256 << 20  # a status of thousands of backups is a few MiB
@@ -36,9 +39,7 @@ class Unreachable(Exception):
 
 def get_parser() -> argparse.ArgumentParser:
     """The command line (also read by argparse-manpage to write henbackupctl(1))."""
-    parser = argparse.ArgumentParser(
-        prog="henbackupctl", description="Talk to the running henbackup daemon."
-    )
+    parser = Parser(prog="henbackupctl", description="Talk to the running henbackup daemon.")
     parser.add_argument(
         "--socket",
         default=os.environ.get("HENBACKUP_SOCKET", DEFAULT_SOCKET),
@@ -47,7 +48,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     parser.add_argument("--version", action="version", version=f"henbackupctl {__version__}")
     # --json is global (henbackupctl(1)), and accepted after the command too, where people type it.
-    after = argparse.ArgumentParser(add_help=False)
+    after = Parser(add_help=False)
     after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -127,9 +128,10 @@ def _queue_options(parser: argparse.ArgumentParser) -> None:
 
 def request(
     path: str, payload: dict[str, Any], on_event: Callable[[ControlReply], None] | None = None
-) -> ControlReply:
-    """Send one request; return the daemon's reply, passing the events before it to
-    `on_event`. Raises Unreachable. A request that waits for a job waits as long as it runs.
+) -> tuple[ControlReply, bytes]:
+    """Send one request; return the daemon's reply, and its line as it came, passing the
+    events before it to `on_event`. Raises Unreachable. A request that waits for a job
+    waits as long as it runs.
 
     A socket the caller may not open is the daemon saying no, as its own refusal is.
     """
@@ -138,7 +140,8 @@ def request(
         try:
             _connect(sock, path)
         except PermissionError:
-            return reply_error("permission", DENIED)
+            refusal = reply_error("permission", DENIED)
+            return refusal, frame(refusal)
         except OSError as error:
             raise _unreachable(path, error) from None
         # A refused caller is answered without being read: its reply is there to read even
@@ -152,7 +155,7 @@ def request(
             while line := stream.readline(MAX_REPLY_LINE + 1):
                 message = _message(line, path)
                 if "event" not in message:
-                    return message
+                    return message, line
                 if on_event is not None and isinstance(message["event"], dict):
                     on_event(message["event"])
         except OSError as error:
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
         progress = ProgressDisplay(sys.stdout, sys.stdout.isatty())
     try:
-        reply = request(args.socket, _payload(args), progress)
+        reply, line = request(args.socket, _payload(args), progress)
     except Unreachable as error:
         print(f"henbackupctl: {error} (is henbackup.service running?)", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -234,14 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if progress is not None:
             progress.close()
-    return _show(args, reply)
+    return _show(args, reply, line)
 
 
-def _show(args: argparse.Namespace, reply: ControlReply) -> int:
-    """Print the reply (data first, also when something failed); returns the exit code."""
+def _show(args: argparse.Namespace, reply: ControlReply, line: bytes) -> int:
+    """Print the reply (data first, also when something failed); returns the exit code.
+    `line` is the reply as the daemon sent it: JSON on one line, as --json gives a program."""
     try:
-        if args.json:  # indented for a person; one line for a program (the C encoder)
-            print(json.dumps(reply, indent=2 if sys.stdout.isatty() else None))
+        if args.json and sys.stdout.isatty():  # indented for a person
+            print(json.dumps(reply, indent=2))
+        elif args.json:  # as it came: encoding it again would cost 3 ms at 1,000 backups
+            sys.stdout.buffer.write(line)
         elif reply.get("ok") or reply.get("snapshots") or reply.get("jobs"):
             from henbackup.cli.views import SHOW  # not for --json: a quicker start
 

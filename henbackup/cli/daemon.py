@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from henbackup import __version__
-from henbackup.cli import exit_now, reader_left
+from henbackup.cli import Parser, exit_now, reader_left
 from henbackup.config.dirs import Dirs, config_path
 from henbackup.errors import ConfigError, Problem
 from henbackup.observe.events import SINK_VARIABLE, SINKS, wanted_sink
@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def get_parser() -> argparse.ArgumentParser:
     """The command line (also read by argparse-manpage to write henbackup(8))."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="henbackup",
         description="henbackup supervises restic so that backups happen by themselves: it "
         "reads a TOML configuration, runs each backup to each of its repositories, and reports "

@@ -11,6 +11,7 @@ import pytest
 from henbackup.cli import ctl, logs
 from henbackup.cli.progress import ProgressDisplay
 from henbackup.printable import printable
+from henbackup.protocol import frame
 from tests.unit.cli.test_progress import FakeTerminal
 
 # a file name, a server's message, a snapshot's host: retitles the terminal, clears it,
@@ -38,7 +39,7 @@ def test_a_view_shows_a_hostile_snapshot_host_escaped(capsys: pytest.CaptureFixt
     }
     args = argparse.Namespace(json=False, command="list-snapshots")
     reply = {"ok": False, "snapshots": [snapshot], "error": HOSTILE, "code": "failed"}
-    assert ctl._show(args, reply) == 1
+    assert ctl._show(args, reply, frame(reply)) == 1
     out, err = capsys.readouterr()
     assert "a\\x1b]0;owned" in out and clean(out)
     assert err.startswith("henbackupctl: a\\x1b]0;owned") and clean(err)

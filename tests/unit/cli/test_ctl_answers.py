@@ -57,3 +57,20 @@ def test_an_answer_of_the_wrong_shape_is_one_line_and_an_exit_code(
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
     assert err.count("\n") == (1 if said else 0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (b'{"ok": true, "backups": [], "note": "caf\\u00e9"}\n', 0),
+        (b'{"ok": false, "code": "permission", "error": "no"}\n', 4),
+    ],
+)
+def test_json_for_a_program_is_the_daemons_answer_as_it_came(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: bytes, code: int
+) -> None:
+    path = tmp_path / "control.sock"
+    thread = serve_once(path, answer)
+    assert ctl.main(["--socket", str(path), "--json", "status"]) == code
+    thread.join(10)
+    assert capsys.readouterr().out == answer.decode()
