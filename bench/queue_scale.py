@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import psutil
 
+from bench._installed import BIN, environment
 from bench.table import Goal, Table
 
 BACKUPS = int(os.environ.get("BENCH_QUEUE_BACKUPS", 200))
@@ -168,8 +168,8 @@ def _daemon_drain(restic: str) -> Drain:
         tmp = Path(name)
         due_at = time.time() + SETTLE
         config = _prepare(tmp, restic, due_at)
-        argv = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config), "run"]
-        daemon = subprocess.Popen(argv, env=_environment(tmp), stderr=subprocess.PIPE)
+        argv = [str(BIN / "henbackup"), "--config", str(config), "run"]  # as installed
+        daemon = subprocess.Popen(argv, env=environment(_environment(tmp)), stderr=subprocess.PIPE)
         assert daemon.stderr is not None
         stream = daemon.stderr.fileno()
         os.set_blocking(stream, False)

@@ -1,7 +1,8 @@
 """The daemon at scale: private memory per idle backup, READY time, and status time.
 
 A real daemon with 1, 10, 100 and 1,000 schedule-only backups (each its own source
-directory, one shared local repository, every backup just succeeded so nothing runs), at
+directory, one shared local repository, every backup just succeeded so nothing runs: its
+schedule record and the history status shows say so), at
 rest. Private memory is Private_Clean + Private_Dirty of /proc/PID/smaps_rollup: what the
 process does not share with any other (the forked workers share the master's pages until
 one of them writes). READY time is from the start of the process to its sd_notify READY=1
@@ -26,7 +27,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -57,6 +57,7 @@ def _setup(tmp: Path, count: int, ran: bool = True) -> Path:
     records = tmp / "state" / names.backup_record("b0").rsplit("/", 1)[0]
     records.mkdir(parents=True)
     now = time.time()
+    history = []
     for n in range(count):
         source = tmp / "sources" / f"b{n}"
         source.mkdir(parents=True)
@@ -65,6 +66,8 @@ def _setup(tmp: Path, count: int, ran: bool = True) -> Path:
         record = {"last_success": now, "last_attempt": now}
         if ran:
             (tmp / "state" / names.backup_record(f"b{n}")).write_text(json.dumps(record))
+            history.append(_ran(f"b{n}", now))
+    (tmp / "state" / "status.json").write_text(json.dumps(history))  # what status shows
     if not ran:
         argv = ["restic", "init", "-r", str(tmp / "repo"), "--password-file", str(tmp / "pw")]
         subprocess.run(argv, check=True, capture_output=True)
@@ -72,6 +75,19 @@ def _setup(tmp: Path, count: int, ran: bool = True) -> Path:
     config.write_text(text)
     config.chmod(0o600)
     return config
+
+
+def _ran(backup: str, when: float) -> dict[str, object]:
+    """The status history of a backup whose one run succeeded at `when` (status.json)."""
+    last = {"started": when, "result": "succeeded", "duration": 1.5, "snapshot": "0" * 64}
+    return {
+        "key": {"repository": "local", "operation": "backup", "backup": backup},
+        "last": {**last, "job": f"{backup}-1", "cpu_sec": 0.8, "memory_peak": 60 << 20},
+        "last_success": when,
+        "runs": {"succeeded": 1},
+        "bytes_added": 12345,
+        "snapshots": 1,
+    }
 
 
 def _environment(tmp: Path, notify: Path) -> dict[str, str]:
@@ -211,10 +227,10 @@ def measure(count: int, status: bool, ran: bool = True, merged: bool = False) ->
         env = _environment(tmp, notify_path)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
-            argv = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config), "run"]
+            argv = [str(BIN / "henbackup"), "--config", str(config), "run"]  # as installed
             start = time.monotonic()
             stderr = subprocess.DEVNULL if ran else subprocess.PIPE
-            daemon = subprocess.Popen(argv, env=env, stderr=stderr)
+            daemon = subprocess.Popen(argv, env=environment(env), stderr=stderr)
             try:
                 _wait_ready(notify, daemon)
                 result = {"ready": time.monotonic() - start}
