@@ -83,6 +83,7 @@ def restore_directory(target: str, name: str) -> Path:
         fd = _open_trusted(parent)
         try:
             os.mkdir(leaf, 0o700, dir_fd=fd)
+            _drop_inherited_acls(leaf, fd)
             return Path(target)
         except FileExistsError:
             pass
@@ -104,10 +105,27 @@ def fresh_directory(parent: str, name: str) -> Path:
             child = stem if attempt == 1 else f"{stem}-{attempt}"
             with contextlib.suppress(FileExistsError):
                 os.mkdir(child, 0o700, dir_fd=fd)
+                _drop_inherited_acls(child, fd)
                 return Path(parent, child)
     finally:
         os.close(fd)
     raise AssertionError("unreachable")
+
+
+def _drop_inherited_acls(name: str, dir_fd: int) -> None:
+    """Remove the ACLs directory `name` (in `dir_fd`, just made) inherited from a default ACL
+    of its parent: else what restic makes in it would inherit the parent's default ACL too,
+    and let whoever it names write there (restic restores a directory's group-write bits)."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        for acl in (DEFAULT_ACL, ACCESS_ACL):
+            try:
+                os.removexattr(fd, acl)
+            except OSError as error:
+                if error.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                    raise
+    finally:
+        os.close(fd)
 
 
 def _open_trusted(path: str) -> int:
@@ -167,13 +185,16 @@ def _changed_by(st: os.stat_result, where: int | Path, sticky_ok: bool = True) -
     return None
 
 
-def _has_acl(where: int | Path) -> bool:
-    """Whether the file `where` is (an fd, or a path not followed) has an access ACL."""
+ACCESS_ACL, DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
+
+
+def _has_acl(where: int | Path, acl: str = ACCESS_ACL) -> bool:
+    """Whether the file `where` is (an fd, or a path not followed) has that ACL."""
     try:
         if isinstance(where, int):
-            os.getxattr(where, "system.posix_acl_access")
+            os.getxattr(where, acl)
         else:
-            os.getxattr(where, "system.posix_acl_access", follow_symlinks=False)
+            os.getxattr(where, acl, follow_symlinks=False)
     except OSError as error:
         if error.errno in (errno.ENODATA, errno.EOPNOTSUPP):
             return False
@@ -237,6 +258,7 @@ def _check_way(path: Path) -> bool:
         except FileNotFoundError:
             if others is not None:  # they could plant what restic is about to make
                 raise _unsafe(part.parent, others) from None
+            _check_inheritance(part.parent)
             return False  # restic makes the rest, below directories only root may change
         _check_entry(part, st, sticky_ok=part != path)
         if not stat.S_ISDIR(st.st_mode):
@@ -251,6 +273,7 @@ def _check_tree(top: Path) -> None:
     """Checks every entry below the directory `top`, through no link."""
     folders = [top]
     while folders:
+        _check_inheritance(folders[-1])
         with os.scandir(folders.pop()) as entries:
             for entry in entries:
                 st = entry.stat(follow_symlinks=False)
@@ -267,6 +290,16 @@ def _check_entry(path: Path, st: os.stat_result, sticky_ok: bool = False) -> Non
     who = _changed_by(st, path, sticky_ok) if stat.S_ISDIR(st.st_mode) else None
     if who is not None:
         raise _unsafe(path, who)
+
+
+def _check_inheritance(directory: Path) -> None:
+    """What restic makes in `directory` must not inherit a default ACL: it could let others
+    write in it (their rights are masked by its mode's group bits, which restic restores)."""
+    if _has_acl(directory, DEFAULT_ACL):
+        raise UnsafeTarget(
+            f"--in-place: {directory} has a default ACL, which may let others change what"
+            f" restic makes in it (setfacl -k removes it): {FRESH_INSTEAD}"
+        )
 
 
 def _unsafe(path: Path, who: str) -> UnsafeTarget:

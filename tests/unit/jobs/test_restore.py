@@ -31,15 +31,14 @@ def refusal(path: Path, why: str) -> str:
     return f"--in-place: {path} {why}: {FRESH}"
 
 
-def grant_nobody(directory: Path) -> None:
-    """An access ACL as `setfacl -m u:nobody:rwx` sets on a root:root 0755 directory: the
-    mode then shows 0775, its group bits the ACL's mask, though the group is root."""
+def nobody_may_write(default: bool = False) -> bytes:
+    """An ACL as `setfacl -m u:nobody:rwx` (with -d: its default ACL) sets."""
 
     def entry(tag: int, perm: int, qualifier: int = 0xFFFFFFFF) -> bytes:
         return struct.pack("<HHI", tag, perm, qualifier)
 
     user_obj, user, group_obj, mask, other = 0x01, 0x02, 0x04, 0x10, 0x20
-    acl = b"".join(
+    return b"".join(
         (
             struct.pack("<I", 2),
             entry(user_obj, 7),
@@ -49,8 +48,17 @@ def grant_nobody(directory: Path) -> None:
             entry(other, 5),
         )
     )
-    os.setxattr(directory, "system.posix_acl_access", acl)
+
+
+def grant_nobody(directory: Path) -> None:
+    """An access ACL as `setfacl -m u:nobody:rwx` sets on a root:root 0755 directory: the
+    mode then shows 0775, its group bits the ACL's mask, though the group is root."""
+    os.setxattr(directory, "system.posix_acl_access", nobody_may_write())
     assert (directory.stat().st_mode & 0o7777, directory.stat().st_gid) == (0o775, 0)
+
+
+def acls(path: Path) -> list[str]:
+    return sorted(name for name in os.listxattr(path) if name.startswith("system.posix_acl"))
 
 
 ACL_WHO = "whoever its ACL lets write (setfacl -b removes it)"
@@ -70,6 +78,33 @@ def test_a_directory_whose_acl_lets_someone_write_is_refused(srv: Path) -> None:
         " restore into a directory only root can change (the default, or another --target)"
     )
     assert sorted(os.listdir(srv / "www")) == ["index.html"]  # nothing made in it
+
+
+def test_a_default_acl_where_restic_makes_things_in_place_is_refused(srv: Path) -> None:
+    """What restic makes there would inherit it: with the group-write bits of a directory
+    restored, nobody could plant a link in it."""
+    os.setxattr(srv.parent, "system.posix_acl_default", nobody_may_write())
+    check_in_place([str(srv)], [])  # above what restic writes: it makes nothing there
+    why = "has a default ACL, which may let others change what restic makes in it"
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv.parent / "gone")], [])
+    assert str(raised.value) == refusal(srv.parent, f"{why} (setfacl -k removes it)")
+    os.setxattr(srv / "www", "system.posix_acl_default", nobody_may_write())
+    with pytest.raises(UnsafeTarget) as raised:
+        check_in_place([str(srv)], [])
+    assert str(raised.value) == refusal(srv / "www", f"{why} (setfacl -k removes it)")
+
+
+def test_a_fresh_directory_inherits_no_acl_so_neither_does_what_restic_makes(
+    srv: Path,
+) -> None:
+    os.setxattr(srv, "system.posix_acl_default", nobody_may_write())
+    (srv / "shared").mkdir(mode=0o755)
+    assert acls(srv / "shared") == ["system.posix_acl_access", "system.posix_acl_default"]
+    fresh = fresh_directory(str(srv), "snap")
+    assert acls(fresh) == []
+    (fresh / "pictures").mkdir(mode=0o775)  # as restic makes a group-writable directory
+    assert acls(fresh / "pictures") == []
 
 
 def test_a_group_writable_directory_of_group_root_without_acl_will_do(srv: Path) -> None:
