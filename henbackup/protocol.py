@@ -88,6 +88,7 @@ REQUESTS: dict[str, tuple[Field, ...]] = {
         Field("repository", TEXT, required=True),
         Field("snapshot", TEXT, required=True),
         Field("target", TEXT),
+        Field("target_base", OBJECT),  # how the client sees it (jobs/restore.seen_otherwise)
         Field("in_place", FLAG),
         Field("include", TEXTS),
         _PRIORITY,

@@ -191,6 +191,20 @@ def _connect(sock: socket.socket, path: str) -> None:
             time.sleep(0.02)
 
 
+def _nearest_existing(path: str) -> dict[str, Any] | None:
+    """The directory at or above `path` that exists, as this process sees it: the daemon
+    checks it sees the same one (its unit may give it its own /tmp)."""
+    while True:
+        try:
+            seen = os.lstat(path)
+        except OSError:
+            if path == os.path.dirname(path):
+                return None
+            path = os.path.dirname(path)
+            continue
+        return {"path": path, "device": seen.st_dev, "inode": seen.st_ino}
+
+
 def _unreachable(path: str, error: OSError) -> Unreachable:
     return Unreachable(f"cannot reach the daemon at {path}: {error.strerror or error}")
 
@@ -200,6 +214,7 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
     options = vars(args).copy()
     if getattr(args, "target", None):
         options["target"] = os.path.abspath(args.target)  # the daemon has another cwd
+        options["target_base"] = _nearest_existing(options["target"])
     if hasattr(args, "no_wait"):
         options["wait"] = not args.no_wait
     return build_request(args.command, options)

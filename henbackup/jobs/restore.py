@@ -17,12 +17,12 @@ import itertools
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from henbackup.config.model import Config
 from henbackup.engine.base import Engine, RestoreResult, Snapshot
-from henbackup.errors import SnapshotNotFound, UnsafeTarget
+from henbackup.errors import SnapshotNotFound, UnsafeTarget, UsageError
 from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.jobs.targets import target_for
 from henbackup.observe.events import EmitFunction, FieldValue
@@ -90,6 +90,29 @@ def restore_directory(target: str, name: str) -> Path:
         finally:
             os.close(fd)
     return fresh_directory(target, name)
+
+
+def seen_otherwise(base: Mapping[str, object] | None, target: str) -> str | None:
+    """The directory the client saw at or above `target` (`base`: its path, device and
+    inode, as henbackupctl sends them), if this process sees another one there (or none):
+    a mount of its own, as the unit's PrivateTmp= makes of /tmp and /var/tmp. None when they
+    are the same, or no `base` was sent. Raises UsageError for a `base` of another shape."""
+    if base is None:
+        return None
+    path, device, inode = base.get("path"), base.get("device"), base.get("inode")
+    if not (
+        isinstance(path, str)
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in (device, inode))
+        and (path == "/" or target == path or target.startswith(path.rstrip("/") + "/"))
+    ):
+        raise UsageError(
+            "target_base: give the path, device and inode of a directory at or above --target"
+        )
+    try:
+        seen = os.lstat(path)
+    except OSError:
+        return path
+    return None if (seen.st_dev, seen.st_ino) == (device, inode) else path
 
 
 def fresh_directory(parent: str, name: str) -> Path:

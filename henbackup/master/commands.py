@@ -23,7 +23,7 @@ from henbackup.channel import StartRun
 from henbackup.config.model import Priority
 from henbackup.config.units import parse_priority, parse_subset
 from henbackup.errors import QueueBusy, UnsafeTarget, UsageError
-from henbackup.jobs.restore import fresh_directory, restore_directory
+from henbackup.jobs.restore import fresh_directory, restore_directory, seen_otherwise
 from henbackup.master import jobs
 from henbackup.master.control import Conversation
 from henbackup.master.permissions import CANCEL_RESTORE_DENIED, Privilege, refusal
@@ -364,6 +364,12 @@ def restore_snapshot(
     in_place = bool(request.get("in_place"))  # its type is checked by the protocol
     if in_place and target is not None:
         raise UsageError("--in-place and --target: give one of them")
+    if target is not None and (other := seen_otherwise(request.get("target_base"), target)):
+        raise UsageError(
+            f"--target {target}: the daemon does not see {other} as you do (its unit gives it"
+            " its own /tmp and /var/tmp, which you never see and which go when it stops):"
+            " give a directory elsewhere"
+        )
     try:
         destination, existed = _destination(
             master, target, in_place, f"{repository}-{snapshot[:8]}"

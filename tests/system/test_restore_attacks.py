@@ -255,6 +255,20 @@ def test_roots_restore_never_follows_what_a_user_planted(host: Host) -> None:
     assert (restored / "private" / "secret").read_bytes() == SECRET
 
 
+def test_a_target_in_the_daemons_own_tmp_is_refused(host: Host) -> None:
+    """The unit's PrivateTmp= gives the daemon a /tmp of its own: what it restored there,
+    root would never see, and it would go when the daemon stops."""
+    target = f"/tmp/henbackup-restore-{os.getpid()}"
+    refused = host.root_ctl("restore-snapshot", "local", host.snapshot, "--target", target)
+    assert (refused.returncode, refused.stdout) == (EXIT_USAGE, "")
+    assert refused.stderr == (
+        f"henbackupctl: --target {target}: the daemon does not see /tmp as you do (its unit"
+        " gives it its own /tmp and /var/tmp, which you never see and which go when it"
+        " stops): give a directory elsewhere\n"
+    )
+    assert host.daemon.harness.journal({"HENBACKUP_OPERATION": "restore"}) == []
+
+
 def test_roots_in_place_restore_never_meets_what_a_user_may_plant(host: Host) -> None:
     """Root restores over the original paths. While a folder in them is the member's (she put
     a link to root's file where the secret was), that is refused with exit 2 and one line

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from henbackup.errors import UnsafeTarget
-from henbackup.jobs.restore import check_in_place, fresh_directory, in_place_roots
+from henbackup.errors import UnsafeTarget, UsageError
+from henbackup.jobs.restore import check_in_place, fresh_directory, in_place_roots, seen_otherwise
 
 FRESH = "restore into a fresh directory with --target DIR instead"
 NOBODY = 65534
@@ -214,3 +214,33 @@ def test_the_roots_are_the_deeper_of_each_include_and_path() -> None:
     assert in_place_roots(paths, ["/srv/wwwx"]) == ()
     for unplain in ("img", "/srv/www/*.png", "/srv/../etc", "/srv/www/"):
         assert in_place_roots(paths, ["/etc", unplain]) == ("/srv/www", "/etc")
+
+
+def test_a_target_the_daemon_sees_otherwise_is_named(tmp_path: Path) -> None:
+    """The unit's PrivateTmp= gives the daemon its own /tmp: the client's /tmp is another."""
+    seen = tmp_path.stat()
+    base = {"path": str(tmp_path), "device": seen.st_dev, "inode": seen.st_ino}
+    assert seen_otherwise(base, str(tmp_path / "restore")) is None
+    assert seen_otherwise(None, str(tmp_path / "restore")) is None  # an older henbackupctl
+    other = {**base, "inode": seen.st_ino + 1}
+    assert seen_otherwise(other, str(tmp_path / "restore")) == str(tmp_path)
+    gone = {**base, "path": str(tmp_path / "gone")}
+    assert seen_otherwise(gone, str(tmp_path / "gone" / "restore")) == str(tmp_path / "gone")
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        {"path": "/srv", "device": 1, "inode": 2},  # not above the target
+        {"path": "/tmp", "device": "1", "inode": 2},
+        {"path": "/tmp", "device": 1, "inode": True},
+        {"path": "/tmp", "device": 1},
+        {"path": 5, "device": 1, "inode": 2},
+    ],
+)
+def test_a_target_base_of_another_shape_is_a_usage_error(base: dict[str, object]) -> None:
+    with pytest.raises(UsageError) as raised:
+        seen_otherwise(base, "/tmp/restore")
+    assert str(raised.value) == (
+        "target_base: give the path, device and inode of a directory at or above --target"
+    )
