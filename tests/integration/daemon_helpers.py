@@ -241,7 +241,8 @@ class Daemon:
     # the control socket
     def status(self) -> dict[str, Any]:
         """The reply to `henbackupctl status` (raises Unreachable)."""
-        return request(str(self.socket), {"command": "status"})
+        reply, _ = request(str(self.socket), {"command": "status"})
+        return reply
 
     def worker(self, name: str, kind: str = "backup") -> dict[str, Any] | None:
         """The status entry of one backup (or repository), with its worker's state as
