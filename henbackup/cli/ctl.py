@@ -261,8 +261,10 @@ def _show(args: argparse.Namespace, reply: ControlReply, line: bytes) -> int:
     try:
         if args.json and sys.stdout.isatty():  # indented for a person
             print(json.dumps(reply, indent=2))
-        elif args.json:  # as it came: encoding it again would cost 3 ms at 1,000 backups
-            sys.stdout.buffer.write(line)
+        elif args.json and line.isascii() and b"\r" not in line:  # as the daemon sends it
+            sys.stdout.buffer.write(line)  # encoding it again would cost 3 ms at 1,000 backups
+        elif args.json:  # not from our daemon: in ASCII, whatever it holds
+            print(json.dumps(reply))
         elif reply.get("ok") or reply.get("snapshots") or reply.get("jobs"):
             from henbackup.cli.views import SHOW  # not for --json: a quicker start
 

@@ -60,17 +60,23 @@ def test_an_answer_of_the_wrong_shape_is_one_line_and_an_exit_code(
 
 
 @pytest.mark.parametrize(
-    ("answer", "code"),
+    ("answer", "code", "shown"),
     [
-        (b'{"ok": true, "backups": [], "note": "caf\\u00e9"}\n', 0),
-        (b'{"ok": false, "code": "permission", "error": "no"}\n', 4),
+        (b'{"ok":true,"backups":[],"note":"caf\\u00e9"}\n', 0, None),
+        (b'{"ok": false, "code": "permission", "error": "no"}\n', 4, None),
+        # not as our daemon writes: in ASCII, on one line, whatever came
+        ('\ufeff{"ok": true,\r "x": "\x9b2J"}\n'.encode(), 0, '{"ok": true, "x": "\\u009b2J"}\n'),
     ],
 )
 def test_json_for_a_program_is_the_daemons_answer_as_it_came(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: bytes, code: int
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    answer: bytes,
+    code: int,
+    shown: str | None,
 ) -> None:
     path = tmp_path / "control.sock"
     thread = serve_once(path, answer)
     assert ctl.main(["--socket", str(path), "--json", "status"]) == code
     thread.join(10)
-    assert capsys.readouterr().out == answer.decode()
+    assert capsys.readouterr().out == (shown or answer.decode())
