@@ -163,6 +163,7 @@ def _open_trusted(path: str) -> int:
             walked = walked / part
             with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o700, dir_fd=fd)
+                _drop_inherited_acls(part, fd)
             try:
                 child = os.open(part, flags, dir_fd=fd)
             except OSError as error:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from henbackup.errors import UnsafeTarget, UsageError
-from henbackup.jobs.restore import check_in_place, fresh_directory, in_place_roots, seen_otherwise
+from henbackup.jobs.restore import (
+    check_in_place,
+    fresh_directory,
+    in_place_roots,
+    restore_directory,
+    seen_otherwise,
+)
 
 FRESH = "restore into a fresh directory with --target DIR instead"
 NOBODY = 65534
@@ -105,6 +111,8 @@ def test_a_fresh_directory_inherits_no_acl_so_neither_does_what_restic_makes(
     assert acls(fresh) == []
     (fresh / "pictures").mkdir(mode=0o775)  # as restic makes a group-writable directory
     assert acls(fresh / "pictures") == []
+    made = restore_directory(str(srv / "new" / "target"), "snap")  # made, its parent too
+    assert (made, acls(srv / "new"), acls(made)) == (srv / "new" / "target", [], [])
 
 
 def test_a_group_writable_directory_of_group_root_without_acl_will_do(srv: Path) -> None:
