@@ -296,8 +296,8 @@ def freeze(file: Path, frozen: bool) -> None:
 def thaw(leaf: Path) -> None:
     """Thaw `leaf` by whichever freezer file it has; never raises."""
     for name in ("cgroup.freeze", "freezer.state"):
-        if (leaf / name).exists():
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if (leaf / name).exists():
                 freeze(leaf / name, False)
 
 
