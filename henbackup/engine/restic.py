@@ -302,12 +302,12 @@ def stderr_messages(text: str) -> list[str]:
     for raw in text.splitlines():
         line = _ANSI.sub("", raw).replace("\r", "").strip()
         message = parse_json_line(line)
-        if message is not None and message.get("message_type") in ("error", "exit_error"):
-            line = (
-                _error_text(message)
-                if message["message_type"] == "error"
-                else str(message.get("message", ""))
-            )
+        if message is not None and message.get("message_type") == "error":
+            text = " ".join(_error_text(message).split())  # a file's name: on one line
+            lines += [text] if text else []
+            continue
+        if message is not None and message.get("message_type") == "exit_error":
+            line = str(message.get("message", ""))
         lines += [part.strip() for part in line.splitlines() if part.strip()]
     return lines
 
@@ -575,7 +575,9 @@ _MISSING = (
 
 # restic retries a failing backend call and says so first: the cause after the prefix is
 # what matters, e.g. "Load(<data/1a2b>, 0, 0) returned error, retrying after 1.2s: <cause>".
-_RETRYING = re.compile(r"^.*? returned error, retrying after [^:]*: ")
+# Anchored at the call's name: a line about a file holds its path first.
+_RETRYING = re.compile(r"^[A-Z][A-Za-z]*\(.*? returned error, retrying after [^:]*: ")
+PARTIAL_BACKUP = 3  # restic's exit code: snapshot saved, some files could not be read
 # A Go crash: "panic: ...", "fatal error: ..." or a signal dump ("SIGQUIT: quit"), each
 # followed by one stack per goroutine, from "goroutine 1 [running]:" on.
 _CRASH = re.compile(r"^(panic: |fatal error: |SIG[A-Z0-9]+: )")
@@ -1009,7 +1011,10 @@ class ResticEngine(ToolEngine):
             self.features,
             scheme_of(target.location),
         )
-        if outcome.returncode in tolerate and type(error) is EngineError:
+        # A backup's exit 3: its snapshot is saved, and its lines name files it could not
+        # read, which anyone may name "wrong password or no key found".
+        partial = args[0] == "backup" and outcome.returncode == PARTIAL_BACKUP
+        if outcome.returncode in tolerate and (partial or type(error) is EngineError):
             return None
         return error
 

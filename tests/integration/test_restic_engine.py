@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -263,6 +264,60 @@ def test_unreadable_source_file_still_makes_a_snapshot(repo: Repo, source: Path)
     assert result.snapshot_id is not None
     assert result.files_new == 5
     assert any(unreadable in w for w in result.warnings), result.warnings
+
+
+RETRY = "returned error, retrying after 1s: 403 Forbidden"  # no "/": a file name
+HOSTILE_NAMES = (
+    "wrong password or no key found",
+    "repository is already locked by PID 1",
+    "repository does not exist",
+    *(f"x{n} {RETRY}" for n in range(3)),
+    *(f"y{n}\nLoad(<config>, 0, 0) {RETRY}" for n in range(3)),  # a line of its own?
+)
+
+
+@pytest.fixture
+def as_nobody(restic: str, template: Path) -> Iterator[tuple[ResticEngine, Target, Path]]:
+    """restic run as nobody (as root, every file is readable), on a repository of its own."""
+    place = Path(tempfile.mkdtemp(prefix="henbackup-nobody-"))  # pytest's is root's, 0700
+    try:
+        place.chmod(0o755)
+        shutil.copytree(template, place / "repo")
+        (place / "cache").mkdir()
+        for path in (place / "repo", place / "cache"):
+            subprocess.run(["chown", "-R", "nobody:nogroup", str(path)], check=True)
+        wrapper = place / "restic"
+        wrapper.write_text(
+            f'#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {restic} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        (place / "password").write_text(PASSWORD)  # a pipe of root's, nobody cannot open
+        (place / "password").chmod(0o644)
+        target = Target(
+            "test", str(place / "repo"), PasswordSource("file", str(place / "password"))
+        )
+        yield ResticEngine(str(wrapper), cache_dir=place / "cache"), target, place
+    finally:
+        shutil.rmtree(place)
+
+
+def test_names_of_files_restic_could_not_read_are_not_taken_for_its_words(
+    as_nobody: tuple[ResticEngine, Target, Path],
+) -> None:
+    """restic names each file it could not read: a local user chooses those names. Taken
+    for restic's own words, one failed a saved backup (wrong password), backed up twice
+    (locked, missing), or stopped it midway and left its lock (a refused retry)."""
+    engine, target, place = as_nobody
+    source = write_tree(place / "src", {"readable.txt": b"kept\n"})
+    for name in HOSTILE_NAMES:
+        (source / name).mkdir(mode=0)
+    result = engine.backup(target, BackupRequest("docs", (str(source),)))
+    assert result.snapshot_id is not None
+    assert result.files_new == 1
+    for name in HOSTILE_NAMES:  # each on one line
+        assert any(" ".join(name.split()) in warning for warning in result.warnings), name
+    assert [s.id[:8] for s in engine.snapshots(target)] == [result.snapshot_id[:8]]
+    assert os.listdir(place / "repo" / "locks") == []
 
 
 # --- failures -------------------------------------------------------------------------
