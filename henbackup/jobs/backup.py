@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -51,17 +52,44 @@ def _back_up(
 
     The repository is not probed first (each restic run opens it again, and pays the key
     derivation): a missing one is the backup's own failure, then created and the backup
-    run again.
+    run again. Only where this host never backed up before: one that went missing since
+    is a disk not mounted, or another server, and a new repository there would fill a disk
+    nobody watches with backups nobody knows of.
     """
+    dirs = Dirs.from_environment()
+    known = dirs.state / "repositories" / f"known-{_digest(target.location)}"
     try:
-        return engine.backup(target, request, ProgressReporter(job, emit)), False
+        result = engine.backup(target, request, ProgressReporter(job, emit))
+        _mark(known)
+        return result, False
     except RepositoryMissing:
-        pass
-    created = ensure_repository(engine, target, Dirs.from_environment().repositories)
+        if os.path.exists(known):  # False too where it cannot be looked at
+            raise RepositoryMissing(
+                f"repository {target.name}: no repository is at its location any more, though"
+                " this host backed up there before: is its disk mounted, is it the right"
+                " server? A repository is created only where none ever was (to start a new"
+                f" one there, remove {known})"
+            ) from None
+    created = ensure_repository(engine, target, dirs.repositories)
     if created:
         message = f"{job.title}: repository {target.name} did not exist: initialised"
         emit("repository.initialized", message, **job.fields())
-    return engine.backup(target, request, ProgressReporter(job, emit)), created
+    result = engine.backup(target, request, ProgressReporter(job, emit))
+    _mark(known)
+    return result, created
+
+
+def _digest(location: str) -> str:
+    """A file name for a location: it may hold credentials, which never go into one."""
+    return hashlib.sha256(location.encode()).hexdigest()[:32]
+
+
+def _mark(known: Path) -> None:
+    """Remember that this host backed up to a repository (a full disk only forgets it)."""
+    if not os.path.exists(known):
+        with contextlib.suppress(OSError):
+            known.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            known.touch(mode=0o600)
 
 
 def ensure_repository(engine: Engine, target: Target, lock_dir: Path) -> bool:
@@ -71,8 +99,7 @@ def ensure_repository(engine: Engine, target: Target, lock_dir: Path) -> bool:
     one that restic cannot open. A flock per location, host-wide (jobs of every worker and
     `henbackup backup` by hand), lets one create it; the others then find it there.
     """
-    # A digest: the location may hold credentials, which never go into a file name.
-    path = lock_dir / f"init-{hashlib.sha256(target.location.encode()).hexdigest()[:32]}"
+    path = lock_dir / f"init-{_digest(target.location)}"
     try:
         lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = locks.wait_lock(path, locks.EXCLUSIVE, INIT_WAIT, engine.checkpoint)

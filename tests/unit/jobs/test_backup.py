@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from henbackup.config.model import PasswordSource
-from henbackup.engine.base import Target
+from henbackup.engine.base import BackupRequest, BackupResult, Target
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import EngineError, JobCancelled, RepositoryLocked
+from henbackup.errors import EngineError, JobCancelled, RepositoryLocked, RepositoryMissing
 from henbackup.jobs import backup
 from henbackup.jobs.backup import ensure_repository
+from henbackup.jobs.job import Job
 from henbackup.scheduler import locks
 
 SECRET = "s3cr3t-in-location"
@@ -107,3 +108,35 @@ def test_a_lock_directory_that_cannot_be_made_is_a_one_line_error(restic, tmp_pa
     assert str(raised.value).startswith(f"cannot lock {tmp_path}/file/locks/init-")
     assert str(raised.value).endswith("(to create repository shared): Not a directory")
     assert SECRET not in str(raised.value)
+
+
+def test_a_repository_gone_from_where_this_host_backed_up_is_not_made_again(
+    restic: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk not mounted: a new repository in the empty mount point would fill the disk
+    below with backups nobody knows of. Only where none ever was is one created."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "photo.jpg").write_bytes(b"jpeg\n")
+    target, engine = target_at(tmp_path), ResticEngine(restic)
+    request = BackupRequest("pictures", (str(tmp_path / "data"),))
+    job = Job("backup", "shared", "pictures")
+
+    def back_up() -> tuple[BackupResult, bool]:
+        return backup._back_up(job, engine, target, request, lambda *a, **k: None)
+
+    assert back_up()[1] is True  # none was there: made
+    assert back_up()[1] is False
+    Path(target.location).rename(tmp_path / "unmounted")  # its disk is not mounted
+    with pytest.raises(RepositoryMissing) as raised:
+        back_up()
+    (known,) = (tmp_path / "state" / "repositories").iterdir()
+    assert str(raised.value) == (
+        "repository shared: no repository is at its location any more, though this host"
+        " backed up there before: is its disk mounted, is it the right server? A repository"
+        f" is created only where none ever was (to start a new one there, remove {known})"
+    )
+    assert not Path(target.location).exists() and SECRET not in known.name
+    known.unlink()  # the owner starts afresh there
+    assert back_up()[1] is True
