@@ -37,15 +37,16 @@ class Setup:
             f'[backups.docs]\npaths = ["{data}"]\nrepositories = ["local"]\n'
         )
 
-    def backup(self) -> tuple[list[str], list[dict[str, str]]]:
-        """`henbackup backup docs`: the restic subcommands it ran, and its events (what it
-        imported in `self.imported`)."""
+    def backup(self, code: int = 0) -> tuple[list[str], list[dict[str, str]]]:
+        """`henbackup backup docs`, which exits with `code`: the restic subcommands it ran,
+        and its events (what it imported in `self.imported`)."""
         self.log.unlink(missing_ok=True)
         env = {
             **os.environ,
             "HENBACKUP_EVENTS": "stderr",
             "CACHE_DIRECTORY": str(self.tmp / "cache"),
             "RUNTIME_DIRECTORY": str(self.tmp / "run"),
+            "STATE_DIRECTORY": str(self.tmp / "state"),
         }
         command = [sys.executable, "-X", "importtime", "-m", "henbackup.cli.daemon"]
         command += ["--config", str(self.config)]
@@ -56,7 +57,7 @@ class Setup:
             env=env,
             timeout=120,
         )
-        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.returncode == code, done.stdout + done.stderr
         lines = done.stderr.splitlines()
         events = [json.loads(line) for line in lines if not line.startswith("import time:")]
         self.imported = {line.split("|")[-1].strip() for line in lines if "import time:" in line}
@@ -91,12 +92,23 @@ def test_an_incremental_backup_runs_restic_once(restic: str, tmp_path: Path) -> 
     assert not {"platform", "difflib", "secrets"} & setup.imported
 
 
-def test_a_deleted_repository_is_initialised_once_and_backed_up_to(
+def test_a_deleted_repository_is_an_error_until_its_mark_goes_then_made_once(
     restic: str, tmp_path: Path
 ) -> None:
     setup = Setup(restic, tmp_path)
     setup.backup()
-    shutil.rmtree(setup.repository)
+    shutil.rmtree(setup.repository)  # as a disk not mounted looks
+    runs, events = setup.backup(code=1)
+    assert runs == ["backup"]  # no init: this host backed up there before
+    (failed,) = (e for e in events if e["HENBACKUP_EVENT"] == "job.failed")
+    (known,) = (tmp_path / "state" / "repositories").iterdir()
+    assert failed["HENBACKUP_ERROR"] == (
+        "repository local: no repository is at its location any more, though this host"
+        " backed up there before: is its disk mounted, is it the right server? A repository"
+        f" is created only where none ever was (to start a new one there, remove {known})"
+    )
+    assert not setup.repository.exists()
+    known.unlink()  # the owner's "yes, a new one there"
     runs, events = setup.backup()
     # The backup meets the missing repository; it is created (the probe under the host-wide
     # lock sees whether another job created it meanwhile) and the backup runs again.
