@@ -36,6 +36,7 @@ import re
 import shlex
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,6 +98,7 @@ SEPARATOR = "@"  # between backup, host and time in an archive name
 SCAN_GRACE = 5.0
 # Exit codes of borg 1.2: 1 is a warning (e.g. a source path that does not exist).
 EXIT_WARNING = 1
+KEPT_LINES, KEPT_LAST = 10_000, 100  # of borg's log lines: its first ones, and its last
 
 # borg's msgid → the error it means.
 _MISSING = {
@@ -605,28 +607,47 @@ def binary_problem(binary: str, cache_dir: Path | None = None) -> str | None:
 
 @dataclass
 class _Listener:
-    """Follows borg's stderr: log lines kept (redacted), file statuses counted, progress
-    forwarded, against the total of `total()` (files, bytes) once it is known."""
+    """Follows borg's stderr: log lines kept (redacted; the first KEPT_LINES and the last
+    KEPT_LAST: a million unreadable files must not take the job's memory), file statuses
+    counted, progress forwarded, against the total of `total()` (files, bytes) once known."""
 
     redact: Callable[[str], str]
     on_progress: ProgressCallback | None = None
     started: float = 0.0
     total: Callable[[], tuple[int, int] | None] = lambda: None
-    lines: list[LogLine] = field(default_factory=list)
+    head: list[LogLine] = field(default_factory=list)
+    tail: deque[LogLine] = field(default_factory=lambda: deque(maxlen=KEPT_LAST))
+    dropped: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     last: TransferProgress | None = None  # the last progress forwarded
+
+    @property
+    def lines(self) -> list[LogLine]:
+        """The lines kept, in order; where some were left out, a line says how many."""
+        if not self.dropped:
+            return [*self.head, *self.tail]
+        gap = LogLine(f"... {self.dropped} more lines of borg's not kept", "WARNING")
+        return [*self.head, gap, *self.tail]
+
+    def _keep(self, line: LogLine) -> None:
+        if len(self.head) < KEPT_LINES:
+            self.head.append(line)
+            return
+        if len(self.tail) == KEPT_LAST:
+            self.dropped += 1  # the oldest of the tail goes
+        self.tail.append(line)
 
     def feed(self, line: str) -> None:
         message = parse_json_line(line)
         if message is None:
             if line.strip():
-                self.lines.append(LogLine(self.redact(line.strip()), level="TEXT"))
+                self._keep(LogLine(self.redact(line.strip()), level="TEXT"))
             return
         kind = message.get("type")
         if kind == "log_message":
             text = self.redact(str(message.get("message", "")))
             level, msgid = str(message.get("levelname", "")), str(message.get("msgid") or "")
-            self.lines.append(LogLine(text, level, msgid))
+            self._keep(LogLine(text, level, msgid))
         elif kind == "file_status":
             status = str(message.get("status", ""))
             self.statuses[status] = self.statuses.get(status, 0) + 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from henbackup.config.model import PasswordSource, Retention
+from henbackup.engine import borg
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.borg import (
     BorgEngine,
@@ -385,3 +386,19 @@ def test_a_result_past_the_limit_is_refused(tmp_path: Path) -> None:
         stdout.truncate(2 << 20)
         with pytest.raises(EngineError, match=r"^borg printed a result over 1 MiB long$"):
             read_whole(stdout, "borg", limit=1 << 20)
+
+
+def test_a_run_of_a_million_warnings_keeps_its_first_and_last_lines_only() -> None:
+    """borg names each file it could not read: its log must not take the job's memory,
+    and its last words (why it failed) are kept."""
+    listener = borg._Listener(redact=str)
+    for n in range(20_000):
+        line = {"type": "log_message", "levelname": "WARNING", "message": f"/srv/{n}: denied"}
+        listener.feed(json.dumps(line))
+    listener.feed(json.dumps({"type": "log_message", "levelname": "ERROR", "message": "gone"}))
+    lines = listener.lines
+    assert len(lines) == borg.KEPT_LINES + 1 + borg.KEPT_LAST
+    assert lines[0].text == "/srv/0: denied" and lines[-1] == borg.LogLine("gone", "ERROR")
+    dropped = 20_001 - borg.KEPT_LINES - borg.KEPT_LAST
+    assert lines[borg.KEPT_LINES].text == f"... {dropped} more lines of borg's not kept"
+    assert lines[borg.KEPT_LINES + 1].text == f"/srv/{borg.KEPT_LINES + dropped}: denied"
