@@ -281,7 +281,9 @@ def last_json(lines: Sequence[str]) -> Any:
 def _error_text(message: Mapping[str, Any]) -> str:
     """One restic JSON error message (0.14: Go error struct; 0.17+: {"message": ...})."""
     error = message.get("error")
-    if isinstance(error, dict):
+    if error == {}:  # 0.14: a Go error with nothing exported (a directory it may not open)
+        text = "could not be read"
+    elif isinstance(error, dict):
         if "message" in error:
             text = str(error["message"])
         else:

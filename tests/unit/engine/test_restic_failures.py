@@ -228,6 +228,9 @@ def test_stderr_messages_render_json_errors_of_both_versions() -> None:
     ]
     assert stderr_messages(INTERRUPTED_018)[0] == "signal interrupt received, cleaning up"
     assert stderr_messages("\n\n  \n") == []
+    # 0.14: a folder it may not open is an error of no field; a name stays on one line
+    folder = '{"message_type":"error","error":{},"during":"archival","item":"/srv/a\\nb"}'
+    assert stderr_messages(folder) == ["/srv/a b: could not be read"]
 
 
 # --- reasons: the fatal line, not a retry; a crash in one line ------------------------------
