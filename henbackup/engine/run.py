@@ -111,7 +111,10 @@ def read_back(file: IO[bytes]) -> str:
     if size <= STDERR_HEAD + STDERR_TAIL:
         return os.pread(fd, size, 0).decode(errors="replace")
     head, tail = os.pread(fd, STDERR_HEAD, 0), os.pread(fd, STDERR_TAIL, size - STDERR_TAIL)
-    return (head + b"\n" + tail).decode(errors="replace")
+    # Whole lines only: a cut inside a secret would leave a part no redaction recognises.
+    head = head[: head.rfind(b"\n") + 1]
+    tail = tail[tail.find(b"\n") + 1 :] if b"\n" in tail else b""
+    return (head + tail).decode(errors="replace")
 
 
 # --- what every engine reads and counts alike (pure) -----------------------------------

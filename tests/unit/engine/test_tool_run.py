@@ -7,11 +7,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from henbackup.engine.run import MAX_LINE_BYTES, MAX_READ, ToolRun
+from henbackup.engine.run import (
+    MAX_LINE_BYTES,
+    MAX_READ,
+    STDERR_HEAD,
+    STDERR_TAIL,
+    ToolRun,
+    read_back,
+)
 from henbackup.errors import EngineError
 
 
@@ -43,3 +51,26 @@ def test_one_read_takes_at_most_max_read_of_a_stream_that_never_runs_dry() -> No
     finally:
         os.close(run.stdout)
     assert MAX_READ <= len(taken) < MAX_READ + 65536 and run.output == len(taken)
+
+
+def filler(size: int) -> bytes:
+    """`size` bytes of lines that say nothing."""
+    lines = (b"x" * 99 + b"\n") * (size // 100)
+    return lines + (b"y" * (size % 100 - 1) + b"\n" if size % 100 else b"")
+
+
+@pytest.mark.parametrize("where", ["head", "tail"])
+def test_a_huge_output_is_cut_between_lines_never_inside_a_secret(
+    tmp_path: Path, where: str
+) -> None:
+    """What is kept of it is redacted afterwards: a part of a secret would not be known."""
+    line = b"Fatal: cannot reach s3://user:p4ssw0rd@example.com/bucket\n"
+    if where == "head":  # the head ends 20 bytes into the line
+        output = filler(STDERR_HEAD - 20) + line + filler(STDERR_TAIL + 1000)
+    else:  # the tail starts 20 bytes before the line's end
+        output = filler(STDERR_HEAD + 1000) + line + filler(STDERR_TAIL - 20)
+    (tmp_path / "stderr").write_bytes(output)
+    with (tmp_path / "stderr").open("rb") as file:
+        text = read_back(file)
+    assert "p4ss" not in text and "example" not in text and "Fatal" not in text
+    assert all(set(kept) <= {"x", "y"} for kept in text.splitlines())  # whole filler lines
