@@ -394,7 +394,8 @@ class ToolEngine(Engine):
         caller stops it).
 
         `limit` is for a run that holds no lock (an unlock after an interrupt): after that
-        many seconds it is killed and EngineError raised.
+        many seconds it is killed and EngineError raised; a stop or a cancel meanwhile waits
+        for its end.
         """
         import tempfile  # in the job process only, as subprocess: see henbackup.process
 
@@ -471,7 +472,8 @@ class ToolEngine(Engine):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if self.on_spawn is not None:
                 self.on_spawn(process.pid)
-            self.checkpoint()
+            if limit is None:  # a clean-up (bounded) is not interrupted: see _watch
+                self.checkpoint()
             self._watch(run, target, collected.append if on_line is None else on_line, limit)
             process.wait()
         except BaseException as exc:  # JobCancelled, a stall, KeyboardInterrupt, a callback...
@@ -502,7 +504,8 @@ class ToolEngine(Engine):
         self.upload = None
         while not run.exited:
             lines = run.read(WATCH_TICK)
-            self.checkpoint()
+            if limit is None:  # a clean-up is short and bounded: a stop waits for its end
+                self.checkpoint()
             moved = upload = None
             if not run.exited:
                 moved, written = run.look()

@@ -28,9 +28,7 @@ import pytest
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import (
-    JobCancelled,
-)
+from henbackup.errors import JobCancelled, StopRequested
 
 pytestmark = pytest.mark.integration
 
@@ -376,6 +374,35 @@ def test_cancellation_leaves_the_repository_clean(repo: Repo, tmp_path: Path) ->
     checked = repo.bare("check")
     assert checked.returncode == 0, checked.stderr
     assert repo.engine.snapshots(repo.target) == []
+
+
+@pytest.mark.slow
+def test_a_stop_during_the_unlock_after_a_cancel_waits_for_it(repo: Repo, tmp_path: Path) -> None:
+    """The unlock after an interrupt is short and bounded: a stop asked meanwhile is acted
+    on once it is done, not by killing it (restic 0.14 interrupted early leaves its lock,
+    which only that unlock removes)."""
+    log, wrapper = tmp_path / "unlocks.log", tmp_path / "restic"
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = unlock ]; then {repo.binary} "$@"; echo "unlock $?" >> {log};'
+        f' exit 0; fi\nexec {repo.binary} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    busy: list[bool] = []
+
+    def checkpoint() -> None:
+        if busy == [True]:  # restic is busy: cancelled
+            busy.append(True)
+            raise JobCancelled("cancelled by the test")
+        if busy:  # and then, while it cleans up, stopped
+            raise StopRequested("henbackup is stopping")
+
+    engine = ResticEngine(str(wrapper), cache_dir=tmp_path / "cache", checkpoint=checkpoint)
+    request = BackupRequest("big", (str(sparse_file(tmp_path / "big" / "sparse")),))
+    with pytest.raises(JobCancelled) as raised:
+        engine.backup(repo.target, request, on_progress=lambda report: busy[:] or busy.append(True))
+    assert type(raised.value) is JobCancelled  # the stop comes after
+    assert log.read_text() == "unlock 0\n"
+    assert repo.locks() == set()
 
 
 SCRIPT = """
