@@ -94,8 +94,11 @@ class Triggers:
         if started is not None and (ok or not stopping):
             record = self.store.record_success if ok else self.store.record_failure
             record(self.keys[operation], started)
-        if operation in self.timers and not stopping:
-            self.timers[operation].arm(self.store.load(self.keys[operation]))
+        for other, timer in self.timers.items() if not stopping else ():
+            # Its own, and any other that fell due during the run: the worker turned that
+            # one away (one run at a time), so it is armed again, due now.
+            if other == operation or timer.next is None:
+                timer.arm(self.store.load(self.keys[other]))
         if self.timer is not None and self.debouncer is not None and operation == "backup":
             self.debouncer.backup_finished(self.loop.clock())
             self.timer.poke()

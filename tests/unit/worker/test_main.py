@@ -13,14 +13,21 @@ from typing import Any, cast
 import pytest
 
 from henbackup.channel import Channel
-from henbackup.config.model import Backup, Config, Interval
+from henbackup.config.model import (
+    Backup,
+    Config,
+    Interval,
+    Maintenance,
+    PasswordSource,
+    Repository,
+)
 from henbackup.loop import Loop
 from henbackup.names import backup_record
 from henbackup.worker.main import RunRequest, Worker
 from henbackup.worker.schedule import RETRY_AFTER
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.state import ScheduleRecord, StateStore
-from henbackup.worker.triggers import Triggers, backup_triggers
+from henbackup.worker.triggers import Triggers, backup_triggers, maintenance_triggers
 
 BACKUP = Backup("pictures", ("/nowhere",), ("local",), schedule=(Interval(3600, "1h"),))
 KEY = backup_record("pictures")
@@ -135,3 +142,36 @@ def test_a_killed_master_leaves_the_record_of_a_run_in_progress(tmp_path):
     assert asked == [("startup", "every 1h, its last run was interrupted", "backup")]
     assert record(tmp_path).last_success == success
     restarted.timers["backup"].close()
+
+
+def test_a_check_and_a_prune_due_together_both_run(tmp_path):
+    """One run at a time: the worker turns away the one that falls due second. It is armed
+    again when the first ends, so it runs then (it was lost until the worker restarted)."""
+    every_hour = Maintenance((Interval(3600, "1h"),))
+    password = PasswordSource("password", "unused")
+    repository = Repository("nas", "/srv/repo", password, check=every_hour, prune=every_hour)
+    running: list[str] = []
+    asked: list[tuple[str, str]] = []
+
+    def request(trigger: str, reason: str, operation: str) -> None:
+        asked.append((operation, "turned away" if running else "runs"))
+        if not running:  # as Worker.request does while a run is in progress
+            running.append(operation)
+            triggers.job_started(operation)
+
+    triggers = maintenance_triggers(repository, Loop(), tmp_path, ignore, request)
+    triggers.start()
+    deadline = time.monotonic() + DEADLINE
+    while len(asked) < 2:  # both never ran: both due now
+        assert time.monotonic() < deadline, asked
+        triggers.loop.call_later(0.2, lambda: None)  # a turn never waits for ever
+        triggers.loop.run_once()
+    first, second = ("check", "prune") if asked[0][0] == "check" else ("prune", "check")
+    assert asked == [(first, "runs"), (second, "turned away")]
+    running.clear()
+    triggers.job_finished(first, ok=True)
+    while len(asked) < 3:
+        assert time.monotonic() < deadline, asked
+        triggers.loop.call_later(0.2, lambda: None)
+        triggers.loop.run_once()
+    assert asked[2] == (second, "runs")
