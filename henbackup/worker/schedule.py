@@ -11,7 +11,9 @@
   ScheduleRecord.unfinished): due now, as a missed run is. It is not the backup's failure.
 - A record from the future means the wall clock went back since it was written. Up to
   FUTURE_TOLERANCE back, the run did happen: count from it (no double run). Further back,
-  the clock that wrote it was wrong: count from now (no wait of years).
+  the clock that wrote it was wrong: it says nothing, so the run is due now (no wait of
+  years; counting from now instead put it off again at each start), and its own record
+  is then right.
 
 `ScheduleTimer` keeps one wall-clock alarm armed for the next run. The default alarm is a
 timerfd on CLOCK_REALTIME with TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET: the kernel wakes
@@ -100,10 +102,11 @@ def _after(entry: ScheduleEntry, last: float, zone: tzinfo) -> float:
 
 
 def _trusted(moment: float | None, now: float) -> float | None:
-    """`moment` as a base to count from (see FUTURE_TOLERANCE in the module docstring)."""
+    """`moment` as a base to count from, None if a wrong clock wrote it (see
+    FUTURE_TOLERANCE in the module docstring)."""
     if moment is None or moment <= now + FUTURE_TOLERANCE:
         return moment
-    return now
+    return None
 
 
 def next_run(
@@ -124,13 +127,12 @@ def next_run(
     if not entries:
         raise ValueError("an empty schedule never runs")
     zone = zone or local_zone()
-    base = _trusted(last_success, now)
+    base, attempt = _trusted(last_success, now), _trusted(last_attempt, now)
     when, entry = min(
         ((now if base is None else _after(e, base, zone), e) for e in entries),
         key=lambda pair: pair[0],
     )
-    retry = last_attempt is not None and (last_success is None or last_attempt > last_success)
-    attempt = _trusted(last_attempt, now)
+    retry = attempt is not None and (base is None or attempt > base)
     if not retry or attempt is None:
         return NextRun(when, entry)
     if interrupted:  # due since it started (with the clock set back since then: now)
