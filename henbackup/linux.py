@@ -144,8 +144,14 @@ def timerfd_create(clock: int) -> int:
     return _checked(fd, "timerfd_create")
 
 
+# The largest time a C long holds: past 2038 on a 32-bit machine (its time_t). The timer
+# then wakes early, and its owner, finding nothing due, arms it again.
+_LONG_MAX = 2 ** (8 * struct.calcsize("l") - 1) - 1
+
+
 def timerfd_settime(fd: int, flags: int, value: float) -> None:
     """Arm timerfd `fd` once at `value` seconds (0 disarms it); raises OSError."""
+    value = min(value, _LONG_MAX)
     whole = int(value)
     spec = struct.pack("4l", 0, 0, whole, int((value - whole) * 1e9))  # itimerspec: no interval
     _checked(_libc.timerfd_settime(fd, flags, spec, None), "timerfd_settime")

@@ -100,3 +100,13 @@ def test_a_timerfd_rings_once_armed_and_refusals_say_which_call():
         linux.timerfd_settime(fd, 0, 1.0)
     assert refused.value.errno == errno.EBADF
     assert refused.value.strerror == f"timerfd_settime: {os.strerror(errno.EBADF)}"
+
+
+def test_a_timer_past_what_a_c_long_holds_is_armed_at_its_end():
+    """On a 32-bit machine, any time after 2038: the timer wakes early, and its owner arms
+    it again (it raised struct.error, which killed the worker at each start)."""
+    fd = linux.timerfd_create(linux.CLOCK_REALTIME)
+    try:
+        linux.timerfd_settime(fd, linux.TFD_TIMER_ABSTIME, 1e30)  # past any C long
+    finally:
+        os.close(fd)
