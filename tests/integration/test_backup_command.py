@@ -46,7 +46,13 @@ def test_a_failing_repository_does_not_stop_the_other(restic, tmp_path):
         [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config), "backup", "docs"],
         capture_output=True,
         text=True,
-        env={**os.environ, "HENBACKUP_EVENTS": "stderr", "CACHE_DIRECTORY": str(tmp_path / "c")},
+        env={
+            **os.environ,
+            "HENBACKUP_EVENTS": "stderr",
+            "CACHE_DIRECTORY": str(tmp_path / "c"),
+            "STATE_DIRECTORY": str(tmp_path / "state"),  # not the host's
+            "RUNTIME_DIRECTORY": str(tmp_path / "run"),
+        },
         timeout=120,
     )
     assert done.returncode == 1, done.stderr

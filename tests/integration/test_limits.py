@@ -53,6 +53,7 @@ def start_backup(tmp_path: Path, text: str) -> subprocess.Popen[str]:
     config.write_text(text)
     env = {**os.environ, "HENBACKUP_EVENTS": "stderr", "CACHE_DIRECTORY": str(tmp_path / "c")}
     env["RUNTIME_DIRECTORY"] = str(tmp_path / "run")
+    env["STATE_DIRECTORY"] = str(tmp_path / "state")  # not the host's
     argv = [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config)]
     return subprocess.Popen(
         [*argv, "backup", "pictures"],

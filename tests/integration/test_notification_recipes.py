@@ -164,6 +164,8 @@ def backup(config: Path, home: Path, tmp_path: Path) -> tuple[int, list[dict]]:
         "NTFY_TOPIC": NTFY_TOPIC,
         "HENBACKUP_EVENTS": "stderr",
         "CACHE_DIRECTORY": str(tmp_path / "cache"),
+        "STATE_DIRECTORY": str(tmp_path / "state"),  # not the host's
+        "RUNTIME_DIRECTORY": str(tmp_path / "run"),
     }
     done = subprocess.run(
         [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config), "backup", "home"],
