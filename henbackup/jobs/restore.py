@@ -102,6 +102,7 @@ def seen_otherwise(base: Mapping[str, object] | None, target: str) -> str | None
     path, device, inode = base.get("path"), base.get("device"), base.get("inode")
     if not (
         isinstance(path, str)
+        and "\0" not in path
         and all(isinstance(n, int) and not isinstance(n, bool) for n in (device, inode))
         and (path == "/" or target == path or target.startswith(path.rstrip("/") + "/"))
     ):

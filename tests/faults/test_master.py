@@ -113,6 +113,14 @@ VALUES = {  # a value of each declared type, often one the daemon knows
     "true or false": st.booleans(),
     "a list of strings": st.lists(NAMES | st.text(max_size=8), max_size=3),
     "a string or an integer": NAMES | st.integers(-(2**40), 2**40),
+    "an object": st.fixed_dictionaries(  # target_base, as henbackupctl sends it, or not
+        {},
+        optional={
+            "path": NAMES | st.text(max_size=10),
+            "device": st.integers(-(2**70), 2**70) | NAMES,
+            "inode": st.integers(-(2**70), 2**70),
+        },
+    ),
 }
 WELL_TYPED = st.sampled_from(COMMANDS).flatmap(
     lambda command: st.fixed_dictionaries(
