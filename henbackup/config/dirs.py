@@ -31,6 +31,11 @@ class Dirs:
         """Host-wide locks per repository location (one `restic init` at a time)."""
         return self.runtime / "repositories"
 
+    @property
+    def known_repositories(self) -> Path:
+        """A mark per repository location this host backed up to (kept across reboots)."""
+        return self.state / "repositories"
+
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Dirs:
         return cls(

@@ -57,7 +57,7 @@ def _back_up(
     nobody watches with backups nobody knows of.
     """
     dirs = Dirs.from_environment()
-    known = dirs.state / "repositories" / f"known-{_digest(target.location)}"
+    known = dirs.known_repositories / f"known-{_digest(target.location)}"
     try:
         result = engine.backup(target, request, ProgressReporter(job, emit))
         _mark(known)
