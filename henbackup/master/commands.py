@@ -267,12 +267,14 @@ def cancel(
     the loop for a few seconds (never waiting for the lock) and answer then."""
     job: str = request.get("job")
     give_up = master.loop.clock() + CANCEL_PATIENCE
-    if conversation.peer.privilege is not Privilege.OWN and _is_restore(master, job):
-        return reply_error("permission", CANCEL_RESTORE_DENIED)  # root's alone to start
+    spare = None if conversation.peer.privilege is Privilege.OWN else _is_restore
 
     def attempt() -> ControlReply | None:
         try:
-            reply = _cancelled(job, master.scheduler.cancel(job, wait=False))
+            ticket = master.scheduler.cancel(job, wait=False, spare=spare)
+            if spare is not None and ticket is not None and spare(ticket):
+                return reply_error("permission", CANCEL_RESTORE_DENIED)  # root's alone to start
+            reply = _cancelled(job, ticket)
         except QueueBusy:
             if master.loop.clock() >= give_up:
                 return reply_error("failed", f"{BUSY_QUEUE} for {CANCEL_PATIENCE:g}s: try again")
@@ -291,9 +293,8 @@ def cancel(
     return attempt()
 
 
-def _is_restore(master: Master, job: str) -> bool:
-    queue = master.scheduler.peek() if master.scheduler is not None else ()
-    return any(ticket.job_id == job and ticket.operation == "restore" for ticket in queue)
+def _is_restore(ticket: Ticket) -> bool:
+    return ticket.operation == "restore"
 
 
 def _cancelled(job: str, ticket: Ticket | None) -> ControlReply:

@@ -289,20 +289,25 @@ class Scheduler:
                 return position
         return None
 
-    def cancel(self, job_id: str, wait: bool = True) -> Ticket | None:
+    def cancel(
+        self, job_id: str, wait: bool = True, spare: Callable[[Ticket], bool] | None = None
+    ) -> Ticket | None:
         """Withdraw a waiting ticket (its waiter gets JobCancelled / on_cancelled), or mark a
-        running one as cancelled.
+        running one as cancelled; a ticket that `spare` is true of is left as it is.
 
         Returns the ticket as it was, or None if unknown. A running job is not stopped here:
         the caller sends its process (`ticket.pid`) SIGUSR1, and the process asks
         `cancel_requested()` which of its jobs that means. Without `wait`, raises QueueBusy
-        rather than wait for another process to release the queue's lock.
+        rather than wait for another process to release the queue's lock. `spare` looks at
+        the ticket read under the lock: one read without it may be missed while rewritten.
         """
         if not _JOB_ID.fullmatch(job_id):
             return None  # not a name a ticket can have (nor a path out of the directory)
         try:
             with self._locked(wait):
                 ticket = self._read(self._tickets / job_id)
+                if ticket is not None and spare is not None and spare(ticket):
+                    return ticket
                 if ticket is not None and ticket.state == "waiting":
                     self._drop(ticket)
                     self._dispatch(None)

@@ -3,6 +3,7 @@ caller's credentials (a member of group henbackup, root, anyone else)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +14,7 @@ from henbackup.config.model import Priority
 from henbackup.master import commands, permissions
 from henbackup.master.permissions import Peer, Privilege
 from henbackup.protocol import ControlRequest
-from henbackup.scheduler import Ticket
+from henbackup.scheduler import Ticket, locks
 
 from .stand_in import MEMBER, MEMBER_GID, OUTSIDER, ROOT, Channel, Conversation, answer, worker
 
@@ -152,4 +153,43 @@ def test_a_member_may_cancel_what_the_configuration_describes_but_not_a_restore(
     finally:
         restore.cancel()
         prune.cancel()
+        holder.grant.release()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.usefixtures("group_henbackup")
+def test_a_member_cannot_cancel_a_restore_caught_while_its_ticket_is_rewritten(
+    master: Any,
+) -> None:
+    """A ticket is rewritten in place under the queue's lock (at its turn, when its job
+    process adopts it): read without the lock at that moment, it is not there. A member's
+    cancel then finds the lock held, and is tried again: the retry must still see a
+    restore."""
+    scheduler = master.scheduler
+    scheduler.set_slots(1)
+    holder = scheduler.submit(Ticket("b0", "aws", Priority.ordinary(0)))
+    restore = scheduler.submit(Ticket("r1", "aws", Priority.ordinary(0), operation="restore"))
+    path = scheduler.directory / "tickets" / "r1"
+    written = path.read_bytes()
+    lock = locks.try_lock(scheduler.directory / "lock", locks.EXCLUSIVE)  # as the rewriter
+    assert lock is not None
+    try:
+        path.write_bytes(b"")  # truncated, not yet written again
+        conversation = Conversation(MEMBER)
+        assert answer(master, {"command": "cancel", "job": "r1"}, conversation) is None
+        path.write_bytes(written)
+        os.close(lock)
+        while not conversation.sent:
+            master.loop.run_once()
+        assert conversation.sent == [
+            {
+                "ok": False,
+                "code": "permission",
+                "error": "permission denied: only root may cancel a restore"
+                " (group henbackup may cancel backups, checks and prunes)",
+            }
+        ]
+        assert [t.job_id for t in scheduler.queue()] == ["b0", "r1"]  # not cancelled
+    finally:
+        restore.cancel()
         holder.grant.release()
