@@ -134,6 +134,7 @@ class Lanes:
                 self._granted,
                 self._cancelled,
                 wait=False,
+                on_failed=self._failed_waiting,
             )
         except QueueBusy:
             self.entering = self.loop.call_later(BUSY_RETRY, self._queue_next)
@@ -157,6 +158,12 @@ class Lanes:
         job = self.todo.pop(0)
         announce_cancelled(job, self.emit)
         self.outcomes[job.id] = RepositoryOutcome(job.repository, error="cancelled")
+        self._queue_next()
+
+    def _failed_waiting(self, error: OSError) -> None:
+        """Its turn came, but the queue could not be written (a full /run)."""
+        self.waiter = None
+        self._failed(self.todo.pop(0), f"it could not take its turn in the job queue: {error}")
         self._queue_next()
 
     def _start(self, job: Job, grant: Grant) -> None:
@@ -184,7 +191,7 @@ class Lanes:
         try:
             self.running[job.id] = grant.handed_to_child(start)
         except OSError as error:  # EAGAIN, ENOMEM, EMFILE: no process, and no silence
-            grant.release()
+            grant.release(wait=False)
             self._failed(job, f"its process could not start: {error}")
 
     def _heard(self, job: Job, messages: list[ChannelMessage]) -> None:

@@ -69,7 +69,7 @@ from henbackup.process import (
     start_watched_many,
 )
 from henbackup.protocol import ControlReply, ControlRequest, reply_error
-from henbackup.scheduler.queue import PAUSE_MARKS
+from henbackup.scheduler.queue import PAUSE_MARKS, REPLAN_EVERY
 from henbackup.worker.spec import WorkerSpec
 from henbackup.worker.watching import watches
 
@@ -166,6 +166,7 @@ class Master:
         become_subreaper()
         self.loop.on_signal(signal.SIGCHLD, self._reap_orphans)
         self._reap_orphans_regularly()
+        self._replan_queue_regularly()
         self._open_control()
         self.jobs.configure(self.config.metrics)
         self._configure_preemption()
@@ -433,6 +434,12 @@ class Master:
     def _reap_orphans_regularly(self) -> None:
         self._reap_orphans()
         self.loop.call_later(ORPHAN_ROUND, self._reap_orphans_regularly)
+
+    def _replan_queue_regularly(self) -> None:
+        """While a job of ours waits (a killed `henbackup backup` nudged no one: see replan)."""
+        if self.scheduler is not None and self.model.waiting():
+            self.scheduler.replan()
+        self.loop.call_later(REPLAN_EVERY, self._replan_queue_regularly)
 
     def _check_heartbeats(self) -> None:
         now = self.loop.clock()

@@ -27,9 +27,10 @@ nobody. So whoever reaps job processes (the master, a worker) calls `nudge()` af
 death that was not an orderly end (a release re-plans by itself): it marks the nudge file
 and writes "n" into every FIFO, and the first waiter to take the queue lock re-plans
 (dropping the dead ticket, waking the next job). The others see it done and go back to
-sleep. No process polls, and correctness never rests on a clean-up
-pass: slots and repository locks are free the moment the holder dies; only the wake-up
-waits for the nudge.
+sleep. Slots and repository locks are free the moment the holder dies; only the wake-up
+waits for the nudge. A job run by hand has no parent of ours to nudge when it is killed:
+while jobs wait, the master re-plans every REPLAN_EVERY seconds (`replan`, one lock turn
+for the whole host, not one per waiter), and a blocking wait re-plans as often.
 
 A worker waits for its job's turn in its own loop (`request`: woken, it only tries the queue
 lock, and tries again on a timer while another process, maybe a stopped one, holds it) and
@@ -82,6 +83,8 @@ PAUSE_MARKS = "paused"  # the directory of the paused job processes' marks
 # A loop never waits for the queue's lock (its holder may be stopped: Ctrl-Z of a hand-run
 # `henbackup backup`): it tries again this often meanwhile.
 BUSY_RETRY = 0.25
+# Seconds between two re-plans of a queue where jobs wait (see Scheduler.replan).
+REPLAN_EVERY = 30.0
 
 
 class Scheduler:
@@ -197,12 +200,15 @@ class Scheduler:
         on_granted: Callable[[Grant], None],
         on_cancelled: Callable[[], None] | None = None,
         wait: bool = True,
+        on_failed: Callable[[OSError], None] | None = None,
     ) -> Waiter:
         """Enter the queue without blocking; `on_granted(grant)` runs in `loop` at the job's turn.
 
-        `on_cancelled()` runs if another process cancels the ticket. Returns the Waiter:
-        its `cancel()` leaves the queue (or releases a grant not yet handed over). Without
-        `wait`, QueueBusy when another process holds the queue's lock (see `submit`).
+        `on_cancelled()` runs if another process cancels the ticket; `on_failed(error)` if
+        the queue could not be written at its turn (a full /run): the ticket has then left
+        the queue. Returns the Waiter: its `cancel()` leaves the queue (or releases a grant
+        not yet handed over). Without `wait`, QueueBusy when another process holds the
+        queue's lock (see `submit`).
         """
         waiter = self.submit(ticket, wait=wait)
         if waiter.grant is not None:
@@ -224,6 +230,11 @@ class Scheduler:
             except JobCancelled:
                 if on_cancelled is not None:
                     on_cancelled()
+            except OSError as error:  # ENOSPC writing its ticket: never the caller's loop
+                if on_failed is None:
+                    raise
+                waiter.cancel(loop)
+                on_failed(error)
 
         def closed() -> None:
             loop.remove_reader(fd)
@@ -374,6 +385,18 @@ class Scheduler:
         except OSError:  # ENOSPC, EDQUOT, EROFS: a nudge is only a hint
             return False
         return True
+
+    def replan(self) -> None:
+        """Re-plan now unless another process holds the queue's lock (then it re-plans):
+        drop the tickets of dead processes, wake whoever's turn it is. Never waits.
+
+        The safety net under the nudges: a job run by hand (`henbackup backup`) that is
+        killed has no parent of ours to nudge; its slot is free, and nobody is woken. The
+        master calls this every REPLAN_EVERY seconds while one of its jobs waits, and a
+        blocking wait re-plans as often.
+        """
+        with contextlib.suppress(QueueBusy, OSError), self._locked(wait=False):
+            self._dispatch(None)
 
     def forget_own(self, job_id: str, loop: Loop | None = None) -> None:
         """Drop ticket `job_id` if this process still owns it (a worker whose job process
@@ -593,14 +616,23 @@ class Grant:
         _forget_grants_in_children()
         _HELD.add(self)
 
-    def release(self) -> None:
-        """Give the slot and repository back and wake whoever's turn it is; idempotent."""
+    def release(self, wait: bool = True) -> None:
+        """Give the slot and repository back and wake whoever's turn it is; idempotent.
+
+        Without `wait` (a loop), never waits for the queue's lock: while another process
+        holds it, the locks are closed and the ticket dropped at once, and a nudge makes
+        the waiters re-plan.
+        """
         if self.released:
             return
         self.released = True
         try:
-            with locks.locked(self._scheduler._lock):
+            with self._scheduler._locked(wait):
                 self._scheduler._release(self)
+        except QueueBusy:
+            self.close_locks()
+            self._scheduler._drop(self.ticket)
+            self._scheduler.nudge()
         finally:
             self.close_locks()
 
@@ -729,13 +761,16 @@ class Waiter:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise QueueTimeout(_timeout_message(timeout or 0.0))
-            ready = poller.poll(None if remaining is None else remaining * 1000 + 1)
+            sleep = REPLAN_EVERY if remaining is None else min(remaining, REPLAN_EVERY)
+            ready = poller.poll(sleep * 1000 + 1)
             if any(fd == safe_point.fd for fd, _ in ready):
                 safe_point.drain()  # then checked at the top
-            elif ready:
-                grant = self.poll(block=True)
-                if grant is not None:
-                    return grant
+                continue
+            if not ready:  # no word for long: re-plan, as if told (see Scheduler.replan)
+                self._told += _TURN
+            grant = self.poll(block=True)
+            if grant is not None:
+                return grant
 
     def hand_over(self, on_granted: Callable[[Grant], None]) -> None:
         """Give the grant to `on_granted`, once, unless the ticket was cancelled meanwhile."""
@@ -749,7 +784,7 @@ class Waiter:
         holds it, the ticket is withdrawn from a timer (`Scheduler.forget_own`)."""
         if self.grant is not None:
             if not self._handed_over:
-                self.grant.release()
+                self.grant.release(wait=loop is None)
             return
         if self._closed:
             return

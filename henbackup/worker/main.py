@@ -229,7 +229,12 @@ class Worker:
         job = self.jobs[len(self.cancelled)]
         try:
             waiter = scheduler.request(
-                self.loop, ticket_for(job), self._granted, self._cancelled_waiting, wait=False
+                self.loop,
+                ticket_for(job),
+                self._granted,
+                self._cancelled_waiting,
+                wait=False,
+                on_failed=self._failed_waiting,
             )
         except QueueBusy:  # another process holds the queue (stopped, maybe): never wait here
             self.entering = self.loop.call_later(BUSY_RETRY, lambda: self._queue_next(scheduler))
@@ -252,6 +257,11 @@ class Worker:
         else:
             self._queue_next(self.scheduler)
 
+    def _failed_waiting(self, error: OSError) -> None:
+        """Its turn came, but the queue could not be written (a full /run)."""
+        self.waiter = None
+        self._failed_to_start(f"it could not take its turn in the job queue: {error}")
+
     def _granted(self, grant: Grant) -> None:
         """The run's turn: fork its job process, which takes the grant over."""
         assert self.current is not None
@@ -260,7 +270,7 @@ class Worker:
         try:
             grant.handed_to_child(lambda: self._fork(run, admitted))
         except OSError as error:  # EAGAIN, ENOMEM, EMFILE: no process, and no silence
-            grant.release()
+            grant.release(wait=False)
             self._failed_to_start(f"its job process could not start: {error}")
             return
         self.granted = grant

@@ -24,6 +24,7 @@ from henbackup.config.model import Priority
 from henbackup.errors import JobCancelled, QueueBusy, QueueTimeout
 from henbackup.loop import Loop
 from henbackup.scheduler import Scheduler, Ticket, locks
+from henbackup.scheduler import queue as queue_module
 
 NORMAL = Priority.ordinary(0)
 DEADLINE = 10.0  # generous: a busy machine must never fail these
@@ -580,4 +581,104 @@ def test_a_woken_waiter_polled_while_the_lock_is_held_elsewhere_says_busy(schedu
     os.close(held)
     assert waiter.poll() is not None and not waiter.busy
     assert waiter.grant.ticket.job_id == "w"
+    waiter.grant.release()
+
+
+def killed_holder(scheduler, job_id="holder"):
+    """A process that takes the only slot and is killed with SIGKILL: its slot is free, and
+    no one is told (no parent of ours reaps it: a `henbackup backup` run by hand)."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            grant = scheduler.submit(ticket(job_id)).grant
+            os.write(ready_write, b"!" if grant is not None else b"?")
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(ready_write)
+    assert os.read(ready_read, 1) == b"!"
+    os.close(ready_read)
+    return pid
+
+
+def test_a_blocking_wait_behind_a_killed_holder_takes_the_slot_at_its_next_replan(
+    scheduler, monkeypatch
+):
+    """Before: the wait slept on its FIFO until its timeout, though the slot was free."""
+    monkeypatch.setattr(queue_module, "REPLAN_EVERY", 0.2)
+    pid = killed_holder(scheduler)
+    waiter = scheduler.submit(ticket("w"))
+    assert waiter.grant is None
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    with waiter.wait(timeout=DEADLINE) as grant:
+        assert grant.ticket.job_id == "w"
+        assert [t.job_id for t in scheduler.queue()] == ["w"]
+
+
+def test_replan_wakes_a_loop_waiter_behind_a_killed_holder(scheduler):
+    """What the master does every REPLAN_EVERY seconds while one of its jobs waits."""
+    loop = Loop()
+    pid = killed_holder(scheduler)
+    granted = []
+    scheduler.request(loop, ticket("w"), granted.append)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    loop.call_later(0.1, lambda: None)
+    loop.run_once()
+    assert granted == []  # nobody told it
+    scheduler.replan()
+    assert run_until(loop, lambda: granted)
+    assert granted[0].ticket.job_id == "w"
+    granted[0].release()
+    loop.close()
+
+
+def test_replan_never_waits_for_a_queue_lock_held_elsewhere(scheduler):
+    held = locks.try_lock(scheduler.directory / "lock", locks.EXCLUSIVE)
+    try:
+        with never_blocked():
+            scheduler.replan()
+    finally:
+        os.close(held)
+
+
+def test_a_loop_waiter_whose_turn_cannot_be_written_fails_and_leaves_the_queue(
+    scheduler, monkeypatch
+):
+    """A full /run is faked (the rewrite at its turn raises ENOSPC): the waiter's caller
+    hears of it; its loop goes on, and its ticket has left the queue."""
+    loop = Loop()
+    holder = scheduler.submit(ticket("holder")).grant
+    granted, failed = [], []
+    scheduler.request(loop, ticket("w"), granted.append, on_failed=failed.append)
+
+    def full(_ticket):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(scheduler, "_rewrite", full)
+    holder.release()
+    assert run_until(loop, lambda: failed)
+    assert granted == [] and failed[0].errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert scheduler.queue() == ()
+    assert scheduler.submit(ticket("next")).grant is not None
+    loop.close()
+
+
+def test_a_grant_released_from_a_loop_never_waits_for_the_queue_lock(scheduler):
+    """While another process holds the lock: the slot is free at once, the ticket gone,
+    and the waiters nudged (they re-plan once the lock is free)."""
+    holder = scheduler.submit(ticket("holder")).grant
+    waiter = scheduler.submit(ticket("w"))
+    held = locks.try_lock(scheduler.directory / "lock", locks.EXCLUSIVE)
+    try:
+        with never_blocked():
+            holder.release(wait=False)
+    finally:
+        os.close(held)
+    assert holder.released and scheduler.nudged()
+    assert turn_of(waiter).ticket.job_id == "w"
+    assert [t.job_id for t in scheduler.queue()] == ["w"]
     waiter.grant.release()
