@@ -289,6 +289,26 @@ def test_8_an_upgrade_interrupts_a_running_backup_cleanly_and_runs_it_again(debi
     assert "/srv/big/noise" in listed.splitlines()
 
 
+def test_8_a_backup_run_by_hand_as_root_is_in_the_daemons_queue_while_it_runs(debian):
+    """The queue is host-wide: the service, confined (ProtectProc=invisible, a capability
+    bounding set), still sees a job run by hand as root, with every capability, as alive
+    (hidepid spares group root), so it neither drops its ticket nor hides it."""
+    debian.run("sh", "-c", "head -c 1048576 /dev/urandom > /srv/big/by-hand")
+    debian.run("sh", "-c", "henbackup backup big > /root/by-hand.log 2>&1 & echo $! > /root/pid")
+    by_hand = int(debian.run("cat", "/root/pid").stdout)
+
+    def running_by_hand() -> list[dict]:
+        jobs = json.loads(debian.run("henbackupctl", "queue", "--json").stdout)["jobs"]
+        return [job for job in jobs if job["backup"] == "big" and job["state"] == "running"]
+
+    (row,) = wait_for(running_by_hand, 60, "the hand-run backup in henbackupctl queue")
+    children = debian.run("pgrep", "-P", str(by_hand), check=False).stdout.split()
+    assert row["pid"] in {by_hand, *map(int, children)}  # it, or a job process of its own
+    wait_for(lambda: not running_by_hand(), 120, "the hand-run backup's end")
+    listed = restic(debian, "ls", "latest", "--tag", "backup-big").stdout
+    assert "/srv/big/by-hand" in listed.splitlines()
+
+
 def test_9_purge_removes_the_package_and_its_state_never_the_repository(debian):
     (done, *_) = journal(debian, "HENBACKUP_EVENT=job.succeeded", "HENBACKUP_BACKUP=docs")
     snapshot = done["HENBACKUP_SNAPSHOT"]
