@@ -85,7 +85,9 @@ UNLOCK_LIMIT = 5.0
 TEMP_PACK = "restic-temp-pack-"
 # Bytes that left a restic less than this long ago say that it is still sending.
 LEAVING = 3 * WATCH_TICK
-# Backoff between attempts on a locked repository when restic has no --retry-lock.
+# Backoff between attempts on a locked repository. Not restic's --retry-lock (0.16+): it
+# waits silently, moving nothing, so the stall watch ended the run as stalled (backend down?)
+# after stall_timeout, not lock_wait; each attempt here fails at once with "locked".
 LOCK_BACKOFF_FIRST = 1.0
 LOCK_BACKOFF_MAX = 30.0
 
@@ -110,10 +112,6 @@ class Features:
     """What the installed restic can do, derived from its version."""
 
     version: Version
-
-    @property
-    def retry_lock(self) -> bool:
-        return self.version >= (0, 16, 0)
 
     @property
     def restore_progress(self) -> bool:
@@ -146,8 +144,8 @@ def kib_per_second(bytes_per_second: int) -> int:
     return max(1, bytes_per_second // 1024)
 
 
-def global_flags(target: Target, cache_dir: Path | None = None, retry_lock: float = 0.0) -> Argv:
-    """Flags every command gets: JSON output, cache, backend options, limits, lock retry."""
+def global_flags(target: Target, cache_dir: Path | None = None) -> Argv:
+    """Flags every command gets: JSON output, cache, backend options, limits."""
     flags = ["--json"]
     if cache_dir is not None:
         flags += ["--cache-dir", str(cache_dir)]
@@ -157,8 +155,6 @@ def global_flags(target: Target, cache_dir: Path | None = None, retry_lock: floa
         flags += ["--limit-upload", str(kib_per_second(target.upload_limit))]
     if target.download_limit is not None:
         flags += ["--limit-download", str(kib_per_second(target.download_limit))]
-    if retry_lock > 0:
-        flags += ["--retry-lock", f"{math.ceil(retry_lock)}s"]
     return tuple(flags)
 
 
@@ -987,15 +983,13 @@ class ResticEngine(ToolEngine):
     ) -> ToolResult:
         deadline = time.monotonic() + self.lock_wait
         delay = LOCK_BACKOFF_FIRST
-        native = self.features.retry_lock
         while True:
-            wait = max(0.0, deadline - time.monotonic()) if native else 0.0
-            outcome = self._execute(target, args, on_line, retry_lock=wait)
+            outcome = self._execute(target, args, on_line)
             error = self._failure(target, args, outcome, tolerate)
             if error is None:
                 return outcome
             left = deadline - time.monotonic()
-            if native or left <= 0 or not isinstance(error, RepositoryLocked):
+            if left <= 0 or not isinstance(error, RepositoryLocked):
                 raise error
             self._pause(min(delay, left))
             delay = min(delay * 2, LOCK_BACKOFF_MAX)
@@ -1025,7 +1019,6 @@ class ResticEngine(ToolEngine):
         target: Target,
         args: Argv,
         on_line: LineHandler | None,
-        retry_lock: float = 0.0,
         limit: float | None = None,
     ) -> ToolResult:
         """Run restic once: stdout line by line, stderr into a temporary file.
@@ -1034,7 +1027,7 @@ class ResticEngine(ToolEngine):
         many seconds it is killed and EngineError raised.
         """
         target = with_secret_env(target)  # provider keys: read now, for restic only
-        argv = make_command(self.binary, args, global_flags(target, self.cache_dir, retry_lock))
+        argv = make_command(self.binary, args, global_flags(target, self.cache_dir))
         read_fd = password_pipe(target.password)
         try:
             env = child_env(os.environ, target, password_env(target.password, read_fd))

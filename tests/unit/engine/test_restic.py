@@ -49,12 +49,12 @@ def test_parse_version(text: str, version: tuple[int, int, int]) -> None:
 
 
 def test_features_follow_the_version() -> None:
-    assert not (V014.retry_lock or V014.skip_if_unchanged or V014.exit_codes)
+    assert not (V014.skip_if_unchanged or V014.exit_codes)
     assert not V014.restore_progress
     v016 = Features((0, 16, 4))
-    assert v016.retry_lock and v016.restore_progress
+    assert v016.restore_progress
     assert not (v016.skip_if_unchanged or v016.exit_codes)
-    assert V018.retry_lock and V018.skip_if_unchanged and V018.exit_codes
+    assert V018.skip_if_unchanged and V018.exit_codes
 
 
 # --- command lines ------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_limits_are_whole_kib_per_second_at_least_one(limit: int, kib: int) -> N
 def test_global_flags_everything() -> None:
     t = target(options=("s3.storage-class=STANDARD_IA", "s3.region=eu-west-1"))
     t = Target(**{**t.__dict__, "upload_limit": 500 * 1024, "download_limit": 200 * 1024 + 1})
-    flags = global_flags(t, Path("/var/cache/henbackup"), retry_lock=7.2)
+    flags = global_flags(t, Path("/var/cache/henbackup"))
     assert flags == (
         "--json",
         "--cache-dir",
@@ -83,8 +83,6 @@ def test_global_flags_everything() -> None:
         "500",
         "--limit-download",
         "200",
-        "--retry-lock",
-        "8s",
     )
 
 
