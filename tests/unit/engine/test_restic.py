@@ -208,7 +208,7 @@ def test_no_secret_in_any_argv() -> None:
         options=("rest.connections=2",),
         upload_limit=1024,
     )
-    flags = global_flags(t, Path("/cache"), 3)
+    flags = global_flags(t, Path("/cache"))
     request = BackupRequest("b", ("/data",), host="h")
     argvs = [
         make_command("restic", args, flags)
