@@ -28,6 +28,7 @@ Locks: borg removes a stale lock itself when its holder is a dead process of thi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -875,15 +876,26 @@ class BorgEngine(ToolEngine):
         return found[0]
 
     def _call(
+        self, target: Target, args: Argv, *, lock_wait: float | None = None, **options: Any
+    ) -> _Outcome:
+        """Run borg (see `_call_once`): with `lock_wait`, borg waits that long for a lock;
+        else each attempt waits a second, and they go on for up to the engine's lock_wait
+        (see `_while_locked`)."""
+        if lock_wait is not None:
+            return self._call_once(target, args, lock_wait, **options)
+        attempt = functools.partial(self._call_once, target, args, 1.0, **options)
+        return self._while_locked(attempt, self.lock_wait)
+
+    def _call_once(
         self,
         target: Target,
         args: Argv,
+        lock_wait: float,
         *,
         on_progress: ProgressCallback | None = None,
         cwd: str | None = None,
         warn_ok: bool = False,
         check: bool = False,
-        lock_wait: float | None = None,
         sidecar: Sidecar | None = None,
         total: Callable[[], tuple[int, int] | None] = lambda: None,
     ) -> _Outcome:
@@ -894,8 +906,7 @@ class BorgEngine(ToolEngine):
         target = with_secret_env(target)  # provider keys: read now, for borg only
         redact = Redactor.of(secrets_of(target))
         listener = _Listener(redact, on_progress, started=_now(), total=total)
-        wait = self.lock_wait if lock_wait is None else lock_wait
-        argv = (self.binary, *global_flags(target, wait), *args)
+        argv = (self.binary, *global_flags(target, lock_wait), *args)
         read_fd = password_pipe(target.password)
         try:
             env = child_env(

@@ -85,11 +85,6 @@ UNLOCK_LIMIT = 5.0
 TEMP_PACK = "restic-temp-pack-"
 # Bytes that left a restic less than this long ago say that it is still sending.
 LEAVING = 3 * WATCH_TICK
-# Backoff between attempts on a locked repository. Not restic's --retry-lock (0.16+): it
-# waits silently, moving nothing, so the stall watch ended the run as stalled (backend down?)
-# after stall_timeout, not lock_wait; each attempt here fails at once with "locked".
-LOCK_BACKOFF_FIRST = 1.0
-LOCK_BACKOFF_MAX = 30.0
 
 # Inherited variables that would override what the engine says (repository, password).
 _OVERRIDDEN_VARS = frozenset(
@@ -981,18 +976,17 @@ class ResticEngine(ToolEngine):
     def _retry_locked(
         self, target: Target, args: Argv, on_line: LineHandler | None, tolerate: tuple[int, ...]
     ) -> ToolResult:
-        deadline = time.monotonic() + self.lock_wait
-        delay = LOCK_BACKOFF_FIRST
-        while True:
+        """Each attempt fails at once while it is locked (not restic's --retry-lock: see
+        `_while_locked`)."""
+
+        def attempt() -> ToolResult:
             outcome = self._execute(target, args, on_line)
             error = self._failure(target, args, outcome, tolerate)
-            if error is None:
-                return outcome
-            left = deadline - time.monotonic()
-            if left <= 0 or not isinstance(error, RepositoryLocked):
+            if error is not None:
                 raise error
-            self._pause(min(delay, left))
-            delay = min(delay * 2, LOCK_BACKOFF_MAX)
+            return outcome
+
+        return self._while_locked(attempt, self.lock_wait)
 
     def _failure(
         self, target: Target, args: Argv, outcome: ToolResult, tolerate: tuple[int, ...]

@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import subprocess
@@ -37,7 +37,7 @@ from henbackup.engine.base import Checkpoint, Engine, SpawnCallback, StallCallba
 from henbackup.engine.sidecar import MAX_LINE_BYTES, Sidecar
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.engine.transfer import Upload
-from henbackup.errors import AccessRefused, EngineError, Stalled
+from henbackup.errors import AccessRefused, EngineError, RepositoryLocked, Stalled
 from henbackup.process import spawn, stop_program
 
 # How long the tool may take to clean up (remove its lock) after SIGINT before SIGKILL: well
@@ -47,6 +47,9 @@ INTERRUPT_GRACE = 5.0
 KILL_WAIT = 5.0
 # How often a running tool's progress is looked at (at least).
 WATCH_TICK = 1.0
+# Pauses between attempts on a locked repository (ToolRunner._while_locked).
+LOCK_BACKOFF_FIRST = 1.0
+LOCK_BACKOFF_MAX = 30.0
 # What one read of the tool's stream takes at most: the tool itself leaves at most a pipe's
 # buffer unread when it exits, a child of it that writes on forever must not hold the job.
 MAX_READ = 4 << 20
@@ -56,6 +59,7 @@ MAX_RESULT = 256 << 20  # a --json result read whole (read_whole)
 # A pipe holds 64 KiB: a bigger literal password would block the writer.
 MAX_PASSWORD_BYTES = 60 * 1024
 MAX_WARNINGS = 50
+T = TypeVar("T")
 
 LineHandler = Callable[[str], None]
 
@@ -549,6 +553,23 @@ class ToolEngine(Engine):
         end_program(process, run, INTERRUPT_GRACE if cleanup else 0.0, self.interrupt)
         if cleanup:
             self._cleanup(target)
+
+    def _while_locked(self, attempt: Callable[[], T], wait: float) -> T:
+        """`attempt()`, and again while it raises RepositoryLocked, for up to `wait` seconds,
+        pausing longer each time. Not the tool's own wait for a lock: it waits silently,
+        moving nothing, and the stall watch would end it as stalled (backend down?) after
+        stall_timeout, however long `wait` is."""
+        deadline = time.monotonic() + wait
+        delay = LOCK_BACKOFF_FIRST
+        while True:
+            try:
+                return attempt()
+            except RepositoryLocked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self._pause(min(delay, left))
+                delay = min(delay * 2, LOCK_BACKOFF_MAX)
 
     def _pause(self, seconds: float) -> None:
         """Sleep, calling the checkpoint every WATCH_TICK: a stop is not kept waiting."""

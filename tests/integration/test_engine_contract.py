@@ -539,6 +539,21 @@ def test_live_lock_raises_and_is_never_removed(kit: Kit, source: Path) -> None:
         assert holder.poll() is None
 
 
+@pytest.mark.slow
+def test_a_lock_held_past_lock_wait_is_locked_not_a_stall(kit: Kit, source: Path) -> None:
+    """The tool's own wait for a lock (restic 0.16+'s --retry-lock, borg's --lock-wait) is
+    silent and moves nothing: the stall watch ended it as a stall (is the backend up?)
+    after stall_timeout, however long lock_wait was."""
+    kit.backup("docs", source)
+    engine = kit.engines(lock_wait=6.0, stall_timeout=2.0)
+    with kit.lock_holder() as (holder, lock):
+        start = time.monotonic()
+        with pytest.raises(RepositoryLocked, match="is locked by another process"):
+            engine.check(kit.target)
+        assert time.monotonic() - start >= 6.0
+        assert kit.locks() == {lock} and holder.poll() is None  # none left by the attempts
+
+
 def test_stale_lock_is_removed_but_not_a_live_one(kit: Kit, source: Path) -> None:
     kit.backup("docs", source)
     stale = kit.stale_lock()

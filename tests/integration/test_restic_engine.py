@@ -28,7 +28,7 @@ import pytest
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import JobCancelled, RepositoryLocked, StopRequested
+from henbackup.errors import JobCancelled, StopRequested
 
 pytestmark = pytest.mark.integration
 
@@ -334,20 +334,6 @@ def test_lock_wait_succeeds_once_the_holder_is_done(repo: Repo, source: Path) ->
         assert holder.wait(timeout=30) == 0
     assert result.ok
     assert waited >= 1.0
-
-
-@pytest.mark.slow
-def test_a_lock_held_past_lock_wait_is_locked_not_a_stall(repo: Repo, source: Path) -> None:
-    """restic 0.16+'s own --retry-lock waits silently, moving nothing: the stall watch ended
-    it as a stall (is the backend up?) after stall_timeout, however long lock_wait was."""
-    repo.backup("docs", source)
-    engine = repo.engine_with(lock_wait=6.0, stall_timeout=2.0)
-    with lock_holder(repo) as (_holder, lock):
-        start = time.monotonic()
-        with pytest.raises(RepositoryLocked, match="is locked by another process"):
-            engine.check(repo.target)
-        assert time.monotonic() - start >= 6.0
-        assert repo.locks() == {lock}  # none of the attempts left one behind
 
 
 # --- cancellation and death -----------------------------------------------------------
