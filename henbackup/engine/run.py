@@ -23,6 +23,7 @@ import os
 import re
 import selectors
 import signal
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,19 +180,28 @@ def restored_roots(snapshot_paths: Sequence[str], includes: Sequence[str]) -> tu
 
 
 def count_files(destination: str, roots: Sequence[str]) -> tuple[int, int]:
-    """Regular files and their bytes under destination/<root> (engines keep full paths)."""
+    """Regular files and their bytes under destination/<root> (engines keep full paths).
+
+    Never outside the destination: a root restored as a link (or below one) may point
+    anywhere on the host. What vanishes meanwhile is not counted.
+    """
+    base = os.path.realpath(destination)
     files = size = 0
     for root in dict.fromkeys(roots):
-        top = os.path.join(destination, root.lstrip("/"))
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.isfile(top) and not os.path.islink(top):
-                files, size = files + 1, size + os.lstat(top).st_size
+        top = os.path.normpath(os.path.join(base, root.lstrip("/")))
+        if os.path.realpath(top) != top or os.path.commonpath((base, top)) != base:
+            continue  # a link, or below one: not what was restored as files
+        with contextlib.suppress(OSError):
+            st = os.lstat(top)
+            if stat.S_ISREG(st.st_mode):
+                files, size = files + 1, size + st.st_size
                 continue
         for folder, _, names in os.walk(top):
             for name in names:
-                st = os.lstat(os.path.join(folder, name))
-                if (st.st_mode & 0o170000) == 0o100000:
-                    files, size = files + 1, size + st.st_size
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(folder, name))
+                    if stat.S_ISREG(st.st_mode):
+                        files, size = files + 1, size + st.st_size
     return files, size
 
 

@@ -368,6 +368,25 @@ def test_restored_roots_and_count(tmp_path: Path) -> None:
     assert count_files(str(tmp_path), ["/srv/a/x", "/srv/a/two", "/srv/missing"]) == (2, 7)
 
 
+def test_a_restored_root_that_is_a_link_is_never_followed_out_of_the_destination(
+    tmp_path: Path,
+) -> None:
+    """A snapshot's path may be a link (/srv/app/current): restored as a link, it points
+    at the live host, whose files are not what was restored (and may be all of /)."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "deep").mkdir(parents=True)
+    (elsewhere / "deep" / "file").write_bytes(b"live host data")
+    restored = tmp_path / "restore"
+    (restored / "srv" / "app").mkdir(parents=True)
+    (restored / "srv" / "app" / "current").symlink_to(elsewhere)
+    (restored / "srv" / "app" / "kept").write_bytes(b"123")
+    assert count_files(str(restored), ["/srv/app/current"]) == (0, 0)
+    assert count_files(str(restored), ["/srv/app/current/deep"]) == (0, 0)
+    assert count_files(str(restored), ["/srv/app/current/deep/file"]) == (0, 0)
+    assert count_files(str(restored), ["/srv/app/../../../elsewhere"]) == (0, 0)
+    assert count_files(str(restored), ["/srv/app"]) == (1, 3)
+
+
 def test_status_counters_move_with_progress() -> None:
     assert status_counters(STATUS_014) == (2002, 173011337)
     assert status_counters('{"message_type":"summary","files_new":1}') is None
