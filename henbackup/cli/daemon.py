@@ -52,7 +52,9 @@ def get_parser() -> argparse.ArgumentParser:
         "run",
         help="run the daemon in the foreground (what henbackup.service starts)",
         description="Run the master in the foreground: one worker per backup and per "
-        "repository with check or prune schedules. SIGHUP reloads the configuration, "
+        "repository with check or prune schedules. SIGHUP reloads the configuration: "
+        "only the workers whose backup, repositories or [daemon] settings their jobs read "
+        "changed are restarted (interrupting their running job); the others go on. "
         "SIGTERM stops cleanly. Readiness and status go to systemd through sd_notify.",
     )
     commands.add_parser(
