@@ -273,7 +273,9 @@ def decode_message(line: bytes) -> ChannelMessage:
     return declared.from_dict(data)
 
 
-MAX_LINE = 1 << 20  # a peer that sends more without a newline is broken
+# A peer that sends more without a newline is broken. A one-off's reply is one line: a
+# list of 3,500 snapshots is 1 MiB, and 16 MiB hold some 50,000.
+MAX_LINE = 16 << 20
 MAX_UNREAD = 1 << 20  # a peer that leaves this much unread is hung: its hang check ends it
 
 Malformed = Callable[[ProtocolError], None]
@@ -282,7 +284,7 @@ Malformed = Callable[[ProtocolError], None]
 class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._buffer = b""
+        self._buffer = bytearray()  # appended to: a long line costs its length, not its square
         self.unsent = b""  # send_without_waiting's bytes the peer has not taken yet
 
     @classmethod
@@ -324,11 +326,14 @@ class Channel:
 
     def receive(self, malformed: Malformed) -> list[ChannelMessage] | None:
         """Read what is available (call when readable); None at end of file."""
-        data = self.sock.recv(65536)
+        data = self.sock.recv(1 << 20)
         if not data:
             return None
         self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
+        lines: list[bytearray] = []
+        if b"\n" in data:
+            *lines, rest = self._buffer.split(b"\n")
+            self._buffer = bytearray(rest)
         if len(self._buffer) > MAX_LINE:
             raise ValueError("message too long")
         messages = []

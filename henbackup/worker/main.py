@@ -50,7 +50,7 @@ from henbackup.worker.watching import watcher_main
 
 HEARTBEAT_INTERVAL = 10.0
 # The requests one run follows: each of its job events carries them all, so unbounded, a
-# line would outgrow the channel's MAX_LINE (at ~90,000) and cost the worker. 64 waiting
+# line would grow with every ask (up to the channel's MAX_LINE) and cost the worker. 64 waiting
 # clients on one backup's run is beyond any real use, and their ids fit in under 1 KiB.
 MAX_FOLLOWED = 64
 # Runs asked by hand that wait for the current one, each of another repository or priority:

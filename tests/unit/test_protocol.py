@@ -14,6 +14,8 @@ import jsonschema
 import pytest
 
 from henbackup.channel import (
+    MAX_LINE,
+    Channel,
     ChannelMessage,
     Heartbeat,
     JobEvent,
@@ -346,3 +348,49 @@ def test_a_worker_status_is_its_declared_members_each_with_a_valid_schema() -> N
     jsonschema.validate(dataclasses.asdict(WorkerStatus("backoff", "running", 1.8e9)), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(dataclasses.asdict(WorkerStatus("dead", "idle", None)), schema)
+
+
+def test_a_list_of_thousands_of_snapshots_crosses_a_channel_in_one_reply() -> None:
+    """A one-off's reply is one line: 4,000 snapshots (no retention, a backup every hour
+    for half a year) are 1.2 MB of it. Over 1 MiB, the master refused the line and the
+    client heard only that the job process exited."""
+    row = {
+        "id": "0" * 64,
+        "short_id": "0" * 8,
+        "time": "2026-12-04T16:29:03.123456+00:00",
+        "backup": "pictures",
+        "repository": "aws-ireland",
+        "host": "raspberrypi.home.example",
+        "paths": ["/srv/pictures"],
+        "tags": ["backup-pictures"],
+    }
+    rows = [{**row, "bytes_added": n} for n in range(4000)]
+    parent, child = Channel.pair()
+    try:
+        child.sock.setblocking(False)
+        child.send_without_waiting(OneOffResult({"ok": True, "snapshots": rows}))
+        received: list[ChannelMessage] = []
+        while not received:
+            child.flush()
+            received += parent.receive(lambda error: pytest.fail(str(error))) or []
+        assert received == [OneOffResult({"ok": True, "snapshots": rows})]
+        child.send_without_waiting(Heartbeat())  # and what follows it, as ever
+        child.flush()
+        assert parent.receive(lambda error: pytest.fail(str(error))) == [Heartbeat()]
+    finally:
+        parent.close()
+        child.close()
+
+
+def test_a_line_past_max_line_without_a_newline_is_refused() -> None:
+    parent, child = Channel.pair()
+    try:
+        child.sock.setblocking(False)
+        child.unsent = b"x" * (MAX_LINE + 1)
+        with pytest.raises(ValueError, match="message too long"):
+            while True:
+                child.flush()
+                parent.receive(lambda error: pytest.fail(str(error)))
+    finally:
+        parent.close()
+        child.close()
