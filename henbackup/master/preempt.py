@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from henbackup.config.model import Priority
@@ -174,6 +174,7 @@ class Preemption:
     _slots: int | None = None  # what the slots file says, once written
     _slots_failed: bool = False  # the last write failed (said once, retried on a timer)
     _timer: Timer | None = None
+    _waiting_since: dict[str, float] = field(default_factory=dict)  # monotonic, by job id
 
     def configure(self, max_jobs: int, after: float, forgetting: frozenset[str]) -> None:
         """At start and on reload: the daemon's settings; sets the slots."""
@@ -183,8 +184,8 @@ class Preemption:
 
     def review(self) -> None:
         """Decide, act, set the slots, and look again when something may change."""
-        queue = self.model.queue(self.outsiders())  # type: ignore[arg-type]
         now = time.time()
+        queue = self._steady(self.model.queue(self.outsiders()), now)  # type: ignore[arg-type]
         if self.marks is not None:
             stopping = self.stopping()
             decision = decide(
@@ -198,11 +199,28 @@ class Preemption:
                 pause.pause(self.marks, paused.pid)
             if decision.pause or decision.resume:
                 self.on_change()
-                queue = self.model.queue(self.outsiders())  # type: ignore[arg-type]
+                queue = self._steady(self.model.queue(self.outsiders()), now)  # type: ignore[arg-type]
         slots = self.max_jobs + lent_slots(self.pauses, queue)
         if slots != self._slots:
             self._set_slots(slots)
         self._plan_next(queue, now)
+
+    def _steady(self, queue: Sequence[LiveJob], now: float) -> list[LiveJob]:
+        """The queue, each waiting job's arrival on a steady footing: when first seen, the
+        wait it had (by the wall clock, never less than none) is fixed on the monotonic
+        clock. A clock stepped back (NTP, a Raspberry Pi without a real-time clock) held
+        preemption back as long; one stepped forward let every waiting job preempt at once."""
+        clock, since, steady = time.monotonic(), {}, []
+        for job in queue:
+            if job.state == "queued":
+                first = self._waiting_since.get(job.job)
+                if first is None:
+                    first = clock - max(0.0, now - (job.queued_at or job.since))
+                since[job.job] = first
+                job = replace(job, queued_at=now - (clock - first))
+            steady.append(job)
+        self._waiting_since = since
+        return steady
 
     def _set_slots(self, slots: int) -> None:
         """Write the slots file; when it cannot be (ENOSPC, EROFS), say so once and leave

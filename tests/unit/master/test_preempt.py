@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from henbackup.config.model import Priority
 from henbackup.loop import Loop
+from henbackup.master import preempt
 from henbackup.master.preempt import Decision, Pause, Preemption, decide, lent_slots
 from henbackup.observe.status import LiveJob, RunKey, StatusModel
 from tests.unit.limits.test_pause import JOB_PROCESS, state_becomes
@@ -329,3 +333,25 @@ def test_slots_that_cannot_be_set_are_said_once_and_set_on_a_later_review(tmp_pa
     assert written == [] and events == ["daemon.error"]
     preemption.review()
     assert written == [2] and events == ["daemon.error"] and preemption._timer is None
+
+
+def test_a_wait_is_measured_on_a_steady_clock_whatever_the_wall_clock_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Arrivals are wall-clock times (the tickets are shared between processes). Measured
+    on the wall clock, a step back of 2 h (NTP, a Raspberry Pi without a real-time clock)
+    held a superior job back 2 h more; a step forward let every waiting job preempt."""
+    steady = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(preempt, "time", SimpleNamespace(monotonic=lambda: steady.now))
+    preemption = Preemption(Loop(), lambda *a, **k: None, StatusModel(), [].append, tuple)
+    queue = [running("low", INFERIOR), waiting("high", waited=0)]
+    assert decide(preemption._steady(queue, NOW), {}, NOW, AFTER, 1).pause == ()
+
+    steady.now += 1  # and the clock stepped forward 2 h
+    ahead = NOW + 1 + 7200
+    assert decide(preemption._steady(queue, ahead), {}, ahead, AFTER, 1).pause == ()
+
+    steady.now += AFTER  # and the clock stepped back 2 h
+    behind = NOW + 1 + AFTER - 7200
+    decision = decide(preemption._steady(queue, behind), {}, behind, AFTER, 1)
+    assert [(victim.job, waiting.job) for victim, waiting in decision.pause] == [("low", "high")]
