@@ -28,7 +28,10 @@ from henbackup.observe.status import RunHistory, RunKey, StatusModel
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEAD = 8 * 1024
 REQUEST_TIMEOUT = 10.0  # the whole life of a connection: request in, reply out
-MAX_CLIENTS = 32  # more at once are turned away: the master's descriptors are for backups
+# Clients at once: the master's descriptors are for backups. Beyond, the oldest one that has
+# not asked yet makes room (a scraper asks at once: local users holding idle connections
+# cannot lock it out); if all have asked, the newcomer is turned away.
+MAX_CLIENTS = 32
 ACCEPT_PAUSE = 1.0  # accept() failing for want of descriptors: try again after this long
 TEXTFILE_MODE = 0o644
 TEXTFILE_DIRECTORY_MODE = 0o755
@@ -363,8 +366,11 @@ class MetricsServer:
             self._pause()
             return
         if len(self.clients) >= MAX_CLIENTS:
-            conn.close()
-            return
+            silent = next((fd for fd, c in self.clients.items() if c.reply is None), None)
+            if silent is None:
+                conn.close()
+                return
+            self._drop(silent)
         conn.setblocking(False)
         fd = conn.fileno()
         timer = self.loop.call_later(REQUEST_TIMEOUT, lambda: self._drop(fd))

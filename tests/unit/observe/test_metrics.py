@@ -453,15 +453,41 @@ def test_the_port_cannot_be_taken_twice_and_is_free_after_close(model):
     loop.close()
 
 
-def test_too_many_clients_at_once_are_turned_away(served, monkeypatch):
+def test_beyond_the_limit_a_newcomer_takes_the_place_of_the_oldest_silent_client(
+    served, monkeypatch
+):
+    """Any local user may connect: idle connections held open by the limit's count turned
+    the scraper away. Now the oldest that has not asked makes room for the newcomer."""
     monkeypatch.setattr(metrics, "MAX_CLIENTS", 2)
-    sockets = [connect(served) for _ in range(3)]
+    idle = [connect(served) for _ in range(2)]
     try:
         serve_until(served, lambda: len(served.clients) == 2)
-        served.loop.call_later(0.1, lambda: None)
-        served.loop.run_once()
-        assert sockets[2].recv(100) == b""
+        status, _, body = fetch(served)
+        assert status == 200 and b"henbackup_up" in body
+        assert idle[0].recv(100) == b""  # the oldest silent one made room
+        assert len(served.clients) <= 2
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_beyond_the_limit_a_newcomer_is_turned_away_when_every_client_has_asked(
+    served, monkeypatch
+):
+    monkeypatch.setattr(metrics, "MAX_CLIENTS", 2)
+    text = "x" * 20_000_000  # far more than any socket buffer holds: the replies stay
+    served.render = lambda: text
+    asked = [connect(served) for _ in range(2)]
+    try:
+        for sock in asked:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        serve_until(served, lambda: sum(c.writing for c in served.clients.values()) == 2)
+        with connect(served) as newcomer:
+            served.loop.call_later(0.1, lambda: None)
+            served.loop.run_once()
+            assert newcomer.recv(100) == b""
         assert len(served.clients) == 2
     finally:
-        for sock in sockets:
+        for sock in asked:
             sock.close()
