@@ -163,23 +163,23 @@ def run_with_hooks(
     job is cancelled, failure hooks run (with HENBACKUP_ERROR=cancelled) and JobCancelled
     propagates.
     """
-    before = run_hooks(hooks.before, replace(context, phase="before"), emit, runner)
-    if before.skip:
-        return RunResult("skipped", before=before)
-    error = before.error
-    if not before.stop:
-        try:
+    try:
+        before = run_hooks(hooks.before, replace(context, phase="before"), emit, runner)
+        if before.skip:
+            return RunResult("skipped", before=before)
+        error = before.error
+        if not before.stop:
             error = body() or error
-        except JobCancelled:
-            cancelled = replace(context, phase="failure", error="cancelled")
-            run_hooks(hooks.failure, cancelled, emit, runner)
-            raise
-    after = Verdict()
-    if error is None:
-        after = run_hooks(hooks.after, replace(context, phase="after"), emit, runner)
-        if not after.failed:
-            return RunResult("succeeded", before=before, after=after)
-        error = after.error
+        after = Verdict()
+        if error is None:
+            after = run_hooks(hooks.after, replace(context, phase="after"), emit, runner)
+            if not after.failed:
+                return RunResult("succeeded", before=before, after=after)
+            error = after.error
+    except JobCancelled:  # in a hook too: what a before hook stopped, a failure hook restarts
+        cancelled = replace(context, phase="failure", error="cancelled")
+        run_hooks(hooks.failure, cancelled, emit, runner)
+        raise
     failure_context = replace(context, phase="failure", error=error)
     failure = run_hooks(hooks.failure, failure_context, emit, runner)
     return RunResult("failed", error, before, after, failure)

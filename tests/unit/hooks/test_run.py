@@ -155,3 +155,23 @@ def test_cancellation_runs_failure_hooks_then_propagates():
     with pytest.raises(JobCancelled):
         run_with_hooks(hooks([], [], ["succeeded-f"]), CONTEXT, no_emit, cancelled, script)
     assert script.ran == [("failure", "succeeded-f", "cancelled")]
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_a_cancel_during_a_hook_runs_failure_hooks_too(phase):
+    """A before hook that stopped a service has a failure hook that starts it again: a
+    cancel that came during the before (or after) hook skipped it."""
+
+    class Cancelling(Script):
+        def __call__(self, hook, context, emit):
+            outcome = super().__call__(hook, context, emit)
+            if context.phase == phase:
+                raise JobCancelled("cancelled")
+            return outcome
+
+    script = Cancelling()
+    hooked = hooks(["succeeded-b"], ["succeeded-a"], ["succeeded-f"])
+    with pytest.raises(JobCancelled):
+        run_with_hooks(hooked, CONTEXT, no_emit, lambda: None, script)
+    assert script.ran[-1] == ("failure", "succeeded-f", "cancelled")
+    assert [ran[0] for ran in script.ran].count("failure") == 1
