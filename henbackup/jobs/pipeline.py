@@ -223,7 +223,8 @@ def run_backup_pipeline(
         reasons = [f"{o.repository}: {o.error}" for o in outcomes if o.error is not None]
         return "; ".join(reasons) or None
 
-    context = HookContext(name, "before", trigger=trigger, host=config.daemon.hostname)
+    first = left[0].id if left else None  # the run's id (HENBACKUP_JOB), as its first job's
+    context = HookContext(name, "before", first, trigger, host=config.daemon.hostname)
     runner = functools.partial(run_hook, safe_point=safe_point)
     try:
         result = run_with_hooks(backup.hooks, context, emit, jobs, runner)

@@ -40,6 +40,9 @@ def test_a_failing_repository_does_not_stop_the_other(restic, tmp_path):
         [backups.docs]
         paths = ["{data}"]
         repositories = ["bad", "good"]
+        [[backups.docs.hooks.before]]
+        type = "command"
+        command = ["sh", "-c", "echo $HENBACKUP_JOB > {tmp_path}/job"]
         """
     )
     done = subprocess.run(
@@ -64,7 +67,7 @@ def test_a_failing_repository_does_not_stop_the_other(restic, tmp_path):
     assert snapshots[0]["hostname"] == "testhost"
 
     events = [json.loads(line) for line in done.stderr.splitlines()]
-    by_kind = {(e["HENBACKUP_EVENT"], e["HENBACKUP_REPOSITORY"]): e for e in events}
+    by_kind = {(e["HENBACKUP_EVENT"], e.get("HENBACKUP_REPOSITORY")): e for e in events}
     failed = by_kind["job.failed", "bad"]
     assert failed["HENBACKUP_BACKUP"] == "docs"
     assert failed["HENBACKUP_OPERATION"] == "backup"
@@ -76,6 +79,9 @@ def test_a_failing_repository_does_not_stop_the_other(restic, tmp_path):
     assert succeeded["HENBACKUP_SNAPSHOT"] in (snapshots[0]["id"], snapshots[0]["short_id"])
     assert succeeded["HENBACKUP_FILES_NEW"] == "1"
     assert succeeded["HENBACKUP_JOB"] != failed["HENBACKUP_JOB"]
+    # The run's hooks know it by its first job's id, in their environment and events.
+    assert (tmp_path / "job").read_text() == f"{failed['HENBACKUP_JOB']}\n"
+    assert by_kind["hook.succeeded", None]["HENBACKUP_JOB"] == failed["HENBACKUP_JOB"]
     assert done.stdout.splitlines() == [
         f"docs → bad: FAILED: {failed['HENBACKUP_ERROR']}",
         f"docs → good: snapshot {succeeded['HENBACKUP_SNAPSHOT']}",
