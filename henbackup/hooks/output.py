@@ -42,9 +42,11 @@ def _header_secrets(hook: HttpHook) -> list[str]:
 def _url_secrets(url: str) -> list[str]:
     parts = urlsplit(url)
     values = [v for k, v in parse_qsl(parts.query) if SECRET_NAME.search(k)]
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
     if parts.password:
-        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
         values += [parts.password, unquote(parts.password), b64encode(credentials).decode()]
+    elif parts.username and len(parts.username) >= MIN_SECRET_LENGTH:  # a token as the user
+        values += [parts.username, unquote(parts.username), b64encode(credentials).decode()]
     return values
 
 

@@ -49,6 +49,15 @@ def test_url_passwords_and_password_ish_query_values_are_redacted():
     assert redact("echo: user:pa55 x1") == f"echo: user:{REDACTED} {REDACTED}"
 
 
+def test_a_token_given_as_the_urls_user_is_redacted_with_its_basic_credentials():
+    """https://TOKEN@host/: no password, the user name is the secret; a server that echoes
+    the request (or its Authorization header) showed it raw or in base64."""
+    hook = HttpHook("https://tok3n-5ecret@hooks.example/ping")
+    redact = hook_secrets(hook)
+    text = redact("user tok3n-5ecret, header Basic dG9rM24tNWVjcmV0Og==")
+    assert "tok3n" not in text and "dG9rM24tNWVjcmV0Og==" not in text
+    assert hook_secrets(HttpHook("https://me:pw@h/x"))("me and pw") == f"me and {REDACTED}"
+
 def test_tail_keeps_the_end_and_notes_the_cut():
     tail = Tail(limit=10)
     tail.add(b"0123456789")
