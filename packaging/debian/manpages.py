@@ -18,14 +18,26 @@ PAGES = [  # module, page, section, manual title, what it is
 ]
 
 
-def sections(include: Path) -> list[str]:
-    """`[EXIT STATUS]` lines become `.SH "EXIT STATUS"`; the roff between them stays."""
-    lines = []
+def merged(generated: list[str], include: Path) -> list[str]:
+    """The page with the hand-written sections, as the Makefile's argparse-manpage merges
+    them: `[X]` adds section X at the end (`.SH "X"`), `[<X]` puts its text at the start
+    of the generated section X, `[>X]` at its end; the roff between markers stays."""
+    page = list(generated)
+    blocks: list[tuple[str, list[str]]] = []
     for line in include.read_text().splitlines():
         if line.startswith("[") and line.endswith("]"):
-            line = f'.SH "{line[1:-1]}"'
-        lines.append(line)
-    return lines
+            blocks.append((line[1:-1], []))
+        elif blocks:
+            blocks[-1][1].append(line)
+    for marker, text in blocks:
+        if marker[0] in "<>":
+            start = page.index(f".SH {marker[1:]}") + 1
+            ends = (n for n in range(start, len(page)) if page[n].startswith(".SH"))
+            at = start if marker[0] == "<" else next(ends, len(page))
+            page[at:at] = text
+        else:
+            page += [f'.SH "{marker}"', *text]
+    return page
 
 
 def build(out: Path, version: str, date: str) -> None:
@@ -41,7 +53,7 @@ def build(out: Path, version: str, date: str) -> None:
             ".SH NAME",
             f"{page} \\- {what}",
         ]
-        body = header + generated[3:] + sections(Path("man") / f"{page}.{section}.include")
+        body = header + merged(generated[3:], Path("man") / f"{page}.{section}.include")
         (out / f"{page}.{section}").write_text("\n".join(body) + "\n")
     shutil.copy("man/henbackup.toml.5", out / "henbackup.toml.5")
 

@@ -58,6 +58,7 @@ def test_a_token_given_as_the_urls_user_is_redacted_with_its_basic_credentials()
     assert "tok3n" not in text and "dG9rM24tNWVjcmV0Og==" not in text
     assert hook_secrets(HttpHook("https://me:pw@h/x"))("me and pw") == f"me and {REDACTED}"
 
+
 def test_tail_keeps_the_end_and_notes_the_cut():
     tail = Tail(limit=10)
     tail.add(b"0123456789")
