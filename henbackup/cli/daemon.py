@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # imports everything before it forks its workers, which then share those pages.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# `run` with an invalid configuration: systemd's "not configured" (status=6/NOTCONFIGURED),
+# which the unit does not restart on (RestartPreventExitStatus=): it would only fail again.
+EXIT_NOT_CONFIGURED = 6
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -98,8 +101,16 @@ def run(args: argparse.Namespace) -> int:
     from henbackup.worker.main import worker_main
 
     path = config_path(args.config)
-    dirs = Dirs.from_environment()
-    config, emit = load_config(path), Emitter()
+    dirs, emit = Dirs.from_environment(), Emitter()
+    try:
+        config = load_config(path)
+    except ConfigError as error:  # said as a reload's rejection is: one query finds both
+        message = f"configuration invalid, henbackup did not start: {error}"
+        fields = {"error": str(error), "problems": len(error.problems), "config": str(path)}
+        emit("config.invalid", message, **fields)
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_NOT_CONFIGURED
     for kind in {repository.engine for repository in config.repositories.values()}:
         engine_class(kind)  # imported before the fork, not again by every job process
     for exposure in exposures(config):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,6 +170,22 @@ def test_a_broken_config_is_rejected_and_the_old_one_keeps_running(daemon: Daemo
     assert Path(f"/proc/{worker}").exists()
     assert daemon.harness.journal({"HENBACKUP_EVENT": "config.reloaded"}) == []
 
+
+def test_a_broken_config_at_start_fails_the_unit_once_and_says_so(daemon: Daemon) -> None:
+    """Before, it exited 1: restarted every RestartSec for ever, each time printing its
+    problems, and with no config.invalid event for a journal query to find."""
+    daemon.write_config(backup("pictures", daemon.data, "nowhere"))
+    daemon.install()
+    daemon.harness.systemctl("start", UNIT, check=False)
+    daemon.harness.wait_show(UNIT, ActiveState="failed", ExecMainStatus="6")
+    (invalid,) = daemon.events("config.invalid")
+    assert invalid["HENBACKUP_PROBLEMS"] == "1" and "nowhere" in invalid["HENBACKUP_ERROR"]
+    restart_sec = int(daemon.harness.show(UNIT, "RestartUSec")["RestartUSec"].rstrip("s"))
+    time.sleep(restart_sec + 2)
+    assert daemon.harness.show(UNIT, "NRestarts", "ActiveState") == {
+        "NRestarts": "0",
+        "ActiveState": "failed",
+    }
 
 def test_stop_is_clean_and_quick(daemon: Daemon) -> None:
     daemon.run_with("pictures")
