@@ -16,6 +16,7 @@ from henbackup.config import cron, units
 from henbackup.config.model import Cron, Interval, ScheduleEntry
 from henbackup.config.problems import At, Expanded, Invalid, show, type_name, unknown_key
 from henbackup.errors import Problem
+from henbackup.worker.excludes import pattern_problem
 
 T = TypeVar("T")
 Converter = Callable[[Any, At], Any]
@@ -72,6 +73,15 @@ def text(value: Any, at: At) -> str:
     if "\x00" in value:  # no file, program or library takes it: it would end a C string
         raise Invalid(NO_NUL)
     return str(value)
+
+
+def exclude_pattern(value: Any, at: At) -> str:
+    """A restic --exclude pattern restic would take (the watcher reads it as restic does)."""
+    pattern = text(value, at)
+    problem = pattern_problem(pattern)
+    if problem is not None:
+        raise Invalid(problem)
+    return pattern
 
 
 def absolute_path(value: Any, at: At) -> str:

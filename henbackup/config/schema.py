@@ -546,7 +546,7 @@ BACKUP = Table(
             "restic --exclude patterns.",
             [".git", "*.tmp"],
             _array(_TEXT),
-            convert.array(convert.text),
+            convert.array(convert.exclude_pattern),
             default=[],
         ),
         _schedule,

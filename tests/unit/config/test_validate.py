@@ -163,6 +163,11 @@ PASWORD_HINT = (
             "resources.ionice",
             '"low" is not one of idle, best-effort, realtime',
         ),
+        (  # before: accepted, and the watcher, meeting it, died for every watched backup
+            "excludes = ['*.tmp', 'cache/[a']",
+            "excludes[1]",
+            'exclude pattern "cache/[a" is malformed (see restic\'s --exclude)',
+        ),
         ("hooks = []", "hooks", "must be a table, not an array"),
         ("hooks = { before = {} }", "hooks.before", f"{HOOK_ARRAY}, not a table"),
         ("hooks = { before = [1] }", "hooks.before[0]", "must be a table, not an integer"),
