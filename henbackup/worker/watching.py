@@ -16,9 +16,11 @@ watches again, tells every watched backup's worker that events were lost.
 
 from __future__ import annotations
 
+import re
 import signal
 
 from henbackup.channel import Channel, Heartbeat, Ready, Unwatch, Watch, WatchNews
+from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction, Emitter
@@ -42,8 +44,15 @@ class Watching:
     """Every watched backup's Watcher, on one inotify instance; news on `channel`. A watch
     that met a limit is tried again every `retry_after` seconds."""
 
-    def __init__(self, loop: Loop, channel: Channel, retry_after: float = RETRY_AFTER) -> None:
+    def __init__(
+        self,
+        loop: Loop,
+        channel: Channel,
+        retry_after: float = RETRY_AFTER,
+        own: tuple[str, ...] = (),
+    ) -> None:
         self.loop, self.channel, self.retry_after = loop, channel, retry_after
+        self.own = tuple(_literal(path) for path in own)  # never a change (see watcher_main)
         self.hub = InotifyHub(loop)
         self.watchers: dict[str, Watcher] = {}
 
@@ -53,7 +62,7 @@ class Watching:
         name, send = spec.backup, self.channel.send
         watcher = Watcher(
             spec.paths,
-            Excluder(spec.excludes),
+            Excluder((*spec.excludes, *self.own)),
             self.loop,
             on_change=lambda count: send(WatchNews(name, changes=count)),
             on_overflow=lambda: send(WatchNews(name, overflow=True)),
@@ -73,7 +82,10 @@ class Watching:
 def watcher_main(config: Config, channel: Channel, emit: EmitFunction | None = None) -> int:
     """The body of the forked watcher process; serves until SIGTERM or the master's end."""
     loop, emit = Loop(), emit or Emitter()
-    watching = Watching(loop, channel)
+    # What henbackup writes itself (run records, restic's cache) is no change to back up: a
+    # backup of /var would otherwise run again after each run, for ever.
+    dirs = Dirs.from_environment()
+    watching = Watching(loop, channel, own=(str(dirs.state), str(dirs.cache), str(dirs.runtime)))
     loop.on_signal(signal.SIGTERM, loop.stop)
     loop.on_signal(signal.SIGINT, loop.stop)
     for spec in watches(config).values():
@@ -104,3 +116,8 @@ def watcher_main(config: Config, channel: Channel, emit: EmitFunction | None = N
     heartbeat()
     loop.run()
     return 0
+
+
+def _literal(path: str) -> str:
+    """An exclude pattern that matches `path` itself, whatever characters it holds."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", path)

@@ -43,10 +43,10 @@ def _readlink(path: str) -> str:
 class Harness:
     """A Watching on its own loop, and the news it sent, per backup."""
 
-    def __init__(self) -> None:
+    def __init__(self, own: tuple[str, ...] = ()) -> None:
         self.loop = Loop()
         self.master, child = Channel.pair()
-        self.watching = Watching(self.loop, child)
+        self.watching = Watching(self.loop, child, own=own)
         self.changes: Counter[str] = Counter()
         self.overflows: Counter[str] = Counter()
         self.loop.add_reader(self.master.fileno(), self._heard)
@@ -127,6 +127,26 @@ def test_overlapping_trees_share_one_instance_and_each_backup_hears_its_own(harn
     # a new directory in the shared part is followed for both
     (root / "sub/new").mkdir()
     assert harness.seen_by(lambda: touch(root / "sub/new/f")) == {"a", "b"}
+
+
+def test_what_henbackup_writes_itself_is_no_change(tmp_path):
+    """A backup of /var holds henbackup's run records and restic's cache, written at each
+    run: seen as changes, the backup ran again after each run, for ever."""
+    var = tmp_path / "var"
+    state, cache = var / "lib" / "hen[backup]", var / "cache" / "henbackup"
+    state.mkdir(parents=True)
+    cache.mkdir(parents=True)
+    (var / "log").mkdir()
+    harness = Harness(own=(str(state), str(cache)))
+    try:
+        harness.watching.watch(Watch("var", (str(var),)))
+        assert harness.seen_by(lambda: touch(state / "record.json")) == set()
+        assert harness.seen_by(lambda: (cache / "data").mkdir()) == set()
+        assert harness.seen_by(lambda: touch(cache / "data" / "pack")) == set()
+        assert harness.seen_by(lambda: touch(var / "log" / "syslog")) == {"var"}
+        assert harness.seen_by(lambda: touch(var / "lib" / "other")) == {"var"}
+    finally:
+        harness.close()
 
 
 def test_a_backup_unwatched_leaves_the_watches_it_shared(harness, tmp_path):

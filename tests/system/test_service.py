@@ -187,6 +187,7 @@ def test_a_broken_config_at_start_fails_the_unit_once_and_says_so(daemon: Daemon
         "ActiveState": "failed",
     }
 
+
 def test_stop_is_clean_and_quick(daemon: Daemon) -> None:
     daemon.run_with("pictures")
     worker = daemon.worker_pid("pictures")
