@@ -158,6 +158,8 @@ class Watcher:
         except _LimitReached as limit:
             self._give_up(str(limit))
             return
+        if self._limited:  # what changed while nothing was watched is unknown: as if lost
+            self.on_overflow()
         self._limited = False
 
     def close(self) -> None:
