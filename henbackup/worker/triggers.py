@@ -20,7 +20,7 @@ from henbackup.config.model import Backup, Repository, ScheduleEntry
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction
 from henbackup.worker.debounce import Debouncer, DebounceTimer
-from henbackup.worker.schedule import Fired, ScheduleTimer
+from henbackup.worker.schedule import FUTURE_TOLERANCE, Fired, ScheduleTimer
 from henbackup.worker.state import StateStore
 
 # Asks the worker for a run: (trigger, reason, operation).
@@ -55,7 +55,11 @@ class Triggers:
         for operation, timer in self.timers.items():
             timer.arm(self.store.load(self.keys[operation]))
         watched = self.timer is not None
-        if watched and self.store.load(self.keys["backup"]).unsaved_changes:
+        record = self.store.load(self.keys["backup"]) if watched else None
+        # A change "seen" past tomorrow was written by a wrong clock: no later run would ever
+        # count as after it, and each start would run the backup again.
+        believable = record and (record.changed_since or 0) <= time.time() + FUTURE_TOLERANCE
+        if record and believable and record.unsaved_changes:
             self.dirty = True
             self.request("startup", "changes seen before the daemon stopped", "backup")
 
