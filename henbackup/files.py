@@ -1,8 +1,11 @@
-"""Files that must be whole: written so that a crash leaves the old content or the new."""
+"""Files that must be whole: written so that a crash leaves the old content or the new;
+and small records read back without trusting what is at their path."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 
@@ -39,3 +42,20 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(directory)  # the rename itself is durable only once the directory is
     finally:
         os.close(directory)
+
+
+def read_record(path: Path, limit: int = 1 << 16) -> bytes:
+    """The bytes of the small regular file at `path`: raises FileNotFoundError, or OSError
+    for a link, a FIFO (it would block), a device (/dev/zero never ends) or more than
+    `limit` bytes."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from henbackup.files import write_atomically
+from henbackup.files import read_record, write_atomically
 
 _FIELDS = ("last_success", "last_attempt", "changed_since", "last_failure")
 
@@ -93,7 +93,7 @@ class StateStore:
     def _read(self, key: str) -> ScheduleRecord:
         path = self.path(key)
         try:
-            text = path.read_bytes().decode()
+            text = read_record(path).decode()
         except FileNotFoundError:
             return ScheduleRecord()
         except (OSError, UnicodeDecodeError) as error:

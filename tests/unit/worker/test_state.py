@@ -92,6 +92,24 @@ def test_an_unreadable_record_counts_as_absent_and_is_reported(store, problems):
     assert "cannot read" in problems[0]
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "huge"])
+def test_a_record_that_is_no_small_regular_file_counts_as_absent(store, problems, kind):
+    """A FIFO blocked the worker before its loop ran (that backup never ran again);
+    /dev/zero filled its memory."""
+    key = backup_record("pictures")
+    path = store.path(key)
+    path.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "huge":
+        path.write_bytes(b" " * (1 << 20) + b"{}")
+    else:
+        path.symlink_to("/dev/zero")
+    assert store.load(key) == ScheduleRecord()
+    assert "cannot read" in problems[0]
+
+
 def test_unknown_fields_are_ignored_and_integers_accepted(store, problems):
     key = backup_record("p")
     store.path(key).parent.mkdir(parents=True)
@@ -151,7 +169,7 @@ def test_a_record_that_cannot_be_saved_is_kept_in_memory_and_reported_once(tmp_p
 def test_a_record_nested_too_deeply_counts_as_absent(store, problems):
     key = backup_record("pictures")
     store.path(key).parent.mkdir(parents=True)
-    store.path(key).write_text("[" * 100_000)
+    store.path(key).write_text("[" * 60_000)
     assert store.load(key) == ScheduleRecord()
     assert len(problems) == 1 and "corrupt run record" in problems[0]
 
