@@ -164,8 +164,30 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def _engine_problems(config: Config) -> list[Problem]:
-    """borg's binary, when a repository uses it: one that cannot run or is not 1.2 to 1.4
-    is refused, at the first such repository's engine key."""
+    """The engines' binaries, where a repository uses them: restic's that cannot run or
+    does not say it is restic, at daemon.restic; borg's that cannot run or is not 1.2 to
+    1.4, at the first borg repository's engine key."""
+    return [*_restic_problems(config), *_borg_problems(config)]
+
+
+def _restic_problems(config: Config) -> list[Problem]:
+    if all(r.engine != "restic" for r in config.repositories.values()):
+        return []
+    from henbackup.engine.restic import ResticEngine
+    from henbackup.errors import EngineError
+
+    binary = config.daemon.restic
+    try:
+        if ResticEngine(binary).features.version != (0, 0, 0):
+            return []
+        problem = f"{binary} does not say it is restic (restic version)"
+    except EngineError as error:
+        problem = str(error)
+    message = f"{problem}: install restic (apt install restic), or set the path of its binary"
+    return [Problem(str(config.files[0]), "daemon.restic", message)]
+
+
+def _borg_problems(config: Config) -> list[Problem]:
     borgs = [r for r in config.repositories.values() if r.engine == "borg"]
     if not borgs:
         return []

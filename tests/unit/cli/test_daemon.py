@@ -117,6 +117,23 @@ repositories = ["local", "vault"]
 """
 
 
+def test_check_config_refuses_a_restic_that_cannot_run_or_is_not_restic(config, capsys):
+    """Before: valid, and every backup then failed with "cannot run restic"."""
+    for binary, said in (
+        (
+            "/nonexistent/restic",
+            "cannot run restic (/nonexistent/restic): No such file or directory",
+        ),
+        ("/bin/true", "/bin/true does not say it is restic (restic version)"),
+    ):
+        path = config(f'[daemon]\nrestic = "{binary}"\n' + VALID)
+        assert main(["--config", path, "check-config"]) == 1
+        assert capsys.readouterr().err == (
+            f"{path}: daemon.restic: {said}: install restic (apt install restic), or set the"
+            " path of its binary\n"
+        )
+
+
 def test_check_config_accepts_the_real_borg_1_2(config, capsys):
     assert main(["--config", config(WITH_BORG.format(borg="/usr/bin/borg")), "check-config"]) == 0
     assert capsys.readouterr().err == ""
