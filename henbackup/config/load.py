@@ -102,11 +102,12 @@ def _config_files(path: Path, run: Run) -> list[Path]:
 
 
 def _is_config_file(entry: os.DirEntry[str]) -> bool:
-    """A conf.d entry to read: *.toml, not hidden, a file (or a link to one)."""
+    """A conf.d entry to read: *.toml, not hidden, a file or a link (one to nothing is read,
+    and said to be broken: a moved file's backups must not silently vanish)."""
     if not entry.name.endswith(".toml") or entry.name.startswith("."):
         return False
     try:
-        return entry.is_file()
+        return entry.is_symlink() or entry.is_file()
     except OSError:
         return False
 
@@ -124,8 +125,13 @@ def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:
             return None
         return document
     except FileNotFoundError:
-        hint = ": create it, or point --config or HENBACKUP_CONFIG to the right file"
-        fail("file not found" + (hint if is_main else ""))
+        if path.is_symlink():
+            fail(f"a link to {os.readlink(path)}, which does not exist: fix or remove the link")
+        else:
+            hint = ": create it, or point --config or HENBACKUP_CONFIG to the right file"
+            fail("file not found" + (hint if is_main else ""))
+    except IsADirectoryError:
+        fail("is a directory: name the configuration file itself")
     except OSError as error:
         fail(f"cannot be read: {error.strerror}: check its permissions")
     except UnicodeDecodeError:
