@@ -154,13 +154,33 @@ def check_config(args: argparse.Namespace) -> int:
     problems = [*providers.problems, *_engine_problems(config)]
     if problems:
         raise ConfigError(problems)
-    for line in [*providers.notes, *exposures(config), *providers.warnings]:
+    for line in [*providers.notes, *exposures(config), *providers.warnings, *_private(config)]:
         print(line, file=sys.stderr)
     print(describe_plan(config, datetime.now().astimezone()))
     report = host_report(config, detect())
     if report:
         print(f"\n{report}")
     return EXIT_OK
+
+
+PRIVATE_TMP = ("/tmp", "/var/tmp")  # the unit's PrivateTmp= gives the daemon its own
+
+
+def _private(config: Config) -> list[Problem]:
+    """Warnings for the backup paths that the service sees empty, not as the host has them."""
+    return [
+        Problem(
+            backup.file,
+            f"{backup.key}.paths[{index}]",
+            f"warning: {path} is in the service's own {private} (PrivateTmp= of its unit), "
+            "empty, not the host's: move the data, or set PrivateTmp=no in a drop-in "
+            "(systemctl edit henbackup)",
+        )
+        for backup in config.backups.values()
+        for index, path in enumerate(backup.paths)
+        for private in PRIVATE_TMP
+        if path == private or path.startswith(private + "/")
+    ]
 
 
 def _engine_problems(config: Config) -> list[Problem]:

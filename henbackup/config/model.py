@@ -204,6 +204,9 @@ class Backup:
     retention: Retention | None = None
     resources: Resources = Resources()
     hooks: Hooks = Hooks()
+    # Where it is defined (config file, key path), for check-config's messages.
+    file: str = field(default="", compare=False)
+    key: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

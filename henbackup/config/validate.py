@@ -327,7 +327,7 @@ def _backup(name: str, value: Any, at: At, repositories: Mapping[str, object]) -
     values = _values(table, at, keys, builders)
     if not values["paths"] or not values["repositories"]:
         return None
-    return Backup(name=name, **values)
+    return Backup(name=name, file=at.file, key=at.path, **values)
 
 
 # ------------------------------------------------------------------ daemon and metrics

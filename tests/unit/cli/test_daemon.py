@@ -303,3 +303,19 @@ def test_events_takes_only_the_three_sinks(capsys):
         main(["--events", "stderr", "schema"])
     assert ended.value.code == 2
     assert "--events: invalid choice: 'stderr' (choose from " in capsys.readouterr().err
+
+
+def test_check_config_warns_of_paths_the_service_sees_as_its_own_empty_tmp(config, capsys):
+    """The unit's PrivateTmp= gives the daemon its own /tmp and /var/tmp: a backup of them
+    backs up nothing of the host's."""
+    text = VALID.replace(
+        'paths = ["/home/me/Pictures"]', 'paths = ["/srv", "/var/tmp/keep", "/tmpx"]'
+    )
+    assert text != VALID
+    path = config(text)
+    assert main(["--config", path, "check-config"]) == 0
+    assert capsys.readouterr().err == (
+        f"{path}: backups.pictures.paths[1]: warning: /var/tmp/keep is in the service's own"
+        " /var/tmp (PrivateTmp= of its unit), empty, not the host's: move the data, or set"
+        " PrivateTmp=no in a drop-in (systemctl edit henbackup)\n"
+    )
