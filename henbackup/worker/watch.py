@@ -25,10 +25,15 @@ keyed by watch descriptor: ~130 bytes in all at 100,000 directories), ~8 µs to 
 (leaf directories are not read: see `_subdirectories`), and an event ~2 µs (reads are
 batched: see InotifyHub._pause).
 
+inotify sees no mounts: every `retry_after` seconds, a configured path now on another file
+system than the one watched (a NAS mounted after the start, or again) is set up anew, and
+reported as lost events (its content is unknown). An unmount is no change: a backup then
+would save the empty mount point.
+
 Not followed: a rename of an ancestor of a configured path (the watches follow the inodes,
-the paths reported then are the old ones), a file system mounted over a watched directory
-(inotify sees no mounts), and a directory reached through two configured paths (symlinks,
-bind mounts) is watched once, under the path that reached it last.
+the paths reported then are the old ones), a file system mounted over a directory below a
+configured path, and a directory reached through two configured paths (symlinks, bind
+mounts) is watched once, under the path that reached it last.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class _Path:
         self.wd = 0  # the path's own watch; 0 while it is missing or excluded
         self.anchor = 0  # watch of the nearest existing ancestor
         self.awaited = b""  # the name under `anchor` that leads to the path
+        self.device: int | None = None  # the file system of what is watched at the path
 
 
 class Watcher:
@@ -128,6 +134,7 @@ class Watcher:
         self._joined = False  # whether it watches through the hub
         self.retry_after = retry_after
         self._retry: Timer | None = None  # while off after a limit: the next attempt
+        self._recheck: Timer | None = None  # while on: the next look for mounts (recheck)
         self._limited = False  # the limit was said, and no start worked since
         self._reset_tables()
 
@@ -161,9 +168,33 @@ class Watcher:
         if self._limited:  # what changed while nothing was watched is unknown: as if lost
             self.on_overflow()
         self._limited = False
+        self._recheck = self.loop.call_later(self.retry_after, self.recheck)
+
+    def recheck(self) -> None:
+        """Set up again each path now on another file system than the one watched (one was
+        mounted on it or above it, or unmounted), and each missing path that is there now:
+        inotify sees no mount. What is there may hold any change: as after lost events.
+        Every `retry_after` seconds while the watch runs."""
+        self._recheck = None
+        if not self.active:
+            return
+        moved = [watched for watched in self._paths if _device(watched.path) != watched.device]
+        if moved:
+            try:
+                for watched in moved:
+                    self._establish(watched)
+                self._after_batch()
+            except _LimitReached as limit:
+                self._give_up(str(limit))
+                return
+            self.on_overflow()
+        self._recheck = self.loop.call_later(self.retry_after, self.recheck)
 
     def close(self) -> None:
         """Release every watch (the hub's last Watcher closes the instance: at once)."""
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         if self._joined:
             self._joined = False
             self.hub.leave(self, self._node.keys() | self._anchors.keys())
@@ -194,6 +225,7 @@ class Watcher:
     def _reset_tables(self) -> None:
         for watched in self._paths:
             watched.wd = watched.anchor = 0
+            watched.device = None
         # Keyed by watch descriptor: the tree of watched directories (see _set).
         self._node: dict[int, bytes] = {}
         self._anchors: dict[int, list[_Path]] = {}
@@ -405,6 +437,7 @@ class Watcher:
                 self._free(old, remove=True)
                 self._orphans = True  # its subtree goes with it
         watched.wd = wd
+        watched.device = _device(watched.path)  # excluded or unreadable: kept as it is
         if wd:
             self._roots[wd] = watched
 
@@ -657,3 +690,11 @@ def _limit_message(setting: str, what: str, path: bytes) -> str:
         f"Raise the limit with "
         f"`sysctl fs.inotify.{setting}={wanted}` (and a file in /etc/sysctl.d/ to keep it)"
     )
+
+
+def _device(path: bytes) -> int | None:
+    """The file system `path` is on (not following a last link), None when it is missing."""
+    try:
+        return os.lstat(path).st_dev
+    except OSError:
+        return None

@@ -607,3 +607,43 @@ def test_a_watch_that_met_the_instance_limit_is_tried_again_and_said_once(tmp_pa
     assert "fs.inotify.max_user_instances" in message and "tried again" in message
     assert report["retried"] is True
     assert report["changes"] >= 1
+
+
+def mount_tmpfs(at: Path) -> None:
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(at)], check=True)
+
+
+def unmount(at: Path) -> None:
+    subprocess.run(["umount", "--lazy", str(at)], check=True)
+
+
+def test_a_path_on_a_file_system_mounted_after_the_start_is_watched_from_the_next_look(
+    tmp_path,
+):
+    """inotify sees no mount: a NAS mounted after the daemon started (boot order), or
+    unmounted and mounted again, was never watched until a restart. Each `retry_after`,
+    a path now on another file system is set up again, and runs its backup once."""
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    harness = Harness([nas / "photos", tmp_path / "local"], retry_after=0.2)
+    (tmp_path / "local").mkdir()
+    try:
+        mount_tmpfs(nas)
+        try:
+            (nas / "photos" / "2026").mkdir(parents=True)
+            assert harness.pump(lambda: harness.overflows == 1)
+            assert harness.changed_after(lambda: touch(nas / "photos" / "2026" / "img.jpg"))
+        finally:
+            unmount(nas)
+        harness.settle()  # gone with the NAS: no run (it would back up the empty mount point)
+        mount_tmpfs(nas)  # the same NAS, mounted again
+        try:
+            (nas / "photos").mkdir()
+            assert harness.pump(lambda: harness.overflows == 2)
+            assert harness.changed_after(lambda: touch(nas / "photos" / "again.jpg"))
+        finally:
+            unmount(nas)
+        assert not harness.pump(lambda: harness.overflows > 2, timeout=1.0)  # 5 looks: still
+        assert harness.changed_after(lambda: touch(tmp_path / "local" / "f"))
+    finally:
+        harness.close()
