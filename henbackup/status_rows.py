@@ -1,6 +1,7 @@
 """The status reply's rows, declared once: `henbackupctl status --json` is {"ok", "status"
 (the STATUS= line), "daemon": {"pid", "config", "watcher" (the watcher's state, as
-WorkerStatus.worker says a worker's; null when no backup is watched)}, "backups": [{"name",
+WorkerStatus.worker says a worker's; null when no backup is watched), "config_rejected"
+(when the last reload was, if its configuration was rejected; else null)}, "backups": [{"name",
 WorkerStatus..., "repositories": [StatusRow...]}], "repositories": [{"name",
 WorkerStatus..., "operations": [{"operation", StatusRow...}]}]}. Each member says what its
 value may be as a JSON schema: the tests check the daemon's replies with it. (The master
@@ -14,11 +15,6 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-# `henbackupctl status --json`: {"ok", "status" (the STATUS= line), "daemon": {"pid",
-# "config", "watcher"}, "backups": [{"name", WorkerStatus..., "repositories": [StatusRow...]}],
-# "repositories": [{"name", WorkerStatus..., "operations": [{"operation", StatusRow...}]}]}.
-# Each member says what its value may be as a JSON schema: the tests check replies with it.
 
 Schema = Mapping[str, Any]
 _NULL: Schema = {"type": "null"}

@@ -154,7 +154,12 @@ def status(master: Master, request: ControlRequest, conversation: Conversation) 
     return {
         "ok": True,
         "status": model.status_line(),
-        "daemon": {"pid": os.getpid(), "config": str(master.config_path), "watcher": model.watcher},
+        "daemon": {
+            "pid": os.getpid(),
+            "config": str(master.config_path),
+            "watcher": model.watcher,
+            "config_rejected": model.config_rejected,
+        },
         "backups": backups,
         "repositories": repositories,
     }

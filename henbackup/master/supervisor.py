@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -460,7 +461,9 @@ class Master:
         operators_gid.cache_clear()  # group henbackup may have been made or changed since
         try:
             self._apply(load_config(self.config_path))
+            self.model.config_rejected = None
         except ConfigError as error:
+            self.model.config_rejected = time.time()  # said in status until a reload works
             self.emit(
                 "config.invalid",
                 f"new configuration rejected, the running one stays: {error}",

@@ -32,6 +32,9 @@ from henbackup.scheduler.ticket import Ticket
 RESULTS = ("succeeded", "failed", "cancelled")
 ENDINGS = {f"job.{result}": result for result in RESULTS}
 WATCHER_FAILED = "watcher failed: watched backups run on schedule only"
+CONFIG_REJECTED = (
+    "new configuration rejected, the previous one runs (journalctl HENBACKUP_EVENT=config.invalid)"
+)
 # Listing snapshots is a question, not a job whose health anyone watches: not recorded.
 UNRECORDED = frozenset({"snapshots"})
 
@@ -131,6 +134,7 @@ class StatusModel:
         self.watcher: str | None = None  # the watcher's state (None: no backup is watched)
         self.stopping = False
         self.config_path: Path | None = None  # named in the hint when no backup is defined
+        self.config_rejected: float | None = None  # when the last reload was, if rejected
 
     def daemon_changed(
         self,
@@ -169,6 +173,8 @@ class StatusModel:
             parts.append(f"failed: {', '.join(fatal)}")
         if self.watcher == "fatal":
             parts.append(WATCHER_FAILED)
+        if self.config_rejected is not None:
+            parts.append(CONFIG_REJECTED)
         upcoming = [(worker.next_run, worker.name) for worker in workers if worker.next_run]
         if upcoming and not self.stopping:
             when, name = min(upcoming)

@@ -89,7 +89,12 @@ STATUS = _object(
         "ok": {"const": True},
         "status": {"type": "string", "pattern": "^[^\\n]+$"},
         "daemon": _object(
-            {"pid": {"type": "integer", "minimum": 1}, "config": NAME, "watcher": WORKER["worker"]}
+            {
+                "pid": {"type": "integer", "minimum": 1},
+                "config": NAME,
+                "watcher": WORKER["worker"],
+                "config_rejected": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            }
         ),
         "backups": {
             "type": "array",

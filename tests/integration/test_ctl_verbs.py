@@ -267,7 +267,12 @@ def test_status_before_any_run(two_repositories: Scenario) -> None:
     ]
     status = reply(js)
     ctl_schemas.validate(status, ctl_schemas.STATUS)
-    assert status["daemon"] == {"pid": s.notes["pid"], "config": str(s.config), "watcher": None}
+    assert status["daemon"] == {
+        "pid": s.notes["pid"],
+        "config": str(s.config),
+        "watcher": None,
+        "config_rejected": None,
+    }
     idle = {
         "state": "idle",
         "job": None,

@@ -169,6 +169,13 @@ def test_a_broken_config_is_rejected_and_the_old_one_keeps_running(daemon: Daemo
     assert daemon.worker_pid("pictures") == worker
     assert Path(f"/proc/{worker}").exists()
     assert daemon.harness.journal({"HENBACKUP_EVENT": "config.reloaded"}) == []
+    rejected = "new configuration rejected, the previous one runs"
+    assert rejected in daemon.status()  # until a reload works: the edit was not taken
+    daemon.write_config(repository("local", daemon.tmp) + backup("pictures", daemon.data, "local"))
+    daemon.harness.systemctl("reload", UNIT)
+    daemon.events("config.reloaded")
+    daemon.harness.wait_show(UNIT, ActiveState="active", SubState="running")
+    assert rejected not in daemon.status()
 
 
 def test_a_broken_config_at_start_fails_the_unit_once_and_says_so(daemon: Daemon) -> None:

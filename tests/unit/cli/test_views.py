@@ -52,7 +52,12 @@ def row(repository: str, **fields: object) -> dict[str, object]:
 STATUS = {
     "ok": True,
     "status": "2 backups; running: pictures→aws 42%; queued: 1",
-    "daemon": {"pid": 123, "config": "/etc/henbackup/henbackup.toml", "watcher": None},
+    "daemon": {
+        "pid": 123,
+        "config": "/etc/henbackup/henbackup.toml",
+        "watcher": None,
+        "config_rejected": None,
+    },
     "backups": [
         {
             "name": "pictures",

@@ -332,7 +332,12 @@ def test_status_shows_every_backup_and_repository(master: Any) -> None:
     assert reply == {
         "ok": True,
         "status": model.status_line(),
-        "daemon": {"pid": os.getpid(), "config": str(master.config_path), "watcher": None},
+        "daemon": {
+            "pid": os.getpid(),
+            "config": str(master.config_path),
+            "watcher": None,
+            "config_rejected": None,
+        },
         "backups": [
             {
                 "name": "music",
