@@ -289,11 +289,7 @@ def _list_snapshots(config: Config, request: dict[str, Any], emit: EmitFunction)
 
 def _restore(config: Config, request: dict[str, Any], emit: EmitFunction) -> dict[str, Any]:
     engine, repository = _engine(config), request["repository"]
-    # Looked up in its turn too: a prune holding the repository would make restic wait for
-    # its lock, unseen; in the queue, the wait is a job.queued that says for what.
-    lookup = Job("snapshots", repository, None, "manual", IMMEDIATE)
-    with queued(lookup, host_scheduler(), emit):
-        snapshot = find_snapshot(config, engine, repository, request["snapshot"])
+    snapshot = find_snapshot(config, engine, repository, request["snapshot"])
     priority = parse_priority(request.get("priority") or "normal")
     job = Job("restore", repository, snapshot.backup, "manual", priority)
     with queued(job, host_scheduler(), emit):
