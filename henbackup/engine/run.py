@@ -183,14 +183,15 @@ def count_files(destination: str, roots: Sequence[str]) -> tuple[int, int]:
     """Regular files and their bytes under destination/<root> (engines keep full paths).
 
     Never outside the destination: a root restored as a link (or below one) may point
-    anywhere on the host. What vanishes meanwhile is not counted.
+    anywhere on the host; a link above it on the host (merged /usr: /bin) is followed, for
+    an in-place restore. What vanishes meanwhile is not counted.
     """
     base = os.path.realpath(destination)
     files = size = 0
     for root in dict.fromkeys(roots):
-        top = os.path.normpath(os.path.join(base, root.lstrip("/")))
-        if os.path.realpath(top) != top or os.path.commonpath((base, top)) != base:
-            continue  # a link, or below one: not what was restored as files
+        top = os.path.join(base, root.lstrip("/"))
+        if os.path.islink(top) or os.path.commonpath((base, os.path.realpath(top))) != base:
+            continue  # a link, or below one that leads out: not what was restored as files
         with contextlib.suppress(OSError):
             st = os.lstat(top)
             if stat.S_ISREG(st.st_mode):

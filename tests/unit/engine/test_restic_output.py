@@ -387,6 +387,16 @@ def test_a_restored_root_that_is_a_link_is_never_followed_out_of_the_destination
     assert count_files(str(restored), ["/srv/app"]) == (1, 3)
 
 
+def test_a_link_above_a_root_inside_the_destination_is_followed(tmp_path: Path) -> None:
+    """An in-place restore (destination /) on a merged-/usr host: /bin is a link to
+    usr/bin, and /bin/ls is what was restored."""
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    (tmp_path / "usr" / "bin" / "ls").write_bytes(b"1234")
+    (tmp_path / "bin").symlink_to("usr/bin")
+    assert count_files(str(tmp_path), ["/bin/ls"]) == (1, 4)
+    assert count_files(str(tmp_path), ["/bin"]) == (0, 0)  # the root itself a link
+
+
 def test_status_counters_move_with_progress() -> None:
     assert status_counters(STATUS_014) == (2002, 173011337)
     assert status_counters('{"message_type":"summary","files_new":1}') is None
