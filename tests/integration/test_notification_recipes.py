@@ -195,7 +195,13 @@ def test_a_failed_run_pings_healthchecks_posts_to_ntfy_and_mails_the_reason(
     assert "password" in reason
     hooks = [e for e in events if e["HENBACKUP_EVENT"].startswith("hook.")]
     assert {e["HENBACKUP_EVENT"] for e in hooks} == {"hook.started", "hook.succeeded"}
-    run = {"backup": "home", "job": None, "trigger": "manual", "error": reason, "host": HOST}
+    run = {
+        "backup": "home",
+        "job": failed["HENBACKUP_JOB"],
+        "trigger": "manual",
+        "error": reason,
+        "host": HOST,
+    }
 
     start, fail, ntfy = http_server.requests
     assert (start["method"], start["path"], start["body"]) == ("POST", f"/hc/{HC_UUID}/start", "")
