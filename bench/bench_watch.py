@@ -82,7 +82,7 @@ def child_setup(kind: str, root: str) -> dict[str, float]:
         seconds = time.perf_counter() - started
         watches = len(manager.watches)
     else:
-        from henbackup.worker.excludes import Excluder
+        from henbackup.excludes import Excluder
         from henbackup.worker.inotify_hub import InotifyHub
         from henbackup.worker.watch import Watcher
 
@@ -162,7 +162,7 @@ def child_storm(kind: str, root: str) -> dict[str, float]:
 
         loop.add_reader(manager.get_fd(), serve)
     else:
-        from henbackup.worker.excludes import Excluder
+        from henbackup.excludes import Excluder
         from henbackup.worker.watch import Watcher
 
         excluder = Excluder(STORM_EXCLUDES)  # a usual config; bare pyinotify checks nothing
@@ -180,9 +180,9 @@ def child_storm(kind: str, root: str) -> dict[str, float]:
 
 def child_latency(root: str) -> dict[str, list[float]]:
     """How late after wait_min the trigger of a single change comes, LATENCY_TRIALS times."""
+    from henbackup.excludes import Excluder
     from henbackup.loop import Loop
     from henbackup.worker.debounce import Debouncer, DebounceTimer
-    from henbackup.worker.excludes import Excluder
     from henbackup.worker.watch import Watcher
 
     loop = Loop()

@@ -16,7 +16,7 @@ from henbackup.config import cron, units
 from henbackup.config.model import Cron, Interval, ScheduleEntry
 from henbackup.config.problems import At, Expanded, Invalid, show, type_name, unknown_key
 from henbackup.errors import Problem
-from henbackup.worker.excludes import pattern_problem
+from henbackup.excludes import pattern_problem
 
 T = TypeVar("T")
 Converter = Callable[[Any, At], Any]

@@ -43,6 +43,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from henbackup.excludes import Excluder
 from henbackup.linux import (
     IN_ATTRIB,
     IN_CREATE,
@@ -63,7 +64,6 @@ from henbackup.linux import (
     statfs_type,
 )
 from henbackup.loop import Loop, Timer
-from henbackup.worker.excludes import Excluder
 from henbackup.worker.inotify_hub import Event, InotifyHub
 
 _CHANGES = IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO

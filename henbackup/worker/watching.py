@@ -22,9 +22,9 @@ import signal
 from henbackup.channel import Channel, Heartbeat, Ready, Unwatch, Watch, WatchNews
 from henbackup.config.dirs import Dirs
 from henbackup.config.model import Config
+from henbackup.excludes import Excluder
 from henbackup.loop import Loop
 from henbackup.observe.events import EmitFunction, Emitter
-from henbackup.worker.excludes import Excluder
 from henbackup.worker.inotify_hub import InotifyHub
 from henbackup.worker.watch import RETRY_AFTER, Watcher
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from inotify_fdinfo import kernel_watched_inodes, kernel_watches
 
+from henbackup.excludes import Excluder
 from henbackup.loop import Loop
 from henbackup.worker import inotify_hub, watch
 from henbackup.worker.debounce import Debouncer, DebounceTimer
-from henbackup.worker.excludes import Excluder
 from henbackup.worker.watch import _NOT_WATCHED, Watcher, _outermost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -378,7 +378,7 @@ LIMIT_SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[2])
 from henbackup.loop import Loop
-from henbackup.worker.excludes import Excluder
+from henbackup.excludes import Excluder
 from henbackup.worker.watch import Watcher
 root, report, loop = sys.argv[1], {"changes": 0, "limits": []}, Loop()
 def changed(n): report["changes"] += n
@@ -557,7 +557,7 @@ import json, os, sys, time
 sys.path.insert(0, sys.argv[2])
 from henbackup.linux import Inotify
 from henbackup.loop import Loop
-from henbackup.worker.excludes import Excluder
+from henbackup.excludes import Excluder
 from henbackup.worker.watch import Watcher
 root, report, loop = sys.argv[1], {"changes": 0, "limits": []}, Loop()
 held = []  # every instance the namespace allows: the watcher's start meets EMFILE

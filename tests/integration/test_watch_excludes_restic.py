@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from henbackup.worker.excludes import Excluder
+from henbackup.excludes import Excluder
 
 # Names chosen to hit every rule; bytes so that undecodable names are possible.
 TREE = [

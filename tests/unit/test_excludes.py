@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from henbackup.worker.excludes import (
+from henbackup.excludes import (
     Excluder,
     _clean,
     _compile_part,
