@@ -152,6 +152,16 @@ class Daemon:
         except psutil.Error:
             return []
 
+    def named(self, comm: str) -> list[psutil.Process]:
+        """The daemon's descendants called `comm` now (one that ends meanwhile, a restic or
+        a job process, is skipped: asked its name, it raised NoSuchProcess)."""
+        found = []
+        for process in self._descendants():
+            with contextlib.suppress(psutil.Error):
+                if process.name() == comm:
+                    found.append(process)
+        return found
+
     @property
     def pid(self) -> int:
         assert self.process is not None

@@ -554,7 +554,7 @@ def test_changes_seen_before_a_stop_are_backed_up_at_the_next_start(restic, repo
 
 
 def watcher_process(daemon: Daemon) -> psutil.Process:
-    (watcher,) = [p for p in daemon._descendants() if p.name() == "hbwatch"]
+    (watcher,) = daemon.named("hbwatch")
     return watcher
 
 
@@ -622,7 +622,7 @@ def test_a_watcher_that_gives_up_shows_in_the_status_and_backups_keep_their_sche
         assert ok(henbackupctl(daemon, "status")).splitlines()[0] == status["status"]
         pictures = finished(daemon, "pictures")  # its worker runs: its schedule holds
         assert pictures["state"] == "running"
-        assert not [p for p in daemon._descendants() if p.name() == "hbwatch"]
+        assert not daemon.named("hbwatch")
         # A reload gives it another try; what changed while none watched is backed up.
         (data / "unseen.jpg").write_bytes(os.urandom(1000))
         since = len(daemon.events)
