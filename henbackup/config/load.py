@@ -137,10 +137,40 @@ def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:
     except UnicodeDecodeError:
         fail("is not UTF-8 text: save it as UTF-8")
     except tomllib.TOMLDecodeError as error:
-        fail(f"invalid TOML: {error}")
+        run.problems.append(_toml_problem(path, str(error)))
     except RecursionError:  # tomllib recurses once per nested array or inline table
         fail("invalid TOML: arrays or tables are nested too deeply: flatten them")
     return None
+
+
+_TOML_AT = re.compile(r"\(at line (\d+), column \d+\)$")
+_TABLE_HEADER = re.compile(r"\s*\[\[?([^\[\]]+)\]\]?\s*(#.*)?$")
+
+
+def _toml_problem(path: Path, message: str) -> Problem:
+    """tomllib's message; or, for a table or key given twice (tomllib names neither, nor
+    what to do), one naming it as written: the table's header, or the key on its line after
+    the header above it. A line's value is never shown: it may be a secret."""
+    at = _TOML_AT.search(message)
+    lines = _lines(path)[: int(at[1])] if at else []
+    if lines and message.startswith(("Cannot declare", "Cannot overwrite a value")):
+        where = f"({at[0][1:-1]})" if at else ""
+        if header := _TABLE_HEADER.match(lines[-1]):
+            table = header[1].strip()
+            return Problem(str(path), table, f"table declared twice {where}: merge them")
+        key = lines[-1].split("=", 1)[0].strip() if "=" in lines[-1] else ""
+        headers = (_TABLE_HEADER.match(line) for line in reversed(lines[:-1]))
+        table = next((header[1].strip() + "." for header in headers if header), "")
+        if key:
+            return Problem(str(path), table + key, f"set twice {where}: keep one")
+    return Problem(str(path), "", f"invalid TOML: {message}")
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):  # changed since it was parsed
+        return []
 
 
 def _depth(document: dict[str, Any]) -> int:

@@ -202,6 +202,35 @@ def test_toml_syntax_errors_in_every_file_are_reported(write_config: WriteConfig
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (
+            '[daemon]\nhostname = "a"\nhostname = "b"\n',
+            "daemon.hostname",
+            "set twice (at line 3, column 15): keep one",
+        ),
+        (
+            "x = 1\n[[a.b]] # c\nc = 1\nc = 2\n",
+            "a.b.c",
+            "set twice (at line 4, column 6): keep one",
+        ),
+        (
+            '[backups."we.ird"]\nx = 1\n[backups."we.ird"]\n',
+            'backups."we.ird"',
+            "table declared twice (at line 3, column 18): merge them",
+        ),
+    ],
+)
+def test_a_key_or_table_given_twice_is_named_without_its_value(
+    write_config: WriteConfig, text: str, key: str, message: str
+) -> None:
+    path = write_config(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    assert error.value.problems == (Problem(str(path), key, message),)
+
+
 def test_a_file_nested_too_deeply(write_config: WriteConfig) -> None:
     path = write_config("a = " + "[" * 5000 + "]" * 5000)
     with pytest.raises(ConfigError) as error:
