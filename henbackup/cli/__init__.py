@@ -26,6 +26,18 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As argparse's, but an option of the program's written after the command (which
+        argparse calls unrecognized) is said to go before it."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        misplaced = [arg for arg in extras if arg.split("=", 1)[0] in self._option_string_actions]
+        if misplaced:
+            option = misplaced[0].split("=", 1)[0]
+            self.error(f"{option} goes before the command: {self.prog} {option} ... COMMAND")
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 class _HelpFormatter(argparse.HelpFormatter):
     def __init__(self, prog: str) -> None:

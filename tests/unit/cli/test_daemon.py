@@ -86,6 +86,18 @@ def test_a_missing_config_file_is_one_clear_line(tmp_path, capsys):
     assert str(missing) in err
 
 
+@pytest.mark.parametrize("misplaced", [["--config", "x.toml"], ["--config=x.toml"]])
+def test_an_option_written_after_the_command_is_said_to_go_before_it(misplaced, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["check-config", *misplaced])
+    assert exit.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert (
+        last_line
+        == "henbackup: error: --config goes before the command: henbackup --config ... COMMAND"
+    )
+
+
 def test_an_unknown_backup_is_a_usage_error(config, capsys):
     assert main(["--config", config(VALID), "backup", "music"]) == 2
     assert capsys.readouterr().err == ("henbackup: no backup named 'music' (defined: pictures)\n")
