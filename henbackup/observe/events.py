@@ -8,6 +8,7 @@ HENBACKUP_<NAME> field per keyword. Callers pass only secret-free values.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -245,14 +246,15 @@ class Emitter:
     def _to_stream(self, event: Event) -> None:
         if self.text:
             line = text_line(event, datetime.now().astimezone(), self.colour)
+        else:  # the same shape as `journalctl -o json`: strings, the time in microseconds
+            record = {"__REALTIME_TIMESTAMP": str(time.time_ns() // 1000)}
+            record.update(event.journal_fields())
+            line = json.dumps(record, ensure_ascii=False)
+        # A full disk or a closed pipe under stderr loses the event, never the run it tells
+        # of (nor a stop under way): there is nowhere left to say it.
+        with contextlib.suppress(OSError, ValueError):
             self.stream.write(line + "\n")
             self.stream.flush()
-            return
-        # The same shape as `journalctl -o json`: strings, the time in microseconds.
-        record = {"__REALTIME_TIMESTAMP": str(time.time_ns() // 1000)}
-        record.update(event.journal_fields())
-        self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.stream.flush()
 
 
 EmitFunction = Callable[..., Event]

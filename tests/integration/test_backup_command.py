@@ -86,3 +86,39 @@ def test_a_failing_repository_does_not_stop_the_other(restic, tmp_path):
         f"docs → bad: FAILED: {failed['HENBACKUP_ERROR']}",
         f"docs → good: snapshot {succeeded['HENBACKUP_SNAPSHOT']}",
     ]
+
+
+def test_a_full_disk_under_stderr_loses_the_events_not_the_backup(restic, tmp_path):
+    data, repository = tmp_path / "data", tmp_path / "repository"
+    data.mkdir()
+    (data / "a.txt").write_text("hello\n")
+    config = tmp_path / "henbackup.toml"
+    config.write_text(
+        f"""
+        [daemon]
+        restic = "{restic}"
+        [repositories.local]
+        location = "{repository}"
+        password = "{PASSWORD}"
+        [backups.docs]
+        paths = ["{data}"]
+        repositories = ["local"]
+        """
+    )
+    with open("/dev/full", "w") as full:  # every write: ENOSPC
+        done = subprocess.run(
+            [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config)]
+            + ["backup", "docs"],
+            stderr=full,
+            env={
+                **os.environ,
+                "HENBACKUP_EVENTS": "json",
+                "CACHE_DIRECTORY": str(tmp_path / "c"),
+                "STATE_DIRECTORY": str(tmp_path / "state"),
+                "RUNTIME_DIRECTORY": str(tmp_path / "run"),
+            },
+            timeout=120,
+        )
+    assert done.returncode == 0
+    snapshots = restic_json(restic, repository, PASSWORD, "snapshots")
+    assert [snapshot["tags"] for snapshot in snapshots] == [["backup-docs"]]
