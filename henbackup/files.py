@@ -3,6 +3,7 @@ and small records read back without trusting what is at their path."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -11,17 +12,27 @@ from pathlib import Path
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write `data` to `path` so that a crash leaves the old content or the new, whole, with
-    `mode` from the start (readers never see a file they may not read).
+    `mode` from the start (readers never see a file they may not read). For a directory of
+    root's own; `write_in` for one found by `open_directory`. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    directory = os.open(path.parent, DIRECTORY_FLAGS)
+    try:
+        write_in(directory, path.name, data, mode)
+    finally:
+        os.close(directory)
+
+
+def write_in(directory: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """`write_atomically` into the open `directory`, whatever its path leads to meanwhile.
 
     Raises OSError (the temporary file is removed). The temporary file is hidden and ends in
     .tmp, so that directory scanners (node_exporter's `*.prom`) never pick it up.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkstemp: tempfile imports random, whose handler would run in every
     # forked worker (henbackup.process).
-    temporary = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    temporary = f".{name}.{os.urandom(6).hex()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temporary, flags, 0o600)
+    fd = os.open(temporary, flags, 0o600, dir_fd=directory)
     try:
         try:
             os.fchmod(fd, mode)
@@ -33,15 +44,51 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=directory)
         raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.fsync(directory)  # the rename itself is durable only once the directory is
+
+
+def open_directory(path: Path, mode: int) -> int:
+    """An open descriptor of the absolute directory `path`, what is missing of it made with
+    `mode` whatever the umask, for root to write in a place other users may own (the
+    metrics textfile's). Raises OSError.
+
+    It is reached part by part without following a symbolic link that another user could
+    have placed (one in a directory they own or may write to): else, swapping a part for a
+    link meanwhile, they could have root make, chmod or write a file anywhere."""
+    fd = os.open("/", DIRECTORY_FLAGS)
+    for part in path.parts[1:]:
+        try:
+            child = _enter(fd, part, mode)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _enter(parent: int, name: str, mode: int) -> int:
+    """The directory `name` in `parent`, made if missing."""
     try:
-        os.fsync(directory)  # the rename itself is durable only once the directory is
-    finally:
-        os.close(directory)
+        return os.open(name, DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except FileNotFoundError:
+        os.mkdir(name, mode, dir_fd=parent)  # FileExistsError: made meanwhile, by whom?
+        child = os.open(name, DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+        os.fchmod(child, mode)
+        return child
+    except NotADirectoryError:  # what O_NOFOLLOW says of a link too
+        if not stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise
+    held = os.fstat(parent)
+    if held.st_uid != 0 or held.st_mode & 0o022:
+        raise OSError(errno.ELOOP, f"{name} is a link another user may have made")
+    return os.open(name, DIRECTORY_FLAGS, dir_fd=parent)  # root's: followed
 
 
 def read_record(path: Path, limit: int = 1 << 16) -> bytes:

@@ -11,7 +11,6 @@ slow or non-reading client is dropped at its deadline without delaying anyone el
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from henbackup.files import write_atomically
+from henbackup.files import open_directory, write_in
 from henbackup.loop import Loop, Timer
 from henbackup.observe.status import RunHistory, RunKey, StatusModel
 
@@ -250,13 +249,13 @@ def _number(value: float) -> str:
 def write_textfile(path: Path, text: str) -> None:
     """Replace `path` with `text`, atomically, readable by node_exporter; raises OSError.
     A missing directory is made 0755 whatever the umask (the unit's is 0077), so that
-    node_exporter's user can enter it."""
-    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir()
-            os.chmod(directory, TEXTFILE_DIRECTORY_MODE)
-    write_atomically(path, text.encode(), TEXTFILE_MODE)
+    node_exporter's user can enter it. The directory may be another user's (prometheus'):
+    it is reached without following their links (`open_directory`)."""
+    directory = open_directory(path.parent, TEXTFILE_DIRECTORY_MODE)
+    try:
+        write_in(directory, path.name, text.encode(), TEXTFILE_MODE)
+    finally:
+        os.close(directory)
 
 
 # the server

@@ -491,3 +491,26 @@ def test_beyond_the_limit_a_newcomer_is_turned_away_when_every_client_has_asked(
     finally:
         for sock in asked:
             sock.close()
+
+
+def test_a_link_another_user_could_have_placed_is_not_followed(tmp_path):
+    """prometheus' directory on the way: swapping a part for a link to a root-only directory
+    would have root chmod it, or drop a file there."""
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    theirs = tmp_path / "prometheus"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    (theirs / "node-exporter").symlink_to(victim)
+    with pytest.raises(OSError, match="node-exporter is a link another user may have made"):
+        write_textfile(theirs / "node-exporter" / "henbackup.prom", "henbackup_up 1\n")
+    assert os.listdir(victim) == []
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o700
+
+
+def test_a_link_of_roots_is_followed(tmp_path):
+    real = tmp_path / "srv" / "node-exporter"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    write_textfile(tmp_path / "link" / "henbackup.prom", "henbackup_up 1\n")
+    assert (real / "henbackup.prom").read_text() == "henbackup_up 1\n"

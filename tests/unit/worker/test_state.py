@@ -133,7 +133,7 @@ def test_a_failed_write_leaves_the_old_record_and_no_temporary(store, monkeypatc
     key = backup_record("p")
     store.save(key, ScheduleRecord(1.0, 1.0))
 
-    def crash(source, target):
+    def crash(source, target, **dir_fds):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(files.os, "replace", crash)
