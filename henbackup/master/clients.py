@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from henbackup.master.control import Conversation
+from henbackup.master.permissions import Privilege
 from henbackup.protocol import ControlReply, reply_error
+
+# What only root's clients are sent of an event: a hook's output is what root's commands
+# printed (a dump's errors, a token); members read it in the journal, given journal rights.
+ROOTS_ONLY = frozenset({"output"})
 
 
 @dataclass
@@ -35,7 +40,10 @@ class Clients:
             waiting = self.waiting.get(request)
             if waiting is None:
                 continue
-            waiting.conversation.send({"event": {"kind": kind, "message": message, **fields}})
+            shown = fields
+            if waiting.conversation.peer.privilege is not Privilege.OWN:
+                shown = {name: value for name, value in fields.items() if name not in ROOTS_ONLY}
+            waiting.conversation.send({"event": {"kind": kind, "message": message, **shown}})
             if kind in ("job.succeeded", "job.failed", "job.cancelled"):
                 waiting.jobs.append(_ended(kind, fields))
             reason = "cancelled" if kind == "job.cancelled" else fields.get("error")
