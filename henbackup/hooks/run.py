@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from henbackup.config.model import CommandHook, Hook, Hooks
-from henbackup.errors import JobCancelled
+from henbackup.errors import JobCancelled, StopRequested
 from henbackup.hooks import command
 from henbackup.hooks.outcome import Attempt, HookContext, HookOutcome, Status, Verdict
 from henbackup.hooks.output import clean_output, hook_secrets
@@ -21,6 +21,11 @@ from henbackup.process import NEVER, SafePoint
 from henbackup.redact import Redactor
 
 Runner = Callable[[Hook, HookContext, EmitFunction], HookOutcome]
+
+# What the failure hooks of a run the daemon stops get, in all: the worker must be done
+# before the master's stop deadline (80 s, within systemd's TimeoutStopSec), which kills it
+# and leaves its job process behind. An HTTP hook then gets one attempt.
+STOPPING_HOOKS_TIME = 30.0
 
 _CONSEQUENCES = {
     "ignore": "ignored",
@@ -121,14 +126,21 @@ def _report(
 
 
 def run_hooks(
-    hooks: Sequence[Hook], context: HookContext, emit: EmitFunction, runner: Runner = run_hook
+    hooks: Sequence[Hook],
+    context: HookContext,
+    emit: EmitFunction,
+    runner: Runner = run_hook,
+    deadline: float | None = None,
 ) -> Verdict:
-    """Run `hooks` in order, stopping after a skip or a failure with on_failure = stop.
+    """Run `hooks` in order, stopping after a skip or a failure with on_failure = stop; each
+    within `deadline` (monotonic seconds) if given.
 
     Returns the Verdict of the phase; raises JobCancelled if the job is cancelled.
     """
     outcomes: list[HookOutcome] = []
     for hook in hooks:
+        if deadline is not None:
+            hook = _within(hook, deadline - time.monotonic())
         outcome = runner(hook, context, emit)
         outcomes.append(outcome)
         if outcome.status == "skipped" or (outcome.counts_as_failure and hook.on_failure == "stop"):
@@ -176,10 +188,20 @@ def run_with_hooks(
             if not after.failed:
                 return RunResult("succeeded", before=before, after=after)
             error = after.error
-    except JobCancelled:  # in a hook too: what a before hook stopped, a failure hook restarts
+    except JobCancelled as error:  # in a hook too: a before hook stopped, a failure hook runs
         cancelled = replace(context, phase="failure", error="cancelled")
-        run_hooks(hooks.failure, cancelled, emit, runner)
+        stopping = isinstance(error, StopRequested)
+        deadline = time.monotonic() + STOPPING_HOOKS_TIME if stopping else None
+        run_hooks(hooks.failure, cancelled, emit, runner, deadline)
         raise
     failure_context = replace(context, phase="failure", error=error)
     failure = run_hooks(hooks.failure, failure_context, emit, runner)
     return RunResult("failed", error, before, after, failure)
+
+
+def _within(hook: Hook, seconds: float) -> Hook:
+    """`hook` bounded to `seconds` in all (one at least): an HTTP hook, to one attempt."""
+    timeout = max(1.0, min(hook.timeout, seconds))
+    if isinstance(hook, CommandHook):
+        return replace(hook, timeout=timeout)
+    return replace(hook, timeout=timeout, retries=0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from henbackup.config.model import CommandHook, Hooks
-from henbackup.errors import JobCancelled
+from henbackup.config.model import CommandHook, Hook, Hooks, HttpHook
+from henbackup.errors import JobCancelled, StopRequested
 from henbackup.hooks import HookContext, HookOutcome, Verdict, run_hooks, run_with_hooks
 
 CONTEXT = HookContext("grafana", "before", job="j1")
@@ -175,3 +175,33 @@ def test_a_cancel_during_a_hook_runs_failure_hooks_too(phase):
         run_with_hooks(hooked, CONTEXT, no_emit, lambda: None, script)
     assert script.ran[-1] == ("failure", "succeeded-f", "cancelled")
     assert [ran[0] for ran in script.ran].count("failure") == 1
+
+
+@pytest.mark.parametrize(
+    ("interruption", "timeouts", "retries"),
+    [(JobCancelled("cancelled"), [600.0, 600.0], 5), (StopRequested("stop"), [30.0, 30.0], 0)],
+)
+def test_the_failure_hooks_of_a_stopped_run_end_before_the_daemons_stop_deadline(
+    interruption, timeouts, retries
+):
+    """A stop (not a cancel) bounds them: else the master's deadline killed the worker and
+    left its job process, and the failure hook, running after the daemon."""
+    given: list[Hook] = []
+
+    def runner(hook, context, emit):
+        given.append(hook)
+        return HookOutcome("succeeded", hook.on_failure, "a hook", None)
+
+    def interrupted():
+        raise interruption
+
+    slow = Hooks(
+        failure=(
+            CommandHook(("notify",), timeout=600.0),
+            HttpHook("http://h/", timeout=600.0, retries=5),
+        )
+    )
+    with pytest.raises(type(interruption)):
+        run_with_hooks(slow, CONTEXT, no_emit, interrupted, runner)
+    assert [hook.timeout for hook in given] == pytest.approx(timeouts, abs=1.0)
+    assert given[1].retries == retries
