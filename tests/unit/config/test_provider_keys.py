@@ -12,7 +12,7 @@ from henbackup.config.plan import describe_plan
 S3 = """
 [repositories.ovh]
 location = "s3:s3.gra.io.cloud.ovh.net/bucket/host"
-password_file = "/etc/henbackup/secrets/ovh"
+password_command = "cat /etc/henbackup/secrets/ovh"
 {keys}
 
 [backups.pictures]
@@ -155,4 +155,53 @@ def test_a_credential_the_unit_does_not_load_fails_check_config(
     assert err == (
         f"{path}: repositories.ovh.env_credentials.B2_ACCOUNT_KEY: the credential b2-key is not"
         " loaded: add LoadCredential=b2-key:PATH to henbackup.service (a drop-in)\n"
+    )
+
+
+LOCAL = """
+[repositories.nas]
+location = "/srv/restic"
+{password}
+
+[backups.pictures]
+paths = ["/home/me/Pictures"]
+repositories = ["nas"]
+"""
+
+
+def test_a_password_that_cannot_be_found_is_said_before_every_job_fails_on_it(
+    write_config, tmp_path, capsys, monkeypatch
+):
+    empty = tmp_path / "empty"
+    empty.touch(mode=0o600)
+    missing = tmp_path / "missing"
+    cases = {
+        f'password_file = "{missing}"': f"warning: {missing} does not exist: create it"
+        " (root's, mode 0600)",
+        f'password_file = "{empty}"': f"warning: {empty} is empty: write the password in it"
+        " (restic refuses none)",
+        'password_command = "/nowhere/pass show nas"': "warning: its program /nowhere/pass"
+        " is not found: install it or fix the path",
+    }
+    for password, message in cases.items():
+        code, path, _, err = _check(write_config, LOCAL.format(password=password), capsys)
+        key = password.split(" =")[0]
+        assert (code, err) == (0, f"{path}: repositories.nas.{key}: {message}\n")
+
+    code, path, out, err = _check(
+        write_config, LOCAL.format(password=f'password_file = "{tmp_path}"'), capsys
+    )
+    assert (code, out) == (1, "")
+    not_a_file = f"{tmp_path} is not a file: name the password's file"
+    assert err == f"{path}: repositories.nas.password_file: {not_a_file}\n"
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    text = LOCAL.format(password='password_credential = "nas"')
+    code, path, out, err = _check(write_config, text, capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"{path}: repositories.nas.password_credential: the credential nas is not loaded:"
+        " add LoadCredential=nas:PATH to henbackup.service (a drop-in)\n"
     )
