@@ -431,6 +431,8 @@ _timeout = Key(
     convert.positive_duration,
     default="1m",
 )
+# 100 retries wait over an hour and a half, a minute apart: more is a typo.
+MAX_RETRIES = 100
 _on_failure = Key(
     "on_failure",
     "What a failed hook does: ignore, continue (and report) or stop the backup.",
@@ -477,10 +479,10 @@ HTTP_HOOK = Table(
         _timeout,
         Key(
             "retries",
-            "How many times a failed request is tried again.",
+            f"How many times a failed request is tried again, up to {MAX_RETRIES}.",
             3,
-            _integer(low=0),
-            convert.integer(low=0),
+            _integer(0, MAX_RETRIES),
+            convert.integer(0, MAX_RETRIES),
             default=0,
         ),
         _on_failure,

@@ -548,7 +548,12 @@ HEADER_VALUE = "must be one line of Latin-1 text, without control characters"
         (
             "type = 'http'\nurl = 'http://h/'\nretries = -1",
             "retries",
-            "-1 is out of range: use a number at least 0",
+            "-1 is out of range: use a number between 0 and 100",
+        ),
+        (  # before: accepted, and the hook's job died of an OverflowError, without an event
+            "type = 'http'\nurl = 'http://h/'\nretries = 1100",
+            "retries",
+            "1100 is out of range: use a number between 0 and 100",
         ),
         (
             "type = 'http'\nurl = 'http://h/'\ntimeout = '0s'",
