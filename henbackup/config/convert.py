@@ -30,6 +30,8 @@ _NO_NUL_RE = re.compile(r"[^\x00]*")  # a C string, as exec takes arguments and 
 NO_NUL = "must not contain a NUL character (\\u0000)"
 _METHOD_RE = re.compile(r"[A-Za-z]+")
 _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?")
+# restic reads each number as a Go int, 32 bits on some machines: 9 digits always fit.
+_RESTIC_NUMBER_RE = re.compile(r"[0-9]{10,}")
 # Where systemd puts the credentials of henbackup.service; stands in for them outside it.
 CREDENTIALS_PLACEHOLDER = "/run/credentials/henbackup.service"
 CREDENTIALS_LATER = (
@@ -242,6 +244,8 @@ def restic_duration(value: Any, at: At) -> str:
             f"{show(value)} is not a restic duration: "
             'use years, months, days, hours, largest first, e.g. "1y2m3d4h"'
         )
+    if _RESTIC_NUMBER_RE.search(value):
+        raise Invalid(f"{show(value)} is too long: use numbers of at most 9 digits")
     return str(value)
 
 

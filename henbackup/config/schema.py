@@ -399,8 +399,13 @@ WATCH = Table(
 )
 
 
+# restic reads a count as a Go int, 32 bits on some machines (a Raspberry Pi's armhf): a
+# bigger one made every forget fail.
+MAX_KEEP = 2**31 - 1
+
+
 def _keep(name: str, doc: str, example: int) -> Key:
-    return Key(name, doc, example, _integer(low=0), convert.integer(low=0))
+    return Key(name, doc, example, _integer(0, MAX_KEEP), convert.integer(0, MAX_KEEP))
 
 
 RETENTION = Table(
@@ -417,7 +422,7 @@ RETENTION = Table(
             "keep_within",
             'Keep every snapshot younger than this restic duration ("1y2m3d4h").',
             "1m",
-            _string("([0-9]+y)?([0-9]+m)?([0-9]+d)?([0-9]+h)?", minLength=1),
+            _string("([0-9]{1,9}y)?([0-9]{1,9}m)?([0-9]{1,9}d)?([0-9]{1,9}h)?", minLength=1),
             convert.restic_duration,
         ),
     ),

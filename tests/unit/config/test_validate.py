@@ -118,7 +118,22 @@ PASWORD_HINT = (
         (
             "retention = { keep_daily = -1 }",
             "retention.keep_daily",
-            "-1 is out of range: use a number at least 0",
+            "-1 is out of range: use a number between 0 and 2147483647",
+        ),
+        (  # before: accepted, and every forget failed (restic: value out of range)
+            "retention = { keep_daily = 99999999999999999999 }",
+            "retention.keep_daily",
+            "99999999999999999999 is out of range: use a number between 0 and 2147483647",
+        ),
+        (
+            "retention = { keep_last = 2147483648 }",
+            "retention.keep_last",
+            "2147483648 is out of range: use a number between 0 and 2147483647",
+        ),
+        (
+            "retention = { keep_within = '99999999999999999999y' }",
+            "retention.keep_within",
+            '"99999999999999999999y" is too long: use numbers of at most 9 digits',
         ),
         ("retention = { keep_daily = 0 }", "retention", KEEPS_NOTHING),
         ("retention = {}", "retention", KEEPS_NOTHING),
