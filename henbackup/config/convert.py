@@ -26,6 +26,10 @@ _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # What http.client can send: Latin-1 without control characters (tab aside).
 _HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _ANY_RE = re.compile(r".*", re.DOTALL)
+# C0 and C1 controls and DEL: a host, a location or a path on one line has none of them.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_CONTROL_RE = re.compile(f"[{CONTROL_CHARACTERS}]")
+ONE_LINE = "must be one line, without control characters"
 _NO_NUL_RE = re.compile(r"[^\x00]*")  # a C string, as exec takes arguments and environment
 NO_NUL = "must not contain a NUL character (\\u0000)"
 _METHOD_RE = re.compile(r"[A-Za-z]+")
@@ -77,9 +81,17 @@ def text(value: Any, at: At) -> str:
     return str(value)
 
 
+def one_line(value: Any, at: At) -> str:
+    """A non-empty string without control characters (a snapshot's host, a location)."""
+    line = text(value, at)
+    if _CONTROL_RE.search(line):
+        raise Invalid(ONE_LINE)
+    return line
+
+
 def exclude_pattern(value: Any, at: At) -> str:
     """A restic --exclude pattern restic would take (the watcher reads it as restic does)."""
-    pattern = text(value, at)
+    pattern = one_line(value, at)
     problem = pattern_problem(pattern)
     if problem is not None:
         raise Invalid(problem)
@@ -93,6 +105,14 @@ def absolute_path(value: Any, at: At) -> str:
     if "\x00" in value:
         raise Invalid(NO_NUL)
     return str(value)
+
+
+def one_line_path(value: Any, at: At) -> str:
+    """An absolute path without control characters (a path to back up)."""
+    path = absolute_path(value, at)
+    if _CONTROL_RE.search(path):
+        raise Invalid(ONE_LINE)
+    return path
 
 
 def integer(low: int | None = None, high: int | None = None) -> Callable[[Any, At], int]:

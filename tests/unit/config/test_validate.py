@@ -681,6 +681,49 @@ def test_daemon_and_metrics_problems(problems: Problems, text: str, key: str, me
     assert problems(text + "\n") == [(key, message)]
 
 
+ONE_LINE = "must be one line, without control characters"
+
+
+@pytest.mark.parametrize("control", ["\\n", "\\t", "\\r", "\\u001b", "\\u007f", "\\u009b"])
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        (
+            "[repositories.local]",
+            '[daemon]\nhostname = "a{}b"\n[repositories.local]',
+            "daemon.hostname",
+        ),
+        ('location = "/srv/restic"', 'location = "/srv/{}restic"', "repositories.local.location"),
+        (
+            'location = "/srv/restic"',
+            'location = "/r"\noptions = ["a=b{}"]',
+            "repositories.local.options[0]",
+        ),
+        ('paths = ["/home"]', 'paths = ["/home", "/a{}b"]', "backups.home.paths[1]"),
+        (
+            'paths = ["/home"]',
+            'paths = ["/home"]\nexcludes = ["*.tmp{}"]',
+            "backups.home.excludes[0]",
+        ),
+    ],
+)
+def test_a_control_character_is_refused_where_one_line_is_meant(
+    problems: Problems, old: str, new: str, key: str, control: str
+) -> None:
+    # Before: accepted, and snapshots got the host "a\nb" (restic --host).
+    assert problems(BASE.replace(old, new.format(control))) == [(key, ONE_LINE)]
+
+
+def test_a_nul_character_is_still_said_as_such(problems: Problems) -> None:
+    text = BASE.replace('paths = ["/home"]', 'paths = ["/a\\u0000"]')
+    assert problems(text) == [("backups.home.paths[0]", NO_NUL)]
+
+
+def test_a_name_of_any_script_is_one_line(load: Load) -> None:
+    text = '[daemon]\nhostname = "caf\u00e9-\u00a0\u0416"\n' + BASE
+    assert load(text).daemon.hostname == "caf\u00e9-\u00a0\u0416"
+
+
 # ----------------------------------------------------------------------------- engines
 
 
