@@ -207,6 +207,12 @@ def positive_duration(value: Any, at: At) -> float:
     return seconds
 
 
+# An interval counts from the last success: "1ms" backed up without a pause. A minute is
+# what a five-field cron expression can do; changes as they come are what watch is for.
+SHORTEST_INTERVAL = 60.0
+SHORTEST_INTERVAL_HINT = "use an interval of at least 1m (for each change, use watch)"
+
+
 def schedule_entry(value: Any, at: At) -> ScheduleEntry:
     """A cron expression (has a space, or is an @macro) or an interval."""
     expect(value, str, "a string")
@@ -220,8 +226,8 @@ def schedule_entry(value: Any, at: At) -> ScheduleEntry:
             raise Invalid(f"{show(value)} is not a cron expression{reason}") from None
         return Cron(str(value).strip())
     seconds = _duration(value, at)  # an interval is kept by a timerfd: up to LONGEST_DURATION
-    if seconds <= 0:
-        raise Invalid(f"{show(value)} is too short: use a duration above 0")
+    if seconds < SHORTEST_INTERVAL:
+        raise Invalid(f"{show(value)} is too short: {SHORTEST_INTERVAL_HINT}")
     return Interval(seconds, str(value))
 
 

@@ -334,7 +334,7 @@ def test_maintenance_priority(load: Load) -> None:
     ("entries", "expected"),
     [
         ('["1h30m"]', (Interval(5400.0, "1h30m"),)),
-        ('["500ms"]', (Interval(0.5, "500ms"),)),
+        ('["1m"]', (Interval(60.0, "1m"),)),
         ('["0 3 * * *"]', (Cron("0 3 * * *"),)),
         ('["*/30 0 3 * * *"]', (Cron("*/30 0 3 * * *"),)),
         ('["@daily"]', (Cron("@daily"),)),
@@ -346,10 +346,15 @@ def test_schedule_entries(load: Load, entries: str, expected: tuple[object, ...]
     assert load(BASE + f"schedule = {entries}\n").backups["home"].schedule == expected
 
 
+SHORT = "use an interval of at least 1m (for each change, use watch)"
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ("0s", '"0s" is too short: use a duration above 0'),
+        ("0s", f'"0s" is too short: {SHORT}'),
+        ("1ms", f'"1ms" is too short: {SHORT}'),  # before: a backup without a pause, for ever
+        ("59s999ms", f'"59s999ms" is too short: {SHORT}'),
         ("1x", f'"1x" is not a duration: {DURATION}'),
         (
             "1h 30m",
