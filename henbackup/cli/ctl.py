@@ -148,14 +148,15 @@ def request(
         # when sending the request hits a closed socket.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(frame(payload))
-        if payload.get("wait"):
-            sock.settimeout(None)
         try:
             stream = sock.makefile("rb")
             while line := stream.readline(MAX_REPLY_LINE + 1):
                 message = _message(line, path)
                 if "event" not in message:
                     return message, line
+                # The daemon answered: from now on the job's events may be hours apart.
+                if payload.get("wait"):
+                    sock.settimeout(None)
                 if on_event is not None and isinstance(message["event"], dict):
                     on_event(message["event"])
         except OSError as error:

@@ -26,10 +26,16 @@ _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # What http.client can send: Latin-1 without control characters (tab aside).
 _HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _ANY_RE = re.compile(r".*", re.DOTALL)
+# C0 and C1 controls and DEL: a host, a location or a path on one line has none of them.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_CONTROL_RE = re.compile(f"[{CONTROL_CHARACTERS}]")
+ONE_LINE = "must be one line, without control characters"
 _NO_NUL_RE = re.compile(r"[^\x00]*")  # a C string, as exec takes arguments and environment
 NO_NUL = "must not contain a NUL character (\\u0000)"
 _METHOD_RE = re.compile(r"[A-Za-z]+")
 _RESTIC_DURATION_RE = re.compile(r"(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?")
+# restic reads each number as a Go int, 32 bits on some machines: 9 digits always fit.
+_RESTIC_NUMBER_RE = re.compile(r"[0-9]{10,}")
 # Where systemd puts the credentials of henbackup.service; stands in for them outside it.
 CREDENTIALS_PLACEHOLDER = "/run/credentials/henbackup.service"
 CREDENTIALS_LATER = (
@@ -75,9 +81,17 @@ def text(value: Any, at: At) -> str:
     return str(value)
 
 
+def one_line(value: Any, at: At) -> str:
+    """A non-empty string without control characters (a snapshot's host, a location)."""
+    line = text(value, at)
+    if _CONTROL_RE.search(line):
+        raise Invalid(ONE_LINE)
+    return line
+
+
 def exclude_pattern(value: Any, at: At) -> str:
     """A restic --exclude pattern restic would take (the watcher reads it as restic does)."""
-    pattern = text(value, at)
+    pattern = one_line(value, at)
     problem = pattern_problem(pattern)
     if problem is not None:
         raise Invalid(problem)
@@ -91,6 +105,14 @@ def absolute_path(value: Any, at: At) -> str:
     if "\x00" in value:
         raise Invalid(NO_NUL)
     return str(value)
+
+
+def one_line_path(value: Any, at: At) -> str:
+    """An absolute path without control characters (a path to back up)."""
+    path = absolute_path(value, at)
+    if _CONTROL_RE.search(path):
+        raise Invalid(ONE_LINE)
+    return path
 
 
 def integer(low: int | None = None, high: int | None = None) -> Callable[[Any, At], int]:
@@ -185,6 +207,12 @@ def positive_duration(value: Any, at: At) -> float:
     return seconds
 
 
+# An interval counts from the last success: "1ms" backed up without a pause. A minute is
+# what a five-field cron expression can do; changes as they come are what watch is for.
+SHORTEST_INTERVAL = 60.0
+SHORTEST_INTERVAL_HINT = "use an interval of at least 1m (for each change, use watch)"
+
+
 def schedule_entry(value: Any, at: At) -> ScheduleEntry:
     """A cron expression (has a space, or is an @macro) or an interval."""
     expect(value, str, "a string")
@@ -198,8 +226,8 @@ def schedule_entry(value: Any, at: At) -> ScheduleEntry:
             raise Invalid(f"{show(value)} is not a cron expression{reason}") from None
         return Cron(str(value).strip())
     seconds = _duration(value, at)  # an interval is kept by a timerfd: up to LONGEST_DURATION
-    if seconds <= 0:
-        raise Invalid(f"{show(value)} is too short: use a duration above 0")
+    if seconds < SHORTEST_INTERVAL:
+        raise Invalid(f"{show(value)} is too short: {SHORTEST_INTERVAL_HINT}")
     return Interval(seconds, str(value))
 
 
@@ -242,6 +270,8 @@ def restic_duration(value: Any, at: At) -> str:
             f"{show(value)} is not a restic duration: "
             'use years, months, days, hours, largest first, e.g. "1y2m3d4h"'
         )
+    if _RESTIC_NUMBER_RE.search(value):
+        raise Invalid(f"{show(value)} is too long: use numbers of at most 9 digits")
     return str(value)
 
 

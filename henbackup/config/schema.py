@@ -104,6 +104,8 @@ ON_FAILURE = ("ignore", "continue", "stop")
 
 _TEXT = _string(minLength=1)
 _PATH = _string("/.*")
+_LINE = _string(f"[^{convert.CONTROL_CHARACTERS}]+")  # no newline, tab or other control
+_LINE_PATH = _string(f"/[^{convert.CONTROL_CHARACTERS}]*")
 _DURATION = _string(r"([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?", minLength=1)
 _NUMBER = r"([0-9]+(\.[0-9]+)?|\.[0-9]+)"
 _RATE = {"anyOf": [_integer(low=1), _string(f"{_NUMBER}[KMGkmg]?")]}
@@ -140,8 +142,8 @@ DAEMON = Table(
             "hostname",
             "The host recorded in every snapshot (restic --host); default: the system hostname.",
             "nas",
-            _TEXT,
-            convert.text,
+            _LINE,
+            convert.one_line,
         ),
         Key(
             "max_concurrent_jobs",
@@ -308,8 +310,8 @@ REPOSITORY = Table(
             "location",
             "The restic repository (-r): a path, sftp:, rest:, s3:...",
             "/srv/restic/nas",
-            _TEXT,
-            convert.text,
+            _LINE,
+            convert.one_line,
             required=True,
         ),
         Key("password", "The password itself.", "correct horse", _TEXT, convert.text),
@@ -354,8 +356,8 @@ REPOSITORY = Table(
             "options",
             "restic -o options, such as s3.storage-class=STANDARD_IA.",
             ["s3.storage-class=STANDARD_IA"],
-            _array(_TEXT),
-            convert.array(convert.text),
+            _array(_LINE),
+            convert.array(convert.one_line),
             default=[],
             engines=("restic",),
         ),
@@ -399,8 +401,13 @@ WATCH = Table(
 )
 
 
+# restic reads a count as a Go int, 32 bits on some machines (a Raspberry Pi's armhf): a
+# bigger one made every forget fail.
+MAX_KEEP = 2**31 - 1
+
+
 def _keep(name: str, doc: str, example: int) -> Key:
-    return Key(name, doc, example, _integer(low=0), convert.integer(low=0))
+    return Key(name, doc, example, _integer(0, MAX_KEEP), convert.integer(0, MAX_KEEP))
 
 
 RETENTION = Table(
@@ -417,7 +424,7 @@ RETENTION = Table(
             "keep_within",
             'Keep every snapshot younger than this restic duration ("1y2m3d4h").',
             "1m",
-            _string("([0-9]+y)?([0-9]+m)?([0-9]+d)?([0-9]+h)?", minLength=1),
+            _string("([0-9]{1,9}y)?([0-9]{1,9}m)?([0-9]{1,9}d)?([0-9]{1,9}h)?", minLength=1),
             convert.restic_duration,
         ),
     ),
@@ -431,6 +438,8 @@ _timeout = Key(
     convert.positive_duration,
     default="1m",
 )
+# 100 retries wait over an hour and a half, a minute apart: more is a typo.
+MAX_RETRIES = 100
 _on_failure = Key(
     "on_failure",
     "What a failed hook does: ignore, continue (and report) or stop the backup.",
@@ -477,10 +486,10 @@ HTTP_HOOK = Table(
         _timeout,
         Key(
             "retries",
-            "How many times a failed request is tried again.",
+            f"How many times a failed request is tried again, up to {MAX_RETRIES}.",
             3,
-            _integer(low=0),
-            convert.integer(low=0),
+            _integer(0, MAX_RETRIES),
+            convert.integer(0, MAX_RETRIES),
             default=0,
         ),
         _on_failure,
@@ -530,8 +539,8 @@ BACKUP = Table(
             "paths",
             "The absolute paths to back up.",
             ["/home/me/Pictures"],
-            _array(_PATH, minItems=1),
-            convert.array(convert.absolute_path, required="list absolute paths to back up"),
+            _array(_LINE_PATH, minItems=1),
+            convert.array(convert.one_line_path, required="list absolute paths to back up"),
             required=True,
         ),
         Key(
@@ -545,7 +554,7 @@ BACKUP = Table(
             "excludes",
             "restic --exclude patterns.",
             [".git", "*.tmp"],
-            _array(_TEXT),
+            _array(_LINE),
             convert.array(convert.exclude_pattern),
             default=[],
         ),

@@ -175,7 +175,7 @@ def _repository(name: str, value: Any, at: At) -> Repository | None:
     table = at.attempt(value, lambda v, a: convert.table(v, a, keys.names))
     if table is None:
         return None
-    location = at.require(table, "location", convert.text)
+    location = at.require(table, "location", convert.one_line)
     password = _password(table, at)
     maintenance = {"check": _record(schema.CHECK, Maintenance)}
     maintenance["prune"] = _record(schema.PRUNE, Maintenance)

@@ -45,6 +45,8 @@ from henbackup.redact import redact_url
 
 BACKOFF = 1.0  # seconds before the first retry, doubled before each next one
 MAX_BACKOFF = 60.0
+DOUBLINGS = 64  # past these, every wait is MAX_BACKOFF (2**1024 overflows a float)
+LONGEST_POLL = 86_400.0  # seconds of one poll(2), which takes at most 2**31 - 1 ms
 SLACK = 5.0  # seconds for a request's child to start and report, beyond its attempts
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx: the server may recover
 UNSENDABLE = "cannot send: the URL or a header has a character HTTP does not allow"
@@ -75,7 +77,7 @@ def run_http(hook: HttpHook, backoff: float = BACKOFF) -> Attempt:
     attempts = 1
     attempt, retryable = _once(hook)
     while attempt.status != "succeeded" and retryable and attempts <= hook.retries:
-        time.sleep(min(backoff * 2 ** (attempts - 1), MAX_BACKOFF))
+        time.sleep(_wait_before(attempts - 1, backoff))
         attempts += 1
         attempt, retryable = _once(hook)
     return replace(attempt, fields={**attempt.fields, "attempts": attempts})
@@ -122,10 +124,19 @@ def run_http_apart(hook: HttpHook, backoff: float, safe_point: SafePoint) -> Att
     return attempt
 
 
+def _wait_before(retry: int, backoff: float) -> float:
+    """The wait before retry number `retry` (from 0): `backoff`, doubled each time."""
+    return min(backoff * 2 ** min(retry, DOUBLINGS), MAX_BACKOFF)
+
+
 def _budget(hook: HttpHook, backoff: float) -> float:
-    """The longest `run_http` may take: every attempt's timeout, the waits between them."""
-    waits = sum(min(backoff * 2**n, MAX_BACKOFF) for n in range(hook.retries))
-    return hook.timeout * (hook.retries + 1) + waits + SLACK
+    """The longest `run_http` may take: every attempt's timeout, the waits between them.
+    Any count of retries gives a number (maybe inf), never an OverflowError."""
+    retries = min(hook.retries, 2**53)  # exact as a float, and beyond any deadline
+    doubling = min(retries, DOUBLINGS)
+    waits = sum(_wait_before(n, backoff) for n in range(doubling))
+    waits += (retries - doubling) * _wait_before(DOUBLINGS, backoff)
+    return hook.timeout * (retries + 1) + waits + SLACK
 
 
 def _read_all(fd: int, safe_point: SafePoint, deadline: float) -> bytes | None:
@@ -141,7 +152,7 @@ def _read_all(fd: int, safe_point: SafePoint, deadline: float) -> bytes | None:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        for ready, _ in poller.poll(math.ceil(left * 1000)):
+        for ready, _ in poller.poll(math.ceil(min(left, LONGEST_POLL) * 1000)):
             if ready == safe_point.fd:
                 safe_point.drain()
             elif chunk := os.read(fd, 65536):

@@ -80,3 +80,53 @@ def test_json_for_a_program_is_the_daemons_answer_as_it_came(
     assert ctl.main(["--socket", str(path), "--json", "status"]) == code
     thread.join(10)
     assert capsys.readouterr().out == (shown or answer.decode())
+
+
+def serve_silently(path: Path, lines: list[tuple[float, bytes]]) -> threading.Thread:
+    """Accept one connection, read the request, then write each line after its pause."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    done = threading.Event()
+
+    def run() -> None:
+        with server, server.accept()[0] as conn:
+            conn.recv(65536)
+            for pause, line in lines:
+                done.wait(pause)
+                conn.sendall(line)
+            done.wait(10)  # silent, the connection open, until the test ends
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.done = done  # type: ignore[attr-defined]
+    return thread
+
+
+@pytest.mark.parametrize("command", [["status"], ["backup", "b"], ["backup", "b", "--no-wait"]])
+def test_a_daemon_that_never_answers_is_unreachable_after_the_timeout(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    # A waiting backup once stopped timing out as it sent its request: it hung for ever.
+    monkeypatch.setattr(ctl, "TIMEOUT", 0.3)
+    path = tmp_path / "control.sock"
+    thread = serve_silently(path, [])
+    assert ctl.main(["--socket", str(path), *command]) == ctl.EXIT_UNREACHABLE
+    thread.done.set()  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    said = f"cannot reach the daemon at {path}: timed out (is henbackup.service running?)"
+    assert err == f"henbackupctl: {said}\n"
+
+
+def test_once_the_daemon_answered_a_waiting_backup_waits_as_long_as_its_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ctl, "TIMEOUT", 0.3)
+    path = tmp_path / "control.sock"
+    event = b'{"event": {"kind": "trigger.fired", "message": "b"}}\n'
+    thread = serve_silently(path, [(0, event), (0.6, b'{"ok": true}\n')])  # 2 timeouts later
+    assert ctl.main(["--socket", str(path), "backup", "b"]) == ctl.EXIT_OK
+    thread.done.set()  # type: ignore[attr-defined]

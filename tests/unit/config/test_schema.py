@@ -143,6 +143,12 @@ repositories = ["nas"]
         ),
         ('[[backups.home.hooks.before]]\ntype = "mail"', "backups.home.hooks.before.0"),
         ('[backups."bad name"]\npaths = ["/"]\nrepositories = ["nas"]', "backups"),
+        ('[daemon]\nhostname = "a\\nb"', "daemon.hostname"),
+        ('[backups.b]\npaths = ["/a\\tb"]\nrepositories = ["nas"]', "backups.b.paths.0"),
+        (
+            '[backups.b]\npaths = ["/"]\nrepositories = ["nas"]\nexcludes = ["*.tmp\\u001b"]',
+            "backups.b.excludes.0",
+        ),
     ],
 )
 def test_a_mistake_fails_the_json_schema_where_it_is(validator, mistake, where, tmp_path):

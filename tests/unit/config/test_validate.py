@@ -118,7 +118,22 @@ PASWORD_HINT = (
         (
             "retention = { keep_daily = -1 }",
             "retention.keep_daily",
-            "-1 is out of range: use a number at least 0",
+            "-1 is out of range: use a number between 0 and 2147483647",
+        ),
+        (  # before: accepted, and every forget failed (restic: value out of range)
+            "retention = { keep_daily = 99999999999999999999 }",
+            "retention.keep_daily",
+            "99999999999999999999 is out of range: use a number between 0 and 2147483647",
+        ),
+        (
+            "retention = { keep_last = 2147483648 }",
+            "retention.keep_last",
+            "2147483648 is out of range: use a number between 0 and 2147483647",
+        ),
+        (
+            "retention = { keep_within = '99999999999999999999y' }",
+            "retention.keep_within",
+            '"99999999999999999999y" is too long: use numbers of at most 9 digits',
         ),
         ("retention = { keep_daily = 0 }", "retention", KEEPS_NOTHING),
         ("retention = {}", "retention", KEEPS_NOTHING),
@@ -319,7 +334,7 @@ def test_maintenance_priority(load: Load) -> None:
     ("entries", "expected"),
     [
         ('["1h30m"]', (Interval(5400.0, "1h30m"),)),
-        ('["500ms"]', (Interval(0.5, "500ms"),)),
+        ('["1m"]', (Interval(60.0, "1m"),)),
         ('["0 3 * * *"]', (Cron("0 3 * * *"),)),
         ('["*/30 0 3 * * *"]', (Cron("*/30 0 3 * * *"),)),
         ('["@daily"]', (Cron("@daily"),)),
@@ -331,10 +346,15 @@ def test_schedule_entries(load: Load, entries: str, expected: tuple[object, ...]
     assert load(BASE + f"schedule = {entries}\n").backups["home"].schedule == expected
 
 
+SHORT = "use an interval of at least 1m (for each change, use watch)"
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ("0s", '"0s" is too short: use a duration above 0'),
+        ("0s", f'"0s" is too short: {SHORT}'),
+        ("1ms", f'"1ms" is too short: {SHORT}'),  # before: a backup without a pause, for ever
+        ("59s999ms", f'"59s999ms" is too short: {SHORT}'),
         ("1x", f'"1x" is not a duration: {DURATION}'),
         (
             "1h 30m",
@@ -548,7 +568,12 @@ HEADER_VALUE = "must be one line of Latin-1 text, without control characters"
         (
             "type = 'http'\nurl = 'http://h/'\nretries = -1",
             "retries",
-            "-1 is out of range: use a number at least 0",
+            "-1 is out of range: use a number between 0 and 100",
+        ),
+        (  # before: accepted, and the hook's job died of an OverflowError, without an event
+            "type = 'http'\nurl = 'http://h/'\nretries = 1100",
+            "retries",
+            "1100 is out of range: use a number between 0 and 100",
         ),
         (
             "type = 'http'\nurl = 'http://h/'\ntimeout = '0s'",
@@ -659,6 +684,49 @@ def test_daemon_and_metrics(load: Load) -> None:
 )
 def test_daemon_and_metrics_problems(problems: Problems, text: str, key: str, message: str) -> None:
     assert problems(text + "\n") == [(key, message)]
+
+
+ONE_LINE = "must be one line, without control characters"
+
+
+@pytest.mark.parametrize("control", ["\\n", "\\t", "\\r", "\\u001b", "\\u007f", "\\u009b"])
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        (
+            "[repositories.local]",
+            '[daemon]\nhostname = "a{}b"\n[repositories.local]',
+            "daemon.hostname",
+        ),
+        ('location = "/srv/restic"', 'location = "/srv/{}restic"', "repositories.local.location"),
+        (
+            'location = "/srv/restic"',
+            'location = "/r"\noptions = ["a=b{}"]',
+            "repositories.local.options[0]",
+        ),
+        ('paths = ["/home"]', 'paths = ["/home", "/a{}b"]', "backups.home.paths[1]"),
+        (
+            'paths = ["/home"]',
+            'paths = ["/home"]\nexcludes = ["*.tmp{}"]',
+            "backups.home.excludes[0]",
+        ),
+    ],
+)
+def test_a_control_character_is_refused_where_one_line_is_meant(
+    problems: Problems, old: str, new: str, key: str, control: str
+) -> None:
+    # Before: accepted, and snapshots got the host "a\nb" (restic --host).
+    assert problems(BASE.replace(old, new.format(control))) == [(key, ONE_LINE)]
+
+
+def test_a_nul_character_is_still_said_as_such(problems: Problems) -> None:
+    text = BASE.replace('paths = ["/home"]', 'paths = ["/a\\u0000"]')
+    assert problems(text) == [("backups.home.paths[0]", NO_NUL)]
+
+
+def test_a_name_of_any_script_is_one_line(load: Load) -> None:
+    text = '[daemon]\nhostname = "caf\u00e9-\u00a0\u0416"\n' + BASE
+    assert load(text).daemon.hostname == "caf\u00e9-\u00a0\u0416"
 
 
 # ----------------------------------------------------------------------------- engines
