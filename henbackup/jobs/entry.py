@@ -12,6 +12,7 @@ pipeline between repositories.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -288,6 +289,16 @@ def _list_snapshots(config: Config, request: dict[str, Any], emit: EmitFunction)
 
 
 def _restore(config: Config, request: dict[str, Any], emit: EmitFunction) -> dict[str, Any]:
+    try:
+        return _restore_into(config, request, emit)
+    except BaseException:
+        if not request.get("in_place"):  # the directory the master made for it: if empty
+            with contextlib.suppress(OSError):
+                os.rmdir(request["target"])
+        raise
+
+
+def _restore_into(config: Config, request: dict[str, Any], emit: EmitFunction) -> dict[str, Any]:
     engine, repository = _engine(config), request["repository"]
     snapshot = find_snapshot(config, engine, repository, request["snapshot"])
     priority = parse_priority(request.get("priority") or "normal")

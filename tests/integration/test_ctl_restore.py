@@ -127,6 +127,13 @@ def test_restore_snapshot_gives_back_the_exact_tree(
         assert sorted(p.name for p in restored(Path(match[1]), data).iterdir()) == ["album"]
         assert tree_state(restored(Path(match[1]), album)) == tree_state(album)
 
+        # a snapshot that is not there: exit 1, and no empty directory left made for it
+        before = sorted((daemon.state / "restores").iterdir())
+        unknown = ctl(daemon, "restore-snapshot", "local", "deadbeef")
+        assert unknown.returncode == 2, said(unknown)  # an unknown name
+        assert "no snapshot" in unknown.stderr
+        assert sorted((daemon.state / "restores").iterdir()) == before
+
         stop = daemon.stop()
     assert stop == 0, daemon.report()
     assert daemon.noise == [], daemon.report()
