@@ -304,6 +304,9 @@ def test_8_a_backup_run_by_hand_as_root_is_in_the_daemons_queue_while_it_runs(de
     (row,) = wait_for(running_by_hand, 60, "the hand-run backup in henbackupctl queue")
     children = debian.run("pgrep", "-P", str(by_hand), check=False).stdout.split()
     assert row["pid"] in {by_hand, *map(int, children)}  # it, or a job process of its own
+    # A restart (each upgrade's) keeps the host's queue: RuntimeDirectory= removed it.
+    debian.run("systemctl", "restart", UNIT)
+    assert [job["pid"] for job in running_by_hand()] == [row["pid"]]
     wait_for(lambda: not running_by_hand(), 120, "the hand-run backup's end")
     listed = restic(debian, "ls", "latest", "--tag", "backup-big").stdout
     assert "/srv/big/by-hand" in listed.splitlines()
