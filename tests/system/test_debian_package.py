@@ -169,6 +169,7 @@ def test_2_a_backup_written_checked_and_reloaded_runs_without_a_restart(debian):
     debian.run("sh", "-c", "umask 077 && cat > /etc/henbackup/secrets/local", input=PASSWORD)
     debian.run("mkdir", "-p", DATA, "/srv/backup")
     debian.run("sh", "-c", f"echo precious > {DATA}/first.txt")
+    debian.run("install", "-d", "-m", "2775", f"{DATA}/shared")  # a group's, setgid
     debian.run("tee", CONFIG, input=WITH_A_BACKUP)
     check = debian.run("henbackup", "check-config")
     assert "docs" in check.stdout
@@ -317,6 +318,8 @@ def test_9_purge_removes_the_package_and_its_state_never_the_repository(debian):
     snapshot = done["HENBACKUP_SNAPSHOT"]
     restore = debian.run("henbackupctl", "restore-snapshot", "local", snapshot, timeout=300)
     (restored,) = set(re.findall(r"/var/lib/henbackup/restores/[^/\s:]+", restore.stdout))
+    # Its whole mode: under RestrictSUIDSGID=, the chmod was refused, and it came back 0700.
+    assert debian.run("stat", "-c", "%a", f"{restored}{DATA}/shared").stdout.strip() == "2775"
     files = debian.run("dpkg-query", "-L", "henbackup").stdout.splitlines()
     snapshots = restic(debian, "snapshots", "--json").stdout
     assert "/usr/bin/henbackupctl" in files and CONFIG in files
