@@ -344,3 +344,5 @@ def test_9_purge_removes_the_package_and_its_state_never_the_repository(debian):
     assert restic(debian, "check", check=False).returncode == 0
     assert debian.run("cat", f"{restored}{DATA}/first.txt").stdout == "precious\n"
     assert exists("/etc/henbackup/secrets/local")
+    # Nor the marks that keep a reinstall from creating a repository on an unmounted disk.
+    assert debian.run("ls", "/var/lib/henbackup/repositories").stdout.strip() != ""
