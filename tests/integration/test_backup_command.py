@@ -107,8 +107,15 @@ def test_a_full_disk_under_stderr_loses_the_events_not_the_backup(restic, tmp_pa
     )
     with open("/dev/full", "w") as full:  # every write: ENOSPC
         done = subprocess.run(
-            [sys.executable, "-m", "henbackup.cli.daemon", "--config", str(config)]
-            + ["backup", "docs"],
+            [
+                sys.executable,
+                "-m",
+                "henbackup.cli.daemon",
+                "--config",
+                str(config),
+                "backup",
+                "docs",
+            ],
             stderr=full,
             env={
                 **os.environ,

@@ -266,7 +266,8 @@ def test_a_credential_is_checked_by_the_service_not_by_check_config(config, caps
 def test_provider_keys_from_a_credential_are_checked_by_the_service(config, capsys, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     keys = 'env = { AWS_SHARED_CREDENTIALS_FILE = "${CREDENTIALS_DIRECTORY}/aws" }\n'
-    path = config(VALID.replace('password = "not-shown"\n', f'password_command = "cat /nowhere"\n{keys}'))
+    password = 'password_command = "cat /nowhere"\n'
+    path = config(VALID.replace('password = "not-shown"\n', password + keys))
     assert main(["--config", path, "check-config"]) == 0
     out, err = capsys.readouterr()
     assert err == (
