@@ -10,9 +10,11 @@ that came from a ${NAME}.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -119,7 +121,7 @@ def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:
         run.problems.append(Problem(str(path), "", message))
 
     try:
-        document = tomllib.loads(path.read_bytes().decode("utf-8"))
+        document = tomllib.loads(_contents(path).decode("utf-8"))
         if _depth(document) > MAX_DEPTH:  # later steps recurse once per level
             fail(f"tables or arrays are nested more than {MAX_DEPTH} deep: no setting is")
             return None
@@ -132,6 +134,8 @@ def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:
             fail("file not found" + (hint if is_main else ""))
     except IsADirectoryError:
         fail("is a directory: name the configuration file itself")
+    except _Unfit as error:
+        fail(str(error))
     except OSError as error:
         fail(f"cannot be read: {error.strerror}: check its permissions")
     except UnicodeDecodeError:
@@ -141,6 +145,46 @@ def _read(path: Path, run: Run, is_main: bool) -> dict[str, Any] | None:
     except RecursionError:  # tomllib recurses once per nested array or inline table
         fail("invalid TOML: arrays or tables are nested too deeply: flatten them")
     return None
+
+
+# No configuration is near this size; a bigger file (a log or an image named by mistake)
+# is not read whole into the daemon's memory.
+MAX_CONFIG_BYTES = 4 << 20
+
+
+class _Unfit(Exception):
+    """The file is no configuration file to read; the message says why (a Problem's)."""
+
+
+def _contents(path: Path) -> bytes:
+    """The bytes of the regular file at `path` (links followed). Raises OSError (as
+    reading does; IsADirectoryError for a directory), or _Unfit for another kind of file or
+    one over MAX_CONFIG_BYTES."""
+    # O_NONBLOCK: opening a FIFO waits for a writer (check-config hung, the daemon froze at
+    # reload); a regular file's reads ignore it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise _Unfit("is not a regular file: name the configuration file itself")
+        return _read_at_most(fd, MAX_CONFIG_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """All that `fd` holds; raises _Unfit past `limit` bytes (st_size is not trusted: it
+    may grow, and /proc's files say 0)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := os.read(fd, limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise _Unfit(f"is over {limit >> 20} MiB: no configuration is that big")
+    return b"".join(chunks)
 
 
 _TOML_AT = re.compile(r"\(at line (\d+), column \d+\)$")
@@ -168,8 +212,8 @@ def _toml_problem(path: Path, message: str) -> Problem:
 
 def _lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):  # changed since it was parsed
+        return _contents(path).decode("utf-8").splitlines()
+    except (OSError, _Unfit, UnicodeDecodeError):  # changed since it was parsed
         return []
 
 

@@ -86,7 +86,7 @@ from henbackup.errors import (
     SnapshotNotFound,
     WrongPassword,
 )
-from henbackup.files import write_atomically
+from henbackup.files import read_record, write_atomically
 from henbackup.names import snapshot_tag
 from henbackup.redact import Redactor
 
@@ -558,12 +558,19 @@ def archive_second(doc: Mapping[str, Any]) -> int:
     return math.ceil(parse_time(str(start)).timestamp()) if start else math.ceil(time.time())
 
 
+# Seconds a mark may hold: from the epoch to the year 2242. A corrupt mark beyond (400
+# digits) would overflow the float of the pause and end the run with a traceback.
+_LATEST_SECOND = 2**33
+
+
 def _read_second(path: Path) -> int:
-    """The second noted in `path`; 0 (long ago) if there is none to read."""
+    """The second noted in `path`; 0 (long ago) if there is none to read, or a corrupt one
+    (not a regular file, not a number, out of range)."""
     try:
-        return int(path.read_text())
-    except (OSError, ValueError):
+        second = int(read_record(path, limit=64))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return 0
+    return second if 0 <= second < _LATEST_SECOND else 0
 
 
 def _write_second(path: Path, second: int) -> bool:

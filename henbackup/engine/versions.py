@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from henbackup.errors import EngineError
-from henbackup.files import write_atomically
+from henbackup.files import read_record, write_atomically
 
 CACHE_FILE = "henbackup-restic-versions.json"
 
@@ -58,8 +58,9 @@ def version_text(
 
 
 def _read(cache: Path) -> dict[str, object]:
+    """The kept answers; none from what is no small regular file (a FIFO hung every job)."""
     try:
-        kept = json.loads(cache.read_bytes())
+        kept = json.loads(read_record(cache))  # an entry a binary: 64 KiB hold hundreds
     except (OSError, ValueError, RecursionError):
         return {}
     return kept if isinstance(kept, dict) else {}

@@ -2,7 +2,8 @@
 
 The child starts a new session, so the hook and everything it spawned share one process
 group: at the timeout, or when the job is stopped or cancelled (its safe point raises while
-we wait), the whole group gets SIGTERM, then SIGKILL after a grace period.
+we wait), the whole group gets SIGTERM, then SIGKILL after a grace period. A hook that even
+SIGKILL does not end within KILL_WAIT (blocked in the kernel) is left behind, failed.
 Waiting uses a pidfd, the output pipe and the safe point's wakeup fd in one select(): no
 polling.
 """
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 # A clean, minimal environment: the daemon's own (credentials included) is not passed on.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the hook's process group
+# After SIGKILL, how long to wait for the exit: a hook blocked in the kernel (a sync on a dead
+# disk) may not die, and must not hold the job (its queue slot, a cancel, a stop) for ever.
+KILL_WAIT = 5.0
+UNKILLABLE = "did not die after SIGKILL (blocked in the kernel?)"
 MAX_DRAIN = 1 << 20  # bytes read after the hook exited (its Tail keeps the last 4 KiB)
 
 
@@ -78,8 +83,11 @@ def run_command(
         return Attempt("failed", f"cannot run {hook.command[0]}: {error.strerror}")
     except ValueError:  # "embedded null byte": config checks refuse it, say nothing of it
         return Attempt("failed", "cannot run: its command or environment holds a NUL character")
-    with process:
+    try:
         return _supervise(process, hook.timeout, kill_grace, mask, safe_point)
+    finally:  # not `with process`: Popen's exit waits for the hook without bound
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _supervise(
@@ -111,7 +119,8 @@ def _supervise(
     finally:
         if watch is not None:
             watch.close()
-    return _attempt(process.wait(), exited, timeout, tail)
+    # Exited: reaped at once. Else stopped, and reaped unless it could not die (None).
+    return _attempt(process.wait() if exited else process.returncode, exited, timeout, tail)
 
 
 class _Watch:
@@ -170,21 +179,28 @@ class _Watch:
 
 def _stop_group(process: Popen, watch: _Watch | None, tail: Tail, kill_grace: float) -> None:
     """SIGTERM the hook's process group, SIGKILL it after `kill_grace` (stragglers too, even
-    if the leader left), reap the leader; its output is kept meanwhile."""
+    if the leader left), reap the leader if it dies within KILL_WAIT; its output is kept
+    meanwhile."""
 
     def wait_until(deadline: float) -> None:
         if watch is not None:
             watch.collect(tail, deadline, stoppable=False)
 
-    stop_program(process, (signal.SIGTERM,), kill_grace, wait_until, group=True)
+    stop_program(
+        process, (signal.SIGTERM,), kill_grace, wait_until, group=True, reap_within=KILL_WAIT
+    )
 
 
-def _attempt(status: int, exited: bool, timeout: float, tail: Tail) -> Attempt:
+def _attempt(status: int | None, exited: bool, timeout: float, tail: Tail) -> Attempt:
+    """What the hook's end makes of the attempt; `status` None: it could not be reaped."""
+
     def attempt(result: Status, error: str | None, **fields: FieldValue) -> Attempt:
         return Attempt(result, error, bytes(tail.data), tail.truncated, fields)
 
     if not exited:
-        return attempt("failed", f"timed out after {timeout:g}s")
+        unkillable = f" and {UNKILLABLE}" if status is None else ""
+        return attempt("failed", f"timed out after {timeout:g}s{unkillable}")
+    assert status is not None  # an exited leader is reaped at once
     if status < 0:
         return attempt("failed", f"killed by {signal_name(-status)}")
     if status == 0:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from henbackup.files import write_atomically
+from henbackup.files import read_record, write_atomically
 from henbackup.humanize import relative
 from henbackup.scheduler.ticket import Ticket
 
@@ -387,11 +387,17 @@ def _record_json(record: RunHistory) -> dict[str, Any]:
     return data
 
 
+# The most the kept results may weigh: 1,000 backups on two repositories, each with its
+# backups, forgets and restores and a last error of 1,000 characters, make 10 MiB.
+MAX_RESULTS_BYTES = 32 << 20
+
+
 def _load(path: Path) -> tuple[dict[RunKey, RunHistory], list[str]]:
     """The kept results, and what could not be read of them (one line each): a file that
-    cannot be read counts as no results, an entry that makes no sense as no entry."""
+    cannot be read (a link, a FIFO that would block the master before READY, one too big)
+    counts as no results, an entry that makes no sense as no entry."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_record(path, MAX_RESULTS_BYTES))
     except FileNotFoundError:
         return {}, []
     except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep

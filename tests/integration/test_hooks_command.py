@@ -198,3 +198,46 @@ def test_failure_hooks_get_the_reason_of_the_failure(events, tmp_path):
     result = run_with_hooks(hooks, CONTEXT, events, lambda: "aws-ireland: backend unreachable")
     assert result.status == "failed"
     assert out.read_text() == "failure: aws-ireland: backend unreachable\n"
+
+
+@pytest.fixture
+def unreapable(monkeypatch):
+    """Popen.wait as for a hook blocked in the kernel (D state), which SIGKILL does not end.
+    A fake: no test can put a real process in that state. A bounded wait times out at once;
+    an unbounded one would never return, so it fails the test instead. The real processes
+    (killed all the same) are reaped afterwards. Yields each wait's (process, timeout)."""
+    import subprocess
+
+    real_wait = subprocess.Popen.wait
+    waited: list[tuple[subprocess.Popen, float | None]] = []
+
+    def wait(self, timeout=None):
+        waited.append((self, timeout))
+        if timeout is None:
+            raise AssertionError("waited without bound for a hook that cannot die")
+        raise subprocess.TimeoutExpired(self.args, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "wait", wait)
+    yield waited
+    monkeypatch.undo()
+    for process in {process for process, _ in waited}:
+        real_wait(process, GENEROUS)
+
+
+def test_a_hook_that_cannot_die_at_its_timeout_fails_saying_so(events, unreapable):
+    """It held the job, its queue slot included, for ever."""
+    outcome = run_hook(sh("exec sleep 1000", timeout=0.2), CONTEXT, events, kill_grace=0.1)
+    assert outcome.status == "failed"
+    assert outcome.error == (
+        "timed out after 0.2s and did not die after SIGKILL (blocked in the kernel?)"
+    )
+    assert events.recorded[-1].kind == "hook.failed"
+    assert {timeout for _, timeout in unreapable} == {command.KILL_WAIT}
+
+
+def test_a_cancel_is_not_held_by_a_hook_that_cannot_die(events, unreapable, cancel_point):
+    hook = sh("kill -USR1 $PPID; exec sleep 1000", timeout=GENEROUS)
+    with pytest.raises(JobCancelled):
+        run_hook(hook, CONTEXT, events, kill_grace=0.1, safe_point=cancel_point)
+    assert events.recorded[-1].kind == "hook.failed"
+    assert {timeout for _, timeout in unreapable} == {command.KILL_WAIT}

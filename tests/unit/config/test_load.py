@@ -162,6 +162,54 @@ def test_a_directory_given_as_the_configuration_is_named_so(tmp_path: Path) -> N
     )
 
 
+NOT_REGULAR = "is not a regular file: name the configuration file itself"
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_as_the_configuration_is_refused_not_waited_on(write_config: WriteConfig) -> None:
+    """Opening it waited for a writer: check-config hung, the daemon froze at reload."""
+    path = write_config(None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={}, hostname="h")
+    assert error.value.problems == (Problem(str(path), "", NOT_REGULAR),)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_conf_d_link_to_no_regular_file_is_a_problem(
+    write_config: WriteConfig, tmp_path: Path, kind: str
+) -> None:
+    path = write_config(REPOSITORY + BACKUP)
+    link = path.parent / "conf.d" / "20-nas.toml"
+    link.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        link.symlink_to(tmp_path / "fifo")
+    else:
+        link.symlink_to("/dev/null")  # a device, as /dev/zero (which never ends)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={}, hostname="h")
+    assert error.value.problems == (Problem(str(link), "", NOT_REGULAR),)
+
+
+def test_a_huge_configuration_is_not_read_whole(write_config: WriteConfig) -> None:
+    path = write_config("#" * (4 << 20) + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={}, hostname="h")
+    assert error.value.problems == (
+        Problem(str(path), "", "is over 4 MiB: no configuration is that big"),
+    )
+
+
+def test_a_configuration_through_a_link_is_read(write_config: WriteConfig) -> None:
+    target = write_config(REPOSITORY + BACKUP)
+    link = target.parent / "link.toml"
+    link.symlink_to(target)
+    assert load_config(link, env={}, hostname="h").files == (link,)
+
+
 def test_missing_main_file(write_config: WriteConfig) -> None:
     path = write_config(None)
     with pytest.raises(ConfigError) as error:

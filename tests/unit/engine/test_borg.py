@@ -402,3 +402,29 @@ def test_a_run_of_a_million_warnings_keeps_its_first_and_last_lines_only() -> No
     dropped = 20_001 - borg.KEPT_LINES - borg.KEPT_LAST
     assert lines[borg.KEPT_LINES].text == f"... {dropped} more lines of borg's not kept"
     assert lines[borg.KEPT_LINES + 1].text == f"/srv/{borg.KEPT_LINES + dropped}: denied"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"9" * 400,  # made min(1.0, second + 1 - time.time()) raise OverflowError
+        b"9" * 30,  # short, but no second of this era
+        b"-5\n",
+        b"\xff\n",
+        b"soon\n",
+    ],
+)
+def test_a_corrupt_last_archive_mark_is_as_none(tmp_path: Path, content: bytes) -> None:
+    """A corrupt mark is as no mark (long ago): the backup neither dies nor waits."""
+    mark = tmp_path / "last-mark"
+    mark.write_bytes(content)
+    second = borg._read_second(mark)
+    assert second == 0
+    assert min(1.0, second + 1 - 1.8e9) < 0  # no pause, and no overflow
+
+
+def test_a_last_archive_mark_through_a_link_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").write_text("1800000000\n")
+    (tmp_path / "last-mark").symlink_to(tmp_path / "elsewhere")
+    assert borg._read_second(tmp_path / "last-mark") == 0
+    assert borg._read_second(tmp_path / "elsewhere") == 1800000000

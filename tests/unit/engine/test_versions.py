@@ -63,6 +63,34 @@ def test_a_cache_file_of_the_wrong_shape_counts_as_absent(
     assert written[str(binary)]["version"].startswith("restic 0.18.0")
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["fifo", "link", "huge"])
+def test_a_cache_file_that_is_no_small_regular_file_counts_as_absent(
+    binary: Path, tmp_path: Path, kind: str
+) -> None:
+    """A FIFO there hung every job; a link was followed; a huge file was read whole."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = cache / versions.CACHE_FILE
+    kept = {str(binary): {"identity": list(_identity(binary)), "version": "restic 0.1"}}
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link":
+        (tmp_path / "elsewhere.json").write_text(json.dumps(kept))
+        path.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        path.write_text(json.dumps(kept) + " " * (1 << 16))
+    ask = Asker()
+    assert versions.version_text(str(binary), cache, ask).startswith("restic 0.18.0")
+    assert ask.asked == [str(binary)]
+    assert path.is_file() and not path.is_symlink()  # replaced by the answer
+
+
+def _identity(binary: Path) -> tuple[int, ...]:
+    found = binary.stat()
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
 def test_an_unwritable_cache_directory_costs_only_another_question(
     binary: Path, tmp_path: Path
 ) -> None:

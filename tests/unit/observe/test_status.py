@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from dataclasses import replace
 from types import SimpleNamespace
@@ -562,6 +563,48 @@ def test_kept_results_that_cannot_be_read_start_afresh_and_say_so(tmp_path, cont
     assert model.problems == [
         f"{path}: cannot read the kept job results ({why}): they start afresh"
     ]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("fifo", "not a regular file"),  # it blocked the master before READY
+        ("link", "Too many levels of symbolic links"),
+        ("huge", "larger than 4096 bytes"),
+    ],
+)
+def test_kept_results_that_are_no_small_regular_file_start_afresh(
+    tmp_path, monkeypatch, kind, why
+) -> None:
+    monkeypatch.setattr(status, "MAX_RESULTS_BYTES", 4096)
+    path = tmp_path / "status.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link":
+        (tmp_path / "elsewhere.json").write_text("[]")
+        path.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        path.write_text("[" + " " * 4096 + "]")
+    model = StatusModel(path)
+    assert model.records == {}
+    assert model.problems == [
+        f"{path}: cannot read the kept job results ({why}): they start afresh"
+    ]
+
+
+def test_the_kept_results_of_1000_backups_are_well_within_the_limit(tmp_path) -> None:
+    """Two repositories each, backups, forgets and restores, a long last error each."""
+    model = StatusModel(tmp_path / "status.json")
+    last = LastRun(1.8e9, "failed", 12345.6, "e" * 1000, "a" * 64, "j" * 36, "l" * 80, 1.5, 2**33)
+    history = RunHistory(last, 1.8e9, {"succeeded": 99999, "failed": 999}, 2**50, 99999)
+    for backup in range(1000):
+        for repository in ("r" * 63 + "1", "r" * 63 + "2"):
+            for operation in ("backup", "forget", "restore"):
+                model.records[RunKey(repository, operation, f"{backup:b>64}")] = history
+    model.save()
+    assert (tmp_path / "status.json").stat().st_size * 2 < status.MAX_RESULTS_BYTES
+    assert len(StatusModel(tmp_path / "status.json").records) == 6000
 
 
 def test_kept_results_of_another_shape_start_afresh_and_say_so(tmp_path) -> None:
