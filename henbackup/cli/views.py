@@ -97,11 +97,15 @@ def snapshots(reply: ControlReply, now: float) -> list[str]:
     ]
     for snapshot in reply["snapshots"]:
         moment = datetime.fromisoformat(snapshot["time"])
+        try:
+            when = f"{moment.astimezone():%Y-%m-%d %H:%M} ({ago(now - moment.timestamp())})"
+        except OverflowError:  # year 9999 east of UTC: anyone who may write the repository
+            when = snapshot["time"]
         added = snapshot.get("bytes_added")
         rows.append(
             (
                 snapshot["short_id"],
-                f"{moment.astimezone():%Y-%m-%d %H:%M} ({ago(now - moment.timestamp())})",
+                when,
                 snapshot.get("backup") or "-",
                 snapshot["repository"],
                 snapshot["host"],

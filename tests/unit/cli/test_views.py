@@ -231,6 +231,14 @@ def test_snapshots_in_local_time_with_their_age(zone: None) -> None:
     ]
 
 
+def test_a_snapshot_time_beyond_the_local_calendar_is_shown_as_written(zone: None) -> None:
+    """The repository's word: whoever may write it made restic say year 9999, which is
+    year 10000 here: the listing came out as a traceback."""
+    far = "9999-12-31T23:59:59+00:00"
+    reply = {"ok": True, "snapshots": [snapshot("1a2b3c4d", far)], "errors": []}
+    assert views.snapshots(reply, NOW)[1].startswith(f"1a2b3c4d  {far}  pictures")
+
+
 def test_no_snapshots_says_so() -> None:
     assert views.snapshots({"ok": True, "snapshots": [], "errors": []}, NOW) == ["no snapshots"]
 
