@@ -30,7 +30,7 @@ def test_root_is_sent_a_hooks_output():
 
 
 def test_a_member_is_not_sent_what_roots_hook_printed():
-    """Members read hook output in the journal only, given journal rights (SPEC's logs)."""
+    """Members read hook output in the journal only, given journal rights (as logs)."""
     _, sent = waiting_as(1000)
     event = {key: value for key, value in HOOK_FAILED.items() if key != "output"}
     assert sent == [
