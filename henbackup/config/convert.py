@@ -279,12 +279,14 @@ def url(value: Any, at: At) -> str:
     expect(value, str, "a string")
     try:
         parts = urlsplit(value)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid("must be an http:// or https:// URL with a host")
+    try:
         parts.port  # noqa: B018 -- raises ValueError for a port out of range
     except ValueError:
-        valid = False
-    if not valid:
-        raise Invalid("must be an http:// or https:// URL with a host")
+        raise Invalid("its port must be a number from 0 to 65535") from None
     return str(value)
 
 

@@ -533,7 +533,11 @@ HEADER_VALUE = "must be one line of Latin-1 text, without control characters"
         ("type = 'http'", "url", "is required: add it"),
         ("type = 'http'\nurl = 'ftp://h/'", "url", URL),
         ("type = 'http'\nurl = 'http:///x'", "url", URL),
-        ("type = 'http'\nurl = 'http://h:99999/'", "url", URL),
+        (
+            "type = 'http'\nurl = 'http://h:99999/'",
+            "url",
+            "its port must be a number from 0 to 65535",
+        ),
         (
             "type = 'http'\nurl = 'http://h/'\nmethod = 'GET /'",
             "method",
