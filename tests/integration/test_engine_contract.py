@@ -300,6 +300,26 @@ def test_restore_with_include(kit: Kit, source: Path, tmp_path: Path) -> None:
     assert (result.files_restored, result.bytes_restored) == (3, 305_000)
 
 
+def test_includes_mean_the_same_for_every_engine(kit: Kit, tmp_path: Path) -> None:
+    """A plain include is that path alone, whatever its name says to borg's pattern parser
+    (`re:xfile` is no regular expression); any other is restic's pattern, at any depth."""
+    data = write_tree(
+        tmp_path / "data",
+        {"re:xfile": b"1", "xfile": b"2", "deep/xfile": b"3", "a.html": b"4", "deep/b.html": b"5"},
+    )
+    request = BackupRequest("docs", (str(data),))
+    snapshot_id = kit.engine.backup(kit.target, request).snapshot_id
+    assert snapshot_id is not None
+    for includes, expected in (
+        ((f"{data}/re:xfile",), ["re:xfile"]),
+        (("*.html",), ["a.html", "deep/b.html"]),
+        ((f"{data}/deep/*",), ["deep/b.html", "deep/xfile"]),
+    ):
+        destination = tmp_path / f"restore-{len(list(tmp_path.iterdir()))}"
+        kit.engine.restore(kit.target, snapshot_id, str(destination), includes)
+        assert sorted(digest_tree(restored(destination, data))) == expected
+
+
 def test_excludes_mean_the_same_for_every_engine(kit: Kit, tmp_path: Path) -> None:
     data = write_tree(
         tmp_path / "data",

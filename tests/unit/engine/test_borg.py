@@ -32,6 +32,7 @@ from henbackup.engine.borg import (
     parse_prune,
     parse_version,
     password_env,
+    restore_args,
     scan_args,
     split_name,
     status_counters,
@@ -81,6 +82,20 @@ def test_backup_command_line_holds_no_secret_and_records_paths() -> None:
     flags = global_flags(Target("nas", "/srv", TARGET.password, upload_limit=100_000), 30.0)
     assert flags == ("--log-json", "--lock-wait", "30", "--upload-ratelimit", "97")
     assert not any("s3cret" in part or "nas.lan" in part for part in (*argv, *flags))
+
+
+def test_includes_reach_borg_in_an_explicit_style_never_read_from_the_users_text() -> None:
+    """borg reads a prefix such as `re:` from an extract path: a plain include must stay
+    that one path (restore's --in-place check looks at it alone), a pattern restic's."""
+    includes = ("/srv/re:xfile", "/", "/srv/*/site", "*.html", "cache/tmp")
+    assert restore_args("docs@h@t", includes)[-6:] == (
+        "::docs@h@t",
+        "pp:/srv/re:xfile",
+        "pp:/",
+        "sh:/srv/*/site",
+        "sh:**/*.html",
+        "sh:**/cache/tmp",
+    )
 
 
 def test_password_and_location_go_through_the_environment() -> None:
