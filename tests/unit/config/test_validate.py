@@ -781,6 +781,22 @@ def test_a_borg_repository_is_no_restic_backend(problems: Problems, load: Load) 
     )
 
 
+def test_a_re_include_is_refused_on_a_backup_with_a_borg_repository(
+    problems: Problems, load: Load
+) -> None:
+    """borg took restic's "!/data/keep" as a literal exclude: it backed up less than restic."""
+    excludes = 'excludes = ["/data/*", "!/data/keep"]\n'
+    borg = repository_with('engine = "borg"') + excludes
+    assert problems(borg) == [
+        (
+            "backups.home.excludes[1]",
+            're-includes ("!"), which borg cannot (repository "local" is borg\'s):'
+            " narrow the other excludes instead, or back up to restic only",
+        )
+    ]
+    assert load(BASE + excludes).backups["home"].excludes == ("/data/*", "!/data/keep")
+
+
 @pytest.mark.parametrize(
     ("line", "key", "message"),
     [
