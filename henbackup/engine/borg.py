@@ -398,16 +398,23 @@ def parse_time(text: str) -> datetime:
     """borg's local time without an offset, as an aware datetime."""
     try:
         return datetime.fromisoformat(text).astimezone()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, OSError):  # the last two: out of local time
         raise EngineError(f"borg printed an unreadable time: {text!r}") from None
+
+
+def comment_paths(comment: str) -> tuple[str, ...]:
+    """The paths an archive's comment records; none when it records none that can be read
+    (anyone who may write the repository writes comments: one nested too deep included)."""
+    try:
+        return tuple(str(p) for p in json.loads(comment)["paths"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return ()
 
 
 def parse_archive(doc: Mapping[str, Any]) -> Snapshot:
     name = str(doc.get("name", ""))
     backup, host = split_name(name)
-    paths: tuple[str, ...] = ()
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        paths = tuple(str(p) for p in json.loads(str(doc.get("comment") or ""))["paths"])
+    paths = comment_paths(str(doc.get("comment") or ""))
     return Snapshot(
         id=str(doc["id"]),
         short_id=str(doc["id"])[:8],
@@ -428,7 +435,7 @@ def parse_archives(doc: Mapping[str, Any]) -> list[tuple[str, Snapshot]]:
         found = [
             (str(a.get("name", "")), parse_archive(a)) for a in archives if isinstance(a, dict)
         ]
-    except KeyError:  # an archive without its id
+    except (KeyError, TypeError, ValueError, RecursionError):  # not what borg prints
         raise EngineError("borg printed an archive list of unexpected shape") from None
     return sorted(found, key=lambda pair: (pair[1].time, name_stamp(pair[0])))
 

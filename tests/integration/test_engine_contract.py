@@ -645,3 +645,25 @@ def test_a_borg_archive_noted_ahead_of_the_clock_delays_the_next_a_second_at_mos
     assert engines.backup(target, request).snapshot_id is not None
     assert time.monotonic() - started < 240  # not a day; generous for a busy machine
     assert len(engines.snapshots(target)) == 2
+
+
+def test_a_borg_archive_whose_comment_is_no_record_lists_without_paths(
+    source: Path, tmp_path: Path
+) -> None:
+    """Anyone who may write the repository writes archive comments: one nested deeper than
+    json can read once raised RecursionError, and the list-snapshots job died with it."""
+    assert BORG is not None, "borg is not installed: run `make test` to set it up"
+    engines = Engines({"borg": BORG}, cache_dir=tmp_path / "cache")
+    target = _target("borg-1.2", tmp_path / "repo")
+    engines.ensure_initialized(target)
+    engines.backup(target, BackupRequest("docs", (str(source),), host="h1"))
+    env = os.environ | {
+        "BORG_REPO": str(tmp_path / "repo"),
+        "BORG_PASSPHRASE": PASSWORD,
+        "BORG_BASE_DIR": str(tmp_path / "borg-bare"),
+    }
+    comment = "[" * 30_000 + "]" * 30_000
+    argv = [BORG, "create", "--comment", comment, "::docs@h1@2020-01-01T00:00:00.0", str(source)]
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    listed = engines.snapshots(target, "docs", "h1")
+    assert sorted(s.paths for s in listed) == [(), (str(source),)]

@@ -363,10 +363,28 @@ def test_odd_numbers_in_a_progress_line_read_as_unknown(line: str) -> None:
     assert progress is not None and (progress.files_done, progress.bytes_done) == (0, 0)
 
 
+def test_an_archive_comment_of_no_paths_records_none() -> None:
+    """Anyone who may write the repository writes comments: one nested too deep for json
+    once raised RecursionError, and the list-snapshots job died with every listing."""
+    deep = "[" * 30_000 + "]" * 30_000
+    for comment in (deep, '{"paths": ' + deep + "}", "{}", '{"paths": 1}', "[1]"):
+        archive = {"name": "a@h@t", "id": "1" * 64, "time": "2024-01-01T00:00:00"}
+        ((_, snapshot),) = parse_archives({"archives": [{**archive, "comment": comment}]})
+        assert snapshot.paths == ()
+
+
 def test_an_archive_list_or_info_of_unexpected_shape_is_an_engine_error() -> None:
-    with pytest.raises(EngineError) as error:
-        parse_archives({"archives": [{"name": "x", "time": "2024-01-01T00:00:00"}]})
-    assert str(error.value) == "borg printed an archive list of unexpected shape"
+    """As restic's snapshot list: a record borg would not print fails the list."""
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for archive in (
+        {"name": "x", "time": "2024-01-01T00:00:00"},
+        {"name": deep, "id": "1", "time": "2024-01-01T00:00:00"},
+    ):
+        with pytest.raises(EngineError) as error:
+            parse_archives({"archives": [archive]})
+        assert str(error.value) == "borg printed an archive list of unexpected shape"
     for info in ({"cache": None}, {"cache": {"stats": [1]}}):
         with pytest.raises(EngineError) as error:
             info_size(info)
