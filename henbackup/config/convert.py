@@ -89,6 +89,23 @@ def one_line(value: Any, at: At) -> str:
     return line
 
 
+# What borg reads in an archive name (BACKUP@HOST@TIME) and its globs: a host with one would
+# have retention prune other hosts' archives. No real host name holds them.
+HOST_SPECIALS = "@*?[]"
+_HOST_SPECIALS_RE = re.compile(f"[{re.escape(HOST_SPECIALS)}]")
+
+
+def hostname(value: Any, at: At) -> str:
+    """A snapshot's host: one line, without any character of HOST_SPECIALS."""
+    host = one_line(value, at)
+    if _HOST_SPECIALS_RE.search(host):
+        raise Invalid(
+            "must not contain @, *, ?, [ or ] (borg archive names and patterns hold the"
+            " host): write the host's name alone"
+        )
+    return host
+
+
 def exclude_pattern(value: Any, at: At) -> str:
     """A restic --exclude pattern restic would take (the watcher reads it as restic does)."""
     pattern = one_line(value, at)

@@ -105,6 +105,7 @@ ON_FAILURE = ("ignore", "continue", "stop")
 _TEXT = _string(minLength=1)
 _PATH = _string("/.*")
 _LINE = _string(f"[^{convert.CONTROL_CHARACTERS}]+")  # no newline, tab or other control
+_HOST = _string(f"[^{convert.CONTROL_CHARACTERS}{re.escape(convert.HOST_SPECIALS)}]+")
 _LINE_PATH = _string(f"/[^{convert.CONTROL_CHARACTERS}]*")
 _DURATION = _string(r"([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?", minLength=1)
 _NUMBER = r"([0-9]+(\.[0-9]+)?|\.[0-9]+)"
@@ -142,8 +143,8 @@ DAEMON = Table(
             "hostname",
             "The host recorded in every snapshot (restic --host); default: the system hostname.",
             "nas",
-            _LINE,
-            convert.one_line,
+            _HOST,
+            convert.hostname,
         ),
         Key(
             "max_concurrent_jobs",

@@ -2,10 +2,10 @@
 
 schema.py declares every key with its converter and default; this module walks those
 tables, and adds what spans keys: one password source, the waits of a watch, a retention
-that keeps something, a hook's type, a backup's repositories. A value with a problem leaves
-its field out (or the whole repository, backup or hook), so that one load reports every
-problem at once. Messages never quote password*, location, env, headers, body, hook
-commands or urls, nor an `Expanded` (convert.py).
+that keeps something, a hook's type, a backup's repositories, no "!" exclude with borg. A
+value with a problem leaves its field out (or the whole repository, backup or hook), so that
+one load reports every problem at once. Messages never quote password*, location, env,
+headers, body, hook commands or urls, nor an `Expanded` (convert.py).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def to_config(sections: Sections, hostname: str, files: tuple[Path, ...]) -> Con
         name: _backup(name, value, at, sections.repositories)
         for name, (value, at) in sections.backups.items()
     }
+    _borg_excludes(backups, sections)
     daemon = _daemon(sections.daemon, hostname)
     metrics = _metrics(sections.metrics)
     return Config(
@@ -328,6 +329,27 @@ def _backup(name: str, value: Any, at: At, repositories: Mapping[str, object]) -
     if not values["paths"] or not values["repositories"]:
         return None
     return Backup(name=name, file=at.file, key=at.path, **values)
+
+
+def _borg_excludes(backups: Mapping[str, Backup | None], sections: Sections) -> None:
+    """borg has no re-include: a backup with a borg repository refuses restic's "!" excludes
+    (borg would take one as a literal exclude, and back up less than restic)."""
+    borg = {
+        name
+        for name, (value, _) in sections.repositories.items()
+        if isinstance(value, Mapping) and value.get("engine") == "borg"
+    }
+    for name, backup in backups.items():
+        on_borg = [repo for repo in backup.repositories if repo in borg] if backup else []
+        if not backup or not on_borg:
+            continue
+        at = sections.backups[name][1].key("excludes")
+        for position, pattern in enumerate(backup.excludes):
+            if pattern.startswith("!"):
+                at.index(position).problem(
+                    f're-includes ("!"), which borg cannot (repository "{on_borg[0]}" is'
+                    " borg's): narrow the other excludes instead, or back up to restic only"
+                )
 
 
 # ------------------------------------------------------------------ daemon and metrics

@@ -13,6 +13,7 @@ Failures raise `henbackup.errors.EngineError` subclasses with one-line, secret-f
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,17 @@ from datetime import datetime
 
 from henbackup.config.model import PasswordSource, Retention
 from henbackup.names import tagged_backup
+
+
+def plain_include(include: str) -> bool:
+    """Whether a restore's include names one path (absolute, normal, no glob character):
+    every engine restores that path and what is below it, nothing else (restore's --in-place
+    check relies on it). Any other include is a pattern, in restic's syntax."""
+    return (
+        os.path.isabs(include)
+        and os.path.normpath(include) == include
+        and not set(include) & set("*?[\\")
+    )
 
 
 @dataclass(frozen=True)

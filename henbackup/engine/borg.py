@@ -59,6 +59,7 @@ from henbackup.engine.base import (
     StallCallback,
     Target,
     TransferProgress,
+    plain_include,
 )
 from henbackup.engine.borg_scan import ScanTotal
 from henbackup.engine.run import (
@@ -211,15 +212,25 @@ def global_flags(target: Target, lock_wait: float = 0.0) -> Argv:
     return tuple(flags)
 
 
+def shell_pattern(pattern: str) -> str:
+    """A restic pattern as borg's shell-style one: one that starts with "/" is anchored at
+    the root, any other matches at any depth (`.git`, `*.tmp`, `cache/tmp`), as restic
+    matches them; the style is explicit, so no prefix of the user's text (`re:`) is read."""
+    pattern = pattern.rstrip("/") or "/"
+    return f"sh:{pattern}" if pattern.startswith("/") else f"sh:**/{pattern}"
+
+
 def exclude_patterns(excludes: Sequence[str]) -> Argv:
-    """henbackup's excludes (restic's syntax) as borg shell-style patterns: one that starts
-    with "/" is anchored at the root, any other matches at any depth (`.git`, `*.tmp`,
-    `cache/tmp`), as restic matches them."""
-    flags: list[str] = []
-    for pattern in excludes:
-        pattern = pattern.rstrip("/") or "/"
-        flags += ["--exclude", f"sh:{pattern}" if pattern.startswith("/") else f"sh:**/{pattern}"]
-    return tuple(flags)
+    """henbackup's excludes (restic's syntax) as borg shell-style patterns."""
+    return tuple(item for pattern in excludes for item in ("--exclude", shell_pattern(pattern)))
+
+
+def include_pattern(include: str) -> str:
+    """A restore's include as borg reads it: a plain path as a path prefix (that path and
+    what is below it, as `plain_include` promises), any other as restic's pattern."""
+    if plain_include(include):
+        return f"pp:{include}"  # borg drops the leading "/" itself (archives keep none)
+    return shell_pattern(include)
 
 
 def comment_of(paths: Sequence[str]) -> str:
@@ -269,8 +280,8 @@ def list_args(backup: str | None = None, host: str | None = None) -> Argv:
 
 
 def restore_args(archive: str, includes: Sequence[str] = ()) -> Argv:
-    """`borg extract` into the current directory; borg stores paths without the leading /."""
-    return ("extract", "--progress", "--", f"::{archive}", *(p.lstrip("/") for p in includes))
+    """`borg extract` into the current directory, of what `includes` select."""
+    return ("extract", "--progress", "--", f"::{archive}", *map(include_pattern, includes))
 
 
 def keep_within(duration: str) -> str:
@@ -387,16 +398,23 @@ def parse_time(text: str) -> datetime:
     """borg's local time without an offset, as an aware datetime."""
     try:
         return datetime.fromisoformat(text).astimezone()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, OSError):  # the last two: out of local time
         raise EngineError(f"borg printed an unreadable time: {text!r}") from None
+
+
+def comment_paths(comment: str) -> tuple[str, ...]:
+    """The paths an archive's comment records; none when it records none that can be read
+    (anyone who may write the repository writes comments: one nested too deep included)."""
+    try:
+        return tuple(str(p) for p in json.loads(comment)["paths"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return ()
 
 
 def parse_archive(doc: Mapping[str, Any]) -> Snapshot:
     name = str(doc.get("name", ""))
     backup, host = split_name(name)
-    paths: tuple[str, ...] = ()
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        paths = tuple(str(p) for p in json.loads(str(doc.get("comment") or ""))["paths"])
+    paths = comment_paths(str(doc.get("comment") or ""))
     return Snapshot(
         id=str(doc["id"]),
         short_id=str(doc["id"])[:8],
@@ -417,7 +435,7 @@ def parse_archives(doc: Mapping[str, Any]) -> list[tuple[str, Snapshot]]:
         found = [
             (str(a.get("name", "")), parse_archive(a)) for a in archives if isinstance(a, dict)
         ]
-    except KeyError:  # an archive without its id
+    except (KeyError, TypeError, ValueError, RecursionError):  # not what borg prints
         raise EngineError("borg printed an archive list of unexpected shape") from None
     return sorted(found, key=lambda pair: (pair[1].time, name_stamp(pair[0])))
 

@@ -34,7 +34,14 @@ if TYPE_CHECKING:
 
 from henbackup.config.model import STALL_TIMEOUT, PasswordSource
 from henbackup.config.units import format_duration
-from henbackup.engine.base import Checkpoint, Engine, SpawnCallback, StallCallback, Target
+from henbackup.engine.base import (
+    Checkpoint,
+    Engine,
+    SpawnCallback,
+    StallCallback,
+    Target,
+    plain_include,
+)
 from henbackup.engine.sidecar import MAX_LINE_BYTES, Sidecar
 from henbackup.engine.stall import StallWatch, idle_reason, read_io, read_state
 from henbackup.engine.transfer import Upload
@@ -174,7 +181,7 @@ def finite(message: Mapping[str, Any], key: str) -> float | None:
 
 def restored_roots(snapshot_paths: Sequence[str], includes: Sequence[str]) -> tuple[str, ...]:
     """What a restore wrote: the plain include paths, else the whole snapshot."""
-    if includes and not any(set(path) & set("*?[") for path in includes):
+    if includes and all(plain_include(path) for path in includes):
         return tuple(includes)
     return tuple(snapshot_paths)
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from henbackup.config.model import Config
-from henbackup.engine.base import Engine, RestoreResult, Snapshot
+from henbackup.engine.base import Engine, RestoreResult, Snapshot, plain_include
 from henbackup.errors import SnapshotNotFound, UnsafeTarget, UsageError
 from henbackup.jobs.job import Job, ProgressReporter, run_job
 from henbackup.jobs.targets import target_for
@@ -256,7 +256,7 @@ def check_in_place(paths: Sequence[str], includes: Sequence[str]) -> None:
 def in_place_roots(paths: Sequence[str], includes: Sequence[str]) -> tuple[str, ...]:
     """The trees a restore to / writes: the snapshot's `paths`, or where plain absolute
     `includes` narrow them (a pattern may match anywhere: then every path)."""
-    if not includes or not all(_plain(include) for include in includes):
+    if not includes or not all(plain_include(include) for include in includes):
         return tuple(paths)
     return tuple(
         max(include, path, key=len)
@@ -264,10 +264,6 @@ def in_place_roots(paths: Sequence[str], includes: Sequence[str]) -> tuple[str, 
         for path in paths
         if _below(include, path) or _below(path, include)
     )
-
-
-def _plain(path: str) -> bool:
-    return os.path.isabs(path) and os.path.normpath(path) == path and not set(path) & set("*?[\\")
 
 
 def _below(path: str, top: str) -> bool:

@@ -300,6 +300,26 @@ def test_restore_with_include(kit: Kit, source: Path, tmp_path: Path) -> None:
     assert (result.files_restored, result.bytes_restored) == (3, 305_000)
 
 
+def test_includes_mean_the_same_for_every_engine(kit: Kit, tmp_path: Path) -> None:
+    """A plain include is that path alone, whatever its name says to borg's pattern parser
+    (`re:xfile` is no regular expression); any other is restic's pattern, at any depth."""
+    data = write_tree(
+        tmp_path / "data",
+        {"re:xfile": b"1", "xfile": b"2", "deep/xfile": b"3", "a.html": b"4", "deep/b.html": b"5"},
+    )
+    request = BackupRequest("docs", (str(data),))
+    snapshot_id = kit.engine.backup(kit.target, request).snapshot_id
+    assert snapshot_id is not None
+    for includes, expected in (
+        ((f"{data}/re:xfile",), ["re:xfile"]),
+        (("*.html",), ["a.html", "deep/b.html"]),
+        ((f"{data}/deep/*",), ["deep/b.html", "deep/xfile"]),
+    ):
+        destination = tmp_path / f"restore-{len(list(tmp_path.iterdir()))}"
+        kit.engine.restore(kit.target, snapshot_id, str(destination), includes)
+        assert sorted(digest_tree(restored(destination, data))) == expected
+
+
 def test_excludes_mean_the_same_for_every_engine(kit: Kit, tmp_path: Path) -> None:
     data = write_tree(
         tmp_path / "data",
@@ -625,3 +645,25 @@ def test_a_borg_archive_noted_ahead_of_the_clock_delays_the_next_a_second_at_mos
     assert engines.backup(target, request).snapshot_id is not None
     assert time.monotonic() - started < 240  # not a day; generous for a busy machine
     assert len(engines.snapshots(target)) == 2
+
+
+def test_a_borg_archive_whose_comment_is_no_record_lists_without_paths(
+    source: Path, tmp_path: Path
+) -> None:
+    """Anyone who may write the repository writes archive comments: one nested deeper than
+    json can read once raised RecursionError, and the list-snapshots job died with it."""
+    assert BORG is not None, "borg is not installed: run `make test` to set it up"
+    engines = Engines({"borg": BORG}, cache_dir=tmp_path / "cache")
+    target = _target("borg-1.2", tmp_path / "repo")
+    engines.ensure_initialized(target)
+    engines.backup(target, BackupRequest("docs", (str(source),), host="h1"))
+    env = os.environ | {
+        "BORG_REPO": str(tmp_path / "repo"),
+        "BORG_PASSPHRASE": PASSWORD,
+        "BORG_BASE_DIR": str(tmp_path / "borg-bare"),
+    }
+    comment = "[" * 30_000 + "]" * 30_000
+    argv = [BORG, "create", "--comment", comment, "::docs@h1@2020-01-01T00:00:00.0", str(source)]
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    listed = engines.snapshots(target, "docs", "h1")
+    assert sorted(s.paths for s in listed) == [(), (str(source),)]

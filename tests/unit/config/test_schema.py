@@ -144,6 +144,8 @@ repositories = ["nas"]
         ('[[backups.home.hooks.before]]\ntype = "mail"', "backups.home.hooks.before.0"),
         ('[backups."bad name"]\npaths = ["/"]\nrepositories = ["nas"]', "backups"),
         ('[daemon]\nhostname = "a\\nb"', "daemon.hostname"),
+        ('[daemon]\nhostname = "web*"', "daemon.hostname"),
+        ('[daemon]\nhostname = "a@b"', "daemon.hostname"),
         ('[backups.b]\npaths = ["/a\\tb"]\nrepositories = ["nas"]', "backups.b.paths.0"),
         (
             '[backups.b]\npaths = ["/"]\nrepositories = ["nas"]\nexcludes = ["*.tmp\\u001b"]',

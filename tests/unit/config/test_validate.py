@@ -728,6 +728,22 @@ def test_a_nul_character_is_still_said_as_such(problems: Problems) -> None:
     assert problems(text) == [("backups.home.paths[0]", NO_NUL)]
 
 
+@pytest.mark.parametrize("special", ["@", "*", "?", "[", "]"])
+def test_a_hostname_that_borg_would_read_as_a_pattern_is_refused(
+    problems: Problems, special: str
+) -> None:
+    """Before: borg's retention of host `web*` (--glob-archives 'db@web*@*') pruned the
+    archives of every host whose name starts with web; `@` broke archive names."""
+    text = f'[daemon]\nhostname = "web{special}1"\n' + BASE
+    assert problems(text) == [
+        (
+            "daemon.hostname",
+            "must not contain @, *, ?, [ or ] (borg archive names and patterns hold the"
+            " host): write the host's name alone",
+        )
+    ]
+
+
 def test_a_name_of_any_script_is_one_line(load: Load) -> None:
     text = '[daemon]\nhostname = "caf\u00e9-\u00a0\u0416"\n' + BASE
     assert load(text).daemon.hostname == "caf\u00e9-\u00a0\u0416"
@@ -783,6 +799,22 @@ def test_a_borg_repository_is_no_restic_backend(problems: Problems, load: Load) 
     assert (
         load(BASE.replace('location = "/srv/restic"', ssh)).repositories["local"].engine == "borg"
     )
+
+
+def test_a_re_include_is_refused_on_a_backup_with_a_borg_repository(
+    problems: Problems, load: Load
+) -> None:
+    """borg took restic's "!/data/keep" as a literal exclude: it backed up less than restic."""
+    excludes = 'excludes = ["/data/*", "!/data/keep"]\n'
+    borg = repository_with('engine = "borg"') + excludes
+    assert problems(borg) == [
+        (
+            "backups.home.excludes[1]",
+            're-includes ("!"), which borg cannot (repository "local" is borg\'s):'
+            " narrow the other excludes instead, or back up to restic only",
+        )
+    ]
+    assert load(BASE + excludes).backups["home"].excludes == ("/data/*", "!/data/keep")
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from henbackup.engine.borg import (
     parse_prune,
     parse_version,
     password_env,
+    restore_args,
     scan_args,
     split_name,
     status_counters,
@@ -81,6 +82,20 @@ def test_backup_command_line_holds_no_secret_and_records_paths() -> None:
     flags = global_flags(Target("nas", "/srv", TARGET.password, upload_limit=100_000), 30.0)
     assert flags == ("--log-json", "--lock-wait", "30", "--upload-ratelimit", "97")
     assert not any("s3cret" in part or "nas.lan" in part for part in (*argv, *flags))
+
+
+def test_includes_reach_borg_in_an_explicit_style_never_read_from_the_users_text() -> None:
+    """borg reads a prefix such as `re:` from an extract path: a plain include must stay
+    that one path (restore's --in-place check looks at it alone), a pattern restic's."""
+    includes = ("/srv/re:xfile", "/", "/srv/*/site", "*.html", "cache/tmp")
+    assert restore_args("docs@h@t", includes)[-6:] == (
+        "::docs@h@t",
+        "pp:/srv/re:xfile",
+        "pp:/",
+        "sh:/srv/*/site",
+        "sh:**/*.html",
+        "sh:**/cache/tmp",
+    )
 
 
 def test_password_and_location_go_through_the_environment() -> None:
@@ -348,10 +363,28 @@ def test_odd_numbers_in_a_progress_line_read_as_unknown(line: str) -> None:
     assert progress is not None and (progress.files_done, progress.bytes_done) == (0, 0)
 
 
+def test_an_archive_comment_of_no_paths_records_none() -> None:
+    """Anyone who may write the repository writes comments: one nested too deep for json
+    once raised RecursionError, and the list-snapshots job died with every listing."""
+    deep = "[" * 30_000 + "]" * 30_000
+    for comment in (deep, '{"paths": ' + deep + "}", "{}", '{"paths": 1}', "[1]"):
+        archive = {"name": "a@h@t", "id": "1" * 64, "time": "2024-01-01T00:00:00"}
+        ((_, snapshot),) = parse_archives({"archives": [{**archive, "comment": comment}]})
+        assert snapshot.paths == ()
+
+
 def test_an_archive_list_or_info_of_unexpected_shape_is_an_engine_error() -> None:
-    with pytest.raises(EngineError) as error:
-        parse_archives({"archives": [{"name": "x", "time": "2024-01-01T00:00:00"}]})
-    assert str(error.value) == "borg printed an archive list of unexpected shape"
+    """As restic's snapshot list: a record borg would not print fails the list."""
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for archive in (
+        {"name": "x", "time": "2024-01-01T00:00:00"},
+        {"name": deep, "id": "1", "time": "2024-01-01T00:00:00"},
+    ):
+        with pytest.raises(EngineError) as error:
+            parse_archives({"archives": [archive]})
+        assert str(error.value) == "borg printed an archive list of unexpected shape"
     for info in ({"cache": None}, {"cache": {"stats": [1]}}):
         with pytest.raises(EngineError) as error:
             info_size(info)
