@@ -82,8 +82,9 @@ def _maintenance(label: str, maintenance: Maintenance, now: datetime) -> list[tu
 
 def _repository(repository: Repository, now: datetime) -> str:
     password = repository.password
-    rows = [
-        ("location", redact_location(repository.location)),
+    literal = [password.value] if password.kind == "password" else []
+    rows = [  # a location may hold the password too (written twice, by mistake)
+        ("location", Redactor.of(literal)(redact_location(repository.location))),
         ("password", _PASSWORD_KINDS[password.kind].format(password.value)),
     ]
     if repository.engine != "restic":

@@ -146,6 +146,14 @@ def test_a_secret_a_variable_brings_into_a_hook_url_is_hidden(load: Callable[...
     assert "  before hook     http POST https://hc-ping.com/<redacted>/start (" in plan
 
 
+def test_a_password_written_as_the_location_too_is_hidden(load: Callable[..., Config]) -> None:
+    """Found by test_load_fuzz: the location is shown as written, and was the password."""
+    config = load('[repositories.r]\nlocation = "hunter2-xyzzy"\npassword = "hunter2-xyzzy"\n')
+    plan = describe_plan(config, datetime(2024, 4, 1, tzinfo=PARIS))
+    assert "hunter2" not in plan
+    assert "  location        <redacted>\n" in plan
+
+
 def test_next_runs_follow_now(load: Callable[..., Config]) -> None:
     config = load(CONFIG)
     plan = describe_plan(config, datetime(2024, 4, 1, 3, tzinfo=PARIS))
