@@ -8,7 +8,8 @@ required; `parse_request` checks a decoded request against its declaration befor
 acts on it, so that a request of the wrong shape costs one usage error (henbackupctl exit 2)
 naming the field, never the daemon. henbackupctl builds its requests from the same
 declarations. A field sent as null counts as not sent. A reply is a JSON object with "ok"
-(a failed one: `reply_error`).
+(a failed one: `reply_error`). A request that waits for its job is first answered
+{"waiting": REQUEST_ID} at once, then its job's events ({"event": {...}}), then the reply.
 
 henbackupctl imports this module and none of the daemon's, so it declares its records as
 namedtuples and imports typing for type checkers only: importing dataclasses would cost

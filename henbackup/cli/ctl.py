@@ -152,11 +152,12 @@ def request(
             stream = sock.makefile("rb")
             while line := stream.readline(MAX_REPLY_LINE + 1):
                 message = _message(line, path)
+                if payload.get("wait"):  # it answered: the job's events may be hours apart
+                    sock.settimeout(None)
+                if "waiting" in message:  # the daemon's word that the request waits
+                    continue
                 if "event" not in message:
                     return message, line
-                # The daemon answered: from now on the job's events may be hours apart.
-                if payload.get("wait"):
-                    sock.settimeout(None)
                 if on_event is not None and isinstance(message["event"], dict):
                     on_event(message["event"])
         except OSError as error:

@@ -29,8 +29,12 @@ class Clients:
         self.waiting: dict[str, Waiting] = {}  # by request id
 
     def add(self, request: str, conversation: Conversation, owner: str) -> None:
+        """Keep `conversation` for `request`'s events and reply; its first line, at once,
+        says it waits: henbackupctl gives a daemon that never answers 30 s, and the
+        request's first event may be hours away (its repository locked, a run before it)."""
         self.waiting[request] = Waiting(conversation, owner)
         conversation.on_close.append(lambda: self.waiting.pop(request, None))
+        conversation.send({"waiting": request})
 
     def event(
         self, requests: Iterable[str], kind: str, message: str, fields: Mapping[str, Any]

@@ -168,12 +168,14 @@ class Worker:
         """
         if self.stopping or (self.current is not None and run.trigger != "manual"):
             return
-        message = f"{self.spec.name}: {run.operation} on {run.trigger} ({run.reason})"
-        fields = {"trigger": run.trigger, "reason": run.reason, "operation": run.operation}
-        fields[self.spec.kind] = self.spec.name
-        self.emit("trigger.fired", message, **fields)
-        if run.requests:  # its first line at once: henbackupctl waits 30 s for one, then for ever
-            self.channel.send(JobEvent("trigger.fired", message, fields, run.requests))
+        self.emit(
+            "trigger.fired",
+            f"{self.spec.name}: {run.operation} on {run.trigger} ({run.reason})",
+            trigger=run.trigger,
+            reason=run.reason,
+            operation=run.operation,
+            **{self.spec.kind: self.spec.name},
+        )
         if self.current is None:
             self._start(run)
             return

@@ -65,14 +65,15 @@ def started(daemon: Daemon) -> Iterator[Daemon]:
 
 
 def exchange(path: Path, line: bytes) -> dict[str, Any]:
-    """Send one raw request line; returns the reply (the line after any job events)."""
+    """Send one raw request line; returns the reply (the line after its waiting word and its
+    job events)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(REPLY_TIMEOUT)
         sock.connect(str(path))
         sock.sendall(line + b"\n")
         for raw in sock.makefile("rb"):
             message = json.loads(raw)
-            if "event" not in message:
+            if "event" not in message and "waiting" not in message:
                 return message
     raise AssertionError(f"no reply to {line[:80]!r}: the connection closed")
 

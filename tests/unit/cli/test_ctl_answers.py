@@ -126,7 +126,7 @@ def test_once_the_daemon_answered_a_waiting_backup_waits_as_long_as_its_job(
 ) -> None:
     monkeypatch.setattr(ctl, "TIMEOUT", 0.3)
     path = tmp_path / "control.sock"
-    event = b'{"event": {"kind": "trigger.fired", "message": "b"}}\n'
-    thread = serve_silently(path, [(0, event), (0.6, b'{"ok": true}\n')])  # 2 timeouts later
+    waiting = b'{"waiting": "r00000001"}\n'  # what the daemon says first, at once
+    thread = serve_silently(path, [(0, waiting), (0.6, b'{"ok": true}\n')])  # 2 timeouts later
     assert ctl.main(["--socket", str(path), "backup", "b"]) == ctl.EXIT_OK
     thread.done.set()  # type: ignore[attr-defined]

@@ -156,8 +156,14 @@ def test_a_request_its_worker_merged_without_following_is_answered_as_no_wait_is
     master.jobs.clients.add("r00000001", waiting, spec.key)
     master.jobs.clients.add("r00000002", other, spec.key)
     master._handle(supervised, Accepted("backup", ("r00000001",)))
-    assert waiting.sent == [{"ok": True, "request": "r00000001", "accepted": "backup"}]
-    assert (other.sent, list(master.jobs.clients.waiting)) == ([], ["r00000002"])
+    assert waiting.sent == [
+        {"waiting": "r00000001"},
+        {"ok": True, "request": "r00000001", "accepted": "backup"},
+    ]
+    assert (other.sent, list(master.jobs.clients.waiting)) == (
+        [{"waiting": "r00000002"}],
+        ["r00000002"],
+    )
     master.loop.close()
 
 
@@ -171,7 +177,10 @@ def test_a_request_its_worker_refused_is_answered_failed_with_why(
     master.jobs.clients.add("r00000001", waiting, spec.key)
     why = "pictures: 16 runs asked by hand already wait; ask later"
     master._handle(supervised, Refused(why, ("r00000001",)))
-    assert waiting.sent == [{"ok": False, "code": "failed", "error": why, "jobs": []}]
+    assert waiting.sent == [
+        {"waiting": "r00000001"},
+        {"ok": False, "code": "failed", "error": why, "jobs": []},
+    ]
     assert master.jobs.clients.waiting == {}
     master.loop.close()
 

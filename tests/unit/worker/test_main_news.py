@@ -16,7 +16,6 @@ from henbackup.worker.main import MAX_FOLLOWED, MAX_WAITING, RunRequest, Worker
 from henbackup.worker.spec import WorkerSpec
 
 DEADLINE = 30.0  # generous: waited for, never asserted as a duration
-FIRED = "pictures: backup on manual (asked by the test)"
 
 
 def garbled(
@@ -41,9 +40,7 @@ def test_a_job_process_s_events_go_up_and_a_malformed_line_is_one_error(events: 
     master.sock.settimeout(DEADLINE)
     while not any(isinstance(m, JobState) and m.state == "idle" for m in heard):
         heard += master.receive(pytest.fail) or []
-    fired = {"trigger": "manual", "reason": "asked by the test", "operation": "backup"}
     assert heard == [
-        JobEvent("trigger.fired", FIRED, {**fired, "backup": "pictures"}, ("r1",)),
         JobState("running", None, "backup"),
         JobEvent("job.started", "pictures: backup started", {"job": "0a1b2c3d"}, ("r1",)),
         JobState("idle", None, None, 0, ("r1",)),
@@ -116,26 +113,6 @@ def test_at_most_max_waiting_runs_wait_and_the_next_ask_is_refused_with_why(even
         heard += [m for m in master.receive(pytest.fail) or [] if isinstance(m, Refused)]
     why = "pictures: 16 runs asked by hand already wait; ask later"
     assert heard == [Refused(why, (f"r{MAX_WAITING}",))]
-    worker.loop.close()
-    master.close()
-    channel.close()
-
-
-def test_an_ask_waiting_behind_a_run_is_answered_a_first_line_at_once(events: Any) -> None:
-    # henbackupctl backup waits 30 s for the daemon's first line: an ask that waited hours
-    # behind a scheduled run heard nothing until that run ended.
-    channel, master = Channel.pair()
-    worker = Worker(
-        WorkerSpec("backup", "pictures", ()), cast(Config, None), channel, events, garbled
-    )
-    worker.current = RunRequest("manual", "running")
-    worker.request(RunRequest("manual", "asked by the test", requests=("r1",)))
-    master.sock.settimeout(DEADLINE)
-    heard = master.receive(pytest.fail) or []
-    assert [(m.kind, m.requests) for m in heard if isinstance(m, JobEvent)] == [
-        ("trigger.fired", ("r1",))
-    ]
-    assert len(worker.pending) == 1
     worker.loop.close()
     master.close()
     channel.close()
