@@ -133,14 +133,17 @@ def run_hooks(
     deadline: float | None = None,
 ) -> Verdict:
     """Run `hooks` in order, stopping after a skip or a failure with on_failure = stop; each
-    within `deadline` (monotonic seconds) if given.
+    within `deadline` (monotonic seconds) if given, and none once it is (nearly) past.
 
     Returns the Verdict of the phase; raises JobCancelled if the job is cancelled.
     """
     outcomes: list[HookOutcome] = []
     for hook in hooks:
         if deadline is not None:
-            hook = _within(hook, deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            if left < 1.0:  # the rest are not run: the stop must end in time
+                break
+            hook = _within(hook, left)
         outcome = runner(hook, context, emit)
         outcomes.append(outcome)
         if outcome.status == "skipped" or (outcome.counts_as_failure and hook.on_failure == "stop"):
@@ -200,8 +203,8 @@ def run_with_hooks(
 
 
 def _within(hook: Hook, seconds: float) -> Hook:
-    """`hook` bounded to `seconds` in all (one at least): an HTTP hook, to one attempt."""
-    timeout = max(1.0, min(hook.timeout, seconds))
+    """`hook` bounded to `seconds` in all: an HTTP hook, to one attempt."""
+    timeout = min(hook.timeout, seconds)
     if isinstance(hook, CommandHook):
         return replace(hook, timeout=timeout)
     return replace(hook, timeout=timeout, retries=0)

@@ -205,3 +205,22 @@ def test_the_failure_hooks_of_a_stopped_run_end_before_the_daemons_stop_deadline
         run_with_hooks(slow, CONTEXT, no_emit, interrupted, runner)
     assert [hook.timeout for hook in given] == pytest.approx(timeouts, abs=1.0)
     assert given[1].retries == retries
+
+
+def test_once_the_stop_deadline_is_past_no_other_failure_hook_runs(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("henbackup.hooks.run.time.monotonic", lambda: clock[0])
+    given: list[float] = []
+
+    def runner(hook, context, emit):
+        given.append(hook.timeout)
+        clock[0] += hook.timeout  # it takes its whole time
+        return HookOutcome("failed", hook.on_failure, "a hook", "timed out")
+
+    def stopped():
+        raise StopRequested("stop")
+
+    notify = CommandHook(("notify",), timeout=600.0, on_failure="continue")
+    with pytest.raises(StopRequested):
+        run_with_hooks(Hooks(failure=(notify, notify)), CONTEXT, no_emit, stopped, runner)
+    assert given == [30.0]
