@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections import deque
 from pathlib import Path
 
 
@@ -59,28 +60,48 @@ def open_directory(path: Path, mode: int) -> int:
 
     It is reached part by part without following a symbolic link that another user could
     have placed (one in a directory they own or may write to): else, swapping a part for a
-    link meanwhile, they could have root make, chmod or write a file anywhere."""
-    fd = os.open("/", DIRECTORY_FLAGS)
-    for part in path.parts[1:]:
-        try:
-            child = _enter(fd, part, mode)
-        finally:
+    link meanwhile, they could have root make, chmod or write a file anywhere. A link of
+    root's is followed, its target walked by the same rule."""
+    parts = deque(path.parts[1:])
+    fd, links = os.open("/", DIRECTORY_FLAGS), 0
+    try:
+        while parts:
+            child = _enter(fd, parts.popleft(), mode)
+            if isinstance(child, str):  # a link of root's: its target's parts come next
+                links += 1
+                if links > MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+                target = Path(child)
+                if target.is_absolute():
+                    os.close(fd)
+                    fd = os.open("/", DIRECTORY_FLAGS)
+                parts.extendleft(reversed(target.relative_to(target.anchor).parts))
+                continue
             os.close(fd)
-        fd = child
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+MAX_LINKS = 40  # as the kernel's own resolution allows
 
 
-def _enter(parent: int, name: str, mode: int) -> int:
-    """The directory `name` in `parent`, made if missing."""
+def _enter(parent: int, name: str, mode: int) -> int | str:
+    """The directory `name` in `parent` (made if missing), or the target of a link there
+    that only root could have made."""
     try:
         return os.open(name, DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
     except FileNotFoundError:
         os.mkdir(name, mode, dir_fd=parent)  # FileExistsError: made meanwhile, by whom?
         child = os.open(name, DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
-        os.fchmod(child, mode)
+        try:
+            os.fchmod(child, mode)
+        except BaseException:
+            os.close(child)
+            raise
         return child
     except NotADirectoryError:  # what O_NOFOLLOW says of a link too
         if not stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
@@ -88,7 +109,7 @@ def _enter(parent: int, name: str, mode: int) -> int:
     held = os.fstat(parent)
     if held.st_uid != 0 or held.st_mode & 0o022:
         raise OSError(errno.ELOOP, f"{name} is a link another user may have made")
-    return os.open(name, DIRECTORY_FLAGS, dir_fd=parent)  # root's: followed
+    return os.readlink(name, dir_fd=parent)
 
 
 def read_record(path: Path, limit: int = 1 << 16) -> bytes:

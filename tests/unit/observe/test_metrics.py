@@ -514,3 +514,32 @@ def test_a_link_of_roots_is_followed(tmp_path):
     (tmp_path / "link").symlink_to(real)
     write_textfile(tmp_path / "link" / "henbackup.prom", "henbackup_up 1\n")
     assert (real / "henbackup.prom").read_text() == "henbackup_up 1\n"
+
+
+def test_a_link_of_roots_is_walked_by_the_same_rule(tmp_path):
+    """/var/lib/node_exporter → /var/lib/prometheus/node-exporter: root's link, into
+    prometheus' directory, where prometheus may have swapped a part for a link."""
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    theirs = tmp_path / "prometheus"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    (theirs / "node-exporter").symlink_to(victim)
+    (tmp_path / "node_exporter").symlink_to(theirs / "node-exporter")
+    with pytest.raises(OSError, match="node-exporter is a link another user may have made"):
+        write_textfile(tmp_path / "node_exporter" / "henbackup.prom", "henbackup_up 1\n")
+    assert os.listdir(victim) == []
+
+
+def test_a_relative_link_of_roots_is_followed(tmp_path):
+    (tmp_path / "srv" / "metrics").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("srv/../srv/metrics")
+    write_textfile(tmp_path / "link" / "henbackup.prom", "henbackup_up 1\n")
+    assert (tmp_path / "srv" / "metrics" / "henbackup.prom").exists()
+
+
+def test_a_loop_of_links_is_an_error_not_a_hang(tmp_path):
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(OSError):
+        write_textfile(tmp_path / "a" / "henbackup.prom", "henbackup_up 1\n")
