@@ -202,12 +202,23 @@ def _toml_problem(path: Path, message: str) -> Problem:
         if header := _TABLE_HEADER.match(lines[-1]):
             table = header[1].strip()
             return Problem(str(path), table, f"table declared twice {where}: merge them")
-        key = lines[-1].split("=", 1)[0].strip() if "=" in lines[-1] else ""
+        # The key, if its line is a whole key = value: the end of a multi-line string may
+        # hold an "=" too, and what is before it is part of the value.
+        key = lines[-1].split("=", 1)[0].strip() if _whole(lines[-1]) else ""
         headers = (_TABLE_HEADER.match(line) for line in reversed(lines[:-1]))
         table = next((header[1].strip() + "." for header in headers if header), "")
         if key:
             return Problem(str(path), table + key, f"set twice {where}: keep one")
     return Problem(str(path), "", f"invalid TOML: {message}")
+
+
+def _whole(line: str) -> bool:
+    """Whether `line` is a whole TOML statement by itself."""
+    try:
+        tomllib.loads(line)
+    except tomllib.TOMLDecodeError:
+        return False
+    return "=" in line
 
 
 def _lines(path: Path) -> list[str]:

@@ -279,6 +279,17 @@ def test_a_key_or_table_given_twice_is_named_without_its_value(
     assert error.value.problems == (Problem(str(path), key, message),)
 
 
+def test_a_value_given_twice_over_lines_names_no_part_of_it(write_config: WriteConfig) -> None:
+    """The line tomllib names is the value's last: what is before an "=" there is the value
+    (a token), not a key."""
+    path = write_config('[b]\nc = 1\nc = """\ncurl -H X-Token=s3cr3t"""\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    (problem,) = error.value.problems
+    assert "X-Token" not in problem.key + problem.message
+    assert problem.message.startswith("invalid TOML: Cannot overwrite a value")
+
+
 def test_a_file_nested_too_deeply(write_config: WriteConfig) -> None:
     path = write_config("a = " + "[" * 5000 + "]" * 5000)
     with pytest.raises(ConfigError) as error:
