@@ -183,7 +183,7 @@ def string_table(
             elif not value_re.fullmatch(text):
                 at.key(name).problem(value_what)
             else:
-                pairs.append((name, str(text)))
+                pairs.append((name, text))  # an Expanded stays one: secrets.py
         return tuple(pairs)
 
     return convert

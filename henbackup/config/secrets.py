@@ -9,11 +9,14 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from henbackup.config.model import Config
+from henbackup.config.model import CommandHook, Config
+from henbackup.config.problems import Expanded
 from henbackup.errors import Problem
+from henbackup.redact import SECRET_NAME
 
 SECRET_BITS = 0o066  # group or others may read or write
 WRITE_BITS = 0o022  # group or others may write
@@ -59,7 +62,38 @@ def exposures(config: Config) -> list[Exposure]:
         for variable, path in repository.env_credentials:
             key = f"{repository.key}.env_credentials.{variable}"
             found += _secret_file(path, repository.file, key)
+        found += _written_here(
+            repository.file,
+            f"{repository.key}.env",
+            repository.env,
+            " (or env_file, env_credentials)",
+        )
+    for backup in config.backups.values():
+        for phase in ("before", "after", "failure"):
+            for index, hook in enumerate(getattr(backup.hooks, phase)):
+                at = f"{backup.key}.hooks.{phase}[{index}]"
+                if isinstance(hook, CommandHook):
+                    found += _written_here(backup.file, f"{at}.env", hook.env)
+                else:
+                    found += _written_here(backup.file, f"{at}.headers", hook.headers)
     return found
+
+
+def _written_here(
+    file: str, key: str, pairs: Iterable[tuple[str, str]], elsewhere: str = ""
+) -> list[Exposure]:
+    """The exposure of keys or tokens written in `file` itself (not brought by ${NAME}), if
+    anyone but root may read it."""
+    names = [n for n, v in pairs if SECRET_NAME.search(n) and not isinstance(v, Expanded)]
+    who = _who_else(Path(file), SECRET_BITS) if names and file else None
+    if not who:
+        return []
+    message = (
+        f"{', '.join(names)} written in a file {who} can read: chmod 0600 {file}, or bring"
+        f" {'them' if len(names) > 1 else 'it'} in as ${{NAME}} from the unit's environment"
+        + elsewhere
+    )
+    return [Exposure(file, key, message)]
 
 
 def _secret_file(path: str, file: str, key: str) -> list[Exposure]:

@@ -215,6 +215,34 @@ def test_a_password_in_a_config_others_may_read_is_one_warning_with_the_fix(
     assert "pictures" in out and "not-shown" not in out + err
 
 
+def test_keys_and_tokens_written_in_a_config_others_may_read_are_one_warning_each(
+    config, capsys, monkeypatch
+):
+    monkeypatch.setenv("HENBACKUP_TEST_KEY", "from-the-unit")
+    keys = (
+        'env = { AWS_SECRET_ACCESS_KEY = "s3cr3t-key",'
+        ' AWS_ACCESS_KEY_ID = "${HENBACKUP_TEST_KEY}" }\n'
+    )
+    hook = (
+        '[[backups.pictures.hooks.after]]\ntype = "http"\nurl = "https://h/x"\n'
+        'headers = { Authorization = "Bearer t0ken", Accept = "text/plain" }\n'
+    )
+    text = VALID.replace('password = "not-shown"\n', f'password_command = "cat /x"\n{keys}')
+    path = config(text + hook)
+    os.chmod(path, 0o644)
+    assert main(["--config", path, "check-config"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"{path}: repositories.local.env: warning: AWS_SECRET_ACCESS_KEY written in a file"
+        f" everyone (mode 0644) can read: chmod 0600 {path}, or bring it in as ${{NAME}} from"
+        " the unit's environment (or env_file, env_credentials)",
+        f"{path}: backups.pictures.hooks.after[0].headers: warning: Authorization written in a"
+        f" file everyone (mode 0644) can read: chmod 0600 {path}, or bring it in as ${{NAME}}"
+        " from the unit's environment",
+    ]
+    assert "s3cr3t" not in err and "t0ken" not in err
+
+
 def test_a_password_from_the_environment_is_not_in_the_file(config, capsys, monkeypatch):
     monkeypatch.setenv("HENBACKUP_TEST_PASSWORD", "not-shown")
     path = config(VALID.replace('"not-shown"', '"${HENBACKUP_TEST_PASSWORD}"'))
