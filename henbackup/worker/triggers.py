@@ -17,10 +17,10 @@ from pathlib import Path
 
 from henbackup import names
 from henbackup.config.model import Backup, Repository, ScheduleEntry
-from henbackup.loop import Loop
+from henbackup.loop import Loop, Timer
 from henbackup.observe.events import EmitFunction
 from henbackup.worker.debounce import Debouncer, DebounceTimer
-from henbackup.worker.schedule import FUTURE_TOLERANCE, Fired, ScheduleTimer
+from henbackup.worker.schedule import FUTURE_TOLERANCE, RETRY_AFTER, Fired, ScheduleTimer
 from henbackup.worker.state import StateStore
 
 # Asks the worker for a run: (trigger, reason, operation).
@@ -40,6 +40,7 @@ class Triggers:
     on_overflow: Callable[[], None] = lambda: None
     on_watch_limit: Callable[[str], None] = lambda message: None
     dirty: bool = False  # the watch saw a change since the last backup started
+    retry: Timer | None = None  # a failed watched backup's next try, without a schedule
 
     def add_operation(self, operation: str, key: str, entries: tuple[ScheduleEntry, ...]) -> None:
         """Record the runs of `operation` under `key`, and run it on `entries` (if any)."""
@@ -69,21 +70,28 @@ class Triggers:
             return
         if limit is not None:
             self.on_watch_limit(limit)
-        if overflow:
+        if overflow:  # lost events: a change, to remember across restarts as well
+            self._remember_change()
             self.on_overflow()
         if changes:
             self.changed(changes)
 
     def changed(self, count: int) -> None:
         """The watch saw `count` changes: debounce them, and remember them across restarts."""
-        if not self.dirty:
-            self.dirty = True  # one write per window of changes, not one per event
-            self.store.record_change(self.keys["backup"], time.time())
+        self._remember_change()
         assert self.timer is not None
         self.timer.changed(count)
 
+    def _remember_change(self) -> None:
+        if not self.dirty:
+            self.dirty = True  # one write per window of changes, not one per event
+            self.store.record_change(self.keys["backup"], time.time())
+
     def job_started(self, operation: str) -> None:
         """Any run of `operation` counts, whatever triggered it."""
+        if operation == "backup" and self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
         self.started[operation] = time.time()
         self.store.record_attempt(self.keys[operation], self.started[operation])
         if self.debouncer is not None and operation == "backup":
@@ -106,6 +114,19 @@ class Triggers:
         if self.timer is not None and self.debouncer is not None and operation == "backup":
             self.debouncer.backup_finished(self.loop.clock())
             self.timer.poke()
+            if not ok and not stopping and "backup" not in self.timers:
+                self._retry_later()
+
+    def _retry_later(self) -> None:
+        """A watched backup without a schedule failed: the changes it was to save are saved
+        by another try `RETRY_AFTER` later (a schedule's retry does that for the others)."""
+        if self.store.load(self.keys["backup"]).unsaved_changes:
+            reason = "its last run failed, and changes are still unsaved"
+            self.retry = self.loop.call_later(RETRY_AFTER, lambda: self._retry_now(reason))
+
+    def _retry_now(self, reason: str) -> None:
+        self.retry = None
+        self.request("watch", reason, "backup")
 
     def next_run(self) -> float | None:
         """The soonest scheduled run (epoch seconds), if any."""
