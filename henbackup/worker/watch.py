@@ -524,7 +524,8 @@ class Watcher:
         path = directory + b"/" + name
         if self._excluded(path, name):
             return 0
-        if mask & IN_ISDIR and mask & _NEW_DIR:
+        # IN_ATTRIB: a directory that could not be watched (EACCES) may be readable now.
+        if mask & IN_ISDIR and mask & (_NEW_DIR | IN_ATTRIB):
             self._new_directory(path, wd, name, moved=bool(mask & IN_MOVED_TO))
         return 1
 

@@ -647,3 +647,40 @@ def test_a_path_on_a_file_system_mounted_after_the_start_is_watched_from_the_nex
         assert harness.changed_after(lambda: touch(tmp_path / "local" / "f"))
     finally:
         harness.close()
+
+
+BECOMES_READABLE = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_watch import Harness
+root = Path(sys.argv[1])
+harness = Harness([root])
+os.chmod(root / "locked", 0o755)
+harness.pump(lambda: False, 0.3)
+harness.changes = 0
+(root / "locked" / "in" / "file").write_text("x")
+print(harness.pump(lambda: harness.changes > 0), harness.watcher.watch_count)
+"""
+
+
+def test_a_directory_that_becomes_readable_is_watched_from_then_on(tmp_path):
+    """Run as root without DAC override, as NFS (root_squash), CIFS or FUSE treat root: a
+    directory it could not read at the start was never watched, even once readable."""
+    (tmp_path / "locked" / "in").mkdir(parents=True)
+    os.chmod(tmp_path / "locked", 0)
+    without_dac = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    done = subprocess.run(
+        [
+            *without_dac,
+            sys.executable,
+            "-c",
+            BECOMES_READABLE,
+            str(tmp_path),
+            str(Path(__file__).parent),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.split() == ["True", "3"], done.stderr
