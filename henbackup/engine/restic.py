@@ -594,14 +594,17 @@ def _quoted(lines: Sequence[str], needles: Sequence[str]) -> str | None:
 
 
 def refusal(lines: Sequence[str], repository: str, scheme: str) -> AccessRefused | None:
-    """AccessRefused if a line says the backend refused the credentials or that the server
-    is not the one known_hosts knows; None otherwise."""
+    """AccessRefused if a line says the backend refused the credentials, that the server
+    is not the one known_hosts knows, or that the repository is read-only; None otherwise."""
     where = f"repository {repository}"
     if _first(lines, _HOST_KEY) is not None:
         return AccessRefused(
             f"{where}: the server's host key is not one that known_hosts holds: "
             "make sure it is the right server, then update known_hosts"
         )
+    read_only = _quoted(lines, ("read-only file system",))  # restic 0.17+ retries 15 min
+    if read_only is not None:
+        return AccessRefused(f"{where} cannot be written ({read_only}): mount it read-write")
     refused = _quoted(lines, _REFUSED)
     if refused is None:
         return None

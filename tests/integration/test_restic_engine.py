@@ -28,7 +28,7 @@ import pytest
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import JobCancelled, StopRequested
+from henbackup.errors import AccessRefused, JobCancelled, StopRequested
 
 pytestmark = pytest.mark.integration
 
@@ -441,3 +441,25 @@ def test_restic_dies_with_its_parent(repo: Repo, tmp_path: Path) -> None:
     repo.engine.unlock_stale(repo.target)  # in case it died writing to the broken stdout
     assert repo.locks() == set()
     assert repo.engine.check(repo.target).ok
+
+
+def test_a_repository_on_a_read_only_file_system_fails_at_once_saying_so(
+    repo: Repo, source: Path, tmp_path: Path
+) -> None:
+    """restic 0.18 retried its lock for 15 minutes, so the job held its slot until the stall
+    watch ended it; 0.14 failed saying only that it could not create its lock."""
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mounted)], check=True)
+    try:
+        shutil.copytree(repo.path, mounted / "repo")
+        subprocess.run(["mount", "-o", "remount,ro", str(mounted)], check=True)
+        target = Target("test", str(mounted / "repo"), PasswordSource("password", PASSWORD))
+        request = BackupRequest("docs", (str(source),), host="h1")
+        with pytest.raises(AccessRefused) as refused:
+            repo.engine.backup(target, request)
+        assert str(refused.value) == (
+            "repository test cannot be written (read-only file system): mount it read-write"
+        )
+    finally:
+        subprocess.run(["umount", "--lazy", str(mounted)], check=True)
