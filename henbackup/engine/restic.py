@@ -577,6 +577,22 @@ _CRASH = re.compile(r"^(panic: |fatal error: |SIG[A-Z0-9]+: )")
 _STACK = re.compile(r"^goroutine \d+ \[")
 
 
+def _refuse_half_made(target: Target) -> None:
+    """Raise EngineError for a local repository with a key and no config: an init ended
+    between the two (killed, a full disk). restic 0.14's init would add a second key with
+    another master key, and every backup then fail on it ("ciphertext verification
+    failed"); 0.17+ refuses, saying only that it has keys. A remote one is left to restic."""
+    if scheme_of(target.location) not in ("", "local"):
+        return
+    keys = Path(target.location.removeprefix("local:")) / "keys"
+    with contextlib.suppress(OSError):
+        if any(keys.iterdir()):
+            raise EngineError(
+                f"repository {target.name} has a key but no config: its init was interrupted;"
+                " if it holds nothing else, remove it and the next backup makes it anew"
+            )
+
+
 def scheme_of(location: str) -> str:
     """The backend of a restic location ("s3", "sftp", "rest"...); "" for a local path."""
     match = re.match(r"([a-z0-9]+):", location)
@@ -862,6 +878,7 @@ class ResticEngine(ToolEngine):
             return False
         except RepositoryMissing:
             pass
+        _refuse_half_made(target)
         outcome = self._execute(target, INIT_ARGS, None)
         if outcome.returncode == 0:
             return True

@@ -28,7 +28,7 @@ import pytest
 from henbackup.config.model import PasswordSource
 from henbackup.engine.base import BackupRequest, BackupResult, Target, TransferProgress
 from henbackup.engine.restic import ResticEngine
-from henbackup.errors import AccessRefused, JobCancelled, StopRequested
+from henbackup.errors import AccessRefused, EngineError, JobCancelled, StopRequested
 
 pytestmark = pytest.mark.integration
 
@@ -463,3 +463,17 @@ def test_a_repository_on_a_read_only_file_system_fails_at_once_saying_so(
         )
     finally:
         subprocess.run(["umount", "--lazy", str(mounted)], check=True)
+
+
+def test_a_repository_whose_init_was_interrupted_is_not_initialised_again(repo: Repo) -> None:
+    """A key and no config (an init killed between the two): restic 0.14 added a second key
+    with another master key, and every backup then failed on it."""
+    (repo.path / "config").unlink()
+    keys = sorted(os.listdir(repo.path / "keys"))
+    with pytest.raises(EngineError) as error:
+        repo.engine.ensure_initialized(repo.target)
+    assert str(error.value) == (
+        "repository test has a key but no config: its init was interrupted; if it holds"
+        " nothing else, remove it and the next backup makes it anew"
+    )
+    assert sorted(os.listdir(repo.path / "keys")) == keys
