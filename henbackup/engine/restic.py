@@ -584,9 +584,9 @@ def _refuse_half_made(target: Target) -> None:
     failed"); 0.17+ refuses, saying only that it has keys. A remote one is left to restic."""
     if scheme_of(target.location) not in ("", "local"):
         return
-    keys = Path(target.location.removeprefix("local:")) / "keys"
-    with contextlib.suppress(OSError):
-        if any(keys.iterdir()):
+    repository = Path(target.location.removeprefix("local:"))
+    with contextlib.suppress(OSError):  # a whole one made meanwhile (another host) is fine
+        if any((repository / "keys").iterdir()) and not (repository / "config").exists():
             raise EngineError(
                 f"repository {target.name} has a key but no config: its init was interrupted;"
                 " if it holds nothing else, remove it and the next backup makes it anew"
