@@ -77,7 +77,7 @@ def _ask(path: str, payload: dict[str, Any], budget: float) -> dict[str, Any] | 
                 lines = received.split(b"\n")
                 for line in lines[:-1]:
                     message = json.loads(line)
-                    if "event" not in message:  # events come before the reply
+                    if not {"event", "waiting"} & message.keys():  # they come before the reply
                         return message if message.get("ok") else None
                 received = lines[-1]
                 sock.settimeout(max(deadline - time.monotonic(), 0.01))
@@ -85,7 +85,7 @@ def _ask(path: str, payload: dict[str, Any], budget: float) -> dict[str, Any] | 
                 if not chunk:
                     return None
                 received += chunk
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: a line not an object
             return None
 
 
