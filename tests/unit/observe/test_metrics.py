@@ -493,15 +493,21 @@ def test_beyond_the_limit_a_newcomer_is_turned_away_when_every_client_has_asked(
             sock.close()
 
 
-def test_a_link_another_user_could_have_placed_is_not_followed(tmp_path):
-    """prometheus' directory on the way: swapping a part for a link to a root-only directory
-    would have root chmod it, or drop a file there."""
+def swapped_link(tmp_path):
+    """A root-only directory, and prometheus' directory where node-exporter links to it."""
     victim = tmp_path / "victim"
     victim.mkdir(mode=0o700)
     theirs = tmp_path / "prometheus"
     theirs.mkdir()
     os.chown(theirs, 65534, 65534)
     (theirs / "node-exporter").symlink_to(victim)
+    return victim, theirs
+
+
+def test_a_link_another_user_could_have_placed_is_not_followed(tmp_path):
+    """prometheus' directory on the way: swapping a part for a link to a root-only directory
+    would have root chmod it, or drop a file there."""
+    victim, theirs = swapped_link(tmp_path)
     with pytest.raises(OSError, match="node-exporter is a link another user may have made"):
         write_textfile(theirs / "node-exporter" / "henbackup.prom", "henbackup_up 1\n")
     assert os.listdir(victim) == []
@@ -519,12 +525,7 @@ def test_a_link_of_roots_is_followed(tmp_path):
 def test_a_link_of_roots_is_walked_by_the_same_rule(tmp_path):
     """/var/lib/node_exporter → /var/lib/prometheus/node-exporter: root's link, into
     prometheus' directory, where prometheus may have swapped a part for a link."""
-    victim = tmp_path / "victim"
-    victim.mkdir(mode=0o700)
-    theirs = tmp_path / "prometheus"
-    theirs.mkdir()
-    os.chown(theirs, 65534, 65534)
-    (theirs / "node-exporter").symlink_to(victim)
+    victim, theirs = swapped_link(tmp_path)
     (tmp_path / "node_exporter").symlink_to(theirs / "node-exporter")
     with pytest.raises(OSError, match="node-exporter is a link another user may have made"):
         write_textfile(tmp_path / "node_exporter" / "henbackup.prom", "henbackup_up 1\n")
